@@ -1,0 +1,108 @@
+//! Command-line interface: argument definitions and the shells that run each subcommand.
+//!
+//! Exit codes: 0 success, 1 the system failed (database unreachable, I/O), 2 the input was
+//! wrong (bad value, unknown id, duplicate); with 2 nothing was written.
+
+mod config_cmd;
+mod db;
+mod inventory;
+mod table;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Predictive DNS steering and cross-region session shadowing for WireGuard VPN appliances.
+#[derive(Debug, Parser)]
+#[command(name = "shadowsteer", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check configuration files.
+    #[command(subcommand)]
+    Config(config_cmd::ConfigCommand),
+    /// Database schema: migrate, status, prune.
+    #[command(subcommand)]
+    Db(db::DbCommand),
+    /// Manage appliances.
+    #[command(subcommand)]
+    Appliance(inventory::ApplianceCommand),
+    /// Manage VPN clients.
+    #[command(subcommand)]
+    Client(inventory::ClientCommand),
+    /// Manage risk advisories (operator-entered external risk).
+    #[command(subcommand)]
+    Advisory(inventory::AdvisoryCommand),
+}
+
+/// Which database a command talks to.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DbArgs {
+    /// Postgres URL; without it, the embedded cluster of the data directory is used.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// Data directory of the embedded cluster [default: $SHADOWSTEER_DATA_DIR,
+    /// /var/lib/shadowsteer as root, else ~/.local/share/shadowsteer].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+impl DbArgs {
+    fn target(&self) -> shadowsteer::store::DatabaseTarget {
+        shadowsteer::store::DatabaseTarget::resolve(
+            self.database_url.clone(),
+            self.data_dir.clone(),
+        )
+    }
+}
+
+/// A failed command: what to print and how to exit.
+#[derive(Debug)]
+pub enum CommandError {
+    /// The input was wrong; nothing was changed.
+    Input(String),
+    /// The system failed.
+    Failed(anyhow::Error),
+}
+
+impl CommandError {
+    /// The message for stderr (one line for input errors; with causes for failures).
+    pub fn message(&self) -> String {
+        match self {
+            Self::Input(m) => m.clone(),
+            Self::Failed(e) => format!("{e:#}"),
+        }
+    }
+
+    /// Process exit code.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Input(_) => 2,
+            Self::Failed(_) => 1,
+        }
+    }
+}
+
+impl From<anyhow::Error> for CommandError {
+    fn from(e: anyhow::Error) -> Self {
+        Self::Failed(e)
+    }
+}
+
+/// Result of a subcommand.
+pub type CommandResult = Result<(), CommandError>;
+
+/// Runs the parsed command.
+pub async fn run(cli: Cli) -> CommandResult {
+    match cli.command {
+        Command::Config(c) => config_cmd::run(c),
+        Command::Db(c) => db::run(c).await,
+        Command::Appliance(c) => inventory::run_appliance(c).await,
+        Command::Client(c) => inventory::run_client(c).await,
+        Command::Advisory(c) => inventory::run_advisory(c).await,
+    }
+}

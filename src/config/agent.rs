@@ -1,0 +1,217 @@
+//! Configuration of an appliance agent (`shadowsteer agent`).
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::fields::{Duration, IpNet, ListenAddr};
+use super::{Problems, Validate};
+use crate::domain::ApplianceId;
+
+/// The whole agent file.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Identity, listener, key and database.
+    pub agent: AgentSection,
+    /// The clients' tunnel network.
+    pub tunnel: TunnelSection,
+    /// Health reporting.
+    #[serde(default)]
+    pub telemetry: TelemetrySection,
+    /// Probes to other appliances.
+    #[serde(default)]
+    pub probes: ProbeSection,
+}
+
+/// What carries decrypted traffic inside the tunnel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InsideMode {
+    /// A Linux TUN device to the host's network stack (real deployments).
+    Tun,
+    /// A built-in ICMP and UDP echo responder on the appliance's tunnel address (demo, tests).
+    Echo,
+}
+
+/// `[agent]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSection {
+    /// The appliance this agent runs (must exist in the inventory).
+    pub appliance: ApplianceId,
+    /// UDP address WireGuard listens on.
+    pub listen: ListenAddr,
+    /// File holding the shadow group's service private key (base64, mode 0600).
+    pub key_file: PathBuf,
+    /// Inside-the-tunnel mode.
+    #[serde(default = "default_inside")]
+    pub inside: InsideMode,
+    /// Postgres URL; absent means the embedded local cluster in `data_dir`.
+    #[serde(default)]
+    pub database_url: Option<String>,
+    /// Data directory of the embedded cluster; absent means the default data directory.
+    #[serde(default)]
+    pub data_dir: Option<PathBuf>,
+}
+
+fn default_inside() -> InsideMode {
+    InsideMode::Tun
+}
+
+/// `[tunnel]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TunnelSection {
+    /// The clients' tunnel network; the appliance answers on its first address.
+    pub network: IpNet,
+    /// Name of the TUN device in `tun` mode.
+    #[serde(default = "default_tun_name")]
+    pub tun_name: String,
+}
+
+fn default_tun_name() -> String {
+    "shadowsteer0".to_owned()
+}
+
+/// `[telemetry]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetrySection {
+    /// How often a health row is taken.
+    #[serde(default = "default_health_interval")]
+    pub interval: Duration,
+    /// Rows kept while Postgres is unreachable; the oldest are dropped (and counted) beyond it.
+    #[serde(default = "default_buffer_rows")]
+    pub buffer_rows: usize,
+    /// How often session counters are checkpointed into `session_state`.
+    #[serde(default = "default_checkpoint")]
+    pub checkpoint_interval: Duration,
+    /// Bandwidth (bits per second) that counts as 100% utilisation.
+    #[serde(default = "default_capacity_bps")]
+    pub capacity_bps: u64,
+}
+
+fn default_health_interval() -> Duration {
+    Duration(std::time::Duration::from_secs(1))
+}
+fn default_buffer_rows() -> usize {
+    3600
+}
+fn default_checkpoint() -> Duration {
+    Duration(std::time::Duration::from_secs(5))
+}
+fn default_capacity_bps() -> u64 {
+    1_000_000_000
+}
+
+impl Default for TelemetrySection {
+    fn default() -> Self {
+        Self {
+            interval: default_health_interval(),
+            buffer_rows: default_buffer_rows(),
+            checkpoint_interval: default_checkpoint(),
+            capacity_bps: default_capacity_bps(),
+        }
+    }
+}
+
+/// `[probes]`: authenticated UDP probes to other appliances.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeSection {
+    /// UDP address the probe responder listens on; absent disables probing.
+    #[serde(default)]
+    pub listen: Option<ListenAddr>,
+    /// File holding the shared probe MAC key (base64, mode 0600).
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// Time between probes to each peer.
+    #[serde(default = "default_probe_interval")]
+    pub interval: Duration,
+    /// Window summarised into one `path_probes` row.
+    #[serde(default = "default_probe_window")]
+    pub window: Duration,
+    /// The appliances probed.
+    #[serde(default)]
+    pub peers: Vec<PeerProbe>,
+}
+
+fn default_probe_interval() -> Duration {
+    Duration(std::time::Duration::from_millis(200))
+}
+fn default_probe_window() -> Duration {
+    Duration(std::time::Duration::from_secs(1))
+}
+
+impl Default for ProbeSection {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            key_file: None,
+            interval: default_probe_interval(),
+            window: default_probe_window(),
+            peers: Vec::new(),
+        }
+    }
+}
+
+/// `[[probes.peers]]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerProbe {
+    /// The probed appliance.
+    pub appliance: ApplianceId,
+    /// Its probe responder's address.
+    pub address: ListenAddr,
+}
+
+impl Validate for AgentConfig {
+    fn validate(&self, problems: &mut Problems) {
+        let t = &self.telemetry;
+        if t.interval.0 < std::time::Duration::from_millis(100) {
+            problems.push("telemetry.interval", "must be at least 100ms");
+        }
+        if t.checkpoint_interval.0 < std::time::Duration::from_millis(500) {
+            problems.push("telemetry.checkpoint_interval", "must be at least 500ms");
+        }
+        if t.buffer_rows == 0 || t.buffer_rows > 1_000_000 {
+            problems.push("telemetry.buffer_rows", "must be between 1 and 1000000");
+        }
+        if t.capacity_bps == 0 {
+            problems.push("telemetry.capacity_bps", "must be positive");
+        }
+        let net = &self.tunnel.network;
+        let max = if net.addr().is_ipv4() { 30 } else { 126 };
+        if net.prefix() > max {
+            problems.push(
+                "tunnel.network",
+                format!("{net} is too small to hold clients"),
+            );
+        }
+        if self.tunnel.tun_name.is_empty() || self.tunnel.tun_name.len() > 15 {
+            problems.push(
+                "tunnel.tun_name",
+                "must be 1 to 15 characters (Linux interface name)",
+            );
+        }
+        let p = &self.probes;
+        if p.interval.0 < std::time::Duration::from_millis(10) {
+            problems.push("probes.interval", "must be at least 10ms");
+        }
+        if p.window.0 < p.interval.0 {
+            problems.push("probes.window", "must be at least probes.interval");
+        }
+        if !p.peers.is_empty() && (p.listen.is_none() || p.key_file.is_none()) {
+            problems.push("probes", "peers need probes.listen and probes.key_file");
+        }
+        for (i, peer) in p.peers.iter().enumerate() {
+            if peer.appliance == self.agent.appliance {
+                problems.push(
+                    format!("probes.peers[{i}].appliance"),
+                    "an appliance does not probe itself",
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! Postgres access: connections, migrations, inventory, telemetry, notifications, retention.
+//!
+//! Queries are compile-time checked (`query!`) against the committed metadata in `.sqlx/`.
+
+pub mod inventory;
+pub mod notify;
+pub mod retention;
+pub mod target;
+pub mod telemetry;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use sqlx::PgPool;
+use sqlx::migrate::Migrator;
+use sqlx::postgres::PgPoolOptions;
+
+pub use target::{Database, DatabaseTarget, default_data_dir};
+
+/// The schema migrations in `migrations/`, embedded in the binary.
+pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+/// Why a database operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Could not connect, or the connection broke.
+    #[error("cannot reach the database: {0}")]
+    Connect(#[source] sqlx::Error),
+    /// A query failed.
+    #[error("database error: {0}")]
+    Query(#[from] sqlx::Error),
+    /// Applying migrations failed.
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// Starting the embedded cluster failed.
+    #[error(transparent)]
+    LocalPg(#[from] crate::localpg::LocalPgError),
+    /// A blocking helper task panicked or was cancelled.
+    #[error("background task failed: {0}")]
+    Task(String),
+    /// A row read from the database violates a domain rule (should be impossible with the
+    /// schema's constraints; reported rather than trusted).
+    #[error("invalid row in {table}: {message}")]
+    InvalidRow {
+        /// The table.
+        table: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Opens a pool on `url`. Connections time out quickly so that callers see an unreachable
+/// database as an error, not a hang.
+pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, StoreError> {
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect(url)
+        .await
+        .map_err(StoreError::Connect)
+}
+
+/// A migration and whether it has been applied.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MigrationStatus {
+    /// Version (the timestamp prefix of the file).
+    pub version: i64,
+    /// Description from the file name.
+    pub description: String,
+    /// Whether it is applied in this database.
+    pub applied: bool,
+}
+
+/// Versions recorded in sqlx's bookkeeping table (empty when it does not exist yet).
+async fn applied_versions(pool: &PgPool) -> Result<BTreeSet<i64>, StoreError> {
+    let exists: bool =
+        sqlx::query_scalar("SELECT to_regclass('public._sqlx_migrations') IS NOT NULL")
+            .fetch_one(pool)
+            .await?;
+    if !exists {
+        return Ok(BTreeSet::new());
+    }
+    let rows: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM public._sqlx_migrations WHERE success")
+            .fetch_all(pool)
+            .await?;
+    Ok(rows.into_iter().collect())
+}
+
+/// Every known migration with its state.
+pub async fn migration_status(pool: &PgPool) -> Result<Vec<MigrationStatus>, StoreError> {
+    let applied = applied_versions(pool).await?;
+    Ok(MIGRATOR
+        .iter()
+        .map(|m| MigrationStatus {
+            version: m.version,
+            description: m.description.to_string(),
+            applied: applied.contains(&m.version),
+        })
+        .collect())
+}
+
+/// Applies pending migrations; returns those applied by this call (empty when up to date).
+/// sqlx takes an advisory lock, so concurrent callers apply each migration once.
+pub async fn migrate(pool: &PgPool) -> Result<Vec<MigrationStatus>, StoreError> {
+    let before = applied_versions(pool).await?;
+    MIGRATOR.run(pool).await?;
+    let after = migration_status(pool).await?;
+    Ok(after
+        .into_iter()
+        .filter(|m| m.applied && !before.contains(&m.version))
+        .collect())
+}
+
+/// Maps a unique-constraint violation to the name of its constraint.
+pub(crate) fn unique_violation(err: &sqlx::Error) -> Option<&str> {
+    match err {
+        sqlx::Error::Database(db) if db.code().as_deref() == Some("23505") => db.constraint(),
+        _ => None,
+    }
+}
+
+/// Maps a foreign-key violation to the name of its constraint.
+pub(crate) fn foreign_key_violation(err: &sqlx::Error) -> Option<&str> {
+    match err {
+        sqlx::Error::Database(db) if db.code().as_deref() == Some("23503") => db.constraint(),
+        _ => None,
+    }
+}
