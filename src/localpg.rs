@@ -267,6 +267,17 @@ impl LocalCluster {
         )
     }
 
+    /// libpq key/value connection string of `database`, the form `CREATE SUBSCRIPTION` takes
+    /// (contains the password: never log it).
+    pub fn conninfo(&self, database: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} user=postgres password={} dbname={}",
+            self.port,
+            self.password.as_str(),
+            database
+        )
+    }
+
     /// Stops the server if this value started it; waits up to 20 s for a clean shutdown.
     pub fn stop(&mut self) {
         if let Some(mut watchdog) = self.watchdog.take() {
