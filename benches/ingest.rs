@@ -34,22 +34,31 @@ fn rows(writer: usize, count: usize) -> Vec<ApplianceHealth> {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // `cargo bench` passes --bench; `cargo test --all-targets` does not, and then a small run
+    // only checks that the benchmark works.
+    let smoke = !std::env::args().any(|a| a == "--bench");
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with("--"))
         .collect();
+    let default_total = if smoke { 4_000 } else { 400_000 };
     let total: usize = args
         .first()
         .map(|s| s.parse())
         .transpose()?
-        .unwrap_or(400_000);
+        .unwrap_or(default_total);
     let batch: usize = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(1_000);
 
     let dir = temp_cluster_dir("shadowsteer-bench-ingest")?;
     let db = Database::open_embedded(&dir, Durability::Durable, 8).await?;
     store::migrate(&db.pool).await?;
     println!(
-        "ingest benchmark: {total} health rows per run, batches of {batch}, durable local cluster"
+        "ingest benchmark{}: {total} health rows per run, batches of {batch}, durable local cluster",
+        if smoke {
+            " (smoke run; `cargo bench --bench ingest` measures)"
+        } else {
+            ""
+        }
     );
     for writers in [1usize, 2, 4] {
         sqlx::query("TRUNCATE appliance_health")
