@@ -11,7 +11,7 @@ use shadowsteer::domain::{
     ApplianceId, ApplianceState, ClientId, Probability, PublicKey, RegionId,
 };
 use shadowsteer::store::inventory::{
-    self, AdvisoryScope, InventoryError, NewAdvisory, NewAppliance, NewClient,
+    self, Advisory, AdvisoryScope, InventoryError, NewAdvisory, NewAppliance, NewClient,
 };
 
 use super::{CommandError, CommandResult, DbArgs, db, table};
@@ -411,8 +411,8 @@ pub async fn run_advisory(cmd: AdvisoryCommand) -> CommandResult {
             let now = Utc::now();
             let rows: Vec<Vec<String>> = list
                 .iter()
-                .map(|a| {
-                    let id = a.id.to_string();
+                .map(|Advisory { id, spec: a }| {
+                    let id = id.to_string();
                     vec![
                         id[..8].to_owned(),
                         match &a.scope {

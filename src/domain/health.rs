@@ -1,46 +1,14 @@
 //! Appliance health and path measurements: the telemetry the risk model learns from.
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 
 use super::ids::{ApplianceId, ClientId, RegionId};
-use super::risk::RiskError;
 
-/// A share in [0, 1], e.g. cpu or memory use; never NaN.
-#[derive(Debug, Clone, Copy, PartialEq, PartialOrd, Serialize, Default)]
-#[serde(transparent)]
-pub struct Fraction(f64);
-
-impl Fraction {
-    /// Validates `value`.
-    pub fn new(value: f64) -> Result<Self, RiskError> {
-        if (0.0..=1.0).contains(&value) {
-            Ok(Self(value))
-        } else {
-            Err(RiskError::OutOfRange(value))
-        }
-    }
-
-    /// Clamps a measured ratio into [0, 1] (NaN becomes 0): measurements can overshoot by jitter.
-    pub fn saturating(value: f64) -> Self {
-        if value.is_nan() {
-            Self(0.0)
-        } else {
-            Self(value.clamp(0.0, 1.0))
-        }
-    }
-
-    /// The value.
-    pub fn get(self) -> f64 {
-        self.0
-    }
-}
-
-impl<'de> Deserialize<'de> for Fraction {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Self::new(f64::deserialize(d)?).map_err(serde::de::Error::custom)
-    }
-}
+super::risk::unit_interval!(
+    /// A share in [0, 1], e.g. cpu or memory use.
+    Fraction
+);
 
 /// One health report of one appliance (the seed's `ApplianceHealth`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -22,58 +22,71 @@ pub enum RiskError {
     },
 }
 
-/// A number in [0, 1]; never NaN.
-#[derive(Debug, Clone, Copy, PartialEq, PartialOrd, Serialize, Default)]
-#[serde(transparent)]
-pub struct Probability(f64);
+/// Defines a newtype over `f64` that only holds values in [0, 1] (never NaN).
+macro_rules! unit_interval {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, PartialOrd, serde::Serialize, Default)]
+        #[serde(transparent)]
+        pub struct $name(f64);
+
+        impl $name {
+            /// Validates `value`.
+            pub fn new(value: f64) -> Result<Self, $crate::domain::RiskError> {
+                if (0.0..=1.0).contains(&value) {
+                    Ok(Self(value))
+                } else {
+                    Err($crate::domain::RiskError::OutOfRange(value))
+                }
+            }
+
+            /// Clamps any value into [0, 1] (NaN becomes 0): for computed values that may stray
+            /// by rounding or measurement jitter.
+            pub fn saturating(value: f64) -> Self {
+                if value.is_nan() {
+                    Self(0.0)
+                } else {
+                    Self(value.clamp(0.0, 1.0))
+                }
+            }
+
+            /// The value.
+            pub fn get(self) -> f64 {
+                self.0
+            }
+        }
+
+        impl TryFrom<f64> for $name {
+            type Error = $crate::domain::RiskError;
+            fn try_from(v: f64) -> Result<Self, Self::Error> {
+                Self::new(v)
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                Self::new(f64::deserialize(d)?).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+pub(crate) use unit_interval;
+
+unit_interval!(
+    /// A probability, e.g. of failure within the model's horizon.
+    Probability
+);
 
 impl Probability {
     /// Zero risk.
     pub const ZERO: Self = Self(0.0);
     /// Certain failure.
     pub const ONE: Self = Self(1.0);
-
-    /// Validates `value`.
-    pub fn new(value: f64) -> Result<Self, RiskError> {
-        if (0.0..=1.0).contains(&value) {
-            Ok(Self(value))
-        } else {
-            Err(RiskError::OutOfRange(value))
-        }
-    }
-
-    /// Clamps any finite value into [0, 1] (NaN becomes 0): for model outputs that may stray by
-    /// rounding.
-    pub fn saturating(value: f64) -> Self {
-        if value.is_nan() {
-            Self(0.0)
-        } else {
-            Self(value.clamp(0.0, 1.0))
-        }
-    }
-
-    /// The value.
-    pub fn get(self) -> f64 {
-        self.0
-    }
 }
 
 impl fmt::Display for Probability {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:.3}", self.0)
-    }
-}
-
-impl TryFrom<f64> for Probability {
-    type Error = RiskError;
-    fn try_from(v: f64) -> Result<Self, RiskError> {
-        Self::new(v)
-    }
-}
-
-impl<'de> Deserialize<'de> for Probability {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Self::new(f64::deserialize(d)?).map_err(serde::de::Error::custom)
     }
 }
 

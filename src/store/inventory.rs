@@ -480,34 +480,18 @@ pub enum AdvisoryScope {
     Region(RegionId),
 }
 
-/// An advisory as listed.
+/// An advisory as stored.
 #[derive(Debug, Clone, Serialize)]
 pub struct Advisory {
     /// Its id.
     pub id: Uuid,
-    /// What it applies to.
-    pub scope: AdvisoryScope,
-    /// Kind (geopolitical, environmental, maintenance, operational).
-    pub kind: String,
-    /// Risk it adds while active.
-    pub risk: Probability,
-    /// Start of its window.
-    pub starts_at: DateTime<Utc>,
-    /// End of its window; open-ended when absent.
-    pub ends_at: Option<DateTime<Utc>>,
-    /// Free text.
-    pub note: String,
+    /// What it says.
+    #[serde(flatten)]
+    pub spec: NewAdvisory,
 }
 
-impl Advisory {
-    /// Whether the advisory is in force at `now`.
-    pub fn active_at(&self, now: DateTime<Utc>) -> bool {
-        self.starts_at <= now && self.ends_at.is_none_or(|end| now < end)
-    }
-}
-
-/// What `advisory add` needs.
-#[derive(Debug, Clone)]
+/// An advisory's content: what `advisory add` needs.
+#[derive(Debug, Clone, Serialize)]
 pub struct NewAdvisory {
     /// What it applies to.
     pub scope: AdvisoryScope,
@@ -515,12 +499,19 @@ pub struct NewAdvisory {
     pub kind: String,
     /// Risk while active.
     pub risk: Probability,
-    /// Start.
+    /// Start of its window.
     pub starts_at: DateTime<Utc>,
-    /// End; open-ended when absent.
+    /// End of its window; open-ended when absent.
     pub ends_at: Option<DateTime<Utc>>,
     /// Free text, at most 1000 characters.
     pub note: String,
+}
+
+impl NewAdvisory {
+    /// Whether the advisory is in force at `now`.
+    pub fn active_at(&self, now: DateTime<Utc>) -> bool {
+        self.starts_at <= now && self.ends_at.is_none_or(|end| now < end)
+    }
 }
 
 /// Adds an advisory and returns its id.
@@ -610,12 +601,14 @@ pub async fn list_advisories(pool: &PgPool) -> Result<Vec<Advisory>, InventoryEr
             };
             Ok(Advisory {
                 id: r.id,
-                scope,
-                kind: r.kind,
-                risk: Probability::new(r.risk).map_err(|e| bad(&e))?,
-                starts_at: r.starts_at,
-                ends_at: r.ends_at,
-                note: r.note,
+                spec: NewAdvisory {
+                    scope,
+                    kind: r.kind,
+                    risk: Probability::new(r.risk).map_err(|e| bad(&e))?,
+                    starts_at: r.starts_at,
+                    ends_at: r.ends_at,
+                    note: r.note,
+                },
             })
         })
         .collect()
