@@ -6,6 +6,7 @@
 //! - [`config`]: TOML configuration files, parsed and validated with errors that name file and key.
 //! - [`store`]: Postgres access: migrations, inventory, telemetry ingestion, notifications, retention.
 //! - [`localpg`]: local Postgres clusters started from the installed server binaries.
+//! - [`tunnel`]: the WireGuard data plane (boringtun), used by the agent and the client helper.
 //!
 //! Pure decision logic lives apart from I/O: a module that decides never opens a socket, reads the
 //! clock or touches the database; its shell does.
@@ -15,3 +16,4 @@ pub mod config;
 pub mod domain;
 pub mod localpg;
 pub mod store;
+pub mod tunnel;
