@@ -118,7 +118,10 @@ mod tests {
         assert!(write_secret_key(&path, &key).is_err(), "overwrote a key");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         let err = read_secret_key(&path).unwrap_err().to_string();
-        assert!(err.contains("mode 0644") && err.contains("chmod 600"), "{err}");
+        assert!(
+            err.contains("mode 0644") && err.contains("chmod 600"),
+            "{err}"
+        );
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         std::fs::write(&path, "not a key\n").unwrap();
         assert!(matches!(

@@ -7,6 +7,7 @@
 //! - [`config`]: TOML configuration files, parsed and validated with errors that name file and key.
 //! - [`store`]: Postgres access: migrations, inventory, telemetry ingestion, notifications, retention.
 //! - [`localpg`]: local Postgres clusters started from the installed server binaries.
+//! - [`agent`]: the appliance agent (data plane, roster, health, probes, session recorder).
 //! - [`client`]: the client helper (resolves its appliance by DNS, roams, measures).
 //! - [`tunnel`]: the WireGuard data plane (boringtun), used by the agent and the client helper.
 //!
@@ -14,6 +15,7 @@
 //! clock or touches the database; its shell does.
 #![warn(missing_docs)]
 
+pub mod agent;
 pub mod client;
 pub mod config;
 pub mod domain;

@@ -6,3 +6,5 @@
 //! - [`run`] (shell): the UDP socket, the tunnel, roaming, TUN or probe inside, reports.
 
 pub mod probe;
+pub mod resolve;
+pub mod run;

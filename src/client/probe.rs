@@ -347,7 +347,10 @@ mod tests {
         for i in [0u64, 1, 2, 3, 7, 9] {
             assert!(s.handle_reply(t0 + ms(10 * i + 3), &probes[i as usize]));
         }
-        assert!(!s.handle_reply(t0 + ms(200), &probes[0]), "duplicate accepted");
+        assert!(
+            !s.handle_reply(t0 + ms(200), &probes[0]),
+            "duplicate accepted"
+        );
         assert!(!s.handle_reply(t0 + ms(200), b"garbage that is long enough...."));
         s.settle(t0 + ms(700));
         let r = s.report();
@@ -357,7 +360,11 @@ mod tests {
         assert_eq!((r.received, r.lost, r.late, r.duplicates), (7, 3, 1, 1));
         assert_eq!(r.max_consecutive_lost, 3);
         // Gaps: 33→73 is 40 ms, 73→93 is 20 ms, 93→980 is 887 ms.
-        assert!((r.longest_gap_ms - 887.0).abs() < 1e-6, "{}", r.longest_gap_ms);
+        assert!(
+            (r.longest_gap_ms - 887.0).abs() < 1e-6,
+            "{}",
+            r.longest_gap_ms
+        );
         let rtt = r.rtt_ms.unwrap();
         assert_eq!((rtt.min, rtt.p50, rtt.max), (3.0, 3.0, 900.0));
         assert!(rtt.exact);

@@ -206,7 +206,10 @@ impl Validate for AgentConfig {
             problems.push("tunnel.mtu", "must be between 576 and 9000");
         }
         if self.agent.handshake_rate_limit == 0 || self.agent.handshake_rate_limit > 1_000_000 {
-            problems.push("agent.handshake_rate_limit", "must be between 1 and 1000000");
+            problems.push(
+                "agent.handshake_rate_limit",
+                "must be between 1 and 1000000",
+            );
         }
         if self.tunnel.tun_name.is_empty() || self.tunnel.tun_name.len() > 15 {
             problems.push(

@@ -225,7 +225,9 @@ impl Validate for ClientConfig {
         if c.min_ttl.0 > c.max_ttl.0 {
             problems.push("client.min_ttl", "must not exceed client.max_ttl");
         }
-        if c.keepalive.is_some_and(|k| k.0.as_secs() == 0 || k.0.as_secs() > 65535) {
+        if c.keepalive
+            .is_some_and(|k| k.0.as_secs() == 0 || k.0.as_secs() > 65535)
+        {
             problems.push("client.keepalive", "must be between 1s and 65535s");
         }
         let t = &self.tunnel;

@@ -257,7 +257,11 @@ network = "10.77.0.0/24"
         let errs = check(&text.replace("127.0.0.1:99999", "system")).unwrap_err();
         assert!(errs[0].contains("tunnel.address"), "{errs:?}");
         assert_eq!(
-            check(&text.replace("127.0.0.1:99999", "system").replace("10.78.0.2", "10.77.0.2")),
+            check(
+                &text
+                    .replace("127.0.0.1:99999", "system")
+                    .replace("10.78.0.2", "10.77.0.2")
+            ),
             Ok(ConfigKind::Client)
         );
         let errs = check("[client]\nx=1\n[agent]\ny=1\n").unwrap_err();

@@ -169,6 +169,10 @@ pub struct Peer {
     last_handshake: Option<Instant>,
     last_rtt: Option<Duration>,
     events: VecDeque<PeerEvent>,
+    /// Whether authenticated packets from a new address move the endpoint (WireGuard roaming,
+    /// on for servers) or the endpoint is set only by [`Peer::set_endpoint`] (the client helper,
+    /// which follows DNS, not stray packets from an appliance it left).
+    follow_roaming: bool,
 }
 
 impl std::fmt::Debug for Peer {
@@ -205,7 +209,13 @@ impl Peer {
             last_handshake: None,
             last_rtt: None,
             events: VecDeque::new(),
+            follow_roaming: true,
         }
+    }
+
+    /// Stops following authenticated packets to new addresses (see `follow_roaming`).
+    pub fn pin_endpoint(&mut self) {
+        self.follow_roaming = false;
     }
 
     /// The peer's settings.
@@ -286,7 +296,7 @@ impl Peer {
 
     /// Notes an authenticated packet from `src`: WireGuard roaming follows it.
     fn authenticated_from(&mut self, src: SocketAddr) {
-        if self.endpoint != Some(src) {
+        if self.follow_roaming && self.endpoint != Some(src) {
             self.endpoint = Some(src);
             self.push_event(PeerEvent::Endpoint(src));
         }
