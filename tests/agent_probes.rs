@@ -44,13 +44,25 @@ async fn agents_probe_each_other_and_reject_forged_probes() {
     let pk = key_file(dir.path(), "probe.key", &SecretKey::generate());
     let (pe, pu) = (free_udp(), free_udp());
     let eu = RunningAgent::start(
-        &agent_toml("eu-1", "127.0.0.1:0", &kf, &db.url, &probes(pe, &pk, "us-1", pu)),
+        &agent_toml(
+            "eu-1",
+            "127.0.0.1:0",
+            &kf,
+            &db.url,
+            &probes(pe, &pk, "us-1", pu),
+        ),
         dir.path(),
         "eu-1",
     )
     .await;
     let us = RunningAgent::start(
-        &agent_toml("us-1", "127.0.0.1:0", &kf, &db.url, &probes(pu, &pk, "eu-1", pe)),
+        &agent_toml(
+            "us-1",
+            "127.0.0.1:0",
+            &kf,
+            &db.url,
+            &probes(pu, &pk, "eu-1", pe),
+        ),
         dir.path(),
         "us-1",
     )
@@ -84,17 +96,35 @@ async fn agents_probe_each_other_and_reject_forged_probes() {
     let me = shadowsteer::domain::ApplianceId::new("evil").unwrap();
     let target = shadowsteer::domain::ApplianceId::new("eu-1").unwrap();
     let mut buf = [0u8; shadowsteer::agent::probe::MAX_PROBE];
-    let before = eu.handle.probes.as_ref().unwrap().0.rejected.load(Ordering::Relaxed);
+    let before = eu
+        .handle
+        .probes
+        .as_ref()
+        .unwrap()
+        .0
+        .rejected
+        .load(Ordering::Relaxed);
     for _ in 0..10 {
         let p = meter.request(std::time::Instant::now(), &me, &target);
         let n = other.encode(&p, &mut buf);
-        stranger.send_to(&buf[..n], ("127.0.0.1", pe)).await.unwrap();
+        stranger
+            .send_to(&buf[..n], ("127.0.0.1", pe))
+            .await
+            .unwrap();
     }
     let mut rx = [0u8; 256];
-    let answered = tokio::time::timeout(Duration::from_millis(500), stranger.recv_from(&mut rx)).await;
+    let answered =
+        tokio::time::timeout(Duration::from_millis(500), stranger.recv_from(&mut rx)).await;
     assert!(answered.is_err(), "a forged probe was answered");
     wait_for(Duration::from_secs(5), "rejections counted", || async {
-        let n = eu.handle.probes.as_ref().unwrap().0.rejected.load(Ordering::Relaxed);
+        let n = eu
+            .handle
+            .probes
+            .as_ref()
+            .unwrap()
+            .0
+            .rejected
+            .load(Ordering::Relaxed);
         (n >= before + 10).then_some(())
     })
     .await;

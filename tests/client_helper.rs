@@ -49,7 +49,12 @@ async fn helper_roams_to_the_new_answer_without_dropping_the_tunnel() {
     // Both rosters loaded before the helper starts.
     for a in [&primary, &shadow] {
         agent_support::wait_for(Duration::from_secs(15), "roster", || async {
-            (a.handle.device.stats.peers.load(std::sync::atomic::Ordering::Relaxed) == 1)
+            (a.handle
+                .device
+                .stats
+                .peers
+                .load(std::sync::atomic::Ordering::Relaxed)
+                == 1)
                 .then_some(())
         })
         .await;
@@ -96,7 +101,11 @@ loss_timeout = "1s"
     .unwrap();
     let cfg: ClientConfig = shadowsteer::config::load(&path).unwrap();
     let shutdown = CancellationToken::new();
-    let run = tokio::spawn(shadowsteer::client::run::run(cfg, key.clone(), shutdown.clone()));
+    let run = tokio::spawn(shadowsteer::client::run::run(
+        cfg,
+        key.clone(),
+        shutdown.clone(),
+    ));
     tokio::time::sleep(Duration::from_secs(3)).await;
     dns.set(Ipv4Addr::new(127, 0, 0, 2));
     tokio::time::sleep(Duration::from_secs(4)).await;
