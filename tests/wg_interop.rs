@@ -163,35 +163,27 @@ fn udp_echo(ns: &Netns, dst: SocketAddr, count: usize) -> usize {
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stock_wireguard_go_client_talks_to_the_agent() {
-    if let Some(why) = skip_reason() {
-        eprintln!("SKIPPED: wg_interop: {why}");
-        return;
-    }
-    let db = common::test_db().await;
-    let dir = tempfile::tempdir().unwrap();
-    let ns = Netns::create("wg", 1);
-    let service = SecretKey::generate();
-    agent_support::inventory(&db, &service, 0);
-    let (id, client_key, client_ip) = agent_support::add_client(&db, "alice", 0, "eu-1", "us-1");
-    let kf = key_file(dir.path(), "service.key", &service);
-    let port = free_udp_port(ns.root_ip);
-    let _agent = spawn_agent(
-        dir.path(),
-        &agent_config(SocketAddr::from((ns.root_ip, port)), &kf, &db.url),
-        "agent",
-    );
-    agent_ready(dir.path(), "agent").await;
-
+/// Starts `wireguard-go` in `ns`, configured with `wg` from `shadowsteer client config` output.
+#[allow(clippy::too_many_arguments)]
+async fn start_wireguard_go(
+    db: &common::TestDb,
+    ns: &Netns,
+    dir: &std::path::Path,
+    id: &str,
+    client_key: &SecretKey,
+    service: &SecretKey,
+    client_ip: std::net::IpAddr,
+    port: u16,
+    network: &str,
+) -> (Child, String) {
     // The stock client's configuration, from the CLI, with the client's key embedded.
-    let ckf = key_file(dir.path(), "alice.key", &client_key);
+    let ckf = key_file(dir, &format!("{id}.key"), client_key);
     let (code, conf, err) = common::run_cli(
-        &db,
+        db,
         &[
             "client",
             "config",
-            &id,
+            id,
             "--zone",
             "vpn.test",
             "--port",
@@ -199,20 +191,20 @@ async fn stock_wireguard_go_client_talks_to_the_agent() {
             "--private-key-file",
             ckf.to_str().unwrap(),
             "--allowed-ips",
-            "10.77.0.0/24",
+            network,
         ],
     );
     assert_eq!(code, 0, "{err}");
     assert!(
-        conf.contains(&format!("Endpoint = alice.c.vpn.test:{port}")),
+        conf.contains(&format!("Endpoint = {id}.c.vpn.test:{port}")),
         "{conf}"
     );
     assert!(
         conf.contains(&format!("PublicKey = {}", service.public_key())),
         "{conf}"
     );
-    let ifname = format!("sswg{}", std::process::id() % 100_000);
-    let conf_path = dir.path().join(format!("{ifname}.conf"));
+    let ifname = format!("sw{}", &ns.veth[3..]);
+    let conf_path = dir.join(format!("{ifname}.conf"));
     std::fs::write(&conf_path, &conf).unwrap();
     let stripped = std::process::Command::new("wg-quick")
         .args(["strip", conf_path.to_str().unwrap()])
@@ -223,15 +215,15 @@ async fn stock_wireguard_go_client_talks_to_the_agent() {
         "{}",
         String::from_utf8_lossy(&stripped.stderr)
     );
-    let wg_path = dir.path().join("wg.conf");
+    let wg_path = dir.join("wg.conf");
     std::fs::write(&wg_path, &stripped.stdout).unwrap();
     // The per-client name resolves (through /etc/hosts of the namespace) to the appliance.
     ns.hosts(&format!(
-        "127.0.0.1 localhost\n{} alice.c.vpn.test\n",
+        "127.0.0.1 localhost\n{} {id}.c.vpn.test\n",
         ns.root_ip
     ));
 
-    let _wg = Child(
+    let wg = Child(
         std::process::Command::new("ip")
             .args(["netns", "exec", &ns.name, "wireguard-go", "-f", &ifname])
             .stdout(std::process::Stdio::null())
@@ -266,15 +258,45 @@ async fn stock_wireguard_go_client_talks_to_the_agent() {
     ]);
     sh(&["ip", "-n", &ns.name, "link", "set", &ifname, "up"]);
     sh(&[
-        "ip",
-        "-n",
-        &ns.name,
-        "route",
-        "add",
-        "10.77.0.0/24",
-        "dev",
-        &ifname,
+        "ip", "-n", &ns.name, "route", "add", network, "dev", &ifname,
     ]);
+
+    (wg, ifname)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stock_wireguard_go_client_talks_to_the_agent() {
+    if let Some(why) = skip_reason() {
+        eprintln!("SKIPPED: wg_interop: {why}");
+        return;
+    }
+    let db = common::test_db().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ns = Netns::create("wg", 1);
+    let service = SecretKey::generate();
+    agent_support::inventory(&db, &service, 0);
+    let (id, client_key, client_ip) = agent_support::add_client(&db, "alice", 0, "eu-1", "us-1");
+    let kf = key_file(dir.path(), "service.key", &service);
+    let port = free_udp_port(ns.root_ip);
+    let _agent = spawn_agent(
+        dir.path(),
+        &agent_config(SocketAddr::from((ns.root_ip, port)), &kf, &db.url),
+        "agent",
+    );
+    agent_ready(dir.path(), "agent").await;
+
+    let (_wg, ifname) = start_wireguard_go(
+        &db,
+        &ns,
+        dir.path(),
+        &id,
+        &client_key,
+        &service,
+        client_ip,
+        port,
+        "10.77.0.0/24",
+    )
+    .await;
 
     let echo: Ipv4Addr = "10.77.0.1".parse().unwrap();
     // The agent may still be loading its roster: retry the first ping for a while.
@@ -466,4 +488,65 @@ loss_timeout = "1s"
     })
     .await;
     assert!(reports >= 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tun_mode_hands_traffic_to_the_host_stack() {
+    if let Some(why) = skip_reason() {
+        eprintln!("SKIPPED: wg_interop: {why}");
+        return;
+    }
+    let db = common::test_db().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ns = Netns::create("tn", 3);
+    let service = SecretKey::generate();
+    agent_support::inventory(&db, &service, 0);
+    let client_ip: std::net::IpAddr = "10.78.3.2".parse().unwrap();
+    let (id, client_key, _) = agent_support::add_client_ip(&db, "dave", client_ip, "eu-1", "us-1");
+    let kf = key_file(dir.path(), "service.key", &service);
+    let port = free_udp_port(ns.root_ip);
+    let tun_name = format!("sst{}", std::process::id() % 100_000);
+    let text = agent_config(SocketAddr::from((ns.root_ip, port)), &kf, &db.url)
+        .replace("inside = \"echo\"", "inside = \"tun\"")
+        .replace(
+            "network = \"10.77.0.0/24\"",
+            &format!("network = \"10.78.3.0/24\"\ntun_name = \"{tun_name}\""),
+        );
+    let _agent = spawn_agent(dir.path(), &text, "agent");
+    agent_ready(dir.path(), "agent").await;
+    // A UDP echo server of the host, on the TUN device's address.
+    let server = wait_for(Duration::from_secs(10), "TUN address", || async {
+        UdpSocket::bind("10.78.3.1:7").ok()
+    })
+    .await;
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = server.recv_from(&mut buf) {
+            let _ = server.send_to(&buf[..n], from);
+        }
+    });
+    let (_wg, _ifname) = start_wireguard_go(
+        &db,
+        &ns,
+        dir.path(),
+        &id,
+        &client_key,
+        &service,
+        client_ip,
+        port,
+        "10.78.3.0/24",
+    )
+    .await;
+    let host: Ipv4Addr = "10.78.3.1".parse().unwrap();
+    let first = Instant::now();
+    let mut ok = 0;
+    while ok == 0 && first.elapsed() < Duration::from_secs(20) {
+        ok = ping(&ns, host, 1);
+    }
+    assert_eq!(
+        ok, 1,
+        "the host never answered a ping through the TUN device"
+    );
+    assert_eq!(ping(&ns, host, 5), 5);
+    assert_eq!(udp_echo(&ns, (host, 7).into(), 5), 5);
 }

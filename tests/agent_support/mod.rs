@@ -82,8 +82,19 @@ pub fn add_client(
     primary: &str,
     shadow: &str,
 ) -> (String, SecretKey, IpAddr) {
-    let key = SecretKey::generate();
     let ip: IpAddr = Ipv4Addr::new(10, 77, (host / 250) as u8, (host % 250) as u8 + 2).into();
+    add_client_ip(db, id, ip, primary, shadow)
+}
+
+/// Registers one client with a given tunnel address.
+pub fn add_client_ip(
+    db: &TestDb,
+    id: &str,
+    ip: IpAddr,
+    primary: &str,
+    shadow: &str,
+) -> (String, SecretKey, IpAddr) {
+    let key = SecretKey::generate();
     let (code, _, err) = run_cli(
         db,
         &[
