@@ -10,6 +10,9 @@ use std::time::Duration;
 use agent_support::{RunningAgent, agent_toml, inventory, key_file, wait_for};
 use shadowsteer::domain::SecretKey;
 
+/// src, dst, rtt, jitter, loss, samples.
+type PathRow = (String, String, Option<f64>, Option<f64>, f64, i32);
+
 fn free_udp() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0")
         .unwrap()
@@ -67,22 +70,21 @@ async fn agents_probe_each_other_and_reject_forged_probes() {
         "us-1",
     )
     .await;
-    let rows: Vec<(String, String, Option<f64>, Option<f64>, f64, i32)> =
-        wait_for(Duration::from_secs(20), "path rows both ways", || async {
-            let rows: Vec<(String, String, Option<f64>, Option<f64>, f64, i32)> = sqlx::query_as(
-                "SELECT src, dst, rtt_ms, jitter_ms, loss, samples FROM path_probes
+    let rows: Vec<PathRow> = wait_for(Duration::from_secs(20), "path rows both ways", || async {
+        let rows: Vec<PathRow> = sqlx::query_as(
+            "SELECT src, dst, rtt_ms, jitter_ms, loss, samples FROM path_probes
                  WHERE dst_kind = 'appliance' ORDER BY ts",
-            )
-            .fetch_all(&db.pool)
-            .await
-            .unwrap();
-            let both = rows.iter().any(|r| r.0 == "eu-1" && r.1 == "us-1")
-                && rows.iter().any(|r| r.0 == "us-1" && r.1 == "eu-1");
-            (both && rows.len() >= 4).then_some(rows)
-        })
-        .await;
+        )
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+        let both = rows.iter().any(|r| r.0 == "eu-1" && r.1 == "us-1")
+            && rows.iter().any(|r| r.0 == "us-1" && r.1 == "eu-1");
+        (both && rows.len() >= 4).then_some(rows)
+    })
+    .await;
     for r in &rows {
-        assert!(r.2.is_some_and(|rtt| rtt >= 0.0 && rtt < 500.0), "{r:?}");
+        assert!(r.2.is_some_and(|rtt| (0.0..500.0).contains(&rtt)), "{r:?}");
         assert!(r.5 >= 5, "{r:?}");
         assert!(r.4 <= 0.2, "loss on loopback: {r:?}");
     }

@@ -181,7 +181,7 @@ impl ProbeStream {
             self.settle_one();
         }
         self.pending.push_back(offset);
-        if self.next_seq % 64 == 0 {
+        if self.next_seq.is_multiple_of(64) {
             self.received.push(0);
         }
         self.next_seq += 1;

@@ -304,7 +304,7 @@ pub async fn run(
                 }
                 for _ in 0..512 {
                     match st.peer.flush(&mut inner) {
-                        Action::Send(bytes) => st.send(&bytes.to_vec()),
+                        Action::Send(bytes) => st.send(bytes),
                         _ => break,
                     }
                 }
