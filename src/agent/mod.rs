@@ -119,6 +119,7 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> Result<AgentHandle, AgentError> {
     let key = keyfile::read_secret_key(&config.agent.key_file)?;
+    let public_key = key.public_key();
     let probe_key = match &config.probes.key_file {
         Some(path) if !config.probes.peers.is_empty() || config.probes.listen.is_some() => {
             Some(keyfile::read_secret_key(path)?)
@@ -142,7 +143,7 @@ pub async fn start(
     tracing::info!(
         appliance = %appliance,
         listen = %handle.local_addr,
-        public_key = %handle_public(&config)?,
+        public_key = %public_key,
         inside = ?config.agent.inside,
         "data plane up"
     );
@@ -231,12 +232,6 @@ pub async fn start(
         probes,
         database,
     })
-}
-
-fn handle_public(config: &AgentConfig) -> Result<String, AgentError> {
-    Ok(keyfile::read_secret_key(&config.agent.key_file)?
-        .public_key()
-        .to_base64())
 }
 
 /// Overrides given on the command line (they win over the file).

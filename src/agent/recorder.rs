@@ -126,6 +126,13 @@ impl Recorder {
         self.due.remove(&peer);
     }
 
+    /// Forgets every session whose peer `keep` rejects (clients no longer served).
+    pub fn retain(&mut self, mut keep: impl FnMut(PeerIndex) -> bool) {
+        self.written.retain(|p, _| keep(*p));
+        self.latest.retain(|p, _| keep(*p));
+        self.due.retain(|p| keep(*p));
+    }
+
     /// Sessions with a write due.
     pub fn due(&self) -> usize {
         self.due.len()
@@ -183,6 +190,10 @@ mod tests {
         assert!(w[0].changed.endpoint && w[0].changed.counters);
         r.handle_written(&w[0]);
         assert_eq!(r.due(), 0);
+        r.observe(p, state(3000, 3));
+        r.retain(|_| false);
+        assert_eq!(r.due(), 0);
+        assert!(r.poll_writes(10).is_empty());
     }
 
     proptest! {

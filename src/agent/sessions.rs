@@ -23,6 +23,8 @@ use crate::tunnel::device::{DeviceEvent, SessionSnapshot};
 const FLUSH: Duration = Duration::from_millis(250);
 /// Sessions per statement.
 const BATCH: usize = 1000;
+/// Flushes between two sweeps of sessions of clients no longer served.
+const PRUNE_EVERY: u64 = 60;
 /// Longest a write may take before it counts as failed.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -45,6 +47,7 @@ struct Shell {
     paths: Bounded<PathProbe>,
     stats: std::sync::Arc<RecorderStats>,
     last_error: Option<String>,
+    flushes: u64,
 }
 
 impl Shell {
@@ -58,7 +61,12 @@ impl Shell {
             (view.region.clone(), view.by_index.get(&peer).cloned())
         };
         // A peer unknown to the roster was removed meanwhile: nothing to record.
-        let Some((client, role)) = entry else { return };
+        let Some((client, role)) = entry else {
+            if let DeviceEvent::Session(s) = &event {
+                self.recorder.forget(s.peer);
+            }
+            return;
+        };
         match event {
             DeviceEvent::Session(s) => self.recorder.observe(s.peer, recorded(&s, role)),
             DeviceEvent::Rtt { rtt, .. } => {
@@ -113,6 +121,12 @@ impl Shell {
             let Some(region) = view.region.clone() else {
                 return;
             };
+            // Clients no longer served leave the recorder (bounded by the roster); an O(clients)
+            // sweep, so only every PRUNE_EVERY flushes.
+            self.flushes = self.flushes.wrapping_add(1);
+            if self.flushes % PRUNE_EVERY == 0 {
+                self.recorder.retain(|p| view.by_index.contains_key(&p));
+            }
             let due = self.recorder.poll_writes(BATCH);
             let names: Vec<_> = due
                 .into_iter()
@@ -209,6 +223,7 @@ pub async fn run(
         paths: Bounded::new(buffer_rows),
         stats,
         last_error: None,
+        flushes: 0,
     };
     let mut tick = tokio::time::interval(FLUSH);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
