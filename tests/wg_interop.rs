@@ -115,7 +115,11 @@ fn ping(ns: &Netns, dst: Ipv4Addr, count: u16) -> u16 {
             )
             .unwrap();
             let addr: SocketAddr = (dst, 0).into();
-            sock.send_to(&buf[20..n], &addr.into()).unwrap();
+            // Before the route exists (a TUN device still coming up) sending fails: a lost ping.
+            if sock.send_to(&buf[20..n], &addr.into()).is_err() {
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
             let deadline = Instant::now() + Duration::from_secs(2);
             while Instant::now() < deadline {
                 let mut rx = [std::mem::MaybeUninit::<u8>::uninit(); 256];
@@ -549,4 +553,83 @@ async fn tun_mode_hands_traffic_to_the_host_stack() {
     );
     assert_eq!(ping(&ns, host, 5), 5);
     assert_eq!(udp_echo(&ns, (host, 7).into(), 5), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_helper_tun_mode_carries_host_traffic() {
+    if let Some(why) = skip_reason() {
+        eprintln!("SKIPPED: wg_interop: {why}");
+        return;
+    }
+    let db = common::test_db().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ns = Netns::create("ct", 4);
+    let service = SecretKey::generate();
+    agent_support::inventory(&db, &service, 0);
+    let (_, client_key, client_ip) = agent_support::add_client(&db, "erin", 0, "eu-1", "us-1");
+    let kf = key_file(dir.path(), "service.key", &service);
+    let port = free_udp_port(ns.root_ip);
+    let _agent = spawn_agent(
+        dir.path(),
+        &agent_config(SocketAddr::from((ns.root_ip, port)), &kf, &db.url),
+        "agent",
+    );
+    agent_ready(dir.path(), "agent").await;
+    let dns_sock = tokio::net::UdpSocket::bind((ns.root_ip, 0)).await.unwrap();
+    let dns = TestDns::start(dns_sock, "erin.c.vpn.test", ns.root_ip, 30).await;
+    let ckf = key_file(dir.path(), "erin.key", &client_key);
+    let conf = dir.path().join("client.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            r#"
+[client]
+id = "erin"
+key_file = "{}"
+service_public_key = "{}"
+zone = "vpn.test"
+port = {port}
+resolver = "{}"
+inside = "tun"
+
+[tunnel]
+address = "{client_ip}"
+network = "10.77.0.0/24"
+tun_name = "ssc{}"
+"#,
+            ckf.display(),
+            service.public_key(),
+            dns.addr,
+            std::process::id() % 100_000
+        ),
+    )
+    .unwrap();
+    let _helper = Child(
+        std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &ns.name,
+                common::bin(),
+                "client",
+                "run",
+                "--config",
+            ])
+            .arg(&conf)
+            .args(["--duration", "60s"])
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let echo: Ipv4Addr = "10.77.0.1".parse().unwrap();
+    let first = Instant::now();
+    let mut ok = 0;
+    while ok == 0 && first.elapsed() < Duration::from_secs(20) {
+        ok = ping(&ns, echo, 1);
+    }
+    assert_eq!(ok, 1, "no ping through the helper's TUN device");
+    assert_eq!(ping(&ns, echo, 5), 5);
+    assert_eq!(udp_echo(&ns, (echo, 7).into(), 5), 5);
 }

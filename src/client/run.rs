@@ -19,7 +19,7 @@ use super::resolve::{self, ResolveError};
 use crate::config::{ClientConfig, ClientInside, Resolver};
 use crate::domain::{PeerIndex, SecretKey};
 use crate::tunnel::TunnelError;
-use crate::tunnel::device::{REPORT_PORT, TICK, bind_udp};
+use crate::tunnel::device::{REPORT_PORT, TICK, bind_udp, is_transient};
 use crate::tunnel::packet::{self, UdpAddr};
 use crate::tunnel::peer::{Action, Peer, PeerEvent, PeerSpec};
 use crate::tunnel::tun::Tun;
@@ -294,7 +294,11 @@ pub async fn run(
             }
             () = tokio::time::sleep(until_lookup), if idle => {}
             r = st.socket.recv_from(&mut rx) => {
-                let (n, src) = r?;
+                let (n, src) = match r {
+                    Ok(r) => r,
+                    Err(e) if is_transient(&e) => continue,
+                    Err(e) => return Err(e.into()),
+                };
                 let now = Instant::now();
                 let mut inside: Option<Vec<u8>> = None;
                 match st.peer.handle_datagram(now, src, &rx[..n], &mut inner) {

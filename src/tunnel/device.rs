@@ -237,12 +237,17 @@ impl Device {
                     None => break,
                 },
                 r = self.socket.recv_from(&mut rx) => {
-                    let (n, src) = r?;
+                    let (n, src) = match r {
+                        Ok(r) => r,
+                        Err(e) if is_transient(&e) => continue,
+                        Err(e) => return Err(e.into()),
+                    };
                     self.on_datagram(src, &rx[..n], &mut out, &mut reply);
                     for _ in 1..BATCH {
                         match self.socket.try_recv_from(&mut rx) {
                             Ok((n, src)) => self.on_datagram(src, &rx[..n], &mut out, &mut reply),
                             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                            Err(e) if is_transient(&e) => continue,
                             Err(e) => return Err(e.into()),
                         }
                     }
@@ -508,6 +513,19 @@ impl Device {
             }
         }
     }
+}
+
+/// Errors a UDP socket may report for one datagram (an ICMP error for an earlier send, a
+/// signal) that say nothing about the socket itself.
+pub fn is_transient(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+            | io::ErrorKind::HostUnreachable
+            | io::ErrorKind::NetworkUnreachable
+    )
 }
 
 async fn tun_recv(inside: &Inside, buf: &mut [u8]) -> io::Result<usize> {
