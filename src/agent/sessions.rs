@@ -124,7 +124,7 @@ impl Shell {
             // Clients no longer served leave the recorder (bounded by the roster); an O(clients)
             // sweep, so only every PRUNE_EVERY flushes.
             self.flushes = self.flushes.wrapping_add(1);
-            if self.flushes % PRUNE_EVERY == 0 {
+            if self.flushes.is_multiple_of(PRUNE_EVERY) {
                 self.recorder.retain(|p| view.by_index.contains_key(&p));
             }
             let due = self.recorder.poll_writes(BATCH);
