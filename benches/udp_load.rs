@@ -79,7 +79,7 @@ fn blast(target: SocketAddr, size: usize, seconds: f64, window: u64) -> std::io:
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let parsed = match args.first().map(String::as_str) {
-        Some("echo") if args.len() == 2 => args[1].parse().map(|a| echo(a)).ok(),
+        Some("echo") if args.len() == 2 => args[1].parse().map(echo).ok(),
         Some("blast") if args.len() == 5 => {
             match (
                 args[1].parse(),
