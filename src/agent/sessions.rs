@@ -23,6 +23,8 @@ use crate::tunnel::device::{DeviceEvent, SessionSnapshot};
 const FLUSH: Duration = Duration::from_millis(250);
 /// Sessions per statement.
 const BATCH: usize = 1000;
+/// Shortest time between two path rows of one client (handshake rtts and helper reports).
+const MIN_PATH_ROW_GAP: Duration = Duration::from_millis(500);
 /// Flushes between two sweeps of sessions of clients no longer served.
 const PRUNE_EVERY: u64 = 60;
 /// Longest a write may take before it counts as failed.
@@ -48,6 +50,8 @@ struct Shell {
     stats: std::sync::Arc<RecorderStats>,
     last_error: Option<String>,
     flushes: u64,
+    /// When each client last produced a path row: a client cannot flood the table.
+    last_path_row: std::collections::HashMap<crate::domain::PeerIndex, std::time::Instant>,
 }
 
 impl Shell {
@@ -67,6 +71,17 @@ impl Shell {
             }
             return;
         };
+        if let DeviceEvent::Rtt { peer, .. } | DeviceEvent::Report { peer, .. } = &event {
+            let now = std::time::Instant::now();
+            if self
+                .last_path_row
+                .get(peer)
+                .is_some_and(|t| now.saturating_duration_since(*t) < MIN_PATH_ROW_GAP)
+            {
+                return;
+            }
+            self.last_path_row.insert(*peer, now);
+        }
         match event {
             DeviceEvent::Session(s) => self.recorder.observe(s.peer, recorded(&s, role)),
             DeviceEvent::Rtt { rtt, .. } => {
@@ -126,6 +141,8 @@ impl Shell {
             self.flushes = self.flushes.wrapping_add(1);
             if self.flushes.is_multiple_of(PRUNE_EVERY) {
                 self.recorder.retain(|p| view.by_index.contains_key(&p));
+                self.last_path_row
+                    .retain(|p, _| view.by_index.contains_key(p));
             }
             let due = self.recorder.poll_writes(BATCH);
             let names: Vec<_> = due
@@ -224,6 +241,7 @@ pub async fn run(
         stats,
         last_error: None,
         flushes: 0,
+        last_path_row: std::collections::HashMap::new(),
     };
     let mut tick = tokio::time::interval(FLUSH);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
