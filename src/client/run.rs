@@ -176,7 +176,7 @@ pub async fn run(
     let own_ip = cfg.tunnel.address;
     // The helper's own index only names its sessions locally; any 24-bit value works.
     let index = PeerIndex::new(i64::from(rand::random::<u32>() % PeerIndex::MAX) + 1)
-        .unwrap_or(PeerIndex::new(1).map_err(|_| ResolveError::Malformed)?);
+        .expect("1..=PeerIndex::MAX is a valid peer index");
     let mut peer = Peer::new(
         &key,
         PeerSpec {

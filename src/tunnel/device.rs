@@ -382,7 +382,7 @@ impl Device {
             PeerIndex::from_receiver_index(u32::from_le_bytes(b))
         });
         if let Some(p) = peer {
-            self.drain_events(now, p);
+            self.drain_events(p);
         }
     }
 
@@ -473,7 +473,7 @@ impl Device {
         }
     }
 
-    fn drain_events(&mut self, _now: Instant, peer: PeerIndex) {
+    fn drain_events(&mut self, peer: PeerIndex) {
         let mut cause = None;
         // A peer keeps at most a handful of events; the bound is belt and braces.
         for _ in 0..32 {
