@@ -502,6 +502,30 @@ mod tests {
         assert!(cookies >= 14, "only {cookies} cookie replies");
     }
 
+    proptest::proptest! {
+        /// Any datagram, including ones with a valid message type and size, is handled without
+        /// a panic and never reaches the inside.
+        #[test]
+        fn arbitrary_datagrams_never_panic(
+            kind in 0u8..6,
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+            size in proptest::sample::select(vec![0usize, 3, 4, 32, 64, 92, 148, 200]),
+        ) {
+            let mut router = Router::new(SecretKey::generate(), 100);
+            router.upsert(spec(&SecretKey::generate(), 5, "10.77.0.2"));
+            let mut d = body;
+            d.resize(size, 0);
+            if let Some(b) = d.first_mut() {
+                *b = kind;
+            }
+            let mut out = vec![0u8; 2048];
+            let src: SocketAddr = "192.0.2.5:1000".parse().unwrap();
+            let r = router.handle_datagram(Instant::now(), src, &d, &mut out);
+            let inside = matches!(r, Routed::Inside { .. });
+            proptest::prop_assert!(!inside, "garbage reached the inside");
+        }
+    }
+
     #[test]
     fn upsert_keeps_maps_consistent() {
         let mut router = Router::new(SecretKey::generate(), 100);
