@@ -106,6 +106,10 @@ pub enum ClientCommand {
         #[command(flatten)]
         db: DbArgs,
     },
+    /// Print a wg-quick configuration for a stock WireGuard client.
+    Config(super::client::ConfigArgs),
+    /// Run the client helper (WireGuard on boringtun, DNS-steered, with a probe stream).
+    Run(super::client::RunArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -336,6 +340,8 @@ pub async fn run_client(cmd: ClientCommand) -> CommandResult {
             println!("removed client {id}");
             Ok(())
         }
+        ClientCommand::Config(args) => super::client::config(args).await,
+        ClientCommand::Run(args) => super::client::run(args).await,
     }
 }
 

@@ -3,9 +3,12 @@
 //! Exit codes: 0 success, 1 the system failed (database unreachable, I/O), 2 the input was
 //! wrong (bad value, unknown id, duplicate); with 2 nothing was written.
 
+mod agent;
+mod client;
 mod config_cmd;
 mod db;
 mod inventory;
+mod keys;
 mod table;
 
 use std::path::PathBuf;
@@ -37,6 +40,11 @@ enum Command {
     /// Manage risk advisories (operator-entered external risk).
     #[command(subcommand)]
     Advisory(inventory::AdvisoryCommand),
+    /// Run an appliance agent (WireGuard data plane, telemetry, session recorder).
+    Agent(agent::AgentArgs),
+    /// WireGuard keys (interchangeable with `wg genkey` / `wg pubkey`).
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
 }
 
 /// Which database a command talks to.
@@ -104,5 +112,7 @@ pub async fn run(cli: Cli) -> CommandResult {
         Command::Appliance(c) => inventory::run_appliance(c).await,
         Command::Client(c) => inventory::run_client(c).await,
         Command::Advisory(c) => inventory::run_advisory(c).await,
+        Command::Agent(a) => agent::run(a).await,
+        Command::Keys(c) => keys::run(c),
     }
 }

@@ -53,10 +53,17 @@ pub struct AgentSection {
     /// Data directory of the embedded cluster; absent means the default data directory.
     #[serde(default)]
     pub data_dir: Option<PathBuf>,
+    /// Handshake messages per second (all clients together) answered without a cookie; beyond
+    /// it, initiators must prove their address first (WireGuard's cookie reply).
+    #[serde(default = "default_handshake_rate")]
+    pub handshake_rate_limit: u64,
 }
 
 fn default_inside() -> InsideMode {
     InsideMode::Tun
+}
+fn default_handshake_rate() -> u64 {
+    250
 }
 
 /// `[tunnel]`.
@@ -68,10 +75,16 @@ pub struct TunnelSection {
     /// Name of the TUN device in `tun` mode.
     #[serde(default = "default_tun_name")]
     pub tun_name: String,
+    /// MTU of the TUN device (WireGuard adds 32 bytes plus UDP/IP headers on the wire).
+    #[serde(default = "default_mtu")]
+    pub mtu: u16,
 }
 
 fn default_tun_name() -> String {
     "shadowsteer0".to_owned()
+}
+fn default_mtu() -> u16 {
+    1420
 }
 
 /// `[telemetry]`.
@@ -187,6 +200,15 @@ impl Validate for AgentConfig {
             problems.push(
                 "tunnel.network",
                 format!("{net} is too small to hold clients"),
+            );
+        }
+        if !(576..=9000).contains(&self.tunnel.mtu) {
+            problems.push("tunnel.mtu", "must be between 576 and 9000");
+        }
+        if self.agent.handshake_rate_limit == 0 || self.agent.handshake_rate_limit > 1_000_000 {
+            problems.push(
+                "agent.handshake_rate_limit",
+                "must be between 1 and 1000000",
             );
         }
         if self.tunnel.tun_name.is_empty() || self.tunnel.tun_name.len() > 15 {

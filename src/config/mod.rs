@@ -6,6 +6,7 @@
 //! a setting silently not applied.
 
 mod agent;
+mod client;
 mod fields;
 mod steering;
 
@@ -16,6 +17,9 @@ use serde::de::DeserializeOwned;
 
 pub use agent::{
     AgentConfig, AgentSection, InsideMode, PeerProbe, ProbeSection, TelemetrySection, TunnelSection,
+};
+pub use client::{
+    ClientConfig, ClientInside, ClientSection, ClientTunnelSection, ProbeStreamSection, Resolver,
 };
 pub use fields::{Duration, IpNet, ListenAddr};
 pub use steering::{
@@ -76,6 +80,8 @@ pub enum ConfigKind {
     Steering,
     /// `shadowsteer agent`: has an `[agent]` table.
     Agent,
+    /// `shadowsteer client run`: has a `[client]` table.
+    Client,
 }
 
 impl fmt::Display for ConfigKind {
@@ -83,6 +89,7 @@ impl fmt::Display for ConfigKind {
         f.write_str(match self {
             Self::Steering => "steering server",
             Self::Agent => "agent",
+            Self::Client => "client helper",
         })
     }
 }
@@ -155,15 +162,26 @@ pub fn detect_kind(file: &Path, text: &str) -> Result<ConfigKind, ConfigError> {
     let table: toml::Table = text
         .parse()
         .map_err(|e: toml::de::Error| err(format!("not valid TOML: {}", e.message())))?;
-    match (table.contains_key("dns"), table.contains_key("agent")) {
-        (true, false) => Ok(ConfigKind::Steering),
-        (false, true) => Ok(ConfigKind::Agent),
-        (true, true) => Err(err(
-            "has both [dns] (steering server) and [agent] tables; a file configures one program".into(),
+    let kinds: Vec<(ConfigKind, &str)> = [
+        (ConfigKind::Steering, "dns"),
+        (ConfigKind::Agent, "agent"),
+        (ConfigKind::Client, "client"),
+    ]
+    .into_iter()
+    .filter(|(_, t)| table.contains_key(*t))
+    .collect();
+    match kinds.as_slice() {
+        [(kind, _)] => Ok(*kind),
+        [] => Err(err(
+            "unknown kind of configuration: expected a [dns] table (steering server), an [agent] table (agent) or a [client] table (client helper)".into(),
         )),
-        (false, false) => Err(err(
-            "unknown kind of configuration: expected a [dns] table (steering server) or an [agent] table (agent)".into(),
-        )),
+        many => Err(err(format!(
+            "has {} tables; a file configures one program",
+            many.iter()
+                .map(|(k, t)| format!("[{t}] ({k})"))
+                .collect::<Vec<_>>()
+                .join(" and ")
+        ))),
     }
 }
 
@@ -174,6 +192,7 @@ pub fn check_file(file: &Path) -> Result<ConfigKind, Vec<ConfigError>> {
     match kind {
         ConfigKind::Steering => parse::<SteeringConfig>(file, &text).map(|_| kind),
         ConfigKind::Agent => parse::<AgentConfig>(file, &text).map(|_| kind),
+        ConfigKind::Client => parse::<ClientConfig>(file, &text).map(|_| kind),
     }
 }
 
@@ -187,6 +206,7 @@ mod tests {
         let r = match kind {
             ConfigKind::Steering => parse::<SteeringConfig>(file, text).map(|_| kind),
             ConfigKind::Agent => parse::<AgentConfig>(file, text).map(|_| kind),
+            ConfigKind::Client => parse::<ClientConfig>(file, text).map(|_| kind),
         };
         r.map_err(|es| es.into_iter().map(|e| e.to_string()).collect())
     }
@@ -210,6 +230,42 @@ name = "vpn.example.net"
     fn unknown_keys_are_errors() {
         let errs = check("[dns]\nlisten = []\nlisen = 1\n").unwrap_err();
         assert!(errs[0].contains("unknown field `lisen`"), "{errs:?}");
+    }
+
+    #[test]
+    fn example_files_are_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        assert_eq!(check_file(&dir.join("agent.toml")), Ok(ConfigKind::Agent));
+        assert_eq!(check_file(&dir.join("client.toml")), Ok(ConfigKind::Client));
+    }
+
+    #[test]
+    fn client_files_are_detected_and_checked() {
+        let text = r#"
+[client]
+id = "alice"
+key_file = "/k"
+service_public_key = "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw="
+zone = "vpn.example.net"
+resolver = "127.0.0.1:99999"
+[tunnel]
+address = "10.78.0.2"
+network = "10.77.0.0/24"
+"#;
+        let errs = check(text).unwrap_err();
+        assert!(errs[0].contains("client.resolver"), "{errs:?}");
+        let errs = check(&text.replace("127.0.0.1:99999", "system")).unwrap_err();
+        assert!(errs[0].contains("tunnel.address"), "{errs:?}");
+        assert_eq!(
+            check(
+                &text
+                    .replace("127.0.0.1:99999", "system")
+                    .replace("10.78.0.2", "10.77.0.2")
+            ),
+            Ok(ConfigKind::Client)
+        );
+        let errs = check("[client]\nx=1\n[agent]\ny=1\n").unwrap_err();
+        assert!(errs[0].contains("one program"), "{errs:?}");
     }
 
     #[test]

@@ -1,10 +1,12 @@
-//! Postgres access: connections, migrations, inventory, telemetry, notifications, retention.
+//! Postgres access: connections, migrations, inventory, telemetry, notifications, retention,
+//! and the agent's roster and session state (`sessions`).
 //!
 //! Queries are compile-time checked (`query!`) against the committed metadata in `.sqlx/`.
 
 pub mod inventory;
 pub mod notify;
 pub mod retention;
+pub mod sessions;
 pub mod target;
 pub mod telemetry;
 

@@ -1,0 +1,10 @@
+//! The client helper (`shadowsteer client run`): a WireGuard client on boringtun that finds its
+//! appliance through the steering DNS and follows the answer.
+//!
+//! - [`probe`] (pure): the probe stream and its exact measurements.
+//! - [`resolve`] (pure + shell): DNS queries for the per-client name, answers with their TTL.
+//! - [`run`] (shell): the UDP socket, the tunnel, roaming, TUN or probe inside, reports.
+
+pub mod probe;
+pub mod resolve;
+pub mod run;

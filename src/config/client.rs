@@ -1,0 +1,269 @@
+//! Configuration of the client helper (`shadowsteer client run`).
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::fields::{Duration, IpNet, ListenAddr};
+use super::{Problems, Validate};
+use crate::domain::{ClientId, PublicKey};
+
+/// The whole client file.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    /// Identity, service name and resolver.
+    pub client: ClientSection,
+    /// Addresses inside the tunnel.
+    pub tunnel: ClientTunnelSection,
+    /// The built-in probe stream (`inside = "probe"`).
+    #[serde(default)]
+    pub probe: ProbeStreamSection,
+}
+
+/// What the helper does inside the tunnel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientInside {
+    /// A Linux TUN device carrying the host's traffic.
+    Tun,
+    /// A stream of sequenced UDP datagrams to the appliance's echo port, measured exactly.
+    Probe,
+}
+
+/// Where the per-client name is resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolver {
+    /// The first `nameserver` of `/etc/resolv.conf`.
+    System,
+    /// This DNS server (UDP).
+    Server(std::net::SocketAddr),
+}
+
+impl<'de> Deserialize<'de> for Resolver {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if s == "system" {
+            return Ok(Self::System);
+        }
+        s.parse::<ListenAddr>()
+            .map(|a| Self::Server(a.0))
+            .map_err(|_| {
+                serde::de::Error::custom(format!(
+                    "invalid resolver {s:?}; write \"system\" or ip:port, e.g. \"127.0.0.1:53\""
+                ))
+            })
+    }
+}
+
+impl Serialize for Resolver {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::System => s.serialize_str("system"),
+            Self::Server(a) => s.collect_str(a),
+        }
+    }
+}
+
+/// `[client]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientSection {
+    /// The client's id; its name is `<id>.c.<zone>`.
+    pub id: ClientId,
+    /// File holding the client's private key (base64, mode 0600).
+    pub key_file: PathBuf,
+    /// The appliances' shared service public key.
+    pub service_public_key: PublicKey,
+    /// The steering zone, e.g. `vpn.example.net`.
+    pub zone: String,
+    /// Label between the client id and the zone.
+    #[serde(default = "default_client_label")]
+    pub client_label: String,
+    /// WireGuard port of the appliances.
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// DNS resolver for the per-client name.
+    #[serde(default = "default_resolver")]
+    pub resolver: Resolver,
+    /// Shortest time between two lookups, whatever the TTL says.
+    #[serde(default = "default_min_ttl")]
+    pub min_ttl: Duration,
+    /// Longest time between two lookups.
+    #[serde(default = "default_max_ttl")]
+    pub max_ttl: Duration,
+    /// Local UDP address.
+    #[serde(default = "default_listen")]
+    pub listen: ListenAddr,
+    /// Persistent keepalive; absent disables it.
+    #[serde(default)]
+    pub keepalive: Option<Duration>,
+    /// Inside mode.
+    #[serde(default = "default_client_inside")]
+    pub inside: ClientInside,
+}
+
+fn default_client_label() -> String {
+    "c".to_owned()
+}
+fn default_port() -> u16 {
+    51820
+}
+fn default_resolver() -> Resolver {
+    Resolver::System
+}
+fn default_min_ttl() -> Duration {
+    Duration(std::time::Duration::from_secs(1))
+}
+fn default_max_ttl() -> Duration {
+    Duration(std::time::Duration::from_secs(300))
+}
+fn default_listen() -> ListenAddr {
+    ListenAddr(std::net::SocketAddr::from(([0, 0, 0, 0], 0)))
+}
+fn default_client_inside() -> ClientInside {
+    ClientInside::Probe
+}
+
+/// `[tunnel]` of the client.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientTunnelSection {
+    /// The client's own address inside the tunnel.
+    pub address: std::net::IpAddr,
+    /// The tunnel network; the appliance answers on its first address.
+    pub network: IpNet,
+    /// TUN device name in `tun` mode.
+    #[serde(default = "default_client_tun")]
+    pub tun_name: String,
+    /// TUN MTU.
+    #[serde(default = "default_client_mtu")]
+    pub mtu: u16,
+}
+
+fn default_client_tun() -> String {
+    "shadowsteer-c0".to_owned()
+}
+fn default_client_mtu() -> u16 {
+    1420
+}
+
+/// `[probe]`: the probe stream.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeStreamSection {
+    /// Datagrams per second.
+    #[serde(default = "default_rate")]
+    pub rate: u32,
+    /// UDP payload bytes per datagram (at least the 20-byte header).
+    #[serde(default = "default_payload")]
+    pub payload: usize,
+    /// How often a report is logged and sent to the appliance.
+    #[serde(default = "default_report_interval")]
+    pub report_interval: Duration,
+    /// A probe not answered within this time counts as lost.
+    #[serde(default = "default_loss_timeout")]
+    pub loss_timeout: Duration,
+}
+
+fn default_rate() -> u32 {
+    50
+}
+fn default_payload() -> usize {
+    64
+}
+fn default_report_interval() -> Duration {
+    Duration(std::time::Duration::from_secs(5))
+}
+fn default_loss_timeout() -> Duration {
+    Duration(std::time::Duration::from_secs(2))
+}
+
+impl Default for ProbeStreamSection {
+    fn default() -> Self {
+        Self {
+            rate: default_rate(),
+            payload: default_payload(),
+            report_interval: default_report_interval(),
+            loss_timeout: default_loss_timeout(),
+        }
+    }
+}
+
+impl ClientConfig {
+    /// The per-client name, `<id>.<label>.<zone>`.
+    pub fn endpoint_name(&self) -> String {
+        format!(
+            "{}.{}.{}",
+            self.client.id,
+            self.client.client_label,
+            self.client.zone.trim_end_matches('.')
+        )
+    }
+}
+
+impl Validate for ClientConfig {
+    fn validate(&self, problems: &mut Problems) {
+        let c = &self.client;
+        let zone = c.zone.trim_end_matches('.');
+        let labels_ok = !zone.is_empty()
+            && zone.len() <= 200
+            && zone.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+        if !labels_ok {
+            problems.push("client.zone", format!("{:?} is not a DNS name", c.zone));
+        }
+        if crate::domain::ClientId::new(c.client_label.clone()).is_err() {
+            problems.push("client.client_label", "must be a DNS label");
+        }
+        if c.port == 0 {
+            problems.push("client.port", "must not be 0");
+        }
+        if c.min_ttl.0 > c.max_ttl.0 {
+            problems.push("client.min_ttl", "must not exceed client.max_ttl");
+        }
+        if c.keepalive
+            .is_some_and(|k| k.0.as_secs() == 0 || k.0.as_secs() > 65535)
+        {
+            problems.push("client.keepalive", "must be between 1s and 65535s");
+        }
+        let t = &self.tunnel;
+        if !t.network.contains(t.address) {
+            problems.push(
+                "tunnel.address",
+                format!("{} is outside tunnel.network {}", t.address, t.network),
+            );
+        }
+        if t.address == t.network.first_host() {
+            problems.push("tunnel.address", "is the appliance's own address");
+        }
+        if t.tun_name.is_empty() || t.tun_name.len() > 15 {
+            problems.push("tunnel.tun_name", "must be 1 to 15 characters");
+        }
+        if !(576..=9000).contains(&t.mtu) {
+            problems.push("tunnel.mtu", "must be between 576 and 9000");
+        }
+        let p = &self.probe;
+        if p.rate == 0 || p.rate > 100_000 {
+            problems.push("probe.rate", "must be between 1 and 100000 per second");
+        }
+        if p.payload < crate::client::probe::HEADER_LEN || p.payload > 1400 {
+            problems.push(
+                "probe.payload",
+                format!(
+                    "must be between {} and 1400 bytes",
+                    crate::client::probe::HEADER_LEN
+                ),
+            );
+        }
+        if p.report_interval.0 < std::time::Duration::from_millis(100) {
+            problems.push("probe.report_interval", "must be at least 100ms");
+        }
+        if p.loss_timeout.0 < std::time::Duration::from_millis(10) {
+            problems.push("probe.loss_timeout", "must be at least 10ms");
+        }
+    }
+}

@@ -1,0 +1,549 @@
+//! The listener's dispatch: which peer a datagram belongs to, which peer an inside packet goes
+//! to, and what is dropped before any per-peer work.
+//!
+//! Order of checks for a datagram, cheapest first: boringtun's shared [`RateLimiter`] parses
+//! the message and verifies MAC1 of handshake messages (so only senders that know our public
+//! key get further); under load it answers handshakes without a valid MAC2 with a cookie reply
+//! instead of doing any Diffie-Hellman. Data and other messages are routed by receiver index
+//! (upper 24 bits = the client's stable [`PeerIndex`]); initiations by the static key decrypted
+//! from them. Nothing here allocates per packet.
+//!
+//! Pure: no sockets. Drain rule as in [`super::peer`]: after a [`Routed::Send`] for a peer,
+//! call [`Router::flush`] until it returns [`Routed::Done`].
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use boringtun::noise::handshake::parse_handshake_anon;
+use boringtun::noise::rate_limiter::RateLimiter;
+use boringtun::noise::{Packet, TunnResult};
+use boringtun::x25519;
+
+use super::peer::{Action, DropReason, Peer, PeerSpec};
+use crate::domain::{PeerIndex, PublicKey, SecretKey};
+
+/// Size of a cookie reply.
+const COOKIE_REPLY_LEN: usize = 64;
+
+/// What the device must do with the result of a call.
+#[derive(Debug, PartialEq, Eq)]
+#[must_use]
+pub enum Routed<'a> {
+    /// Nothing (more) to do.
+    Done,
+    /// Send `bytes` to `to`; `peer` is the peer concerned (absent for cookie replies).
+    Send {
+        /// Destination.
+        to: SocketAddr,
+        /// The datagram.
+        bytes: &'a [u8],
+        /// The peer whose queue may need flushing.
+        peer: Option<PeerIndex>,
+    },
+    /// A decrypted packet from `peer` for the inside of the tunnel.
+    Inside {
+        /// The sending peer.
+        peer: PeerIndex,
+        /// The IP packet.
+        packet: &'a mut [u8],
+    },
+    /// Dropped, for this reason.
+    Drop(DropReason),
+}
+
+/// All peers of one listener, and the shared handshake limiter.
+pub struct Router {
+    own: SecretKey,
+    own_secret: x25519::StaticSecret,
+    own_public: x25519::PublicKey,
+    limiter: Arc<RateLimiter>,
+    peers: HashMap<PeerIndex, Peer>,
+    by_key: HashMap<PublicKey, PeerIndex>,
+    by_ip: HashMap<IpAddr, PeerIndex>,
+    /// Peer indexes in a stable order, for walking timers without allocating.
+    order: Vec<PeerIndex>,
+}
+
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Router")
+            .field(
+                "public_key",
+                &PublicKey::from_bytes(self.own_public.to_bytes()),
+            )
+            .field("peers", &self.peers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Router {
+    /// A router for the static key `own`; handshakes beyond `handshakes_per_second` (over all
+    /// peers) must carry a valid cookie (MAC2).
+    pub fn new(own: SecretKey, handshakes_per_second: u64) -> Self {
+        let own_secret = x25519::StaticSecret::from(*own.expose_bytes());
+        let own_public = x25519::PublicKey::from(&own_secret);
+        let limiter = Arc::new(RateLimiter::new(&own_public, handshakes_per_second));
+        Self {
+            own,
+            own_secret,
+            own_public,
+            limiter,
+            peers: HashMap::new(),
+            by_key: HashMap::new(),
+            by_ip: HashMap::new(),
+            order: Vec::new(),
+        }
+    }
+
+    /// Our public key.
+    pub fn public_key(&self) -> PublicKey {
+        PublicKey::from_bytes(self.own_public.to_bytes())
+    }
+
+    /// Number of peers.
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    /// Whether there are no peers.
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+
+    /// The peer with this index.
+    pub fn peer(&self, index: PeerIndex) -> Option<&Peer> {
+        self.peers.get(&index)
+    }
+
+    /// The peer with this index, mutably (to poll its events).
+    pub fn peer_mut(&mut self, index: PeerIndex) -> Option<&mut Peer> {
+        self.peers.get_mut(&index)
+    }
+
+    /// Peer indexes in a stable order.
+    pub fn indexes(&self) -> &[PeerIndex] {
+        &self.order
+    }
+
+    /// Adds a peer or updates it. A changed key starts a new tunnel; a changed address keeps the
+    /// session. Another peer holding the same key or address is stale and removed. Returns
+    /// whether anything changed.
+    pub fn upsert(&mut self, spec: PeerSpec) -> bool {
+        if let Some(old) = self.peers.get(&spec.index) {
+            if old.spec() == &spec {
+                return false;
+            }
+            let same_key =
+                old.spec().public_key == spec.public_key && old.spec().keepalive == spec.keepalive;
+            if same_key {
+                let old_ip = old.spec().tunnel_ip;
+                self.unlink_ip(old_ip, spec.index);
+                self.evict_conflicts(&spec);
+                if let Some(p) = self.peers.get_mut(&spec.index) {
+                    p.set_tunnel_ip(spec.tunnel_ip);
+                }
+                self.by_ip.insert(spec.tunnel_ip, spec.index);
+                return true;
+            }
+            self.remove(spec.index);
+        }
+        self.evict_conflicts(&spec);
+        self.by_key.insert(spec.public_key, spec.index);
+        self.by_ip.insert(spec.tunnel_ip, spec.index);
+        self.order.push(spec.index);
+        self.peers.insert(spec.index, Peer::new(&self.own, spec));
+        true
+    }
+
+    fn unlink_ip(&mut self, ip: IpAddr, index: PeerIndex) {
+        if self.by_ip.get(&ip) == Some(&index) {
+            self.by_ip.remove(&ip);
+        }
+    }
+
+    fn evict_conflicts(&mut self, spec: &PeerSpec) {
+        for other in [
+            self.by_key.get(&spec.public_key).copied(),
+            self.by_ip.get(&spec.tunnel_ip).copied(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if other != spec.index {
+                self.remove(other);
+            }
+        }
+    }
+
+    /// Removes a peer; returns whether it existed.
+    pub fn remove(&mut self, index: PeerIndex) -> bool {
+        let Some(peer) = self.peers.remove(&index) else {
+            return false;
+        };
+        let spec = peer.spec();
+        if self.by_key.get(&spec.public_key) == Some(&index) {
+            self.by_key.remove(&spec.public_key);
+        }
+        self.unlink_ip(spec.tunnel_ip, index);
+        self.order.retain(|i| *i != index);
+        true
+    }
+
+    /// Handles one datagram from `src`. `dst` must hold `datagram.len() + 32` and 148 bytes.
+    pub fn handle_datagram<'a>(
+        &mut self,
+        now: Instant,
+        src: SocketAddr,
+        datagram: &[u8],
+        dst: &'a mut [u8],
+    ) -> Routed<'a> {
+        let mut cookie = [0u8; COOKIE_REPLY_LEN];
+        let packet = match self
+            .limiter
+            .verify_packet(Some(src.ip()), datagram, &mut cookie)
+        {
+            Ok(p) => p,
+            Err(TunnResult::WriteToNetwork(reply)) => {
+                let n = reply.len();
+                let Some(out) = dst.get_mut(..n) else {
+                    return Routed::Drop(DropReason::Malformed);
+                };
+                out.copy_from_slice(reply);
+                return Routed::Send {
+                    to: src,
+                    bytes: out,
+                    peer: None,
+                };
+            }
+            Err(TunnResult::Err(e)) => {
+                let msg = datagram.first().copied().unwrap_or(0);
+                return Routed::Drop(DropReason::from_wireguard(&e, msg));
+            }
+            Err(_) => return Routed::Drop(DropReason::Malformed),
+        };
+        let index = match &packet {
+            Packet::HandshakeInit(init) => {
+                let Ok(half) = parse_handshake_anon(&self.own_secret, &self.own_public, init)
+                else {
+                    return Routed::Drop(DropReason::HandshakeFailed);
+                };
+                match self
+                    .by_key
+                    .get(&PublicKey::from_bytes(half.peer_static_public))
+                {
+                    Some(i) => *i,
+                    None => return Routed::Drop(DropReason::UnknownPeer),
+                }
+            }
+            Packet::HandshakeResponse(p) => match PeerIndex::from_receiver_index(p.receiver_idx) {
+                Some(i) => i,
+                None => return Routed::Drop(DropReason::UnknownIndex),
+            },
+            Packet::PacketCookieReply(p) => match PeerIndex::from_receiver_index(p.receiver_idx) {
+                Some(i) => i,
+                None => return Routed::Drop(DropReason::UnknownIndex),
+            },
+            Packet::PacketData(p) => match PeerIndex::from_receiver_index(p.receiver_idx) {
+                Some(i) => i,
+                None => return Routed::Drop(DropReason::UnknownIndex),
+            },
+        };
+        let Some(peer) = self.peers.get_mut(&index) else {
+            return Routed::Drop(DropReason::UnknownIndex);
+        };
+        match peer.handle_datagram(now, src, datagram, dst) {
+            Action::Done => Routed::Done,
+            // Replies (handshake responses, cookies) go back where the datagram came from.
+            Action::Send(bytes) => Routed::Send {
+                to: src,
+                bytes,
+                peer: Some(index),
+            },
+            Action::Inside(packet) => Routed::Inside {
+                peer: index,
+                packet,
+            },
+            Action::Drop(r) => Routed::Drop(r),
+        }
+    }
+
+    fn to_endpoint<'a>(peer: &Peer, index: PeerIndex, action: Action<'a>) -> Routed<'a> {
+        match action {
+            Action::Send(bytes) => match peer.endpoint() {
+                Some(to) => Routed::Send {
+                    to,
+                    bytes,
+                    peer: Some(index),
+                },
+                None => Routed::Drop(DropReason::NoEndpoint),
+            },
+            Action::Drop(r) => Routed::Drop(r),
+            Action::Done | Action::Inside(_) => Routed::Done,
+        }
+    }
+
+    /// Sends what `peer` queued during a handshake. Repeat until [`Routed::Done`].
+    pub fn flush<'a>(&mut self, index: PeerIndex, dst: &'a mut [u8]) -> Routed<'a> {
+        let Some(peer) = self.peers.get_mut(&index) else {
+            return Routed::Done;
+        };
+        let action = peer.flush(dst);
+        Self::to_endpoint(peer, index, action)
+    }
+
+    /// Routes an inside packet to the peer owning its destination address.
+    pub fn route_inside<'a>(&mut self, packet: &[u8], dst: &'a mut [u8]) -> Routed<'a> {
+        let Some(ip) = super::packet::parse_ip(packet) else {
+            return Routed::Drop(DropReason::Malformed);
+        };
+        self.send_to_peer_ip(ip.dst, packet, dst)
+    }
+
+    /// Encrypts `packet` for the peer with tunnel address `ip`.
+    pub fn send_to_peer_ip<'a>(
+        &mut self,
+        ip: IpAddr,
+        packet: &[u8],
+        dst: &'a mut [u8],
+    ) -> Routed<'a> {
+        let Some(index) = self.by_ip.get(&ip).copied() else {
+            return Routed::Drop(DropReason::NoRoute);
+        };
+        let Some(peer) = self.peers.get_mut(&index) else {
+            return Routed::Drop(DropReason::NoRoute);
+        };
+        let action = peer.encapsulate(packet, dst);
+        Self::to_endpoint(peer, index, action)
+    }
+
+    /// Runs the timers of the `n`-th peer (see [`Router::indexes`]).
+    pub fn update_timers<'a>(&mut self, n: usize, dst: &'a mut [u8]) -> Routed<'a> {
+        let Some(index) = self.order.get(n).copied() else {
+            return Routed::Done;
+        };
+        let Some(peer) = self.peers.get_mut(&index) else {
+            return Routed::Done;
+        };
+        let action = peer.update_timers(dst);
+        Self::to_endpoint(peer, index, action)
+    }
+
+    /// Restarts the shared handshake count; call once a second.
+    pub fn reset_rate_limiter(&self) {
+        self.limiter.reset_count();
+    }
+
+    /// Peers with a live session at `now`.
+    pub fn active_sessions(&self, now: Instant) -> usize {
+        self.peers.values().filter(|p| p.is_active(now)).count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(key: &SecretKey, index: i64, ip: &str) -> PeerSpec {
+        PeerSpec {
+            index: PeerIndex::new(index).unwrap(),
+            public_key: key.public_key(),
+            tunnel_ip: ip.parse().unwrap(),
+            keepalive: None,
+        }
+    }
+
+    fn client_for(router: &Router, key: &SecretKey) -> Peer {
+        Peer::new(
+            key,
+            PeerSpec {
+                index: PeerIndex::new(99).unwrap(),
+                public_key: router.public_key(),
+                tunnel_ip: "10.77.0.1".parse().unwrap(),
+                keepalive: None,
+            },
+        )
+    }
+
+    #[test]
+    fn routes_initiations_by_key_and_data_by_index() {
+        let mut router = Router::new(SecretKey::generate(), 100);
+        let (a, b) = (SecretKey::generate(), SecretKey::generate());
+        router.upsert(spec(&a, 1000, "10.77.0.2"));
+        router.upsert(spec(&b, 2000, "10.77.0.3"));
+        let mut client = client_for(&router, &b);
+        let now = Instant::now();
+        let src: SocketAddr = "192.0.2.5:1000".parse().unwrap();
+        let (mut buf, mut out) = (vec![0u8; 2048], vec![0u8; 2048]);
+        let Action::Send(init) = client.force_handshake(&mut buf) else {
+            panic!()
+        };
+        let init = init.to_vec();
+        let Routed::Send { to, bytes, peer } = router.handle_datagram(now, src, &init, &mut out)
+        else {
+            panic!("no response")
+        };
+        assert_eq!((to, peer), (src, PeerIndex::new(2000).ok()));
+        let resp = bytes.to_vec();
+        let server_addr: SocketAddr = "192.0.2.1:51820".parse().unwrap();
+        let Action::Send(keepalive) = client.handle_datagram(now, server_addr, &resp, &mut buf)
+        else {
+            panic!()
+        };
+        let keepalive = keepalive.to_vec();
+        assert_eq!(
+            router.handle_datagram(now, src, &keepalive, &mut out),
+            Routed::Done
+        );
+        let b_peer = router.peer(PeerIndex::new(2000).unwrap()).unwrap();
+        assert_eq!(b_peer.endpoint(), Some(src));
+        assert_eq!(b_peer.receiver_index().map(|r| r >> 8), Some(2000));
+        assert!(
+            router
+                .peer(PeerIndex::new(1000).unwrap())
+                .unwrap()
+                .endpoint()
+                .is_none()
+        );
+        assert_eq!(router.active_sessions(now), 1);
+
+        // Inside packets to the client's address go to its endpoint.
+        let mut ip = [0u8; 64];
+        let n = crate::tunnel::packet::build_udp(
+            &mut ip,
+            crate::tunnel::packet::UdpAddr {
+                ip: "10.77.0.1".parse().unwrap(),
+                port: 7,
+            },
+            crate::tunnel::packet::UdpAddr {
+                ip: "10.77.0.3".parse().unwrap(),
+                port: 9,
+            },
+            b"x",
+        )
+        .unwrap();
+        assert!(matches!(
+            router.route_inside(&ip[..n], &mut out),
+            Routed::Send { to, .. } if to == src
+        ));
+        assert_eq!(
+            router.send_to_peer_ip("10.77.0.9".parse().unwrap(), &ip[..n], &mut out),
+            Routed::Drop(DropReason::NoRoute)
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_garbage_are_dropped() {
+        let mut router = Router::new(SecretKey::generate(), 100);
+        router.upsert(spec(&SecretKey::generate(), 5, "10.77.0.2"));
+        let stranger = SecretKey::generate();
+        let mut client = client_for(&router, &stranger);
+        let now = Instant::now();
+        let src: SocketAddr = "192.0.2.5:1000".parse().unwrap();
+        let (mut buf, mut out) = (vec![0u8; 2048], vec![0u8; 2048]);
+        let Action::Send(init) = client.force_handshake(&mut buf) else {
+            panic!()
+        };
+        let init = init.to_vec();
+        assert_eq!(
+            router.handle_datagram(now, src, &init, &mut out),
+            Routed::Drop(DropReason::UnknownPeer)
+        );
+        // An initiation for another server's key fails MAC1.
+        let other = Router::new(SecretKey::generate(), 100);
+        let mut client = client_for(&other, &stranger);
+        let Action::Send(init) = client.force_handshake(&mut buf) else {
+            panic!()
+        };
+        let init = init.to_vec();
+        assert_eq!(
+            router.handle_datagram(now, src, &init, &mut out),
+            Routed::Drop(DropReason::BadMac)
+        );
+        assert_eq!(
+            router.handle_datagram(now, src, b"hello", &mut out),
+            Routed::Drop(DropReason::Malformed)
+        );
+        // Data for an index nobody has.
+        let mut data = vec![0u8; 48];
+        data[0] = 4;
+        data[4..8].copy_from_slice(&((77u32 << 8) | 1).to_le_bytes());
+        assert_eq!(
+            router.handle_datagram(now, src, &data, &mut out),
+            Routed::Drop(DropReason::UnknownIndex)
+        );
+    }
+
+    #[test]
+    fn handshake_flood_gets_cookies() {
+        let mut router = Router::new(SecretKey::generate(), 5);
+        let key = SecretKey::generate();
+        router.upsert(spec(&key, 5, "10.77.0.2"));
+        let mut client = client_for(&router, &key);
+        let now = Instant::now();
+        let src: SocketAddr = "192.0.2.5:1000".parse().unwrap();
+        let (mut buf, mut out) = (vec![0u8; 2048], vec![0u8; 2048]);
+        let mut cookies = 0;
+        for _ in 0..20 {
+            let Action::Send(init) = client.force_handshake(&mut buf) else {
+                panic!()
+            };
+            let init = init.to_vec();
+            if let Routed::Send {
+                bytes, peer: None, ..
+            } = router.handle_datagram(now, src, &init, &mut out)
+            {
+                assert_eq!(bytes.len(), COOKIE_REPLY_LEN);
+                assert_eq!(bytes[0], 3);
+                cookies += 1;
+            }
+        }
+        assert!(cookies >= 14, "only {cookies} cookie replies");
+    }
+
+    proptest::proptest! {
+        /// Any datagram, including ones with a valid message type and size, is handled without
+        /// a panic and never reaches the inside.
+        #[test]
+        fn arbitrary_datagrams_never_panic(
+            kind in 0u8..6,
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+            size in proptest::sample::select(vec![0usize, 3, 4, 32, 64, 92, 148, 200]),
+        ) {
+            let mut router = Router::new(SecretKey::generate(), 100);
+            router.upsert(spec(&SecretKey::generate(), 5, "10.77.0.2"));
+            let mut d = body;
+            d.resize(size, 0);
+            if let Some(b) = d.first_mut() {
+                *b = kind;
+            }
+            let mut out = vec![0u8; 2048];
+            let src: SocketAddr = "192.0.2.5:1000".parse().unwrap();
+            let r = router.handle_datagram(Instant::now(), src, &d, &mut out);
+            let inside = matches!(r, Routed::Inside { .. });
+            proptest::prop_assert!(!inside, "garbage reached the inside");
+        }
+    }
+
+    #[test]
+    fn upsert_keeps_maps_consistent() {
+        let mut router = Router::new(SecretKey::generate(), 100);
+        let a = SecretKey::generate();
+        assert!(router.upsert(spec(&a, 1, "10.77.0.2")));
+        assert!(!router.upsert(spec(&a, 1, "10.77.0.2")));
+        // Same key, new address: kept, rerouted.
+        assert!(router.upsert(spec(&a, 1, "10.77.0.9")));
+        assert_eq!(router.len(), 1);
+        let mut out = vec![0u8; 256];
+        assert_eq!(
+            router.send_to_peer_ip("10.77.0.2".parse().unwrap(), &[0x45; 20], &mut out),
+            Routed::Drop(DropReason::NoRoute)
+        );
+        // Another index claiming the same key replaces the stale one.
+        assert!(router.upsert(spec(&a, 2, "10.77.0.5")));
+        assert_eq!(router.indexes(), &[PeerIndex::new(2).unwrap()]);
+        assert!(router.remove(PeerIndex::new(2).unwrap()));
+        assert!(router.is_empty());
+    }
+}

@@ -1,0 +1,273 @@
+//! The agent survives hostile input and a database outage:
+//! - garbage datagrams, messages for unknown peers and a handshake flood are dropped and
+//!   counted (cookie replies under load) while a legitimate session keeps working;
+//! - a Postgres restart: traffic keeps flowing while the database is away, health rows are
+//!   buffered and arrive after it comes back.
+
+mod agent_support;
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+use agent_support::{RunningAgent, TestClient, agent_toml, inventory, key_file, wait_for};
+use rand::{Rng, RngCore};
+use shadowsteer::domain::SecretKey;
+use shadowsteer::localpg::{DATABASE, Durability, LocalCluster, temp_cluster_dir};
+use shadowsteer::tunnel::peer::{Action, DropReason, Peer, PeerSpec};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_unknown_peers_and_handshake_floods_are_dropped_and_counted() {
+    let db = common::test_db().await;
+    let dir = tempfile::tempdir().unwrap();
+    let service = SecretKey::generate();
+    let clients = inventory(&db, &service, 1);
+    let kf = key_file(dir.path(), "service.key", &service);
+    let agent = RunningAgent::start(
+        &agent_toml("eu-1", "127.0.0.1:0", &kf, &db.url, "").replace(
+            "inside = \"echo\"",
+            "inside = \"echo\"\nhandshake_rate_limit = 20",
+        ),
+        dir.path(),
+        "eu-1",
+    )
+    .await;
+    let target = agent.addr();
+    let (_, key, ip) = &clients[0];
+    let mut client = TestClient::new(key, service.public_key(), *ip, target).await;
+    client.handshake().await;
+    assert!(client.echo(b"before").await);
+
+    let attacker = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut rng = rand::thread_rng();
+    // 1. Random bytes of random sizes, and random bodies behind valid message types.
+    for i in 0..6000u32 {
+        let len = match i % 4 {
+            0 => rng.gen_range(0..1500),
+            1 => 148, // initiation size
+            2 => 92,  // response size
+            _ => rng.gen_range(32..1500),
+        };
+        let mut d = vec![0u8; len];
+        rng.fill_bytes(&mut d);
+        if len >= 4 {
+            d[0] = [1u8, 1, 2, 4][i as usize % 4];
+            d[1..4].fill(0);
+        }
+        let _ = attacker.send_to(&d, target).await;
+        // Paced so the agent's socket buffer (net.core.rmem_max) never overflows: every
+        // datagram must reach the agent to be counted.
+        if i % 50 == 0 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    // 2. A flood of well-formed initiations (valid MAC1: the service key is public) from a key
+    //    that is no client, from many source ports.
+    let stranger = SecretKey::generate();
+    let mut fake = Peer::new(
+        &stranger,
+        PeerSpec {
+            index: shadowsteer::domain::PeerIndex::new(9).unwrap(),
+            public_key: service.public_key(),
+            tunnel_ip: "10.77.0.1".parse().unwrap(),
+            keepalive: None,
+        },
+    );
+    let mut buf = vec![0u8; 2048];
+    let mut cookies = 0;
+    let started = Instant::now();
+    for _ in 0..1500 {
+        if let Action::Send(init) = fake.force_handshake(&mut buf) {
+            let init = init.to_vec();
+            let _ = attacker.send_to(&init, target).await;
+        }
+        let mut rx = [0u8; 256];
+        while let Ok(Ok((n, _))) =
+            tokio::time::timeout(Duration::from_micros(50), attacker.recv_from(&mut rx)).await
+        {
+            if n == 64 && rx[0] == 3 {
+                cookies += 1;
+            }
+        }
+    }
+    // 3. The legitimate session still works, during and after.
+    assert!(
+        client.echo(b"after the flood").await,
+        "legitimate client lost"
+    );
+    let stats = &agent.handle.device.stats;
+    wait_for(Duration::from_secs(10), "drops counted", || async {
+        (stats.drops(DropReason::UnknownPeer) + stats.cookie_replies.load(Ordering::Relaxed)
+            >= 1500)
+            .then_some(())
+    })
+    .await;
+    let snap = stats.snapshot();
+    eprintln!(
+        "after {:?}: {snap:?}, cookies seen by attacker: {cookies}",
+        started.elapsed()
+    );
+    assert!(
+        snap.cookie_replies > 100,
+        "no cookie replies under load: {snap:?}"
+    );
+    assert!(cookies > 100, "attacker saw {cookies} cookie replies");
+    assert!(stats.drops(DropReason::Malformed) > 500, "{snap:?}");
+    assert!(stats.drops(DropReason::BadMac) > 500, "{snap:?}");
+    assert!(stats.drops(DropReason::UnknownIndex) > 500, "{snap:?}");
+    assert!(stats.drops(DropReason::UnknownPeer) > 0, "{snap:?}");
+    assert_eq!(snap.peers, 1);
+    // Health rows report the drops and failures.
+    let (dropped, failures): (i64, i64) = wait_for(Duration::from_secs(10), "health drops", || async {
+        let r: (Option<i64>, Option<i64>) = sqlx::query_as(
+            "SELECT sum(packets_dropped)::int8, sum(handshake_failures)::int8 FROM appliance_health WHERE appliance_id = 'eu-1'",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        match r {
+            (Some(d), Some(f)) if d as u64 >= snap.packets_dropped / 2 && f > 0 => Some((d, f)),
+            _ => None,
+        }
+    })
+    .await;
+    assert!(dropped > 0 && failures > 0);
+    agent.stop().await;
+}
+
+/// A TCP port forwarder so the agent keeps one database URL while the cluster restarts on a
+/// new port (a local cluster picks a free port at every start).
+async fn forwarder(upstream: Arc<AtomicU16>) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut inbound, _)) = listener.accept().await else {
+                return;
+            };
+            let up = upstream.load(Ordering::SeqCst);
+            tokio::spawn(async move {
+                if let Ok(mut out) = tokio::net::TcpStream::connect(("127.0.0.1", up)).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                }
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survives_a_postgres_restart() {
+    let pg_dir = temp_cluster_dir("shadowsteer-restart").unwrap();
+    let d = pg_dir.clone();
+    let cluster =
+        tokio::task::spawn_blocking(move || LocalCluster::start(&d, Durability::Ephemeral))
+            .await
+            .unwrap()
+            .expect("start cluster");
+    shadowsteer::store::target::create_database(&cluster.url("postgres"), DATABASE)
+        .await
+        .unwrap();
+    let upstream = Arc::new(AtomicU16::new(cluster.port()));
+    let fwd = forwarder(Arc::clone(&upstream)).await;
+    let url = cluster
+        .url(DATABASE)
+        .replace(&format!(":{}/", cluster.port()), &format!(":{fwd}/"));
+    let pool = shadowsteer::store::connect(&url, 2).await.unwrap();
+    shadowsteer::store::migrate(&pool).await.unwrap();
+    let db = common::TestDb {
+        name: DATABASE.into(),
+        url: url.clone(),
+        pool,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let service = SecretKey::generate();
+    let clients = inventory(&db, &service, 1);
+    let kf = key_file(dir.path(), "service.key", &service);
+    let agent = RunningAgent::start(
+        &agent_toml("eu-1", "127.0.0.1:0", &kf, &url, ""),
+        dir.path(),
+        "eu-1",
+    )
+    .await;
+    let (_, key, ip) = &clients[0];
+    let mut client = TestClient::new(key, service.public_key(), *ip, agent.addr()).await;
+    client.handshake().await;
+    assert!(client.echo(b"up").await);
+    wait_for(Duration::from_secs(15), "first health row", || async {
+        (agent.handle.health.written.load(Ordering::Relaxed) >= 1).then_some(())
+    })
+    .await;
+    db.pool.close().await;
+
+    // Postgres goes away.
+    let cluster = tokio::task::spawn_blocking(move || {
+        let mut c = cluster;
+        c.stop();
+        c
+    })
+    .await
+    .unwrap();
+    let down_at = chrono::Utc::now();
+    let outage = Instant::now();
+    let mut echoes = 0;
+    while outage.elapsed() < Duration::from_secs(5) {
+        if client.echo(format!("down {echoes}").as_bytes()).await {
+            echoes += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        echoes >= 10,
+        "only {echoes} echoes while the database was down"
+    );
+    let buffered = agent.handle.health.buffered.load(Ordering::Relaxed);
+    assert!(
+        buffered >= 3,
+        "{buffered} health rows buffered during the outage"
+    );
+    drop(cluster);
+
+    // Postgres comes back (same data directory, new port behind the forwarder).
+    let d = pg_dir.clone();
+    let cluster =
+        tokio::task::spawn_blocking(move || LocalCluster::start(&d, Durability::Ephemeral))
+            .await
+            .unwrap()
+            .expect("restart cluster");
+    upstream.store(cluster.port(), Ordering::SeqCst);
+    let up_at = chrono::Utc::now();
+    let pool = shadowsteer::store::connect(&url, 2).await.unwrap();
+    let during: i64 = wait_for(Duration::from_secs(30), "buffered rows flushed", || async {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM appliance_health WHERE appliance_id = 'eu-1' AND ts > $1 AND ts < $2",
+        )
+        .bind(down_at)
+        .bind(up_at)
+        .fetch_one(&pool)
+        .await
+        .unwrap_or(0);
+        (n >= 3).then_some(n)
+    })
+    .await;
+    assert!(during >= 3);
+    assert_eq!(agent.handle.health.dropped.load(Ordering::Relaxed), 0);
+    // Session counters from the outage reach the database too.
+    let rx: i64 = wait_for(Duration::from_secs(15), "session counters", || async {
+        let rx: Option<i64> =
+            sqlx::query_scalar("SELECT rx_packets FROM session_state WHERE holder = 'eu-1'")
+                .fetch_optional(&pool)
+                .await
+                .unwrap_or(None);
+        rx.filter(|rx| *rx > echoes)
+    })
+    .await;
+    assert!(rx > echoes);
+    // And the data plane never stopped.
+    assert!(client.echo(b"after").await);
+    pool.close().await;
+    agent.stop().await;
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(&pg_dir);
+}
