@@ -14,4 +14,5 @@
 pub mod config;
 pub mod domain;
 pub mod localpg;
+pub mod steering;
 pub mod store;
