@@ -12,6 +12,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod dns;
 pub mod domain;
 pub mod localpg;
 pub mod steering;

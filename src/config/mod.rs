@@ -19,8 +19,8 @@ pub use agent::{
 };
 pub use fields::{Duration, IpNet, ListenAddr};
 pub use steering::{
-    AdminSection, DnsSection, NsRecord, RateLimitSection, ServerSection, SoaSection, StaticRecord,
-    SteeringConfig, SteeringSection, ZoneSection,
+    AdminSection, DnsSection, EcsRegion, NsRecord, RateLimitSection, ServerSection, SoaSection,
+    StaticRecord, SteeringConfig, SteeringSection, ZoneSection,
 };
 
 /// One problem in one configuration file.
