@@ -11,6 +11,7 @@
 //! clock or touches the database; its shell does.
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod config;
 pub mod dns;
 pub mod domain;

@@ -6,7 +6,9 @@
 mod config_cmd;
 mod db;
 mod inventory;
+mod serve;
 mod table;
+mod token;
 
 use std::path::PathBuf;
 
@@ -37,6 +39,11 @@ enum Command {
     /// Manage risk advisories (operator-entered external risk).
     #[command(subcommand)]
     Advisory(inventory::AdvisoryCommand),
+    /// Run the steering server: authoritative DNS and the admin listener.
+    Serve(serve::ServeArgs),
+    /// Manage admin API tokens.
+    #[command(subcommand)]
+    Token(token::TokenCommand),
 }
 
 /// Which database a command talks to.
@@ -104,5 +111,7 @@ pub async fn run(cli: Cli) -> CommandResult {
         Command::Appliance(c) => inventory::run_appliance(c).await,
         Command::Client(c) => inventory::run_client(c).await,
         Command::Advisory(c) => inventory::run_advisory(c).await,
+        Command::Serve(a) => serve::run(a).await,
+        Command::Token(c) => token::run(c).await,
     }
 }
