@@ -20,7 +20,8 @@ const ANY: u16 = 255;
 const AXFR: u16 = 252;
 
 fn ecs_config() -> String {
-    let extra = format!("{NO_RRL}\n[[dns.ecs_regions]]\nprefix = \"198.51.100.0/24\"\nregion = \"us\"\n");
+    let extra =
+        format!("{NO_RRL}\n[[dns.ecs_regions]]\nprefix = \"198.51.100.0/24\"\nregion = \"us\"\n");
     config(&extra, "hold_down = \"1s\"")
 }
 
@@ -56,7 +57,11 @@ async fn answers_and_dns_semantics() {
         assert!(m.metadata.authoritative);
 
         // NXDOMAIN: unknown client and unknown names, SOA in authority.
-        for name in ["mallory.c.vpn.example.net", "nothing-here.vpn.example.net", "a.b.alice.c.vpn.example.net"] {
+        for name in [
+            "mallory.c.vpn.example.net",
+            "nothing-here.vpn.example.net",
+            "a.b.alice.c.vpn.example.net",
+        ] {
             let m = udp(dns, &query(3, name, A));
             assert_eq!(m.metadata.response_code, ResponseCode::NXDomain, "{name}");
             assert_eq!(m.authorities[0].record_type(), RecordType::SOA, "{name}");
@@ -75,7 +80,9 @@ async fn answers_and_dns_semantics() {
 
         // Apex: SOA, NS with glue, static TXT from the config.
         let m = udp(dns, &query(6, "vpn.example.net", SOA));
-        let RData::SOA(soa) = &m.answers[0].data else { panic!("{m:?}") };
+        let RData::SOA(soa) = &m.answers[0].data else {
+            panic!("{m:?}")
+        };
         assert_eq!(soa.mname.to_string(), "ns1.vpn.example.net.");
         assert_eq!(soa.minimum, 30);
         let m = udp(dns, &query(7, "vpn.example.net", NS));
@@ -85,8 +92,13 @@ async fn answers_and_dns_semantics() {
         assert_eq!(m.answers.len(), 1);
 
         // SRV gives the WireGuard port and points at the client's name.
-        let m = udp(dns, &query(9, "_wireguard._udp.alice.c.vpn.example.net", SRV));
-        let RData::SRV(srv) = &m.answers[0].data else { panic!("{m:?}") };
+        let m = udp(
+            dns,
+            &query(9, "_wireguard._udp.alice.c.vpn.example.net", SRV),
+        );
+        let RData::SRV(srv) = &m.answers[0].data else {
+            panic!("{m:?}")
+        };
         assert_eq!(srv.port, 51820);
         assert_eq!(srv.target.to_string(), "alice.c.vpn.example.net.");
         assert_eq!(rec_addrs(&m.additionals), ["192.0.2.1"]);
@@ -94,31 +106,67 @@ async fn answers_and_dns_semantics() {
         // Service name: one of the active appliances, weighted.
         let mut seen = std::collections::BTreeSet::new();
         for id in 0..200u16 {
-            seen.extend(addrs(&udp(dns, &query(id.wrapping_mul(331), "gw.vpn.example.net", A))));
+            seen.extend(addrs(&udp(
+                dns,
+                &query(id.wrapping_mul(331), "gw.vpn.example.net", A),
+            )));
         }
-        assert_eq!(seen.into_iter().collect::<Vec<_>>(), ["192.0.2.1", "192.0.2.2"]);
+        assert_eq!(
+            seen.into_iter().collect::<Vec<_>>(),
+            ["192.0.2.1", "192.0.2.2"]
+        );
 
         // ANY is answered minimally (one RRset).
         let m = udp(dns, &query(10, "vpn.example.net", ANY));
         assert_eq!(m.answers.len(), 1);
 
         // EDNS: our UDP size advertised; unknown options ignored; BADVERS for version 1.
-        let m = udp(dns, &query(11, "alice.c.vpn.example.net", A).edns(4096, 0, None, &[0xFD, 0xE9, 0, 3, 1, 2, 3]));
+        let m = udp(
+            dns,
+            &query(11, "alice.c.vpn.example.net", A).edns(
+                4096,
+                0,
+                None,
+                &[0xFD, 0xE9, 0, 3, 1, 2, 3],
+            ),
+        );
         assert_eq!(m.edns.as_ref().unwrap().max_payload(), 1232);
         assert_eq!(addrs(&m), ["192.0.2.1"]);
-        let m = udp(dns, &query(12, "alice.c.vpn.example.net", A).edns(1232, 1, None, &[]));
+        let m = udp(
+            dns,
+            &query(12, "alice.c.vpn.example.net", A).edns(1232, 1, None, &[]),
+        );
         assert_eq!(u16::from(m.metadata.response_code), 16, "BADVERS");
         assert!(m.answers.is_empty());
 
         // ECS echoed with scope 0 where the answer does not depend on the subnet, and with the
         // configured prefix length where it does (service name from 198.51.100.0/24 -> us).
-        let raw = udp_raw(dns, &query(13, "alice.c.vpn.example.net", A).edns(1232, 0, Some(("203.0.113.0", 24)), &[]).0, Duration::from_secs(2)).unwrap();
-        assert_eq!(raw[raw.len() - 11..], [0, 8, 0, 7, 0, 1, 24, 0, 203, 0, 113]);
+        let raw = udp_raw(
+            dns,
+            &query(13, "alice.c.vpn.example.net", A)
+                .edns(1232, 0, Some(("203.0.113.0", 24)), &[])
+                .0,
+            Duration::from_secs(2),
+        )
+        .unwrap();
+        assert_eq!(
+            raw[raw.len() - 11..],
+            [0, 8, 0, 7, 0, 1, 24, 0, 203, 0, 113]
+        );
         for id in 0..20u16 {
-            let q = query(100 + id, "gw.vpn.example.net", A).edns(1232, 0, Some(("198.51.100.0", 24)), &[]);
+            let q = query(100 + id, "gw.vpn.example.net", A).edns(
+                1232,
+                0,
+                Some(("198.51.100.0", 24)),
+                &[],
+            );
             let raw = udp_raw(dns, &q.0, Duration::from_secs(2)).unwrap();
             assert_eq!(raw[raw.len() - 4], 24, "scope prefix");
-            assert_eq!(addrs(&hickory_proto::op::Message::from_vec(&raw).unwrap()), ["192.0.2.2"], "nearest region");
+            assert_eq!(
+                addrs(&hickory_proto::op::Message::from_vec(&raw).unwrap()),
+                ["192.0.2.2"],
+                "nearest region"
+            );
         }
 
         // Too big for UDP without EDNS: TC set, then the whole answer over TCP.
@@ -153,7 +201,11 @@ async fn answers_and_dns_semantics() {
             }
             let _ = sock.send_to(&p, dns);
         }
-        assert_eq!(addrs(&udp(dns, &query(16, "alice.c.vpn.example.net", A))), ["192.0.2.1"], "still serving after garbage");
+        assert_eq!(
+            addrs(&udp(dns, &query(16, "alice.c.vpn.example.net", A))),
+            ["192.0.2.1"],
+            "still serving after garbage"
+        );
 
         // An independent client agrees.
         if have_kdig() {
@@ -174,16 +226,21 @@ async fn answers_and_dns_semantics() {
 async fn rate_limiting_slips_and_tcp_is_exempt() {
     let db = common::test_db().await;
     basic_inventory(&db.url);
-    let cfg = config("udp_workers = 1\n[dns.rate_limit]\nresponses_per_second = 20\nslip = 2\n", "");
+    let cfg = config(
+        "udp_workers = 1\n[dns.rate_limit]\nresponses_per_second = 20\nslip = 2\n",
+        "",
+    );
     let cfg = cfg.replace("udp_workers = 2\n", "");
     let url = db.url.clone();
     tokio::task::spawn_blocking(move || {
         let server = Server::start(&cfg, &["--database-url", &url]);
         let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
         let n = 200;
         for id in 0..n {
-            sock.send_to(&query(id, "alice.c.vpn.example.net", A).0, server.dns).unwrap();
+            sock.send_to(&query(id, "alice.c.vpn.example.net", A).0, server.dns)
+                .unwrap();
         }
         let (mut full, mut truncated) = (0, 0);
         let mut buf = [0u8; 4096];
@@ -201,12 +258,17 @@ async fn rate_limiting_slips_and_tcp_is_exempt() {
         assert!(full + truncated < n as usize, "the rest are dropped");
         // TCP is never limited.
         for id in 0..30 {
-            assert_eq!(addrs(&tcp(server.dns, &query(id, "alice.c.vpn.example.net", A))), ["192.0.2.1"]);
+            assert_eq!(
+                addrs(&tcp(server.dns, &query(id, "alice.c.vpn.example.net", A))),
+                ["192.0.2.1"]
+            );
         }
         let token = cli(&url, &["token", "create", "--name", "rrl-test"]);
         let (code, text) = http_get(server.admin, "/metrics", Some(token.trim())).unwrap();
         assert_eq!(code, 200);
-        assert!(metric(&text, "shadowsteer_dns_rate_limited_total{action=\"slip\"}").unwrap() > 0.0);
+        assert!(
+            metric(&text, "shadowsteer_dns_rate_limited_total{action=\"slip\"}").unwrap() > 0.0
+        );
         assert_eq!(server.stop(), 0);
     })
     .await
@@ -217,18 +279,28 @@ async fn rate_limiting_slips_and_tcp_is_exempt() {
 async fn tcp_connections_are_bounded_and_idle_ones_closed() {
     let db = common::test_db().await;
     basic_inventory(&db.url);
-    let cfg = config(&format!("max_tcp_connections = 2\ntcp_idle_timeout = \"1s\"\n{NO_RRL}"), "");
+    let cfg = config(
+        &format!("max_tcp_connections = 2\ntcp_idle_timeout = \"1s\"\n{NO_RRL}"),
+        "",
+    );
     let url = db.url.clone();
     tokio::task::spawn_blocking(move || {
         use std::io::Read;
         let server = Server::start(&cfg, &["--database-url", &url]);
-        let hold: Vec<_> = (0..2).map(|_| std::net::TcpStream::connect(server.dns).unwrap()).collect();
+        let hold: Vec<_> = (0..2)
+            .map(|_| std::net::TcpStream::connect(server.dns).unwrap())
+            .collect();
         std::thread::sleep(Duration::from_millis(200));
         // The third is closed at once.
         let mut third = std::net::TcpStream::connect(server.dns).unwrap();
-        third.set_read_timeout(Some(Duration::from_millis(800))).unwrap();
+        third
+            .set_read_timeout(Some(Duration::from_millis(800)))
+            .unwrap();
         let mut b = [0u8; 1];
-        assert!(matches!(third.read(&mut b), Ok(0) | Err(_)), "third connection refused");
+        assert!(
+            matches!(third.read(&mut b), Ok(0) | Err(_)),
+            "third connection refused"
+        );
         // Idle connections are closed after the idle timeout.
         for mut h in hold {
             h.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -237,7 +309,10 @@ async fn tcp_connections_are_bounded_and_idle_ones_closed() {
             assert!(start.elapsed() < Duration::from_secs(9));
         }
         // Slots are free again.
-        assert_eq!(addrs(&tcp(server.dns, &query(1, "alice.c.vpn.example.net", A))), ["192.0.2.1"]);
+        assert_eq!(
+            addrs(&tcp(server.dns, &query(1, "alice.c.vpn.example.net", A))),
+            ["192.0.2.1"]
+        );
         assert_eq!(server.stop(), 0);
     })
     .await
@@ -253,8 +328,16 @@ async fn metrics_need_a_token() {
         assert_eq!(http_get(server.admin, "/healthz", None).unwrap().0, 200);
         assert_eq!(http_get(server.admin, "/readyz", None).unwrap().0, 200);
         assert_eq!(http_get(server.admin, "/metrics", None).unwrap().0, 401);
-        assert_eq!(http_get(server.admin, "/metrics", Some("sst_wrong")).unwrap().0, 401);
-        let token = cli(&url, &["token", "create", "--name", "prometheus", "--scope", "read"]);
+        assert_eq!(
+            http_get(server.admin, "/metrics", Some("sst_wrong"))
+                .unwrap()
+                .0,
+            401
+        );
+        let token = cli(
+            &url,
+            &["token", "create", "--name", "prometheus", "--scope", "read"],
+        );
         let token = token.trim();
         assert!(token.starts_with("sst_"));
         let (code, text) = http_get(server.admin, "/metrics", Some(token)).unwrap();
@@ -267,7 +350,10 @@ async fn metrics_need_a_token() {
         let id: serde_json::Value = serde_json::from_str(&list).unwrap();
         let id = id[0]["id"].as_str().unwrap().to_owned();
         cli(&url, &["token", "revoke", &id[..8]]);
-        assert_eq!(http_get(server.admin, "/metrics", Some(token)).unwrap().0, 401);
+        assert_eq!(
+            http_get(server.admin, "/metrics", Some(token)).unwrap().0,
+            401
+        );
         assert_eq!(server.stop(), 0);
     })
     .await

@@ -167,6 +167,9 @@ fn parse_records(
     Ok(out)
 }
 
+/// Records grouped by owner, then by RRset (in answer order).
+type Grouped<'r> = BTreeMap<Vec<u8>, BTreeMap<(u8, u16), Vec<&'r Rec>>>;
+
 /// Order in which RRsets are kept at a name (the first answers ANY).
 fn type_rank(t: u16) -> (u8, u16) {
     match t {
@@ -288,7 +291,7 @@ fn build_zone(
     let client_zone = [client_label.as_slice(), &apex].concat();
 
     // Group into RRsets, checking what we cannot serve.
-    let mut by_name: BTreeMap<Vec<u8>, BTreeMap<(u8, u16), Vec<&Rec>>> = BTreeMap::new();
+    let mut by_name: Grouped<'_> = BTreeMap::new();
     for r in &recs {
         let Some(prefix) = strip_suffix(&r.owner, &apex) else {
             return Err(unsupported(&r.owner, "is outside the zone"));

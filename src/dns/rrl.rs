@@ -101,7 +101,7 @@ impl RateLimiter {
             return Verdict::Drop;
         }
         self.slipped = self.slipped.wrapping_add(1);
-        if self.slipped % self.slip == 0 {
+        if self.slipped.is_multiple_of(self.slip) {
             Verdict::Slip
         } else {
             Verdict::Drop

@@ -371,7 +371,7 @@ impl Loader {
         let mut reconcile = tokio::time::interval(self.reconcile_interval);
         reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            if !(need_full || !pending.is_empty()) || failing {
+            if failing || (!need_full && pending.is_empty()) {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = reconcile.tick() => need_full = true,

@@ -107,7 +107,12 @@ impl Server {
         cmd.arg("serve")
             .arg("--config")
             .arg(&path)
-            .args(["--dns-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .args([
+                "--dns-listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ])
             .args(db_args)
             .env_remove("DATABASE_URL")
             .env("RUST_LOG", "info,sqlx=warn")
@@ -143,7 +148,10 @@ impl Server {
             Ok(a) => a,
             Err(_) => {
                 let _ = child.kill();
-                panic!("serve did not report its addresses; log:\n{}", log.lock().unwrap());
+                panic!(
+                    "serve did not report its addresses; log:\n{}",
+                    log.lock().unwrap()
+                );
             }
         };
         let server = Self {
@@ -155,7 +163,11 @@ impl Server {
         };
         let deadline = Instant::now() + Duration::from_secs(120);
         while http_get(server.admin, "/readyz", None).map(|r| r.0) != Some(200) {
-            assert!(Instant::now() < deadline, "serve not ready; log:\n{}", server.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "serve not ready; log:\n{}",
+                server.log_text()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         server
@@ -178,7 +190,10 @@ impl Server {
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                panic!("serve did not stop within 30 s of SIGTERM; log:\n{}", self.log_text());
+                panic!(
+                    "serve did not stop within 30 s of SIGTERM; log:\n{}",
+                    self.log_text()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -198,12 +213,21 @@ impl Drop for Server {
 pub fn http_get(addr: SocketAddr, path: &str, bearer: Option<&str>) -> Option<(u16, String)> {
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    let auth = bearer.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n").ok()?;
+    let auth = bearer
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut text = String::new();
     std::io::Read::read_to_string(&mut s, &mut text).ok()?;
     let status = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     Some((status, body))
 }
 
@@ -235,7 +259,13 @@ pub fn query(id: u16, name: &str, qtype: u16) -> Query {
 
 impl Query {
     /// Adds an OPT record (`size`, `version`), with an ECS option and any raw extra options.
-    pub fn edns(mut self, size: u16, version: u8, ecs: Option<(&str, u8)>, extra_options: &[u8]) -> Self {
+    pub fn edns(
+        mut self,
+        size: u16,
+        version: u8,
+        ecs: Option<(&str, u8)>,
+        extra_options: &[u8],
+    ) -> Self {
         self.0[11] = 1;
         let mut opts = Vec::new();
         if let Some((addr, prefix)) = ecs {
@@ -284,7 +314,8 @@ pub fn udp(server: SocketAddr, q: &Query) -> Message {
 
 /// Sends a query over TCP and parses the answer.
 pub fn tcp(server: SocketAddr, q: &Query) -> Message {
-    let mut s = std::net::TcpStream::connect_timeout(&server, Duration::from_secs(5)).expect("connect");
+    let mut s =
+        std::net::TcpStream::connect_timeout(&server, Duration::from_secs(5)).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut frame = (q.0.len() as u16).to_be_bytes().to_vec();
     frame.extend_from_slice(&q.0);
@@ -339,7 +370,9 @@ pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> Option<Dura
 
 /// A random WireGuard public key.
 pub fn key() -> String {
-    shadowsteer::domain::SecretKey::generate().public_key().to_base64()
+    shadowsteer::domain::SecretKey::generate()
+        .public_key()
+        .to_base64()
 }
 
 /// Runs the CLI against `url`; panics with its output on failure; returns stdout.
@@ -362,14 +395,61 @@ pub fn cli(url: &str, args: &[&str]) -> String {
 /// Two appliances in two regions and a client `alice` between them:
 /// eu-1 192.0.2.1:51820 (primary), us-1 192.0.2.2:51821 (shadow).
 pub fn basic_inventory(url: &str) {
-    cli(url, &["appliance", "add", "--id", "eu-1", "--region", "eu", "--endpoint", "192.0.2.1:51820", "--public-key", &key()]);
-    cli(url, &["appliance", "add", "--id", "us-1", "--region", "us", "--endpoint", "192.0.2.2:51821", "--public-key", &key()]);
-    cli(url, &["client", "add", "--id", "alice", "--public-key", &key(), "--tunnel-ip", "10.77.0.2", "--primary", "eu-1", "--shadow", "us-1"]);
+    cli(
+        url,
+        &[
+            "appliance",
+            "add",
+            "--id",
+            "eu-1",
+            "--region",
+            "eu",
+            "--endpoint",
+            "192.0.2.1:51820",
+            "--public-key",
+            &key(),
+        ],
+    );
+    cli(
+        url,
+        &[
+            "appliance",
+            "add",
+            "--id",
+            "us-1",
+            "--region",
+            "us",
+            "--endpoint",
+            "192.0.2.2:51821",
+            "--public-key",
+            &key(),
+        ],
+    );
+    cli(
+        url,
+        &[
+            "client",
+            "add",
+            "--id",
+            "alice",
+            "--public-key",
+            &key(),
+            "--tunnel-ip",
+            "10.77.0.2",
+            "--primary",
+            "eu-1",
+            "--shadow",
+            "us-1",
+        ],
+    );
 }
 
 /// Whether `kdig` is installed (tests that use it skip loudly without it).
 pub fn have_kdig() -> bool {
-    let ok = Command::new("kdig").arg("--version").output().is_ok_and(|o| o.status.success());
+    let ok = Command::new("kdig")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
     if !ok {
         eprintln!("SKIPPED: kdig not found; install knot-dnsutils");
     }
