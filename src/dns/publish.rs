@@ -90,20 +90,28 @@ impl Publisher {
     /// Evaluates `inputs` at `now`, publishes the result, queues the changes for audit.
     /// Returns when to evaluate again without new inputs.
     pub fn publish(&mut self, inputs: &Inputs, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let started = std::time::Instant::now();
         let eval = self.engine.evaluate(inputs, now);
+        let evaluated = started.elapsed();
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         let mut clients = std::collections::HashMap::with_capacity_and_hasher(
             inputs.clients.len(),
             Default::default(),
         );
-        for (id, appliance) in self.engine.assignments() {
-            let endpoint = appliance
-                .and_then(|a| inputs.appliances.get(a))
-                .map(|a| Endpoint {
+        let endpoints: std::collections::HashMap<&crate::domain::ApplianceId, Endpoint> = inputs
+            .appliances
+            .values()
+            .map(|a| {
+                let ep = Endpoint {
                     ip: a.endpoint.ip(),
                     port: a.endpoint.port(),
                     slot: slots.slot(a.id.as_str()),
-                });
+                };
+                (&a.id, ep)
+            })
+            .collect();
+        for (id, appliance) in self.engine.assignments() {
+            let endpoint = appliance.and_then(|a| endpoints.get(a)).copied();
             clients.insert(id.as_str().as_bytes().to_vec().into_boxed_slice(), endpoint);
         }
         let threshold = self.policy.threshold();
@@ -149,6 +157,12 @@ impl Publisher {
         };
         let n_clients = snapshot.clients.len() as u64;
         self.target.store(Arc::new(snapshot));
+        tracing::debug!(
+            clients = n_clients,
+            evaluate_us = evaluated.as_micros() as u64,
+            total_us = started.elapsed().as_micros() as u64,
+            "snapshot published"
+        );
         self.status.generation.fetch_add(1, Ordering::Relaxed);
         self.status
             .published_at_ms

@@ -22,6 +22,17 @@ struct ClientState {
     current: Option<Option<ApplianceId>>,
     /// When the answer last changed; `None` if it never did.
     since: Option<DateTime<Utc>>,
+    /// What the last decision saw, so an unchanged client is not decided again: its primary
+    /// and shadow (appliances and their state and risk) and the hold-down it reported.
+    seen: Option<Seen>,
+}
+
+/// The inputs of a client's last decision (its primary and shadow ids are compared through
+/// the client table instead, so that this holds no allocation).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Seen {
+    sides: (Side, Side),
+    held_until: Option<DateTime<Utc>>,
 }
 
 /// A change of one client's answer, for the audit table.
@@ -59,6 +70,9 @@ pub struct Evaluation {
 pub struct Engine {
     policy: Policy,
     clients: HashMap<ClientId, ClientState>,
+    /// The client table of the last evaluation: when the next one shares it, no client was
+    /// added or removed.
+    last_clients: Option<std::sync::Arc<std::collections::BTreeMap<ClientId, super::ClientInput>>>,
 }
 
 impl Engine {
@@ -67,6 +81,7 @@ impl Engine {
         Self {
             policy,
             clients: HashMap::new(),
+            last_clients: None,
         }
     }
 
@@ -75,20 +90,62 @@ impl Engine {
         let risks = risk::appliance_risks(inputs, now);
         let mut changes = Vec::new();
         let mut next_wakeup = risk::next_advisory_edge(inputs, now);
-        let side = |id: &ApplianceId| Side {
-            state: inputs.appliances.get(id).map(|a| a.state),
-            risk: risks.get(id).copied().unwrap_or(Probability::ZERO),
+        let sides: HashMap<&ApplianceId, Side> = inputs
+            .appliances
+            .values()
+            .map(|a| {
+                let side = Side {
+                    state: Some(a.state),
+                    risk: risks.get(&a.id).copied().unwrap_or(Probability::ZERO),
+                };
+                (&a.id, side)
+            })
+            .collect();
+        let unknown = Side {
+            state: None,
+            risk: Probability::ZERO,
         };
-        self.clients.retain(|id, _| inputs.clients.contains_key(id));
+        let side = |id: &ApplianceId| sides.get(id).copied().unwrap_or(unknown);
+        let same_clients = self
+            .last_clients
+            .as_ref()
+            .is_some_and(|l| std::sync::Arc::ptr_eq(l, &inputs.clients));
+        let previous = if same_clients {
+            None
+        } else {
+            self.clients.retain(|id, _| inputs.clients.contains_key(id));
+            self.last_clients.replace(inputs.clients.clone())
+        };
         for (id, client) in inputs.clients.iter() {
-            let state = self.clients.entry(id.clone()).or_insert_with(|| {
+            if !self.clients.contains_key(id) {
                 let past = inputs.history.get(id);
-                ClientState {
-                    position: decision::position(id),
-                    current: past.map(|p| Some(p.appliance.clone())),
-                    since: past.map(|p| p.at),
+                self.clients.insert(
+                    id.clone(),
+                    ClientState {
+                        position: decision::position(id),
+                        current: past.map(|p| Some(p.appliance.clone())),
+                        since: past.map(|p| p.at),
+                        seen: None,
+                    },
+                );
+            }
+            let Some(state) = self.clients.get_mut(id) else {
+                continue;
+            };
+            let (primary, shadow) = (side(&client.primary), side(&client.shadow));
+            // Nothing this client's decision reads has changed, and it is not waiting for a
+            // hold-down to expire: the decision would be the same.
+            let same_client = previous.as_ref().is_none_or(|p| p.get(id) == Some(client));
+            if let Some(seen) = &state.seen
+                && same_client
+                && seen.sides == (primary, shadow)
+                && seen.held_until.is_none_or(|u| now < u)
+            {
+                if let Some(until) = seen.held_until {
+                    next_wakeup = Some(next_wakeup.map_or(until, |w| w.min(until)));
                 }
-            });
+                continue;
+            }
             let role_of = |a: &ApplianceId| {
                 if *a == client.primary {
                     Some(Role::Primary)
@@ -117,6 +174,10 @@ impl Engine {
             if let Some(until) = choice.held_until {
                 next_wakeup = Some(next_wakeup.map_or(until, |w| w.min(until)));
             }
+            state.seen = Some(Seen {
+                sides: (primary, shadow),
+                held_until: choice.held_until,
+            });
             if choice.changed {
                 let to = choice.role.map(|r| match r {
                     Role::Primary => client.primary.clone(),

@@ -264,6 +264,27 @@ async fn load_targeted(
     Ok(next)
 }
 
+/// `fresh` with every table equal to the one in `current` replaced by `current`'s (so that
+/// consumers can tell unchanged tables by pointer), and whether anything differed.
+fn reuse_unchanged(current: &Inputs, mut fresh: Inputs) -> (Inputs, bool) {
+    fn keep<T: PartialEq>(cur: &Arc<T>, fresh: &mut Arc<T>) -> bool {
+        if **cur == **fresh {
+            *fresh = cur.clone();
+            false
+        } else {
+            true
+        }
+    }
+    let changed = [
+        keep(&current.appliances, &mut fresh.appliances),
+        keep(&current.clients, &mut fresh.clients),
+        keep(&current.model_scores, &mut fresh.model_scores),
+        keep(&current.advisories, &mut fresh.advisories),
+    ];
+    fresh.history = current.history.clone();
+    (fresh, changed.contains(&true))
+}
+
 /// Events of the change listener.
 enum Event {
     /// (Re)connected and listening: anything may have been missed, reload everything.
@@ -407,7 +428,15 @@ impl Loader {
                         }
                         self.mark_ok();
                         self.status.full_loads.fetch_add(1, Ordering::Relaxed);
-                        self.inputs.send_replace(Some(Arc::new(inputs.clone())));
+                        let (inputs, changed) = match &current {
+                            Some(cur) => reuse_unchanged(cur, inputs),
+                            None => (inputs, true),
+                        };
+                        // A reconcile that finds nothing new publishes nothing: the served
+                        // snapshot is confirmed (see `last_sync_ms`), not rebuilt.
+                        if changed {
+                            self.inputs.send_replace(Some(Arc::new(inputs.clone())));
+                        }
                         current = Some(inputs);
                         need_full = false;
                         pending.clear();
@@ -425,8 +454,14 @@ impl Loader {
                     need_full = true;
                     continue;
                 };
+                let started = std::time::Instant::now();
                 match load_targeted(&self.pool, cur, &pending).await {
                     Ok(inputs) => {
+                        tracing::debug!(
+                            changes = pending.len(),
+                            took_us = started.elapsed().as_micros() as u64,
+                            "targeted reload"
+                        );
                         self.mark_ok();
                         self.status.targeted_loads.fetch_add(1, Ordering::Relaxed);
                         self.inputs.send_replace(Some(Arc::new(inputs.clone())));
@@ -454,6 +489,7 @@ impl Loader {
                 *need_full = true;
             }
             Event::Change(c) => {
+                tracing::debug!(table = ?c.table, key = %c.key, "change notified");
                 if c.table != ChangedTable::SessionState {
                     pending.push(c);
                 }
