@@ -244,6 +244,7 @@ pub async fn run(args: ServeArgs) -> CommandResult {
             target: snapshot.clone(),
             audit: audit_tx,
             status: publish_status.clone(),
+            last_table: None,
         }
         .run(inputs_rx, shutdown.clone()),
     );

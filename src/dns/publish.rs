@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::stats::ApplianceSlots;
-use super::zone::{Endpoint, Service, ServiceSet, Snapshot, Statics};
+use super::zone::{ClientTable, Endpoint, Service, ServiceSet, Snapshot, Statics};
 use crate::config::EcsRegion;
 use crate::domain::{ApplianceState, Probability, RegionId};
 use crate::steering::service::{Candidate, WeightedSet};
@@ -55,6 +55,16 @@ pub struct Publisher {
     pub audit: mpsc::Sender<Change>,
     /// Status for metrics.
     pub status: Arc<PublishStatus>,
+    /// The last client table with the appliance and client tables it was built from: reused
+    /// while no answer changes (start with `None`).
+    pub last_table: Option<LastTable>,
+}
+
+/// A client table and what it was built from.
+pub struct LastTable {
+    appliances: Arc<BTreeMap<crate::domain::ApplianceId, ApplianceInput>>,
+    clients: Arc<BTreeMap<crate::domain::ClientId, crate::steering::ClientInput>>,
+    table: Arc<ClientTable>,
 }
 
 fn service_set<'a>(
@@ -94,26 +104,23 @@ impl Publisher {
         let eval = self.engine.evaluate(inputs, now);
         let evaluated = started.elapsed();
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        let mut clients = std::collections::HashMap::with_capacity_and_hasher(
-            inputs.clients.len(),
-            Default::default(),
-        );
-        let endpoints: std::collections::HashMap<&crate::domain::ApplianceId, Endpoint> = inputs
-            .appliances
-            .values()
-            .map(|a| {
-                let ep = Endpoint {
-                    ip: a.endpoint.ip(),
-                    port: a.endpoint.port(),
-                    slot: slots.slot(a.id.as_str()),
-                };
-                (&a.id, ep)
-            })
-            .collect();
-        for (id, appliance) in self.engine.assignments() {
-            let endpoint = appliance.and_then(|a| endpoints.get(a)).copied();
-            clients.insert(id.as_str().as_bytes().to_vec().into_boxed_slice(), endpoint);
-        }
+        let reusable = self.last_table.as_ref().filter(|l| {
+            eval.changes.is_empty()
+                && Arc::ptr_eq(&l.appliances, &inputs.appliances)
+                && Arc::ptr_eq(&l.clients, &inputs.clients)
+        });
+        let clients = match reusable {
+            Some(l) => l.table.clone(),
+            None => {
+                let table = Arc::new(self.client_table(inputs, &mut slots));
+                self.last_table = Some(LastTable {
+                    appliances: inputs.appliances.clone(),
+                    clients: inputs.clients.clone(),
+                    table: table.clone(),
+                });
+                table
+            }
+        };
         let threshold = self.policy.threshold();
         let all = service_set(
             inputs.appliances.values(),
@@ -187,6 +194,29 @@ impl Publisher {
             }
         }
         eval.next_wakeup
+    }
+
+    /// The steered answer of every client.
+    fn client_table(&self, inputs: &Inputs, slots: &mut ApplianceSlots) -> ClientTable {
+        let endpoints: std::collections::HashMap<&crate::domain::ApplianceId, Endpoint> = inputs
+            .appliances
+            .values()
+            .map(|a| {
+                let ep = Endpoint {
+                    ip: a.endpoint.ip(),
+                    port: a.endpoint.port(),
+                    slot: slots.slot(a.id.as_str()),
+                };
+                (&a.id, ep)
+            })
+            .collect();
+        let mut table =
+            ClientTable::with_capacity_and_hasher(inputs.clients.len(), Default::default());
+        for (id, appliance) in self.engine.assignments() {
+            let endpoint = appliance.and_then(|a| endpoints.get(a)).copied();
+            table.insert(id.as_str().as_bytes().to_vec().into_boxed_slice(), endpoint);
+        }
+        table
     }
 
     /// Publishes every new version of the inputs, and again at each wake-up, until shutdown.

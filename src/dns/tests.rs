@@ -76,7 +76,7 @@ fn snapshot() -> Snapshot {
     };
     Snapshot {
         statics: Arc::new(statics),
-        clients,
+        clients: Arc::new(clients),
         service: Service {
             all,
             subnets: vec![("198.51.100.0/24".parse().unwrap(), Some(0))],

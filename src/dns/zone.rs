@@ -115,14 +115,18 @@ pub struct Service {
     pub regions: Vec<ServiceSet>,
 }
 
+/// Steered answers by client id bytes.
+pub type ClientTable = HashMap<Box<[u8]>, Option<Endpoint>, BuildNameHasher>;
+
 /// Everything the server answers from. Immutable; replaced whole.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
     /// Configuration-derived part, shared between snapshots.
     pub statics: Arc<Statics>,
     /// Steered answer of every client, by client id bytes; `None` when no appliance can be
-    /// chosen (the name exists, the answer is empty).
-    pub clients: HashMap<Box<[u8]>, Option<Endpoint>, BuildNameHasher>,
+    /// chosen (the name exists, the answer is empty). Shared between snapshots while no
+    /// answer changes.
+    pub clients: Arc<ClientTable>,
     /// The service name.
     pub service: Service,
     /// Whether it was loaded from the database (false: the empty start-up snapshot).
@@ -134,7 +138,7 @@ impl Snapshot {
     pub fn empty(statics: Arc<Statics>) -> Self {
         Self {
             statics,
-            clients: HashMap::default(),
+            clients: Arc::default(),
             service: Service::default(),
             loaded: false,
         }
