@@ -423,3 +423,31 @@ fn random_packets_never_panic() {
     });
     let _ = SocketAddr::from(([127, 0, 0, 1], 1));
 }
+
+#[test]
+fn zone_file_records_are_served() {
+    let text = "[dns]\nlisten = [\"127.0.0.1:1\"]\n[[dns.zones]]\nname = \"z.test\"\nzone_file = \"z.zone\"\n";
+    let cfg: SteeringConfig = crate::config::parse(Path::new("t.toml"), text).unwrap();
+    let zone = "$TTL 300\n@ IN SOA other. x. 1 2 3 4 5\nwww IN A 192.0.2.7\nmail IN MX 10 www\n@ IN CAA 0 issue \"ca.example\"\n";
+    let statics = catalog::build(&cfg.dns, 1, &|p| {
+        assert_eq!(p, Path::new("z.zone"));
+        Ok(zone.to_owned())
+    })
+    .unwrap();
+    let snap = Snapshot::empty(Arc::new(statics));
+    let ask = |name: &str, t: u16| {
+        let (_, out) = ask_with(&query(name, t), Transport::Udp, &snap);
+        Message::from_vec(&out).unwrap()
+    };
+    let m = ask("WWW.z.test", rtype::A);
+    assert_eq!(addrs(&m), ["192.0.2.7"]);
+    assert_eq!(m.answers[0].ttl, 300);
+    assert_eq!(ask("mail.z.test", rtype::MX).answers.len(), 1);
+    assert_eq!(ask("z.test", 257).answers.len(), 1);
+    // The zone file's SOA is ignored: the configured one (serial 1, mname ns1.z.test) is served.
+    let m = ask("z.test", rtype::SOA);
+    let RData::SOA(soa) = &m.answers[0].data else {
+        panic!()
+    };
+    assert_eq!(soa.mname.to_string(), "ns1.z.test.");
+}
