@@ -15,11 +15,14 @@
 //! clock or touches the database; its shell does.
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod agent;
 pub mod client;
 pub mod config;
+pub mod dns;
 pub mod domain;
 pub mod keyfile;
 pub mod localpg;
+pub mod steering;
 pub mod store;
 pub mod tunnel;

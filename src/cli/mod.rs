@@ -9,7 +9,9 @@ mod config_cmd;
 mod db;
 mod inventory;
 mod keys;
+mod serve;
 mod table;
+mod token;
 
 use std::path::PathBuf;
 
@@ -45,6 +47,11 @@ enum Command {
     /// WireGuard keys (interchangeable with `wg genkey` / `wg pubkey`).
     #[command(subcommand)]
     Keys(keys::KeysCommand),
+    /// Run the steering server: authoritative DNS and the admin listener.
+    Serve(serve::ServeArgs),
+    /// Manage admin API tokens.
+    #[command(subcommand)]
+    Token(token::TokenCommand),
 }
 
 /// Which database a command talks to.
@@ -114,5 +121,7 @@ pub async fn run(cli: Cli) -> CommandResult {
         Command::Advisory(c) => inventory::run_advisory(c).await,
         Command::Agent(a) => agent::run(a).await,
         Command::Keys(c) => keys::run(c),
+        Command::Serve(a) => serve::run(a).await,
+        Command::Token(c) => token::run(c).await,
     }
 }

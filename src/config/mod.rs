@@ -23,8 +23,8 @@ pub use client::{
 };
 pub use fields::{Duration, IpNet, ListenAddr};
 pub use steering::{
-    AdminSection, DnsSection, NsRecord, RateLimitSection, ServerSection, SoaSection, StaticRecord,
-    SteeringConfig, SteeringSection, ZoneSection,
+    AdminSection, DnsSection, EcsRegion, NsRecord, RateLimitSection, ServerSection, SoaSection,
+    StaticRecord, SteeringConfig, SteeringSection, ZoneSection,
 };
 
 /// One problem in one configuration file.

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::fields::{Duration, ListenAddr};
+use super::fields::{Duration, IpNet, ListenAddr};
 use super::{Problems, Validate};
 use crate::domain::RegionId;
 
@@ -42,6 +42,14 @@ pub struct ServerSection {
     /// Where the embedded cluster and other state live; absent means the default data directory.
     #[serde(default)]
     pub data_dir: Option<PathBuf>,
+    /// How often the whole snapshot is re-read from the database, besides the change
+    /// notifications (which can be lost while the listener reconnects).
+    #[serde(default = "default_reconcile")]
+    pub reconcile_interval: Duration,
+}
+
+fn default_reconcile() -> Duration {
+    Duration(std::time::Duration::from_secs(10))
 }
 
 fn default_region() -> RegionId {
@@ -59,6 +67,7 @@ impl Default for ServerSection {
             name: default_name(),
             database_url: None,
             data_dir: None,
+            reconcile_interval: default_reconcile(),
         }
     }
 }
@@ -84,6 +93,24 @@ pub struct DnsSection {
     /// Response rate limiting.
     #[serde(default)]
     pub rate_limit: RateLimitSection,
+    /// UDP worker threads, each with its own `SO_REUSEPORT` socket per listen address;
+    /// absent means one per CPU this process may run on.
+    #[serde(default)]
+    pub udp_workers: Option<usize>,
+    /// Client subnets (from EDNS Client Subnet) mapped to their nearest region: the service
+    /// name answers them with that region's appliances when it has any.
+    #[serde(default)]
+    pub ecs_regions: Vec<EcsRegion>,
+}
+
+/// `[[dns.ecs_regions]]`: clients in `prefix` are nearest to `region`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EcsRegion {
+    /// Client network, e.g. `198.51.100.0/24`.
+    pub prefix: IpNet,
+    /// The region whose appliances serve it.
+    pub region: RegionId,
 }
 
 fn default_udp_payload() -> u16 {
@@ -358,6 +385,15 @@ impl Validate for SteeringConfig {
         }
         if self.dns.udp_payload_size < 512 {
             problems.push("dns.udp_payload_size", "must be at least 512");
+        }
+        if self.dns.udp_payload_size > 4096 {
+            problems.push("dns.udp_payload_size", "must be at most 4096");
+        }
+        if self.dns.udp_workers.is_some_and(|n| n == 0 || n > 256) {
+            problems.push("dns.udp_workers", "must be between 1 and 256");
+        }
+        if self.server.reconcile_interval.0 < std::time::Duration::from_millis(100) {
+            problems.push("server.reconcile_interval", "must be at least 100ms");
         }
         if self.dns.max_tcp_connections == 0 {
             problems.push("dns.max_tcp_connections", "must be at least 1");

@@ -3,12 +3,15 @@
 //!
 //! Queries are compile-time checked (`query!`) against the committed metadata in `.sqlx/`.
 
+pub mod audit;
 pub mod inventory;
 pub mod notify;
 pub mod retention;
 pub mod sessions;
+pub mod snapshot;
 pub mod target;
 pub mod telemetry;
+pub mod tokens;
 
 use std::collections::BTreeSet;
 use std::time::Duration;

@@ -1,0 +1,122 @@
+//! Change-to-answer latency: how long after a risk change commits in Postgres the DNS answer
+//! follows. Run by `benches/dns-vs-nsd.sh`; standalone:
+//!
+//! ```text
+//! cargo bench --bench change_latency -- DATABASE_URL DNS_ADDR CLIENT_NAME PRIMARY_IP SHADOW_IP APPLIANCE [ROUNDS]
+//! ```
+//!
+//! Each round inserts an advisory of risk 0.95 on `APPLIANCE` (the client's primary) and
+//! measures from the commit until a UDP query for `CLIENT_NAME` returns `SHADOW_IP`, then
+//! deletes it and measures until the answer is `PRIMARY_IP` again (the server must run with
+//! `hold_down = "0s"`). The querier sends back-to-back queries, so the resolution is one round
+//! trip (tens of microseconds). Prints p50/p90/p99/max over all measurements.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+fn query(id: u16, name: &str) -> Vec<u8> {
+    let mut p = id.to_be_bytes().to_vec();
+    p.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in name.trim_end_matches('.').split('.') {
+        p.push(label.len() as u8);
+        p.extend_from_slice(label.as_bytes());
+    }
+    p.extend_from_slice(&[0, 0, 1, 0, 1]);
+    p
+}
+
+/// The first A record's address in a response.
+fn first_a(resp: &[u8]) -> Option<[u8; 4]> {
+    let m = hickory_proto::op::Message::from_vec(resp).ok()?;
+    m.answers.iter().find_map(|r| match &r.data {
+        hickory_proto::rr::RData::A(a) => Some(a.0.octets()),
+        _ => None,
+    })
+}
+
+fn wait_for(
+    sock: &UdpSocket,
+    dns: SocketAddr,
+    name: &str,
+    want: [u8; 4],
+    since: Instant,
+) -> Duration {
+    let mut buf = [0u8; 2048];
+    let mut id = 0u16;
+    loop {
+        id = id.wrapping_add(1);
+        let _ = sock.send_to(&query(id, name), dns);
+        if let Ok((n, _)) = sock.recv_from(&mut buf)
+            && first_a(&buf[..n]) == Some(want)
+        {
+            return since.elapsed();
+        }
+        if since.elapsed() > Duration::from_secs(30) {
+            eprintln!("error: answer did not change within 30 s");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    if args.len() < 6 {
+        eprintln!(
+            "usage: change_latency DATABASE_URL DNS_ADDR CLIENT_NAME PRIMARY_IP SHADOW_IP APPLIANCE [ROUNDS]"
+        );
+        std::process::exit(2);
+    }
+    let dns: SocketAddr = args[1].parse().expect("DNS_ADDR is ip:port");
+    let name = args[2].clone();
+    let primary: std::net::Ipv4Addr = args[3].parse().expect("PRIMARY_IP");
+    let shadow: std::net::Ipv4Addr = args[4].parse().expect("SHADOW_IP");
+    let appliance = args[5].clone();
+    let rounds: usize = args.get(6).map_or(50, |r| r.parse().expect("ROUNDS"));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let pool = rt
+        .block_on(shadowsteer::store::connect(&args[0], 1))
+        .expect("connect to the database");
+    let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    sock.set_read_timeout(Some(Duration::from_millis(50)))
+        .expect("timeout");
+    let mut samples = Vec::with_capacity(rounds * 2);
+    for _ in 0..rounds {
+        rt.block_on(
+            sqlx::query(
+                "INSERT INTO advisories (region, appliance_id, kind, risk, starts_at, note)
+                 SELECT region, id, 'operational', 0.95, now(), 'change-latency bench' FROM appliances WHERE id = $1",
+            )
+            .bind(&appliance)
+            .execute(&pool),
+        )
+        .expect("insert advisory");
+        let committed = Instant::now();
+        samples.push(wait_for(&sock, dns, &name, shadow.octets(), committed));
+        rt.block_on(
+            sqlx::query("DELETE FROM advisories WHERE note = 'change-latency bench'")
+                .execute(&pool),
+        )
+        .expect("delete advisory");
+        let committed = Instant::now();
+        samples.push(wait_for(&sock, dns, &name, primary.octets(), committed));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    samples.sort();
+    let pct =
+        |p: f64| samples[((samples.len() as f64 * p).ceil() as usize).clamp(1, samples.len()) - 1];
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "change-to-answer latency over {} changes: p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+        samples.len(),
+        ms(pct(0.50)),
+        ms(pct(0.90)),
+        ms(pct(0.99)),
+        ms(pct(1.0))
+    );
+}

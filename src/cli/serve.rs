@@ -1,0 +1,331 @@
+//! `shadowsteer serve`: the steering server (authoritative DNS + admin listener), over the
+//! configured database or the embedded cluster of the data directory.
+//!
+//! Start-up order: configuration and zone data (bad input fails before anything is bound),
+//! DNS and admin sockets (a taken port fails before the database is touched), database and
+//! migrations, then the tasks. Shutdown (SIGINT/SIGTERM): one token cancels everything; UDP
+//! workers finish their batch, TCP connections their query, HTTP requests get a timeout,
+//! the audit writer flushes; then the database (and an embedded cluster) is closed.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use shadowsteer::admin;
+use shadowsteer::config::{self, ListenAddr, SteeringConfig};
+use shadowsteer::dns::publish::{PublishStatus, Publisher};
+use shadowsteer::dns::rrl::RateLimiter;
+use shadowsteer::dns::stats::{ApplianceSlots, Stats};
+use shadowsteer::dns::tcp::TcpServer;
+use shadowsteer::dns::udp::{self, Worker};
+use shadowsteer::dns::zone::Snapshot;
+use shadowsteer::dns::{catalog, tcp};
+use shadowsteer::steering::{Engine, Policy};
+use shadowsteer::store::audit::AuditStatus;
+use shadowsteer::store::snapshot::{Loader, SyncStatus};
+use shadowsteer::store::{self, Database, DatabaseTarget};
+use sqlx::PgPool;
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::{CommandError, CommandResult};
+
+/// Arguments of `serve`.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Configuration file.
+    #[arg(
+        long,
+        env = "SHADOWSTEER_CONFIG",
+        default_value = "config/steering.toml"
+    )]
+    config: PathBuf,
+    /// DNS address to serve on, UDP and TCP (repeatable; replaces dns.listen). Port 0 picks a
+    /// free port, logged at start.
+    #[arg(long = "dns-listen", value_name = "ADDR")]
+    dns_listen: Vec<SocketAddr>,
+    /// Admin HTTP address (replaces admin.listen).
+    #[arg(long, value_name = "ADDR")]
+    admin_listen: Option<SocketAddr>,
+    /// Postgres URL (replaces server.database_url); without any, the embedded cluster of the
+    /// data directory is used.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// Data directory of the embedded cluster (replaces server.data_dir).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// UDP worker threads (replaces dns.udp_workers).
+    #[arg(long)]
+    udp_workers: Option<usize>,
+}
+
+/// Applies the command-line overrides to the file's settings.
+fn apply_overrides(cfg: &mut SteeringConfig, args: &ServeArgs) {
+    if !args.dns_listen.is_empty() {
+        cfg.dns.listen = args.dns_listen.iter().copied().map(ListenAddr).collect();
+    }
+    if let Some(a) = args.admin_listen {
+        cfg.admin.listen = ListenAddr(a);
+    }
+    if let Some(u) = &args.database_url {
+        cfg.server.database_url = Some(u.clone());
+    }
+    if let Some(d) = &args.data_dir {
+        cfg.server.data_dir = Some(d.clone());
+    }
+    if let Some(n) = args.udp_workers {
+        cfg.dns.udp_workers = Some(n);
+    }
+}
+
+/// Sockets of one DNS listen address.
+struct DnsSockets {
+    addr: SocketAddr,
+    udp: Vec<UdpSocket>,
+    tcp: std::net::TcpListener,
+}
+
+/// Binds `workers` UDP sockets and one TCP listener on `addr`; with port 0, on one free port
+/// shared by all of them.
+fn bind_dns(addr: SocketAddr, workers: usize) -> std::io::Result<DnsSockets> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let result = (|| {
+            let first = udp::bind(addr)?;
+            let actual = first.local_addr()?;
+            let mut socks = vec![first];
+            for _ in 1..workers {
+                socks.push(udp::bind(actual)?);
+            }
+            let tcp = tcp::bind(actual)?;
+            Ok(DnsSockets {
+                addr: actual,
+                udp: socks,
+                tcp,
+            })
+        })();
+        match result {
+            Err(_) if addr.port() == 0 && attempt < 10 => continue,
+            other => return other,
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the server");
+            let _ = ctrl_c.await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// Background tasks beyond DNS that run on the server's database with its shutdown token.
+///
+/// Extension point: the risk engine (live scoring that writes `risk_scores`) starts here, e.g.
+/// `tasks.spawn(risk::live::run(pool.clone(), cfg.risk.clone(), shutdown.clone()))`. Its
+/// writes reach DNS through the `risk_scores` NOTIFY trigger like any other change.
+fn spawn_background_tasks(
+    tasks: &mut JoinSet<()>,
+    pool: &PgPool,
+    cfg: &SteeringConfig,
+    shutdown: &CancellationToken,
+) {
+    let _ = (tasks, pool, cfg, shutdown);
+}
+
+/// Runs the server until SIGINT/SIGTERM.
+pub async fn run(args: ServeArgs) -> CommandResult {
+    let mut cfg: SteeringConfig = config::load(&args.config).map_err(|errs| {
+        CommandError::Input(
+            errs.iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("\n"),
+        )
+    })?;
+    apply_overrides(&mut cfg, &args);
+    if let Some(n) = cfg.dns.udp_workers
+        && !(1..=256).contains(&n)
+    {
+        return Err(CommandError::Input(
+            "--udp-workers must be between 1 and 256".into(),
+        ));
+    }
+    let policy =
+        Policy::from_config(&cfg.steering).map_err(|e| CommandError::Input(e.to_string()))?;
+    let serial = u32::try_from(chrono::Utc::now().timestamp()).unwrap_or(u32::MAX);
+    let statics = catalog::build(&cfg.dns, serial, &|p| std::fs::read_to_string(p))
+        .map_err(|e| CommandError::Input(format!("{}: {e}", args.config.display())))?;
+    let statics = Arc::new(statics);
+    for z in &cfg.dns.zones {
+        tracing::info!(zone = %z.name, client_names = %format!("<client>.{}.{}", z.client_label, z.name), service = %format!("{}.{}", z.service_name, z.name), "serving zone");
+    }
+
+    let workers = cfg
+        .dns
+        .udp_workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let mut sockets = Vec::new();
+    for l in &cfg.dns.listen {
+        let s = bind_dns(l.0, workers).with_context(|| format!("binding DNS on {l}"))?;
+        tracing::info!(addr = %s.addr, udp_workers = workers, "DNS listening (UDP and TCP)");
+        sockets.push(s);
+    }
+    let admin_listener = tokio::net::TcpListener::bind(cfg.admin.listen.0)
+        .await
+        .with_context(|| format!("binding the admin listener on {}", cfg.admin.listen))?;
+    let admin_addr = admin_listener
+        .local_addr()
+        .context("admin listener address")?;
+    tracing::info!(addr = %admin_addr, "admin listening (/metrics needs a token, /healthz, /readyz)");
+
+    let target =
+        DatabaseTarget::resolve(cfg.server.database_url.clone(), cfg.server.data_dir.clone());
+    tracing::info!(database = %target.describe(), "opening the database");
+    let database = Database::open(&target, 8)
+        .await
+        .with_context(|| format!("opening {}", target.describe()))?;
+    if let Err(e) = store::migrate(&database.pool).await {
+        database.close().await;
+        return Err(CommandError::Failed(
+            anyhow::Error::new(e).context("migrating the database"),
+        ));
+    }
+    let pool = database.pool.clone();
+
+    let shutdown = CancellationToken::new();
+    let mut tasks: JoinSet<()> = JoinSet::new();
+    let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::empty(statics.clone())));
+    let slots = Arc::new(Mutex::new(ApplianceSlots::default()));
+    let sync = Arc::new(SyncStatus::default());
+    let publish_status = Arc::new(PublishStatus::default());
+    let audit_status = Arc::new(AuditStatus::default());
+
+    let (inputs_tx, inputs_rx) = watch::channel(None);
+    tasks.spawn(
+        Loader {
+            pool: pool.clone(),
+            inputs: inputs_tx,
+            status: sync.clone(),
+            reconcile_interval: cfg.server.reconcile_interval.0,
+        }
+        .run(shutdown.clone()),
+    );
+    let (audit_tx, audit_rx) = mpsc::channel(100_000);
+    tasks.spawn(store::audit::run(
+        pool.clone(),
+        cfg.server.region.clone(),
+        cfg.server.name.clone(),
+        audit_rx,
+        audit_status.clone(),
+        shutdown.clone(),
+    ));
+    tasks.spawn(
+        Publisher {
+            engine: Engine::new(policy),
+            policy,
+            statics,
+            ecs_regions: cfg.dns.ecs_regions.clone(),
+            slots: slots.clone(),
+            target: snapshot.clone(),
+            audit: audit_tx,
+            status: publish_status.clone(),
+            last_table: None,
+        }
+        .run(inputs_rx, shutdown.clone()),
+    );
+
+    let mut dns_stats = Vec::new();
+    let rl = &cfg.dns.rate_limit;
+    let per_worker_rate = if rl.responses_per_second == 0 {
+        0
+    } else {
+        rl.responses_per_second.div_ceil(workers as u32)
+    };
+    let tcp_stats = Arc::new(Stats::default());
+    dns_stats.push(tcp_stats.clone());
+    let tcp_slots = Arc::new(Semaphore::new(cfg.dns.max_tcp_connections));
+    let tcp_refused = Arc::new(AtomicU64::new(0));
+    for s in sockets {
+        for (i, sock) in s.udp.into_iter().enumerate() {
+            let stats = Arc::new(Stats::default());
+            dns_stats.push(stats.clone());
+            let worker = Worker {
+                snapshot: snapshot.clone(),
+                limiter: RateLimiter::new(per_worker_rate, rl.slip, rl.ipv4_prefix, rl.ipv6_prefix),
+                stats,
+                shutdown: shutdown.clone(),
+            };
+            let name = format!("dns-udp-{}-{i}", s.addr);
+            let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+            std::thread::Builder::new()
+                .name(name)
+                .spawn(move || {
+                    worker.run(sock);
+                    let _ = done_tx.send(());
+                })
+                .context("starting a UDP worker thread")?;
+            tasks.spawn(async move {
+                let _ = done_rx.await;
+            });
+        }
+        let listener =
+            tokio::net::TcpListener::from_std(s.tcp).context("registering the TCP listener")?;
+        let server = TcpServer {
+            snapshot: snapshot.clone(),
+            stats: tcp_stats.clone(),
+            slots: tcp_slots.clone(),
+            idle_timeout: cfg.dns.tcp_idle_timeout.0,
+            refused: tcp_refused.clone(),
+        };
+        tasks.spawn(server.run(listener, shutdown.clone()));
+    }
+    let listening = Arc::new(AtomicBool::new(true));
+    let state = admin::AppState {
+        pool: pool.clone(),
+        dns_stats: Arc::new(dns_stats),
+        slots,
+        sync,
+        publish: publish_status,
+        audit: audit_status,
+        tcp_slots,
+        tcp_max: cfg.dns.max_tcp_connections,
+        tcp_refused,
+        listening: listening.clone(),
+        token_cache: Arc::default(),
+    };
+    let admin_shutdown = shutdown.clone();
+    tasks.spawn(async move {
+        if let Err(e) = admin::serve(admin_listener, state, admin_shutdown).await {
+            tracing::error!(error = %e, "admin listener failed");
+        }
+    });
+    spawn_background_tasks(&mut tasks, &pool, &cfg, &shutdown);
+
+    tokio::select! {
+        _ = shutdown_signal() => tracing::info!("shutting down"),
+        Some(_) = tasks.join_next() => {
+            tracing::error!("a server task stopped unexpectedly; shutting down");
+        }
+    }
+    listening.store(false, Ordering::Relaxed);
+    shutdown.cancel();
+    while tasks.join_next().await.is_some() {}
+    database.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}

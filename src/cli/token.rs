@@ -1,0 +1,136 @@
+//! `shadowsteer token create|list|revoke`: admin API tokens (only their hashes are stored).
+
+use anyhow::Context as _;
+use chrono::Utc;
+use clap::Subcommand;
+use shadowsteer::domain::RegionId;
+use shadowsteer::store::tokens::{self, TokenError};
+
+use super::{CommandError, CommandResult, DbArgs, db, table};
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token and print it (it is shown only this once).
+    Create {
+        /// A name saying who or what uses it.
+        #[arg(long)]
+        name: String,
+        /// read (metrics) or admin.
+        #[arg(long, default_value = "admin")]
+        scope: String,
+        /// Lifetime, e.g. 90d [default: no expiry].
+        #[arg(long)]
+        expires: Option<String>,
+        /// Region that owns the token row.
+        #[arg(long, default_value = "local")]
+        region: String,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// List tokens (never their secrets).
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Revoke a token by id (or a unique prefix of at least 4 characters).
+    Revoke {
+        /// Token id.
+        id: String,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+}
+
+fn map_err(e: TokenError) -> CommandError {
+    if e.is_input_error() {
+        CommandError::Input(e.to_string())
+    } else {
+        CommandError::Failed(anyhow::Error::new(e))
+    }
+}
+
+pub async fn run(cmd: TokenCommand) -> CommandResult {
+    match cmd {
+        TokenCommand::Create {
+            name,
+            scope,
+            expires,
+            region,
+            db,
+        } => {
+            let region = RegionId::new(region).map_err(|e| CommandError::Input(e.to_string()))?;
+            let expires_at = match expires {
+                None => None,
+                Some(d) => {
+                    let d = humantime::parse_duration(&d)
+                        .map_err(|e| CommandError::Input(format!("--expires {d:?}: {e}")))?;
+                    let d = chrono::Duration::from_std(d)
+                        .map_err(|_| CommandError::Input("--expires is too long".into()))?;
+                    Some(
+                        Utc::now()
+                            .checked_add_signed(d)
+                            .ok_or_else(|| CommandError::Input("--expires is too long".into()))?,
+                    )
+                }
+            };
+            let database = db::open(&db).await?;
+            let created = tokens::create(&database.pool, &region, &name, &scope, expires_at).await;
+            database.close().await;
+            let (id, token) = created.map_err(map_err)?;
+            println!("{}", token.as_str());
+            eprintln!(
+                "created token {id} ({name}, scope {scope}); it is shown only once: store it now"
+            );
+            Ok(())
+        }
+        TokenCommand::List { json, db } => {
+            let database = db::open(&db).await?;
+            let list = tokens::list(&database.pool).await;
+            database.close().await;
+            let list = list.map_err(map_err)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&list).context("encoding JSON")?
+                );
+                return Ok(());
+            }
+            let fmt = |t: Option<chrono::DateTime<Utc>>| {
+                t.map_or("-".to_owned(), |t| {
+                    t.format("%Y-%m-%d %H:%M:%SZ").to_string()
+                })
+            };
+            let rows: Vec<Vec<String>> = list
+                .iter()
+                .map(|t| {
+                    vec![
+                        t.id.to_string()[..8].to_owned(),
+                        t.name.clone(),
+                        t.scope.clone(),
+                        fmt(Some(t.created_at)),
+                        fmt(t.expires_at),
+                        fmt(t.revoked_at),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                table::render(
+                    &["ID", "NAME", "SCOPE", "CREATED", "EXPIRES", "REVOKED"],
+                    &rows
+                )
+            );
+            Ok(())
+        }
+        TokenCommand::Revoke { id, db } => {
+            let database = db::open(&db).await?;
+            let revoked = tokens::revoke(&database.pool, &id).await;
+            database.close().await;
+            println!("revoked token {}", revoked.map_err(map_err)?);
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! The authoritative DNS server: answers for the configured zones from an in-memory snapshot,
+//! never waiting on the database.
+//!
+//! Core (pure): [`wire`] parses queries, [`respond`] answers them from a [`zone::Snapshot`],
+//! [`catalog`] builds the static zone data from the configuration, [`rrl`] limits response
+//! rates. Shell: [`udp`] (threads with batched system calls), [`tcp`] (tokio), [`publish`]
+//! (steering inputs to snapshots), [`stats`] (counters for `/metrics`).
+//!
+//! Deliberately left out: DNSSEC signing, zone transfers (AXFR/IXFR are refused), dynamic
+//! update, delegations below the zone, wildcards, DNS cookies.
+
+pub mod catalog;
+pub mod name;
+pub mod publish;
+pub mod respond;
+pub mod rrl;
+pub mod stats;
+pub mod tcp;
+pub mod udp;
+pub mod wire;
+pub mod zone;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,248 @@
+//! The publisher: turns steering inputs into DNS snapshots. It runs the steering engine on
+//! every change of the inputs and whenever the engine asks to be woken (hold-down expiry,
+//! advisory edges), builds a new [`Snapshot`], swaps it in atomically, and hands the changed
+//! answers to the audit writer without waiting for it.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use chrono::{DateTime, Utc};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::stats::ApplianceSlots;
+use super::zone::{ClientTable, Endpoint, Service, ServiceSet, Snapshot, Statics};
+use crate::config::EcsRegion;
+use crate::domain::{ApplianceState, Probability, RegionId};
+use crate::steering::service::{Candidate, WeightedSet};
+use crate::steering::{ApplianceInput, Change, Engine, Inputs, Policy};
+
+/// What the publisher reports to metrics and health checks.
+#[derive(Debug, Default)]
+pub struct PublishStatus {
+    /// Snapshots published from the database.
+    pub generation: AtomicU64,
+    /// When the current snapshot was built (Unix milliseconds).
+    pub published_at_ms: AtomicI64,
+    /// Clients in the current snapshot.
+    pub clients: AtomicU64,
+    /// Answer changes so far.
+    pub changes: AtomicU64,
+    /// Changes the audit writer could not take (its queue was full).
+    pub audit_dropped: AtomicU64,
+    /// Whether a snapshot from the database is being served.
+    pub loaded: AtomicBool,
+}
+
+/// Builds and publishes snapshots.
+pub struct Publisher {
+    /// Steering state.
+    pub engine: Engine,
+    /// Thresholds (the service name uses the threshold too).
+    pub policy: Policy,
+    /// Configuration-derived zone data.
+    pub statics: Arc<Statics>,
+    /// Client subnets mapped to regions.
+    pub ecs_regions: Vec<EcsRegion>,
+    /// Metrics slots of appliances.
+    pub slots: Arc<Mutex<ApplianceSlots>>,
+    /// Where snapshots go.
+    pub target: Arc<ArcSwap<Snapshot>>,
+    /// Where changes go (the audit writer).
+    pub audit: mpsc::Sender<Change>,
+    /// Status for metrics.
+    pub status: Arc<PublishStatus>,
+    /// The last client table with the appliance and client tables it was built from: reused
+    /// while no answer changes (start with `None`).
+    pub last_table: Option<LastTable>,
+}
+
+/// A client table and what it was built from.
+pub struct LastTable {
+    appliances: Arc<BTreeMap<crate::domain::ApplianceId, ApplianceInput>>,
+    clients: Arc<BTreeMap<crate::domain::ClientId, crate::steering::ClientInput>>,
+    table: Arc<ClientTable>,
+}
+
+fn service_set<'a>(
+    appliances: impl Iterator<Item = &'a ApplianceInput>,
+    risks: &std::collections::HashMap<crate::domain::ApplianceId, Probability>,
+    slots: &mut ApplianceSlots,
+    threshold: f64,
+) -> ServiceSet {
+    let mut v4 = Vec::new();
+    let mut v6 = Vec::new();
+    for a in appliances.filter(|a| a.state == ApplianceState::Active) {
+        let c = Candidate {
+            item: Endpoint {
+                ip: a.endpoint.ip(),
+                port: a.endpoint.port(),
+                slot: slots.slot(a.id.as_str()),
+            },
+            capacity: a.capacity,
+            risk: risks.get(&a.id).map_or(0.0, |r| r.get()),
+        };
+        match a.endpoint.ip() {
+            IpAddr::V4(_) => v4.push(c),
+            IpAddr::V6(_) => v6.push(c),
+        }
+    }
+    ServiceSet {
+        v4: WeightedSet::build(v4, threshold),
+        v6: WeightedSet::build(v6, threshold),
+    }
+}
+
+impl Publisher {
+    /// Evaluates `inputs` at `now`, publishes the result, queues the changes for audit.
+    /// Returns when to evaluate again without new inputs.
+    pub fn publish(&mut self, inputs: &Inputs, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let started = std::time::Instant::now();
+        let eval = self.engine.evaluate(inputs, now);
+        let evaluated = started.elapsed();
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let reusable = self.last_table.as_ref().filter(|l| {
+            eval.changes.is_empty()
+                && Arc::ptr_eq(&l.appliances, &inputs.appliances)
+                && Arc::ptr_eq(&l.clients, &inputs.clients)
+        });
+        let clients = match reusable {
+            Some(l) => l.table.clone(),
+            None => {
+                let table = Arc::new(self.client_table(inputs, &mut slots));
+                self.last_table = Some(LastTable {
+                    appliances: inputs.appliances.clone(),
+                    clients: inputs.clients.clone(),
+                    table: table.clone(),
+                });
+                table
+            }
+        };
+        let threshold = self.policy.threshold();
+        let all = service_set(
+            inputs.appliances.values(),
+            &eval.risks,
+            &mut slots,
+            threshold,
+        );
+        let mut region_index: BTreeMap<&RegionId, Option<usize>> = BTreeMap::new();
+        let mut regions = Vec::new();
+        for e in &self.ecs_regions {
+            region_index.entry(&e.region).or_insert_with(|| {
+                let set = service_set(
+                    inputs.appliances.values().filter(|a| a.region == e.region),
+                    &eval.risks,
+                    &mut slots,
+                    threshold,
+                );
+                if set.v4.is_empty() && set.v6.is_empty() {
+                    None
+                } else {
+                    regions.push(set);
+                    Some(regions.len() - 1)
+                }
+            });
+        }
+        let subnets = self
+            .ecs_regions
+            .iter()
+            .map(|e| (e.prefix, region_index.get(&e.region).copied().flatten()))
+            .collect();
+        drop(slots);
+        let snapshot = Snapshot {
+            statics: self.statics.clone(),
+            clients,
+            service: Service {
+                all,
+                subnets,
+                regions,
+            },
+            loaded: true,
+        };
+        let n_clients = snapshot.clients.len() as u64;
+        self.target.store(Arc::new(snapshot));
+        tracing::debug!(
+            clients = n_clients,
+            evaluate_us = evaluated.as_micros() as u64,
+            total_us = started.elapsed().as_micros() as u64,
+            "snapshot published"
+        );
+        self.status.generation.fetch_add(1, Ordering::Relaxed);
+        self.status
+            .published_at_ms
+            .store(now.timestamp_millis(), Ordering::Relaxed);
+        self.status.clients.store(n_clients, Ordering::Relaxed);
+        self.status.loaded.store(true, Ordering::Relaxed);
+        if !eval.changes.is_empty() {
+            self.status
+                .changes
+                .fetch_add(eval.changes.len() as u64, Ordering::Relaxed);
+            if eval.changes.len() <= 20 {
+                for c in &eval.changes {
+                    tracing::info!(client = %c.client, from = ?c.from.as_ref().map(|a| a.as_str()), to = ?c.to.as_ref().map(|a| a.as_str()), reason = %c.reason, "answer changed");
+                }
+            } else {
+                tracing::info!(changes = eval.changes.len(), "answers changed");
+            }
+        }
+        for c in eval.changes {
+            if self.audit.try_send(c).is_err() {
+                self.status.audit_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        eval.next_wakeup
+    }
+
+    /// The steered answer of every client.
+    fn client_table(&self, inputs: &Inputs, slots: &mut ApplianceSlots) -> ClientTable {
+        let endpoints: std::collections::HashMap<&crate::domain::ApplianceId, Endpoint> = inputs
+            .appliances
+            .values()
+            .map(|a| {
+                let ep = Endpoint {
+                    ip: a.endpoint.ip(),
+                    port: a.endpoint.port(),
+                    slot: slots.slot(a.id.as_str()),
+                };
+                (&a.id, ep)
+            })
+            .collect();
+        let mut table =
+            ClientTable::with_capacity_and_hasher(inputs.clients.len(), Default::default());
+        for (id, appliance) in self.engine.assignments() {
+            let endpoint = appliance.and_then(|a| endpoints.get(a)).copied();
+            table.insert(id.as_str().as_bytes().to_vec().into_boxed_slice(), endpoint);
+        }
+        table
+    }
+
+    /// Publishes every new version of the inputs, and again at each wake-up, until shutdown.
+    pub async fn run(
+        mut self,
+        mut inputs: watch::Receiver<Option<Arc<Inputs>>>,
+        shutdown: CancellationToken,
+    ) {
+        let mut wakeup: Option<DateTime<Utc>> = None;
+        loop {
+            let sleep = wakeup.map(|t| {
+                (t - Utc::now()).to_std().unwrap_or_default() + std::time::Duration::from_millis(1)
+            });
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                changed = inputs.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+                _ = tokio::time::sleep(sleep.unwrap_or_default()), if sleep.is_some() => {}
+            }
+            let current = inputs.borrow_and_update().clone();
+            if let Some(current) = current {
+                wakeup = self.publish(&current, Utc::now());
+            }
+        }
+    }
+}

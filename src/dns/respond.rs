@@ -1,0 +1,513 @@
+//! The answer function: query bytes in, response bytes out, from a [`Snapshot`]. Pure: no
+//! sockets, no clock, no allocation once `out` has grown to its working size.
+//!
+//! Semantics (what the best authoritative servers do):
+//! - AA on every answer from our zones; REFUSED (without AA) for names outside them, for zone
+//!   transfers and for classes other than IN/ANY; NOTIMP for opcodes other than QUERY.
+//! - NXDOMAIN when the name does not exist, NODATA (NOERROR, empty answer) when it exists
+//!   without the type; both carry the zone's SOA in the authority section with the negative
+//!   TTL as its TTL (RFC 2308).
+//! - Case-insensitive matching; the question is echoed verbatim and answers point at it, so
+//!   the query's case comes back.
+//! - EDNS0 (RFC 6891): our UDP size advertised, DO echoed, unknown options ignored, BADVERS
+//!   for versions other than 0, FORMERR for two OPT records or a malformed one.
+//! - UDP answers larger than the requester's limit (512 without EDNS) drop the additional
+//!   section first, then go out empty with TC set, so the requester retries over TCP.
+//! - ANY gets one RRset (RFC 8482).
+//! - EDNS Client Subnet (RFC 7871): echoed with the scope prefix the answer depends on: 0
+//!   for everything but the service name, whose answer depends on the configured client
+//!   subnets.
+//! - Malformed queries get FORMERR; packets too short for a header, and responses, get
+//!   nothing.
+
+use std::net::IpAddr;
+
+use super::name::{MAX_NAME, label_starts};
+use super::wire::{self, ClientSubnet, Edns, Query, Reject, flag, rcode, rtype};
+use super::zone::{Endpoint, RrSet, Service, ServiceSet, Snapshot, Zone};
+
+/// How the query arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// UDP: responses are limited in size and may be truncated.
+    Udp,
+    /// TCP: up to 65535 bytes.
+    Tcp,
+}
+
+/// Per-query facts from the shell.
+#[derive(Debug, Clone, Copy)]
+pub struct Context {
+    /// Transport.
+    pub transport: Transport,
+    /// Bits that vary per query (the source port): mixed with the query id to pick among the
+    /// service name's appliances.
+    pub entropy: u16,
+    /// Rate limiting chose to "slip" this answer: send it empty with TC set.
+    pub slip: bool,
+}
+
+/// What happened, for the shell and the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    /// Whether `out` holds a response to send.
+    pub send: bool,
+    /// The question type (0 when there was no question).
+    pub qtype: u16,
+    /// The response code (extended, so BADVERS is 16).
+    pub rcode: u16,
+    /// Metrics slot of the appliance answered, for steered answers.
+    pub appliance: Option<u16>,
+    /// Whether TC was set.
+    pub truncated: bool,
+}
+
+impl Outcome {
+    const DROP: Self = Self {
+        send: false,
+        qtype: 0,
+        rcode: 0,
+        appliance: None,
+        truncated: false,
+    };
+}
+
+/// Offset of the question name in every message.
+const QNAME_OFFSET: u8 = 12;
+/// Offset of `<client>.c.<zone>` inside `_wireguard._udp.<client>.c.<zone>` as echoed.
+const SRV_TARGET_OFFSET: u8 = 12 + 11 + 5;
+
+/// What a name lookup found.
+enum Found<'s> {
+    /// A static RRset, and additional records.
+    Static(&'s RrSet, Option<&'s RrSet>),
+    /// A steered address (A or AAAA by its family).
+    Address(Endpoint),
+    /// The SRV of a client, with its address as additional record.
+    Srv(Endpoint),
+    /// The name exists without this type.
+    NoData,
+    /// The name does not exist.
+    NxDomain,
+}
+
+/// Answers one query into `out` (cleared first).
+pub fn respond(packet: &[u8], ctx: &Context, snap: &Snapshot, out: &mut Vec<u8>) -> Outcome {
+    out.clear();
+    let mut lower = [0u8; MAX_NAME];
+    let q = match wire::parse(packet, &mut lower) {
+        Ok(q) => q,
+        Err(Reject::Drop) => return Outcome::DROP,
+        Err(Reject::FormErr { question_end, edns }) => {
+            return error_reply(packet, question_end, edns, rcode::FORMERR, snap, out);
+        }
+        Err(Reject::NotImp { question_end }) => {
+            return error_reply(packet, question_end, None, rcode::NOTIMP, snap, out);
+        }
+    };
+    let qname = &lower[..q.qname_len];
+    out.extend_from_slice(&packet[..q.question_end]);
+    let mut msg = Message {
+        q: &q,
+        an: 0,
+        ns: 0,
+        ar: 0,
+        aa: true,
+        tc: false,
+        rcode: rcode::NOERROR,
+        scope: 0,
+        appliance: None,
+    };
+    if q.edns.is_some_and(|e| e.version != 0) {
+        msg.aa = false;
+        msg.rcode = rcode::BADVERS;
+        return msg.finish(out, snap, ctx);
+    }
+    if !matches!(q.qclass, wire::CLASS_IN | wire::CLASS_ANY)
+        || matches!(q.qtype, rtype::AXFR | rtype::IXFR)
+    {
+        msg.aa = false;
+        msg.rcode = rcode::REFUSED;
+        return msg.finish(out, snap, ctx);
+    }
+    if matches!(q.qtype, rtype::MAILA | rtype::MAILB) {
+        msg.aa = false;
+        msg.rcode = rcode::NOTIMP;
+        return msg.finish(out, snap, ctx);
+    }
+    let Some((zone, prefix_len)) = snap.statics.find_zone(qname) else {
+        msg.aa = false;
+        msg.rcode = rcode::REFUSED;
+        return msg.finish(out, snap, ctx);
+    };
+    if ctx.slip {
+        msg.aa = false;
+        msg.tc = true;
+        return msg.finish(out, snap, ctx);
+    }
+    let ecs = q.edns.and_then(|e| e.ecs);
+    let entropy = mix(q.id, ctx.entropy);
+    let found = resolve(
+        zone,
+        qname,
+        prefix_len,
+        q.qtype,
+        snap,
+        ecs.as_ref(),
+        entropy,
+        &mut msg.scope,
+    );
+    let mut additional_at = None;
+    match found {
+        Found::Static(set, extra) => {
+            out.extend_from_slice(&set.wire);
+            msg.an = set.count;
+            if let Some(extra) = extra {
+                additional_at = Some(out.len());
+                out.extend_from_slice(&extra.wire);
+                msg.ar = extra.count;
+            }
+        }
+        Found::Address(ep) => {
+            push_address(out, QNAME_OFFSET, ep.ip, zone.steered_ttl);
+            msg.an = 1;
+            msg.appliance = Some(ep.slot);
+        }
+        Found::Srv(ep) => {
+            push_srv(out, ep.port, zone.steered_ttl);
+            msg.an = 1;
+            additional_at = Some(out.len());
+            push_address(out, SRV_TARGET_OFFSET, ep.ip, zone.steered_ttl);
+            msg.ar = 1;
+            msg.appliance = Some(ep.slot);
+        }
+        Found::NoData => {
+            out.extend_from_slice(&zone.soa_negative.wire);
+            msg.ns = 1;
+        }
+        Found::NxDomain => {
+            out.extend_from_slice(&zone.soa_negative.wire);
+            msg.ns = 1;
+            msg.rcode = rcode::NXDOMAIN;
+        }
+    }
+    if ctx.transport == Transport::Udp {
+        let limit = udp_limit(q.edns, snap.statics.udp_payload);
+        let opt = opt_len(q.edns);
+        if out.len() + opt > limit
+            && let Some(at) = additional_at
+        {
+            out.truncate(at);
+            msg.ar = 0;
+        }
+        if out.len() + opt > limit {
+            out.truncate(q.question_end);
+            msg.an = 0;
+            msg.ns = 0;
+            msg.ar = 0;
+            msg.tc = true;
+            msg.appliance = None;
+        }
+    }
+    msg.finish(out, snap, ctx)
+}
+
+/// Largest UDP response for this requester.
+fn udp_limit(edns: Option<Edns>, ours: u16) -> usize {
+    match edns {
+        Some(e) => usize::from(e.udp_size.clamp(512, ours.max(512))),
+        None => 512,
+    }
+}
+
+/// Size of the OPT record we add.
+fn opt_len(edns: Option<Edns>) -> usize {
+    match edns {
+        None => 0,
+        Some(e) => 11 + e.ecs.map_or(0, |s| 8 + usize::from(s.raw_len)),
+    }
+}
+
+/// Mixes the query id and the shell's entropy into 32 well-spread bits.
+fn mix(id: u16, entropy: u16) -> u32 {
+    let x = ((u32::from(id) << 16) | u32::from(entropy)).wrapping_mul(0x9E37_79B1);
+    x ^ (x >> 15)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn resolve<'s>(
+    zone: &'s Zone,
+    qname: &[u8],
+    prefix_len: usize,
+    qtype: u16,
+    snap: &'s Snapshot,
+    ecs: Option<&ClientSubnet>,
+    entropy: u32,
+    scope: &mut u8,
+) -> Found<'s> {
+    if let Some(data) = zone.names.get(qname) {
+        if qtype == rtype::ANY {
+            return data
+                .rrsets
+                .first()
+                .map_or(Found::NoData, |s| Found::Static(s, None));
+        }
+        if let Some(set) = data.get(qtype) {
+            let extra = if qtype == rtype::NS && prefix_len == 0 {
+                zone.ns_glue.as_ref()
+            } else {
+                None
+            };
+            return Found::Static(set, extra);
+        }
+        if let Some(cname) = data.get(rtype::CNAME) {
+            return Found::Static(cname, None);
+        }
+        return Found::NoData;
+    }
+    let prefix = &qname[..prefix_len];
+    if prefix == &*zone.service {
+        let (set, s) = service_set(&snap.service, ecs);
+        *scope = s;
+        let family = |set: &'s ServiceSet, v6: bool| if v6 { &set.v6 } else { &set.v4 };
+        let v6 = match qtype {
+            rtype::A => false,
+            rtype::AAAA => true,
+            rtype::ANY => set.v4.is_empty() && snap.service.all.v4.is_empty(),
+            _ => return Found::NoData,
+        };
+        let mut candidates = family(set, v6);
+        if candidates.is_empty() {
+            candidates = family(&snap.service.all, v6);
+        }
+        return match candidates.pick(entropy) {
+            Some(ep) => Found::Address(*ep),
+            None => Found::NoData,
+        };
+    }
+    // Per-client names: <id>.<label>, _udp.<id>.<label>, _wireguard._udp.<id>.<label>.
+    let mut starts = [0usize; 5];
+    let mut n = 0;
+    for s in label_starts(prefix) {
+        if n == starts.len() {
+            return Found::NxDomain;
+        }
+        starts[n] = s;
+        n += 1;
+    }
+    if n < 2 || prefix[starts[n - 1]..] != *zone.client_label {
+        return Found::NxDomain;
+    }
+    let id_at = starts[n - 2];
+    let id = &prefix[id_at + 1..starts[n - 1]];
+    let Some(assigned) = snap.clients.get(id) else {
+        return Found::NxDomain;
+    };
+    let leading = &prefix[..id_at];
+    match (leading, assigned) {
+        (b"", None) => Found::NoData,
+        (b"", Some(ep)) => match (qtype, ep.ip) {
+            (rtype::A, IpAddr::V4(_)) | (rtype::AAAA, IpAddr::V6(_)) | (rtype::ANY, _) => {
+                Found::Address(*ep)
+            }
+            _ => Found::NoData,
+        },
+        (b"\x04_udp", _) => Found::NoData,
+        (b"\x0a_wireguard\x04_udp", Some(ep)) if matches!(qtype, rtype::SRV | rtype::ANY) => {
+            Found::Srv(*ep)
+        }
+        (b"\x0a_wireguard\x04_udp", _) => Found::NoData,
+        _ => Found::NxDomain,
+    }
+}
+
+/// Leading bits shared by two addresses of one family (`None` for different families).
+fn common_bits(a: IpAddr, b: IpAddr) -> Option<u8> {
+    match (a, b) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => Some((u32::from(a) ^ u32::from(b)).leading_zeros() as u8),
+        (IpAddr::V6(a), IpAddr::V6(b)) => {
+            Some((u128::from(a) ^ u128::from(b)).leading_zeros() as u8)
+        }
+        _ => None,
+    }
+}
+
+/// The service set for a client subnet and the ECS scope the choice depends on: the longest
+/// configured subnet containing the address wins; the scope covers every configured subnet's
+/// verdict (matched: its length; not matched: one bit past the first difference).
+fn service_set<'s>(svc: &'s Service, ecs: Option<&ClientSubnet>) -> (&'s ServiceSet, u8) {
+    let Some(ecs) = ecs else {
+        return (&svc.all, 0);
+    };
+    let mut best: Option<(u8, Option<usize>)> = None;
+    let mut scope = 0u8;
+    for (net, region) in &svc.subnets {
+        let Some(common) = common_bits(net.addr(), ecs.addr) else {
+            continue;
+        };
+        let p = net.prefix();
+        if common >= p {
+            scope = scope.max(p);
+            if best.is_none_or(|(bp, _)| p > bp) {
+                best = Some((p, *region));
+            }
+        } else {
+            scope = scope.max(common + 1);
+        }
+    }
+    let set = best
+        .and_then(|(_, r)| r)
+        .and_then(|i| svc.regions.get(i))
+        .unwrap_or(&svc.all);
+    (set, scope)
+}
+
+fn push_address(out: &mut Vec<u8>, owner_offset: u8, ip: IpAddr, ttl: u32) {
+    out.extend_from_slice(&[0xC0, owner_offset]);
+    match ip {
+        IpAddr::V4(a) => {
+            out.extend_from_slice(&rtype::A.to_be_bytes());
+            out.extend_from_slice(&wire::CLASS_IN.to_be_bytes());
+            out.extend_from_slice(&ttl.to_be_bytes());
+            out.extend_from_slice(&4u16.to_be_bytes());
+            out.extend_from_slice(&a.octets());
+        }
+        IpAddr::V6(a) => {
+            out.extend_from_slice(&rtype::AAAA.to_be_bytes());
+            out.extend_from_slice(&wire::CLASS_IN.to_be_bytes());
+            out.extend_from_slice(&ttl.to_be_bytes());
+            out.extend_from_slice(&16u16.to_be_bytes());
+            out.extend_from_slice(&a.octets());
+        }
+    }
+}
+
+fn push_srv(out: &mut Vec<u8>, port: u16, ttl: u32) {
+    out.extend_from_slice(&[0xC0, QNAME_OFFSET]);
+    out.extend_from_slice(&rtype::SRV.to_be_bytes());
+    out.extend_from_slice(&wire::CLASS_IN.to_be_bytes());
+    out.extend_from_slice(&ttl.to_be_bytes());
+    out.extend_from_slice(&8u16.to_be_bytes());
+    out.extend_from_slice(&[0, 0, 0, 0]);
+    out.extend_from_slice(&port.to_be_bytes());
+    out.extend_from_slice(&[0xC0, SRV_TARGET_OFFSET]);
+}
+
+fn push_opt(out: &mut Vec<u8>, edns: Edns, ext_rcode: u8, scope: u8, udp_payload: u16) {
+    out.push(0);
+    out.extend_from_slice(&rtype::OPT.to_be_bytes());
+    out.extend_from_slice(&udp_payload.to_be_bytes());
+    out.push(ext_rcode);
+    out.push(0);
+    out.extend_from_slice(&(if edns.dnssec_ok { 0x8000u16 } else { 0 }).to_be_bytes());
+    match edns.ecs {
+        None => out.extend_from_slice(&0u16.to_be_bytes()),
+        Some(s) => {
+            let len = 4 + u16::from(s.raw_len);
+            out.extend_from_slice(&(len + 4).to_be_bytes());
+            out.extend_from_slice(&wire::OPTION_ECS.to_be_bytes());
+            out.extend_from_slice(&len.to_be_bytes());
+            out.extend_from_slice(&s.family.to_be_bytes());
+            out.push(s.source_prefix);
+            let max = if s.family == 1 { 32 } else { 128 };
+            out.push(scope.min(max));
+            out.extend_from_slice(&s.raw[..usize::from(s.raw_len)]);
+        }
+    }
+}
+
+/// The response being built: counts and flags, written into the header by `finish`.
+struct Message<'q> {
+    q: &'q Query,
+    an: u16,
+    ns: u16,
+    ar: u16,
+    aa: bool,
+    tc: bool,
+    rcode: u16,
+    scope: u8,
+    appliance: Option<u16>,
+}
+
+impl Message<'_> {
+    fn finish(self, out: &mut Vec<u8>, snap: &Snapshot, _ctx: &Context) -> Outcome {
+        let mut ar = self.ar;
+        if let Some(e) = self.q.edns {
+            push_opt(
+                out,
+                e,
+                (self.rcode >> 4) as u8,
+                self.scope,
+                snap.statics.udp_payload,
+            );
+            ar += 1;
+        }
+        write_header(
+            out,
+            self.q.flags,
+            self.aa,
+            self.tc,
+            self.rcode,
+            [1, self.an, self.ns, ar],
+        );
+        Outcome {
+            send: true,
+            qtype: self.q.qtype,
+            rcode: self.rcode,
+            appliance: self.appliance,
+            truncated: self.tc,
+        }
+    }
+}
+
+fn write_header(
+    out: &mut [u8],
+    query_flags: u16,
+    aa: bool,
+    tc: bool,
+    rcode: u16,
+    counts: [u16; 4],
+) {
+    let mut flags = flag::QR | (query_flags & (0x7800 | flag::RD | flag::CD)) | (rcode & 0xF);
+    if aa {
+        flags |= flag::AA;
+    }
+    if tc {
+        flags |= flag::TC;
+    }
+    out[2..4].copy_from_slice(&flags.to_be_bytes());
+    for (i, c) in counts.iter().enumerate() {
+        out[4 + 2 * i..6 + 2 * i].copy_from_slice(&c.to_be_bytes());
+    }
+}
+
+/// FORMERR or NOTIMP: the header, the question if it parsed, an OPT if one parsed.
+fn error_reply(
+    packet: &[u8],
+    question_end: Option<usize>,
+    edns: Option<Edns>,
+    code: u16,
+    snap: &Snapshot,
+    out: &mut Vec<u8>,
+) -> Outcome {
+    let end = question_end.unwrap_or(wire::HEADER_LEN);
+    out.extend_from_slice(&packet[..end]);
+    let flags = u16::from_be_bytes([packet[2], packet[3]]);
+    let mut ar = 0;
+    if let Some(e) = edns {
+        push_opt(out, Edns { ecs: None, ..e }, 0, 0, snap.statics.udp_payload);
+        ar = 1;
+    }
+    let qd = u16::from(question_end.is_some());
+    write_header(out, flags, false, false, code, [qd, 0, 0, ar]);
+    let qtype = question_end
+        .and_then(|e| packet.get(e - 4..e - 2))
+        .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
+    Outcome {
+        send: true,
+        qtype,
+        rcode: code,
+        appliance: None,
+        truncated: false,
+    }
+}

@@ -1,0 +1,349 @@
+//! The steering state over all clients: where each one is and since when, so that hold-down
+//! and hysteresis work across evaluations.
+//!
+//! Drive it with [`Engine::evaluate`] whenever the inputs change, and again at
+//! [`Evaluation::next_wakeup`] (a hold-down expiring or an advisory starting or ending changes
+//! answers without any database change).
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+
+use super::decision::{self, Current, Reason, Role, Side};
+use super::{Inputs, Policy, risk};
+use crate::domain::{ApplianceId, ClientId, Probability};
+
+/// One client's steering state.
+#[derive(Debug, Clone)]
+struct ClientState {
+    /// Stable position in [0, 1), computed once.
+    position: f64,
+    /// `None` until the first decision (then `Some(None)` means "no appliance").
+    current: Option<Option<ApplianceId>>,
+    /// When the answer last changed; `None` if it never did.
+    since: Option<DateTime<Utc>>,
+    /// What the last decision saw, so an unchanged client is not decided again: its primary
+    /// and shadow (appliances and their state and risk) and the hold-down it reported.
+    seen: Option<Seen>,
+}
+
+/// The inputs of a client's last decision (its primary and shadow ids are compared through
+/// the client table instead, so that this holds no allocation).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Seen {
+    sides: (Side, Side),
+    held_until: Option<DateTime<Utc>>,
+}
+
+/// A change of one client's answer, for the audit table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    /// The client.
+    pub client: ClientId,
+    /// The previous answer (`None`: first answer, or none was possible).
+    pub from: Option<ApplianceId>,
+    /// The new answer (`None`: neither appliance can be chosen).
+    pub to: Option<ApplianceId>,
+    /// Why.
+    pub reason: Reason,
+    /// The primary's combined risk at the time.
+    pub primary_risk: Probability,
+    /// The shadow's combined risk at the time.
+    pub shadow_risk: Probability,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
+/// The result of one evaluation.
+#[derive(Debug, Clone, Default)]
+pub struct Evaluation {
+    /// Combined risk per appliance.
+    pub risks: HashMap<ApplianceId, Probability>,
+    /// Answers that changed.
+    pub changes: Vec<Change>,
+    /// When to evaluate again although no input changed.
+    pub next_wakeup: Option<DateTime<Utc>>,
+}
+
+/// Per-client steering state.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    policy: Policy,
+    clients: HashMap<ClientId, ClientState>,
+    /// The client table of the last evaluation: when the next one shares it, no client was
+    /// added or removed.
+    last_clients: Option<std::sync::Arc<std::collections::BTreeMap<ClientId, super::ClientInput>>>,
+}
+
+impl Engine {
+    /// An engine that has decided nothing yet.
+    pub fn new(policy: Policy) -> Self {
+        Self {
+            policy,
+            clients: HashMap::new(),
+            last_clients: None,
+        }
+    }
+
+    /// Decides every client of `inputs` at `now`; forgets clients that are gone.
+    pub fn evaluate(&mut self, inputs: &Inputs, now: DateTime<Utc>) -> Evaluation {
+        let risks = risk::appliance_risks(inputs, now);
+        let mut changes = Vec::new();
+        let mut next_wakeup = risk::next_advisory_edge(inputs, now);
+        let sides: HashMap<&ApplianceId, Side> = inputs
+            .appliances
+            .values()
+            .map(|a| {
+                let side = Side {
+                    state: Some(a.state),
+                    risk: risks.get(&a.id).copied().unwrap_or(Probability::ZERO),
+                };
+                (&a.id, side)
+            })
+            .collect();
+        let unknown = Side {
+            state: None,
+            risk: Probability::ZERO,
+        };
+        let side = |id: &ApplianceId| sides.get(id).copied().unwrap_or(unknown);
+        let same_clients = self
+            .last_clients
+            .as_ref()
+            .is_some_and(|l| std::sync::Arc::ptr_eq(l, &inputs.clients));
+        let previous = if same_clients {
+            None
+        } else {
+            self.clients.retain(|id, _| inputs.clients.contains_key(id));
+            self.last_clients.replace(inputs.clients.clone())
+        };
+        for (id, client) in inputs.clients.iter() {
+            if !self.clients.contains_key(id) {
+                let past = inputs.history.get(id);
+                self.clients.insert(
+                    id.clone(),
+                    ClientState {
+                        position: decision::position(id),
+                        current: past.map(|p| Some(p.appliance.clone())),
+                        since: past.map(|p| p.at),
+                        seen: None,
+                    },
+                );
+            }
+            let Some(state) = self.clients.get_mut(id) else {
+                continue;
+            };
+            let (primary, shadow) = (side(&client.primary), side(&client.shadow));
+            // Nothing this client's decision reads has changed, and it is not waiting for a
+            // hold-down to expire: the decision would be the same.
+            let same_client = previous.as_ref().is_none_or(|p| p.get(id) == Some(client));
+            if let Some(seen) = &state.seen
+                && same_client
+                && seen.sides == (primary, shadow)
+                && seen.held_until.is_none_or(|u| now < u)
+            {
+                if let Some(until) = seen.held_until {
+                    next_wakeup = Some(next_wakeup.map_or(until, |w| w.min(until)));
+                }
+                continue;
+            }
+            let role_of = |a: &ApplianceId| {
+                if *a == client.primary {
+                    Some(Role::Primary)
+                } else if *a == client.shadow {
+                    Some(Role::Shadow)
+                } else {
+                    None
+                }
+            };
+            // An answer naming an appliance that is no longer this client's primary or shadow
+            // (the client was re-assigned) counts as no answer yet.
+            let current = match &state.current {
+                None => None,
+                Some(None) => Some(Current {
+                    role: None,
+                    since: state.since,
+                }),
+                Some(Some(a)) => role_of(a).map(|role| Current {
+                    role: Some(role),
+                    since: state.since,
+                }),
+            };
+            let (primary, shadow) = (side(&client.primary), side(&client.shadow));
+            let choice =
+                decision::decide(&self.policy, state.position, primary, shadow, current, now);
+            if let Some(until) = choice.held_until {
+                next_wakeup = Some(next_wakeup.map_or(until, |w| w.min(until)));
+            }
+            state.seen = Some(Seen {
+                sides: (primary, shadow),
+                held_until: choice.held_until,
+            });
+            if choice.changed {
+                let to = choice.role.map(|r| match r {
+                    Role::Primary => client.primary.clone(),
+                    Role::Shadow => client.shadow.clone(),
+                });
+                let from = state.current.clone().flatten();
+                // The first answer for a client starts no hold-down: a brand-new client may
+                // move at once.
+                if state.current.is_some() {
+                    state.since = Some(now);
+                }
+                state.current = Some(to.clone());
+                changes.push(Change {
+                    client: id.clone(),
+                    from,
+                    to,
+                    reason: choice.reason,
+                    primary_risk: primary.risk,
+                    shadow_risk: shadow.risk,
+                    at: now,
+                });
+            }
+        }
+        Evaluation {
+            risks,
+            changes,
+            next_wakeup,
+        }
+    }
+
+    /// The current answer of every client (`None`: no appliance can be chosen).
+    pub fn assignments(&self) -> impl Iterator<Item = (&ClientId, Option<&ApplianceId>)> {
+        self.clients
+            .iter()
+            .filter_map(|(id, s)| s.current.as_ref().map(|c| (id, c.as_ref())))
+    }
+
+    /// The current answer of one client.
+    pub fn assignment(&self, client: &ClientId) -> Option<&ApplianceId> {
+        self.clients
+            .get(client)
+            .and_then(|s| s.current.as_ref())
+            .and_then(|c| c.as_ref())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::domain::{ApplianceState, RegionId};
+    use crate::steering::{
+        AdvisoryInput, AdvisoryTarget, ApplianceInput, ClientInput, PastDecision,
+    };
+
+    fn aid(s: &str) -> ApplianceId {
+        ApplianceId::new(s).unwrap()
+    }
+
+    fn inputs(advisory: Option<f64>, eu_state: ApplianceState) -> Inputs {
+        let mut appliances = BTreeMap::new();
+        for (id, region, ip, state) in [
+            ("eu-1", "eu", "192.0.2.1:51820", eu_state),
+            ("us-1", "us", "192.0.2.2:51820", ApplianceState::Active),
+        ] {
+            appliances.insert(
+                aid(id),
+                ApplianceInput {
+                    id: aid(id),
+                    region: RegionId::new(region).unwrap(),
+                    endpoint: ip.parse().unwrap(),
+                    state,
+                    capacity: 100,
+                },
+            );
+        }
+        let mut clients = BTreeMap::new();
+        clients.insert(
+            ClientId::new("alice").unwrap(),
+            ClientInput {
+                primary: aid("eu-1"),
+                shadow: aid("us-1"),
+            },
+        );
+        let advisories = advisory
+            .map(|r| AdvisoryInput {
+                target: AdvisoryTarget::Appliance(aid("eu-1")),
+                risk: Probability::new(r).unwrap(),
+                starts_at: t(0),
+                ends_at: Some(t(100)),
+            })
+            .into_iter()
+            .collect();
+        Inputs {
+            appliances: Arc::new(appliances),
+            clients: Arc::new(clients),
+            advisories: Arc::new(advisories),
+            ..Inputs::default()
+        }
+    }
+
+    fn t(s: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap()
+    }
+
+    fn policy() -> Policy {
+        Policy::new(0.7, 0.1, std::time::Duration::from_secs(30), 0.5, 0.7).unwrap()
+    }
+
+    #[test]
+    fn advisory_moves_then_hold_down_returns() {
+        let alice = ClientId::new("alice").unwrap();
+        let mut e = Engine::new(policy());
+        let ev = e.evaluate(&inputs(None, ApplianceState::Active), t(1));
+        assert_eq!(ev.changes.len(), 1);
+        assert_eq!(ev.changes[0].from, None);
+        assert_eq!(e.assignment(&alice), Some(&aid("eu-1")));
+        // A new client moves at once: its first answer started no hold-down.
+        let ev = e.evaluate(&inputs(Some(0.95), ApplianceState::Active), t(2));
+        assert_eq!(ev.changes.len(), 1);
+        assert_eq!(e.assignment(&alice), Some(&aid("us-1")));
+        assert_eq!(ev.next_wakeup, Some(t(100)), "advisory end");
+        // Advisory gone: held until t(2) + 30 s.
+        let ev = e.evaluate(&inputs(None, ApplianceState::Active), t(3));
+        assert!(ev.changes.is_empty());
+        assert_eq!(ev.next_wakeup, Some(t(32)));
+        assert_eq!(e.assignment(&alice), Some(&aid("us-1")));
+        let ev = e.evaluate(&inputs(None, ApplianceState::Active), t(32));
+        assert_eq!(ev.changes.len(), 1);
+        assert!(matches!(ev.changes[0].reason, Reason::RiskCleared { .. }));
+        assert_eq!(e.assignment(&alice), Some(&aid("eu-1")));
+    }
+
+    #[test]
+    fn drain_moves_without_hold_down() {
+        let alice = ClientId::new("alice").unwrap();
+        let mut e = Engine::new(policy());
+        e.evaluate(&inputs(Some(0.95), ApplianceState::Active), t(1));
+        e.evaluate(&inputs(None, ApplianceState::Active), t(40));
+        assert_eq!(e.assignment(&alice), Some(&aid("eu-1")));
+        let ev = e.evaluate(&inputs(None, ApplianceState::Draining), t(41));
+        assert_eq!(ev.changes.len(), 1);
+        assert_eq!(e.assignment(&alice), Some(&aid("us-1")));
+    }
+
+    #[test]
+    fn history_seeds_state() {
+        let alice = ClientId::new("alice").unwrap();
+        let mut inp = inputs(None, ApplianceState::Active);
+        let mut h = HashMap::new();
+        h.insert(
+            alice.clone(),
+            PastDecision {
+                appliance: aid("us-1"),
+                at: t(0),
+            },
+        );
+        inp.history = Arc::new(h);
+        let mut e = Engine::new(policy());
+        // Held by the recorded change at t(0).
+        let ev = e.evaluate(&inp, t(5));
+        assert!(ev.changes.is_empty());
+        assert_eq!(e.assignment(&alice), Some(&aid("us-1")));
+        let ev = e.evaluate(&inp, t(31));
+        assert_eq!(ev.changes[0].from, Some(aid("us-1")));
+    }
+}

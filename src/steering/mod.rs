@@ -1,0 +1,203 @@
+//! Steering: which appliance each client (and the service name) should use. Pure code.
+//!
+//! Nothing here opens a socket, reads the clock or touches the database: the shell passes the
+//! inputs (appliances, clients, model scores, advisories: [`Inputs`]) and the time, and gets back
+//! assignments, the changes to audit, and when to ask again ([`Evaluation`]).
+//!
+//! - [`risk`]: an appliance's risk from the model score and the active advisories.
+//! - [`decision`]: one client's choice between primary and shadow, with hysteresis, hold-down
+//!   and dynamic weighting.
+//! - [`engine`]: the per-client state that makes hold-down possible, over all clients.
+//! - [`service`]: the weighted choice behind the service name (`gw.<zone>`).
+//!
+//! Deliberately left out: path risk (`risk_scores` rows of kind `path`) and session holders
+//! (`session_state`); the decision uses appliance risk and operator state only.
+
+pub mod decision;
+pub mod engine;
+pub mod risk;
+pub mod service;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+use crate::config::SteeringSection;
+use crate::domain::{ApplianceId, ApplianceState, ClientId, Probability, RegionId};
+
+pub use decision::{Choice, Reason, Role};
+pub use engine::{Change, Engine, Evaluation};
+
+/// Why a steering policy is invalid.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PolicyError {
+    /// A bound is outside [0, 1] or the bounds are out of order.
+    #[error("invalid steering policy: {0}")]
+    Invalid(String),
+}
+
+/// The thresholds of the decision, validated: all probabilities in [0, 1],
+/// `hysteresis <= threshold`, `weight_low <= weight_high`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Policy {
+    threshold: f64,
+    hysteresis: f64,
+    hold_down: chrono::Duration,
+    weight_low: f64,
+    weight_high: f64,
+}
+
+impl Policy {
+    /// Validates the bounds.
+    pub fn new(
+        threshold: f64,
+        hysteresis: f64,
+        hold_down: std::time::Duration,
+        weight_low: f64,
+        weight_high: f64,
+    ) -> Result<Self, PolicyError> {
+        let unit = |v: f64| (0.0..=1.0).contains(&v);
+        if ![threshold, hysteresis, weight_low, weight_high]
+            .into_iter()
+            .all(unit)
+        {
+            return Err(PolicyError::Invalid("bounds must be in [0, 1]".into()));
+        }
+        if hysteresis > threshold {
+            return Err(PolicyError::Invalid(
+                "hysteresis must not exceed the threshold".into(),
+            ));
+        }
+        if weight_low > weight_high {
+            return Err(PolicyError::Invalid(
+                "weight_low must not exceed weight_high".into(),
+            ));
+        }
+        let hold_down = chrono::Duration::from_std(hold_down)
+            .map_err(|_| PolicyError::Invalid("hold-down is too long".into()))?;
+        Ok(Self {
+            threshold,
+            hysteresis,
+            hold_down,
+            weight_low,
+            weight_high,
+        })
+    }
+
+    /// The policy of a `[steering]` section (already validated by the config loader).
+    pub fn from_config(s: &SteeringSection) -> Result<Self, PolicyError> {
+        Self::new(
+            s.threshold,
+            s.hysteresis,
+            s.hold_down.0,
+            s.weight_low,
+            s.weight_high,
+        )
+    }
+
+    /// Risk above which clients leave their primary.
+    pub fn threshold(&self) -> f64 {
+        self.threshold
+    }
+
+    /// Width of the band below the trigger point a risk must fall through before clients return.
+    pub fn hysteresis(&self) -> f64 {
+        self.hysteresis
+    }
+
+    /// Minimum time between two changes of one client's answer.
+    pub fn hold_down(&self) -> chrono::Duration {
+        self.hold_down
+    }
+
+    /// Risk at which dynamic weighting starts moving clients.
+    pub fn weight_low(&self) -> f64 {
+        self.weight_low
+    }
+
+    /// Risk at which dynamic weighting has moved every client.
+    pub fn weight_high(&self) -> f64 {
+        self.weight_high
+    }
+}
+
+/// An appliance as steering sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApplianceInput {
+    /// Its id.
+    pub id: ApplianceId,
+    /// Its region (advisories may target a whole region).
+    pub region: RegionId,
+    /// Its WireGuard endpoint: the address DNS answers with and the port SRV gives.
+    pub endpoint: SocketAddr,
+    /// Operator state: only `active` appliances are ever chosen.
+    pub state: ApplianceState,
+    /// Relative capacity, weighting the service name.
+    pub capacity: u32,
+}
+
+/// A client as steering sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientInput {
+    /// Its primary appliance.
+    pub primary: ApplianceId,
+    /// Its shadow appliance.
+    pub shadow: ApplianceId,
+}
+
+/// What an advisory applies to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdvisoryTarget {
+    /// One appliance.
+    Appliance(ApplianceId),
+    /// Every appliance of a region.
+    Region(RegionId),
+}
+
+/// An operator advisory: external risk within a time window.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdvisoryInput {
+    /// What it applies to.
+    pub target: AdvisoryTarget,
+    /// Its risk while in force.
+    pub risk: Probability,
+    /// Start of the window.
+    pub starts_at: DateTime<Utc>,
+    /// End of the window; open-ended when absent.
+    pub ends_at: Option<DateTime<Utc>>,
+}
+
+impl AdvisoryInput {
+    /// Whether it is in force at `now` (start inclusive, end exclusive).
+    pub fn active_at(&self, now: DateTime<Utc>) -> bool {
+        self.starts_at <= now && self.ends_at.is_none_or(|end| now < end)
+    }
+}
+
+/// A client's last recorded answer (from the audit table), so that a restarted server keeps
+/// the assignments and hold-down times it had.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PastDecision {
+    /// The appliance it was steered to.
+    pub appliance: ApplianceId,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
+/// Everything the steering decision reads, as loaded from the database. Tables are shared
+/// (`Arc`) so that a change to one table does not copy the others.
+#[derive(Debug, Clone, Default)]
+pub struct Inputs {
+    /// Appliances by id.
+    pub appliances: Arc<BTreeMap<ApplianceId, ApplianceInput>>,
+    /// Clients by id.
+    pub clients: Arc<BTreeMap<ClientId, ClientInput>>,
+    /// The model's score per appliance; a missing score counts as 0.
+    pub model_scores: Arc<HashMap<ApplianceId, Probability>>,
+    /// Advisories that are in force or start later.
+    pub advisories: Arc<Vec<AdvisoryInput>>,
+    /// Last recorded decision per client, used only for clients the engine has not seen.
+    pub history: Arc<HashMap<ClientId, PastDecision>>,
+}

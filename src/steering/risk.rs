@@ -1,0 +1,100 @@
+//! An appliance's risk: the model's score combined with the operator's advisories.
+//!
+//! Rule (noisy-OR): each source is treated as an independent chance of failure, so
+//! `risk = 1 - (1 - model) * prod(1 - advisory_i)` over the advisories in force for the
+//! appliance (its own and its region's). Consequences: no source can lower the risk another
+//! one reports; one advisory of 0.95 gives at least 0.95 whatever the model says; two advisories
+//! of 0.5 give 0.75; a missing model score counts as 0; the result stays in [0, 1].
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+
+use super::{AdvisoryTarget, Inputs};
+use crate::domain::{ApplianceId, Probability};
+
+/// Combines independent risk sources with noisy-OR.
+pub fn combine(
+    model: Probability,
+    advisories: impl IntoIterator<Item = Probability>,
+) -> Probability {
+    let survive = advisories
+        .into_iter()
+        .fold(1.0 - model.get(), |acc, a| acc * (1.0 - a.get()));
+    Probability::saturating(1.0 - survive)
+}
+
+/// The combined risk of every appliance at `now`.
+pub fn appliance_risks(inputs: &Inputs, now: DateTime<Utc>) -> HashMap<ApplianceId, Probability> {
+    inputs
+        .appliances
+        .values()
+        .map(|a| {
+            let model = inputs
+                .model_scores
+                .get(&a.id)
+                .copied()
+                .unwrap_or(Probability::ZERO);
+            let advisories = inputs
+                .advisories
+                .iter()
+                .filter(|adv| adv.active_at(now))
+                .filter(|adv| match &adv.target {
+                    AdvisoryTarget::Appliance(id) => *id == a.id,
+                    AdvisoryTarget::Region(r) => *r == a.region,
+                })
+                .map(|adv| adv.risk);
+            (a.id.clone(), combine(model, advisories))
+        })
+        .collect()
+}
+
+/// The first advisory start or end strictly after `now`: when risks change without any
+/// database change.
+pub fn next_advisory_edge(inputs: &Inputs, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    inputs
+        .advisories
+        .iter()
+        .flat_map(|a| [Some(a.starts_at), a.ends_at])
+        .flatten()
+        .filter(|t| *t > now)
+        .min()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn p(v: f64) -> Probability {
+        Probability::new(v).unwrap()
+    }
+
+    #[test]
+    fn examples() {
+        assert_eq!(combine(p(0.0), []).get(), 0.0);
+        assert!((combine(p(0.3), []).get() - 0.3).abs() < 1e-12);
+        assert!((combine(p(0.0), [p(0.5), p(0.5)]).get() - 0.75).abs() < 1e-12);
+        assert!(combine(p(0.1), [p(0.95)]).get() >= 0.95);
+        assert_eq!(combine(p(0.2), [p(1.0)]).get(), 1.0);
+    }
+
+    proptest! {
+        #[test]
+        fn never_below_any_source(m in 0.0..=1.0f64, advs in proptest::collection::vec(0.0..=1.0f64, 0..5)) {
+            let r = combine(p(m), advs.iter().map(|a| p(*a))).get();
+            prop_assert!((0.0..=1.0).contains(&r));
+            prop_assert!(r >= m - 1e-12);
+            for a in &advs {
+                prop_assert!(r >= a - 1e-12);
+            }
+        }
+
+        #[test]
+        fn monotone_in_every_source(m in 0.0..=1.0f64, a in 0.0..=1.0f64, b in 0.0..=1.0f64, d in 0.0..=1.0f64) {
+            let base = combine(p(m), [p(a), p(b)]).get();
+            let more = combine(p(m), [p((a + d).min(1.0)), p(b)]).get();
+            prop_assert!(more >= base - 1e-12);
+        }
+    }
+}

@@ -1,0 +1,502 @@
+//! Loads the steering inputs from Postgres and keeps them current: a full load at start, after
+//! every (re)connection of the change listener and every `reconcile_interval`; in between,
+//! targeted reloads driven by the schema's NOTIFY triggers, within milliseconds of a commit.
+//!
+//! The DNS path never waits on this: each new version of the inputs goes out on a `watch`
+//! channel. When the database is unreachable the last version stays in force (serve-stale),
+//! [`SyncStatus`] says how old it is, a warning with the age is logged at every failed retry,
+//! and loading resumes by itself when the database returns.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+use sqlx::PgPool;
+use sqlx::postgres::PgListener;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::StoreError;
+use super::notify::{CHANNEL, Change, ChangedTable};
+use crate::domain::{ApplianceId, ClientId, Probability, RegionId};
+use crate::steering::{
+    AdvisoryInput, AdvisoryTarget, ApplianceInput, ClientInput, Inputs, PastDecision,
+};
+
+/// More changed clients than this in one batch reload everything instead.
+const MAX_TARGETED_CLIENTS: usize = 500;
+
+/// How current the inputs are, for metrics, logs and `/readyz`.
+#[derive(Debug, Default)]
+pub struct SyncStatus {
+    /// Whether the last attempt to read the database succeeded.
+    pub db_up: AtomicBool,
+    /// Whether anything was ever loaded.
+    pub loaded: AtomicBool,
+    /// Last successful read (Unix milliseconds).
+    pub last_sync_ms: AtomicI64,
+    /// Full loads done.
+    pub full_loads: AtomicU64,
+    /// Targeted reloads done (from notifications).
+    pub targeted_loads: AtomicU64,
+    /// Failed reads.
+    pub failures: AtomicU64,
+    /// Times the change listener (re)connected.
+    pub listener_connects: AtomicU64,
+}
+
+impl SyncStatus {
+    /// Seconds since the inputs were last confirmed against the database (`None` before the
+    /// first load).
+    pub fn age_seconds(&self, now_ms: i64) -> Option<f64> {
+        self.loaded
+            .load(Ordering::Relaxed)
+            .then(|| (now_ms - self.last_sync_ms.load(Ordering::Relaxed)).max(0) as f64 / 1000.0)
+    }
+}
+
+fn bad(table: &'static str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::InvalidRow {
+        table,
+        message: e.to_string(),
+    }
+}
+
+async fn load_appliances(
+    conn: &mut sqlx::PgConnection,
+) -> Result<BTreeMap<ApplianceId, ApplianceInput>, StoreError> {
+    let rows = sqlx::query!(
+        r#"SELECT id, region, host(endpoint_ip) AS "ip!", endpoint_port, state, capacity FROM appliances"#
+    )
+    .fetch_all(conn)
+    .await?;
+    rows.into_iter()
+        .map(|r| {
+            let id = ApplianceId::new(r.id).map_err(|e| bad("appliances", e))?;
+            let ip: IpAddr = r.ip.parse().map_err(|e| bad("appliances", e))?;
+            let port = u16::try_from(r.endpoint_port).map_err(|e| bad("appliances", e))?;
+            Ok((
+                id.clone(),
+                ApplianceInput {
+                    id,
+                    region: RegionId::new(r.region).map_err(|e| bad("appliances", e))?,
+                    endpoint: SocketAddr::new(ip, port),
+                    state: r.state.parse().map_err(|e| bad("appliances", e))?,
+                    capacity: u32::try_from(r.capacity).map_err(|e| bad("appliances", e))?,
+                },
+            ))
+        })
+        .collect()
+}
+
+fn client_row(
+    id: String,
+    primary: String,
+    shadow: String,
+) -> Result<(ClientId, ClientInput), StoreError> {
+    Ok((
+        ClientId::new(id).map_err(|e| bad("clients", e))?,
+        ClientInput {
+            primary: ApplianceId::new(primary).map_err(|e| bad("clients", e))?,
+            shadow: ApplianceId::new(shadow).map_err(|e| bad("clients", e))?,
+        },
+    ))
+}
+
+async fn load_clients(
+    conn: &mut sqlx::PgConnection,
+) -> Result<BTreeMap<ClientId, ClientInput>, StoreError> {
+    let rows = sqlx::query!("SELECT id, primary_appliance, shadow_appliance FROM clients")
+        .fetch_all(conn)
+        .await?;
+    rows.into_iter()
+        .map(|r| client_row(r.id, r.primary_appliance, r.shadow_appliance))
+        .collect()
+}
+
+async fn load_scores(
+    conn: &mut sqlx::PgConnection,
+) -> Result<HashMap<ApplianceId, Probability>, StoreError> {
+    let rows =
+        sqlx::query!("SELECT subject, score FROM risk_scores WHERE subject_kind = 'appliance'")
+            .fetch_all(conn)
+            .await?;
+    let mut out = HashMap::with_capacity(rows.len());
+    for r in rows {
+        // Several regions may score one appliance; the highest score counts.
+        let id = ApplianceId::new(r.subject).map_err(|e| bad("risk_scores", e))?;
+        let p = Probability::new(r.score).map_err(|e| bad("risk_scores", e))?;
+        let e = out.entry(id).or_insert(p);
+        if p > *e {
+            *e = p;
+        }
+    }
+    Ok(out)
+}
+
+async fn load_advisories(conn: &mut sqlx::PgConnection) -> Result<Vec<AdvisoryInput>, StoreError> {
+    let rows = sqlx::query!(
+        "SELECT appliance_id, scope_region, risk, starts_at, ends_at FROM advisories
+         WHERE ends_at IS NULL OR ends_at > now()"
+    )
+    .fetch_all(conn)
+    .await?;
+    rows.into_iter()
+        .map(|r| {
+            let target = match (r.appliance_id, r.scope_region) {
+                (Some(a), None) => AdvisoryTarget::Appliance(
+                    ApplianceId::new(a).map_err(|e| bad("advisories", e))?,
+                ),
+                (None, Some(g)) => {
+                    AdvisoryTarget::Region(RegionId::new(g).map_err(|e| bad("advisories", e))?)
+                }
+                _ => return Err(bad("advisories", "advisory without a single scope")),
+            };
+            Ok(AdvisoryInput {
+                target,
+                risk: Probability::new(r.risk).map_err(|e| bad("advisories", e))?,
+                starts_at: r.starts_at,
+                ends_at: r.ends_at,
+            })
+        })
+        .collect()
+}
+
+async fn load_history(
+    conn: &mut sqlx::PgConnection,
+) -> Result<HashMap<ClientId, PastDecision>, StoreError> {
+    let rows = sqlx::query!(
+        "SELECT DISTINCT ON (client_id) client_id, to_appliance, decided_at
+         FROM steering_decisions ORDER BY client_id, decided_at DESC, id DESC"
+    )
+    .fetch_all(conn)
+    .await?;
+    let mut out = HashMap::with_capacity(rows.len());
+    for r in rows {
+        // Rows for ids that are no longer valid are history, not input: skip them.
+        if let (Ok(c), Ok(a)) = (ClientId::new(r.client_id), ApplianceId::new(r.to_appliance)) {
+            out.insert(
+                c,
+                PastDecision {
+                    appliance: a,
+                    at: r.decided_at,
+                },
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// Reads everything in one consistent snapshot of the database. The audit history is read
+/// only when `with_history` (at start).
+pub async fn load_all(
+    pool: &PgPool,
+    previous_history: Option<Arc<HashMap<ClientId, PastDecision>>>,
+) -> Result<Inputs, StoreError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *tx)
+        .await?;
+    let appliances = load_appliances(&mut tx).await?;
+    let clients = load_clients(&mut tx).await?;
+    let scores = load_scores(&mut tx).await?;
+    let advisories = load_advisories(&mut tx).await?;
+    let history = match previous_history {
+        Some(h) => h,
+        None => Arc::new(load_history(&mut tx).await?),
+    };
+    tx.commit().await?;
+    Ok(Inputs {
+        appliances: Arc::new(appliances),
+        clients: Arc::new(clients),
+        model_scores: Arc::new(scores),
+        advisories: Arc::new(advisories),
+        history,
+    })
+}
+
+/// Reloads what `changes` touched.
+async fn load_targeted(
+    pool: &PgPool,
+    current: &Inputs,
+    changes: &[Change],
+) -> Result<Inputs, StoreError> {
+    let tables: std::collections::HashSet<ChangedTable> = changes.iter().map(|c| c.table).collect();
+    let touched = |t: ChangedTable| tables.contains(&t);
+    let mut next = current.clone();
+    let mut conn = pool.acquire().await?;
+    if touched(ChangedTable::Appliances) {
+        next.appliances = Arc::new(load_appliances(&mut conn).await?);
+    }
+    if touched(ChangedTable::RiskScores) {
+        next.model_scores = Arc::new(load_scores(&mut conn).await?);
+    }
+    if touched(ChangedTable::Advisories) {
+        next.advisories = Arc::new(load_advisories(&mut conn).await?);
+    }
+    let client_ids: BTreeSet<&str> = changes
+        .iter()
+        .filter(|c| c.table == ChangedTable::Clients)
+        .map(|c| c.key.as_str())
+        .collect();
+    if !client_ids.is_empty() {
+        let ids: Vec<String> = client_ids.iter().map(|s| (*s).to_owned()).collect();
+        let rows = sqlx::query!(
+            "SELECT id, primary_appliance, shadow_appliance FROM clients WHERE id = ANY($1)",
+            &ids
+        )
+        .fetch_all(&mut *conn)
+        .await?;
+        let mut clients = (*current.clients).clone();
+        for id in &ids {
+            if let Ok(id) = ClientId::new(id.clone()) {
+                clients.remove(&id);
+            }
+        }
+        for r in rows {
+            let (id, c) = client_row(r.id, r.primary_appliance, r.shadow_appliance)?;
+            clients.insert(id, c);
+        }
+        next.clients = Arc::new(clients);
+    }
+    Ok(next)
+}
+
+/// `fresh` with every table equal to the one in `current` replaced by `current`'s (so that
+/// consumers can tell unchanged tables by pointer), and whether anything differed.
+fn reuse_unchanged(current: &Inputs, mut fresh: Inputs) -> (Inputs, bool) {
+    fn keep<T: PartialEq>(cur: &Arc<T>, fresh: &mut Arc<T>) -> bool {
+        if **cur == **fresh {
+            *fresh = cur.clone();
+            false
+        } else {
+            true
+        }
+    }
+    let changed = [
+        keep(&current.appliances, &mut fresh.appliances),
+        keep(&current.clients, &mut fresh.clients),
+        keep(&current.model_scores, &mut fresh.model_scores),
+        keep(&current.advisories, &mut fresh.advisories),
+    ];
+    fresh.history = current.history.clone();
+    (fresh, changed.contains(&true))
+}
+
+/// Events of the change listener.
+enum Event {
+    /// (Re)connected and listening: anything may have been missed, reload everything.
+    Connected,
+    /// A change notification.
+    Change(Change),
+    /// The listener lost its connection.
+    Lost(String),
+}
+
+/// Owns a `PgListener` and reports what it hears; reconnects with back-off. Runs until its
+/// receiver is gone.
+async fn listen(pool: PgPool, tx: mpsc::Sender<Event>) {
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        let connected = async {
+            let mut l = PgListener::connect_with(&pool).await?;
+            l.listen(CHANNEL).await?;
+            Ok::<_, sqlx::Error>(l)
+        }
+        .await;
+        match connected {
+            Ok(mut listener) => {
+                backoff = Duration::from_millis(250);
+                if tx.send(Event::Connected).await.is_err() {
+                    return;
+                }
+                loop {
+                    let event = match listener.try_recv().await {
+                        Ok(Some(n)) => match Change::from_notification(&n) {
+                            Some(c) => Event::Change(c),
+                            None => continue,
+                        },
+                        // Lost and re-established (and LISTEN re-issued) by sqlx.
+                        Ok(None) => Event::Connected,
+                        Err(e) => {
+                            let _ = tx.send(Event::Lost(e.to_string())).await;
+                            break;
+                        }
+                    };
+                    if tx.send(event).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(e) => {
+                if tx.send(Event::Lost(e.to_string())).await.is_err() {
+                    return;
+                }
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Keeps the steering inputs current.
+pub struct Loader {
+    /// The database.
+    pub pool: PgPool,
+    /// Where each new version of the inputs goes.
+    pub inputs: watch::Sender<Option<Arc<Inputs>>>,
+    /// Freshness, for metrics.
+    pub status: Arc<SyncStatus>,
+    /// Full reload period.
+    pub reconcile_interval: Duration,
+}
+
+impl Loader {
+    fn now_ms() -> i64 {
+        chrono::Utc::now().timestamp_millis()
+    }
+
+    fn mark_ok(&self) {
+        self.status.db_up.store(true, Ordering::Relaxed);
+        self.status.loaded.store(true, Ordering::Relaxed);
+        self.status
+            .last_sync_ms
+            .store(Self::now_ms(), Ordering::Relaxed);
+    }
+
+    fn mark_failed(&self, what: &str, e: &dyn std::fmt::Display) {
+        let was_up = self.status.db_up.swap(false, Ordering::Relaxed);
+        self.status.failures.fetch_add(1, Ordering::Relaxed);
+        let age = self.status.age_seconds(Self::now_ms());
+        match age {
+            Some(age) => {
+                tracing::warn!(error = %e, snapshot_age_s = format!("{age:.1}"), was_up, "{what} failed; serving the last snapshot")
+            }
+            None => {
+                tracing::warn!(error = %e, "{what} failed; nothing loaded yet, answering from the static zone data only")
+            }
+        }
+    }
+
+    /// Runs until shutdown.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let (tx, mut events) = mpsc::channel(4096);
+        let listener = tokio::spawn(listen(self.pool.clone(), tx));
+        let mut current: Option<Inputs> = None;
+        let mut need_full = true;
+        let mut pending: Vec<Change> = Vec::new();
+        let mut retry = Duration::from_millis(500);
+        let mut failing = false;
+        let mut reconcile = tokio::time::interval(self.reconcile_interval);
+        reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            if failing || (!need_full && pending.is_empty()) {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = reconcile.tick() => need_full = true,
+                    _ = tokio::time::sleep(retry), if failing => {}
+                    ev = events.recv() => match ev {
+                        Some(ev) => self.note(ev, &mut need_full, &mut pending),
+                        None => break,
+                    },
+                }
+            }
+            while let Ok(ev) = events.try_recv() {
+                self.note(ev, &mut need_full, &mut pending);
+            }
+            if pending
+                .iter()
+                .filter(|c| c.table == ChangedTable::Clients)
+                .count()
+                > MAX_TARGETED_CLIENTS
+            {
+                need_full = true;
+            }
+            if need_full {
+                let history = current.as_ref().map(|c| c.history.clone());
+                match load_all(&self.pool, history).await {
+                    Ok(inputs) => {
+                        if current.is_none() || !self.status.db_up.load(Ordering::Relaxed) {
+                            tracing::info!(
+                                appliances = inputs.appliances.len(),
+                                clients = inputs.clients.len(),
+                                advisories = inputs.advisories.len(),
+                                "snapshot loaded from the database"
+                            );
+                        }
+                        self.mark_ok();
+                        self.status.full_loads.fetch_add(1, Ordering::Relaxed);
+                        let (inputs, changed) = match &current {
+                            Some(cur) => reuse_unchanged(cur, inputs),
+                            None => (inputs, true),
+                        };
+                        // A reconcile that finds nothing new publishes nothing: the served
+                        // snapshot is confirmed (see `last_sync_ms`), not rebuilt.
+                        if changed {
+                            self.inputs.send_replace(Some(Arc::new(inputs.clone())));
+                        }
+                        current = Some(inputs);
+                        need_full = false;
+                        pending.clear();
+                        failing = false;
+                        retry = Duration::from_millis(500);
+                    }
+                    Err(e) => {
+                        self.mark_failed("loading the snapshot", &e);
+                        failing = true;
+                        retry = (retry * 2).min(self.reconcile_interval);
+                    }
+                }
+            } else if !pending.is_empty() {
+                let Some(cur) = &current else {
+                    need_full = true;
+                    continue;
+                };
+                let started = std::time::Instant::now();
+                match load_targeted(&self.pool, cur, &pending).await {
+                    Ok(inputs) => {
+                        tracing::debug!(
+                            changes = pending.len(),
+                            took_us = started.elapsed().as_micros() as u64,
+                            "targeted reload"
+                        );
+                        self.mark_ok();
+                        self.status.targeted_loads.fetch_add(1, Ordering::Relaxed);
+                        self.inputs.send_replace(Some(Arc::new(inputs.clone())));
+                        current = Some(inputs);
+                        pending.clear();
+                    }
+                    Err(e) => {
+                        self.mark_failed("reloading changed rows", &e);
+                        failing = true;
+                        need_full = true;
+                        pending.clear();
+                    }
+                }
+            }
+        }
+        listener.abort();
+    }
+
+    fn note(&self, ev: Event, need_full: &mut bool, pending: &mut Vec<Change>) {
+        match ev {
+            Event::Connected => {
+                self.status
+                    .listener_connects
+                    .fetch_add(1, Ordering::Relaxed);
+                *need_full = true;
+            }
+            Event::Change(c) => {
+                tracing::debug!(table = ?c.table, key = %c.key, "change notified");
+                if c.table != ChangedTable::SessionState {
+                    pending.push(c);
+                }
+            }
+            Event::Lost(e) => {
+                tracing::debug!(error = %e, "change listener lost its connection");
+            }
+        }
+    }
+}

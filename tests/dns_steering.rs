@@ -1,0 +1,395 @@
+//! Steering end to end: changes made with the CLI reach DNS answers through NOTIFY; hold-down;
+//! drained appliances; Postgres stopped and restarted under a running server; the embedded
+//! database default.
+
+mod common;
+mod serve_harness;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+use serve_harness::*;
+use shadowsteer::localpg::{Durability, LocalCluster, temp_cluster_dir};
+
+const ALICE: &str = "alice.c.vpn.example.net";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn advisory_moves_client_to_shadow_and_back_after_hold_down() {
+    let db = common::test_db().await;
+    basic_inventory(&db.url);
+    let url = db.url.clone();
+    let pool = db.pool.clone();
+    let hold_down = Duration::from_secs(3);
+    let (moved_after, returned_after) = tokio::task::spawn_blocking(move || {
+        let server = Server::start(
+            &config(NO_RRL, "hold_down = \"3s\""),
+            &["--database-url", &url],
+        );
+        assert_eq!(answer(server.dns, ALICE), ["192.0.2.1"]);
+        let out = cli(
+            &url,
+            &[
+                "advisory",
+                "add",
+                "--appliance",
+                "eu-1",
+                "--risk",
+                "0.95",
+                "--kind",
+                "maintenance",
+            ],
+        );
+        let added = Instant::now();
+        let id = out.trim().rsplit(' ').next().unwrap().to_owned();
+        eventually(Duration::from_secs(30), || {
+            answer(server.dns, ALICE) == ["192.0.2.2"]
+        })
+        .expect("moved to the shadow");
+        let moved_after = added.elapsed();
+        let moved_at = Instant::now();
+        cli(&url, &["advisory", "remove", &id]);
+        // Held on the shadow until the hold-down since the move has passed.
+        eventually(Duration::from_secs(30), || {
+            answer(server.dns, ALICE) == ["192.0.2.1"]
+        })
+        .expect("back to the primary");
+        let returned_after = moved_at.elapsed();
+        assert_eq!(server.stop(), 0);
+        (moved_after, returned_after)
+    })
+    .await
+    .unwrap();
+    eprintln!(
+        "advisory add -> answer changed after {moved_after:?} (incl. CLI start-up); back after {returned_after:?}"
+    );
+    assert!(
+        returned_after + Duration::from_millis(300) >= hold_down,
+        "returned after {returned_after:?}, before the hold-down"
+    );
+    // Both changes are in the audit trail with their reasons.
+    let rows: Vec<(Option<String>, String, String)> = sqlx::query_as(
+        "SELECT from_appliance, to_appliance, reason FROM steering_decisions WHERE client_id = 'alice' ORDER BY id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let moves: Vec<(Option<&str>, &str)> = rows
+        .iter()
+        .map(|r| (r.0.as_deref(), r.1.as_str()))
+        .collect();
+    assert_eq!(
+        moves,
+        [
+            (None, "eu-1"),
+            (Some("eu-1"), "us-1"),
+            (Some("us-1"), "eu-1")
+        ],
+        "{rows:?}"
+    );
+    assert!(rows[1].2.contains("above threshold"), "{rows:?}");
+    assert!(rows[2].2.contains("cleared"), "{rows:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn drained_appliance_disappears_from_answers() {
+    let db = common::test_db().await;
+    basic_inventory(&db.url);
+    let url = db.url.clone();
+    tokio::task::spawn_blocking(move || {
+        let server = Server::start(
+            &config(NO_RRL, "hold_down = \"1h\""),
+            &["--database-url", &url],
+        );
+        let service = |n: u16| -> std::collections::BTreeSet<String> {
+            (0..n)
+                .flat_map(|i| {
+                    addrs(&udp(
+                        server.dns,
+                        &query(i.wrapping_mul(977), "gw.vpn.example.net", 1),
+                    ))
+                })
+                .collect()
+        };
+        assert_eq!(service(100).len(), 2);
+        cli(&url, &["appliance", "drain", "eu-1"]);
+        // Operator state wins over hold-down: alice moves at once, and gw only has us-1.
+        eventually(Duration::from_secs(30), || {
+            answer(server.dns, ALICE) == ["192.0.2.2"]
+        })
+        .expect("alice moved off the drained primary");
+        eventually(Duration::from_secs(30), || {
+            service(100).into_iter().collect::<Vec<_>>() == ["192.0.2.2"]
+        })
+        .expect("drained appliance gone from gw");
+        // SRV follows too.
+        let m = udp(
+            server.dns,
+            &query(1, "_wireguard._udp.alice.c.vpn.example.net", 33),
+        );
+        let hickory_proto::rr::RData::SRV(srv) = &m.answers[0].data else {
+            panic!("{m:?}")
+        };
+        assert_eq!(srv.port, 51821);
+        // Both drained: no appliance can be chosen; the name exists but has no address.
+        cli(&url, &["appliance", "drain", "us-1"]);
+        eventually(Duration::from_secs(30), || {
+            answer(server.dns, ALICE).is_empty()
+        })
+        .expect("no answer with both drained");
+        let m = udp(server.dns, &query(2, ALICE, 1));
+        assert_eq!(
+            m.metadata.response_code,
+            hickory_proto::op::ResponseCode::NoError
+        );
+        assert!(service(20).is_empty());
+        assert_eq!(server.stop(), 0);
+    })
+    .await
+    .unwrap();
+}
+
+/// A TCP relay whose target port can change: the server keeps one database URL while the
+/// cluster behind it restarts on a new port.
+async fn relay(target: Arc<AtomicU16>) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut inbound, _)) = listener.accept().await else {
+                return;
+            };
+            let port = target.load(Ordering::Relaxed);
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await
+                {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_stopped_and_restarted_while_answering() {
+    let dir = temp_cluster_dir("shadowsteer-restart").unwrap();
+    let d2 = dir.clone();
+    let mut cluster = tokio::task::spawn_blocking(move || {
+        LocalCluster::start(&d2, Durability::Ephemeral).unwrap()
+    })
+    .await
+    .unwrap();
+    let port = Arc::new(AtomicU16::new(cluster.port()));
+    let relay_addr = relay(port.clone()).await;
+    shadowsteer::store::target::create_database(&cluster.url("postgres"), "steer")
+        .await
+        .unwrap();
+    let direct = cluster.url("steer");
+    let via_relay = direct.replace(
+        &format!("127.0.0.1:{}/", cluster.port()),
+        &format!("127.0.0.1:{}/", relay_addr.port()),
+    );
+    let pool = shadowsteer::store::connect(&direct, 1).await.unwrap();
+    shadowsteer::store::migrate(&pool).await.unwrap();
+    pool.close().await;
+    basic_inventory(&via_relay);
+
+    let url = via_relay.clone();
+    let server = tokio::task::spawn_blocking(move || {
+        Server::start(
+            &config(NO_RRL, "hold_down = \"0s\""),
+            &["--database-url", &url],
+        )
+    })
+    .await
+    .unwrap();
+    let dns = server.dns;
+    let admin = server.admin;
+    let token = cli(&via_relay, &["token", "create", "--name", "restart-test"])
+        .trim()
+        .to_owned();
+    assert_eq!(http_get(admin, "/metrics", Some(&token)).unwrap().0, 200);
+
+    // Postgres goes away; answers keep coming from the last snapshot.
+    let cluster = tokio::task::spawn_blocking(move || {
+        cluster.stop();
+        cluster
+    })
+    .await
+    .unwrap();
+    let token2 = token.clone();
+    tokio::task::spawn_blocking(move || {
+        let start = Instant::now();
+        let mut n = 0;
+        while start.elapsed() < Duration::from_secs(4) {
+            assert_eq!(
+                answer(dns, ALICE),
+                ["192.0.2.1"],
+                "answer while Postgres is down"
+            );
+            n += 1;
+        }
+        assert!(n > 50, "{n} queries answered");
+        // Metrics (the token was verified before the outage) say the database is down and
+        // the snapshot is ageing.
+        eventually(Duration::from_secs(30), || {
+            let (code, text) = http_get(admin, "/metrics", Some(&token2)).unwrap();
+            code == 200
+                && metric(&text, "shadowsteer_database_up") == Some(0.0)
+                && metric(&text, "shadowsteer_snapshot_age_seconds").is_some_and(|a| a >= 2.0)
+        })
+        .expect("metrics report the outage");
+        assert_eq!(
+            http_get(admin, "/readyz", None).unwrap().0,
+            200,
+            "stale is still ready"
+        );
+    })
+    .await
+    .unwrap();
+    drop(cluster);
+
+    // Postgres returns (on a new port, behind the same relay); the server recovers by itself
+    // and picks up a change made meanwhile.
+    let d2 = dir.clone();
+    let cluster = tokio::task::spawn_blocking(move || {
+        LocalCluster::start(&d2, Durability::Ephemeral).unwrap()
+    })
+    .await
+    .unwrap();
+    port.store(cluster.port(), Ordering::Relaxed);
+    let url = via_relay.clone();
+    let log = server.log.clone();
+    tokio::task::spawn_blocking(move || {
+        cli(
+            &url,
+            &[
+                "advisory",
+                "add",
+                "--appliance",
+                "eu-1",
+                "--risk",
+                "0.99",
+                "--kind",
+                "operational",
+            ],
+        );
+        eventually(Duration::from_secs(60), || {
+            answer(dns, ALICE) == ["192.0.2.2"]
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "change after the restart not picked up; log:\n{}",
+                log.lock().unwrap()
+            )
+        });
+        eventually(Duration::from_secs(30), || {
+            http_get(admin, "/metrics", Some(&token)).is_some_and(|(c, t)| {
+                c == 200 && metric(&t, "shadowsteer_database_up") == Some(1.0)
+            })
+        })
+        .expect("database reported up again");
+    })
+    .await
+    .unwrap();
+    let log_text = server.log_text();
+    assert!(
+        log_text.contains("serving the last snapshot"),
+        "outage logged with the snapshot age:\n{log_text}"
+    );
+    assert_eq!(
+        tokio::task::spawn_blocking(move || server.stop())
+            .await
+            .unwrap(),
+        0
+    );
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn embedded_database_by_default() {
+    // No URL anywhere: serve starts the cluster of its data directory, and the inventory
+    // commands find it through the same directory.
+    let data = temp_cluster_dir("shadowsteer-embedded").unwrap();
+    let data_s = data.display().to_string();
+    tokio::task::spawn_blocking(move || {
+        let server = Server::start(&config(NO_RRL, ""), &["--data-dir", &data_s]);
+        let run = |args: &[&str]| {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_shadowsteer"))
+                .args(args)
+                .args(["--data-dir", &data_s])
+                .env_remove("DATABASE_URL")
+                .env("RUST_LOG", "warn")
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run(&[
+            "appliance",
+            "add",
+            "--id",
+            "eu-1",
+            "--region",
+            "eu",
+            "--endpoint",
+            "192.0.2.1:51820",
+            "--public-key",
+            &key(),
+        ]);
+        run(&[
+            "appliance",
+            "add",
+            "--id",
+            "us-1",
+            "--region",
+            "us",
+            "--endpoint",
+            "192.0.2.2:51820",
+            "--public-key",
+            &key(),
+        ]);
+        run(&[
+            "client",
+            "add",
+            "--id",
+            "alice",
+            "--public-key",
+            &key(),
+            "--tunnel-ip",
+            "10.77.0.2",
+            "--primary",
+            "eu-1",
+            "--shadow",
+            "us-1",
+        ]);
+        eventually(Duration::from_secs(30), || {
+            answer(server.dns, ALICE) == ["192.0.2.1"]
+        })
+        .expect("alice answered from the embedded database");
+        run(&[
+            "advisory",
+            "add",
+            "--appliance",
+            "eu-1",
+            "--risk",
+            "0.95",
+            "--kind",
+            "maintenance",
+        ]);
+        eventually(Duration::from_secs(30), || {
+            answer(server.dns, ALICE) == ["192.0.2.2"]
+        })
+        .expect("advisory applied");
+        assert_eq!(server.stop(), 0);
+    })
+    .await
+    .unwrap();
+    let _ = std::fs::remove_dir_all(&data);
+}
