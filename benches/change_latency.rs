@@ -63,6 +63,13 @@ fn main() {
         .skip(1)
         .filter(|a| a != "--bench")
         .collect();
+    if args.is_empty() {
+        // `cargo test --all-targets` runs every bench without arguments: nothing to measure.
+        eprintln!(
+            "usage: change_latency DATABASE_URL DNS_ADDR CLIENT_NAME PRIMARY_IP SHADOW_IP APPLIANCE [ROUNDS]\n(a helper of benches/dns-vs-nsd.sh)"
+        );
+        return;
+    }
     if args.len() < 6 {
         eprintln!(
             "usage: change_latency DATABASE_URL DNS_ADDR CLIENT_NAME PRIMARY_IP SHADOW_IP APPLIANCE [ROUNDS]"
