@@ -132,7 +132,7 @@ pub enum AdvisoryCommand {
         #[arg(long = "for")]
         duration: Option<String>,
         /// geopolitical, environmental, maintenance or operational.
-        #[arg(long)]
+        #[arg(long, default_value = "operational")]
         kind: String,
         /// Free text.
         #[arg(long, default_value = "")]
