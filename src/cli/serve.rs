@@ -251,11 +251,14 @@ pub async fn run(args: ServeArgs) -> CommandResult {
 
     let mut dns_stats = Vec::new();
     let rl = &cfg.dns.rate_limit;
-    let per_worker_rate = if rl.responses_per_second == 0 {
-        0
-    } else {
-        rl.responses_per_second.div_ceil(workers as u32)
-    };
+    // One limiter for every worker and listener: the limit is per source prefix, whichever
+    // socket its packets reach.
+    let limiter = Arc::new(RateLimiter::new(
+        rl.responses_per_second,
+        rl.slip,
+        rl.ipv4_prefix,
+        rl.ipv6_prefix,
+    ));
     let tcp_stats = Arc::new(Stats::default());
     dns_stats.push(tcp_stats.clone());
     let tcp_slots = Arc::new(Semaphore::new(cfg.dns.max_tcp_connections));
@@ -266,7 +269,7 @@ pub async fn run(args: ServeArgs) -> CommandResult {
             dns_stats.push(stats.clone());
             let worker = Worker {
                 snapshot: snapshot.clone(),
-                limiter: RateLimiter::new(per_worker_rate, rl.slip, rl.ipv4_prefix, rl.ipv6_prefix),
+                limiter: limiter.clone(),
                 stats,
                 shutdown: shutdown.clone(),
             };

@@ -3,14 +3,17 @@
 //! that, every `slip`-th response goes out empty with TC set (a real client retries over TCP,
 //! a spoofed victim receives nothing large) and the rest are dropped. TCP is never limited.
 //!
-//! Pure: the time (whole seconds) is an argument. Memory is bounded: a fixed table of buckets
-//! indexed by a hash of the prefix; prefixes that collide share a bucket until one of them has
-//! been idle for a second, which can only make limiting stricter for a moment, never looser
-//! for long.
+//! Pure: the time (whole seconds) is an argument. One limiter is shared by all UDP workers
+//! (the kernel spreads a prefix's packets over the workers' sockets by source port, so per-worker
+//! limiters would either loosen the limit for floods or tighten it for one resolver). Each bucket
+//! is one atomic word, so sharing costs a compare-and-swap per limited response. Memory is
+//! bounded: a fixed table of buckets indexed by a hash of the prefix; prefixes that collide share
+//! a bucket within a second, which can only make limiting stricter for that second.
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-/// Buckets per limiter (per UDP worker): 64k buckets of 24 bytes.
+/// Buckets per limiter: 64k buckets of 8 bytes.
 const BUCKETS: usize = 1 << 16;
 
 /// What to do with one response.
@@ -24,24 +27,20 @@ pub enum Verdict {
     Drop,
 }
 
-#[derive(Debug, Clone, Copy, Default)]
-struct Bucket {
-    /// Second the count belongs to.
-    second: u64,
-    /// Responses in that second.
-    count: u32,
+/// A bucket packs the second (upper 32 bits, wrapping) and the count in it (lower 32 bits).
+fn pack(second: u64, count: u32) -> u64 {
+    ((second & 0xFFFF_FFFF) << 32) | u64::from(count)
 }
 
-/// A rate limiter. One per UDP worker; each allows `rate / workers` (rounded up), since the
-/// kernel spreads a prefix's packets over the workers' sockets.
-#[derive(Debug, Clone)]
+/// A rate limiter shared by every UDP worker.
+#[derive(Debug)]
 pub struct RateLimiter {
     rate: u32,
     slip: u32,
     v4_mask: u32,
     v6_mask: u128,
-    buckets: Vec<Bucket>,
-    slipped: u32,
+    buckets: Vec<AtomicU64>,
+    slipped: AtomicU32,
 }
 
 impl RateLimiter {
@@ -61,9 +60,9 @@ impl RateLimiter {
             buckets: if rate == 0 {
                 Vec::new()
             } else {
-                vec![Bucket::default(); BUCKETS]
+                (0..BUCKETS).map(|_| AtomicU64::new(0)).collect()
             },
-            slipped: 0,
+            slipped: AtomicU32::new(0),
         }
     }
 
@@ -81,27 +80,40 @@ impl RateLimiter {
     }
 
     /// Decides one response to `src` at `now` (seconds).
-    pub fn check(&mut self, src: IpAddr, now: u64) -> Verdict {
+    pub fn check(&self, src: IpAddr, now: u64) -> Verdict {
         if self.rate == 0 {
             return Verdict::Send;
         }
         let key = self.key(src);
         let h = (key as u64 ^ (key >> 64) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let b = &mut self.buckets[(h >> 48) as usize & (BUCKETS - 1)];
-        if b.second != now {
-            b.count = 0;
-            b.second = now;
-        }
+        let bucket = &self.buckets[(h >> 48) as usize & (BUCKETS - 1)];
+        let second = now & 0xFFFF_FFFF;
         // Prefixes colliding on a bucket in the same second share its count.
-        b.count = b.count.saturating_add(1);
-        if b.count <= self.rate {
+        let mut current = bucket.load(Ordering::Relaxed);
+        let count = loop {
+            let count = if current >> 32 == second {
+                (current as u32).saturating_add(1)
+            } else {
+                1
+            };
+            match bucket.compare_exchange_weak(
+                current,
+                pack(second, count),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break count,
+                Err(actual) => current = actual,
+            }
+        };
+        if count <= self.rate {
             return Verdict::Send;
         }
         if self.slip == 0 {
             return Verdict::Drop;
         }
-        self.slipped = self.slipped.wrapping_add(1);
-        if self.slipped.is_multiple_of(self.slip) {
+        let slipped = self.slipped.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
+        if slipped.is_multiple_of(self.slip) {
             Verdict::Slip
         } else {
             Verdict::Drop
@@ -115,7 +127,7 @@ mod tests {
 
     #[test]
     fn limits_per_prefix_with_slip() {
-        let mut rl = RateLimiter::new(5, 2, 24, 56);
+        let rl = RateLimiter::new(5, 2, 24, 56);
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         let same_prefix: IpAddr = "192.0.2.200".parse().unwrap();
         let other: IpAddr = "198.51.100.1".parse().unwrap();
@@ -138,7 +150,7 @@ mod tests {
 
     #[test]
     fn v6_prefixes_and_off() {
-        let mut rl = RateLimiter::new(1, 0, 24, 56);
+        let rl = RateLimiter::new(1, 0, 24, 56);
         assert_eq!(
             rl.check("2001:db8:0:1::1".parse().unwrap(), 7),
             Verdict::Send
@@ -151,7 +163,7 @@ mod tests {
             rl.check("2001:db8:0:100::1".parse().unwrap(), 7),
             Verdict::Send
         );
-        let mut off = RateLimiter::new(0, 2, 24, 56);
+        let off = RateLimiter::new(0, 2, 24, 56);
         for _ in 0..100 {
             assert_eq!(off.check("192.0.2.1".parse().unwrap(), 1), Verdict::Send);
         }

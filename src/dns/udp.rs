@@ -72,8 +72,8 @@ fn to_socket_addr(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
 pub struct Worker {
     /// The current snapshot.
     pub snapshot: Arc<ArcSwap<Snapshot>>,
-    /// This worker's rate limiter.
-    pub limiter: RateLimiter,
+    /// The rate limiter shared by all workers.
+    pub limiter: Arc<RateLimiter>,
     /// This worker's counters.
     pub stats: Arc<Stats>,
     /// Stop signal.
@@ -82,7 +82,7 @@ pub struct Worker {
 
 impl Worker {
     /// Serves `socket` until shutdown. Blocking: run it on a thread of its own.
-    pub fn run(mut self, socket: UdpSocket) {
+    pub fn run(self, socket: UdpSocket) {
         let fd = socket.as_raw_fd();
         let started = Instant::now();
         let mut inbufs = vec![[0u8; MAX_QUERY]; BATCH];
