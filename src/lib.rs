@@ -6,6 +6,7 @@
 //! - [`config`]: TOML configuration files, parsed and validated with errors that name file and key.
 //! - [`store`]: Postgres access: migrations, inventory, telemetry ingestion, notifications, retention.
 //! - [`localpg`]: local Postgres clusters started from the installed server binaries.
+//! - [`risk`]: the predictive risk engine (telemetry format, simulator, training, scoring).
 //!
 //! Pure decision logic lives apart from I/O: a module that decides never opens a socket, reads the
 //! clock or touches the database; its shell does.
@@ -14,4 +15,5 @@
 pub mod config;
 pub mod domain;
 pub mod localpg;
+pub mod risk;
 pub mod store;

@@ -5,8 +5,14 @@
 
 mod config_cmd;
 mod db;
+mod evaluate;
 mod inventory;
+mod risk_input;
+mod score;
+mod simulate;
 mod table;
+mod telemetry;
+mod train;
 
 use std::path::PathBuf;
 
@@ -37,6 +43,17 @@ enum Command {
     /// Manage risk advisories (operator-entered external risk).
     #[command(subcommand)]
     Advisory(inventory::AdvisoryCommand),
+    /// Write simulated labelled telemetry (CSV) with failures of several kinds.
+    Simulate(simulate::SimulateArgs),
+    /// Train and compare risk models on labelled telemetry; write the best with its card.
+    Train(train::TrainArgs),
+    /// Measure a risk model (and the health-check baseline) on labelled telemetry.
+    Evaluate(evaluate::EvaluateArgs),
+    /// Score every row of a telemetry file: ts,appliance,risk,risk_low,risk_high.
+    Score(score::ScoreArgs),
+    /// Move labelled telemetry between CSV files and Postgres.
+    #[command(subcommand)]
+    Telemetry(telemetry::TelemetryCommand),
 }
 
 /// Which database a command talks to.
@@ -104,5 +121,10 @@ pub async fn run(cli: Cli) -> CommandResult {
         Command::Appliance(c) => inventory::run_appliance(c).await,
         Command::Client(c) => inventory::run_client(c).await,
         Command::Advisory(c) => inventory::run_advisory(c).await,
+        Command::Simulate(a) => simulate::run(a),
+        Command::Train(a) => train::run(a).await,
+        Command::Evaluate(a) => evaluate::run(a),
+        Command::Score(a) => score::run(a),
+        Command::Telemetry(c) => telemetry::run(c).await,
     }
 }

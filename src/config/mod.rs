@@ -7,6 +7,7 @@
 
 mod agent;
 mod fields;
+mod risk;
 mod steering;
 
 use std::fmt;
@@ -18,6 +19,7 @@ pub use agent::{
     AgentConfig, AgentSection, InsideMode, PeerProbe, ProbeSection, TelemetrySection, TunnelSection,
 };
 pub use fields::{Duration, IpNet, ListenAddr};
+pub use risk::RiskSection;
 pub use steering::{
     AdminSection, DnsSection, NsRecord, RateLimitSection, ServerSection, SoaSection, StaticRecord,
     SteeringConfig, SteeringSection, ZoneSection,

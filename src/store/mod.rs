@@ -5,6 +5,7 @@
 pub mod inventory;
 pub mod notify;
 pub mod retention;
+pub mod risk;
 pub mod target;
 pub mod telemetry;
 

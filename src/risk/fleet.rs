@@ -1,0 +1,437 @@
+//! The live scorer's core: in-memory windows of every appliance and path, scored each second,
+//! and the decision which scores are worth writing.
+//!
+//! Pure: telemetry, failure events and advisories come in through `handle_*`, time is an
+//! argument, and [`Fleet::poll_writes`] returns the rows to store; the shell ([`super::live`])
+//! does the reading and writing. Windows are ring buffers of [`WINDOW_S`] seconds, so a tick
+//! costs one pass over each window and nothing is copied.
+//!
+//! Scores: an appliance that is down (an open failure event) scores 1. Otherwise the model's
+//! score is combined with the active advisories of the appliance and of its region as
+//! independent risks: `1 - (1 - model) * (1 - a1) * (1 - a2) ...`, bounds likewise. Paths are
+//! scored by the model on their own probes (no health metrics, no advisories).
+
+use std::collections::{HashMap, HashSet};
+
+use serde::Serialize;
+
+use super::features::{self, History, WINDOW_S, Window};
+use super::model::Model;
+use super::series::{MISSING, Sample};
+use crate::domain::{Probability, RiskScore};
+use super::records::{FailureEvent, HealthSecond, ProbeSecond, ScoreRow};
+
+/// A subject not heard from for this long is forgotten.
+const FORGET_S: i64 = 3600;
+
+/// One second-resolution window per subject.
+#[derive(Debug, Clone)]
+pub struct Ring {
+    slots: Vec<Sample>,
+    /// The newest second covered; slot of second `s` is `s mod WINDOW_S`.
+    newest: i64,
+}
+
+impl Ring {
+    /// An empty window ending at `now`.
+    pub fn new(now: i64) -> Self {
+        Self {
+            slots: vec![MISSING; WINDOW_S],
+            newest: now,
+        }
+    }
+
+    fn slot(sec: i64) -> usize {
+        sec.rem_euclid(WINDOW_S as i64) as usize
+    }
+
+    /// Moves the window's end to `now`, blanking the seconds it skips.
+    pub fn advance(&mut self, now: i64) {
+        if now <= self.newest {
+            return;
+        }
+        if now - self.newest >= WINDOW_S as i64 {
+            self.slots.fill(MISSING);
+        } else {
+            for s in self.newest + 1..=now {
+                self.slots[Self::slot(s)] = MISSING;
+            }
+        }
+        self.newest = now;
+    }
+
+    /// Sets metrics `range` of second `sec` from `values` (others untouched). Seconds older
+    /// than the window are ignored; newer ones advance it.
+    pub fn put(&mut self, sec: i64, range: std::ops::Range<usize>, values: &[f32]) {
+        if sec <= self.newest - WINDOW_S as i64 {
+            return;
+        }
+        self.advance(sec);
+        let slot = &mut self.slots[Self::slot(sec)];
+        slot[range].copy_from_slice(values);
+    }
+
+    /// The window, oldest first.
+    pub fn window(&self) -> Window<'_> {
+        let split = Self::slot(self.newest + 1);
+        Window::new(&self.slots[split..], &self.slots[..split])
+    }
+}
+
+/// Appliance or path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SubjectKind {
+    /// An appliance, by id.
+    Appliance,
+    /// A path, `src>dst`.
+    Path,
+}
+
+impl SubjectKind {
+    /// The `risk_scores.subject_kind` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Appliance => "appliance",
+            Self::Path => "path",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Subject {
+    kind: SubjectKind,
+    id: String,
+    region: String,
+    ring: Ring,
+    last_seen: i64,
+    score: Option<RiskScore>,
+    written: Option<f64>,
+}
+
+/// What an advisory applies to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum AdvisoryTarget {
+    /// One appliance.
+    Appliance(String),
+    /// Every appliance of a region.
+    Region(String),
+}
+
+/// A current score, for metrics and the admin API.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SubjectScore {
+    /// Appliance or path.
+    pub kind: SubjectKind,
+    /// Appliance id or `src>dst`.
+    pub id: String,
+    /// Owning region.
+    pub region: String,
+    /// The score with its interval.
+    pub score: RiskScore,
+}
+
+/// Every subject's window and score.
+#[derive(Debug, Clone, Default)]
+pub struct Fleet {
+    subjects: Vec<Subject>,
+    index: HashMap<(SubjectKind, String), usize>,
+    down: HashSet<String>,
+    history: HashMap<String, History>,
+    advisories: Vec<(AdvisoryTarget, f64)>,
+}
+
+impl Fleet {
+    /// An empty fleet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of subjects.
+    pub fn len(&self) -> usize {
+        self.subjects.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.subjects.is_empty()
+    }
+
+    fn subject(&mut self, kind: SubjectKind, id: &str, region: &str, sec: i64) -> &mut Subject {
+        let i = match self.index.get(&(kind, id.to_owned())) {
+            Some(&i) => i,
+            None => {
+                self.subjects.push(Subject {
+                    kind,
+                    id: id.to_owned(),
+                    region: region.to_owned(),
+                    ring: Ring::new(sec),
+                    last_seen: sec,
+                    score: None,
+                    written: None,
+                });
+                self.index
+                    .insert((kind, id.to_owned()), self.subjects.len() - 1);
+                self.subjects.len() - 1
+            }
+        };
+        let s = &mut self.subjects[i];
+        s.last_seen = s.last_seen.max(sec);
+        s
+    }
+
+    /// Records a score as already stored (e.g. read at start), so it is not rewritten.
+    pub fn handle_stored(&mut self, kind: SubjectKind, id: &str, region: &str, score: f64, now: i64) {
+        self.subject(kind, id, region, now).written = Some(score);
+    }
+
+    /// Adds per-second health.
+    pub fn handle_health(&mut self, rows: &[HealthSecond]) {
+        for h in rows {
+            let v = h.values.map(|x| x as f32);
+            self.subject(SubjectKind::Appliance, &h.appliance, &h.region, h.sec)
+                .ring
+                .put(h.sec, 0..5, &v);
+        }
+    }
+
+    /// Adds per-second probes: each appliance's network metrics are the mean over probes to
+    /// it; each path between different ends is a subject of its own.
+    pub fn handle_probes(&mut self, rows: &[ProbeSecond]) {
+        let mut net: HashMap<(&str, i64), (&str, [f64; 6])> = HashMap::new();
+        for p in rows {
+            if p.dst_kind == "appliance" {
+                let e = net
+                    .entry((p.dst.as_str(), p.sec))
+                    .or_insert((p.region.as_str(), [0.0; 6]));
+                if !p.rtt_ms.is_nan() {
+                    e.1[0] += p.rtt_ms;
+                    e.1[1] += 1.0;
+                }
+                if !p.jitter_ms.is_nan() {
+                    e.1[2] += p.jitter_ms;
+                    e.1[3] += 1.0;
+                }
+                e.1[4] += p.loss;
+                e.1[5] += 1.0;
+            }
+            if p.src != p.dst {
+                let id = format!("{}>{}", p.src, p.dst);
+                let v = [p.rtt_ms as f32, p.jitter_ms as f32, p.loss as f32];
+                self.subject(SubjectKind::Path, &id, &p.region, p.sec)
+                    .ring
+                    .put(p.sec, 5..8, &v);
+            }
+        }
+        let mean = |s: f64, n: f64| if n > 0.0 { (s / n) as f32 } else { f32::NAN };
+        let net: Vec<_> = net
+            .into_iter()
+            .map(|((dst, sec), (region, a))| {
+                (
+                    dst.to_owned(),
+                    region.to_owned(),
+                    sec,
+                    [mean(a[0], a[1]), mean(a[2], a[3]), mean(a[4], a[5])],
+                )
+            })
+            .collect();
+        for (dst, region, sec, v) in net {
+            self.subject(SubjectKind::Appliance, &dst, &region, sec)
+                .ring
+                .put(sec, 5..8, &v);
+        }
+    }
+
+    /// Replaces what is known about failures: who is down at `now`, and each appliance's
+    /// history (events should cover at least the last hour).
+    pub fn handle_failures(&mut self, events: &[FailureEvent], now: i64) {
+        self.down.clear();
+        self.history.clear();
+        for e in events {
+            if e.started <= now && e.ended.is_none_or(|end| end > now) {
+                self.down.insert(e.appliance.clone());
+            }
+            let h = self.history.entry(e.appliance.clone()).or_default();
+            if let Some(end) = e.ended.filter(|end| *end <= now) {
+                let since = (now - end) as u64;
+                h.since_recovery_s = Some(h.since_recovery_s.map_or(since, |s| s.min(since)));
+            }
+            if e.started <= now && now - e.started < 3600 {
+                h.failures_last_hour += 1;
+            }
+        }
+    }
+
+    /// Replaces the active advisories.
+    pub fn handle_advisories(&mut self, active: Vec<(AdvisoryTarget, f64)>) {
+        self.advisories = active;
+    }
+
+    /// Scores every subject as of second `now` on up to `threads` threads.
+    pub fn score(&mut self, model: &Model, now: i64, threads: usize) {
+        self.subjects.retain(|s| now - s.last_seen <= FORGET_S);
+        self.index = self
+            .subjects
+            .iter()
+            .enumerate()
+            .map(|(i, s)| ((s.kind, s.id.clone()), i))
+            .collect();
+        let threads = threads.clamp(1, 64);
+        let per = self.subjects.len().div_ceil(threads).max(1);
+        let (down, history, advisories) = (&self.down, &self.history, &self.advisories);
+        std::thread::scope(|scope| {
+            for chunk in self.subjects.chunks_mut(per) {
+                scope.spawn(move || {
+                    for s in chunk {
+                        s.ring.advance(now);
+                        s.score = Some(score_subject(model, s, down, history, advisories));
+                    }
+                });
+            }
+        });
+    }
+
+    /// Rows worth writing for `region`: scores never written, or moved by more than `epsilon`
+    /// since written (all of them when `rewrite_all`, e.g. after a model change); at most
+    /// `max`, largest moves first.
+    pub fn poll_writes(&self, region: &str, epsilon: f64, max: usize, rewrite_all: bool) -> Vec<ScoreRow> {
+        let mut moved: Vec<(f64, &Subject, RiskScore)> = self
+            .subjects
+            .iter()
+            .filter(|s| s.region == region)
+            .filter_map(|s| {
+                let score = s.score?;
+                let delta = match s.written {
+                    _ if rewrite_all => f64::INFINITY,
+                    None => f64::INFINITY,
+                    Some(w) => (score.value().get() - w).abs(),
+                };
+                (delta > epsilon).then_some((delta, s, score))
+            })
+            .collect();
+        moved.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.id.cmp(&b.1.id)));
+        moved
+            .into_iter()
+            .take(max)
+            .map(|(_, s, score)| ScoreRow {
+                region: s.region.clone(),
+                subject_kind: s.kind.as_str(),
+                subject: s.id.clone(),
+                score,
+            })
+            .collect()
+    }
+
+    /// Records rows as stored.
+    pub fn handle_written(&mut self, rows: &[ScoreRow]) {
+        for r in rows {
+            let kind = if r.subject_kind == "path" {
+                SubjectKind::Path
+            } else {
+                SubjectKind::Appliance
+            };
+            if let Some(&i) = self.index.get(&(kind, r.subject.clone())) {
+                self.subjects[i].written = Some(r.score.value().get());
+            }
+        }
+    }
+
+    /// Current scores.
+    pub fn scores(&self) -> Vec<SubjectScore> {
+        self.subjects
+            .iter()
+            .filter_map(|s| {
+                Some(SubjectScore {
+                    kind: s.kind,
+                    id: s.id.clone(),
+                    region: s.region.clone(),
+                    score: s.score?,
+                })
+            })
+            .collect()
+    }
+}
+
+fn score_subject(
+    model: &Model,
+    s: &Subject,
+    down: &HashSet<String>,
+    history: &HashMap<String, History>,
+    advisories: &[(AdvisoryTarget, f64)],
+) -> RiskScore {
+    match s.kind {
+        SubjectKind::Appliance => {
+            if down.contains(&s.id) {
+                return RiskScore::exact(Probability::ONE);
+            }
+            let h = history.get(&s.id).copied().unwrap_or_default();
+            let raw = model.score(&features::compute(&s.ring.window(), h));
+            let keep: f64 = advisories
+                .iter()
+                .filter(|(t, _)| match t {
+                    AdvisoryTarget::Appliance(a) => *a == s.id,
+                    AdvisoryTarget::Region(r) => *r == s.region,
+                })
+                .map(|(_, risk)| 1.0 - risk.clamp(0.0, 1.0))
+                .product();
+            combine(raw, keep)
+        }
+        SubjectKind::Path => model.score(&features::compute(&s.ring.window(), History::default())),
+    }
+}
+
+/// Combines a score with an independent risk whose complement is `keep`.
+fn combine(raw: RiskScore, keep: f64) -> RiskScore {
+    let f = |p: Probability| 1.0 - (1.0 - p.get()) * keep;
+    RiskScore::new(f(raw.value()), f(raw.low()), f(raw.high())).unwrap_or(raw)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ring_window_matches_series_order() {
+        let mut r = Ring::new(1000);
+        for sec in 990..=1010 {
+            r.put(sec, 0..1, &[sec as f32]);
+        }
+        let w = r.window();
+        assert_eq!(w.len(), WINDOW_S);
+        // The last sample is the newest second, the one before it the second before.
+        let mut series = vec![MISSING; WINDOW_S];
+        for sec in 990..=1010i64 {
+            series[(WINDOW_S as i64 - 1 - (1010 - sec)) as usize][0] = sec as f32;
+        }
+        let a = features::compute(&w, History::default());
+        let b = features::compute(&Window::new(&[], &series), History::default());
+        assert_eq!(a, b);
+        // Too old: ignored. Advancing past the window blanks it.
+        r.put(500, 0..1, &[1.0]);
+        r.advance(2000);
+        let empty = features::compute(&r.window(), History::default());
+        let none = features::compute(&Window::new(&[], &[MISSING; WINDOW_S]), History::default());
+        assert_eq!(empty, none);
+    }
+
+    #[test]
+    fn failures_and_advisories() {
+        let mut f = Fleet::new();
+        let ev = |a: &str, started, ended| FailureEvent {
+            region: "eu".into(),
+            appliance: a.into(),
+            started,
+            ended,
+            kind: "x".into(),
+            has_precursor: None,
+        };
+        f.handle_failures(&[ev("a", 100, Some(160)), ev("b", 900, None)], 1000);
+        assert!(f.down.contains("b") && !f.down.contains("a"));
+        assert_eq!(f.history["a"].since_recovery_s, Some(840));
+        assert_eq!(f.history["a"].failures_last_hour, 1);
+        let raw = RiskScore::new(0.2, 0.1, 0.3).unwrap();
+        let c = combine(raw, 0.5);
+        assert!((c.value().get() - 0.6).abs() < 1e-12);
+        assert!((c.low().get() - 0.55).abs() < 1e-12);
+    }
+}
