@@ -50,6 +50,16 @@ pub fn report_table(r: &Report) -> String {
     );
     rows(&mut out, "model", &r.model);
     rows(&mut out, "baseline", &r.baseline);
+    if !r.by_kind.is_empty() {
+        out.push_str("\n| kind (model) | failures | recall@10s | recall@30s | median lead (s) |\n|---|---|---|---|---|\n");
+        for k in &r.by_kind {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {:.3} | {:.3} | {:.0} |",
+                k.kind, k.failures, k.recall_at_10s, k.recall_at_30s, k.median_lead_s
+            );
+        }
+    }
     out
 }
 

@@ -127,13 +127,61 @@ pub struct Report {
     pub appliance_days: f64,
     /// Failures whose kind is unknown (no labels file): counted only overall.
     pub unlabelled_failures: usize,
+    /// The model's recall and lead per failure kind (when kinds are labelled).
+    #[serde(default)]
+    pub by_kind: Vec<KindMetrics>,
+}
+
+/// Recall and lead of one failure kind.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KindMetrics {
+    /// The kind.
+    pub kind: String,
+    /// Failures of this kind.
+    pub failures: usize,
+    /// Share with a sustained alarm of at least 10 s lead.
+    pub recall_at_10s: f64,
+    /// Share with at least 30 s lead.
+    pub recall_at_30s: f64,
+    /// Median lead time in seconds.
+    pub median_lead_s: f64,
+}
+
+/// Recall and lead per kind, sorted by kind.
+pub fn by_kind(stats: &AlarmStats) -> Vec<KindMetrics> {
+    let mut kinds: std::collections::BTreeMap<&str, Vec<usize>> = Default::default();
+    for (lead, _, kind) in &stats.leads {
+        if let Some(k) = kind {
+            kinds.entry(k.as_str()).or_default().push(*lead);
+        }
+    }
+    kinds
+        .into_iter()
+        .map(|(kind, mut leads)| {
+            leads.sort_unstable();
+            let n = leads.len();
+            let share = |l: usize| leads.iter().filter(|&&x| x >= l).count() as f64 / n as f64;
+            let median = if n % 2 == 1 {
+                leads[n / 2] as f64
+            } else {
+                (leads[n / 2 - 1] + leads[n / 2]) as f64 / 2.0
+            };
+            KindMetrics {
+                kind: kind.to_owned(),
+                failures: n,
+                recall_at_10s: share(10),
+                recall_at_30s: share(30),
+                median_lead_s: median,
+            }
+        })
+        .collect()
 }
 
 /// Threshold-dependent results: lead times and false alarms.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AlarmStats {
-    /// Lead time of each failure, with its precursor label.
-    pub leads: Vec<(usize, Option<bool>)>,
+    /// Lead time of each failure, with its precursor label and kind.
+    pub leads: Vec<(usize, Option<bool>, Option<String>)>,
     /// Alarm episodes.
     pub episodes: usize,
     /// Episodes not followed by a failure in time.
@@ -174,8 +222,8 @@ impl AlarmStats {
     fn group_leads(&self, group: Group) -> Vec<usize> {
         self.leads
             .iter()
-            .filter(|(_, p)| group.contains(*p))
-            .map(|(l, _)| *l)
+            .filter(|(_, p, _)| group.contains(*p))
+            .map(|(l, _, _)| *l)
             .collect()
     }
 }
@@ -223,9 +271,11 @@ pub fn alarm_stats(series: &[Scored<'_>], thr: f64) -> AlarmStats {
     for s in series {
         stats.up_seconds += s.down.iter().filter(|d| !**d).count();
         for f in s.failures {
-            stats
-                .leads
-                .push((lead_time(s.scores, s.down, f.start, thr), f.precursor));
+            stats.leads.push((
+                lead_time(s.scores, s.down, f.start, thr),
+                f.precursor,
+                f.kind.clone(),
+            ));
         }
         for (_, last) in episodes(s.scores, s.down, thr) {
             stats.episodes += 1;
@@ -377,6 +427,7 @@ pub fn report(series: &[Series], scores: &[Vec<f64>], thr: f64, horizon: usize) 
             .flat_map(|s| &s.failures)
             .filter(|f| f.precursor.is_none())
             .count(),
+        by_kind: by_kind(&alarm_stats(&scored, thr)),
     }
 }
 

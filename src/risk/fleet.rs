@@ -434,4 +434,39 @@ mod tests {
         assert!((c.value().get() - 0.6).abs() < 1e-12);
         assert!((c.low().get() - 0.55).abs() < 1e-12);
     }
+
+    #[test]
+    fn writes_only_what_moved() {
+        let model = Model::constant("t", 0.2);
+        let mut f = Fleet::new();
+        let h = |a: &str, sec| HealthSecond {
+            region: "eu".into(),
+            appliance: a.into(),
+            sec,
+            values: [0.5, 0.5, 0.5, 10.0, 0.0],
+        };
+        f.handle_health(&[h("a", 100), h("b", 100), h("c", 100)]);
+        f.handle_health(&[HealthSecond {
+            region: "us".into(),
+            ..h("x", 100)
+        }]);
+        f.score(&model, 101, 2);
+        let rows = f.poll_writes("eu", 0.02, 10, false);
+        assert_eq!(rows.len(), 3, "first round writes every subject of the region");
+        assert!((rows[0].score.value().get() - 0.2).abs() < 1e-9);
+        f.handle_written(&rows);
+        f.score(&model, 102, 2);
+        assert!(f.poll_writes("eu", 0.02, 10, false).is_empty(), "nothing moved");
+        assert_eq!(f.poll_writes("eu", 0.02, 10, true).len(), 3);
+        // An advisory of 0.5 on "b" moves it to 1 - 0.8 * 0.5 = 0.6; a region advisory moves all.
+        f.handle_advisories(vec![(AdvisoryTarget::Appliance("b".into()), 0.5)]);
+        f.score(&model, 103, 1);
+        let rows = f.poll_writes("eu", 0.02, 10, false);
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].subject, "b");
+        assert!((rows[0].score.value().get() - 0.6).abs() < 1e-9);
+        f.handle_advisories(vec![(AdvisoryTarget::Region("eu".into()), 0.9)]);
+        f.score(&model, 104, 1);
+        assert_eq!(f.poll_writes("eu", 0.02, 2, false).len(), 2, "capped");
+    }
 }

@@ -258,6 +258,27 @@ pub struct ModelCard {
     pub notes: Vec<String>,
 }
 
+impl ModelCard {
+    /// A card with nothing in it yet (filled in by training).
+    pub fn empty() -> Self {
+        Self {
+            created_at: String::new(),
+            training_data: Vec::new(),
+            rows: 0,
+            series: 0,
+            failures: [0; 3],
+            split: String::new(),
+            fitted_rows: 0,
+            fitted_positives: 0,
+            threshold_rule: String::new(),
+            candidates: Vec::new(),
+            validation: super::evaluate::report(&[], &[], 0.5, 60),
+            training_seconds: 0.0,
+            notes: Vec::new(),
+        }
+    }
+}
+
 /// A trained risk model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Model {
@@ -287,6 +308,31 @@ pub struct Model {
 }
 
 impl Model {
+    /// A model that scores `p` for everything: for tests of the plumbing around models.
+    pub fn constant(name: &str, p: f64) -> Self {
+        let mut m = Model {
+            format: FORMAT,
+            name: name.to_owned(),
+            version: String::new(),
+            horizon_s: 60,
+            window_s: WINDOW_S as u32,
+            features: FEATURE_NAMES.iter().map(|s| (*s).to_owned()).collect(),
+            scaler: Scaler {
+                mean: vec![0.0; N_FEATURES],
+                scale: vec![1.0; N_FEATURES],
+            },
+            members: Members::Logistic(vec![Linear {
+                intercept: logit(p),
+                weights: vec![0.0; N_FEATURES],
+            }]),
+            calibration: Platt::IDENTITY,
+            threshold: 0.5,
+            card: ModelCard::empty(),
+        };
+        m.version = m.compute_version();
+        m
+    }
+
     /// The version string for these parameters.
     pub fn compute_version(&self) -> String {
         let mut h = Sha256::new();

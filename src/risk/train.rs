@@ -286,10 +286,18 @@ fn fit_logistic(z: &Array2<f64>, y: &[bool], k: usize, seed: u64) -> Result<Line
             what: format!("logistic member {k}"),
             message: e.to_string(),
         })?;
-    Ok(Linear {
-        intercept: fitted.intercept(),
-        weights: fitted.params().to_vec(),
-    })
+    Ok(positive_linear(&fitted))
+}
+
+/// The fitted regression as the log-odds of `true`. linfa models the probability of the
+/// class it met *first* in the targets (not the larger one, as its docs say), so flip the
+/// signs when that class was `false`.
+fn positive_linear(fitted: &linfa_logistic::FittedLogisticRegression<f64, bool>) -> Linear {
+    let sign = if fitted.labels().pos.class { 1.0 } else { -1.0 };
+    Linear {
+        intercept: sign * fitted.intercept(),
+        weights: fitted.params().iter().map(|w| sign * w).collect(),
+    }
 }
 
 /// Copies a linfa tree into a [`Tree`] (features renumbered through `cols`), with leaf
@@ -497,9 +505,10 @@ fn fit_platt(raw: &[Vec<f64>], t: &Tails, horizon: usize) -> Result<Platt, Train
             what: "calibration".into(),
             message: e.to_string(),
         })?;
+    let lin = positive_linear(&fitted);
     Ok(Platt {
-        a: fitted.params()[0],
-        b: fitted.intercept(),
+        a: lin.weights[0],
+        b: lin.intercept,
     })
 }
 
@@ -637,7 +646,7 @@ pub fn train(
             members,
             calibration: Platt::IDENTITY,
             threshold: 0.5,
-            card: empty_card(),
+            card: ModelCard::empty(),
         };
         progress(&format!("scoring the validation period with {}", kind.name()));
         let v = score_validation(series, &split, &model, opts.threads);
@@ -731,7 +740,7 @@ pub fn train(
             opts.max_false_alarms_per_day
         ),
         candidates,
-        validation: std::mem::replace(&mut model.card.validation, empty_report()),
+        validation: std::mem::replace(&mut model.card.validation, ModelCard::empty().validation),
         training_seconds: started.elapsed().as_secs_f64(),
         notes: vec![format!(
             "chosen: {} ensemble of {} members; score = calibrated mean, interval = calibrated \
@@ -766,28 +775,6 @@ fn validation_report(
         })
         .collect();
     evaluate::report(&tail_series, calibrated, thr, horizon)
-}
-
-fn empty_report() -> evaluate::Report {
-    evaluate::report(&[], &[], 0.5, 60)
-}
-
-fn empty_card() -> ModelCard {
-    ModelCard {
-        created_at: String::new(),
-        training_data: Vec::new(),
-        rows: 0,
-        series: 0,
-        failures: [0; 3],
-        split: String::new(),
-        fitted_rows: 0,
-        fitted_positives: 0,
-        threshold_rule: String::new(),
-        candidates: Vec::new(),
-        validation: empty_report(),
-        training_seconds: 0.0,
-        notes: Vec::new(),
-    }
 }
 
 #[cfg(test)]
@@ -856,16 +843,15 @@ mod tests {
         let y: Vec<bool> = (0..200).map(|i| (i * 7) % 11 > 5).collect();
         let ds = Dataset::new(x.clone(), Array1::from(y.clone()));
         let fitted = LogisticRegression::default().alpha(1e-3).fit(&ds).unwrap();
-        let lin = Linear {
-            intercept: fitted.intercept(),
-            weights: fitted.params().to_vec(),
-        };
-        let theirs = fitted.predict_probabilities(&x);
+        let lin = positive_linear(&fitted);
+        // The first target is `false`, so linfa models P(false): ours must be its complement.
+        assert!(!y[0]);
+        let theirs = fitted.predict_probabilities(&x).mapv(|p| 1.0 - p);
         let members = Members::Logistic(vec![lin]);
         for i in 0..200 {
             let mut out = [0.0];
             members.raw(x.row(i).as_slice().unwrap(), &mut out);
-            assert!((out[0] - theirs[i]).abs() < 1e-12);
+            assert!((out[0] - theirs[i]).abs() < 1e-9);
         }
     }
 }
