@@ -22,7 +22,7 @@ const MEDIUM: usize = 60;
 const LOSS_EVENT: f64 = 0.05;
 
 /// Number of features.
-pub const N_FEATURES: usize = 30;
+pub const N_FEATURES: usize = 34;
 
 /// Feature names, in vector order (stored in model files and checked on load).
 pub const FEATURE_NAMES: [&str; N_FEATURES] = [
@@ -56,6 +56,10 @@ pub const FEATURE_NAMES: [&str; N_FEATURES] = [
     "rtt_missing60",
     "since_recovery",
     "failures_1h",
+    "rtt_vs_hour",
+    "rtt_p95_vs_hour",
+    "loss_events300",
+    "since_loss_event",
 ];
 
 /// A feature vector.
@@ -222,8 +226,9 @@ const RTT: usize = Metric::RttMs as usize;
 const JIT: usize = Metric::JitterMs as usize;
 const LOSS: usize = Metric::Loss as usize;
 
-/// Computes the feature vector of a window and history.
-pub fn compute(w: &Window<'_>, h: History) -> Features {
+/// Computes the feature vector of a window, the failure history and the rtt baseline (ms,
+/// NaN when unknown; see [`super::baseline`]).
+pub fn compute(w: &Window<'_>, h: History, rtt_baseline: f64) -> Features {
     let mut short = [Acc::EMPTY; 8];
     each_tail(w, SHORT, |t, s| {
         for (acc, &x) in short.iter_mut().zip(s) {
@@ -250,10 +255,18 @@ pub fn compute(w: &Window<'_>, h: History) -> Features {
     });
     // Long span: only the slow signals (memory, latency, sessions).
     let (mut mem_l, mut rtt_l, mut sess_l) = (Acc::EMPTY, Acc::EMPTY, Acc::EMPTY);
+    let (mut loss_n, mut loss_ev_l, mut last_event) = (0.0, 0.0, None);
     each_tail(w, WINDOW_S, |t, s| {
         mem_l.add(t, s[MEM]);
         rtt_l.add(t, s[RTT]);
         sess_l.add(t, s[SESS]);
+        if !s[LOSS].is_nan() {
+            loss_n += 1.0;
+            if f64::from(s[LOSS]) >= LOSS_EVENT {
+                loss_ev_l += 1.0;
+                last_event = Some(-t);
+            }
+        }
     });
 
     let m10 = |i: usize| short[i].mean().or_else(|| medium[i].mean());
@@ -266,6 +279,11 @@ pub fn compute(w: &Window<'_>, h: History) -> Features {
     let p95 = percentile(&mut rtts[..n_rtt], 0.95);
     let mem10 = m10(MEM);
     let rtt10 = m10(RTT);
+    let hour = (rtt_baseline > 0.0).then_some(rtt_baseline);
+    let vs_hour = |x: Option<f64>| match (x, hour) {
+        (Some(x), Some(b)) => x / b,
+        _ => 1.0,
+    };
     let since = h
         .since_recovery_s
         .map_or(1.0, |s| s.min(HISTORY_S) as f64 / HISTORY_S as f64);
@@ -320,6 +338,10 @@ pub fn compute(w: &Window<'_>, h: History) -> Features {
         },
         since,
         f64::from(h.failures_last_hour),
+        vs_hour(rtt10),
+        vs_hour(p95),
+        if loss_n > 0.0 { loss_ev_l / loss_n } else { 0.0 },
+        last_event.map_or(1.0, |age: f64| age / WINDOW_S as f64),
     ]
 }
 
@@ -372,7 +394,7 @@ mod tests {
         let samples: Vec<Sample> = (0..60)
             .map(|i| sample(|s| s[CPU] = i as f32 * 0.01))
             .collect();
-        let f = compute(&Window::ending_at(&samples, 59), History::default());
+        let f = compute(&Window::ending_at(&samples, 59), History::default(), f64::NAN);
         assert!((f[idx("cpu_slope60")] - 0.6).abs() < 1e-4, "{}", f[idx("cpu_slope60")]);
         assert!((f[idx("cpu_mean10")] - 0.545).abs() < 1e-5);
         assert!((f[idx("cpu_mean60")] - 0.295).abs() < 1e-5);
@@ -400,7 +422,7 @@ mod tests {
                 })
             })
             .collect();
-        let f = compute(&Window::ending_at(&samples, 299), History::default());
+        let f = compute(&Window::ending_at(&samples, 299), History::default(), f64::NAN);
         assert_eq!(f[idx("rtt_mean10")], 20.0);
         // 200 values present: 193 at 10 ms and 7 at 20 ms (i % 3 != 0 among 290..300 -> 7).
         let base = (193.0 * 10.0 + 7.0 * 20.0) / 200.0;
@@ -411,6 +433,12 @@ mod tests {
         // Loss >= 5% in 4 of the 40 present seconds of the last minute (295, 296, 298, 299).
         assert!((f[idx("loss_events60")] - 4.0 / 40.0).abs() < 1e-9);
         assert!((f[idx("loss_max60")] - 0.1).abs() < 1e-6);
+        // 4 of 200 present loss values are events; the last one is now (age 0).
+        assert!((f[idx("loss_events300")] - 4.0 / 200.0).abs() < 1e-9);
+        assert_eq!(f[idx("since_loss_event")], 0.0);
+        assert_eq!(f[idx("rtt_vs_hour")], 1.0, "no baseline: neutral");
+        let g = compute(&Window::ending_at(&samples, 299), History::default(), 10.0);
+        assert_eq!(g[idx("rtt_vs_hour")], 2.0);
     }
 
     #[test]
@@ -424,10 +452,11 @@ mod tests {
                 })
             })
             .collect();
-        let whole = compute(&Window::ending_at(&samples, 399), History::default());
+        let whole = compute(&Window::ending_at(&samples, 399), History::default(), f64::NAN);
         let split = compute(
             &Window::new(&samples[..250], &samples[250..]),
             History::default(),
+            f64::NAN,
         );
         assert_eq!(whole, split);
     }

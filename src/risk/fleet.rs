@@ -7,7 +7,7 @@
 //! costs one pass over each window and nothing is copied.
 //!
 //! Scores: an appliance that is down (an open failure event) scores 1. Otherwise the model's
-//! score is combined with the active advisories of the appliance and of its region as
+//! held score ([`super::hold`]) is combined with the active advisories of the appliance and of its region as
 //! independent risks: `1 - (1 - model) * (1 - a1) * (1 - a2) ...`, bounds likewise. Paths are
 //! scored by the model on their own probes (no health metrics, no advisories).
 
@@ -15,7 +15,10 @@ use std::collections::{HashMap, HashSet};
 
 use serde::Serialize;
 
+use super::baseline::MinuteSums;
 use super::features::{self, History, WINDOW_S, Window};
+use super::hold::Hold;
+use super::telemetry::Metric;
 use super::model::Model;
 use super::series::{MISSING, Sample};
 use crate::domain::{Probability, RiskScore};
@@ -30,6 +33,8 @@ pub struct Ring {
     slots: Vec<Sample>,
     /// The newest second covered; slot of second `s` is `s mod WINDOW_S`.
     newest: i64,
+    /// rtt of the seconds that have left the window, per minute: the long-term baseline.
+    minutes: MinuteSums,
 }
 
 impl Ring {
@@ -38,6 +43,7 @@ impl Ring {
         Self {
             slots: vec![MISSING; WINDOW_S],
             newest: now,
+            minutes: MinuteSums::default(),
         }
     }
 
@@ -45,19 +51,28 @@ impl Ring {
         sec.rem_euclid(WINDOW_S as i64) as usize
     }
 
-    /// Moves the window's end to `now`, blanking the seconds it skips.
+    /// Moves the window's end to `now`. Seconds leaving the window are folded into the
+    /// baseline in time order; the new seconds start missing.
     pub fn advance(&mut self, now: i64) {
         if now <= self.newest {
             return;
         }
-        if now - self.newest >= WINDOW_S as i64 {
-            self.slots.fill(MISSING);
-        } else {
-            for s in self.newest + 1..=now {
-                self.slots[Self::slot(s)] = MISSING;
-            }
+        let w = WINDOW_S as i64;
+        // Seconds up to now - w leave the window, oldest first.
+        for s in self.newest - w + 1..=self.newest.min(now - w) {
+            let slot = &mut self.slots[Self::slot(s)];
+            self.minutes.fold(s, slot[Metric::RttMs as usize]);
+            *slot = MISSING;
+        }
+        for s in (self.newest + 1).max(now - w + 1)..=now {
+            self.slots[Self::slot(s)] = MISSING;
         }
         self.newest = now;
+    }
+
+    /// The rtt baseline as of the window's end.
+    pub fn baseline(&self) -> f64 {
+        self.minutes.baseline(self.newest).unwrap_or(f64::NAN)
     }
 
     /// Sets metrics `range` of second `sec` from `values` (others untouched). Seconds older
@@ -107,6 +122,7 @@ struct Subject {
     last_seen: i64,
     score: Option<RiskScore>,
     written: Option<f64>,
+    hold: Hold,
 }
 
 /// What an advisory applies to.
@@ -169,6 +185,7 @@ impl Fleet {
                     last_seen: sec,
                     score: None,
                     written: None,
+                    hold: Hold::default(),
                 });
                 self.index
                     .insert((kind, id.to_owned()), self.subjects.len() - 1);
@@ -284,7 +301,14 @@ impl Fleet {
                 scope.spawn(move || {
                     for s in chunk {
                         s.ring.advance(now);
-                        s.score = Some(score_subject(model, s, down, history, advisories));
+                        let score = if s.kind == SubjectKind::Appliance && down.contains(&s.id) {
+                            s.hold.clear();
+                            RiskScore::exact(Probability::ONE)
+                        } else {
+                            let raw = score_subject(model, s, history, advisories);
+                            s.hold.push(now, raw, model.hold_s)
+                        };
+                        s.score = Some(score);
                     }
                 });
             }
@@ -352,20 +376,17 @@ impl Fleet {
     }
 }
 
+/// The score of an up subject at this second, before the hold.
 fn score_subject(
     model: &Model,
     s: &Subject,
-    down: &HashSet<String>,
     history: &HashMap<String, History>,
     advisories: &[(AdvisoryTarget, f64)],
 ) -> RiskScore {
     match s.kind {
         SubjectKind::Appliance => {
-            if down.contains(&s.id) {
-                return RiskScore::exact(Probability::ONE);
-            }
             let h = history.get(&s.id).copied().unwrap_or_default();
-            let raw = model.score(&features::compute(&s.ring.window(), h));
+            let raw = model.score(&features::compute(&s.ring.window(), h, s.ring.baseline()));
             let keep: f64 = advisories
                 .iter()
                 .filter(|(t, _)| match t {
@@ -376,7 +397,11 @@ fn score_subject(
                 .product();
             combine(raw, keep)
         }
-        SubjectKind::Path => model.score(&features::compute(&s.ring.window(), History::default())),
+        SubjectKind::Path => model.score(&features::compute(
+            &s.ring.window(),
+            History::default(),
+            s.ring.baseline(),
+        )),
     }
 }
 
@@ -403,15 +428,48 @@ mod tests {
         for sec in 990..=1010i64 {
             series[(WINDOW_S as i64 - 1 - (1010 - sec)) as usize][0] = sec as f32;
         }
-        let a = features::compute(&w, History::default());
-        let b = features::compute(&Window::new(&[], &series), History::default());
+        let a = features::compute(&w, History::default(), f64::NAN);
+        let b = features::compute(&Window::new(&[], &series), History::default(), f64::NAN);
         assert_eq!(a, b);
         // Too old: ignored. Advancing past the window blanks it.
         r.put(500, 0..1, &[1.0]);
         r.advance(2000);
-        let empty = features::compute(&r.window(), History::default());
-        let none = features::compute(&Window::new(&[], &[MISSING; WINDOW_S]), History::default());
+        let empty = features::compute(&r.window(), History::default(), f64::NAN);
+        let none = features::compute(&Window::new(&[], &[MISSING; WINDOW_S]), History::default(), f64::NAN);
         assert_eq!(empty, none);
+    }
+
+    #[test]
+    fn live_features_equal_batch_features() {
+        use crate::risk::simulate::{SimConfig, Simulator};
+        use crate::risk::telemetry::Telemetry;
+        let sim = Simulator::new(SimConfig::new(1, 5000, 9));
+        let run = sim.appliance(0);
+        let mut t = Telemetry::default();
+        t.appliances.push(run.info);
+        t.rows = run.rows;
+        let series = crate::risk::series::build(&t, None);
+        let s = &series[0];
+        let ctx = s.context();
+        // Feed the ring second by second, sometimes skipping ahead, and compare at checkpoints.
+        let mut ring = Ring::new(s.start);
+        for i in 0..s.len() {
+            let sec = s.ts(i);
+            ring.put(sec, 0..8, &s.samples[i]);
+            if i % 997 == 0 || i == s.len() - 1 {
+                let live = features::compute(&ring.window(), History::default(), ring.baseline());
+                let batch = features::compute(
+                    &Window::ending_at(&s.samples, i),
+                    History::default(),
+                    ctx.baselines[i],
+                );
+                // Bit-identical except where the batch window is shorter than the ring's.
+                if i >= WINDOW_S {
+                    assert_eq!(live, batch, "slot {i}");
+                }
+            }
+        }
+        assert!(!ring.baseline().is_nan());
     }
 
     #[test]

@@ -11,12 +11,14 @@
 //! the telemetry format); live scoring combines them with the model's score as independent
 //! risks (`1 - (1 - model)(1 - advisory)`).
 
+pub mod baseline;
 pub mod card;
 pub mod dataset;
 pub mod evaluate;
 pub mod failures;
 pub mod features;
 pub mod fleet;
+pub mod hold;
 // pub mod live;
 pub mod model;
 pub mod records;

@@ -303,6 +303,8 @@ pub struct Model {
     pub calibration: Platt,
     /// Operating threshold: alarm when the score is above it.
     pub threshold: f64,
+    /// Alarm hold in seconds (see [`super::hold`]).
+    pub hold_s: u32,
     /// The model card.
     pub card: ModelCard,
 }
@@ -327,6 +329,7 @@ impl Model {
             }]),
             calibration: Platt::IDENTITY,
             threshold: 0.5,
+            hold_s: 1,
             card: ModelCard::empty(),
         };
         m.version = m.compute_version();
@@ -343,6 +346,7 @@ impl Model {
             "members": self.members,
             "calibration": self.calibration,
             "threshold": self.threshold,
+            "hold_s": self.hold_s,
         });
         h.update(params.to_string().as_bytes());
         let digest = h.finalize();
@@ -367,6 +371,9 @@ impl Model {
         }
         if self.name.is_empty() || self.name.len() > 100 || self.version.len() > 200 {
             return bad("name must be 1 to 100 characters".into());
+        }
+        if self.hold_s > 60 {
+            return bad(format!("hold {} s is longer than 60 s", self.hold_s));
         }
         if !(0.0..=1.0).contains(&self.threshold) {
             return bad(format!("threshold {} is not in [0, 1]", self.threshold));

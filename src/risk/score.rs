@@ -1,27 +1,25 @@
 //! Batch scoring: every second of every series, for `score`, `evaluate` and benchmarks.
 //!
 //! A down second scores 1 (the appliance has failed: steering must treat it as certain); the
-//! metrics ignore down seconds anyway.
+//! metrics ignore down seconds anyway. Up seconds get the model's held score
+//! ([`super::hold`]), as live scoring does.
 
-use super::features::{self, Window};
+use super::hold::Hold;
 use super::model::Model;
 use super::series::Series;
-use super::train::failure_slots;
 use crate::domain::{Probability, RiskScore};
 
 /// Scores every slot of `s`.
 pub fn score_series(model: &Model, s: &Series) -> Vec<RiskScore> {
-    let slots = failure_slots(s);
+    let ctx = s.context();
+    let mut hold = Hold::default();
     (0..s.len())
         .map(|i| {
             if s.down[i] {
+                hold.clear();
                 RiskScore::exact(Probability::ONE)
             } else {
-                let x = features::compute(
-                    &Window::ending_at(&s.samples, i),
-                    features::history_at(i, &slots),
-                );
-                model.score(&x)
+                hold.push(s.ts(i), model.score(&s.features_at(&ctx, i)), model.hold_s)
             }
         })
         .collect()

@@ -6,7 +6,9 @@
 //! years of seconds. While an appliance is down its metric values are blanked: features only
 //! ever see telemetry of a working appliance, in files and in Postgres alike.
 
+use super::baseline::series_baselines;
 use super::failures::FailureLabels;
+use super::features::{self, Features, Window};
 use super::telemetry::{N_METRICS, Telemetry};
 
 /// One second of metrics as the feature code reads them; NaN means missing.
@@ -72,6 +74,34 @@ impl Series {
             }
         }
         out
+    }
+}
+
+/// What the features of a series need besides its window, computed once per series.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeriesContext {
+    /// Failures as (first down slot, first up slot after) pairs.
+    pub failures: Vec<(usize, usize)>,
+    /// rtt baseline per slot (NaN where none).
+    pub baselines: Vec<f64>,
+}
+
+impl Series {
+    /// The context for [`Series::features_at`].
+    pub fn context(&self) -> SeriesContext {
+        SeriesContext {
+            failures: self.failures.iter().map(|f| (f.start, f.end)).collect(),
+            baselines: series_baselines(self.start, &self.samples),
+        }
+    }
+
+    /// The feature vector of slot `i`, exactly as live scoring computes it at that second.
+    pub fn features_at(&self, ctx: &SeriesContext, i: usize) -> Features {
+        features::compute(
+            &Window::ending_at(&self.samples, i),
+            features::history_at(i, &ctx.failures),
+            ctx.baselines[i],
+        )
     }
 }
 
