@@ -50,6 +50,9 @@ pub struct TrainArgs {
     /// Threads.
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// A note for the model card (repeatable), e.g. how the data was made.
+    #[arg(long)]
+    note: Vec<String>,
 }
 
 pub async fn run(a: TrainArgs) -> CommandResult {
@@ -115,10 +118,11 @@ pub async fn run(a: TrainArgs) -> CommandResult {
         ..TrainOptions::default()
     };
     let progress = |msg: &str| eprintln!("[{:6.1}s] {msg}", started.elapsed().as_secs_f64());
-    let model = tokio::task::block_in_place(|| train(&all, &opts, &progress)).map_err(|e| match e {
+    let mut model = tokio::task::block_in_place(|| train(&all, &opts, &progress)).map_err(|e| match e {
         TrainError::NotEnoughData(_) | TrainError::Options(_) => CommandError::Input(e.to_string()),
         TrainError::Fit { .. } => CommandError::Failed(e.into()),
     })?;
+    model.card.notes.extend(a.note.iter().cloned());
     if let Some(dir) = a.out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }

@@ -19,7 +19,7 @@ pub mod failures;
 pub mod features;
 pub mod fleet;
 pub mod hold;
-// pub mod live;
+pub mod live;
 pub mod model;
 pub mod records;
 pub mod score;

@@ -388,7 +388,14 @@ fn fit_tree(
     cols.sort_unstable();
     let xs = Array2::from_shape_fn((rows.len(), cols.len()), |(i, j)| z[(rows[i], cols[j])]);
     let ys: Array1<bool> = rows.iter().map(|&i| y[i]).collect();
-    let ds = Dataset::new(xs, ys);
+    // Balance the classes by weight. The factor is deliberately not a ratio of small integers:
+    // linfa breaks ties between equally weighted classes by HashMap order, and then prunes
+    // differently from run to run; with such weights exact ties cannot happen.
+    let pos = ys.iter().filter(|l| **l).count().max(1) as f32;
+    let neg = (ys.len() as f32 - pos).max(1.0);
+    let w_pos = neg / pos * std::f32::consts::FRAC_PI_3;
+    let weights: Array1<f32> = ys.iter().map(|&l| if l { w_pos } else { 1.0 }).collect();
+    let ds = Dataset::new(xs, ys).with_weights(weights);
     let fitted = DecisionTree::params()
         .max_depth(Some(opts.tree_depth))
         .min_weight_split(40.0)
