@@ -23,6 +23,7 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000);
+    println!("(set RISK_BENCH_SUBJECTS=5000 for 10,000 subjects in total)");
     let model_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/default.json");
     let model = Model::load(&model_path).expect("models/default.json loads");
     println!("model {} ({} members)", model.version, model.members.len());
@@ -72,6 +73,36 @@ fn main() {
         fleet.len(),
         t0.elapsed().as_secs_f64()
     );
+
+    // Where the time goes: features alone, then the model alone, on one thread.
+    {
+        use shadowsteer::risk::features::{self, History, WINDOW_S, Window};
+        use shadowsteer::risk::series::Sample;
+        let run = sim.appliance(0);
+        let window: Vec<Sample> = run.rows[run.rows.len() - WINDOW_S..]
+            .iter()
+            .map(|r| r.values.map(|v| v as f32))
+            .collect();
+        let t = Instant::now();
+        let mut x = features::compute(&Window::new(&[], &window), History::default(), f64::NAN);
+        for _ in 0..fleet.len() {
+            x = std::hint::black_box(features::compute(
+                &Window::new(&[], std::hint::black_box(&window)),
+                History::default(),
+                f64::NAN,
+            ));
+        }
+        let feat_ms = t.elapsed().as_secs_f64() * 1000.0;
+        let t = Instant::now();
+        for _ in 0..fleet.len() {
+            std::hint::black_box(model.score(std::hint::black_box(&x)));
+        }
+        println!(
+            "breakdown for {} subjects on one thread: features {feat_ms:.1} ms, model {:.1} ms",
+            fleet.len(),
+            t.elapsed().as_secs_f64() * 1000.0
+        );
+    }
 
     for threads in [1, 2] {
         let mut times = Vec::new();

@@ -150,20 +150,44 @@ impl Acc {
         max: f64::NEG_INFINITY,
     };
 
+    /// Count and sum only: for means.
     #[inline]
-    fn add(&mut self, t: f64, x: f32) {
-        if x.is_nan() {
-            return;
+    fn add_mean(&mut self, x: f32) {
+        if !x.is_nan() {
+            self.n += 1.0;
+            self.sx += f64::from(x);
         }
-        let x = f64::from(x);
-        self.n += 1.0;
-        self.sx += x;
-        self.sxx += x * x;
-        self.st += t;
-        self.stt += t * t;
-        self.stx += t * x;
-        self.min = self.min.min(x);
-        self.max = self.max.max(x);
+    }
+
+    /// Adds what a slope needs (and the mean).
+    #[inline]
+    fn add_lin(&mut self, t: f64, x: f32) {
+        if !x.is_nan() {
+            let x = f64::from(x);
+            self.n += 1.0;
+            self.sx += x;
+            self.st += t;
+            self.stt += t * t;
+            self.stx += t * x;
+        }
+    }
+
+    /// Adds everything: mean, slope, standard deviation.
+    #[inline]
+    fn add_full(&mut self, t: f64, x: f32) {
+        if !x.is_nan() {
+            self.add_lin(t, x);
+            self.sxx += f64::from(x) * f64::from(x);
+        }
+    }
+
+    /// Tracks the extremes too (after one of the `add_*`).
+    #[inline]
+    fn add_range(&mut self, x: f32) {
+        if !x.is_nan() {
+            self.min = self.min.min(f64::from(x));
+            self.max = self.max.max(f64::from(x));
+        }
     }
 
     fn mean(&self) -> Option<f64> {
@@ -206,12 +230,16 @@ pub fn percentile(values: &mut [f64], q: f64) -> Option<f64> {
 }
 
 /// Feeds the last `k` samples of `w` to `f(t, sample)`, `t` = seconds before now (<= 0).
+/// Two plain loops rather than a chained iterator: this is the scorer's innermost loop.
 #[inline]
 fn each_tail(w: &Window<'_>, k: usize, mut f: impl FnMut(f64, &Sample)) {
     let (a, b) = w.tail(k);
-    let total = (a.len() + b.len()) as f64;
-    let mut t = 1.0 - total;
-    for s in a.iter().chain(b.iter()) {
+    let mut t = 1.0 - (a.len() + b.len()) as f64;
+    for s in a {
+        f(t, s);
+        t += 1.0;
+    }
+    for s in b {
         f(t, s);
         t += 1.0;
     }
@@ -229,10 +257,12 @@ const LOSS: usize = Metric::Loss as usize;
 /// Computes the feature vector of a window, the failure history and the rtt baseline (ms,
 /// NaN when unknown; see [`super::baseline`]).
 pub fn compute(w: &Window<'_>, h: History, rtt_baseline: f64) -> Features {
+    // Each span computes only the statistics the features below use: this function runs
+    // for every subject every second, so its passes are the scorer's cost.
     let mut short = [Acc::EMPTY; 8];
-    each_tail(w, SHORT, |t, s| {
+    each_tail(w, SHORT, |_, s| {
         for (acc, &x) in short.iter_mut().zip(s) {
-            acc.add(t, x);
+            acc.add_mean(x);
         }
     });
     let mut medium = [Acc::EMPTY; 8];
@@ -242,9 +272,15 @@ pub fn compute(w: &Window<'_>, h: History, rtt_baseline: f64) -> Features {
     let mut medium_len = 0.0;
     each_tail(w, MEDIUM, |t, s| {
         medium_len += 1.0;
-        for (acc, &x) in medium.iter_mut().zip(s) {
-            acc.add(t, x);
-        }
+        medium[CPU].add_full(t, s[CPU]);
+        medium[MEM].add_lin(t, s[MEM]);
+        medium[BW].add_lin(t, s[BW]);
+        medium[SESS].add_mean(s[SESS]);
+        medium[HSF].add_mean(s[HSF]);
+        medium[RTT].add_full(t, s[RTT]);
+        medium[JIT].add_mean(s[JIT]);
+        medium[LOSS].add_mean(s[LOSS]);
+        medium[LOSS].add_range(s[LOSS]);
         if !s[RTT].is_nan() {
             rtts[n_rtt] = f64::from(s[RTT]);
             n_rtt += 1;
@@ -253,13 +289,14 @@ pub fn compute(w: &Window<'_>, h: History, rtt_baseline: f64) -> Features {
             loss_events += 1.0;
         }
     });
-    // Long span: only the slow signals (memory, latency, sessions).
+    // Long span: only the slow signals (memory, latency, sessions) and loss events.
     let (mut mem_l, mut rtt_l, mut sess_l) = (Acc::EMPTY, Acc::EMPTY, Acc::EMPTY);
     let (mut loss_n, mut loss_ev_l, mut last_event) = (0.0, 0.0, None);
     each_tail(w, WINDOW_S, |t, s| {
-        mem_l.add(t, s[MEM]);
-        rtt_l.add(t, s[RTT]);
-        sess_l.add(t, s[SESS]);
+        mem_l.add_lin(t, s[MEM]);
+        mem_l.add_range(s[MEM]);
+        rtt_l.add_lin(t, s[RTT]);
+        sess_l.add_mean(s[SESS]);
         if !s[LOSS].is_nan() {
             loss_n += 1.0;
             if f64::from(s[LOSS]) >= LOSS_EVENT {

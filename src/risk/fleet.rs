@@ -286,13 +286,16 @@ impl Fleet {
 
     /// Scores every subject as of second `now` on up to `threads` threads.
     pub fn score(&mut self, model: &Model, now: i64, threads: usize) {
+        let before = self.subjects.len();
         self.subjects.retain(|s| now - s.last_seen <= FORGET_S);
-        self.index = self
-            .subjects
-            .iter()
-            .enumerate()
-            .map(|(i, s)| ((s.kind, s.id.clone()), i))
-            .collect();
+        if self.subjects.len() != before {
+            self.index = self
+                .subjects
+                .iter()
+                .enumerate()
+                .map(|(i, s)| ((s.kind, s.id.clone()), i))
+                .collect();
+        }
         let threads = threads.clamp(1, 64);
         let per = self.subjects.len().div_ceil(threads).max(1);
         let (down, history, advisories) = (&self.down, &self.history, &self.advisories);

@@ -457,9 +457,13 @@ impl Model {
         let out = &mut out[..n];
         self.members.raw(&z, out);
         let mean = out.iter().sum::<f64>() / n as f64;
-        out.sort_unstable_by(f64::total_cmp);
-        let q = |p: f64| out[((p * n as f64).ceil() as usize).clamp(1, n) - 1];
-        (mean, q(INTERVAL.0), q(INTERVAL.1))
+        // Nearest-rank quantiles; selecting the higher rank first leaves the lower one in the
+        // front part, so the second selection only searches there.
+        let rank = |p: f64| ((p * n as f64).ceil() as usize).clamp(1, n) - 1;
+        let (lo, hi) = (rank(INTERVAL.0), rank(INTERVAL.1));
+        let high = *out.select_nth_unstable_by(hi, f64::total_cmp).1;
+        let low = *out[..=hi].select_nth_unstable_by(lo, f64::total_cmp).1;
+        (mean, low, high)
     }
 
     /// The uncalibrated ensemble mean (what the calibration is fitted on).
