@@ -44,7 +44,13 @@ fn main() {
                 region: region.clone(),
                 appliance: id.clone(),
                 sec: r.ts,
-                values: [r.values[0], r.values[1], r.values[2], r.values[3], r.values[4]],
+                values: [
+                    r.values[0],
+                    r.values[1],
+                    r.values[2],
+                    r.values[3],
+                    r.values[4],
+                ],
             })
             .collect();
         // Each appliance probes itself (its own network columns) and one peer (a path).
@@ -60,7 +66,11 @@ fn main() {
                     sec: r.ts,
                     rtt_ms: r.values[5],
                     jitter_ms: r.values[6],
-                    loss: if r.values[7].is_nan() { 0.0 } else { r.values[7] },
+                    loss: if r.values[7].is_nan() {
+                        0.0
+                    } else {
+                        r.values[7]
+                    },
                 })
             })
             .collect();

@@ -31,11 +31,24 @@ fn p(path: &Path) -> &str {
 #[test]
 fn simulate_is_deterministic_for_a_seed() {
     let dir = tempfile::tempdir().unwrap();
-    let (a, b, c) = (dir.path().join("a.csv"), dir.path().join("b.csv"), dir.path().join("c.csv"));
+    let (a, b, c) = (
+        dir.path().join("a.csv"),
+        dir.path().join("b.csv"),
+        dir.path().join("c.csv"),
+    );
     for (file, seed) in [(&a, "5"), (&b, "5"), (&c, "6")] {
         let (code, out, err) = run(&[
-            "simulate", "--appliances", "3", "--hours", "0.5", "--seed", seed, "--out", p(file),
-            "--failures-per-day", "48",
+            "simulate",
+            "--appliances",
+            "3",
+            "--hours",
+            "0.5",
+            "--seed",
+            seed,
+            "--out",
+            p(file),
+            "--failures-per-day",
+            "48",
         ]);
         assert_eq!(code, 0, "{out}{err}");
     }
@@ -133,22 +146,48 @@ fn simulate_train_evaluate_score_from_the_command_line() {
     let (train_csv, test_csv) = (dir.path().join("train.csv"), dir.path().join("test.csv"));
     for (file, seed) in [(&train_csv, "1"), (&test_csv, "2")] {
         let (code, out, err) = run(&[
-            "simulate", "--appliances", "6", "--hours", "3", "--seed", seed, "--out", p(file),
-            "--failures-per-day", "36",
+            "simulate",
+            "--appliances",
+            "6",
+            "--hours",
+            "3",
+            "--seed",
+            seed,
+            "--out",
+            p(file),
+            "--failures-per-day",
+            "36",
         ]);
         assert_eq!(code, 0, "{out}{err}");
     }
     let model = dir.path().join("m.json");
     let (code, out, err) = run(&[
-        "train", "--data", p(&train_csv), "--out", p(&model), "--members", "2",
-        "--max-false-alarms", "20",
+        "train",
+        "--data",
+        p(&train_csv),
+        "--out",
+        p(&model),
+        "--members",
+        "2",
+        "--max-false-alarms",
+        "20",
     ]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(err.contains("fitting"), "progress is shown: {err}");
     let card = std::fs::read_to_string(dir.path().join("m.md")).unwrap();
-    assert!(card.contains("Operating threshold") && card.contains("baseline"), "{card}");
+    assert!(
+        card.contains("Operating threshold") && card.contains("baseline"),
+        "{card}"
+    );
 
-    let (code, out, err) = run(&["evaluate", "--model", p(&model), "--data", p(&test_csv), "--json"]);
+    let (code, out, err) = run(&[
+        "evaluate",
+        "--model",
+        p(&model),
+        "--data",
+        p(&test_csv),
+        "--json",
+    ]);
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     let keys = [
@@ -168,7 +207,15 @@ fn simulate_train_evaluate_score_from_the_command_line() {
     assert!(v["failures"].as_u64().unwrap() > 0);
 
     let scores = dir.path().join("scores.csv");
-    let (code, _, err) = run(&["score", "--model", p(&model), "--data", p(&test_csv), "--out", p(&scores)]);
+    let (code, _, err) = run(&[
+        "score",
+        "--model",
+        p(&model),
+        "--data",
+        p(&test_csv),
+        "--out",
+        p(&scores),
+    ]);
     assert_eq!(code, 0, "{err}");
     let text = std::fs::read_to_string(&scores).unwrap();
     let mut lines = text.lines();
@@ -177,5 +224,8 @@ fn simulate_train_evaluate_score_from_the_command_line() {
         .map(|l| l.split(',').skip(2).map(|x| x.parse().unwrap()).collect())
         .collect();
     assert_eq!(rows.len(), 6 * 3 * 3600);
-    assert!(rows.iter().all(|r| r[1] <= r[0] && r[0] <= r[2] && (0.0..=1.0).contains(&r[0])));
+    assert!(
+        rows.iter()
+            .all(|r| r[1] <= r[0] && r[0] <= r[2] && (0.0..=1.0).contains(&r[0]))
+    );
 }

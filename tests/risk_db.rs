@@ -33,8 +33,17 @@ async fn import_then_export_round_trips() {
     let (code, out, err) = common::run_cli(
         &db,
         &[
-            "simulate", "--appliances", "3", "--hours", "0.5", "--seed", "4", "--out", p(&sim),
-            "--failures-per-day", "150",
+            "simulate",
+            "--appliances",
+            "3",
+            "--hours",
+            "0.5",
+            "--seed",
+            "4",
+            "--out",
+            p(&sim),
+            "--failures-per-day",
+            "150",
         ],
     );
     assert_eq!(code, 0, "{out}{err}");
@@ -44,13 +53,22 @@ async fn import_then_export_round_trips() {
     // Importing again stores nothing new.
     let (code, again, err) = common::run_cli(&db, &["telemetry", "import", "--data", p(&sim)]);
     assert_eq!(code, 0, "{err}");
-    assert!(again.contains("imported 0 health rows, 0 probe rows and 0 failure events"), "{again}");
+    assert!(
+        again.contains("imported 0 health rows, 0 probe rows and 0 failure events"),
+        "{again}"
+    );
 
     let start = shadowsteer::risk::simulate::DEFAULT_START;
     let (code, out, err) = common::run_cli(
         &db,
         &[
-            "telemetry", "export", "--out", p(&back), "--from", &start.to_string(), "--to",
+            "telemetry",
+            "export",
+            "--out",
+            p(&back),
+            "--from",
+            &start.to_string(),
+            "--to",
             &(start + 1800).to_string(),
         ],
     );
@@ -59,7 +77,8 @@ async fn import_then_export_round_trips() {
     let a = dataset::load(&sim, None).unwrap();
     let b = dataset::load(&back, None).unwrap();
     assert_eq!(a.telemetry.appliances.len(), b.telemetry.appliances.len());
-    let key = |t: &shadowsteer::risk::telemetry::Telemetry, r: &shadowsteer::risk::telemetry::Row| {
+    let key = |t: &shadowsteer::risk::telemetry::Telemetry,
+               r: &shadowsteer::risk::telemetry::Row| {
         (t.appliances[r.appliance as usize].id.clone(), r.ts)
     };
     let exported: std::collections::HashMap<_, _> = b
@@ -196,8 +215,12 @@ async fn live_scoring_writes_and_notifies() {
         pr.push(probe("eu-1", "eu-2", ts));
         pr.push(probe("eu-2", "eu-1", ts));
     }
-    shadowsteer::store::telemetry::insert_health(&db.pool, &h).await.unwrap();
-    shadowsteer::store::telemetry::insert_probes(&db.pool, &pr).await.unwrap();
+    shadowsteer::store::telemetry::insert_health(&db.pool, &h)
+        .await
+        .unwrap();
+    shadowsteer::store::telemetry::insert_probes(&db.pool, &pr)
+        .await
+        .unwrap();
 
     let mut listener = listen(&db.url).await.unwrap();
     let model_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/default.json");
@@ -228,7 +251,10 @@ async fn live_scoring_writes_and_notifies() {
         assert_eq!(snap.model_version, model.version);
         assert_eq!(snap.scores.len(), 4);
         let metrics = snap.render_metrics();
-        assert!(metrics.contains("shadowsteer_risk_score{kind=\"appliance\",subject=\"eu-1\""), "{metrics}");
+        assert!(
+            metrics.contains("shadowsteer_risk_score{kind=\"appliance\",subject=\"eu-1\""),
+            "{metrics}"
+        );
     }
 
     // An open failure event: eu-2 is down, risk 1.

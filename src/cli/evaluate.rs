@@ -34,7 +34,9 @@ pub fn run(a: EvaluateArgs) -> CommandResult {
     let model = risk_input::load_model(&a.model)?;
     let thr = a.threshold.unwrap_or(model.threshold);
     if !(0.0..=1.0).contains(&thr) {
-        return Err(CommandError::Input(format!("--threshold {thr} is not in [0, 1]")));
+        return Err(CommandError::Input(format!(
+            "--threshold {thr} is not in [0, 1]"
+        )));
     }
     let mut series: Vec<Series> = Vec::new();
     for path in &a.data {

@@ -18,6 +18,8 @@ pub fn load_model(path: &Path) -> Result<Model, CommandError> {
 /// Loads a telemetry file (and its failures file); bad content is an input error.
 pub fn load_data(path: &Path) -> Result<Loaded, CommandError> {
     dataset::load(path, None).map_err(|e| match e {
-        DatasetError::Io { .. } | DatasetError::Invalid { .. } => CommandError::Input(e.to_string()),
+        DatasetError::Io { .. } | DatasetError::Invalid { .. } => {
+            CommandError::Input(e.to_string())
+        }
     })
 }

@@ -57,6 +57,10 @@ pub fn run(a: ScoreArgs) -> CommandResult {
         }
     }
     out.flush().context("writing")?;
-    eprintln!("scored {written} rows with {} into {}", model.version, a.out.display());
+    eprintln!(
+        "scored {written} rows with {} into {}",
+        model.version,
+        a.out.display()
+    );
     Ok(())
 }

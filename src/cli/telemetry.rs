@@ -46,7 +46,9 @@ fn parse_time(flag: &str, s: &str) -> Result<DateTime<Utc>, CommandError> {
     }
     DateTime::parse_from_rfc3339(s)
         .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| CommandError::Input(format!("{flag} {s:?}: {e} (use RFC 3339 or unix seconds)")))
+        .map_err(|e| {
+            CommandError::Input(format!("{flag} {s:?}: {e} (use RFC 3339 or unix seconds)"))
+        })
 }
 
 pub async fn run(cmd: TelemetryCommand) -> CommandResult {
@@ -54,12 +56,9 @@ pub async fn run(cmd: TelemetryCommand) -> CommandResult {
         TelemetryCommand::Import { data, db } => {
             let loaded = risk_input::load_data(&data)?;
             let database = db::open(&db).await?;
-            let counts = shadowsteer::store::risk::import(
-                &database.pool,
-                &loaded.telemetry,
-                &loaded.series,
-            )
-            .await;
+            let counts =
+                shadowsteer::store::risk::import(&database.pool, &loaded.telemetry, &loaded.series)
+                    .await;
             database.close().await;
             let c = counts.context("importing")?;
             println!(

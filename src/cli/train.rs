@@ -62,7 +62,9 @@ pub async fn run(a: TrainArgs) -> CommandResult {
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .filter(|s| !s.is_empty() && s.len() <= 100)
-        .ok_or_else(|| CommandError::Input(format!("--out {} needs a file name", a.out.display())))?;
+        .ok_or_else(|| {
+            CommandError::Input(format!("--out {} needs a file name", a.out.display()))
+        })?;
     let mut kinds = Vec::new();
     for m in &a.models {
         kinds.push(match m.as_str() {
@@ -89,16 +91,28 @@ pub async fn run(a: TrainArgs) -> CommandResult {
         let (telemetry, labels) = exported.context("reading telemetry from the database")?;
         rows = telemetry.rows.len() as u64;
         all = series::build(&telemetry, Some(&labels));
-        sources.push(format!("database: {} to {}", from.to_rfc3339(), to.to_rfc3339()));
+        sources.push(format!(
+            "database: {} to {}",
+            from.to_rfc3339(),
+            to.to_rfc3339()
+        ));
     } else {
         for path in &a.data {
-            eprintln!("[{:6.1}s] reading {}", started.elapsed().as_secs_f64(), path.display());
+            eprintln!(
+                "[{:6.1}s] reading {}",
+                started.elapsed().as_secs_f64(),
+                path.display()
+            );
             let loaded = risk_input::load_data(path)?;
             rows += loaded.telemetry.rows.len() as u64;
             sources.push(format!(
                 "{}{}",
                 path.display(),
-                if loaded.labels.is_some() { " (with failure labels)" } else { "" }
+                if loaded.labels.is_some() {
+                    " (with failure labels)"
+                } else {
+                    ""
+                }
             ));
             all.extend(loaded.series);
         }
@@ -118,10 +132,13 @@ pub async fn run(a: TrainArgs) -> CommandResult {
         ..TrainOptions::default()
     };
     let progress = |msg: &str| eprintln!("[{:6.1}s] {msg}", started.elapsed().as_secs_f64());
-    let mut model = tokio::task::block_in_place(|| train(&all, &opts, &progress)).map_err(|e| match e {
-        TrainError::NotEnoughData(_) | TrainError::Options(_) => CommandError::Input(e.to_string()),
-        TrainError::Fit { .. } => CommandError::Failed(e.into()),
-    })?;
+    let mut model =
+        tokio::task::block_in_place(|| train(&all, &opts, &progress)).map_err(|e| match e {
+            TrainError::NotEnoughData(_) | TrainError::Options(_) => {
+                CommandError::Input(e.to_string())
+            }
+            TrainError::Fit { .. } => CommandError::Failed(e.into()),
+        })?;
     model.card.notes.extend(a.note.iter().cloned());
     if let Some(dir) = a.out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;

@@ -84,7 +84,6 @@ impl TryFrom<RawRiskSection> for RiskSection {
     }
 }
 
-
 fn default_enabled() -> bool {
     true
 }

@@ -346,9 +346,9 @@ fn classified(series: &[Scored<'_>], horizon: usize) -> Vec<(f64, Class)> {
                 *c = Class::Positive(f.precursor);
             }
         }
-        for i in 0..s.scores.len() {
-            if !s.down[i] {
-                out.push((s.scores[i], class[i]));
+        for ((&score, &down), &c) in s.scores.iter().zip(s.down).zip(&class) {
+            if !down {
+                out.push((score, c));
             }
         }
     }

@@ -70,7 +70,12 @@ pub fn read_failures(input: impl BufRead) -> Result<FailureLabels, TelemetryErro
         let line = line.trim_end_matches('\r');
         if line_no == 1 {
             if line.trim_start_matches('\u{feff}') != FAILURES_HEADER {
-                push_err(&mut errors, 1, 1, format!("header must be exactly {FAILURES_HEADER:?}"));
+                push_err(
+                    &mut errors,
+                    1,
+                    1,
+                    format!("header must be exactly {FAILURES_HEADER:?}"),
+                );
                 break;
             }
             continue;
@@ -80,36 +85,59 @@ pub fn read_failures(input: impl BufRead) -> Result<FailureLabels, TelemetryErro
         }
         let f: Vec<&str> = line.split(',').collect();
         if f.len() != FAILURE_COLUMNS {
-            push_err(&mut errors, 
+            push_err(
+                &mut errors,
                 line_no,
                 f.len().min(FAILURE_COLUMNS) + 1,
                 format!("expected {FAILURE_COLUMNS} fields, found {}", f.len()),
             );
             continue;
         }
-        let appliance = ApplianceId::new(f[0]).map_err(|e| push_err(&mut errors, line_no, 1, e.to_string()));
-        let ts = f[1]
-            .parse::<i64>()
-            .map_err(|_| push_err(&mut errors, line_no, 2, format!("{:?} is not unix seconds", f[1])));
+        let appliance =
+            ApplianceId::new(f[0]).map_err(|e| push_err(&mut errors, line_no, 1, e.to_string()));
+        let ts = f[1].parse::<i64>().map_err(|_| {
+            push_err(
+                &mut errors,
+                line_no,
+                2,
+                format!("{:?} is not unix seconds", f[1]),
+            )
+        });
         if !is_kind(f[2]) {
-            push_err(&mut errors, 
+            push_err(
+                &mut errors,
                 line_no,
                 3,
-                format!("{:?} is not a kind (lowercase letters, digits, _ and -)", f[2]),
+                format!(
+                    "{:?} is not a kind (lowercase letters, digits, _ and -)",
+                    f[2]
+                ),
             );
         }
         let precursor = match f[3] {
             "" => Ok(None),
             "0" => Ok(Some(false)),
             "1" => Ok(Some(true)),
-            other => Err(push_err(&mut errors, line_no, 4, format!("{other:?} is not 0, 1 or empty"))),
+            other => {
+                push_err(
+                    &mut errors,
+                    line_no,
+                    4,
+                    format!("{other:?} is not 0, 1 or empty"),
+                );
+                Err(())
+            }
         };
         let precursor_s = match f[4] {
             "" => Ok(None),
-            s => s
-                .parse::<u32>()
-                .map(Some)
-                .map_err(|_| push_err(&mut errors, line_no, 5, format!("{s:?} is not a number of seconds"))),
+            s => s.parse::<u32>().map(Some).map_err(|_| {
+                push_err(
+                    &mut errors,
+                    line_no,
+                    5,
+                    format!("{s:?} is not a number of seconds"),
+                )
+            }),
         };
         if let (Ok(appliance), Ok(ts), Ok(precursor), Ok(precursor_s), true) =
             (appliance, ts, precursor, precursor_s, is_kind(f[2]))
@@ -148,11 +176,7 @@ pub fn write_failures(out: &mut impl Write, labels: &[FailureLabel]) -> std::io:
             None => "",
         };
         let len = l.precursor_s.map(|s| s.to_string()).unwrap_or_default();
-        writeln!(
-            out,
-            "{},{},{},{precursor},{len}",
-            l.appliance, l.ts, l.kind
-        )?;
+        writeln!(out, "{},{},{},{precursor},{len}", l.appliance, l.ts, l.kind)?;
     }
     Ok(())
 }

@@ -377,7 +377,11 @@ pub fn compute(w: &Window<'_>, h: History, rtt_baseline: f64) -> Features {
         f64::from(h.failures_last_hour),
         vs_hour(rtt10),
         vs_hour(p95),
-        if loss_n > 0.0 { loss_ev_l / loss_n } else { 0.0 },
+        if loss_n > 0.0 {
+            loss_ev_l / loss_n
+        } else {
+            0.0
+        },
         last_event.map_or(1.0, |age: f64| age / WINDOW_S as f64),
     ]
 }
@@ -431,8 +435,16 @@ mod tests {
         let samples: Vec<Sample> = (0..60)
             .map(|i| sample(|s| s[CPU] = i as f32 * 0.01))
             .collect();
-        let f = compute(&Window::ending_at(&samples, 59), History::default(), f64::NAN);
-        assert!((f[idx("cpu_slope60")] - 0.6).abs() < 1e-4, "{}", f[idx("cpu_slope60")]);
+        let f = compute(
+            &Window::ending_at(&samples, 59),
+            History::default(),
+            f64::NAN,
+        );
+        assert!(
+            (f[idx("cpu_slope60")] - 0.6).abs() < 1e-4,
+            "{}",
+            f[idx("cpu_slope60")]
+        );
         assert!((f[idx("cpu_mean10")] - 0.545).abs() < 1e-5);
         assert!((f[idx("cpu_mean60")] - 0.295).abs() < 1e-5);
         // Population std of 0, 0.01, ..., 0.59 = 0.01 * sqrt((60^2 - 1) / 12).
@@ -459,7 +471,11 @@ mod tests {
                 })
             })
             .collect();
-        let f = compute(&Window::ending_at(&samples, 299), History::default(), f64::NAN);
+        let f = compute(
+            &Window::ending_at(&samples, 299),
+            History::default(),
+            f64::NAN,
+        );
         assert_eq!(f[idx("rtt_mean10")], 20.0);
         // 200 values present: 193 at 10 ms and 7 at 20 ms (i % 3 != 0 among 290..300 -> 7).
         let base = (193.0 * 10.0 + 7.0 * 20.0) / 200.0;
@@ -489,7 +505,11 @@ mod tests {
                 })
             })
             .collect();
-        let whole = compute(&Window::ending_at(&samples, 399), History::default(), f64::NAN);
+        let whole = compute(
+            &Window::ending_at(&samples, 399),
+            History::default(),
+            f64::NAN,
+        );
         let split = compute(
             &Window::new(&samples[..250], &samples[250..]),
             History::default(),

@@ -18,11 +18,11 @@ use serde::Serialize;
 use super::baseline::MinuteSums;
 use super::features::{self, History, WINDOW_S, Window};
 use super::hold::Hold;
-use super::telemetry::Metric;
 use super::model::Model;
+use super::records::{FailureEvent, HealthSecond, ProbeSecond, ScoreRow, network_seconds};
 use super::series::{MISSING, Sample};
+use super::telemetry::Metric;
 use crate::domain::{Probability, RiskScore};
-use super::records::{FailureEvent, HealthSecond, ProbeSecond, ScoreRow};
 
 /// A subject not heard from for this long is forgotten.
 const FORGET_S: i64 = 3600;
@@ -198,7 +198,14 @@ impl Fleet {
     }
 
     /// Records a score as already stored (e.g. read at start), so it is not rewritten.
-    pub fn handle_stored(&mut self, kind: SubjectKind, id: &str, region: &str, score: f64, now: i64) {
+    pub fn handle_stored(
+        &mut self,
+        kind: SubjectKind,
+        id: &str,
+        region: &str,
+        score: f64,
+        now: i64,
+    ) {
         self.subject(kind, id, region, now).written = Some(score);
     }
 
@@ -215,47 +222,18 @@ impl Fleet {
     /// Adds per-second probes: each appliance's network metrics are the mean over probes to
     /// it; each path between different ends is a subject of its own.
     pub fn handle_probes(&mut self, rows: &[ProbeSecond]) {
-        let mut net: HashMap<(&str, i64), (&str, [f64; 6])> = HashMap::new();
-        for p in rows {
-            if p.dst_kind == "appliance" {
-                let e = net
-                    .entry((p.dst.as_str(), p.sec))
-                    .or_insert((p.region.as_str(), [0.0; 6]));
-                if !p.rtt_ms.is_nan() {
-                    e.1[0] += p.rtt_ms;
-                    e.1[1] += 1.0;
-                }
-                if !p.jitter_ms.is_nan() {
-                    e.1[2] += p.jitter_ms;
-                    e.1[3] += 1.0;
-                }
-                e.1[4] += p.loss;
-                e.1[5] += 1.0;
-            }
-            if p.src != p.dst {
-                let id = format!("{}>{}", p.src, p.dst);
-                let v = [p.rtt_ms as f32, p.jitter_ms as f32, p.loss as f32];
-                self.subject(SubjectKind::Path, &id, &p.region, p.sec)
-                    .ring
-                    .put(p.sec, 5..8, &v);
-            }
-        }
-        let mean = |s: f64, n: f64| if n > 0.0 { (s / n) as f32 } else { f32::NAN };
-        let net: Vec<_> = net
-            .into_iter()
-            .map(|((dst, sec), (region, a))| {
-                (
-                    dst.to_owned(),
-                    region.to_owned(),
-                    sec,
-                    [mean(a[0], a[1]), mean(a[2], a[3]), mean(a[4], a[5])],
-                )
-            })
-            .collect();
-        for (dst, region, sec, v) in net {
-            self.subject(SubjectKind::Appliance, &dst, &region, sec)
+        for p in rows.iter().filter(|p| p.src != p.dst) {
+            let id = format!("{}>{}", p.src, p.dst);
+            let v = [p.rtt_ms as f32, p.jitter_ms as f32, p.loss as f32];
+            self.subject(SubjectKind::Path, &id, &p.region, p.sec)
                 .ring
-                .put(sec, 5..8, &v);
+                .put(p.sec, 5..8, &v);
+        }
+        for n in network_seconds(rows) {
+            let v = [n.rtt_ms as f32, n.jitter_ms as f32, n.loss as f32];
+            self.subject(SubjectKind::Appliance, n.appliance, n.region, n.sec)
+                .ring
+                .put(n.sec, 5..8, &v);
         }
     }
 
@@ -321,7 +299,13 @@ impl Fleet {
     /// Rows worth writing for `region`: scores never written, or moved by more than `epsilon`
     /// since written (all of them when `rewrite_all`, e.g. after a model change); at most
     /// `max`, largest moves first.
-    pub fn poll_writes(&self, region: &str, epsilon: f64, max: usize, rewrite_all: bool) -> Vec<ScoreRow> {
+    pub fn poll_writes(
+        &self,
+        region: &str,
+        epsilon: f64,
+        max: usize,
+        rewrite_all: bool,
+    ) -> Vec<ScoreRow> {
         let mut moved: Vec<(f64, &Subject, RiskScore)> = self
             .subjects
             .iter()
@@ -438,7 +422,11 @@ mod tests {
         r.put(500, 0..1, &[1.0]);
         r.advance(2000);
         let empty = features::compute(&r.window(), History::default(), f64::NAN);
-        let none = features::compute(&Window::new(&[], &[MISSING; WINDOW_S]), History::default(), f64::NAN);
+        let none = features::compute(
+            &Window::new(&[], &[MISSING; WINDOW_S]),
+            History::default(),
+            f64::NAN,
+        );
         assert_eq!(empty, none);
     }
 
@@ -513,11 +501,18 @@ mod tests {
         }]);
         f.score(&model, 101, 2);
         let rows = f.poll_writes("eu", 0.02, 10, false);
-        assert_eq!(rows.len(), 3, "first round writes every subject of the region");
+        assert_eq!(
+            rows.len(),
+            3,
+            "first round writes every subject of the region"
+        );
         assert!((rows[0].score.value().get() - 0.2).abs() < 1e-9);
         f.handle_written(&rows);
         f.score(&model, 102, 2);
-        assert!(f.poll_writes("eu", 0.02, 10, false).is_empty(), "nothing moved");
+        assert!(
+            f.poll_writes("eu", 0.02, 10, false).is_empty(),
+            "nothing moved"
+        );
         assert_eq!(f.poll_writes("eu", 0.02, 10, true).len(), 3);
         // An advisory of 0.5 on "b" moves it to 1 - 0.8 * 0.5 = 0.6; a region advisory moves all.
         f.handle_advisories(vec![(AdvisoryTarget::Appliance("b".into()), 0.5)]);

@@ -29,10 +29,9 @@ impl Hold {
             self.recent.pop_front();
         }
         self.recent.push_back((sec, score));
-        self.recent
-            .iter()
-            .map(|(_, s)| *s)
-            .fold(score, |best, s| if s.value() > best.value() { s } else { best })
+        self.recent.iter().map(|(_, s)| *s).fold(score, |best, s| {
+            if s.value() > best.value() { s } else { best }
+        })
     }
 
     /// Forgets everything (the subject went down).
@@ -54,7 +53,12 @@ pub fn hold_values(values: &[f64], down: &[bool], hold_s: u32) -> Vec<f64> {
         }
         since_down += 1;
         let from = i + 1 - h.min(since_down);
-        out.push(values[from..=i].iter().copied().fold(f64::NEG_INFINITY, f64::max));
+        out.push(
+            values[from..=i]
+                .iter()
+                .copied()
+                .fold(f64::NEG_INFINITY, f64::max),
+        );
     }
     out
 }
@@ -94,7 +98,11 @@ mod tests {
                 h.clear();
                 continue;
             }
-            assert_eq!(h.push(i as i64, s(vals[i]), 4).value().get(), batch[i], "slot {i}");
+            assert_eq!(
+                h.push(i as i64, s(vals[i]), 4).value().get(),
+                batch[i],
+                "slot {i}"
+            );
         }
     }
 }

@@ -201,13 +201,15 @@ async fn run_round(
         let probes = db::probe_seconds(pool, from, now).await?;
         let events =
             db::failure_events(pool, now - chrono::Duration::seconds(HISTORY_S), now).await?;
-        let advisories = inventory::list_advisories(pool).await.map_err(|e| match e {
-            inventory::InventoryError::Store(s) => s,
-            other => StoreError::InvalidRow {
-                table: "advisories",
-                message: other.to_string(),
-            },
-        })?;
+        let advisories = inventory::list_advisories(pool)
+            .await
+            .map_err(|e| match e {
+                inventory::InventoryError::Store(s) => s,
+                other => StoreError::InvalidRow {
+                    table: "advisories",
+                    message: other.to_string(),
+                },
+            })?;
         Ok::<_, StoreError>((health, probes, events, advisories))
     };
     let (health, probes, events, advisories) = match reads.await {

@@ -169,7 +169,8 @@ impl Members {
         match self {
             Self::Logistic(ms) => {
                 for (m, o) in ms.iter().zip(out) {
-                    let s: f64 = m.intercept + m.weights.iter().zip(z).map(|(w, x)| w * x).sum::<f64>();
+                    let s: f64 =
+                        m.intercept + m.weights.iter().zip(z).map(|(w, x)| w * x).sum::<f64>();
                     *o = sigmoid(s);
                 }
             }
@@ -358,13 +359,19 @@ impl Model {
     pub fn validate(&self) -> Result<(), ModelError> {
         let bad = |m: String| Err(ModelError::Invalid(m));
         if self.format != FORMAT {
-            return bad(format!("format {} (this build reads {FORMAT})", self.format));
+            return bad(format!(
+                "format {} (this build reads {FORMAT})",
+                self.format
+            ));
         }
         if self.features != FEATURE_NAMES {
             return bad("features differ from this build's feature list; retrain".into());
         }
         if self.window_s as usize != WINDOW_S {
-            return bad(format!("window {} s, this build uses {WINDOW_S} s", self.window_s));
+            return bad(format!(
+                "window {} s, this build uses {WINDOW_S} s",
+                self.window_s
+            ));
         }
         if self.horizon_s == 0 || self.horizon_s > 86_400 {
             return bad(format!("horizon {} s is not in 1..=86400", self.horizon_s));
@@ -395,7 +402,9 @@ impl Model {
         match &self.members {
             Members::Logistic(ms) => {
                 for (i, m) in ms.iter().enumerate() {
-                    if m.weights.len() != N_FEATURES || !finite(&m.weights) || !m.intercept.is_finite()
+                    if m.weights.len() != N_FEATURES
+                        || !finite(&m.weights)
+                        || !m.intercept.is_finite()
                     {
                         return bad(format!("member {i}: needs {N_FEATURES} finite weights"));
                     }
@@ -477,7 +486,8 @@ impl Model {
         let p = self.calibration.apply(mean);
         let low = self.calibration.apply(lo).min(p);
         let high = self.calibration.apply(hi).max(p);
-        RiskScore::new(p, low, high).unwrap_or_else(|_| RiskScore::exact(Probability::saturating(p)))
+        RiskScore::new(p, low, high)
+            .unwrap_or_else(|_| RiskScore::exact(Probability::saturating(p)))
     }
 }
 
@@ -541,7 +551,12 @@ mod tests {
             }],
         };
         assert!(check_tree(&cyclic).is_err());
-        assert!(check_tree(&Tree { nodes: vec![Node::Leaf(1.5)] }).is_err());
+        assert!(
+            check_tree(&Tree {
+                nodes: vec![Node::Leaf(1.5)]
+            })
+            .is_err()
+        );
     }
 
     #[test]

@@ -190,7 +190,10 @@ mod tests {
         assert_eq!(s.len(), 2, "a gap over 300 s starts a new series");
         assert_eq!(s[0].len(), 7);
         assert!(s[0].samples[1][0].is_nan());
-        assert_eq!(s[0].down, vec![false, false, false, false, true, true, false]);
+        assert_eq!(
+            s[0].down,
+            vec![false, false, false, false, true, true, false]
+        );
         assert_eq!(
             s[0].failures,
             vec![FailureSpan {
@@ -200,7 +203,10 @@ mod tests {
                 precursor: None
             }]
         );
-        assert!(s[1].failures.is_empty(), "a series starting down has no observed failure");
+        assert!(
+            s[1].failures.is_empty(),
+            "a series starting down has no observed failure"
+        );
         assert_eq!(
             s[0].labels(2),
             vec![false, false, true, true, false, false, false]

@@ -296,13 +296,11 @@ impl Simulator {
             let ts = cfg.start + t as i64;
             // Regional outage overrides everything.
             let outage = active(&region.outages, t).is_some();
-            if let Some(until) = down_until {
-                if t >= until && !outage {
-                    down_until = None;
-                    mem_base = rng.gen_range(0.3..0.5);
-                    ar_load = 0.0;
-                    ar_rtt = 0.0;
-                }
+            if down_until.is_some_and(|until| t >= until) && !outage {
+                down_until = None;
+                mem_base = rng.gen_range(0.3..0.5);
+                ar_load = 0.0;
+                ar_rtt = 0.0;
             }
             let was_down = rows.last().is_some_and(|r: &Row| r.down);
             if outage && down_until.is_none() {
@@ -330,7 +328,10 @@ impl Simulator {
                     ts,
                     kind: p.kind.name().into(),
                     precursor: Some(p.kind.has_precursor()),
-                    precursor_s: p.kind.has_precursor().then_some((p.fail_at - p.begin) as u32),
+                    precursor_s: p
+                        .kind
+                        .has_precursor()
+                        .then_some((p.fail_at - p.begin) as u32),
                 });
             }
             if down_until.is_some() {

@@ -339,11 +339,7 @@ fn parse_line(
             errors,
             line_no,
             column,
-            format!(
-                "expected {} fields, found {}",
-                COLUMNS.len(),
-                fields.len()
-            ),
+            format!("expected {} fields, found {}", COLUMNS.len(), fields.len()),
         );
         return None;
     }
@@ -369,7 +365,8 @@ fn parse_line(
             0
         }
     };
-    let appliance = ApplianceId::new(fields[1]).map_err(|e| push(errors, line_no, 2, e.to_string()));
+    let appliance =
+        ApplianceId::new(fields[1]).map_err(|e| push(errors, line_no, 2, e.to_string()));
     let region = RegionId::new(fields[2]).map_err(|e| push(errors, line_no, 3, e.to_string()));
     let mut values = [f64::NAN; N_METRICS];
     for m in Metric::ALL {
@@ -502,7 +499,10 @@ mod tests {
         assert!(t.rows[0].down);
         assert_eq!(t.rows[1].ts, 11);
         assert_eq!(t.rows[1].get(Metric::RttMs), Some(12.5));
-        assert_eq!(t.appliances[t.rows[2].appliance as usize].id.as_str(), "us-1");
+        assert_eq!(
+            t.appliances[t.rows[2].appliance as usize].id.as_str(),
+            "us-1"
+        );
     }
 
     #[test]
@@ -515,9 +515,7 @@ mod tests {
         );
         let errs = read(&text).unwrap_err();
         assert_eq!(
-            errs.iter()
-                .map(|e| (e.line, e.column))
-                .collect::<Vec<_>>(),
+            errs.iter().map(|e| (e.line, e.column)).collect::<Vec<_>>(),
             vec![(3, 4), (4, 7), (4, 12)]
         );
         assert_eq!(
@@ -545,9 +543,8 @@ mod tests {
         let errs = read("ts,appliance,zone\n").unwrap_err();
         assert_eq!((errs[0].line, errs[0].column), (1, 3));
         assert_eq!((read("").unwrap_err()[0].line), 1);
-        let text = format!(
-            "{HEADER}\n10,eu-1,eu,,,,,,,,,0\n10,eu-1,eu,,,,,,,,,0\n11,eu-1,us,,,,,,,,,0\n"
-        );
+        let text =
+            format!("{HEADER}\n10,eu-1,eu,,,,,,,,,0\n10,eu-1,eu,,,,,,,,,0\n11,eu-1,us,,,,,,,,,0\n");
         let errs = read(&text).unwrap_err();
         assert_eq!((errs[0].line, errs[0].column), (4, 3));
         let text = format!("{HEADER}\n10,eu-1,eu,,,,,,,,,0\n10,eu-1,eu,,,,,,,,,0\n");

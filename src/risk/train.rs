@@ -24,8 +24,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::evaluate::{self, Group, Scored};
-use super::hold::hold_values;
 use super::features::{FEATURE_NAMES, Features, N_FEATURES, WINDOW_S};
+use super::hold::hold_values;
 use super::model::{
     Candidate, Linear, Members, Model, ModelCard, ModelKind, Node, Platt, Scaler, Tree, logit,
 };
@@ -171,9 +171,9 @@ fn sample_rows(series: &[Series], split: &TimeSplit, opts: &TrainOptions) -> Sam
     let mut neg = 0usize;
     let labels: Vec<Vec<bool>> = series.iter().map(|s| s.labels(opts.horizon_s)).collect();
     for (s, l) in series.iter().zip(&labels) {
-        for i in 0..s.len() {
-            if !s.down[i] && split.side(s.ts(i)) == Side::Train {
-                if l[i] {
+        for (i, (&down, &label)) in s.down.iter().zip(l).enumerate() {
+            if !down && split.side(s.ts(i)) == Side::Train {
+                if label {
                     pos += 1;
                 } else {
                     neg += 1;
@@ -191,14 +191,14 @@ fn sample_rows(series: &[Series], split: &TimeSplit, opts: &TrainOptions) -> Sam
     let mut y = Vec::new();
     for (s, l) in series.iter().zip(&labels) {
         let ctx = s.context();
-        for i in 0..s.len() {
-            if s.down[i] || split.side(s.ts(i)) != Side::Train {
+        for (i, (&down, &label)) in s.down.iter().zip(l).enumerate() {
+            if down || split.side(s.ts(i)) != Side::Train {
                 continue;
             }
-            let keep = if l[i] { p_pos } else { p_neg };
+            let keep = if label { p_pos } else { p_neg };
             if rng.r#gen::<f64>() < keep {
                 x.push(s.features_at(&ctx, i));
-                y.push(l[i]);
+                y.push(label);
             }
         }
     }
@@ -421,7 +421,12 @@ fn validation_offset(s: &Series, split: &TimeSplit) -> Option<usize> {
     (off < s.len()).then_some(off)
 }
 
-fn score_validation(series: &[Series], split: &TimeSplit, model: &Model, threads: usize) -> ValidationScores {
+fn score_validation(
+    series: &[Series],
+    split: &TimeSplit,
+    model: &Model,
+    threads: usize,
+) -> ValidationScores {
     let per: Vec<(usize, Vec<f64>)> = parallel(series.len(), threads, |k| {
         let s = &series[k];
         let Some(off) = validation_offset(s, split) else {
@@ -554,9 +559,7 @@ fn choose_threshold(scored: &[Scored<'_>], candidates: &[f64], max_fa: f64, grou
             }
         }
     }
-    best.map(|b| b.2)
-        .or(least_fa.map(|l| l.1))
-        .unwrap_or(0.5)
+    best.map(|b| b.2).or(least_fa.map(|l| l.1)).unwrap_or(0.5)
 }
 
 /// Trains every requested family, keeps the best, and returns it with its card.
@@ -570,7 +573,9 @@ pub fn train(
         return Err(TrainError::Options("no model family to train".into()));
     }
     if !(0.05..=0.9).contains(&opts.validation_share) {
-        return Err(TrainError::Options("validation share must be in 0.05..=0.9".into()));
+        return Err(TrainError::Options(
+            "validation share must be in 0.05..=0.9".into(),
+        ));
     }
     let horizon = opts.horizon_s;
     let split = TimeSplit::for_series(series, opts.validation_share, horizon);
@@ -650,7 +655,10 @@ pub fn train(
             hold_s: opts.hold_s,
             card: ModelCard::empty(),
         };
-        progress(&format!("scoring the validation period with {}", kind.name()));
+        progress(&format!(
+            "scoring the validation period with {}",
+            kind.name()
+        ));
         let v = score_validation(series, &split, &model, opts.threads);
         let t = tails(series, &v);
         model.calibration = fit_platt(&v.raw, &t, horizon)?;
@@ -724,8 +732,14 @@ pub fn train(
         series: series.len(),
         failures: [
             failures.len(),
-            failures.iter().filter(|f| f.precursor == Some(true)).count(),
-            failures.iter().filter(|f| f.precursor == Some(false)).count(),
+            failures
+                .iter()
+                .filter(|f| f.precursor == Some(true))
+                .count(),
+            failures
+                .iter()
+                .filter(|f| f.precursor == Some(false))
+                .count(),
         ],
         split: format!(
             "by time: fitted on seconds t with t + {horizon} < {cut} (labels end before the cut), \
@@ -839,13 +853,18 @@ mod tests {
         assert!(!sampled.x.is_empty());
         assert!(sampled.y.iter().any(|l| *l));
         for row in &sampled.x {
-            assert!(row.iter().all(|v| v.is_finite()), "future data leaked: {row:?}");
+            assert!(
+                row.iter().all(|v| v.is_finite()),
+                "future data leaked: {row:?}"
+            );
         }
     }
 
     #[test]
     fn converted_logistic_matches_linfa() {
-        let x = Array2::from_shape_fn((200, N_FEATURES), |(i, j)| ((i * 7 + j * 3) % 11) as f64 / 5.0 - 1.0);
+        let x = Array2::from_shape_fn((200, N_FEATURES), |(i, j)| {
+            ((i * 7 + j * 3) % 11) as f64 / 5.0 - 1.0
+        });
         let y: Vec<bool> = (0..200).map(|i| (i * 7) % 11 > 5).collect();
         let ds = Dataset::new(x.clone(), Array1::from(y.clone()));
         let fitted = LogisticRegression::default().alpha(1e-3).fit(&ds).unwrap();

@@ -19,10 +19,9 @@ use chrono::{DateTime, TimeZone, Utc};
 use sqlx::PgPool;
 
 use super::StoreError;
-use crate::domain::{
-    ApplianceHealth, ApplianceId, Fraction, PathProbe, ProbeTarget, RegionId,
-};
+use crate::domain::{ApplianceHealth, ApplianceId, Fraction, PathProbe, ProbeTarget, RegionId};
 use crate::risk::failures::{FailureLabel, FailureLabels};
+use crate::risk::records::network_seconds;
 pub use crate::risk::records::{FailureEvent, HealthSecond, ProbeSecond, ScoreRow};
 use crate::risk::series::Series;
 use crate::risk::telemetry::{ApplianceInfo, Metric, N_METRICS, Row, Telemetry};
@@ -143,19 +142,20 @@ pub async fn export(
     let events = failure_events(pool, from, to).await?;
     let mut t = Telemetry::default();
     let mut index: HashMap<String, u32> = HashMap::new();
-    let mut intern = |t: &mut Telemetry, id: &str, region: &str, table| -> Result<u32, StoreError> {
-        if let Some(&i) = index.get(id) {
-            return Ok(i);
-        }
-        let info = ApplianceInfo {
-            id: ApplianceId::new(id).map_err(|e| bad_row(table, e))?,
-            region: RegionId::new(region).map_err(|e| bad_row(table, e))?,
+    let mut intern =
+        |t: &mut Telemetry, id: &str, region: &str, table| -> Result<u32, StoreError> {
+            if let Some(&i) = index.get(id) {
+                return Ok(i);
+            }
+            let info = ApplianceInfo {
+                id: ApplianceId::new(id).map_err(|e| bad_row(table, e))?,
+                region: RegionId::new(region).map_err(|e| bad_row(table, e))?,
+            };
+            let i = t.appliances.len() as u32;
+            t.appliances.push(info);
+            index.insert(id.to_owned(), i);
+            Ok(i)
         };
-        let i = t.appliances.len() as u32;
-        t.appliances.push(info);
-        index.insert(id.to_owned(), i);
-        Ok(i)
-    };
     let mut rows: BTreeMap<(u32, i64), Row> = BTreeMap::new();
     let blank = |appliance, ts| Row {
         ts,
@@ -169,26 +169,12 @@ pub async fn export(
         row.values[..5].copy_from_slice(&h.values);
     }
     // Network columns: mean over every probe of the appliance in that second.
-    let mut net: BTreeMap<(u32, i64), (f64, f64, f64, f64, f64, f64)> = BTreeMap::new();
-    for p in probes.iter().filter(|p| p.dst_kind == "appliance") {
-        let a = intern(&mut t, &p.dst, &p.region, "path_probes")?;
-        let e = net.entry((a, p.sec)).or_default();
-        if !p.rtt_ms.is_nan() {
-            e.0 += p.rtt_ms;
-            e.1 += 1.0;
-        }
-        if !p.jitter_ms.is_nan() {
-            e.2 += p.jitter_ms;
-            e.3 += 1.0;
-        }
-        e.4 += p.loss;
-        e.5 += 1.0;
-    }
-    for ((a, sec), (rtt, nr, jit, nj, loss, nl)) in net {
-        let row = rows.entry((a, sec)).or_insert_with(|| blank(a, sec));
-        row.values[Metric::RttMs as usize] = if nr > 0.0 { rtt / nr } else { f64::NAN };
-        row.values[Metric::JitterMs as usize] = if nj > 0.0 { jit / nj } else { f64::NAN };
-        row.values[Metric::Loss as usize] = loss / nl;
+    for n in network_seconds(&probes) {
+        let a = intern(&mut t, n.appliance, n.region, "path_probes")?;
+        let row = rows.entry((a, n.sec)).or_insert_with(|| blank(a, n.sec));
+        row.values[Metric::RttMs as usize] = n.rtt_ms;
+        row.values[Metric::JitterMs as usize] = n.jitter_ms;
+        row.values[Metric::Loss as usize] = n.loss;
     }
     let (from_s, to_s) = (from.timestamp(), to.timestamp());
     let mut labels = FailureLabels::new();
