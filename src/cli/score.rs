@@ -30,6 +30,9 @@ pub fn run(a: ScoreArgs) -> CommandResult {
     let model = risk_input::load_model(&a.model)?;
     let data = risk_input::load_data(&a.data)?;
     let scores = score_all(&model, &data.series, a.threads);
+    if let Some(dir) = a.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
     let file = File::create(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let mut out = BufWriter::with_capacity(1 << 20, file);
     writeln!(out, "ts,appliance,risk,risk_low,risk_high").context("writing")?;

@@ -53,6 +53,9 @@ pub fn run(a: SimulateArgs) -> CommandResult {
         ..SimConfig::new(a.appliances as usize, seconds, a.seed)
     };
     let sim = Simulator::new(cfg);
+    if let Some(dir) = a.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
     let file = File::create(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let mut out = BufWriter::with_capacity(1 << 20, file);
     writeln!(out, "{HEADER}").context("writing")?;

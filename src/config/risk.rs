@@ -77,7 +77,7 @@ impl TryFrom<RawRiskSection> for RiskSection {
             Err(problems
                 .0
                 .iter()
-                .map(|p| format!("{}: {}", p.key, p.message))
+                .map(|p| format!("{}: {}", p.key.trim_start_matches("risk."), p.message))
                 .collect::<Vec<_>>()
                 .join("; "))
         }
@@ -135,5 +135,34 @@ impl RiskSection {
         if self.model.as_os_str().is_empty() {
             problems.push("risk.model", "must name a model file");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{SteeringConfig, parse};
+
+    const BASE: &str =
+        "[dns]\nlisten = [\"127.0.0.1:5300\"]\n[[dns.zones]]\nname = \"vpn.example.net\"\n";
+
+    #[test]
+    fn defaults_and_errors_name_the_key() {
+        let file = std::path::Path::new("s.toml");
+        let cfg: SteeringConfig = parse(file, BASE).unwrap();
+        assert_eq!(cfg.risk, RiskSection::default());
+        let errs =
+            parse::<SteeringConfig>(file, &format!("{BASE}[risk]\nepsilon = 0\nthreads = 0\n"))
+                .unwrap_err();
+        assert_eq!(
+            errs[0].to_string(),
+            "s.toml: risk: epsilon: 0 is not in (0, 1); threads: must be between 1 and 64"
+        );
+        let errs = parse::<SteeringConfig>(file, &format!("{BASE}[risk]\nintervall = \"1s\"\n"))
+            .unwrap_err();
+        assert!(
+            errs[0].to_string().contains("unknown field `intervall`"),
+            "{errs:?}"
+        );
     }
 }
