@@ -3,6 +3,7 @@
 //!
 //! Run: `cargo bench --bench risk_training` (release profile). Reports reading the CSV and
 //! training separately. Prints timings; asserts nothing. Target (issue 5): <= 2 minutes.
+//! Under `cargo test --all-targets` (no `--bench` argument) it runs a tiny smoke version.
 
 use std::time::Instant;
 
@@ -15,13 +16,24 @@ use shadowsteer::risk::train::{TrainOptions, train};
 fn main() {
     let dir = tempfile::tempdir().expect("temp dir");
     let csv = dir.path().join("bench.csv");
-    let sim = Simulator::new(SimConfig::new(35, 8 * 3600, 7));
+    let full = std::env::args().any(|a| a == "--bench");
+    let (appliances, cfg) = if full {
+        (35, SimConfig::new(35, 8 * 3600, 7))
+    } else {
+        println!("smoke run; `cargo bench --bench risk_training` measures");
+        let cfg = SimConfig {
+            failures_per_day: 48.0,
+            ..SimConfig::new(4, 3 * 3600, 7)
+        };
+        (4, cfg)
+    };
+    let sim = Simulator::new(cfg);
     {
         use std::io::Write;
         let mut out = std::io::BufWriter::new(std::fs::File::create(&csv).expect("create"));
         writeln!(out, "{HEADER}").expect("write");
         let mut labels = Vec::new();
-        for i in 0..35 {
+        for i in 0..appliances {
             let run = sim.appliance(i);
             let infos = [run.info.clone()];
             for r in &run.rows {
@@ -44,11 +56,22 @@ fn main() {
         loaded.telemetry.rows.len(),
         loaded.labels.as_ref().map_or(0, |l| l.len())
     );
-    let opts = TrainOptions {
-        name: "bench".into(),
-        logistic_members: 16,
-        forest_members: 32,
-        ..TrainOptions::default()
+    let opts = if full {
+        TrainOptions {
+            name: "bench".into(),
+            logistic_members: 16,
+            forest_members: 32,
+            ..TrainOptions::default()
+        }
+    } else {
+        TrainOptions {
+            name: "smoke".into(),
+            logistic_members: 2,
+            forest_members: 2,
+            tree_rows: 2000,
+            max_false_alarms_per_day: 50.0,
+            ..TrainOptions::default()
+        }
     };
     let t1 = Instant::now();
     let model = train(&loaded.series, &opts, &|m: &str| {
