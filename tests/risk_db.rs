@@ -285,6 +285,5 @@ async fn live_scoring_writes_and_notifies() {
     tokio::time::timeout(Duration::from_secs(30), task)
         .await
         .expect("live scoring stops on shutdown")
-        .unwrap()
         .unwrap();
 }

@@ -94,14 +94,6 @@ impl LiveSnapshot {
     }
 }
 
-/// Why live scoring could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum LiveError {
-    /// Reading the stored scores at start failed.
-    #[error("reading stored risk scores: {0}")]
-    Store(#[from] StoreError),
-}
-
 struct Round {
     fleet: Fleet,
     /// Telemetry was read up to (exclusive) this time.
@@ -111,7 +103,8 @@ struct Round {
 }
 
 /// Runs until `shutdown`: scores every `settings.interval` and publishes to `snapshot`.
-/// `region` is this server's region: only its subjects' rows are written.
+/// `region` is this server's region: only its subjects' rows are written. Never fails: with
+/// the database away it keeps retrying every round and says so in the snapshot.
 pub async fn run(
     pool: PgPool,
     model: Arc<Model>,
@@ -119,9 +112,17 @@ pub async fn run(
     region: RegionId,
     snapshot: watch::Sender<Arc<LiveSnapshot>>,
     shutdown: CancellationToken,
-) -> Result<(), LiveError> {
+) {
     let now = Utc::now().timestamp();
-    let stored = db::stored_scores(&pool, region.as_str()).await?;
+    // What is already stored, so a restart does not rewrite every score. Without it (database
+    // away at start) the first successful round writes everything once, which is also correct.
+    let stored = match db::stored_scores(&pool, region.as_str()).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read stored risk scores; will write all once");
+            Default::default()
+        }
+    };
     let mut round = Round {
         fleet: Fleet::new(),
         read_to: None,
@@ -150,7 +151,7 @@ pub async fn run(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            () = shutdown.cancelled() => return Ok(()),
+            () = shutdown.cancelled() => return,
             _ = ticker.tick() => {}
         }
         let now = Utc::now();
