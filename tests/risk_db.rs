@@ -287,3 +287,60 @@ async fn live_scoring_writes_and_notifies() {
         .expect("live scoring stops on shutdown")
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn train_from_the_database() {
+    let db = common::test_db().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sim = dir.path().join("recent.csv");
+    // Three hours of telemetry that ended a minute ago.
+    let start = Utc::now().timestamp() - 3 * 3600 - 60;
+    let (code, out, err) = common::run_cli(
+        &db,
+        &[
+            "simulate",
+            "--appliances",
+            "6",
+            "--hours",
+            "3",
+            "--seed",
+            "8",
+            "--out",
+            p(&sim),
+            "--failures-per-day",
+            "36",
+            "--start",
+            &start.to_string(),
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = common::run_cli(&db, &["telemetry", "import", "--data", p(&sim)]);
+    assert_eq!(code, 0, "{out}{err}");
+    let model = dir.path().join("fleet.json");
+    let (code, out, err) = common::run_cli(
+        &db,
+        &[
+            "train",
+            "--from-db",
+            "--since",
+            "4h",
+            "--out",
+            p(&model),
+            "--members",
+            "2",
+            "--max-false-alarms",
+            "20",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let m = Model::load(&model).unwrap();
+    assert!(
+        m.card.training_data[0].starts_with("database"),
+        "{:?}",
+        m.card.training_data
+    );
+    assert!(
+        m.card.failures[1] > 0,
+        "precursor labels travel through the database"
+    );
+}
