@@ -140,6 +140,7 @@ pub async fn run(a: TrainArgs) -> CommandResult {
             TrainError::Fit { .. } => CommandError::Failed(e.into()),
         })?;
     model.card.notes.extend(a.note.iter().cloned());
+    model.card.created_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     if let Some(dir) = a.out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }

@@ -726,7 +726,8 @@ pub fn train(
     };
     let failures: Vec<&FailureSpan> = series.iter().flat_map(|s| &s.failures).collect();
     model.card = ModelCard {
-        created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        // The caller stamps the date: the core reads no wall clock (durations are measured).
+        created_at: String::new(),
         training_data: opts.sources.clone(),
         rows: opts.rows,
         series: series.len(),
