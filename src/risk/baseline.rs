@@ -50,6 +50,17 @@ impl MinuteSums {
         b.2 += 1;
     }
 
+    /// Adds a whole minute's rtt sum and count at once: the warm start of a live scorer from
+    /// minute aggregates of stored probes (see [`super::fleet::Fleet::handle_rtt_minutes`]).
+    pub fn seed(&mut self, minute: i64, sum: f64, count: u32) {
+        let b = &mut self.buckets[minute.rem_euclid(BUCKETS as i64) as usize];
+        if b.0 != minute {
+            *b = (minute, 0.0, 0);
+        }
+        b.1 += sum;
+        b.2 += count;
+    }
+
     /// The baseline at second `now`, in ms.
     pub fn baseline(&self, now: i64) -> Option<f64> {
         let m = now.div_euclid(60);
@@ -100,6 +111,20 @@ mod tests {
         assert_eq!(s.baseline(75 * 60), Some(50.0));
         // At minute 81: nothing left.
         assert_eq!(s.baseline(81 * 60), None);
+    }
+
+    #[test]
+    fn seeded_minutes_count_like_folded_ones() {
+        let mut a = MinuteSums::default();
+        let mut b = MinuteSums::default();
+        for sec in 0..600 {
+            a.fold(sec, 20.0);
+        }
+        for minute in 0..10 {
+            b.seed(minute, 60.0 * 20.0, 60);
+        }
+        assert_eq!(a.baseline(16 * 60), b.baseline(16 * 60));
+        assert_eq!(b.baseline(16 * 60), Some(20.0));
     }
 
     #[test]

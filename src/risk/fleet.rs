@@ -19,7 +19,9 @@ use super::baseline::MinuteSums;
 use super::features::{self, History, WINDOW_S, Window};
 use super::hold::Hold;
 use super::model::Model;
-use super::records::{FailureEvent, HealthSecond, ProbeSecond, ScoreRow, network_seconds};
+use super::records::{
+    FailureEvent, HealthSecond, ProbeSecond, RttMinute, ScoreRow, network_seconds,
+};
 use super::series::{MISSING, Sample};
 use super::telemetry::Metric;
 use crate::domain::{Probability, RiskScore};
@@ -234,6 +236,23 @@ impl Fleet {
             self.subject(SubjectKind::Appliance, n.appliance, n.region, n.sec)
                 .ring
                 .put(n.sec, 5..8, &v);
+        }
+    }
+
+    /// Seeds the rtt baselines from stored minute aggregates (a live scorer's first round, so
+    /// that a restart does not lose an hour of baseline). Only minutes before the windows'
+    /// first second may be given, or they would be counted twice.
+    pub fn handle_rtt_minutes(&mut self, rows: &[RttMinute], now: i64) {
+        for r in rows {
+            let kind = if r.path {
+                SubjectKind::Path
+            } else {
+                SubjectKind::Appliance
+            };
+            self.subject(kind, &r.subject, &r.region, now)
+                .ring
+                .minutes
+                .seed(r.minute, r.sum, r.count);
         }
     }
 

@@ -30,6 +30,8 @@ use crate::store::{StoreError, risk as db};
 const LATE_S: i64 = 10;
 /// Failure history the features use.
 const HISTORY_S: i64 = 3600;
+/// Probe history that warms the rtt baselines at start.
+const BASELINE_S: i64 = 3600;
 
 /// What the live scorer publishes after every round, for metrics and the admin API.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -100,6 +102,8 @@ struct Round {
     read_to: Option<DateTime<Utc>>,
     /// Model version of the stored scores, when it differs from ours (rewrite all once).
     rewrite_all: bool,
+    /// Whether the rtt baselines were warmed from stored probes.
+    baseline_seeded: bool,
 }
 
 /// Runs until `shutdown`: scores every `settings.interval` and publishes to `snapshot`.
@@ -127,6 +131,7 @@ pub async fn run(
         fleet: Fleet::new(),
         read_to: None,
         rewrite_all: false,
+        baseline_seeded: false,
     };
     for ((kind, subject), (score, version)) in stored {
         if version != model.version {
@@ -217,6 +222,17 @@ async fn run_round(
         Ok(r) => r,
         Err(e) => return (round, Err(e)),
     };
+    if !round.baseline_seeded {
+        // Warm the rtt baselines with the hour before the windows (whole minutes only, so no
+        // second is counted twice when it later leaves a window).
+        let first = from.timestamp().div_euclid(60) * 60;
+        let to = DateTime::from_timestamp(first, 0).unwrap_or(from);
+        match db::rtt_minutes(pool, to - chrono::Duration::seconds(BASELINE_S), to).await {
+            Ok(minutes) => round.fleet.handle_rtt_minutes(&minutes, scored_at),
+            Err(e) => return (round, Err(e)),
+        }
+        round.baseline_seeded = true;
+    }
     round.read_to = Some(now);
     let fleet = &mut round.fleet;
     fleet.handle_health(&health);

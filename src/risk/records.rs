@@ -124,3 +124,20 @@ pub fn network_seconds(probes: &[ProbeSecond]) -> Vec<NetworkSecond<'_>> {
         })
         .collect()
 }
+
+/// Stored rtt of one subject in one minute: the warm start of the live scorer's baseline.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RttMinute {
+    /// Region of the measuring side.
+    pub region: String,
+    /// Appliance or path.
+    pub path: bool,
+    /// Appliance id, or `src>dst` for a path.
+    pub subject: String,
+    /// Unix minute (seconds / 60).
+    pub minute: i64,
+    /// Sum of rtt over the minute's probes.
+    pub sum: f64,
+    /// Number of probes with an rtt.
+    pub count: u32,
+}

@@ -22,7 +22,7 @@ use super::StoreError;
 use crate::domain::{ApplianceHealth, ApplianceId, Fraction, PathProbe, ProbeTarget, RegionId};
 use crate::risk::failures::{FailureLabel, FailureLabels};
 use crate::risk::records::network_seconds;
-pub use crate::risk::records::{FailureEvent, HealthSecond, ProbeSecond, ScoreRow};
+pub use crate::risk::records::{FailureEvent, HealthSecond, ProbeSecond, RttMinute, ScoreRow};
 use crate::risk::series::Series;
 use crate::risk::telemetry::{ApplianceInfo, Metric, N_METRICS, Row, Telemetry};
 
@@ -88,6 +88,46 @@ pub async fn probe_seconds(
             rtt_ms: r.rtt_ms.unwrap_or(f64::NAN),
             jitter_ms: r.jitter_ms.unwrap_or(f64::NAN),
             loss: r.loss,
+        })
+        .collect())
+}
+
+/// Per-minute rtt sums in `[from, to)`: of every appliance (probes to it) and every path
+/// between different ends. Sums raw probes, where live scoring first averages sources per
+/// second: close enough for a baseline that only warms the first hour after a start.
+pub async fn rtt_minutes(
+    pool: &PgPool,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<Vec<RttMinute>, StoreError> {
+    let rows = sqlx::query!(
+        r#"SELECT region AS "region!", dst AS "subject!", false AS "path!",
+                  floor(extract(epoch FROM ts) / 60)::bigint AS "minute!",
+                  sum(rtt_ms) AS "sum!", count(rtt_ms) AS "count!"
+           FROM path_probes
+           WHERE dst_kind = 'appliance' AND rtt_ms IS NOT NULL AND ts >= $1 AND ts < $2
+           GROUP BY 1, 2, 4
+           UNION ALL
+           SELECT region, src || '>' || dst, true,
+                  floor(extract(epoch FROM ts) / 60)::bigint,
+                  sum(rtt_ms), count(rtt_ms)
+           FROM path_probes
+           WHERE src <> dst AND rtt_ms IS NOT NULL AND ts >= $1 AND ts < $2
+           GROUP BY 1, 2, 4"#,
+        from,
+        to
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| RttMinute {
+            region: r.region,
+            path: r.path,
+            subject: r.subject,
+            minute: r.minute,
+            sum: r.sum,
+            count: u32::try_from(r.count).unwrap_or(u32::MAX),
         })
         .collect())
 }
