@@ -10,6 +10,7 @@
 //! - [`agent`]: the appliance agent (data plane, roster, health, probes, session recorder).
 //! - [`client`]: the client helper (resolves its appliance by DNS, roams, measures).
 //! - [`tunnel`]: the WireGuard data plane (boringtun), used by the agent and the client helper.
+//! - [`risk`]: the predictive risk engine (telemetry format, simulator, training, scoring).
 //!
 //! Pure decision logic lives apart from I/O: a module that decides never opens a socket, reads the
 //! clock or touches the database; its shell does.
@@ -23,6 +24,7 @@ pub mod dns;
 pub mod domain;
 pub mod keyfile;
 pub mod localpg;
+pub mod risk;
 pub mod steering;
 pub mod store;
 pub mod tunnel;

@@ -7,11 +7,17 @@ mod agent;
 mod client;
 mod config_cmd;
 mod db;
+mod evaluate;
 mod inventory;
 mod keys;
+mod risk_input;
+mod score;
 mod serve;
+mod simulate;
 mod table;
+mod telemetry;
 mod token;
+mod train;
 
 use std::path::PathBuf;
 
@@ -52,6 +58,17 @@ enum Command {
     /// Manage admin API tokens.
     #[command(subcommand)]
     Token(token::TokenCommand),
+    /// Write simulated labelled telemetry (CSV) with failures of several kinds.
+    Simulate(simulate::SimulateArgs),
+    /// Train and compare risk models on labelled telemetry; write the best with its card.
+    Train(train::TrainArgs),
+    /// Measure a risk model (and the health-check baseline) on labelled telemetry.
+    Evaluate(evaluate::EvaluateArgs),
+    /// Score every row of a telemetry file: ts,appliance,risk,risk_low,risk_high.
+    Score(score::ScoreArgs),
+    /// Move labelled telemetry between CSV files and Postgres.
+    #[command(subcommand)]
+    Telemetry(telemetry::TelemetryCommand),
 }
 
 /// Which database a command talks to.
@@ -123,5 +140,10 @@ pub async fn run(cli: Cli) -> CommandResult {
         Command::Keys(c) => keys::run(c),
         Command::Serve(a) => serve::run(a).await,
         Command::Token(c) => token::run(c).await,
+        Command::Simulate(a) => simulate::run(a),
+        Command::Train(a) => train::run(a).await,
+        Command::Evaluate(a) => evaluate::run(a),
+        Command::Score(a) => score::run(a),
+        Command::Telemetry(c) => telemetry::run(c).await,
     }
 }

@@ -8,6 +8,7 @@
 mod agent;
 mod client;
 mod fields;
+mod risk;
 mod steering;
 
 use std::fmt;
@@ -22,6 +23,7 @@ pub use client::{
     ClientConfig, ClientInside, ClientSection, ClientTunnelSection, ProbeStreamSection, Resolver,
 };
 pub use fields::{Duration, IpNet, ListenAddr};
+pub use risk::RiskSection;
 pub use steering::{
     AdminSection, DnsSection, EcsRegion, NsRecord, RateLimitSection, ServerSection, SoaSection,
     StaticRecord, SteeringConfig, SteeringSection, ZoneSection,

@@ -24,6 +24,9 @@ pub struct SteeringConfig {
     /// Steering thresholds.
     #[serde(default)]
     pub steering: SteeringSection,
+    /// Live risk scoring.
+    #[serde(default)]
+    pub risk: super::risk::RiskSection,
 }
 
 /// `[server]`: where the server runs and which database it uses.

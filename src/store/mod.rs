@@ -7,6 +7,7 @@ pub mod audit;
 pub mod inventory;
 pub mod notify;
 pub mod retention;
+pub mod risk;
 pub mod sessions;
 pub mod snapshot;
 pub mod target;

@@ -1,0 +1,541 @@
+//! Features over sliding windows: what the model sees of an appliance or path at one second.
+//!
+//! Pure and allocation-free: the window is up to [`WINDOW_S`] one-second samples ending at
+//! "now", passed as two slices (a ring buffer's two halves, or one slice and an empty one), plus
+//! the recent failure history. Training, `score`, `evaluate` and live scoring all call
+//! [`compute`], so a model sees the same numbers everywhere.
+//!
+//! Missing values are skipped; a statistic with no values falls back to a neutral default
+//! (e.g. a ratio of 1, a slope of 0). Paths have no health metrics, so their health features
+//! take those defaults and their risk rests on network evidence alone.
+
+use super::series::Sample;
+use super::telemetry::Metric;
+
+/// Length of the window the features look at (seconds).
+pub const WINDOW_S: usize = 300;
+/// The short span: "now".
+const SHORT: usize = 10;
+/// The medium span: the last minute.
+const MEDIUM: usize = 60;
+/// Loss at or above this counts as a loss event.
+const LOSS_EVENT: f64 = 0.05;
+
+/// Number of features.
+pub const N_FEATURES: usize = 34;
+
+/// Feature names, in vector order (stored in model files and checked on load).
+pub const FEATURE_NAMES: [&str; N_FEATURES] = [
+    "cpu_mean10",
+    "cpu_mean60",
+    "cpu_slope60",
+    "cpu_std60",
+    "mem_mean10",
+    "mem_slope60",
+    "mem_slope300",
+    "mem_rise300",
+    "bw_mean10",
+    "bw_mean60",
+    "bw_slope60",
+    "sessions_change300",
+    "hsf_mean10",
+    "hsf_mean60",
+    "rtt_mean10",
+    "rtt_ratio10",
+    "rtt_p95_ratio60",
+    "rtt_slope60_rel",
+    "rtt_slope300_rel",
+    "rtt_cv60",
+    "jitter_mean10",
+    "jitter_rel10",
+    "jitter_mean60",
+    "loss_mean10",
+    "loss_mean60",
+    "loss_max60",
+    "loss_events60",
+    "rtt_missing60",
+    "since_recovery",
+    "failures_1h",
+    "rtt_vs_hour",
+    "rtt_p95_vs_hour",
+    "loss_events300",
+    "since_loss_event",
+];
+
+/// A feature vector.
+pub type Features = [f64; N_FEATURES];
+
+/// Recent failure history of the subject, as of "now".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct History {
+    /// Seconds since the last failure ended (the subject came back up); `None` if none known.
+    pub since_recovery_s: Option<u64>,
+    /// Failures that started in the last hour.
+    pub failures_last_hour: u32,
+}
+
+/// History saturates after an hour: older failures say little about the next minute.
+const HISTORY_S: u64 = 3600;
+
+/// A window: `older` followed by `newer`; the last sample is "now".
+#[derive(Debug, Clone, Copy)]
+pub struct Window<'a> {
+    older: &'a [Sample],
+    newer: &'a [Sample],
+}
+
+impl<'a> Window<'a> {
+    /// A window from two consecutive parts (either may be empty). Only the last
+    /// [`WINDOW_S`] samples are used.
+    pub fn new(older: &'a [Sample], newer: &'a [Sample]) -> Self {
+        let keep = WINDOW_S.min(older.len() + newer.len());
+        let from_newer = keep.min(newer.len());
+        let from_older = keep - from_newer;
+        Self {
+            older: &older[older.len() - from_older..],
+            newer: &newer[newer.len() - from_newer..],
+        }
+    }
+
+    /// A window ending at slot `i` of `samples`.
+    pub fn ending_at(samples: &'a [Sample], i: usize) -> Self {
+        let from = (i + 1).saturating_sub(WINDOW_S);
+        Self::new(&[], &samples[from..=i])
+    }
+
+    /// Number of samples.
+    pub fn len(&self) -> usize {
+        self.older.len() + self.newer.len()
+    }
+
+    /// Whether the window is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The last `k` samples as two slices, oldest first.
+    fn tail(&self, k: usize) -> (&'a [Sample], &'a [Sample]) {
+        let k = k.min(self.len());
+        if k <= self.newer.len() {
+            (&[], &self.newer[self.newer.len() - k..])
+        } else {
+            let from_older = k - self.newer.len();
+            (&self.older[self.older.len() - from_older..], self.newer)
+        }
+    }
+}
+
+/// Running sums over (t, x) pairs, skipping missing values; `t` is seconds relative to now.
+#[derive(Debug, Clone, Copy)]
+struct Acc {
+    n: f64,
+    sx: f64,
+    sxx: f64,
+    st: f64,
+    stt: f64,
+    stx: f64,
+    min: f64,
+    max: f64,
+}
+
+impl Acc {
+    const EMPTY: Acc = Acc {
+        n: 0.0,
+        sx: 0.0,
+        sxx: 0.0,
+        st: 0.0,
+        stt: 0.0,
+        stx: 0.0,
+        min: f64::INFINITY,
+        max: f64::NEG_INFINITY,
+    };
+
+    /// Count and sum only: for means.
+    #[inline]
+    fn add_mean(&mut self, x: f32) {
+        if !x.is_nan() {
+            self.n += 1.0;
+            self.sx += f64::from(x);
+        }
+    }
+
+    /// Adds what a slope needs (and the mean).
+    #[inline]
+    fn add_lin(&mut self, t: f64, x: f32) {
+        if !x.is_nan() {
+            let x = f64::from(x);
+            self.n += 1.0;
+            self.sx += x;
+            self.st += t;
+            self.stt += t * t;
+            self.stx += t * x;
+        }
+    }
+
+    /// Adds everything: mean, slope, standard deviation.
+    #[inline]
+    fn add_full(&mut self, t: f64, x: f32) {
+        if !x.is_nan() {
+            self.add_lin(t, x);
+            self.sxx += f64::from(x) * f64::from(x);
+        }
+    }
+
+    /// Tracks the extremes too (after one of the `add_*`).
+    #[inline]
+    fn add_range(&mut self, x: f32) {
+        if !x.is_nan() {
+            self.min = self.min.min(f64::from(x));
+            self.max = self.max.max(f64::from(x));
+        }
+    }
+
+    fn mean(&self) -> Option<f64> {
+        (self.n > 0.0).then(|| self.sx / self.n)
+    }
+
+    /// Population standard deviation.
+    fn std(&self) -> Option<f64> {
+        let m = self.mean()?;
+        Some((self.sxx / self.n - m * m).max(0.0).sqrt())
+    }
+
+    /// Least-squares slope per second; 0 with fewer than two values.
+    fn slope(&self) -> f64 {
+        let den = self.n * self.stt - self.st * self.st;
+        if self.n < 2.0 || den <= 0.0 {
+            0.0
+        } else {
+            (self.n * self.stx - self.st * self.sx) / den
+        }
+    }
+
+    fn min(&self) -> Option<f64> {
+        (self.n > 0.0).then_some(self.min)
+    }
+
+    fn max(&self) -> Option<f64> {
+        (self.n > 0.0).then_some(self.max)
+    }
+}
+
+/// Nearest-rank percentile (`q` in (0, 1]) of `values`, which it reorders.
+pub fn percentile(values: &mut [f64], q: f64) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    let rank = ((q * values.len() as f64).ceil() as usize).clamp(1, values.len());
+    let (_, v, _) = values.select_nth_unstable_by(rank - 1, f64::total_cmp);
+    Some(*v)
+}
+
+/// Feeds the last `k` samples of `w` to `f(t, sample)`, `t` = seconds before now (<= 0).
+/// Two plain loops rather than a chained iterator: this is the scorer's innermost loop.
+#[inline]
+fn each_tail(w: &Window<'_>, k: usize, mut f: impl FnMut(f64, &Sample)) {
+    let (a, b) = w.tail(k);
+    let mut t = 1.0 - (a.len() + b.len()) as f64;
+    for s in a {
+        f(t, s);
+        t += 1.0;
+    }
+    for s in b {
+        f(t, s);
+        t += 1.0;
+    }
+}
+
+const CPU: usize = Metric::Cpu as usize;
+const MEM: usize = Metric::Mem as usize;
+const BW: usize = Metric::BwUtil as usize;
+const SESS: usize = Metric::Sessions as usize;
+const HSF: usize = Metric::HandshakeFailures as usize;
+const RTT: usize = Metric::RttMs as usize;
+const JIT: usize = Metric::JitterMs as usize;
+const LOSS: usize = Metric::Loss as usize;
+
+/// Computes the feature vector of a window, the failure history and the rtt baseline (ms,
+/// NaN when unknown; see [`super::baseline`]).
+pub fn compute(w: &Window<'_>, h: History, rtt_baseline: f64) -> Features {
+    // Each span computes only the statistics the features below use: this function runs
+    // for every subject every second, so its passes are the scorer's cost.
+    let mut short = [Acc::EMPTY; 8];
+    each_tail(w, SHORT, |_, s| {
+        for (acc, &x) in short.iter_mut().zip(s) {
+            acc.add_mean(x);
+        }
+    });
+    let mut medium = [Acc::EMPTY; 8];
+    let mut rtts = [0f64; MEDIUM];
+    let mut n_rtt = 0usize;
+    let mut loss_events = 0.0;
+    let mut medium_len = 0.0;
+    each_tail(w, MEDIUM, |t, s| {
+        medium_len += 1.0;
+        medium[CPU].add_full(t, s[CPU]);
+        medium[MEM].add_lin(t, s[MEM]);
+        medium[BW].add_lin(t, s[BW]);
+        medium[SESS].add_mean(s[SESS]);
+        medium[HSF].add_mean(s[HSF]);
+        medium[RTT].add_full(t, s[RTT]);
+        medium[JIT].add_mean(s[JIT]);
+        medium[LOSS].add_mean(s[LOSS]);
+        medium[LOSS].add_range(s[LOSS]);
+        if !s[RTT].is_nan() {
+            rtts[n_rtt] = f64::from(s[RTT]);
+            n_rtt += 1;
+        }
+        if f64::from(s[LOSS]) >= LOSS_EVENT {
+            loss_events += 1.0;
+        }
+    });
+    // Long span: only the slow signals (memory, latency, sessions) and loss events.
+    let (mut mem_l, mut rtt_l, mut sess_l) = (Acc::EMPTY, Acc::EMPTY, Acc::EMPTY);
+    let (mut loss_n, mut loss_ev_l, mut last_event) = (0.0, 0.0, None);
+    each_tail(w, WINDOW_S, |t, s| {
+        mem_l.add_lin(t, s[MEM]);
+        mem_l.add_range(s[MEM]);
+        rtt_l.add_lin(t, s[RTT]);
+        sess_l.add_mean(s[SESS]);
+        if !s[LOSS].is_nan() {
+            loss_n += 1.0;
+            if f64::from(s[LOSS]) >= LOSS_EVENT {
+                loss_ev_l += 1.0;
+                last_event = Some(-t);
+            }
+        }
+    });
+
+    let m10 = |i: usize| short[i].mean().or_else(|| medium[i].mean());
+    let per_min = 60.0;
+    let rtt_base = rtt_l.mean().filter(|m| *m > 0.0);
+    let rel = |x: Option<f64>, default: f64| match (x, rtt_base) {
+        (Some(x), Some(b)) => x / b,
+        _ => default,
+    };
+    let p95 = percentile(&mut rtts[..n_rtt], 0.95);
+    let mem10 = m10(MEM);
+    let rtt10 = m10(RTT);
+    let hour = (rtt_baseline > 0.0).then_some(rtt_baseline);
+    let vs_hour = |x: Option<f64>| match (x, hour) {
+        (Some(x), Some(b)) => x / b,
+        _ => 1.0,
+    };
+    let since = h
+        .since_recovery_s
+        .map_or(1.0, |s| s.min(HISTORY_S) as f64 / HISTORY_S as f64);
+    [
+        m10(CPU).unwrap_or(0.0),
+        medium[CPU].mean().unwrap_or(0.0),
+        medium[CPU].slope() * per_min,
+        medium[CPU].std().unwrap_or(0.0),
+        mem10.unwrap_or(0.0),
+        medium[MEM].slope() * per_min,
+        mem_l.slope() * per_min,
+        match (mem10, mem_l.min()) {
+            (Some(now), Some(low)) => (now - low).max(0.0),
+            _ => 0.0,
+        },
+        m10(BW).unwrap_or(0.0),
+        medium[BW].mean().unwrap_or(0.0),
+        medium[BW].slope() * per_min,
+        match (m10(SESS), sess_l.mean()) {
+            (Some(now), Some(base)) => (now - base) / (base + 1.0),
+            _ => 0.0,
+        },
+        m10(HSF).unwrap_or(0.0),
+        medium[HSF].mean().unwrap_or(0.0),
+        rtt10.unwrap_or(0.0),
+        rel(rtt10, 1.0),
+        rel(p95, 1.0),
+        rel(Some(medium[RTT].slope() * per_min), 0.0),
+        rel(Some(rtt_l.slope() * per_min), 0.0),
+        match (medium[RTT].std(), medium[RTT].mean()) {
+            (Some(sd), Some(m)) if m > 0.0 => sd / m,
+            _ => 0.0,
+        },
+        m10(JIT).unwrap_or(0.0),
+        match (m10(JIT), rtt10) {
+            (Some(j), Some(r)) => j / r.max(1.0),
+            _ => 0.0,
+        },
+        medium[JIT].mean().unwrap_or(0.0),
+        m10(LOSS).unwrap_or(0.0),
+        medium[LOSS].mean().unwrap_or(0.0),
+        medium[LOSS].max().unwrap_or(0.0),
+        if medium[LOSS].n > 0.0 {
+            loss_events / medium[LOSS].n
+        } else {
+            0.0
+        },
+        if medium_len > 0.0 {
+            1.0 - n_rtt as f64 / medium_len
+        } else {
+            0.0
+        },
+        since,
+        f64::from(h.failures_last_hour),
+        vs_hour(rtt10),
+        vs_hour(p95),
+        if loss_n > 0.0 {
+            loss_ev_l / loss_n
+        } else {
+            0.0
+        },
+        last_event.map_or(1.0, |age: f64| age / WINDOW_S as f64),
+    ]
+}
+
+/// The features of slot `i` of a series with `failures` as (start, end) slot pairs.
+pub fn history_at(i: usize, failures: &[(usize, usize)]) -> History {
+    let mut h = History::default();
+    for &(start, end) in failures {
+        if start > i {
+            break;
+        }
+        if end <= i {
+            h.since_recovery_s = Some((i - end) as u64);
+        }
+        if i - start < HISTORY_S as usize {
+            h.failures_last_hour += 1;
+        }
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::risk::series::MISSING;
+
+    fn idx(name: &str) -> usize {
+        FEATURE_NAMES.iter().position(|n| *n == name).unwrap()
+    }
+
+    fn sample(f: impl Fn(&mut Sample)) -> Sample {
+        let mut s = MISSING;
+        f(&mut s);
+        s
+    }
+
+    #[test]
+    fn percentile_nearest_rank() {
+        let mut v: Vec<f64> = (1..=20).map(f64::from).collect();
+        assert_eq!(percentile(&mut v, 0.95), Some(19.0));
+        assert_eq!(percentile(&mut [5.0], 0.95), Some(5.0));
+        assert_eq!(percentile(&mut [], 0.95), None);
+        let mut v = vec![3.0, 1.0, 2.0, 4.0];
+        // ceil(0.95 * 4) = 4 -> the largest.
+        assert_eq!(percentile(&mut v, 0.95), Some(4.0));
+    }
+
+    #[test]
+    fn slopes_and_means_by_hand() {
+        // cpu rises 0.01 per second over 60 s: slope 0.6 per minute, mean of last 10 = 0.545.
+        let samples: Vec<Sample> = (0..60)
+            .map(|i| sample(|s| s[CPU] = i as f32 * 0.01))
+            .collect();
+        let f = compute(
+            &Window::ending_at(&samples, 59),
+            History::default(),
+            f64::NAN,
+        );
+        assert!(
+            (f[idx("cpu_slope60")] - 0.6).abs() < 1e-4,
+            "{}",
+            f[idx("cpu_slope60")]
+        );
+        assert!((f[idx("cpu_mean10")] - 0.545).abs() < 1e-5);
+        assert!((f[idx("cpu_mean60")] - 0.295).abs() < 1e-5);
+        // Population std of 0, 0.01, ..., 0.59 = 0.01 * sqrt((60^2 - 1) / 12).
+        let sd = 0.01 * ((3600.0f64 - 1.0) / 12.0).sqrt();
+        assert!((f[idx("cpu_std60")] - sd).abs() < 1e-5);
+        // No memory at all: defaults.
+        assert_eq!(f[idx("mem_mean10")], 0.0);
+        assert_eq!(f[idx("mem_slope60")], 0.0);
+        assert_eq!(f[idx("rtt_ratio10")], 1.0);
+        assert_eq!(f[idx("rtt_missing60")], 1.0);
+        assert_eq!(f[idx("since_recovery")], 1.0);
+    }
+
+    #[test]
+    fn missing_values_are_skipped() {
+        // rtt 10 ms for 290 s, then 20 ms for the last 10 s, every third second missing.
+        let samples: Vec<Sample> = (0..300)
+            .map(|i| {
+                sample(|s| {
+                    if i % 3 != 0 {
+                        s[RTT] = if i >= 290 { 20.0 } else { 10.0 };
+                        s[LOSS] = if i >= 295 { 0.1 } else { 0.0 };
+                    }
+                })
+            })
+            .collect();
+        let f = compute(
+            &Window::ending_at(&samples, 299),
+            History::default(),
+            f64::NAN,
+        );
+        assert_eq!(f[idx("rtt_mean10")], 20.0);
+        // 200 values present: 193 at 10 ms and 7 at 20 ms (i % 3 != 0 among 290..300 -> 7).
+        let base = (193.0 * 10.0 + 7.0 * 20.0) / 200.0;
+        assert!((f[idx("rtt_ratio10")] - 20.0 / base).abs() < 1e-9);
+        // Last 60 s: 40 values, 7 of them 20 ms: p95 rank ceil(38) = 38 -> 20 ms.
+        assert!((f[idx("rtt_p95_ratio60")] - 20.0 / base).abs() < 1e-9);
+        assert!((f[idx("rtt_missing60")] - 20.0 / 60.0).abs() < 1e-9);
+        // Loss >= 5% in 4 of the 40 present seconds of the last minute (295, 296, 298, 299).
+        assert!((f[idx("loss_events60")] - 4.0 / 40.0).abs() < 1e-9);
+        assert!((f[idx("loss_max60")] - 0.1).abs() < 1e-6);
+        // 4 of 200 present loss values are events; the last one is now (age 0).
+        assert!((f[idx("loss_events300")] - 4.0 / 200.0).abs() < 1e-9);
+        assert_eq!(f[idx("since_loss_event")], 0.0);
+        assert_eq!(f[idx("rtt_vs_hour")], 1.0, "no baseline: neutral");
+        let g = compute(&Window::ending_at(&samples, 299), History::default(), 10.0);
+        assert_eq!(g[idx("rtt_vs_hour")], 2.0);
+    }
+
+    #[test]
+    fn split_window_equals_contiguous() {
+        let samples: Vec<Sample> = (0..400)
+            .map(|i| {
+                sample(|s| {
+                    s[MEM] = (i as f32 * 0.001).sin().abs();
+                    s[RTT] = 10.0 + (i % 7) as f32;
+                    s[LOSS] = 0.0;
+                })
+            })
+            .collect();
+        let whole = compute(
+            &Window::ending_at(&samples, 399),
+            History::default(),
+            f64::NAN,
+        );
+        let split = compute(
+            &Window::new(&samples[..250], &samples[250..]),
+            History::default(),
+            f64::NAN,
+        );
+        assert_eq!(whole, split);
+    }
+
+    #[test]
+    fn history() {
+        let failures = [(100, 160), (3000, 3010)];
+        assert_eq!(history_at(50, &failures), History::default());
+        assert_eq!(
+            history_at(200, &failures),
+            History {
+                since_recovery_s: Some(40),
+                failures_last_hour: 1
+            }
+        );
+        assert_eq!(
+            history_at(3005, &failures),
+            History {
+                since_recovery_s: Some(2845),
+                failures_last_hour: 2
+            }
+        );
+        assert_eq!(history_at(3800, &failures).failures_last_hour, 1);
+    }
+}

@@ -1,0 +1,108 @@
+//! Alarm hold: a subject's score at second `t` is its highest per-second score over the last
+//! `hold_s` seconds it was up.
+//!
+//! Per-second scores flicker around a threshold (a noisy second, a missing sample), and each
+//! flicker would start a new alarm episode and break a sustained alarm. Holding the peak for a
+//! few seconds is the usual debounce of alarm systems. The hold length is part of the model
+//! (chosen at training, stored in the file) and is applied identically in `score`,
+//! `evaluate`, training's validation and live scoring. A down second clears the hold.
+
+use std::collections::VecDeque;
+
+use crate::domain::RiskScore;
+
+/// Streaming hold over (second, score) pairs pushed in time order.
+#[derive(Debug, Clone, Default)]
+pub struct Hold {
+    recent: VecDeque<(i64, RiskScore)>,
+}
+
+impl Hold {
+    /// Adds the score of second `sec` and returns the held score (the one with the highest
+    /// value among seconds `(sec - hold_s, sec]`; with `hold_s` 0 or 1, the score itself).
+    pub fn push(&mut self, sec: i64, score: RiskScore, hold_s: u32) -> RiskScore {
+        while self
+            .recent
+            .front()
+            .is_some_and(|(t, _)| *t <= sec - i64::from(hold_s.max(1)))
+        {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((sec, score));
+        self.recent.iter().map(|(_, s)| *s).fold(score, |best, s| {
+            if s.value() > best.value() { s } else { best }
+        })
+    }
+
+    /// Forgets everything (the subject went down).
+    pub fn clear(&mut self) {
+        self.recent.clear();
+    }
+}
+
+/// Applies the hold to a series of values (down slots are left as they are and clear it).
+pub fn hold_values(values: &[f64], down: &[bool], hold_s: u32) -> Vec<f64> {
+    let h = hold_s.max(1) as usize;
+    let mut out = Vec::with_capacity(values.len());
+    let mut since_down = 0usize;
+    for i in 0..values.len() {
+        if down[i] {
+            since_down = 0;
+            out.push(values[i]);
+            continue;
+        }
+        since_down += 1;
+        let from = i + 1 - h.min(since_down);
+        out.push(
+            values[from..=i]
+                .iter()
+                .copied()
+                .fold(f64::NEG_INFINITY, f64::max),
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Probability;
+
+    fn s(v: f64) -> RiskScore {
+        RiskScore::exact(Probability::saturating(v))
+    }
+
+    #[test]
+    fn holds_the_peak_for_a_few_seconds() {
+        let mut h = Hold::default();
+        let got: Vec<f64> = [0.1, 0.9, 0.2, 0.2, 0.2, 0.2]
+            .iter()
+            .enumerate()
+            .map(|(i, v)| h.push(i as i64, s(*v), 3).value().get())
+            .collect();
+        assert_eq!(got, vec![0.1, 0.9, 0.9, 0.9, 0.2, 0.2]);
+        let down = [false, false, false, true, false, false];
+        let v = hold_values(&[0.1, 0.9, 0.2, 0.5, 0.2, 0.2], &down, 3);
+        assert_eq!(v, vec![0.1, 0.9, 0.9, 0.5, 0.2, 0.2]);
+        assert_eq!(hold_values(&[0.3, 0.1], &[false, false], 0), vec![0.3, 0.1]);
+    }
+
+    #[test]
+    fn streaming_equals_batch() {
+        let vals: Vec<f64> = (0..50).map(|i| ((i * 37) % 11) as f64 / 10.0).collect();
+        let down: Vec<bool> = (0..50).map(|i| i % 17 == 5).collect();
+        let batch = hold_values(&vals, &down, 4);
+        let mut h = Hold::default();
+        for i in 0..50 {
+            if down[i] {
+                h.clear();
+                continue;
+            }
+            assert_eq!(
+                h.push(i as i64, s(vals[i]), 4).value().get(),
+                batch[i],
+                "slot {i}"
+            );
+        }
+    }
+}

@@ -1,0 +1,268 @@
+//! Live scoring in `serve`: every interval, read the new telemetry and failure events from
+//! Postgres, score every appliance and path, and write the scores that moved.
+//!
+//! The shell around [`Fleet`]: it owns the clock, the pool and the task. Scoring runs in
+//! `spawn_blocking` (the fleet moves into the blocking task and back), so DNS answering on the
+//! async workers never waits for it. Writes go to `risk_scores` only when a score moved by more
+//! than `epsilon` (at most `max_writes_per_round`, largest moves first); the table's trigger
+//! then notifies the steering server. A database error skips the round and is reported in the
+//! snapshot; the next round retries. After an error the telemetry is re-read from the window's
+//! start, so nothing inserted meanwhile is missed.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgPool;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::features::WINDOW_S;
+use super::fleet::{Fleet, SubjectKind, SubjectScore};
+use super::model::Model;
+use crate::config::RiskSection;
+use crate::domain::RegionId;
+use crate::store::{StoreError, risk as db};
+
+/// Rows can arrive this late (agents batch their inserts); each round re-reads this much.
+const LATE_S: i64 = 10;
+/// Failure history the features use.
+const HISTORY_S: i64 = 3600;
+/// Probe history that warms the rtt baselines at start.
+const BASELINE_S: i64 = 3600;
+
+/// What the live scorer publishes after every round, for metrics and the admin API.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LiveSnapshot {
+    /// Version of the model scoring.
+    pub model_version: String,
+    /// Its operating threshold.
+    pub threshold: f64,
+    /// Second the scores are for (unix), 0 before the first round.
+    pub scored_at: i64,
+    /// Every subject's current score.
+    pub scores: Vec<SubjectScore>,
+    /// Rounds completed.
+    pub rounds: u64,
+    /// Rounds that failed (database errors).
+    pub failed_rounds: u64,
+    /// Score rows written since start.
+    pub writes: u64,
+    /// Milliseconds the last round's scoring took (CPU only).
+    pub last_scoring_ms: f64,
+    /// The last round's error, if it failed.
+    pub last_error: Option<String>,
+}
+
+impl LiveSnapshot {
+    /// Prometheus text exposition of the snapshot.
+    pub fn render_metrics(&self) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP shadowsteer_risk_model_info The risk model scoring.\n# TYPE shadowsteer_risk_model_info gauge\nshadowsteer_risk_model_info{{version=\"{}\",threshold=\"{}\"}} 1",
+            self.model_version, self.threshold
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE shadowsteer_risk_rounds_total counter\nshadowsteer_risk_rounds_total {}\n# TYPE shadowsteer_risk_failed_rounds_total counter\nshadowsteer_risk_failed_rounds_total {}\n# TYPE shadowsteer_risk_writes_total counter\nshadowsteer_risk_writes_total {}\n# TYPE shadowsteer_risk_scoring_seconds gauge\nshadowsteer_risk_scoring_seconds {}",
+            self.rounds,
+            self.failed_rounds,
+            self.writes,
+            self.last_scoring_ms / 1000.0
+        );
+        out.push_str("# HELP shadowsteer_risk_score Risk of failure within the model's horizon.\n# TYPE shadowsteer_risk_score gauge\n");
+        for s in &self.scores {
+            // Ids are DNS labels ('>' joins path ends): nothing to escape in a label value.
+            for (q, v) in [
+                ("value", s.score.value()),
+                ("low", s.score.low()),
+                ("high", s.score.high()),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "shadowsteer_risk_score{{kind=\"{}\",subject=\"{}\",region=\"{}\",bound=\"{q}\"}} {}",
+                    s.kind.as_str(),
+                    s.id,
+                    s.region,
+                    v.get()
+                );
+            }
+        }
+        out
+    }
+}
+
+struct Round {
+    fleet: Fleet,
+    /// Telemetry was read up to (exclusive) this time.
+    read_to: Option<DateTime<Utc>>,
+    /// Model version of the stored scores, when it differs from ours (rewrite all once).
+    rewrite_all: bool,
+    /// Whether the rtt baselines were warmed from stored probes.
+    baseline_seeded: bool,
+}
+
+/// Runs until `shutdown`: scores every `settings.interval` and publishes to `snapshot`.
+/// `region` is this server's region: only its subjects' rows are written. Never fails: with
+/// the database away it keeps retrying every round and says so in the snapshot.
+pub async fn run(
+    pool: PgPool,
+    model: Arc<Model>,
+    settings: RiskSection,
+    region: RegionId,
+    snapshot: watch::Sender<Arc<LiveSnapshot>>,
+    shutdown: CancellationToken,
+) {
+    let now = Utc::now().timestamp();
+    // What is already stored, so a restart does not rewrite every score. Without it (database
+    // away at start) the first successful round writes everything once, which is also correct.
+    let stored = match db::stored_scores(&pool, region.as_str()).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read stored risk scores; will write all once");
+            Default::default()
+        }
+    };
+    let mut round = Round {
+        fleet: Fleet::new(),
+        read_to: None,
+        rewrite_all: false,
+        baseline_seeded: false,
+    };
+    for ((kind, subject), (score, version)) in stored {
+        if version != model.version {
+            round.rewrite_all = true;
+        }
+        let kind = if kind == "path" {
+            SubjectKind::Path
+        } else {
+            SubjectKind::Appliance
+        };
+        round
+            .fleet
+            .handle_stored(kind, &subject, region.as_str(), score, now);
+    }
+    let mut state = LiveSnapshot {
+        model_version: model.version.clone(),
+        threshold: model.threshold,
+        ..LiveSnapshot::default()
+    };
+    snapshot.send_replace(Arc::new(state.clone()));
+    let mut ticker = tokio::time::interval(settings.interval.0);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let now = Utc::now();
+        match run_round(&pool, &model, &settings, &region, round, now).await {
+            (r, Ok(outcome)) => {
+                round = r;
+                state.rounds += 1;
+                state.writes += outcome.written;
+                state.last_scoring_ms = outcome.scoring_ms;
+                state.scored_at = outcome.scored_at;
+                state.scores = round.fleet.scores();
+                state.last_error = None;
+            }
+            (r, Err(e)) => {
+                round = r;
+                round.read_to = None;
+                state.failed_rounds += 1;
+                state.last_error = Some(e.to_string());
+                tracing::warn!(error = %e, "risk scoring round failed; retrying next round");
+            }
+        }
+        snapshot.send_replace(Arc::new(state.clone()));
+    }
+}
+
+struct Outcome {
+    written: u64,
+    scoring_ms: f64,
+    scored_at: i64,
+}
+
+async fn run_round(
+    pool: &PgPool,
+    model: &Arc<Model>,
+    settings: &RiskSection,
+    region: &RegionId,
+    mut round: Round,
+    now: DateTime<Utc>,
+) -> (Round, Result<Outcome, StoreError>) {
+    // Score the last complete second.
+    let scored_at = now.timestamp() - 1;
+    let from = match round.read_to {
+        Some(t) => t - chrono::Duration::seconds(LATE_S),
+        None => now - chrono::Duration::seconds(WINDOW_S as i64 + LATE_S),
+    };
+    let reads = async {
+        let health = db::health_seconds(pool, from, now).await?;
+        let probes = db::probe_seconds(pool, from, now).await?;
+        let events =
+            db::failure_events(pool, now - chrono::Duration::seconds(HISTORY_S), now).await?;
+        Ok::<_, StoreError>((health, probes, events))
+    };
+    let (health, probes, events) = match reads.await {
+        Ok(r) => r,
+        Err(e) => return (round, Err(e)),
+    };
+    if !round.baseline_seeded {
+        // Warm the rtt baselines with the hour before the windows (whole minutes only, so no
+        // second is counted twice when it later leaves a window).
+        let first = from.timestamp().div_euclid(60) * 60;
+        let to = DateTime::from_timestamp(first, 0).unwrap_or(from);
+        match db::rtt_minutes(pool, to - chrono::Duration::seconds(BASELINE_S), to).await {
+            Ok(minutes) => round.fleet.handle_rtt_minutes(&minutes, scored_at),
+            Err(e) => return (round, Err(e)),
+        }
+        round.baseline_seeded = true;
+    }
+    round.read_to = Some(now);
+    let fleet = &mut round.fleet;
+    fleet.handle_health(&health);
+    fleet.handle_probes(&probes);
+    fleet.handle_failures(&events, scored_at);
+    // CPU work off the async workers: the fleet moves into the blocking task and back.
+    let mut fleet = std::mem::take(&mut round.fleet);
+    let m = Arc::clone(model);
+    let threads = settings.threads;
+    let started = Instant::now();
+    let scored = tokio::task::spawn_blocking(move || {
+        fleet.score(&m, scored_at, threads);
+        fleet
+    })
+    .await;
+    let scoring_ms = started.elapsed().as_secs_f64() * 1000.0;
+    round.fleet = match scored {
+        Ok(f) => f,
+        Err(e) => return (round, Err(StoreError::Task(e.to_string()))),
+    };
+    let rows = round.fleet.poll_writes(
+        region.as_str(),
+        settings.epsilon,
+        settings.max_writes_per_round,
+        round.rewrite_all,
+    );
+    let computed_at = DateTime::from_timestamp(scored_at, 0).unwrap_or(now);
+    match db::write_scores(pool, &rows, &model.version, computed_at).await {
+        Ok(n) => {
+            round.fleet.handle_written(&rows);
+            round.rewrite_all = false;
+            (
+                round,
+                Ok(Outcome {
+                    written: n,
+                    scoring_ms,
+                    scored_at,
+                }),
+            )
+        }
+        Err(e) => (round, Err(e)),
+    }
+}

@@ -1,0 +1,568 @@
+//! The model file: a bootstrap ensemble (logistic regressions or decision trees trained with
+//! linfa), its feature scaling, calibration, operating threshold and model card, as JSON.
+//!
+//! Scoring never calls linfa: the fitted parameters are copied into plain structs here (linfa's
+//! trees carry no probabilities and linfa-ensemble has no serde), so a loaded model scores with
+//! exactly the arithmetic it was evaluated with. Everything read from a file is validated:
+//! sizes, finiteness, tree shape (children always point forward, so no cycles).
+
+use std::io::Read;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::evaluate::{GroupedMetrics, Report};
+use super::features::{FEATURE_NAMES, Features, N_FEATURES, WINDOW_S};
+use crate::domain::{Probability, RiskScore};
+
+/// Format version written and accepted.
+pub const FORMAT: u32 = 1;
+/// Most members an ensemble may have.
+pub const MAX_MEMBERS: usize = 64;
+/// Most nodes one tree may have.
+const MAX_NODES: usize = 1 << 16;
+/// Largest model file read.
+const MAX_FILE_BYTES: u64 = 64 << 20;
+/// Keeps logits finite.
+const EPS: f64 = 1e-6;
+/// Quantiles of the members' outputs that bound the confidence interval.
+const INTERVAL: (f64, f64) = (0.1, 0.9);
+
+/// Why a model cannot be loaded, saved or used.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// Reading or writing the file failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The file is not valid JSON for a model.
+    #[error("not a shadowsteer model: {0}")]
+    Json(#[from] serde_json::Error),
+    /// The JSON parses but breaks a rule (sizes, ranges, features).
+    #[error("invalid model: {0}")]
+    Invalid(String),
+}
+
+/// Model families.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelKind {
+    /// Bagged logistic regressions (linfa-logistic).
+    Logistic,
+    /// Bagged decision trees with leaf probabilities (linfa-trees).
+    Forest,
+}
+
+impl ModelKind {
+    /// Name used on the command line and in files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Logistic => "logistic",
+            Self::Forest => "forest",
+        }
+    }
+}
+
+/// Standardisation: `z = (x - mean) / scale`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Scaler {
+    /// Per-feature mean.
+    pub mean: Vec<f64>,
+    /// Per-feature scale (standard deviation, 1 when constant).
+    pub scale: Vec<f64>,
+}
+
+/// One logistic regression.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Linear {
+    /// Intercept.
+    pub intercept: f64,
+    /// One weight per feature.
+    pub weights: Vec<f64>,
+}
+
+/// A tree node. Children are later in the node list than their parent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Node {
+    /// Go left when `feature < threshold` (linfa's rule), else right.
+    Split {
+        /// Feature index.
+        feature: u16,
+        /// Threshold on the standardised feature.
+        threshold: f64,
+        /// Index of the left child.
+        left: u32,
+        /// Index of the right child.
+        right: u32,
+    },
+    /// Probability of the positive class in this leaf.
+    Leaf(f64),
+}
+
+/// One decision tree; node 0 is the root.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Tree {
+    /// Nodes.
+    pub nodes: Vec<Node>,
+}
+
+impl Tree {
+    /// The leaf probability for `z`.
+    pub fn predict(&self, z: &[f64]) -> f64 {
+        let mut i = 0usize;
+        // Validated on load: children point forward, so this terminates.
+        loop {
+            match &self.nodes[i] {
+                Node::Leaf(p) => return *p,
+                Node::Split {
+                    feature,
+                    threshold,
+                    left,
+                    right,
+                } => {
+                    i = if z[*feature as usize] < *threshold {
+                        *left as usize
+                    } else {
+                        *right as usize
+                    };
+                }
+            }
+        }
+    }
+}
+
+/// The ensemble's members.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Members {
+    /// Logistic regressions.
+    Logistic(Vec<Linear>),
+    /// Trees.
+    Forest(Vec<Tree>),
+}
+
+impl Members {
+    /// Number of members.
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Logistic(m) => m.len(),
+            Self::Forest(m) => m.len(),
+        }
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The family.
+    pub fn kind(&self) -> ModelKind {
+        match self {
+            Self::Logistic(_) => ModelKind::Logistic,
+            Self::Forest(_) => ModelKind::Forest,
+        }
+    }
+
+    /// Writes each member's raw probability for standardised features `z` into `out`.
+    pub fn raw(&self, z: &[f64], out: &mut [f64]) {
+        match self {
+            Self::Logistic(ms) => {
+                for (m, o) in ms.iter().zip(out) {
+                    let s: f64 =
+                        m.intercept + m.weights.iter().zip(z).map(|(w, x)| w * x).sum::<f64>();
+                    *o = sigmoid(s);
+                }
+            }
+            Self::Forest(ts) => {
+                for (t, o) in ts.iter().zip(out) {
+                    *o = t.predict(z);
+                }
+            }
+        }
+    }
+}
+
+/// Platt scaling of the ensemble's mean: `p = sigmoid(a * logit(raw) + b)`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Platt {
+    /// Slope.
+    pub a: f64,
+    /// Offset.
+    pub b: f64,
+}
+
+impl Platt {
+    /// No change.
+    pub const IDENTITY: Platt = Platt { a: 1.0, b: 0.0 };
+
+    /// The calibrated probability of a raw probability.
+    pub fn apply(&self, raw: f64) -> f64 {
+        sigmoid(self.a * logit(raw) + self.b)
+    }
+}
+
+/// The logistic function.
+pub fn sigmoid(x: f64) -> f64 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// The log-odds of `p`, clamped away from 0 and 1.
+pub fn logit(p: f64) -> f64 {
+    let p = p.clamp(EPS, 1.0 - EPS);
+    (p / (1.0 - p)).ln()
+}
+
+/// How one candidate family did on the validation split.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Candidate {
+    /// The family.
+    pub kind: ModelKind,
+    /// Members fitted.
+    pub members: usize,
+    /// Threshold chosen for it.
+    pub threshold: f64,
+    /// Its validation metrics at that threshold.
+    pub validation: GroupedMetrics,
+    /// Seconds spent fitting it.
+    pub fit_seconds: f64,
+}
+
+/// What the model is, what it was trained on and how well it did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelCard {
+    /// When training finished (RFC 3339).
+    pub created_at: String,
+    /// Where the training data came from (files, or the database).
+    pub training_data: Vec<String>,
+    /// Telemetry rows read.
+    pub rows: u64,
+    /// Series (contiguous per-appliance stretches).
+    pub series: usize,
+    /// Failures in the data: all, with precursors, without.
+    pub failures: [usize; 3],
+    /// How the data was split by time.
+    pub split: String,
+    /// Rows the models were fitted on (all positives, sampled negatives).
+    pub fitted_rows: usize,
+    /// Positive rows among them.
+    pub fitted_positives: usize,
+    /// How the operating threshold was chosen.
+    pub threshold_rule: String,
+    /// Every family tried.
+    pub candidates: Vec<Candidate>,
+    /// The chosen model on the validation split, with the baseline beside it.
+    pub validation: Report,
+    /// Wall-clock training time in seconds.
+    pub training_seconds: f64,
+    /// Anything a reader should know.
+    pub notes: Vec<String>,
+}
+
+impl ModelCard {
+    /// A card with nothing in it yet (filled in by training).
+    pub fn empty() -> Self {
+        Self {
+            created_at: String::new(),
+            training_data: Vec::new(),
+            rows: 0,
+            series: 0,
+            failures: [0; 3],
+            split: String::new(),
+            fitted_rows: 0,
+            fitted_positives: 0,
+            threshold_rule: String::new(),
+            candidates: Vec::new(),
+            validation: super::evaluate::report(&[], &[], 0.5, 60),
+            training_seconds: 0.0,
+            notes: Vec::new(),
+        }
+    }
+}
+
+/// A trained risk model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Model {
+    /// File format version.
+    pub format: u32,
+    /// Name given at training.
+    pub name: String,
+    /// `name-<hash of the parameters>`: changes whenever the scores could.
+    pub version: String,
+    /// Label horizon: the score is the probability that a failure starts within this many
+    /// seconds.
+    pub horizon_s: u32,
+    /// Feature window in seconds.
+    pub window_s: u32,
+    /// Feature names, in order.
+    pub features: Vec<String>,
+    /// Feature standardisation.
+    pub scaler: Scaler,
+    /// The ensemble.
+    pub members: Members,
+    /// Calibration of the ensemble mean.
+    pub calibration: Platt,
+    /// Operating threshold: alarm when the score is above it.
+    pub threshold: f64,
+    /// Alarm hold in seconds (see [`super::hold`]).
+    pub hold_s: u32,
+    /// The model card.
+    pub card: ModelCard,
+}
+
+impl Model {
+    /// A model that scores `p` for everything: for tests of the plumbing around models.
+    pub fn constant(name: &str, p: f64) -> Self {
+        let mut m = Model {
+            format: FORMAT,
+            name: name.to_owned(),
+            version: String::new(),
+            horizon_s: 60,
+            window_s: WINDOW_S as u32,
+            features: FEATURE_NAMES.iter().map(|s| (*s).to_owned()).collect(),
+            scaler: Scaler {
+                mean: vec![0.0; N_FEATURES],
+                scale: vec![1.0; N_FEATURES],
+            },
+            members: Members::Logistic(vec![Linear {
+                intercept: logit(p),
+                weights: vec![0.0; N_FEATURES],
+            }]),
+            calibration: Platt::IDENTITY,
+            threshold: 0.5,
+            hold_s: 1,
+            card: ModelCard::empty(),
+        };
+        m.version = m.compute_version();
+        m
+    }
+
+    /// The version string for these parameters.
+    pub fn compute_version(&self) -> String {
+        let mut h = Sha256::new();
+        let params = serde_json::json!({
+            "horizon_s": self.horizon_s,
+            "window_s": self.window_s,
+            "scaler": self.scaler,
+            "members": self.members,
+            "calibration": self.calibration,
+            "threshold": self.threshold,
+            "hold_s": self.hold_s,
+        });
+        h.update(params.to_string().as_bytes());
+        let digest = h.finalize();
+        let hex: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+        format!("{}-{hex}", self.name)
+    }
+
+    /// Checks every rule a loaded model must meet.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        let bad = |m: String| Err(ModelError::Invalid(m));
+        if self.format != FORMAT {
+            return bad(format!(
+                "format {} (this build reads {FORMAT})",
+                self.format
+            ));
+        }
+        if self.features != FEATURE_NAMES {
+            return bad("features differ from this build's feature list; retrain".into());
+        }
+        if self.window_s as usize != WINDOW_S {
+            return bad(format!(
+                "window {} s, this build uses {WINDOW_S} s",
+                self.window_s
+            ));
+        }
+        if self.horizon_s == 0 || self.horizon_s > 86_400 {
+            return bad(format!("horizon {} s is not in 1..=86400", self.horizon_s));
+        }
+        if self.name.is_empty() || self.name.len() > 100 || self.version.len() > 200 {
+            return bad("name must be 1 to 100 characters".into());
+        }
+        if self.hold_s > 60 {
+            return bad(format!("hold {} s is longer than 60 s", self.hold_s));
+        }
+        if !(0.0..=1.0).contains(&self.threshold) {
+            return bad(format!("threshold {} is not in [0, 1]", self.threshold));
+        }
+        if !(self.calibration.a.is_finite() && self.calibration.b.is_finite()) {
+            return bad("calibration is not finite".into());
+        }
+        let finite = |v: &[f64]| v.iter().all(|x| x.is_finite());
+        if self.scaler.mean.len() != N_FEATURES
+            || self.scaler.scale.len() != N_FEATURES
+            || !finite(&self.scaler.mean)
+            || !self.scaler.scale.iter().all(|s| s.is_finite() && *s > 0.0)
+        {
+            return bad("scaler must have a finite mean and a positive scale per feature".into());
+        }
+        if self.members.is_empty() || self.members.len() > MAX_MEMBERS {
+            return bad(format!("needs 1 to {MAX_MEMBERS} members"));
+        }
+        match &self.members {
+            Members::Logistic(ms) => {
+                for (i, m) in ms.iter().enumerate() {
+                    if m.weights.len() != N_FEATURES
+                        || !finite(&m.weights)
+                        || !m.intercept.is_finite()
+                    {
+                        return bad(format!("member {i}: needs {N_FEATURES} finite weights"));
+                    }
+                }
+            }
+            Members::Forest(ts) => {
+                for (i, t) in ts.iter().enumerate() {
+                    check_tree(t).map_err(|m| ModelError::Invalid(format!("tree {i}: {m}")))?;
+                }
+            }
+        }
+        if self.version != self.compute_version() {
+            return bad(format!(
+                "version {} does not match its parameters ({}); the file was edited",
+                self.version,
+                self.compute_version()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Reads and validates a model file.
+    pub fn load(path: &Path) -> Result<Self, ModelError> {
+        let file = std::fs::File::open(path)?;
+        let mut text = String::new();
+        file.take(MAX_FILE_BYTES + 1).read_to_string(&mut text)?;
+        if text.len() as u64 > MAX_FILE_BYTES {
+            return Err(ModelError::Invalid(format!(
+                "file is larger than {MAX_FILE_BYTES} bytes"
+            )));
+        }
+        Self::from_json(&text)
+    }
+
+    /// Parses and validates a model from JSON text.
+    pub fn from_json(text: &str) -> Result<Self, ModelError> {
+        let model: Model = serde_json::from_str(text)?;
+        model.validate()?;
+        Ok(model)
+    }
+
+    /// Writes the model as JSON (atomically: a temporary file renamed into place).
+    pub fn save(&self, path: &Path) -> Result<(), ModelError> {
+        let text = serde_json::to_string(self)?;
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, path)?;
+        Ok(())
+    }
+
+    /// The ensemble mean of raw member probabilities, and the interval quantiles.
+    fn raw(&self, x: &Features) -> (f64, f64, f64) {
+        let mut z = [0f64; N_FEATURES];
+        for (i, zi) in z.iter_mut().enumerate() {
+            *zi = (x[i] - self.scaler.mean[i]) / self.scaler.scale[i];
+        }
+        let mut out = [0f64; MAX_MEMBERS];
+        let n = self.members.len();
+        let out = &mut out[..n];
+        self.members.raw(&z, out);
+        let mean = out.iter().sum::<f64>() / n as f64;
+        // Nearest-rank quantiles; selecting the higher rank first leaves the lower one in the
+        // front part, so the second selection only searches there.
+        let rank = |p: f64| ((p * n as f64).ceil() as usize).clamp(1, n) - 1;
+        let (lo, hi) = (rank(INTERVAL.0), rank(INTERVAL.1));
+        let high = *out.select_nth_unstable_by(hi, f64::total_cmp).1;
+        let low = *out[..=hi].select_nth_unstable_by(lo, f64::total_cmp).1;
+        (mean, low, high)
+    }
+
+    /// The uncalibrated ensemble mean (what the calibration is fitted on).
+    pub fn raw_score(&self, x: &Features) -> f64 {
+        self.raw(x).0
+    }
+
+    /// The calibrated score with its interval.
+    pub fn score(&self, x: &Features) -> RiskScore {
+        let (mean, lo, hi) = self.raw(x);
+        let p = self.calibration.apply(mean);
+        let low = self.calibration.apply(lo).min(p);
+        let high = self.calibration.apply(hi).max(p);
+        RiskScore::new(p, low, high)
+            .unwrap_or_else(|_| RiskScore::exact(Probability::saturating(p)))
+    }
+}
+
+fn check_tree(t: &Tree) -> Result<(), String> {
+    if t.nodes.is_empty() || t.nodes.len() > MAX_NODES {
+        return Err(format!("needs 1 to {MAX_NODES} nodes"));
+    }
+    let n = t.nodes.len();
+    for (i, node) in t.nodes.iter().enumerate() {
+        match node {
+            Node::Leaf(p) if !(0.0..=1.0).contains(p) => {
+                return Err(format!("node {i}: leaf probability {p} not in [0, 1]"));
+            }
+            Node::Leaf(_) => {}
+            Node::Split {
+                feature,
+                threshold,
+                left,
+                right,
+            } => {
+                let (l, r) = (*left as usize, *right as usize);
+                if *feature as usize >= N_FEATURES || !threshold.is_finite() {
+                    return Err(format!("node {i}: bad feature or threshold"));
+                }
+                if l <= i || r <= i || l >= n || r >= n {
+                    return Err(format!("node {i}: children must come later in the list"));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tree_shape_is_checked() {
+        let ok = Tree {
+            nodes: vec![
+                Node::Split {
+                    feature: 0,
+                    threshold: 0.5,
+                    left: 1,
+                    right: 2,
+                },
+                Node::Leaf(0.1),
+                Node::Leaf(0.9),
+            ],
+        };
+        assert!(check_tree(&ok).is_ok());
+        assert_eq!(ok.predict(&[0.2; N_FEATURES]), 0.1);
+        assert_eq!(ok.predict(&[0.5; N_FEATURES]), 0.9);
+        let cyclic = Tree {
+            nodes: vec![Node::Split {
+                feature: 0,
+                threshold: 0.5,
+                left: 0,
+                right: 0,
+            }],
+        };
+        assert!(check_tree(&cyclic).is_err());
+        assert!(
+            check_tree(&Tree {
+                nodes: vec![Node::Leaf(1.5)]
+            })
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn platt_is_monotone() {
+        let p = Platt { a: 2.0, b: -1.0 };
+        assert!(p.apply(0.2) < p.apply(0.3));
+        assert!((Platt::IDENTITY.apply(0.3) - 0.3).abs() < 1e-12);
+    }
+}

@@ -1,0 +1,571 @@
+//! A telemetry simulator with labelled failures, deterministic for a seed.
+//!
+//! Each appliance has a daily load cycle (peaking at 20:00 local time, regions in different time
+//! zones), autocorrelated noise, and harmless events that look like trouble but are not: load
+//! spikes, memory bumps that a garbage collection undoes, latency blips, short loss bursts,
+//! handshake-failure bursts, and regional congestion shared by every appliance of a region.
+//! Failures come in kinds: five with precursors of varying length and intensity (memory leak,
+//! congestion, CPU saturation, latency drift, link flapping) and two without (power loss of one
+//! appliance; a regional outage taking a whole region down at once).
+//!
+//! Appliances are simulated one at a time from their own random stream, so memory stays flat
+//! however many hours are asked for; regional events come from a per-region stream drawn first.
+//! The numbers are made up to be plausible, not measured: the simulator exists to test that the
+//! pipeline learns precursors and is measured honestly, not to claim real-world accuracy.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::failures::FailureLabel;
+use super::telemetry::{ApplianceInfo, Metric, N_METRICS, Row};
+use crate::domain::{ApplianceId, RegionId};
+
+/// Regions of simulated appliances, with their UTC offsets in hours.
+const REGIONS: [(&str, f64); 3] = [("eu", 1.0), ("us", -5.0), ("ap", 8.0)];
+
+/// Default start: 2026-01-01T00:00:00Z.
+pub const DEFAULT_START: i64 = 1_767_225_600;
+
+/// What to simulate.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SimConfig {
+    /// Number of appliances.
+    pub appliances: usize,
+    /// Length in seconds.
+    pub seconds: u64,
+    /// Random seed; the same seed gives the same output.
+    pub seed: u64,
+    /// Unix second of the first row.
+    pub start: i64,
+    /// Mean failures per appliance per day of up time (all kinds).
+    pub failures_per_day: f64,
+}
+
+impl SimConfig {
+    /// A configuration with the default start and failure rate.
+    pub fn new(appliances: usize, seconds: u64, seed: u64) -> Self {
+        Self {
+            appliances,
+            seconds,
+            seed,
+            start: DEFAULT_START,
+            failures_per_day: 4.0,
+        }
+    }
+}
+
+/// Kinds of simulated failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// Memory grows until the process is killed.
+    MemoryLeak,
+    /// Bandwidth saturates, latency and loss rise, then a loss burst and an outage.
+    Congestion,
+    /// CPU saturates; handshakes start failing.
+    CpuSaturation,
+    /// Latency drifts upward until the link is cut.
+    LatencyDrift,
+    /// Short total-loss episodes, more and more often, then a cut.
+    LinkFlap,
+    /// Sudden power loss: no precursor.
+    PowerLoss,
+    /// The whole region goes down at once: no precursor.
+    RegionalOutage,
+}
+
+impl FailureKind {
+    /// Name in labels files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::MemoryLeak => "memory_leak",
+            Self::Congestion => "congestion",
+            Self::CpuSaturation => "cpu_saturation",
+            Self::LatencyDrift => "latency_drift",
+            Self::LinkFlap => "link_flap",
+            Self::PowerLoss => "power_loss",
+            Self::RegionalOutage => "regional_outage",
+        }
+    }
+
+    /// Whether the kind has precursors.
+    pub fn has_precursor(self) -> bool {
+        !matches!(self, Self::PowerLoss | Self::RegionalOutage)
+    }
+
+    /// Precursor length range in seconds.
+    fn precursor_range(self) -> (f64, f64) {
+        match self {
+            Self::MemoryLeak => (180.0, 1500.0),
+            Self::Congestion => (90.0, 600.0),
+            Self::CpuSaturation => (90.0, 900.0),
+            Self::LatencyDrift => (180.0, 1200.0),
+            Self::LinkFlap => (90.0, 600.0),
+            Self::PowerLoss | Self::RegionalOutage => (0.0, 0.0),
+        }
+    }
+}
+
+/// Per-appliance failure kinds and their weights (regional outages are drawn per region).
+const KIND_WEIGHTS: [(FailureKind, f64); 6] = [
+    (FailureKind::MemoryLeak, 0.18),
+    (FailureKind::Congestion, 0.18),
+    (FailureKind::CpuSaturation, 0.14),
+    (FailureKind::LatencyDrift, 0.14),
+    (FailureKind::LinkFlap, 0.12),
+    (FailureKind::PowerLoss, 0.24),
+];
+
+/// An interval event with an intensity.
+#[derive(Debug, Clone, Copy)]
+struct Event {
+    start: u64,
+    end: u64,
+    size: f64,
+}
+
+impl Event {
+    fn progress(&self, t: u64) -> Option<f64> {
+        (t >= self.start && t < self.end)
+            .then(|| (t - self.start) as f64 / (self.end - self.start).max(1) as f64)
+    }
+}
+
+/// Events shared by the appliances of one region.
+#[derive(Debug, Clone)]
+struct RegionEvents {
+    congestion: Vec<Event>,
+    outages: Vec<Event>,
+}
+
+/// Draws events of a Poisson process with `per_day` rate over `seconds`, each lasting
+/// `min..max` seconds with size `lo..hi`.
+fn poisson_events(
+    rng: &mut ChaCha8Rng,
+    seconds: u64,
+    per_day: f64,
+    (min, max): (f64, f64),
+    (lo, hi): (f64, f64),
+) -> Vec<Event> {
+    let mut out = Vec::new();
+    let mut t = 0.0;
+    loop {
+        t += -(1.0 - rng.r#gen::<f64>()).ln() * 86_400.0 / per_day;
+        if t >= seconds as f64 {
+            return out;
+        }
+        let len = rng.gen_range(min..=max);
+        out.push(Event {
+            start: t as u64,
+            end: (t + len) as u64,
+            size: rng.gen_range(lo..=hi),
+        });
+    }
+}
+
+fn normal(rng: &mut ChaCha8Rng) -> f64 {
+    let u1: f64 = 1.0 - rng.r#gen::<f64>();
+    let u2: f64 = rng.r#gen();
+    (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+}
+
+fn poisson(rng: &mut ChaCha8Rng, lambda: f64) -> f64 {
+    if lambda <= 0.0 {
+        return 0.0;
+    }
+    if lambda > 30.0 {
+        return (lambda + lambda.sqrt() * normal(rng)).max(0.0).round();
+    }
+    let limit = (-lambda).exp();
+    let mut k = 0.0;
+    let mut p = rng.r#gen::<f64>();
+    while p > limit {
+        k += 1.0;
+        p *= rng.r#gen::<f64>();
+    }
+    k
+}
+
+fn active(events: &[Event], t: u64) -> Option<(f64, f64)> {
+    events
+        .iter()
+        .find_map(|e| e.progress(t).map(|p| (p, e.size)))
+}
+
+/// The simulator: call [`Simulator::appliance`] for each index in `0..appliances`.
+#[derive(Debug, Clone)]
+pub struct Simulator {
+    cfg: SimConfig,
+    regions: Vec<RegionEvents>,
+}
+
+/// The output for one appliance.
+#[derive(Debug, Clone)]
+pub struct ApplianceRun {
+    /// The appliance.
+    pub info: ApplianceInfo,
+    /// One row per second (the `appliance` field is the index given).
+    pub rows: Vec<Row>,
+    /// Its failures.
+    pub failures: Vec<FailureLabel>,
+}
+
+/// The state of a failure being simulated.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    kind: FailureKind,
+    /// When the precursor began.
+    begin: u64,
+    /// First down second.
+    fail_at: u64,
+    /// Intensity in [0.5, 1].
+    k: f64,
+}
+
+fn round(v: f64, decimals: i32) -> f64 {
+    let f = 10f64.powi(decimals);
+    (v * f).round() / f
+}
+
+impl Simulator {
+    /// Prepares a run: draws the regional events.
+    pub fn new(cfg: SimConfig) -> Self {
+        let regions = (0..REGIONS.len())
+            .map(|r| {
+                let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ (0x5eed_0000 + r as u64));
+                RegionEvents {
+                    congestion: poisson_events(
+                        &mut rng,
+                        cfg.seconds,
+                        3.0,
+                        (120.0, 1200.0),
+                        (0.3, 1.0),
+                    ),
+                    outages: poisson_events(&mut rng, cfg.seconds, 0.1, (60.0, 600.0), (1.0, 1.0)),
+                }
+            })
+            .collect();
+        Self { cfg, regions }
+    }
+
+    /// The identity of appliance `i`: regions in turn, numbered within the region.
+    pub fn info(&self, i: usize) -> ApplianceInfo {
+        let (region, _) = REGIONS[i % REGIONS.len()];
+        let id = format!("{region}-{}", i / REGIONS.len() + 1);
+        ApplianceInfo {
+            // Built from the fixed region names and a number: always a valid label.
+            id: ApplianceId::new(id).expect("simulated ids are DNS labels"),
+            region: RegionId::new(region).expect("simulated regions are DNS labels"),
+        }
+    }
+
+    /// Simulates appliance `i`.
+    pub fn appliance(&self, i: usize) -> ApplianceRun {
+        let cfg = self.cfg;
+        let info = self.info(i);
+        let region = &self.regions[i % REGIONS.len()];
+        let tz = REGIONS[i % REGIONS.len()].1;
+        let mut rng = ChaCha8Rng::seed_from_u64(
+            cfg.seed
+                .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                .wrapping_add(i as u64 + 1),
+        );
+        let n = cfg.seconds;
+        // Character of this appliance.
+        let capacity = rng.gen_range(0.6..1.1);
+        let base_rtt = rng.gen_range(8.0..80.0);
+        let mut mem_base: f64 = rng.gen_range(0.3..0.5);
+        let sessions_max = rng.gen_range(200.0..2000.0);
+        // Harmless events.
+        let spikes = poisson_events(&mut rng, n, 6.0, (30.0, 300.0), (0.15, 0.4));
+        let mem_bumps = poisson_events(&mut rng, n, 4.0, (120.0, 900.0), (0.05, 0.25));
+        let lat_blips = poisson_events(&mut rng, n, 6.0, (10.0, 120.0), (0.3, 1.5));
+        let loss_blips = poisson_events(&mut rng, n, 4.0, (1.0, 5.0), (0.05, 0.3));
+        let hs_bursts = poisson_events(&mut rng, n, 4.0, (5.0, 30.0), (2.0, 10.0));
+
+        let hazard = cfg.failures_per_day / 86_400.0;
+        let mut rows = Vec::with_capacity(n as usize);
+        let mut failures = Vec::new();
+        let mut pending: Option<Pending> = None;
+        let mut down_until: Option<u64> = None;
+        let mut ar_load = 0.0;
+        let mut ar_rtt = 0.0;
+        let mut hiccup: Option<(u64, bool)> = None;
+        let mut flap_until = 0u64;
+        let appliance = u32::try_from(i).unwrap_or(u32::MAX);
+        for t in 0..n {
+            let ts = cfg.start + t as i64;
+            // Regional outage overrides everything.
+            let outage = active(&region.outages, t).is_some();
+            if down_until.is_some_and(|until| t >= until) && !outage {
+                down_until = None;
+                mem_base = rng.gen_range(0.3..0.5);
+                ar_load = 0.0;
+                ar_rtt = 0.0;
+            }
+            let was_down = rows.last().is_some_and(|r: &Row| r.down);
+            if outage && down_until.is_none() {
+                // The precursor in progress (if any) is cut short by the outage.
+                pending = None;
+                down_until = Some(t + 1);
+                if !was_down && t > 0 {
+                    failures.push(FailureLabel {
+                        appliance: info.id.clone(),
+                        ts,
+                        kind: FailureKind::RegionalOutage.name().into(),
+                        precursor: Some(false),
+                        precursor_s: None,
+                    });
+                }
+            }
+            if outage {
+                down_until = Some(down_until.unwrap_or(t).max(t + 1));
+            }
+            if let Some(p) = pending.filter(|p| t >= p.fail_at) {
+                pending = None;
+                down_until = Some(t + rng.gen_range(60..=600));
+                failures.push(FailureLabel {
+                    appliance: info.id.clone(),
+                    ts,
+                    kind: p.kind.name().into(),
+                    precursor: Some(p.kind.has_precursor()),
+                    precursor_s: p
+                        .kind
+                        .has_precursor()
+                        .then_some((p.fail_at - p.begin) as u32),
+                });
+            }
+            if down_until.is_some() {
+                let mut values = [f64::NAN; N_METRICS];
+                values[Metric::Loss as usize] = 1.0;
+                rows.push(Row {
+                    ts,
+                    appliance,
+                    values,
+                    down: true,
+                });
+                continue;
+            }
+            if pending.is_none() && t > 0 && rng.r#gen::<f64>() < hazard {
+                let mut x = rng.r#gen::<f64>() * KIND_WEIGHTS.iter().map(|(_, w)| w).sum::<f64>();
+                let mut kind = FailureKind::PowerLoss;
+                for (k, w) in KIND_WEIGHTS {
+                    if x < w {
+                        kind = k;
+                        break;
+                    }
+                    x -= w;
+                }
+                let (lo, hi) = kind.precursor_range();
+                let len = if hi > 0.0 {
+                    rng.gen_range(lo..=hi) as u64
+                } else {
+                    0
+                };
+                pending = Some(Pending {
+                    kind,
+                    begin: t,
+                    fail_at: t + len,
+                    k: rng.gen_range(0.5..=1.0),
+                });
+                if len == 0 {
+                    // Sudden: goes down this very second.
+                    let p = pending.take().map(|p| p.kind).unwrap_or(kind);
+                    down_until = Some(t + rng.gen_range(60..=600));
+                    failures.push(FailureLabel {
+                        appliance: info.id.clone(),
+                        ts,
+                        kind: p.name().into(),
+                        precursor: Some(false),
+                        precursor_s: None,
+                    });
+                    let mut values = [f64::NAN; N_METRICS];
+                    values[Metric::Loss as usize] = 1.0;
+                    rows.push(Row {
+                        ts,
+                        appliance,
+                        values,
+                        down: true,
+                    });
+                    continue;
+                }
+            }
+
+            // Normal behaviour.
+            let hour = ((ts as f64 / 3600.0) + tz).rem_euclid(24.0);
+            let daily = 0.5 + 0.5 * (std::f64::consts::TAU * (hour - 20.0) / 24.0).cos();
+            ar_load = 0.995 * ar_load + 0.006 * normal(&mut rng);
+            let spike = active(&spikes, t).map_or(0.0, |(_, s)| s);
+            let load = (0.15 + 0.55 * daily * capacity + ar_load + spike).clamp(0.0, 1.0);
+            let mut cpu = 0.08 + 0.6 * load + 0.02 * normal(&mut rng);
+            let mut bw = load * 0.9 + 0.02 * normal(&mut rng);
+            mem_base = (mem_base + 0.0002 * normal(&mut rng)).clamp(0.25, 0.55);
+            let bump = active(&mem_bumps, t).map_or(0.0, |(p, s)| {
+                // Rises for two thirds of the event, then a collection frees it.
+                if p < 0.67 { s * p / 0.67 } else { s * 0.2 }
+            });
+            let mut mem = mem_base + 0.1 * load + bump + 0.003 * normal(&mut rng);
+            let mut sessions = sessions_max * (0.1 + 0.9 * load) * (1.0 + 0.02 * normal(&mut rng));
+            let mut hsf = poisson(&mut rng, 0.05 + 0.3 * load)
+                + active(&hs_bursts, t).map_or(0.0, |(_, s)| poisson(&mut rng, s));
+            ar_rtt = 0.98 * ar_rtt + 0.01 * normal(&mut rng);
+            let mut rtt_factor = 1.0
+                + 0.25 * ((bw - 0.7) / 0.3).max(0.0)
+                + ar_rtt
+                + active(&lat_blips, t).map_or(0.0, |(_, s)| s);
+            let mut jitter_factor = 1.0;
+            let mut loss: f64 = if rng.r#gen::<f64>() < 0.01 { 0.01 } else { 0.0 };
+            if let Some((_, s)) = active(&loss_blips, t) {
+                loss = loss.max(s);
+            }
+            if let Some((_, s)) = active(&region.congestion, t) {
+                rtt_factor += 0.3 + 0.7 * s;
+                jitter_factor += 1.0 + s;
+                loss = loss.max(0.005 + 0.025 * s * rng.r#gen::<f64>());
+            }
+            // Precursor of the pending failure.
+            if let Some(p) = pending {
+                let u = (t - p.begin) as f64 / (p.fail_at - p.begin).max(1) as f64;
+                let k = p.k;
+                match p.kind {
+                    FailureKind::MemoryLeak => {
+                        let target = 0.93 + 0.07 * k;
+                        mem += (target - mem).max(0.0) * u.powf(1.5);
+                        if u > 0.8 {
+                            cpu += 0.25 * k * (u - 0.8) / 0.2;
+                        }
+                    }
+                    FailureKind::Congestion => {
+                        bw += (0.9 + 0.1 * k - bw).max(0.0) * u;
+                        rtt_factor += 3.0 * k * u * u;
+                        jitter_factor += 4.0 * k * u * u;
+                        loss = loss.max(0.2 * k * u.powi(3));
+                        if u > 0.85 {
+                            loss = loss.max(rng.gen_range(0.2..0.6));
+                        }
+                    }
+                    FailureKind::CpuSaturation => {
+                        cpu += (0.95 + 0.05 * k - cpu).max(0.0) * u.powf(1.2);
+                        hsf += poisson(&mut rng, 10.0 * k * u * u);
+                        rtt_factor += k * u * u;
+                    }
+                    FailureKind::LatencyDrift => {
+                        rtt_factor += (2.0 + 6.0 * k) * u.powf(1.3);
+                        jitter_factor += 3.0 * k * u;
+                    }
+                    FailureKind::LinkFlap => {
+                        if t >= flap_until && rng.r#gen::<f64>() < 0.01 + 0.08 * u * k {
+                            flap_until = t + rng.gen_range(1..=4);
+                        }
+                        if t < flap_until {
+                            loss = rng.gen_range(0.5..=1.0);
+                            jitter_factor += 3.0;
+                            sessions *= 0.97;
+                        }
+                    }
+                    FailureKind::PowerLoss | FailureKind::RegionalOutage => {}
+                }
+            }
+            let rtt = base_rtt * rtt_factor * (1.0 + 0.05 * normal(&mut rng)).max(0.5);
+            let jitter = (0.03 * rtt * jitter_factor + 0.5 * normal(&mut rng).abs()).max(0.0);
+            cpu = cpu.clamp(0.0, 1.0);
+            bw = bw.clamp(0.0, 1.0);
+            mem = mem.clamp(0.0, 1.0);
+            sessions = sessions.max(0.0);
+            loss = loss.clamp(0.0, 1.0);
+            let mut values = [
+                round(cpu, 4),
+                round(mem, 4),
+                round(bw, 4),
+                sessions.round(),
+                hsf,
+                round(rtt, 2),
+                round(jitter, 2),
+                round(loss, 4),
+            ];
+            if loss >= 0.99 {
+                // Every probe lost: no round trip to report.
+                values[Metric::RttMs as usize] = f64::NAN;
+                values[Metric::JitterMs as usize] = f64::NAN;
+            }
+            // Telemetry hiccups: health or probe fields missing for a few seconds.
+            if hiccup.is_some_and(|(until, _)| t >= until) {
+                hiccup = None;
+            }
+            if hiccup.is_none() && rng.r#gen::<f64>() < 0.002 {
+                hiccup = Some((t + rng.gen_range(1..=5), rng.r#gen::<bool>()));
+            }
+            if let Some((_, health)) = hiccup {
+                let range = if health { 0..5 } else { 5..8 };
+                for v in &mut values[range] {
+                    *v = f64::NAN;
+                }
+            }
+            rows.push(Row {
+                ts,
+                appliance,
+                values,
+                down: false,
+            });
+        }
+        ApplianceRun {
+            info,
+            rows,
+            failures,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deterministic_for_a_seed_and_different_across_seeds() {
+        let a = Simulator::new(SimConfig::new(4, 3 * 3600, 7));
+        let b = Simulator::new(SimConfig::new(4, 3 * 3600, 7));
+        let c = Simulator::new(SimConfig::new(4, 3 * 3600, 8));
+        for i in 0..4 {
+            let (ra, rb, rc) = (a.appliance(i), b.appliance(i), c.appliance(i));
+            assert_eq!(ra.rows.len(), 3 * 3600);
+            // NaN != NaN, so compare the bit patterns.
+            let bits = |r: &ApplianceRun| -> Vec<(i64, [u64; N_METRICS], bool)> {
+                r.rows
+                    .iter()
+                    .map(|x| (x.ts, x.values.map(f64::to_bits), x.down))
+                    .collect()
+            };
+            assert_eq!(bits(&ra), bits(&rb));
+            assert_eq!(ra.failures, rb.failures);
+            assert_ne!(bits(&ra), bits(&rc));
+        }
+    }
+
+    #[test]
+    fn failures_match_down_transitions_and_values_are_valid() {
+        let sim = Simulator::new(SimConfig {
+            failures_per_day: 48.0,
+            ..SimConfig::new(3, 6 * 3600, 1)
+        });
+        let mut total = 0;
+        for i in 0..3 {
+            let run = sim.appliance(i);
+            let starts: Vec<i64> = run
+                .rows
+                .windows(2)
+                .filter(|w| w[1].down && !w[0].down)
+                .map(|w| w[1].ts)
+                .collect();
+            let labelled: Vec<i64> = run.failures.iter().map(|f| f.ts).collect();
+            assert_eq!(starts, labelled);
+            total += starts.len();
+            for r in &run.rows {
+                for m in [Metric::Cpu, Metric::Mem, Metric::BwUtil, Metric::Loss] {
+                    if let Some(v) = r.get(m) {
+                        assert!((0.0..=1.0).contains(&v), "{m:?} {v}");
+                    }
+                }
+            }
+        }
+        assert!(total > 5, "expected failures at 48/day, got {total}");
+    }
+}

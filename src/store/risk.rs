@@ -1,0 +1,390 @@
+//! Postgres side of the risk engine: telemetry import/export in the CSV model, the live
+//! scorer's reads, and `risk_scores` writes.
+//!
+//! Mapping between the CSV format and the tables:
+//! - `cpu, mem, bw_util, sessions, handshake_failures` <-> `appliance_health` (per-second
+//!   averages; handshake failures summed). The table's other columns (`bw_in_bps`,
+//!   `bw_out_bps`, `packets_dropped`) are not in the CSV and import as 0. A CSV row with any
+//!   health field missing imports no health row (the table has no NULLs), so its present
+//!   health fields are lost.
+//! - `rtt_ms, jitter_ms, loss` <-> `path_probes` whose destination is the appliance
+//!   (`dst_kind = 'appliance'`, `dst = <id>`), averaged over sources per second. Import writes
+//!   them as the appliance's own probe (`src = dst = <id>`); rows without `loss` import none.
+//! - `down` <-> `failure_events`: a failure covers `[started_at, ended_at)`; an open event runs
+//!   to the end of the export. Kinds and precursor flags travel with the events.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, TimeZone, Utc};
+use sqlx::PgPool;
+
+use super::StoreError;
+use crate::domain::{ApplianceHealth, ApplianceId, Fraction, PathProbe, ProbeTarget, RegionId};
+use crate::risk::failures::{FailureLabel, FailureLabels};
+use crate::risk::records::network_seconds;
+pub use crate::risk::records::{FailureEvent, HealthSecond, ProbeSecond, RttMinute, ScoreRow};
+use crate::risk::series::Series;
+use crate::risk::telemetry::{ApplianceInfo, Metric, N_METRICS, Row, Telemetry};
+
+fn at(sec: i64) -> DateTime<Utc> {
+    Utc.timestamp_opt(sec, 0).single().unwrap_or_default()
+}
+
+/// Per-second health in `[from, to)`.
+pub async fn health_seconds(
+    pool: &PgPool,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<Vec<HealthSecond>, StoreError> {
+    let rows = sqlx::query!(
+        r#"SELECT region, appliance_id,
+                  floor(extract(epoch FROM ts))::bigint AS "sec!",
+                  avg(cpu) AS "cpu!", avg(mem) AS "mem!", avg(bw_util) AS "bw_util!",
+                  avg(sessions)::float8 AS "sessions!",
+                  sum(handshake_failures)::float8 AS "hsf!"
+           FROM appliance_health WHERE ts >= $1 AND ts < $2
+           GROUP BY 1, 2, 3"#,
+        from,
+        to
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| HealthSecond {
+            region: r.region,
+            appliance: r.appliance_id,
+            sec: r.sec,
+            values: [r.cpu, r.mem, r.bw_util, r.sessions.round(), r.hsf],
+        })
+        .collect())
+}
+
+/// Per-second path probes in `[from, to)`.
+pub async fn probe_seconds(
+    pool: &PgPool,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<Vec<ProbeSecond>, StoreError> {
+    let rows = sqlx::query!(
+        r#"SELECT region, src, dst_kind, dst,
+                  floor(extract(epoch FROM ts))::bigint AS "sec!",
+                  avg(rtt_ms) AS rtt_ms, avg(jitter_ms) AS jitter_ms, avg(loss) AS "loss!"
+           FROM path_probes WHERE ts >= $1 AND ts < $2
+           GROUP BY 1, 2, 3, 4, 5"#,
+        from,
+        to
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| ProbeSecond {
+            region: r.region,
+            src: r.src,
+            dst_kind: r.dst_kind,
+            dst: r.dst,
+            sec: r.sec,
+            rtt_ms: r.rtt_ms.unwrap_or(f64::NAN),
+            jitter_ms: r.jitter_ms.unwrap_or(f64::NAN),
+            loss: r.loss,
+        })
+        .collect())
+}
+
+/// Per-minute rtt sums in `[from, to)`: of every appliance (probes to it) and every path
+/// between different ends. Sums raw probes, where live scoring first averages sources per
+/// second: close enough for a baseline that only warms the first hour after a start.
+pub async fn rtt_minutes(
+    pool: &PgPool,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<Vec<RttMinute>, StoreError> {
+    let rows = sqlx::query!(
+        r#"SELECT region AS "region!", dst AS "subject!", false AS "path!",
+                  floor(extract(epoch FROM ts) / 60)::bigint AS "minute!",
+                  sum(rtt_ms) AS "sum!", count(rtt_ms) AS "count!"
+           FROM path_probes
+           WHERE dst_kind = 'appliance' AND rtt_ms IS NOT NULL AND ts >= $1 AND ts < $2
+           GROUP BY 1, 2, 4
+           UNION ALL
+           SELECT region, src || '>' || dst, true,
+                  floor(extract(epoch FROM ts) / 60)::bigint,
+                  sum(rtt_ms), count(rtt_ms)
+           FROM path_probes
+           WHERE src <> dst AND rtt_ms IS NOT NULL AND ts >= $1 AND ts < $2
+           GROUP BY 1, 2, 4"#,
+        from,
+        to
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| RttMinute {
+            region: r.region,
+            path: r.path,
+            subject: r.subject,
+            minute: r.minute,
+            sum: r.sum,
+            count: u32::try_from(r.count).unwrap_or(u32::MAX),
+        })
+        .collect())
+}
+
+/// Failure events that overlap `[from, to)` (open events included).
+pub async fn failure_events(
+    pool: &PgPool,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<Vec<FailureEvent>, StoreError> {
+    let rows = sqlx::query!(
+        r#"SELECT region, appliance_id,
+                  floor(extract(epoch FROM started_at))::bigint AS "started!",
+                  ceil(extract(epoch FROM ended_at))::bigint AS ended,
+                  kind, has_precursor
+           FROM failure_events
+           WHERE started_at < $2 AND (ended_at IS NULL OR ended_at > $1)
+           ORDER BY started_at"#,
+        from,
+        to
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| FailureEvent {
+            region: r.region,
+            appliance: r.appliance_id,
+            started: r.started,
+            ended: r.ended,
+            kind: r.kind,
+            has_precursor: r.has_precursor,
+        })
+        .collect())
+}
+
+fn bad_row(table: &'static str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::InvalidRow {
+        table,
+        message: e.to_string(),
+    }
+}
+
+/// Reads `[from, to)` as telemetry in the CSV model, with failure labels.
+pub async fn export(
+    pool: &PgPool,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<(Telemetry, FailureLabels), StoreError> {
+    let health = health_seconds(pool, from, to).await?;
+    let probes = probe_seconds(pool, from, to).await?;
+    let events = failure_events(pool, from, to).await?;
+    let mut t = Telemetry::default();
+    let mut index: HashMap<String, u32> = HashMap::new();
+    let mut intern =
+        |t: &mut Telemetry, id: &str, region: &str, table| -> Result<u32, StoreError> {
+            if let Some(&i) = index.get(id) {
+                return Ok(i);
+            }
+            let info = ApplianceInfo {
+                id: ApplianceId::new(id).map_err(|e| bad_row(table, e))?,
+                region: RegionId::new(region).map_err(|e| bad_row(table, e))?,
+            };
+            let i = t.appliances.len() as u32;
+            t.appliances.push(info);
+            index.insert(id.to_owned(), i);
+            Ok(i)
+        };
+    let mut rows: BTreeMap<(u32, i64), Row> = BTreeMap::new();
+    let blank = |appliance, ts| Row {
+        ts,
+        appliance,
+        values: [f64::NAN; N_METRICS],
+        down: false,
+    };
+    for h in &health {
+        let a = intern(&mut t, &h.appliance, &h.region, "appliance_health")?;
+        let row = rows.entry((a, h.sec)).or_insert_with(|| blank(a, h.sec));
+        row.values[..5].copy_from_slice(&h.values);
+    }
+    // Network columns: mean over every probe of the appliance in that second.
+    for n in network_seconds(&probes) {
+        let a = intern(&mut t, n.appliance, n.region, "path_probes")?;
+        let row = rows.entry((a, n.sec)).or_insert_with(|| blank(a, n.sec));
+        row.values[Metric::RttMs as usize] = n.rtt_ms;
+        row.values[Metric::JitterMs as usize] = n.jitter_ms;
+        row.values[Metric::Loss as usize] = n.loss;
+    }
+    let (from_s, to_s) = (from.timestamp(), to.timestamp());
+    let mut labels = FailureLabels::new();
+    for ev in &events {
+        let a = intern(&mut t, &ev.appliance, &ev.region, "failure_events")?;
+        let end = ev.ended.unwrap_or(to_s).min(to_s);
+        for sec in ev.started.max(from_s)..end {
+            rows.entry((a, sec)).or_insert_with(|| blank(a, sec)).down = true;
+        }
+        let id = t.appliances[a as usize].id.clone();
+        labels.insert(
+            (id.clone(), ev.started),
+            FailureLabel {
+                appliance: id,
+                ts: ev.started,
+                kind: ev.kind.clone(),
+                precursor: ev.has_precursor,
+                precursor_s: None,
+            },
+        );
+        // The second before a failure must exist (up) for the failure to be observed.
+        if ev.started > from_s {
+            rows.entry((a, ev.started - 1))
+                .or_insert_with(|| blank(a, ev.started - 1));
+        }
+    }
+    t.rows = rows.into_values().collect();
+    Ok((t, labels))
+}
+
+/// What an import stored.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ImportCounts {
+    /// New `appliance_health` rows.
+    pub health: u64,
+    /// New `path_probes` rows.
+    pub probes: u64,
+    /// New `failure_events` rows.
+    pub failures: u64,
+}
+
+const BATCH: usize = 10_000;
+
+/// Stores telemetry (and the failures found in `series`, built from it) in the tables.
+/// Rows already there are kept (same key: skipped), so an import can be repeated.
+pub async fn import(
+    pool: &PgPool,
+    t: &Telemetry,
+    series: &[Series],
+) -> Result<ImportCounts, StoreError> {
+    let mut counts = ImportCounts::default();
+    let mut health = Vec::with_capacity(BATCH);
+    let mut probes = Vec::with_capacity(BATCH);
+    for r in &t.rows {
+        let info = &t.appliances[r.appliance as usize];
+        let ts = at(r.ts);
+        let v = &r.values;
+        if !r.down && v[..5].iter().all(|x| !x.is_nan()) {
+            health.push(ApplianceHealth {
+                region: info.region.clone(),
+                appliance: info.id.clone(),
+                ts,
+                cpu: Fraction::saturating(v[0]),
+                mem: Fraction::saturating(v[1]),
+                bw_in_bps: 0,
+                bw_out_bps: 0,
+                bw_util: Fraction::saturating(v[2]),
+                sessions: v[3] as u32,
+                handshake_failures: v[4] as u32,
+                packets_dropped: 0,
+            });
+        }
+        if let Some(loss) = r.get(Metric::Loss) {
+            probes.push(PathProbe {
+                region: info.region.clone(),
+                src: info.id.clone(),
+                dst: ProbeTarget::Appliance(info.id.clone()),
+                ts,
+                rtt_ms: r.get(Metric::RttMs),
+                jitter_ms: r.get(Metric::JitterMs),
+                loss: Fraction::saturating(loss),
+                samples: 1,
+            });
+        }
+        if health.len() >= BATCH {
+            counts.health += super::telemetry::insert_health(pool, &health).await?;
+            health.clear();
+        }
+        if probes.len() >= BATCH {
+            counts.probes += super::telemetry::insert_probes(pool, &probes).await?;
+            probes.clear();
+        }
+    }
+    counts.health += super::telemetry::insert_health(pool, &health).await?;
+    counts.probes += super::telemetry::insert_probes(pool, &probes).await?;
+    for s in series {
+        let info = &t.appliances[s.appliance as usize];
+        for f in &s.failures {
+            let ended = (f.end < s.len()).then(|| at(s.ts(f.end)));
+            let done = sqlx::query!(
+                "INSERT INTO failure_events (region, appliance_id, started_at, ended_at, kind, has_precursor, note)
+                 VALUES ($1, $2, $3, $4, $5, $6, 'imported')
+                 ON CONFLICT DO NOTHING",
+                info.region.as_str(),
+                info.id.as_str(),
+                at(s.ts(f.start)),
+                ended,
+                f.kind.as_deref().unwrap_or("unknown"),
+                f.precursor,
+            )
+            .execute(pool)
+            .await?;
+            counts.failures += done.rows_affected();
+        }
+    }
+    Ok(counts)
+}
+
+/// Upserts scores in one statement; every changed row notifies through the table's trigger.
+pub async fn write_scores(
+    pool: &PgPool,
+    rows: &[ScoreRow],
+    model_version: &str,
+    computed_at: DateTime<Utc>,
+) -> Result<u64, StoreError> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let region: Vec<&str> = rows.iter().map(|r| r.region.as_str()).collect();
+    let kind: Vec<&str> = rows.iter().map(|r| r.subject_kind).collect();
+    let subject: Vec<&str> = rows.iter().map(|r| r.subject.as_str()).collect();
+    let score: Vec<f64> = rows.iter().map(|r| r.score.value().get()).collect();
+    let low: Vec<f64> = rows.iter().map(|r| r.score.low().get()).collect();
+    let high: Vec<f64> = rows.iter().map(|r| r.score.high().get()).collect();
+    let done = sqlx::query!(
+        "INSERT INTO risk_scores (region, subject_kind, subject, score, score_low, score_high, model_version, computed_at)
+         SELECT r, k, s, v, l, h, $7, $8
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::float8[], $5::float8[], $6::float8[])
+              AS u(r, k, s, v, l, h)
+         ON CONFLICT (region, subject_kind, subject) DO UPDATE
+         SET score = EXCLUDED.score, score_low = EXCLUDED.score_low,
+             score_high = EXCLUDED.score_high, model_version = EXCLUDED.model_version,
+             computed_at = EXCLUDED.computed_at",
+        &region as &[&str],
+        &kind as &[&str],
+        &subject as &[&str],
+        &score,
+        &low,
+        &high,
+        model_version,
+        computed_at,
+    )
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Stored scores of one region: (subject_kind, subject) -> (score, model version).
+pub async fn stored_scores(
+    pool: &PgPool,
+    region: &str,
+) -> Result<HashMap<(String, String), (f64, String)>, StoreError> {
+    let rows = sqlx::query!(
+        "SELECT subject_kind, subject, score, model_version FROM risk_scores WHERE region = $1",
+        region
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| ((r.subject_kind, r.subject), (r.score, r.model_version)))
+        .collect())
+}

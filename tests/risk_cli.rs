@@ -1,0 +1,231 @@
+//! The risk commands end to end on small simulated data: simulate -> train -> evaluate/score,
+//! determinism, CSV errors with line and column, and model save/load round trips.
+
+use std::path::Path;
+use std::process::Command;
+
+use shadowsteer::risk::model::{Model, ModelKind};
+use shadowsteer::risk::score::score_all;
+use shadowsteer::risk::series::{self, Series};
+use shadowsteer::risk::simulate::{SimConfig, Simulator};
+use shadowsteer::risk::telemetry::Telemetry;
+use shadowsteer::risk::train::{TrainOptions, train};
+
+fn run(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_shadowsteer"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run shadowsteer");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().expect("utf-8 temp path")
+}
+
+#[test]
+fn simulate_is_deterministic_for_a_seed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, c) = (
+        dir.path().join("a.csv"),
+        dir.path().join("b.csv"),
+        dir.path().join("c.csv"),
+    );
+    for (file, seed) in [(&a, "5"), (&b, "5"), (&c, "6")] {
+        let (code, out, err) = run(&[
+            "simulate",
+            "--appliances",
+            "3",
+            "--hours",
+            "0.5",
+            "--seed",
+            seed,
+            "--out",
+            p(file),
+            "--failures-per-day",
+            "48",
+        ]);
+        assert_eq!(code, 0, "{out}{err}");
+    }
+    let read = |f: &Path| std::fs::read(f).unwrap();
+    assert_eq!(read(&a), read(&b));
+    assert_ne!(read(&a), read(&c));
+    assert_eq!(
+        read(&dir.path().join("a.failures.csv")),
+        read(&dir.path().join("b.failures.csv"))
+    );
+    let text = String::from_utf8(read(&a)).unwrap();
+    assert_eq!(text.lines().count(), 1 + 3 * 1800);
+}
+
+#[test]
+fn bad_csv_is_reported_with_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("bad.csv");
+    std::fs::write(
+        &data,
+        "ts,appliance,region,cpu,mem,bw_util,sessions,handshake_failures,rtt_ms,jitter_ms,loss,down\n\
+         100,eu-1,eu,0.5,0.5,0.5,10,0,20,1,0,0\n\
+         101,eu-1,eu,0.5,0.5,0.5,10,0,-20,1,0,0\n\
+         102,eu-1,eu,0.5,0.5,0.5,10,0,20,1,0,yes\n",
+    )
+    .unwrap();
+    let out = dir.path().join("m.json");
+    let (code, _, err) = run(&["train", "--data", p(&data), "--out", p(&out)]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("line 3, column 9 (rtt_ms)"), "{err}");
+    assert!(err.contains("line 4, column 12 (down)"), "{err}");
+    assert!(!out.exists(), "nothing written on bad input");
+}
+
+fn small_data(seed: u64) -> (Telemetry, Vec<Series>) {
+    let sim = Simulator::new(SimConfig {
+        failures_per_day: 36.0,
+        ..SimConfig::new(6, 3 * 3600, seed)
+    });
+    let mut t = Telemetry::default();
+    let mut labels = shadowsteer::risk::failures::FailureLabels::new();
+    for i in 0..6 {
+        let run = sim.appliance(i);
+        t.appliances.push(run.info);
+        t.rows.extend(run.rows);
+        for f in run.failures {
+            labels.insert((f.appliance.clone(), f.ts), f);
+        }
+    }
+    let s = series::build(&t, Some(&labels));
+    (t, s)
+}
+
+fn small_options(kinds: Vec<ModelKind>) -> TrainOptions {
+    TrainOptions {
+        name: "t".into(),
+        kinds,
+        logistic_members: 3,
+        forest_members: 4,
+        tree_rows: 3000,
+        tree_depth: 6,
+        max_false_alarms_per_day: 20.0,
+        ..TrainOptions::default()
+    }
+}
+
+#[test]
+fn saved_model_scores_identically_after_loading() {
+    let (_, series) = small_data(11);
+    let dir = tempfile::tempdir().unwrap();
+    for kind in [ModelKind::Logistic, ModelKind::Forest] {
+        let model = train(&series, &small_options(vec![kind]), &|_| {}).unwrap();
+        assert_eq!(model.members.kind(), kind);
+        let path = dir.path().join(format!("{}.json", kind.name()));
+        model.save(&path).unwrap();
+        let loaded = Model::load(&path).unwrap();
+        assert_eq!(loaded, model);
+        let a = score_all(&model, &series, 2);
+        let b = score_all(&loaded, &series, 1);
+        assert_eq!(a, b, "{} scores differ after a round trip", kind.name());
+        // Editing a parameter without retraining is caught by the version check.
+        let text = std::fs::read_to_string(&path).unwrap();
+        let edited = text.replacen("\"threshold\":", "\"threshold\":0.01,\"x\":", 1);
+        assert!(Model::from_json(&edited).is_err());
+        let mut tampered: serde_json::Value = serde_json::from_str(&text).unwrap();
+        tampered["calibration"]["b"] = serde_json::json!(3.0);
+        let err = Model::from_json(&tampered.to_string()).unwrap_err();
+        assert!(err.to_string().contains("does not match"), "{err}");
+    }
+}
+
+#[test]
+fn simulate_train_evaluate_score_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (train_csv, test_csv) = (dir.path().join("train.csv"), dir.path().join("test.csv"));
+    for (file, seed) in [(&train_csv, "1"), (&test_csv, "2")] {
+        let (code, out, err) = run(&[
+            "simulate",
+            "--appliances",
+            "6",
+            "--hours",
+            "3",
+            "--seed",
+            seed,
+            "--out",
+            p(file),
+            "--failures-per-day",
+            "36",
+        ]);
+        assert_eq!(code, 0, "{out}{err}");
+    }
+    let model = dir.path().join("m.json");
+    let (code, out, err) = run(&[
+        "train",
+        "--data",
+        p(&train_csv),
+        "--out",
+        p(&model),
+        "--members",
+        "2",
+        "--max-false-alarms",
+        "20",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(err.contains("fitting"), "progress is shown: {err}");
+    let card = std::fs::read_to_string(dir.path().join("m.md")).unwrap();
+    assert!(
+        card.contains("Operating threshold") && card.contains("baseline"),
+        "{card}"
+    );
+
+    let (code, out, err) = run(&[
+        "evaluate",
+        "--model",
+        p(&model),
+        "--data",
+        p(&test_csv),
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let keys = [
+        "recall_at_10s",
+        "recall_at_30s",
+        "median_lead_s",
+        "false_alarms_per_appliance_day",
+        "roc_auc",
+        "pr_auc",
+        "failures",
+    ];
+    for obj in [&v, &v["precursor"], &v["sudden"], &v["baseline"]] {
+        for k in keys {
+            assert!(obj.get(k).is_some(), "missing {k} in {obj}");
+        }
+    }
+    assert!(v["failures"].as_u64().unwrap() > 0);
+
+    let scores = dir.path().join("scores.csv");
+    let (code, _, err) = run(&[
+        "score",
+        "--model",
+        p(&model),
+        "--data",
+        p(&test_csv),
+        "--out",
+        p(&scores),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let text = std::fs::read_to_string(&scores).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("ts,appliance,risk,risk_low,risk_high"));
+    let rows: Vec<Vec<f64>> = lines
+        .map(|l| l.split(',').skip(2).map(|x| x.parse().unwrap()).collect())
+        .collect();
+    assert_eq!(rows.len(), 6 * 3 * 3600);
+    assert!(
+        rows.iter()
+            .all(|r| r[1] <= r[0] && r[0] <= r[2] && (0.0..=1.0).contains(&r[0]))
+    );
+}

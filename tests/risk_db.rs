@@ -1,0 +1,364 @@
+//! The risk engine against real Postgres: telemetry import/export round trip, and live scoring
+//! writing `risk_scores` and notifying through the table's trigger.
+
+mod common;
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use shadowsteer::config::RiskSection;
+use shadowsteer::domain::{
+    ApplianceHealth, ApplianceId, Fraction, PathProbe, ProbeTarget, RegionId,
+};
+use shadowsteer::risk::dataset;
+use shadowsteer::risk::live::{self, LiveSnapshot};
+use shadowsteer::risk::model::Model;
+use shadowsteer::risk::telemetry::Metric;
+use shadowsteer::store::notify::{Change, ChangedTable, listen};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+fn p(path: &Path) -> &str {
+    path.to_str().expect("utf-8 temp path")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_then_export_round_trips() {
+    let db = common::test_db().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (sim, back) = (dir.path().join("sim.csv"), dir.path().join("back.csv"));
+    let (code, out, err) = common::run_cli(
+        &db,
+        &[
+            "simulate",
+            "--appliances",
+            "3",
+            "--hours",
+            "0.5",
+            "--seed",
+            "4",
+            "--out",
+            p(&sim),
+            "--failures-per-day",
+            "150",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = common::run_cli(&db, &["telemetry", "import", "--data", p(&sim)]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("failure events"), "{out}");
+    // Importing again stores nothing new.
+    let (code, again, err) = common::run_cli(&db, &["telemetry", "import", "--data", p(&sim)]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        again.contains("imported 0 health rows, 0 probe rows and 0 failure events"),
+        "{again}"
+    );
+
+    let start = shadowsteer::risk::simulate::DEFAULT_START;
+    let (code, out, err) = common::run_cli(
+        &db,
+        &[
+            "telemetry",
+            "export",
+            "--out",
+            p(&back),
+            "--from",
+            &start.to_string(),
+            "--to",
+            &(start + 1800).to_string(),
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+
+    let a = dataset::load(&sim, None).unwrap();
+    let b = dataset::load(&back, None).unwrap();
+    assert_eq!(a.telemetry.appliances.len(), b.telemetry.appliances.len());
+    let key = |t: &shadowsteer::risk::telemetry::Telemetry,
+               r: &shadowsteer::risk::telemetry::Row| {
+        (t.appliances[r.appliance as usize].id.clone(), r.ts)
+    };
+    let exported: std::collections::HashMap<_, _> = b
+        .telemetry
+        .rows
+        .iter()
+        .map(|r| (key(&b.telemetry, r), *r))
+        .collect();
+    let mut compared = 0;
+    for r in &a.telemetry.rows {
+        let health_complete = (0..5).all(|i| !r.values[i].is_nan());
+        let Some(e) = exported.get(&key(&a.telemetry, r)) else {
+            assert!(
+                !r.down && !health_complete && r.get(Metric::Loss).is_none(),
+                "row {r:?} was lost"
+            );
+            continue;
+        };
+        assert_eq!(e.down, r.down, "down at {}", r.ts);
+        if !r.down && health_complete {
+            assert_eq!(&e.values[..5], &r.values[..5], "health at {}", r.ts);
+        }
+        for m in [Metric::RttMs, Metric::JitterMs, Metric::Loss] {
+            if let Some(v) = r.get(m) {
+                assert_eq!(e.get(m), Some(v), "{m:?} at {}", r.ts);
+            }
+        }
+        compared += 1;
+    }
+    assert!(compared as f64 > 0.98 * a.telemetry.rows.len() as f64);
+    // Failures come back with their kinds.
+    let kinds = |l: &dataset::Loaded| {
+        let mut v: Vec<(String, i64, String, Option<bool>)> = l
+            .labels
+            .as_ref()
+            .unwrap()
+            .values()
+            .map(|f| (f.appliance.to_string(), f.ts, f.kind.clone(), f.precursor))
+            .collect();
+        v.sort();
+        v
+    };
+    assert!(!kinds(&a).is_empty());
+    assert_eq!(kinds(&a), kinds(&b));
+}
+
+fn health(appliance: &str, ts: chrono::DateTime<Utc>) -> ApplianceHealth {
+    ApplianceHealth {
+        region: RegionId::new("eu").unwrap(),
+        appliance: ApplianceId::new(appliance).unwrap(),
+        ts,
+        cpu: Fraction::new(0.3).unwrap(),
+        mem: Fraction::new(0.4).unwrap(),
+        bw_in_bps: 1000,
+        bw_out_bps: 1000,
+        bw_util: Fraction::new(0.3).unwrap(),
+        sessions: 100,
+        handshake_failures: 0,
+        packets_dropped: 0,
+    }
+}
+
+fn probe(src: &str, dst: &str, ts: chrono::DateTime<Utc>) -> PathProbe {
+    PathProbe {
+        region: RegionId::new("eu").unwrap(),
+        src: ApplianceId::new(src).unwrap(),
+        dst: ProbeTarget::Appliance(ApplianceId::new(dst).unwrap()),
+        ts,
+        rtt_ms: Some(20.0),
+        jitter_ms: Some(1.0),
+        loss: Fraction::new(0.0).unwrap(),
+        samples: 10,
+    }
+}
+
+/// Waits until notifications for all of `keys` on risk_scores arrived.
+async fn await_notified(listener: &mut sqlx::postgres::PgListener, keys: &[&str]) {
+    let mut missing: HashSet<String> = keys.iter().map(|k| (*k).to_owned()).collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !missing.is_empty() {
+        let n = tokio::time::timeout_at(deadline, listener.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no notification for {missing:?} within 60 s"))
+            .expect("listener");
+        if let Some(c) = Change::from_notification(&n)
+            && c.table == ChangedTable::RiskScores
+        {
+            missing.remove(&c.key);
+        }
+    }
+}
+
+/// Waits for notifications about `subject` until its stored score satisfies `ok`.
+async fn await_score(
+    listener: &mut sqlx::postgres::PgListener,
+    pool: &sqlx::PgPool,
+    subject: &str,
+    ok: impl Fn(f64) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let n = tokio::time::timeout_at(deadline, listener.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{subject} never reached the expected score"))
+            .expect("listener");
+        if let Some(c) = Change::from_notification(&n)
+            && c.table == ChangedTable::RiskScores
+            && c.key == subject
+            && ok(stored(pool, subject).await.0)
+        {
+            return;
+        }
+    }
+}
+
+async fn stored(pool: &sqlx::PgPool, subject: &str) -> (f64, String) {
+    sqlx::query_as("SELECT score, model_version FROM risk_scores WHERE subject = $1")
+        .bind(subject)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_scoring_writes_and_notifies() {
+    let db = common::test_db().await;
+    let now = Utc::now();
+    let mut h = Vec::new();
+    let mut pr = Vec::new();
+    for s in 1..=120 {
+        let ts = now - chrono::Duration::seconds(s);
+        h.push(health("eu-1", ts));
+        h.push(health("eu-2", ts));
+        pr.push(probe("eu-1", "eu-2", ts));
+        pr.push(probe("eu-2", "eu-1", ts));
+    }
+    shadowsteer::store::telemetry::insert_health(&db.pool, &h)
+        .await
+        .unwrap();
+    shadowsteer::store::telemetry::insert_probes(&db.pool, &pr)
+        .await
+        .unwrap();
+
+    let mut listener = listen(&db.url).await.unwrap();
+    let model_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/default.json");
+    let model = Arc::new(Model::load(&model_path).expect("the shipped default model loads"));
+    let (tx, mut rx) = watch::channel(Arc::new(LiveSnapshot::default()));
+    let settings = RiskSection {
+        interval: shadowsteer::config::Duration(Duration::from_millis(200)),
+        ..RiskSection::default()
+    };
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(live::run(
+        db.pool.clone(),
+        Arc::clone(&model),
+        settings,
+        RegionId::new("eu").unwrap(),
+        tx,
+        shutdown.clone(),
+    ));
+
+    // First round: every appliance and path is written, and each write notifies.
+    await_notified(&mut listener, &["eu-1", "eu-2", "eu-1>eu-2", "eu-2>eu-1"]).await;
+    let (score, version) = stored(&db.pool, "eu-1").await;
+    assert_eq!(version, model.version);
+    assert!((0.0..1.0).contains(&score));
+    rx.wait_for(|s| s.rounds >= 1).await.unwrap();
+    {
+        let snap = rx.borrow();
+        assert_eq!(snap.model_version, model.version);
+        assert_eq!(snap.scores.len(), 4);
+        let metrics = snap.render_metrics();
+        assert!(
+            metrics.contains("shadowsteer_risk_score{kind=\"appliance\",subject=\"eu-1\""),
+            "{metrics}"
+        );
+    }
+
+    // An open failure event: eu-2 is down, risk 1.
+    sqlx::query(
+        "INSERT INTO failure_events (region, appliance_id, started_at, kind) \
+         VALUES ('eu', 'eu-2', now() - interval '3 seconds', 'test')",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    await_score(&mut listener, &db.pool, "eu-2", |s| s == 1.0).await;
+
+    // Advisories are the steering server's to combine: the stored score stays the model's.
+    sqlx::query("INSERT INTO regions (region) VALUES ('eu')")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO advisories (region, scope_region, kind, risk, starts_at) \
+         VALUES ('eu', 'eu', 'maintenance', 0.95, now() - interval '1 minute')",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    // Let a few scoring rounds see the advisory.
+    let rounds = rx.borrow().rounds;
+    rx.wait_for(|s| s.rounds >= rounds + 3).await.unwrap();
+    let live = rx
+        .borrow()
+        .scores
+        .iter()
+        .find(|s| s.id == "eu-1")
+        .map(|s| s.score.value().get())
+        .unwrap();
+    assert!(
+        live < 0.95,
+        "the advisory was folded into the live score: {live}"
+    );
+    let (stored_score, _) = stored(&db.pool, "eu-1").await;
+    assert!(
+        stored_score < 0.95,
+        "the advisory was folded into the stored score: {stored_score}"
+    );
+
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .expect("live scoring stops on shutdown")
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn train_from_the_database() {
+    let db = common::test_db().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sim = dir.path().join("recent.csv");
+    // Three hours of telemetry that ended a minute ago.
+    let start = Utc::now().timestamp() - 3 * 3600 - 60;
+    let (code, out, err) = common::run_cli(
+        &db,
+        &[
+            "simulate",
+            "--appliances",
+            "6",
+            "--hours",
+            "3",
+            "--seed",
+            "8",
+            "--out",
+            p(&sim),
+            "--failures-per-day",
+            "36",
+            "--start",
+            &start.to_string(),
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = common::run_cli(&db, &["telemetry", "import", "--data", p(&sim)]);
+    assert_eq!(code, 0, "{out}{err}");
+    let model = dir.path().join("fleet.json");
+    let (code, out, err) = common::run_cli(
+        &db,
+        &[
+            "train",
+            "--from-db",
+            "--since",
+            "4h",
+            "--out",
+            p(&model),
+            "--members",
+            "2",
+            "--max-false-alarms",
+            "20",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let m = Model::load(&model).unwrap();
+    assert!(
+        m.card.training_data[0].starts_with("database"),
+        "{:?}",
+        m.card.training_data
+    );
+    assert!(
+        m.card.failures[1] > 0,
+        "precursor labels travel through the database"
+    );
+}
