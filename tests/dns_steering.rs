@@ -393,3 +393,177 @@ async fn embedded_database_by_default() {
     .unwrap();
     let _ = std::fs::remove_dir_all(&data);
 }
+
+/// Telemetry of `appliance` for the last 900 s: 600 quiet seconds, then 300 s of a memory leak
+/// with rising congestion (the precursor pattern the model learned), ending now.
+fn leak_telemetry(
+    appliance: &str,
+    peer: &str,
+    leaking: bool,
+) -> (
+    Vec<shadowsteer::domain::ApplianceHealth>,
+    Vec<shadowsteer::domain::PathProbe>,
+) {
+    use shadowsteer::domain::{ApplianceHealth, Fraction, PathProbe, ProbeTarget};
+    let now = chrono::Utc::now();
+    let mut health = Vec::new();
+    let mut probes = Vec::new();
+    for i in 0..900i64 {
+        let ts = now - chrono::Duration::seconds(900 - i);
+        let f = if leaking && i >= 600 {
+            (i - 600) as f64 / 300.0
+        } else {
+            0.0
+        };
+        let region = if appliance.starts_with("eu") {
+            "eu"
+        } else {
+            "us"
+        };
+        health.push(ApplianceHealth {
+            region: region.parse().unwrap(),
+            appliance: appliance.parse().unwrap(),
+            ts,
+            cpu: Fraction::saturating(0.3 + 0.5 * f),
+            mem: Fraction::saturating(0.45 + 0.53 * f),
+            bw_in_bps: 1_000_000,
+            bw_out_bps: 1_000_000,
+            bw_util: Fraction::saturating(0.4 + 0.5 * f),
+            sessions: 100,
+            handshake_failures: 0,
+            packets_dropped: 0,
+        });
+        probes.push(PathProbe {
+            region: region.parse().unwrap(),
+            src: appliance.parse().unwrap(),
+            dst: ProbeTarget::Appliance(peer.parse().unwrap()),
+            ts,
+            rtt_ms: Some(20.0 + 60.0 * f),
+            jitter_ms: Some(1.0 + 8.0 * f),
+            loss: Fraction::saturating(0.02 * f),
+            samples: 5,
+        });
+    }
+    (health, probes)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn live_scores_move_a_client_before_its_primary_fails() {
+    let db = common::test_db().await;
+    basic_inventory(&db.url);
+    let url = db.url.clone();
+    // Live scoring is on by default (the built-in model) and the thresholds follow the model.
+    let server = tokio::task::spawn_blocking(move || {
+        let server = Server::start(
+            &config(NO_RRL, "hold_down = \"1s\""),
+            &["--database-url", &url],
+        );
+        assert_eq!(answer(server.dns, ALICE), ["192.0.2.1"]);
+        server
+    })
+    .await
+    .unwrap();
+
+    // Healthy telemetry on both: the client stays on its primary.
+    for (a, peer) in [("eu-1", "us-1"), ("us-1", "eu-1")] {
+        let (h, p) = leak_telemetry(a, peer, false);
+        shadowsteer::store::telemetry::insert_health(&db.pool, &h)
+            .await
+            .unwrap();
+        shadowsteer::store::telemetry::insert_probes(&db.pool, &p)
+            .await
+            .unwrap();
+    }
+    let pool = db.pool.clone();
+    let scored = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM risk_scores WHERE subject_kind = 'appliance' AND subject = 'eu-1'")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            if n > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(scored.is_ok(), "the live scorer wrote no score for eu-1");
+    let dns = server.dns;
+    let calm = tokio::task::spawn_blocking(move || answer(dns, ALICE))
+        .await
+        .unwrap();
+    assert_eq!(calm, ["192.0.2.1"], "healthy telemetry moved the client");
+
+    // eu-1 starts leaking memory: the model's score rises above its threshold before any
+    // failure, and the client moves to its shadow. No advisory, no failure event.
+    sqlx::query("DELETE FROM appliance_health WHERE appliance_id = 'eu-1'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM path_probes WHERE src = 'eu-1'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let (h, p) = leak_telemetry("eu-1", "us-1", true);
+    shadowsteer::store::telemetry::insert_health(&db.pool, &h)
+        .await
+        .unwrap();
+    shadowsteer::store::telemetry::insert_probes(&db.pool, &p)
+        .await
+        .unwrap();
+    let url2 = db.url.clone();
+    let moved = tokio::task::spawn_blocking(move || {
+        let moved = eventually(Duration::from_secs(60), || {
+            answer(server.dns, ALICE) == ["192.0.2.2"]
+        });
+        let token = cli(&url2, &["token", "create", "--name", "scrape"]);
+        let metrics = http_get(server.admin, "/metrics", Some(token.trim()));
+        assert_eq!(server.stop(), 0);
+        (moved, metrics)
+    })
+    .await
+    .unwrap();
+    assert!(
+        moved.0.is_some(),
+        "the client did not move on the leak's precursors"
+    );
+    let failures: i64 = sqlx::query_scalar("SELECT count(*) FROM failure_events")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(failures, 0);
+    let (score, version): (f64, String) = sqlx::query_as(
+        "SELECT score, model_version FROM risk_scores WHERE subject_kind = 'appliance' AND subject = 'eu-1'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    let builtin = shadowsteer::risk::model::Model::builtin().unwrap();
+    assert_eq!(version, builtin.version);
+    assert!(score > builtin.threshold, "stored score {score}");
+    let reason: String = sqlx::query_scalar(
+        "SELECT reason FROM steering_decisions WHERE client_id = 'alice' AND to_appliance = 'us-1' ORDER BY id DESC LIMIT 1",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    eprintln!(
+        "moved after {:?}: {reason} (stored score {score:.3})",
+        moved.0
+    );
+    // The model and its scores are in the metrics.
+    let (code, text) = moved.1.expect("metrics answered");
+    assert_eq!(code, 200);
+    assert!(
+        text.contains(&format!(
+            "shadowsteer_risk_model_info{{version=\"{}\"",
+            builtin.version
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("shadowsteer_risk_score{kind=\"appliance\",subject=\"eu-1\""),
+        "{text}"
+    );
+}

@@ -289,6 +289,10 @@ pub fn render(state: &AppState) -> String {
         "",
         state.tcp_refused.load(Ordering::Relaxed),
     );
+    if let Some(risk) = &state.risk {
+        let snapshot = risk.borrow().clone();
+        o.0.push_str(&snapshot.render_metrics());
+    }
     o.0
 }
 

@@ -54,6 +54,8 @@ pub struct AppState {
     /// Token hashes recently verified against the database, so scrapes keep working while the
     /// database is away (see [`auth`]).
     pub token_cache: Arc<Mutex<HashMap<[u8; 32], Instant>>>,
+    /// Live risk scoring (model version, scores), when it runs.
+    pub risk: Option<tokio::sync::watch::Receiver<Arc<crate::risk::live::LiveSnapshot>>>,
 }
 
 /// All routes.

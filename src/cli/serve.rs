@@ -23,11 +23,11 @@ use shadowsteer::dns::tcp::TcpServer;
 use shadowsteer::dns::udp::{self, Worker};
 use shadowsteer::dns::zone::Snapshot;
 use shadowsteer::dns::{catalog, tcp};
+use shadowsteer::risk::{self, live::LiveSnapshot, model::Model};
 use shadowsteer::steering::{Engine, Policy};
 use shadowsteer::store::audit::AuditStatus;
 use shadowsteer::store::snapshot::{Loader, SyncStatus};
 use shadowsteer::store::{self, Database, DatabaseTarget};
-use sqlx::PgPool;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -133,18 +133,28 @@ async fn shutdown_signal() {
     }
 }
 
-/// Background tasks beyond DNS that run on the server's database with its shutdown token.
-///
-/// Extension point: the risk engine (live scoring that writes `risk_scores`) starts here, e.g.
-/// `tasks.spawn(risk::live::run(pool.clone(), cfg.risk.clone(), shutdown.clone()))`. Its
-/// writes reach DNS through the `risk_scores` NOTIFY trigger like any other change.
-fn spawn_background_tasks(
-    tasks: &mut JoinSet<()>,
-    pool: &PgPool,
+/// The risk model `serve` scores with: the configured file, else the built-in default; `None`
+/// when live scoring is off.
+fn load_model(
     cfg: &SteeringConfig,
-    shutdown: &CancellationToken,
-) {
-    let _ = (tasks, pool, cfg, shutdown);
+    config_file: &std::path::Path,
+) -> Result<Option<Arc<Model>>, CommandError> {
+    if !cfg.risk.enabled {
+        return Ok(None);
+    }
+    let model = match &cfg.risk.model {
+        Some(path) => Model::load(path).map_err(|e| {
+            CommandError::Input(format!(
+                "{}: risk.model: cannot load {}: {e}",
+                config_file.display(),
+                path.display()
+            ))
+        })?,
+        None => Model::builtin()
+            .context("loading the built-in risk model")
+            .map_err(CommandError::Failed)?,
+    };
+    Ok(Some(Arc::new(model)))
 }
 
 /// Runs the server until SIGINT/SIGTERM.
@@ -165,8 +175,23 @@ pub async fn run(args: ServeArgs) -> CommandResult {
             "--udp-workers must be between 1 and 256".into(),
         ));
     }
-    let policy =
-        Policy::from_config(&cfg.steering).map_err(|e| CommandError::Input(e.to_string()))?;
+    let model = load_model(&cfg, &args.config)?;
+    let policy = Policy::from_config(&cfg.steering, model.as_ref().map(|m| m.threshold))
+        .map_err(|e| CommandError::Input(format!("{}: steering: {e}", args.config.display())))?;
+    match &model {
+        Some(m) => {
+            tracing::info!(model = %m.version, horizon_s = m.horizon_s, "live risk scoring on")
+        }
+        None => tracing::info!("live risk scoring off (risk.enabled = false): advisories only"),
+    }
+    tracing::info!(
+        threshold = policy.threshold(),
+        hysteresis = policy.hysteresis(),
+        weight_low = policy.weight_low(),
+        weight_high = policy.weight_high(),
+        hold_down_s = policy.hold_down().num_seconds(),
+        "steering policy"
+    );
     let serial = u32::try_from(chrono::Utc::now().timestamp()).unwrap_or(u32::MAX);
     let statics = catalog::build(&cfg.dns, serial, &|p| std::fs::read_to_string(p))
         .map_err(|e| CommandError::Input(format!("{}: {e}", args.config.display())))?;
@@ -297,6 +322,20 @@ pub async fn run(args: ServeArgs) -> CommandResult {
         };
         tasks.spawn(server.run(listener, shutdown.clone()));
     }
+    // Live scoring writes risk_scores; its writes reach DNS through the table's NOTIFY trigger
+    // like any other change, and its snapshot feeds the metrics.
+    let risk = model.map(|model| {
+        let (tx, rx) = watch::channel(Arc::new(LiveSnapshot::default()));
+        tasks.spawn(risk::live::run(
+            pool.clone(),
+            model,
+            cfg.risk.clone(),
+            cfg.server.region.clone(),
+            tx,
+            shutdown.clone(),
+        ));
+        rx
+    });
     let listening = Arc::new(AtomicBool::new(true));
     let state = admin::AppState {
         pool: pool.clone(),
@@ -310,6 +349,7 @@ pub async fn run(args: ServeArgs) -> CommandResult {
         tcp_refused,
         listening: listening.clone(),
         token_cache: Arc::default(),
+        risk,
     };
     let admin_shutdown = shutdown.clone();
     tasks.spawn(async move {
@@ -317,7 +357,6 @@ pub async fn run(args: ServeArgs) -> CommandResult {
             tracing::error!(error = %e, "admin listener failed");
         }
     });
-    spawn_background_tasks(&mut tasks, &pool, &cfg, &shutdown);
 
     tokio::select! {
         _ = shutdown_signal() => tracing::info!("shutting down"),

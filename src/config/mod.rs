@@ -26,7 +26,8 @@ pub use fields::{Duration, IpNet, ListenAddr};
 pub use risk::RiskSection;
 pub use steering::{
     AdminSection, DnsSection, EcsRegion, NsRecord, RateLimitSection, ServerSection, SoaSection,
-    StaticRecord, SteeringConfig, SteeringSection, ZoneSection,
+    StaticRecord, SteeringConfig, SteeringSection, THRESHOLD_WITHOUT_MODEL, Thresholds,
+    ZoneSection,
 };
 
 /// One problem in one configuration file.

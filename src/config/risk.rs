@@ -8,16 +8,16 @@ use super::Problems;
 use super::fields::Duration;
 
 /// `[risk]`: which model scores, how often, and how much a score must move to be written.
-/// Validated while parsing (a bad value is reported at the key `risk`).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(try_from = "RawRiskSection")]
+#[serde(deny_unknown_fields)]
 pub struct RiskSection {
     /// Run the live scorer in `serve`.
     #[serde(default = "default_enabled")]
     pub enabled: bool,
-    /// The model file.
-    #[serde(default = "default_model")]
-    pub model: PathBuf,
+    /// A model file (relative paths from the working directory); absent: the default model
+    /// shipped in `models/default.json`, built into the binary.
+    #[serde(default)]
+    pub model: Option<PathBuf>,
     /// Time between two scoring rounds.
     #[serde(default = "default_interval")]
     pub interval: Duration,
@@ -33,62 +33,8 @@ pub struct RiskSection {
     pub threads: usize,
 }
 
-/// `[risk]` as written, before validation.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRiskSection {
-    /// Run the live scorer in `serve`.
-    #[serde(default = "default_enabled")]
-    enabled: bool,
-    /// The model file.
-    #[serde(default = "default_model")]
-    model: PathBuf,
-    /// Time between two scoring rounds.
-    #[serde(default = "default_interval")]
-    interval: Duration,
-    /// A score is written to `risk_scores` only when it moved by more than this since it was
-    /// last written: bounds writes (and the notifications they trigger).
-    #[serde(default = "default_epsilon")]
-    epsilon: f64,
-    /// Most rows written per round (largest moves first; the rest wait for the next round).
-    #[serde(default = "default_max_writes")]
-    max_writes_per_round: usize,
-    /// Threads scoring in parallel (outside the async runtime's workers).
-    #[serde(default = "default_threads")]
-    threads: usize,
-}
-
-impl TryFrom<RawRiskSection> for RiskSection {
-    type Error = String;
-    fn try_from(r: RawRiskSection) -> Result<Self, String> {
-        let section = Self {
-            enabled: r.enabled,
-            model: r.model,
-            interval: r.interval,
-            epsilon: r.epsilon,
-            max_writes_per_round: r.max_writes_per_round,
-            threads: r.threads,
-        };
-        let mut problems = Problems::default();
-        section.validate(&mut problems);
-        if problems.is_empty() {
-            Ok(section)
-        } else {
-            Err(problems
-                .0
-                .iter()
-                .map(|p| format!("{}: {}", p.key.trim_start_matches("risk."), p.message))
-                .collect::<Vec<_>>()
-                .join("; "))
-        }
-    }
-}
-
 fn default_enabled() -> bool {
     true
-}
-fn default_model() -> PathBuf {
-    PathBuf::from("models/default.json")
 }
 fn default_interval() -> Duration {
     Duration(std::time::Duration::from_secs(1))
@@ -107,7 +53,7 @@ impl Default for RiskSection {
     fn default() -> Self {
         Self {
             enabled: default_enabled(),
-            model: default_model(),
+            model: None,
             interval: default_interval(),
             epsilon: default_epsilon(),
             max_writes_per_round: default_max_writes(),
@@ -132,7 +78,11 @@ impl RiskSection {
         if !(1..=64).contains(&self.threads) {
             problems.push("risk.threads", "must be between 1 and 64");
         }
-        if self.model.as_os_str().is_empty() {
+        if self
+            .model
+            .as_ref()
+            .is_some_and(|m| m.as_os_str().is_empty())
+        {
             problems.push("risk.model", "must name a model file");
         }
     }
@@ -154,9 +104,13 @@ mod tests {
         let errs =
             parse::<SteeringConfig>(file, &format!("{BASE}[risk]\nepsilon = 0\nthreads = 0\n"))
                 .unwrap_err();
+        let errs: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
         assert_eq!(
-            errs[0].to_string(),
-            "s.toml: risk: epsilon: 0 is not in (0, 1); threads: must be between 1 and 64"
+            errs,
+            [
+                "s.toml: risk.epsilon: 0 is not in (0, 1)",
+                "s.toml: risk.threads: must be between 1 and 64"
+            ]
         );
         let errs = parse::<SteeringConfig>(file, &format!("{BASE}[risk]\nintervall = \"1s\"\n"))
             .unwrap_err();

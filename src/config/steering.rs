@@ -319,50 +319,79 @@ impl Default for AdminSection {
 }
 
 /// `[steering]`: when clients move from their primary to their shadow.
+///
+/// Risks are probabilities of failure within the risk model's horizon, so the thresholds belong
+/// to the model: left out, they follow the model's operating threshold (see
+/// [`SteeringSection::resolve`]).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SteeringSection {
-    /// Primary risk above which clients move to the shadow (if the shadow is below it).
-    #[serde(default = "default_threshold")]
-    pub threshold: f64,
-    /// Clients come back only when the risk falls below `threshold - hysteresis`.
-    #[serde(default = "default_hysteresis")]
-    pub hysteresis: f64,
+    /// Primary risk above which clients move to the shadow (if the shadow is below it);
+    /// default: the model's operating threshold, or 0.5 without a model.
+    #[serde(default)]
+    pub threshold: Option<f64>,
+    /// Clients come back only when the risk falls this far below their trigger point;
+    /// default: a third of the threshold.
+    #[serde(default)]
+    pub hysteresis: Option<f64>,
     /// Minimum time between two changes of one client's answer.
     #[serde(default = "default_hold_down")]
     pub hold_down: Duration,
-    /// Risk from which a growing share of clients moves (dynamic weighting starts).
-    #[serde(default = "default_weight_low")]
+    /// Risk from which a growing share of clients moves (dynamic weighting starts);
+    /// default: half the threshold.
+    #[serde(default)]
+    pub weight_low: Option<f64>,
+    /// Risk at which every client has moved; default: the threshold.
+    #[serde(default)]
+    pub weight_high: Option<f64>,
+}
+
+/// Threshold when neither the configuration nor a model gives one: only advisories carry risk
+/// then, and an operator's "more likely than not" is the natural line.
+pub const THRESHOLD_WITHOUT_MODEL: f64 = 0.5;
+
+/// The steering thresholds in force, after defaults.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Thresholds {
+    /// See [`SteeringSection::threshold`].
+    pub threshold: f64,
+    /// See [`SteeringSection::hysteresis`].
+    pub hysteresis: f64,
+    /// See [`SteeringSection::weight_low`].
     pub weight_low: f64,
-    /// Risk at which every client has moved.
-    #[serde(default = "default_weight_high")]
+    /// See [`SteeringSection::weight_high`].
     pub weight_high: f64,
 }
 
-fn default_threshold() -> f64 {
-    0.7
+impl SteeringSection {
+    /// The thresholds in force: each configured value, else one derived from the threshold,
+    /// which itself defaults to `model_threshold` (the loaded model's operating threshold).
+    pub fn resolve(&self, model_threshold: Option<f64>) -> Thresholds {
+        let threshold = self
+            .threshold
+            .or(model_threshold)
+            .unwrap_or(THRESHOLD_WITHOUT_MODEL);
+        Thresholds {
+            threshold,
+            hysteresis: self.hysteresis.unwrap_or(threshold / 3.0),
+            weight_low: self.weight_low.unwrap_or(threshold / 2.0),
+            weight_high: self.weight_high.unwrap_or(threshold),
+        }
+    }
 }
-fn default_hysteresis() -> f64 {
-    0.1
-}
+
 fn default_hold_down() -> Duration {
     Duration(std::time::Duration::from_secs(30))
-}
-fn default_weight_low() -> f64 {
-    0.5
-}
-fn default_weight_high() -> f64 {
-    0.7
 }
 
 impl Default for SteeringSection {
     fn default() -> Self {
         Self {
-            threshold: default_threshold(),
-            hysteresis: default_hysteresis(),
+            threshold: None,
+            hysteresis: None,
             hold_down: default_hold_down(),
-            weight_low: default_weight_low(),
-            weight_high: default_weight_high(),
+            weight_low: None,
+            weight_high: None,
         }
     }
 }
@@ -443,18 +472,29 @@ impl Validate for SteeringConfig {
             problems.push("dns.rate_limit.ipv6_prefix", "must be between 16 and 128");
         }
         let s = &self.steering;
-        check_probability(problems, "steering.threshold", s.threshold);
-        check_probability(problems, "steering.hysteresis", s.hysteresis);
-        check_probability(problems, "steering.weight_low", s.weight_low);
-        check_probability(problems, "steering.weight_high", s.weight_high);
-        if s.hysteresis > s.threshold {
+        for (key, v) in [
+            ("steering.threshold", s.threshold),
+            ("steering.hysteresis", s.hysteresis),
+            ("steering.weight_low", s.weight_low),
+            ("steering.weight_high", s.weight_high),
+        ] {
+            if let Some(v) = v {
+                check_probability(problems, key, v);
+            }
+        }
+        if let (Some(h), Some(t)) = (s.hysteresis, s.threshold)
+            && h > t
+        {
             problems.push("steering.hysteresis", "must not exceed steering.threshold");
         }
-        if s.weight_low > s.weight_high {
+        if let (Some(lo), Some(hi)) = (s.weight_low, s.weight_high)
+            && lo > hi
+        {
             problems.push(
                 "steering.weight_low",
                 "must not exceed steering.weight_high",
             );
         }
+        self.risk.validate(problems);
     }
 }

@@ -426,6 +426,12 @@ impl Model {
         Ok(())
     }
 
+    /// The default model shipped in `models/default.json`, built into the binary so that
+    /// `serve` scores out of the box wherever it runs.
+    pub fn builtin() -> Result<Self, ModelError> {
+        Self::from_json(include_str!("../../models/default.json"))
+    }
+
     /// Reads and validates a model file.
     pub fn load(path: &Path) -> Result<Self, ModelError> {
         let file = std::fs::File::open(path)?;

@@ -86,14 +86,19 @@ impl Policy {
         })
     }
 
-    /// The policy of a `[steering]` section (already validated by the config loader).
-    pub fn from_config(s: &SteeringSection) -> Result<Self, PolicyError> {
+    /// The policy of a `[steering]` section, its unset thresholds following `model_threshold`
+    /// (the loaded risk model's operating threshold, if any).
+    pub fn from_config(
+        s: &SteeringSection,
+        model_threshold: Option<f64>,
+    ) -> Result<Self, PolicyError> {
+        let t = s.resolve(model_threshold);
         Self::new(
-            s.threshold,
-            s.hysteresis,
+            t.threshold,
+            t.hysteresis,
             s.hold_down.0,
-            s.weight_low,
-            s.weight_high,
+            t.weight_low,
+            t.weight_high,
         )
     }
 
