@@ -10,6 +10,10 @@
 //! deletes it and measures until the answer is `PRIMARY_IP` again (the server must run with
 //! `hold_down = "0s"`). The querier sends back-to-back queries, so the resolution is one round
 //! trip (tens of microseconds). Prints p50/p90/p99/max over all measurements.
+//!
+//! Changes are spaced `GAP_MS` milliseconds apart (default 250): each change is measured on its
+//! own, not queued behind the previous one's work (with every client of the appliance moving,
+//! each change also writes one audit row per client).
 
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
@@ -76,12 +80,19 @@ fn main() {
         );
         std::process::exit(2);
     }
-    let dns: SocketAddr = args[1].parse().expect("DNS_ADDR is ip:port");
+    fn parse<T: std::str::FromStr>(value: &str, what: &str) -> T {
+        value.parse().unwrap_or_else(|_| {
+            eprintln!("error: {what}: cannot parse {value:?}");
+            std::process::exit(2)
+        })
+    }
+    let dns: SocketAddr = parse(&args[1], "DNS_ADDR (ip:port)");
     let name = args[2].clone();
-    let primary: std::net::Ipv4Addr = args[3].parse().expect("PRIMARY_IP");
-    let shadow: std::net::Ipv4Addr = args[4].parse().expect("SHADOW_IP");
+    let primary: std::net::Ipv4Addr = parse(&args[3], "PRIMARY_IP");
+    let shadow: std::net::Ipv4Addr = parse(&args[4], "SHADOW_IP");
     let appliance = args[5].clone();
-    let rounds: usize = args.get(6).map_or(50, |r| r.parse().expect("ROUNDS"));
+    let rounds: usize = args.get(6).map_or(50, |r| parse(r, "ROUNDS"));
+    let gap = Duration::from_millis(std::env::var("GAP_MS").map_or(250, |g| parse(&g, "GAP_MS")));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -105,6 +116,7 @@ fn main() {
         .expect("insert advisory");
         let committed = Instant::now();
         samples.push(wait_for(&sock, dns, &name, shadow.octets(), committed));
+        std::thread::sleep(gap);
         rt.block_on(
             sqlx::query("DELETE FROM advisories WHERE note = 'change-latency bench'")
                 .execute(&pool),
@@ -112,15 +124,16 @@ fn main() {
         .expect("delete advisory");
         let committed = Instant::now();
         samples.push(wait_for(&sock, dns, &name, primary.octets(), committed));
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(gap);
     }
     samples.sort();
     let pct =
         |p: f64| samples[((samples.len() as f64 * p).ceil() as usize).clamp(1, samples.len()) - 1];
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     println!(
-        "change-to-answer latency over {} changes: p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+        "change-to-answer latency over {} changes ({} ms apart): p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
         samples.len(),
+        gap.as_millis(),
         ms(pct(0.50)),
         ms(pct(0.90)),
         ms(pct(0.99)),

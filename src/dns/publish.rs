@@ -196,7 +196,8 @@ impl Publisher {
         eval.next_wakeup
     }
 
-    /// The steered answer of every client.
+    /// The steered answer of every client. The id index is reused while the set of clients is
+    /// the one it was built for; then only the answer vector is new.
     fn client_table(&self, inputs: &Inputs, slots: &mut ApplianceSlots) -> ClientTable {
         let endpoints: std::collections::HashMap<&crate::domain::ApplianceId, Endpoint> = inputs
             .appliances
@@ -210,13 +211,32 @@ impl Publisher {
                 (&a.id, ep)
             })
             .collect();
-        let mut table =
-            ClientTable::with_capacity_and_hasher(inputs.clients.len(), Default::default());
-        for (id, appliance) in self.engine.assignments() {
-            let endpoint = appliance.and_then(|a| endpoints.get(a)).copied();
-            table.insert(id.as_str().as_bytes().to_vec().into_boxed_slice(), endpoint);
-        }
-        table
+        // Index i is the client's position in the (ordered) client map.
+        let index = match &self.last_table {
+            Some(l) if Arc::ptr_eq(&l.clients, &inputs.clients) => l.table.index().clone(),
+            _ => Arc::new(
+                inputs
+                    .clients
+                    .keys()
+                    .enumerate()
+                    .map(|(i, id)| {
+                        let i = u32::try_from(i).unwrap_or(u32::MAX);
+                        (id.as_str().as_bytes().to_vec().into_boxed_slice(), i)
+                    })
+                    .collect(),
+            ),
+        };
+        let answers = inputs
+            .clients
+            .keys()
+            .map(|id| {
+                self.engine
+                    .assignment(id)
+                    .and_then(|a| endpoints.get(a))
+                    .copied()
+            })
+            .collect();
+        ClientTable::new(index, answers)
     }
 
     /// Publishes every new version of the inputs, and again at each wake-up, until shutdown.

@@ -10,7 +10,7 @@ use hickory_proto::rr::{RData, RecordType};
 use super::catalog;
 use super::respond::{Context, Outcome, Transport, respond};
 use super::wire::rtype;
-use super::zone::{Endpoint, Service, ServiceSet, Snapshot};
+use super::zone::{ClientTable, Endpoint, Service, ServiceSet, Snapshot};
 use crate::config::SteeringConfig;
 use crate::steering::service::{Candidate, WeightedSet};
 
@@ -46,21 +46,22 @@ data = "www.deep"
 fn snapshot() -> Snapshot {
     let cfg: SteeringConfig = crate::config::parse(Path::new("t.toml"), CONFIG).unwrap();
     let statics = catalog::build(&cfg.dns, 7, &|_| unreachable!()).unwrap();
-    let mut clients = std::collections::HashMap::default();
     let ep = |ip: &str, port, slot| Endpoint {
         ip: ip.parse().unwrap(),
         port,
         slot,
     };
-    clients.insert(
-        b"alice".to_vec().into_boxed_slice(),
-        Some(ep("192.0.2.1", 51820, 0)),
-    );
-    clients.insert(
-        b"bob".to_vec().into_boxed_slice(),
-        Some(ep("2001:db8::2", 51821, 1)),
-    );
-    clients.insert(b"carol".to_vec().into_boxed_slice(), None);
+    let clients = ClientTable::from_pairs([
+        (
+            b"alice".to_vec().into_boxed_slice(),
+            Some(ep("192.0.2.1", 51820, 0)),
+        ),
+        (
+            b"bob".to_vec().into_boxed_slice(),
+            Some(ep("2001:db8::2", 51821, 1)),
+        ),
+        (b"carol".to_vec().into_boxed_slice(), None),
+    ]);
     let cand = |ip: &str, slot| Candidate {
         item: ep(ip, 51820, slot),
         capacity: 100,

@@ -115,8 +115,66 @@ pub struct Service {
     pub regions: Vec<ServiceSet>,
 }
 
+/// Client id bytes to a dense index. Built once per set of clients and shared by every
+/// snapshot until a client is added or removed, so that a change of answers only rebuilds the
+/// (allocation-free) answer vector.
+pub type ClientIndex = HashMap<Box<[u8]>, u32, BuildNameHasher>;
+
 /// Steered answers by client id bytes.
-pub type ClientTable = HashMap<Box<[u8]>, Option<Endpoint>, BuildNameHasher>;
+#[derive(Debug, Clone, Default)]
+pub struct ClientTable {
+    /// Where each client's answer is in `answers`.
+    index: Arc<ClientIndex>,
+    /// Per client (by index): the appliance endpoint, `None` when no appliance can be chosen.
+    answers: Vec<Option<Endpoint>>,
+}
+
+impl ClientTable {
+    /// A table over `index` with one answer per indexed client (missing ones have none).
+    pub fn new(index: Arc<ClientIndex>, mut answers: Vec<Option<Endpoint>>) -> Self {
+        answers.resize(index.len(), None);
+        Self { index, answers }
+    }
+
+    /// A table from (id, answer) pairs, building its own index.
+    pub fn from_pairs(pairs: impl IntoIterator<Item = (Box<[u8]>, Option<Endpoint>)>) -> Self {
+        let mut index = ClientIndex::default();
+        let mut answers = Vec::new();
+        for (id, answer) in pairs {
+            let next = u32::try_from(answers.len()).unwrap_or(u32::MAX);
+            let i = *index.entry(id).or_insert(next);
+            if i == next {
+                answers.push(answer);
+            } else if let Some(slot) = answers.get_mut(i as usize) {
+                *slot = answer;
+            }
+        }
+        Self::new(Arc::new(index), answers)
+    }
+
+    /// The answer of a client: `None` for an unknown client, `Some(None)` for a known client
+    /// without an appliance.
+    pub fn get(&self, id: &[u8]) -> Option<&Option<Endpoint>> {
+        self.index
+            .get(id)
+            .and_then(|&i| self.answers.get(i as usize))
+    }
+
+    /// Number of clients.
+    pub fn len(&self) -> usize {
+        self.answers.len()
+    }
+
+    /// Whether there are no clients.
+    pub fn is_empty(&self) -> bool {
+        self.answers.is_empty()
+    }
+
+    /// The index shared with later tables over the same clients.
+    pub fn index(&self) -> &Arc<ClientIndex> {
+        &self.index
+    }
+}
 
 /// Everything the server answers from. Immutable; replaced whole.
 #[derive(Debug, Clone)]

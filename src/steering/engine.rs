@@ -168,7 +168,6 @@ impl Engine {
                     since: state.since,
                 }),
             };
-            let (primary, shadow) = (side(&client.primary), side(&client.shadow));
             let choice =
                 decision::decide(&self.policy, state.position, primary, shadow, current, now);
             if let Some(until) = choice.held_until {
