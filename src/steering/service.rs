@@ -119,6 +119,24 @@ mod tests {
         assert!(WeightedSet::<&str>::build(vec![], 0.7).pick(7).is_none());
     }
 
+    /// A case proptest once found (many large capacities, all at zero risk).
+    #[test]
+    fn pick_with_large_capacities() {
+        let caps = [
+            337918, 277801, 298876, 279398, 510479, 156380, 817694, 755486, 298210, 710805, 485306,
+        ];
+        let cands = caps
+            .iter()
+            .map(|cap| Candidate {
+                item: *cap,
+                capacity: *cap,
+                risk: 0.0,
+            })
+            .collect();
+        let set = WeightedSet::build(cands, 0.7);
+        assert!(set.pick(3_742_983_523).is_some());
+    }
+
     proptest! {
         #[test]
         fn pick_always_in_range(caps in proptest::collection::vec((1u32..1_000_000, 0.0..=1.0f64), 1..20), e in any::<u32>()) {
