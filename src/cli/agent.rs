@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use shadowsteer::agent::{self, Overrides};
-use shadowsteer::config::{self, AgentConfig, InsideMode};
+use shadowsteer::config::{AgentConfig, InsideMode};
 use shadowsteer::domain::ApplianceId;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -35,34 +35,8 @@ pub struct AgentArgs {
     inside: Option<String>,
 }
 
-/// Waits for Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
-    }
-}
-
 pub async fn run(args: AgentArgs) -> CommandResult {
-    let mut cfg: AgentConfig = config::load(&args.config).map_err(|errs| {
-        CommandError::Input(
-            errs.iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("\n"),
-        )
-    })?;
+    let mut cfg: AgentConfig = super::load_config(&args.config)?;
     let overrides = Overrides {
         appliance: args
             .appliance
@@ -91,7 +65,7 @@ pub async fn run(args: AgentArgs) -> CommandResult {
         Err(e) => return Err(anyhow::Error::new(e).context("starting the agent").into()),
     };
     tokio::select! {
-        () = shutdown_signal() => tracing::info!("shutting down"),
+        () = super::shutdown_signal() => tracing::info!("shutting down"),
         () = shutdown.cancelled() => {}
     }
     shutdown.cancel();

@@ -123,15 +123,7 @@ pub async fn config(args: ConfigArgs) -> CommandResult {
 }
 
 pub async fn run(args: RunArgs) -> CommandResult {
-    let cfg: shadowsteer::config::ClientConfig =
-        shadowsteer::config::load(&args.config).map_err(|errs| {
-            CommandError::Input(
-                errs.iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join("\n"),
-            )
-        })?;
+    let cfg: shadowsteer::config::ClientConfig = super::load_config(&args.config)?;
     let key = shadowsteer::keyfile::read_secret_key(&cfg.client.key_file)
         .map_err(|e| CommandError::Input(e.to_string()))?;
     let shutdown = tokio_util::sync::CancellationToken::new();
@@ -141,11 +133,11 @@ pub async fn run(args: RunArgs) -> CommandResult {
         match duration {
             Some(d) => {
                 tokio::select! {
-                    () = super::agent::shutdown_signal() => {}
+                    () = super::shutdown_signal() => {}
                     () = tokio::time::sleep(d) => {}
                 }
             }
-            None => super::agent::shutdown_signal().await,
+            None => super::shutdown_signal().await,
         }
         token.cancel();
     });

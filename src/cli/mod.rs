@@ -128,6 +128,44 @@ impl From<anyhow::Error> for CommandError {
 /// Result of a subcommand.
 pub type CommandResult = Result<(), CommandError>;
 
+/// Loads and validates a configuration file; its problems, one per line, are an input error.
+pub fn load_config<T>(path: &std::path::Path) -> Result<T, CommandError>
+where
+    T: serde::de::DeserializeOwned + shadowsteer::config::Validate,
+{
+    shadowsteer::config::load(path).map_err(|errs| {
+        CommandError::Input(
+            errs.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n"),
+        )
+    })
+}
+
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM: the one shutdown signal of every long-running
+/// command.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops this");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}
+
 /// Runs the parsed command.
 pub async fn run(cli: Cli) -> CommandResult {
     match cli.command {

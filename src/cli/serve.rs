@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use shadowsteer::admin;
-use shadowsteer::config::{self, ListenAddr, SteeringConfig};
+use shadowsteer::config::{ListenAddr, SteeringConfig};
 use shadowsteer::dns::publish::{PublishStatus, Publisher};
 use shadowsteer::dns::rrl::RateLimiter;
 use shadowsteer::dns::stats::{ApplianceSlots, Stats};
@@ -116,23 +116,6 @@ fn bind_dns(addr: SocketAddr, workers: usize) -> std::io::Result<DnsSockets> {
     }
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the server");
-            let _ = ctrl_c.await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term.recv() => {}
-    }
-}
-
 /// The risk model `serve` scores with: the configured file, else the built-in default; `None`
 /// when live scoring is off.
 fn load_model(
@@ -159,14 +142,7 @@ fn load_model(
 
 /// Runs the server until SIGINT/SIGTERM.
 pub async fn run(args: ServeArgs) -> CommandResult {
-    let mut cfg: SteeringConfig = config::load(&args.config).map_err(|errs| {
-        CommandError::Input(
-            errs.iter()
-                .map(|e| e.to_string())
-                .collect::<Vec<_>>()
-                .join("\n"),
-        )
-    })?;
+    let mut cfg: SteeringConfig = super::load_config(&args.config)?;
     apply_overrides(&mut cfg, &args);
     if let Some(n) = cfg.dns.udp_workers
         && !(1..=256).contains(&n)
@@ -359,7 +335,7 @@ pub async fn run(args: ServeArgs) -> CommandResult {
     });
 
     tokio::select! {
-        _ = shutdown_signal() => tracing::info!("shutting down"),
+        _ = super::shutdown_signal() => tracing::info!("shutting down"),
         Some(_) = tasks.join_next() => {
             tracing::error!("a server task stopped unexpectedly; shutting down");
         }
