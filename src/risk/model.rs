@@ -108,13 +108,13 @@ pub struct Tree {
 }
 
 impl Tree {
-    /// The leaf probability for `z`.
-    pub fn predict(&self, z: &[f64]) -> f64 {
+    /// The index of the leaf `z` falls into.
+    pub fn leaf_index(&self, z: &[f64]) -> usize {
         let mut i = 0usize;
         // Validated on load: children point forward, so this terminates.
         loop {
             match &self.nodes[i] {
-                Node::Leaf(p) => return *p,
+                Node::Leaf(_) => return i,
                 Node::Split {
                     feature,
                     threshold,
@@ -128,6 +128,14 @@ impl Tree {
                     };
                 }
             }
+        }
+    }
+
+    /// The leaf probability for `z`.
+    pub fn predict(&self, z: &[f64]) -> f64 {
+        match &self.nodes[self.leaf_index(z)] {
+            Node::Leaf(p) => *p,
+            Node::Split { .. } => unreachable!("leaf_index returns leaves only"),
         }
     }
 }

@@ -337,7 +337,7 @@ fn convert_tree(
         for (j, v) in zi.iter_mut().enumerate() {
             *v = z[(r, j)];
         }
-        let leaf = leaf_index(&tree, &zi);
+        let leaf = tree.leaf_index(&zi);
         counts[leaf].0 += f64::from(u8::from(y[r]));
         counts[leaf].1 += 1.0;
     }
@@ -347,27 +347,6 @@ fn convert_tree(
         }
     }
     tree
-}
-
-fn leaf_index(t: &Tree, z: &[f64]) -> usize {
-    let mut i = 0;
-    loop {
-        match &t.nodes[i] {
-            Node::Leaf(_) => return i,
-            Node::Split {
-                feature,
-                threshold,
-                left,
-                right,
-            } => {
-                i = if z[*feature as usize] < *threshold {
-                    *left as usize
-                } else {
-                    *right as usize
-                }
-            }
-        }
-    }
 }
 
 fn fit_tree(
