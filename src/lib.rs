@@ -5,6 +5,7 @@
 //! - [`domain`]: validated value types shared by every part (ids, keys, scores, health, sessions).
 //! - [`keyfile`]: private key files (owner-only permissions enforced).
 //! - [`config`]: TOML configuration files, parsed and validated with errors that name file and key.
+//! - [`inventory`]: the one domain layer of inventory changes, shared by the CLI and the admin API.
 //! - [`store`]: Postgres access: migrations, inventory, telemetry ingestion, notifications, retention.
 //! - [`localpg`]: local Postgres clusters started from the installed server binaries.
 //! - [`agent`]: the appliance agent (data plane, roster, health, probes, session recorder).
@@ -22,6 +23,7 @@ pub mod client;
 pub mod config;
 pub mod dns;
 pub mod domain;
+pub mod inventory;
 pub mod keyfile;
 pub mod localpg;
 pub mod risk;

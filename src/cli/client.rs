@@ -1,12 +1,9 @@
 //! `shadowsteer client config|run`: a stock WireGuard client's configuration, and the client
 //! helper. (`client add|list|remove` live with the inventory commands.)
 
-use std::fmt::Write as _;
-use std::net::IpAddr;
 use std::path::PathBuf;
 
-use shadowsteer::domain::ClientId;
-use shadowsteer::store::sessions;
+use shadowsteer::inventory::{ConfigOptions, InventoryError, client};
 
 use super::{CommandError, CommandResult, DbArgs, db};
 
@@ -51,27 +48,17 @@ pub struct RunArgs {
     duration: Option<std::time::Duration>,
 }
 
-fn default_allowed(ip: IpAddr) -> String {
-    match ip {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            format!("{}.{}.{}.0/24", o[0], o[1], o[2])
-        }
-        IpAddr::V6(v6) => {
-            let s = v6.segments();
-            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
-        }
-    }
-}
-
 pub async fn config(args: ConfigArgs) -> CommandResult {
-    let id = ClientId::new(args.id).map_err(|e| CommandError::Input(e.to_string()))?;
-    let zone = args.zone.trim_end_matches('.').to_owned();
-    if zone.is_empty() || zone.contains(char::is_whitespace) {
-        return Err(CommandError::Input(format!(
-            "--zone {zone:?} is not a DNS name"
-        )));
-    }
+    let input = |e: InventoryError| CommandError::Input(e.cli_message());
+    let id = client::parse_client_id("id", &args.id).map_err(input)?;
+    let options = ConfigOptions {
+        zone: args.zone,
+        client_label: args.client_label,
+        port: args.port,
+        allowed_ips: args.allowed_ips,
+        keepalive: args.keepalive,
+    };
+    options.validate().map_err(input)?;
     let private = match &args.private_key_file {
         Some(path) => Some(
             shadowsteer::keyfile::read_secret_key(path)
@@ -80,46 +67,16 @@ pub async fn config(args: ConfigArgs) -> CommandResult {
         None => None,
     };
     let database = db::open(&args.db).await?;
-    let found = sessions::client_service(&database.pool, &id).await;
+    let file = client::config_file(&database.pool, &id, &options, private.as_ref()).await;
     database.close().await;
-    let (tunnel_ip, service) = found
-        .map_err(|e| CommandError::Failed(anyhow::Error::new(e)))?
-        .ok_or_else(|| CommandError::Input(format!("no client {id}")))?;
-    let host_bits = if tunnel_ip.is_ipv4() { 32 } else { 128 };
-    let mut out = String::new();
-    let _ = writeln!(out, "# shadowsteer client {id}: wg-quick configuration");
-    let _ = writeln!(out, "[Interface]");
-    match &private {
-        Some(k) => {
-            let _ = writeln!(out, "PrivateKey = {}", k.expose_base64().as_str());
+    match file {
+        Ok(text) => {
+            print!("{text}");
+            Ok(())
         }
-        None => {
-            let _ = writeln!(
-                out,
-                "PrivateKey = REPLACE_WITH_CLIENT_PRIVATE_KEY  # the key whose public half was registered"
-            );
-        }
+        Err(e) if e.is_input_error() => Err(input(e)),
+        Err(e) => Err(CommandError::Failed(anyhow::Error::new(e))),
     }
-    let _ = writeln!(out, "Address = {tunnel_ip}/{host_bits}");
-    let _ = writeln!(out);
-    let _ = writeln!(out, "[Peer]");
-    let _ = writeln!(out, "PublicKey = {service}");
-    let _ = writeln!(
-        out,
-        "Endpoint = {id}.{}.{zone}:{}",
-        args.client_label, args.port
-    );
-    let _ = writeln!(
-        out,
-        "AllowedIPs = {}",
-        args.allowed_ips
-            .unwrap_or_else(|| default_allowed(tunnel_ip))
-    );
-    if args.keepalive > 0 {
-        let _ = writeln!(out, "PersistentKeepalive = {}", args.keepalive);
-    }
-    print!("{out}");
-    Ok(())
 }
 
 pub async fn run(args: RunArgs) -> CommandResult {

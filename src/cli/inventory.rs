@@ -1,17 +1,13 @@
 //! `shadowsteer appliance|client|advisory ...`: the inventory from the command line.
 
-use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
-
 use anyhow::Context as _;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use clap::Subcommand;
 use serde::Serialize;
-use shadowsteer::domain::{
-    ApplianceId, ApplianceState, ClientId, Probability, PublicKey, RegionId,
-};
-use shadowsteer::store::inventory::{
-    self, Advisory, AdvisoryScope, InventoryError, NewAdvisory, NewAppliance, NewClient,
+use shadowsteer::domain::ApplianceState;
+use shadowsteer::inventory::{
+    Advisory, AdvisoryInput, AdvisoryScope, ApplianceInput, ClientInput, InventoryError, advisory,
+    appliance, client,
 };
 
 use super::{CommandError, CommandResult, DbArgs, db, table};
@@ -157,13 +153,9 @@ pub enum AdvisoryCommand {
     },
 }
 
-fn input(e: impl std::fmt::Display) -> CommandError {
-    CommandError::Input(e.to_string())
-}
-
 fn map_err(e: InventoryError) -> CommandError {
     if e.is_input_error() {
-        CommandError::Input(e.to_string())
+        CommandError::Input(e.cli_message())
     } else {
         CommandError::Failed(anyhow::Error::new(e))
     }
@@ -199,21 +191,21 @@ pub async fn run_appliance(cmd: ApplianceCommand) -> CommandResult {
             capacity,
             db,
         } => {
-            let new = NewAppliance {
-                id: ApplianceId::new(id).map_err(input)?,
-                region: RegionId::new(region).map_err(input)?,
-                endpoint: endpoint
-                    .parse::<SocketAddr>()
-                    .map_err(|_| input(format!("invalid endpoint {endpoint:?}; write ip:port")))?,
-                public_key: public_key.parse::<PublicKey>().map_err(input)?,
-                capacity,
-            };
-            with_db(&db, async |pool| inventory::add_appliance(pool, &new).await).await?;
+            let new = ApplianceInput {
+                id,
+                region,
+                endpoint,
+                public_key,
+                capacity: Some(i64::from(capacity)),
+            }
+            .parse()
+            .map_err(map_err)?;
+            with_db(&db, async |pool| appliance::add(pool, &new).await).await?;
             println!("added appliance {} in region {}", new.id, new.region);
             Ok(())
         }
         ApplianceCommand::List { json, db } => {
-            let list = with_db(&db, async |pool| inventory::list_appliances(pool).await).await?;
+            let list = with_db(&db, async |pool| appliance::list(pool).await).await?;
             if json {
                 return print_json(&list);
             }
@@ -251,11 +243,8 @@ pub async fn run_appliance(cmd: ApplianceCommand) -> CommandResult {
         ApplianceCommand::Drain { id, db } => set_state(id, db, ApplianceState::Draining).await,
         ApplianceCommand::Undrain { id, db } => set_state(id, db, ApplianceState::Active).await,
         ApplianceCommand::Remove { id, db } => {
-            let id = ApplianceId::new(id).map_err(input)?;
-            with_db(&db, async |pool| {
-                inventory::remove_appliance(pool, &id).await
-            })
-            .await?;
+            let id = appliance::parse_id("id", &id).map_err(map_err)?;
+            with_db(&db, async |pool| appliance::remove(pool, &id).await).await?;
             println!("removed appliance {id}");
             Ok(())
         }
@@ -263,9 +252,9 @@ pub async fn run_appliance(cmd: ApplianceCommand) -> CommandResult {
 }
 
 async fn set_state(id: String, db: DbArgs, state: ApplianceState) -> CommandResult {
-    let id = ApplianceId::new(id).map_err(input)?;
+    let id = appliance::parse_id("id", &id).map_err(map_err)?;
     with_db(&db, async |pool| {
-        inventory::set_appliance_state(pool, &id, state).await
+        appliance::set_state(pool, &id, state).await
     })
     .await?;
     println!("appliance {id} is now {state}");
@@ -282,16 +271,16 @@ pub async fn run_client(cmd: ClientCommand) -> CommandResult {
             shadow,
             db,
         } => {
-            let new = NewClient {
-                id: ClientId::new(id).map_err(input)?,
-                public_key: public_key.parse::<PublicKey>().map_err(input)?,
-                tunnel_ip: tunnel_ip
-                    .parse::<IpAddr>()
-                    .map_err(|_| input(format!("invalid tunnel ip {tunnel_ip:?}")))?,
-                primary: ApplianceId::new(primary).map_err(input)?,
-                shadow: ApplianceId::new(shadow).map_err(input)?,
-            };
-            let index = with_db(&db, async |pool| inventory::add_client(pool, &new).await).await?;
+            let new = ClientInput {
+                id,
+                public_key,
+                tunnel_ip,
+                primary,
+                shadow,
+            }
+            .parse()
+            .map_err(map_err)?;
+            let index = with_db(&db, async |pool| client::add(pool, &new).await).await?;
             println!(
                 "added client {} (primary {}, shadow {}, peer index {index})",
                 new.id, new.primary, new.shadow
@@ -299,7 +288,7 @@ pub async fn run_client(cmd: ClientCommand) -> CommandResult {
             Ok(())
         }
         ClientCommand::List { json, db } => {
-            let list = with_db(&db, async |pool| inventory::list_clients(pool).await).await?;
+            let list = with_db(&db, async |pool| client::list(pool).await).await?;
             if json {
                 return print_json(&list);
             }
@@ -335,61 +324,14 @@ pub async fn run_client(cmd: ClientCommand) -> CommandResult {
             Ok(())
         }
         ClientCommand::Remove { id, db } => {
-            let id = ClientId::new(id).map_err(input)?;
-            with_db(&db, async |pool| inventory::remove_client(pool, &id).await).await?;
+            let id = client::parse_client_id("id", &id).map_err(map_err)?;
+            with_db(&db, async |pool| client::remove(pool, &id).await).await?;
             println!("removed client {id}");
             Ok(())
         }
         ClientCommand::Config(args) => super::client::config(args).await,
         ClientCommand::Run(args) => super::client::run(args).await,
     }
-}
-
-fn parse_advisory(
-    appliance: Option<String>,
-    region: Option<String>,
-    risk: f64,
-    starts: Option<String>,
-    duration: Option<String>,
-    kind: String,
-    note: String,
-) -> Result<NewAdvisory, CommandError> {
-    let scope = match (appliance, region) {
-        (Some(a), None) => AdvisoryScope::Appliance(ApplianceId::new(a).map_err(input)?),
-        (None, Some(r)) => AdvisoryScope::Region(RegionId::new(r).map_err(input)?),
-        _ => return Err(input("give exactly one of --appliance and --region")),
-    };
-    let risk = Probability::new(risk).map_err(|e| input(format!("--risk: {e}")))?;
-    let starts_at = match starts {
-        Some(s) => DateTime::parse_from_rfc3339(&s)
-            .map_err(|e| input(format!("--starts {s:?}: not an RFC 3339 time ({e})")))?
-            .with_timezone(&Utc),
-        None => Utc::now(),
-    };
-    let ends_at = match duration {
-        Some(d) => {
-            let d: Duration =
-                humantime::parse_duration(&d).map_err(|e| input(format!("--for {d:?}: {e}")))?;
-            if d.is_zero() {
-                return Err(input("--for must be longer than zero"));
-            }
-            let d = chrono::Duration::from_std(d).map_err(|_| input("--for is too long"))?;
-            Some(
-                starts_at
-                    .checked_add_signed(d)
-                    .ok_or_else(|| input("--for is too long"))?,
-            )
-        }
-        None => None,
-    };
-    Ok(NewAdvisory {
-        scope,
-        kind,
-        risk,
-        starts_at,
-        ends_at,
-        note,
-    })
 }
 
 pub async fn run_advisory(cmd: AdvisoryCommand) -> CommandResult {
@@ -404,13 +346,23 @@ pub async fn run_advisory(cmd: AdvisoryCommand) -> CommandResult {
             note,
             db,
         } => {
-            let new = parse_advisory(appliance, region, risk, starts, duration, kind, note)?;
-            let id = with_db(&db, async |pool| inventory::add_advisory(pool, &new).await).await?;
+            let new = AdvisoryInput {
+                appliance,
+                region,
+                risk,
+                starts,
+                duration,
+                kind: Some(kind),
+                note: Some(note),
+            }
+            .parse(Utc::now())
+            .map_err(map_err)?;
+            let id = with_db(&db, async |pool| advisory::add(pool, &new).await).await?;
             println!("added advisory {id}");
             Ok(())
         }
         AdvisoryCommand::List { json, db } => {
-            let list = with_db(&db, async |pool| inventory::list_advisories(pool).await).await?;
+            let list = with_db(&db, async |pool| advisory::list(pool, None).await).await?;
             if json {
                 return print_json(&list);
             }
@@ -448,10 +400,7 @@ pub async fn run_advisory(cmd: AdvisoryCommand) -> CommandResult {
             Ok(())
         }
         AdvisoryCommand::Remove { id, db } => {
-            let removed = with_db(&db, async |pool| {
-                inventory::remove_advisory(pool, &id).await
-            })
-            .await?;
+            let removed = with_db(&db, async |pool| advisory::remove(pool, &id).await).await?;
             println!("removed advisory {removed}");
             Ok(())
         }

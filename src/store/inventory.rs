@@ -1,135 +1,25 @@
-//! Inventory: appliances, clients and advisories, as the CLI and the admin API change them.
+//! Inventory in Postgres: appliances, clients and advisories.
 //!
-//! Every change runs in one transaction and checks its input first, so bad input is rejected
-//! with a one-line reason and nothing is written.
+//! Called only through [`crate::inventory`], which validates input first. What only the
+//! database can decide atomically is checked here, inside the storing transaction, and
+//! reported with the domain's [`InventoryError`]: uniqueness (constraint names mapped to
+//! reasons), existence of referenced appliances and regions, and "still in use". Every change
+//! runs in one transaction, so a refused change writes nothing.
 
 use std::net::{IpAddr, SocketAddr};
 
-use chrono::{DateTime, Utc};
-use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use super::id_prefix::{self, Found};
 use super::{StoreError, foreign_key_violation, unique_violation};
 use crate::domain::{
-    ApplianceId, ApplianceState, ClientId, IdError, KeyError, PeerIndex, Probability, PublicKey,
-    RegionId,
+    ApplianceId, ApplianceState, ClientId, KeyError, PeerIndex, Probability, RegionId,
 };
-
-/// Why an inventory change was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum InventoryError {
-    /// A referenced appliance does not exist.
-    #[error("unknown appliance {0}")]
-    UnknownAppliance(String),
-    /// The thing to change does not exist.
-    #[error("no {what} {id}")]
-    NotFound {
-        /// Kind of thing.
-        what: &'static str,
-        /// Its id.
-        id: String,
-    },
-    /// Primary and shadow are the same appliance.
-    #[error("primary and shadow must be different appliances (both are {0})")]
-    SameAppliance(ApplianceId),
-    /// Primary and shadow are in one region, which defeats the shadow.
-    #[error(
-        "shadow {shadow} is in region {region}, the same as primary {primary}; a shadow must be in another region"
-    )]
-    SameRegion {
-        /// Primary appliance.
-        primary: ApplianceId,
-        /// Shadow appliance.
-        shadow: ApplianceId,
-        /// Their region.
-        region: String,
-    },
-    /// A unique value is taken.
-    #[error("{what} {value} is already in use")]
-    Duplicate {
-        /// What kind of value.
-        what: &'static str,
-        /// The value.
-        value: String,
-    },
-    /// An appliance still has clients.
-    #[error(
-        "appliance {appliance} is primary or shadow of {count} client(s) ({examples}); move or remove them first"
-    )]
-    InUse {
-        /// The appliance.
-        appliance: ApplianceId,
-        /// How many clients reference it.
-        count: i64,
-        /// Some of their ids.
-        examples: String,
-    },
-    /// An advisory id prefix matches several advisories.
-    #[error("advisory id {0} is ambiguous; give more characters")]
-    Ambiguous(String),
-    /// A malformed id.
-    #[error(transparent)]
-    Id(#[from] IdError),
-    /// A malformed key.
-    #[error(transparent)]
-    Key(#[from] KeyError),
-    /// Any other invalid value.
-    #[error("{0}")]
-    Invalid(String),
-    /// The database failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
-impl InventoryError {
-    /// Whether the caller's input was at fault (exit code 2) rather than the system (exit 1).
-    pub fn is_input_error(&self) -> bool {
-        !matches!(self, Self::Store(_))
-    }
-}
-
-impl From<sqlx::Error> for InventoryError {
-    fn from(e: sqlx::Error) -> Self {
-        Self::Store(StoreError::Query(e))
-    }
-}
-
-/// An appliance as listed.
-#[derive(Debug, Clone, Serialize)]
-pub struct Appliance {
-    /// Its id.
-    pub id: ApplianceId,
-    /// Owning region.
-    pub region: RegionId,
-    /// Public WireGuard endpoint.
-    pub endpoint: SocketAddr,
-    /// Public key.
-    pub public_key: PublicKey,
-    /// Operational state.
-    pub state: ApplianceState,
-    /// Relative capacity.
-    pub capacity: u32,
-    /// Clients with this appliance as primary.
-    pub primary_clients: i64,
-    /// Clients with this appliance as shadow.
-    pub shadow_clients: i64,
-}
-
-/// What `appliance add` needs.
-#[derive(Debug, Clone)]
-pub struct NewAppliance {
-    /// Its id.
-    pub id: ApplianceId,
-    /// Owning region (created if new).
-    pub region: RegionId,
-    /// Public WireGuard endpoint.
-    pub endpoint: SocketAddr,
-    /// Public key.
-    pub public_key: PublicKey,
-    /// Relative capacity, 1..=1,000,000.
-    pub capacity: u32,
-}
+use crate::inventory::{
+    Advisory, AdvisoryScope, Appliance, ApplianceChange, Client, InventoryError, NewAdvisory,
+    NewAppliance, NewClient,
+};
 
 fn invalid_row(table: &'static str, message: impl ToString) -> InventoryError {
     InventoryError::Store(StoreError::InvalidRow {
@@ -144,19 +34,34 @@ fn parse_endpoint(ip: &str, port: i32) -> Result<SocketAddr, String> {
     Ok(SocketAddr::new(ip, port))
 }
 
+fn appliance_not_found(id: &ApplianceId) -> InventoryError {
+    crate::inventory::appliance::not_found(id)
+}
+
+/// Maps a violated unique constraint of `appliances` to its reason.
+fn appliance_duplicate(
+    e: sqlx::Error,
+    id: &ApplianceId,
+    endpoint: Option<SocketAddr>,
+) -> InventoryError {
+    match unique_violation(&e) {
+        Some("appliances_pkey" | "appliances_id_key") => InventoryError::Duplicate {
+            what: "appliance id",
+            value: id.to_string(),
+        },
+        Some("appliances_endpoint_ip_endpoint_port_key") => InventoryError::Duplicate {
+            what: "endpoint",
+            value: endpoint.map(|e| e.to_string()).unwrap_or_default(),
+        },
+        _ => e.into(),
+    }
+}
+
 /// Adds an appliance (and its region, if new).
-pub async fn add_appliance(pool: &PgPool, new: &NewAppliance) -> Result<(), InventoryError> {
-    if !(1..=1_000_000).contains(&new.capacity) {
-        return Err(InventoryError::Invalid(format!(
-            "capacity {} is outside 1..=1000000",
-            new.capacity
-        )));
-    }
-    if new.endpoint.port() == 0 {
-        return Err(InventoryError::Invalid(
-            "endpoint port must not be 0".into(),
-        ));
-    }
+pub(crate) async fn insert_appliance(
+    pool: &PgPool,
+    new: &NewAppliance,
+) -> Result<(), InventoryError> {
     let mut tx = pool.begin().await?;
     sqlx::query!(
         "INSERT INTO regions (region) VALUES ($1) ON CONFLICT DO NOTHING",
@@ -164,7 +69,7 @@ pub async fn add_appliance(pool: &PgPool, new: &NewAppliance) -> Result<(), Inve
     )
     .execute(&mut *tx)
     .await?;
-    let inserted = sqlx::query!(
+    sqlx::query!(
         "INSERT INTO appliances (region, id, endpoint_ip, endpoint_port, public_key, capacity)
          VALUES ($1, $2, $3::text::inet, $4, $5, $6)",
         new.region.as_str(),
@@ -175,51 +80,40 @@ pub async fn add_appliance(pool: &PgPool, new: &NewAppliance) -> Result<(), Inve
         new.capacity as i32,
     )
     .execute(&mut *tx)
-    .await;
-    match inserted {
-        Ok(_) => {}
-        Err(e) => {
-            return Err(match unique_violation(&e) {
-                Some("appliances_pkey" | "appliances_id_key") => InventoryError::Duplicate {
-                    what: "appliance id",
-                    value: new.id.to_string(),
-                },
-                Some("appliances_endpoint_ip_endpoint_port_key") => InventoryError::Duplicate {
-                    what: "endpoint",
-                    value: new.endpoint.to_string(),
-                },
-                _ => e.into(),
-            });
-        }
-    }
+    .await
+    .map_err(|e| appliance_duplicate(e, &new.id, Some(new.endpoint)))?;
     tx.commit().await?;
     Ok(())
 }
 
-/// Every appliance, ordered by region and id.
-pub async fn list_appliances(pool: &PgPool) -> Result<Vec<Appliance>, InventoryError> {
+/// Every appliance (or the one named), ordered by region and id.
+pub(crate) async fn list_appliances(
+    pool: &PgPool,
+    only: Option<&ApplianceId>,
+) -> Result<Vec<Appliance>, InventoryError> {
     let rows = sqlx::query!(
         r#"SELECT a.id, a.region, host(a.endpoint_ip) AS "endpoint_ip!", a.endpoint_port,
                   a.public_key, a.state, a.capacity,
                   (SELECT count(*) FROM clients c WHERE c.primary_appliance = a.id) AS "primary_clients!",
                   (SELECT count(*) FROM clients c WHERE c.shadow_appliance = a.id) AS "shadow_clients!"
-           FROM appliances a ORDER BY a.region, a.id"#
+           FROM appliances a WHERE ($1::text IS NULL OR a.id = $1) ORDER BY a.region, a.id"#,
+        only.map(ApplianceId::as_str)
     )
     .fetch_all(pool)
     .await?;
     rows.into_iter()
         .map(|r| {
+            let bad = |e: &dyn std::fmt::Display| invalid_row("appliances", e);
             Ok(Appliance {
-                id: ApplianceId::new(r.id).map_err(|e| invalid_row("appliances", e))?,
-                region: RegionId::new(r.region).map_err(|e| invalid_row("appliances", e))?,
-                endpoint: parse_endpoint(&r.endpoint_ip, r.endpoint_port)
-                    .map_err(|e| invalid_row("appliances", e))?,
-                public_key: r
-                    .public_key
+                id: ApplianceId::new(r.id).map_err(|e| bad(&e))?,
+                region: RegionId::new(r.region).map_err(|e| bad(&e))?,
+                endpoint: parse_endpoint(&r.endpoint_ip, r.endpoint_port).map_err(|e| bad(&e))?,
+                public_key: r.public_key.parse().map_err(|e: KeyError| bad(&e))?,
+                state: r
+                    .state
                     .parse()
-                    .map_err(|e| invalid_row("appliances", e))?,
-                state: r.state.parse().map_err(|e| invalid_row("appliances", e))?,
-                capacity: u32::try_from(r.capacity).map_err(|e| invalid_row("appliances", e))?,
+                    .map_err(|e: crate::domain::SessionError| bad(&e))?,
+                capacity: u32::try_from(r.capacity).map_err(|e| bad(&e))?,
                 primary_clients: r.primary_clients,
                 shadow_clients: r.shadow_clients,
             })
@@ -227,8 +121,35 @@ pub async fn list_appliances(pool: &PgPool) -> Result<Vec<Appliance>, InventoryE
         .collect()
 }
 
+/// Changes an appliance's endpoint and/or capacity.
+pub(crate) async fn update_appliance(
+    pool: &PgPool,
+    id: &ApplianceId,
+    change: ApplianceChange,
+) -> Result<(), InventoryError> {
+    let done = sqlx::query!(
+        "UPDATE appliances SET
+             endpoint_ip = coalesce($2::text::inet, endpoint_ip),
+             endpoint_port = coalesce($3, endpoint_port),
+             capacity = coalesce($4, capacity),
+             updated_at = now()
+         WHERE id = $1",
+        id.as_str(),
+        change.endpoint.map(|e| e.ip().to_string()),
+        change.endpoint.map(|e| i32::from(e.port())),
+        change.capacity.map(|c| c as i32),
+    )
+    .execute(pool)
+    .await
+    .map_err(|e| appliance_duplicate(e, id, change.endpoint))?;
+    if done.rows_affected() == 0 {
+        return Err(appliance_not_found(id));
+    }
+    Ok(())
+}
+
 /// Sets an appliance's operational state (drain, undrain, mark down).
-pub async fn set_appliance_state(
+pub(crate) async fn set_appliance_state(
     pool: &PgPool,
     id: &ApplianceId,
     state: ApplianceState,
@@ -241,17 +162,17 @@ pub async fn set_appliance_state(
     .execute(pool)
     .await?;
     if done.rows_affected() == 0 {
-        return Err(InventoryError::NotFound {
-            what: "appliance",
-            id: id.to_string(),
-        });
+        return Err(appliance_not_found(id));
     }
     Ok(())
 }
 
 /// Removes an appliance that no client uses; its session rows and advisories go with it, its
 /// telemetry stays until retention prunes it.
-pub async fn remove_appliance(pool: &PgPool, id: &ApplianceId) -> Result<(), InventoryError> {
+pub(crate) async fn remove_appliance(
+    pool: &PgPool,
+    id: &ApplianceId,
+) -> Result<(), InventoryError> {
     let mut tx = pool.begin().await?;
     let users = sqlx::query!(
         "SELECT id FROM clients WHERE primary_appliance = $1 OR shadow_appliance = $1 ORDER BY id FOR SHARE",
@@ -286,47 +207,10 @@ pub async fn remove_appliance(pool: &PgPool, id: &ApplianceId) -> Result<(), Inv
         Err(e) => return Err(e.into()),
     };
     if done.rows_affected() == 0 {
-        return Err(InventoryError::NotFound {
-            what: "appliance",
-            id: id.to_string(),
-        });
+        return Err(appliance_not_found(id));
     }
     tx.commit().await?;
     Ok(())
-}
-
-/// A client as listed.
-#[derive(Debug, Clone, Serialize)]
-pub struct Client {
-    /// Its id.
-    pub id: ClientId,
-    /// Owning region (its primary's).
-    pub region: RegionId,
-    /// WireGuard public key.
-    pub public_key: PublicKey,
-    /// Address inside the tunnel.
-    pub tunnel_ip: IpAddr,
-    /// Stable index shared by all its appliances.
-    pub peer_index: PeerIndex,
-    /// Primary appliance.
-    pub primary: ApplianceId,
-    /// Shadow appliance.
-    pub shadow: ApplianceId,
-}
-
-/// What `client add` needs.
-#[derive(Debug, Clone)]
-pub struct NewClient {
-    /// Its id.
-    pub id: ClientId,
-    /// WireGuard public key.
-    pub public_key: PublicKey,
-    /// Address inside the tunnel.
-    pub tunnel_ip: IpAddr,
-    /// Primary appliance.
-    pub primary: ApplianceId,
-    /// Shadow appliance, in another region.
-    pub shadow: ApplianceId,
 }
 
 /// The region of an appliance, locked against removal until the transaction ends.
@@ -343,17 +227,37 @@ async fn appliance_region(
     .ok_or_else(|| InventoryError::UnknownAppliance(id.to_string()))
 }
 
-/// Adds a client with a newly allocated peer index, which it returns.
-pub async fn add_client(pool: &PgPool, new: &NewClient) -> Result<PeerIndex, InventoryError> {
-    if new.primary == new.shadow {
-        return Err(InventoryError::SameAppliance(new.primary.clone()));
+/// Maps a failed client insert to its reason.
+fn client_insert_error(e: sqlx::Error, new: &NewClient) -> InventoryError {
+    match unique_violation(&e) {
+        Some("clients_pkey" | "clients_id_key") => InventoryError::Duplicate {
+            what: "client id",
+            value: new.id.to_string(),
+        },
+        Some("clients_public_key_key") => InventoryError::Duplicate {
+            what: "public key",
+            value: new.public_key.to_base64(),
+        },
+        Some("clients_tunnel_ip_key") => InventoryError::Duplicate {
+            what: "tunnel ip",
+            value: new.tunnel_ip.to_string(),
+        },
+        _ => match foreign_key_violation(&e) {
+            // An appliance removed between our check and the insert.
+            Some(_) => {
+                InventoryError::UnknownAppliance(format!("{} or {}", new.primary, new.shadow))
+            }
+            None => e.into(),
+        },
     }
-    if new.tunnel_ip.is_unspecified() || new.tunnel_ip.is_multicast() {
-        return Err(InventoryError::Invalid(format!(
-            "tunnel ip {} is not a host address",
-            new.tunnel_ip
-        )));
-    }
+}
+
+/// Adds a client with a newly allocated peer index, which it returns. Primary and shadow must
+/// exist and be in different regions.
+pub(crate) async fn insert_client(
+    pool: &PgPool,
+    new: &NewClient,
+) -> Result<PeerIndex, InventoryError> {
     let mut tx = pool.begin().await?;
     let primary_region = appliance_region(&mut tx, &new.primary).await?;
     let shadow_region = appliance_region(&mut tx, &new.shadow).await?;
@@ -382,157 +286,118 @@ pub async fn add_client(pool: &PgPool, new: &NewClient) -> Result<PeerIndex, Inv
             new.shadow.as_str(),
         )
         .fetch_optional(&mut *tx)
-        .await;
-        match inserted {
-            Ok(Some(index)) => {
-                tx.commit().await?;
-                return PeerIndex::new(i64::from(index)).map_err(|e| invalid_row("clients", e));
-            }
-            Ok(None) => continue,
-            Err(e) => {
-                return Err(match unique_violation(&e) {
-                    Some("clients_pkey" | "clients_id_key") => InventoryError::Duplicate {
-                        what: "client id",
-                        value: new.id.to_string(),
-                    },
-                    Some("clients_public_key_key") => InventoryError::Duplicate {
-                        what: "public key",
-                        value: new.public_key.to_base64(),
-                    },
-                    Some("clients_tunnel_ip_key") => InventoryError::Duplicate {
-                        what: "tunnel ip",
-                        value: new.tunnel_ip.to_string(),
-                    },
-                    _ => match foreign_key_violation(&e) {
-                        // An appliance removed between our check and the insert.
-                        Some(_) => InventoryError::UnknownAppliance(format!(
-                            "{} or {}",
-                            new.primary, new.shadow
-                        )),
-                        None => e.into(),
-                    },
-                });
-            }
+        .await
+        .map_err(|e| client_insert_error(e, new))?;
+        if let Some(index) = inserted {
+            tx.commit().await?;
+            return PeerIndex::new(i64::from(index)).map_err(|e| invalid_row("clients", e));
         }
     }
-    Err(InventoryError::Invalid(
-        "no free peer index found; the 24-bit index space is nearly full".into(),
-    ))
+    Err(InventoryError::Exhausted)
 }
 
-/// Every client, ordered by id.
-pub async fn list_clients(pool: &PgPool) -> Result<Vec<Client>, InventoryError> {
+/// Clients ordered by id: those of `appliance` (primary or shadow) when given, with ids after
+/// `after`, at most `limit`.
+pub(crate) async fn list_clients(
+    pool: &PgPool,
+    appliance: Option<&ApplianceId>,
+    after: Option<&ClientId>,
+    limit: Option<i64>,
+) -> Result<Vec<Client>, InventoryError> {
     let rows = sqlx::query!(
         r#"SELECT id, region, public_key, host(tunnel_ip) AS "tunnel_ip!", peer_index,
                   primary_appliance, shadow_appliance
-           FROM clients ORDER BY id"#
+           FROM clients
+           WHERE ($1::text IS NULL OR primary_appliance = $1 OR shadow_appliance = $1)
+             AND ($2::text IS NULL OR id > $2)
+           ORDER BY id LIMIT $3"#,
+        appliance.map(ApplianceId::as_str),
+        after.map(ClientId::as_str),
+        limit,
     )
     .fetch_all(pool)
     .await?;
     rows.into_iter()
         .map(|r| {
-            let bad = |e: &dyn std::fmt::Display| invalid_row("clients", e);
-            Ok(Client {
-                id: ClientId::new(r.id).map_err(|e| bad(&e))?,
-                region: RegionId::new(r.region).map_err(|e| bad(&e))?,
-                public_key: r.public_key.parse().map_err(|e: KeyError| bad(&e))?,
-                tunnel_ip: r
-                    .tunnel_ip
-                    .parse()
-                    .map_err(|e: std::net::AddrParseError| bad(&e))?,
-                peer_index: PeerIndex::new(i64::from(r.peer_index)).map_err(|e| bad(&e))?,
-                primary: ApplianceId::new(r.primary_appliance).map_err(|e| bad(&e))?,
-                shadow: ApplianceId::new(r.shadow_appliance).map_err(|e| bad(&e))?,
-            })
+            client_row(
+                r.id,
+                r.region,
+                &r.public_key,
+                &r.tunnel_ip,
+                r.peer_index,
+                r.primary_appliance,
+                r.shadow_appliance,
+            )
         })
         .collect()
 }
 
+/// One client.
+pub(crate) async fn get_client(
+    pool: &PgPool,
+    id: &ClientId,
+) -> Result<Option<Client>, InventoryError> {
+    let row = sqlx::query!(
+        r#"SELECT id, region, public_key, host(tunnel_ip) AS "tunnel_ip!", peer_index,
+                  primary_appliance, shadow_appliance
+           FROM clients WHERE id = $1"#,
+        id.as_str()
+    )
+    .fetch_optional(pool)
+    .await?;
+    row.map(|r| {
+        client_row(
+            r.id,
+            r.region,
+            &r.public_key,
+            &r.tunnel_ip,
+            r.peer_index,
+            r.primary_appliance,
+            r.shadow_appliance,
+        )
+    })
+    .transpose()
+}
+
+fn client_row(
+    id: String,
+    region: String,
+    public_key: &str,
+    tunnel_ip: &str,
+    peer_index: i32,
+    primary: String,
+    shadow: String,
+) -> Result<Client, InventoryError> {
+    let bad = |e: &dyn std::fmt::Display| invalid_row("clients", e);
+    Ok(Client {
+        id: ClientId::new(id).map_err(|e| bad(&e))?,
+        region: RegionId::new(region).map_err(|e| bad(&e))?,
+        public_key: public_key.parse().map_err(|e: KeyError| bad(&e))?,
+        tunnel_ip: tunnel_ip
+            .parse()
+            .map_err(|e: std::net::AddrParseError| bad(&e))?,
+        peer_index: PeerIndex::new(i64::from(peer_index)).map_err(|e| bad(&e))?,
+        primary: ApplianceId::new(primary).map_err(|e| bad(&e))?,
+        shadow: ApplianceId::new(shadow).map_err(|e| bad(&e))?,
+    })
+}
+
 /// Removes a client and its session rows.
-pub async fn remove_client(pool: &PgPool, id: &ClientId) -> Result<(), InventoryError> {
+pub(crate) async fn remove_client(pool: &PgPool, id: &ClientId) -> Result<(), InventoryError> {
     let done = sqlx::query!("DELETE FROM clients WHERE id = $1", id.as_str())
         .execute(pool)
         .await?;
     if done.rows_affected() == 0 {
-        return Err(InventoryError::NotFound {
-            what: "client",
-            id: id.to_string(),
-        });
+        return Err(crate::inventory::client::not_found(id));
     }
     Ok(())
 }
 
-/// Kinds of advisory.
-pub const ADVISORY_KINDS: [&str; 4] = [
-    "geopolitical",
-    "environmental",
-    "maintenance",
-    "operational",
-];
-
-/// What an advisory applies to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "scope", content = "id", rename_all = "lowercase")]
-pub enum AdvisoryScope {
-    /// One appliance.
-    Appliance(ApplianceId),
-    /// Every appliance of a region.
-    Region(RegionId),
-}
-
-/// An advisory as stored.
-#[derive(Debug, Clone, Serialize)]
-pub struct Advisory {
-    /// Its id.
-    pub id: Uuid,
-    /// What it says.
-    #[serde(flatten)]
-    pub spec: NewAdvisory,
-}
-
-/// An advisory's content: what `advisory add` needs.
-#[derive(Debug, Clone, Serialize)]
-pub struct NewAdvisory {
-    /// What it applies to.
-    pub scope: AdvisoryScope,
-    /// Kind; one of [`ADVISORY_KINDS`].
-    pub kind: String,
-    /// Risk while active.
-    pub risk: Probability,
-    /// Start of its window.
-    pub starts_at: DateTime<Utc>,
-    /// End of its window; open-ended when absent.
-    pub ends_at: Option<DateTime<Utc>>,
-    /// Free text, at most 1000 characters.
-    pub note: String,
-}
-
-impl NewAdvisory {
-    /// Whether the advisory is in force at `now`.
-    pub fn active_at(&self, now: DateTime<Utc>) -> bool {
-        self.starts_at <= now && self.ends_at.is_none_or(|end| now < end)
-    }
-}
-
-/// Adds an advisory and returns its id.
-pub async fn add_advisory(pool: &PgPool, new: &NewAdvisory) -> Result<Uuid, InventoryError> {
-    if !ADVISORY_KINDS.contains(&new.kind.as_str()) {
-        return Err(InventoryError::Invalid(format!(
-            "unknown advisory kind {:?}; use one of {}",
-            new.kind,
-            ADVISORY_KINDS.join(", ")
-        )));
-    }
-    if new.note.chars().count() > 1000 {
-        return Err(InventoryError::Invalid(
-            "note is longer than 1000 characters".into(),
-        ));
-    }
-    if new.ends_at.is_some_and(|end| end <= new.starts_at) {
-        return Err(InventoryError::Invalid(
-            "advisory must end after it starts".into(),
-        ));
-    }
+/// Adds an advisory and returns its id. Its appliance, or region, must exist.
+pub(crate) async fn insert_advisory(
+    pool: &PgPool,
+    new: &NewAdvisory,
+) -> Result<Uuid, InventoryError> {
     let (region, appliance, scope_region) = match &new.scope {
         AdvisoryScope::Appliance(a) => {
             let region =
@@ -582,7 +447,7 @@ pub async fn add_advisory(pool: &PgPool, new: &NewAdvisory) -> Result<Uuid, Inve
 }
 
 /// Every advisory, newest start first.
-pub async fn list_advisories(pool: &PgPool) -> Result<Vec<Advisory>, InventoryError> {
+pub(crate) async fn list_advisories(pool: &PgPool) -> Result<Vec<Advisory>, InventoryError> {
     let rows = sqlx::query!(
         "SELECT id, appliance_id, scope_region, kind, risk, starts_at, ends_at, note
          FROM advisories ORDER BY starts_at DESC, id"
@@ -615,16 +480,13 @@ pub async fn list_advisories(pool: &PgPool) -> Result<Vec<Advisory>, InventoryEr
 }
 
 /// Removes the advisory whose id is `id` or starts with `id` (at least 4 hex digits).
-pub async fn remove_advisory(pool: &PgPool, id: &str) -> Result<Uuid, InventoryError> {
-    let prefix = id.trim().to_ascii_lowercase();
-    if prefix.len() < 4
-        || prefix.len() > 36
-        || !prefix.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
-    {
-        return Err(InventoryError::Invalid(format!(
-            "advisory id {id:?} must be a uuid or a prefix of at least 4 hex digits"
-        )));
-    }
+pub(crate) async fn remove_advisory(pool: &PgPool, id: &str) -> Result<Uuid, InventoryError> {
+    let Some(prefix) = id_prefix::parse(id) else {
+        return Err(InventoryError::invalid(
+            "id",
+            format!("advisory id {id:?} must be a uuid or a prefix of at least 4 hex digits"),
+        ));
+    };
     let mut tx = pool.begin().await?;
     let matches = sqlx::query_scalar!(
         "SELECT id FROM advisories WHERE id::text LIKE $1 || '%' FOR UPDATE",
@@ -632,15 +494,20 @@ pub async fn remove_advisory(pool: &PgPool, id: &str) -> Result<Uuid, InventoryE
     )
     .fetch_all(&mut *tx)
     .await?;
-    let target = match matches.as_slice() {
-        [] => {
+    let target = match id_prefix::pick(&matches) {
+        Found::None => {
             return Err(InventoryError::NotFound {
                 what: "advisory",
                 id: id.to_owned(),
             });
         }
-        [one] => *one,
-        _ => return Err(InventoryError::Ambiguous(id.to_owned())),
+        Found::One(one) => one,
+        Found::Many => {
+            return Err(InventoryError::Ambiguous {
+                what: "advisory",
+                prefix: id.to_owned(),
+            });
+        }
     };
     sqlx::query!("DELETE FROM advisories WHERE id = $1", target)
         .execute(&mut *tx)

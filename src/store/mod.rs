@@ -4,6 +4,7 @@
 //! Queries are compile-time checked (`query!`) against the committed metadata in `.sqlx/`.
 
 pub mod audit;
+pub mod id_prefix;
 pub mod inventory;
 pub mod notify;
 pub mod retention;

@@ -10,6 +10,7 @@ use uuid::Uuid;
 use zeroize::Zeroizing;
 
 use super::StoreError;
+use super::id_prefix::{self, Found};
 use crate::domain::RegionId;
 
 /// Prefix of every token.
@@ -125,13 +126,9 @@ pub async fn list(pool: &PgPool) -> Result<Vec<TokenInfo>, TokenError> {
 
 /// Revokes the token whose id is `id` or starts with it (at least 4 hex digits).
 pub async fn revoke(pool: &PgPool, id: &str) -> Result<Uuid, TokenError> {
-    let prefix = id.trim().to_ascii_lowercase();
-    if prefix.len() < 4
-        || prefix.len() > 36
-        || !prefix.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
-    {
+    let Some(prefix) = id_prefix::parse(id) else {
         return Err(TokenError::BadId(id.to_owned()));
-    }
+    };
     let mut tx = pool.begin().await?;
     let matches = sqlx::query_scalar!(
         "SELECT id FROM api_tokens WHERE id::text LIKE $1 || '%' FOR UPDATE",
@@ -139,10 +136,10 @@ pub async fn revoke(pool: &PgPool, id: &str) -> Result<Uuid, TokenError> {
     )
     .fetch_all(&mut *tx)
     .await?;
-    let target = match matches.as_slice() {
-        [] => return Err(TokenError::NotFound(id.to_owned())),
-        [one] => *one,
-        _ => return Err(TokenError::Ambiguous(id.to_owned())),
+    let target = match id_prefix::pick(&matches) {
+        Found::None => return Err(TokenError::NotFound(id.to_owned())),
+        Found::One(one) => one,
+        Found::Many => return Err(TokenError::Ambiguous(id.to_owned())),
     };
     sqlx::query!(
         "UPDATE api_tokens SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1",
