@@ -8,7 +8,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
 
-use super::AppState;
+use super::{AppState, ServerStatus};
 
 /// Health routes.
 pub fn router() -> Router<AppState> {
@@ -33,7 +33,9 @@ struct Readiness {
 /// Ready once the DNS listeners are up and a snapshot from the database is served. A stale
 /// snapshot (database away) stays ready: answering from it is the point of serve-stale; the
 /// body and `/metrics` say how stale.
-async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
+async fn readyz(
+    State(state): State<std::sync::Arc<ServerStatus>>,
+) -> (StatusCode, Json<Readiness>) {
     let listening = state.listening.load(Ordering::Relaxed);
     let loaded = state.publish.loaded.load(Ordering::Relaxed);
     let r = Readiness {

@@ -11,14 +11,17 @@ use axum::middleware;
 use axum::response::IntoResponse;
 use axum::routing::get;
 
-use super::{AppState, auth};
+use super::{AppState, LiveView, ServerStatus, auth};
 use crate::dns::stats::{self, LATENCY_BOUNDS_US, QTYPES, RCODES, read};
 
-/// The metrics route, behind the token check.
-pub fn router(state: AppState) -> Router<AppState> {
+/// The metrics route, behind the token check (`read` scope).
+pub fn router(state: &AppState) -> Router<AppState> {
     Router::new()
         .route("/metrics", get(metrics))
-        .route_layer(middleware::from_fn_with_state(state, auth::require_token))
+        .route_layer(middleware::from_fn_with_state(
+            state.auth.clone(),
+            auth::by_method,
+        ))
 }
 
 struct Out(String);
@@ -37,7 +40,7 @@ impl Out {
 }
 
 /// Renders every metric.
-pub fn render(state: &AppState) -> String {
+pub fn render(state: &ServerStatus, live: &LiveView) -> String {
     let mut o = Out(String::with_capacity(8192));
     let all = &state.dns_stats;
     let sum = |f: &dyn Fn(&stats::Stats) -> u64| all.iter().map(|s| f(s)).sum::<u64>();
@@ -289,16 +292,19 @@ pub fn render(state: &AppState) -> String {
         "",
         state.tcp_refused.load(Ordering::Relaxed),
     );
-    if let Some(risk) = &state.risk {
+    if let Some(risk) = &live.scores {
         let snapshot = risk.borrow().clone();
         o.0.push_str(&snapshot.render_metrics());
     }
     o.0
 }
 
-async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+async fn metrics(
+    State(status): State<std::sync::Arc<ServerStatus>>,
+    State(live): State<LiveView>,
+) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        render(&state),
+        render(&status, &live),
     )
 }

@@ -1,42 +1,74 @@
-//! The admin HTTP listener (axum): `/metrics` (Prometheus text, bearer token required),
-//! `/healthz` and `/readyz` (open, for load balancers and orchestrators).
+//! The admin HTTP listener (axum): the REST API under `/api/v1` with its OpenAPI document,
+//! the dashboard at `/`, `/metrics` (Prometheus text), and `/healthz` / `/readyz` (open, for
+//! load balancers and orchestrators).
 //!
-//! Deliberately minimal for now: the full admin API (inventory over HTTP, dashboard) comes
-//! later and will add its routers here.
+//! Layout: one file per API resource under [`api`], each exporting a `router()` that
+//! [`router`] merges; their routes and schemas are collected into the OpenAPI document by
+//! utoipa-axum as they are merged, so a route cannot exist without being documented. Adding a
+//! resource (for example replication status) is one file and one `.merge(...)` line.
+//!
+//! Handlers share one [`AppState`] but take only the narrow handle they need (`State<ApiDb>`,
+//! `State<LiveView>`, ...; each has a `FromRef`): inventory and reads go through
+//! [`crate::inventory`] and the store on the API's own small pool, never the pool the DNS
+//! snapshot loader uses; the DNS and database status counters are one read-only
+//! [`ServerStatus`] used by `/metrics` and `/readyz` alone.
+//!
+//! Limits: request bodies at most [`MAX_BODY`] bytes, at most [`MAX_IN_FLIGHT`] requests at
+//! once (more get 503 at once), each at most [`REQUEST_TIMEOUT`]; token checks are bounded as
+//! [`auth`] describes.
 
+pub mod api;
 pub mod auth;
+pub mod dashboard;
+pub mod error;
+pub mod extract;
 pub mod health;
 pub mod metrics;
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::{DefaultBodyLimit, FromRef};
 use axum::http::StatusCode;
+use axum::response::IntoResponse;
 use sqlx::PgPool;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
+use tower::ServiceBuilder;
 use tower_http::timeout::TimeoutLayer;
 
 use crate::dns::publish::PublishStatus;
 use crate::dns::stats::{ApplianceSlots, Stats};
+use crate::risk::live::LiveSnapshot;
+use crate::risk::model::Model;
 use crate::store::audit::AuditStatus;
 use crate::store::snapshot::SyncStatus;
 
+pub use auth::Authenticator;
+pub use error::{ApiError, ErrorBody};
+
 /// Longest a request may take; also bounds how long shutdown waits for requests in flight.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request body accepted (inventory changes are a few hundred bytes).
+pub const MAX_BODY: usize = 64 * 1024;
+/// Requests handled at once; more are refused with 503 rather than queued without bound.
+pub const MAX_IN_FLIGHT: usize = 256;
 
-/// State shared by the handlers.
-#[derive(Clone)]
-pub struct AppState {
-    /// The database (token checks).
-    pub pool: PgPool,
+/// The admin API's database pool: its own connections, so no API traffic (nor a flood of
+/// tokens) can take the connections the DNS snapshot loader needs.
+#[derive(Debug, Clone)]
+pub struct ApiDb(pub PgPool);
+
+/// Read-only status of the DNS server and its database feeds, for `/metrics` and `/readyz`.
+#[derive(Debug)]
+pub struct ServerStatus {
     /// DNS counters of every UDP worker and of TCP.
-    pub dns_stats: Arc<Vec<Arc<Stats>>>,
+    pub dns_stats: Vec<Arc<Stats>>,
     /// Appliance labels of the per-appliance counters.
-    pub slots: Arc<Mutex<ApplianceSlots>>,
+    pub slots: Arc<std::sync::Mutex<ApplianceSlots>>,
     /// Database freshness.
     pub sync: Arc<SyncStatus>,
     /// Snapshot publication.
@@ -51,18 +83,94 @@ pub struct AppState {
     pub tcp_refused: Arc<AtomicU64>,
     /// Whether the DNS listeners are up.
     pub listening: Arc<AtomicBool>,
-    /// Token hashes recently verified against the database, so scrapes keep working while the
-    /// database is away (see [`auth`]).
-    pub token_cache: Arc<Mutex<HashMap<[u8; 32], Instant>>>,
-    /// Live risk scoring (model version, scores), when it runs.
-    pub risk: Option<tokio::sync::watch::Receiver<Arc<crate::risk::live::LiveSnapshot>>>,
+}
+
+/// The risk model and live scores, when scoring runs, and the steering threshold in force.
+#[derive(Debug, Clone)]
+pub struct LiveView {
+    /// The model scoring (`None` with risk scoring off).
+    pub model: Option<Arc<Model>>,
+    /// The live scorer's latest round.
+    pub scores: Option<watch::Receiver<Arc<LiveSnapshot>>>,
+    /// Steering threshold: above it a primary's clients move to their shadow.
+    pub threshold: f64,
+}
+
+/// What the server serves, for rendering client configurations.
+#[derive(Debug, Clone)]
+pub struct Site {
+    /// The first steering zone, e.g. `vpn.example.net`.
+    pub zone: String,
+    /// Label between client id and zone, e.g. `c`.
+    pub client_label: String,
+}
+
+/// State shared by the handlers; each takes the handle it needs through `FromRef`.
+#[derive(Clone)]
+pub struct AppState {
+    /// The API's pool.
+    pub db: ApiDb,
+    /// Token checks.
+    pub auth: Arc<Authenticator>,
+    /// DNS and database status (metrics, readiness).
+    pub status: Arc<ServerStatus>,
+    /// Model and scores.
+    pub live: LiveView,
+    /// Zone names.
+    pub site: Arc<Site>,
+}
+
+impl FromRef<AppState> for ApiDb {
+    fn from_ref(s: &AppState) -> Self {
+        s.db.clone()
+    }
+}
+impl FromRef<AppState> for Arc<Authenticator> {
+    fn from_ref(s: &AppState) -> Self {
+        s.auth.clone()
+    }
+}
+impl FromRef<AppState> for Arc<ServerStatus> {
+    fn from_ref(s: &AppState) -> Self {
+        s.status.clone()
+    }
+}
+impl FromRef<AppState> for LiveView {
+    fn from_ref(s: &AppState) -> Self {
+        s.live.clone()
+    }
+}
+impl FromRef<AppState> for Arc<Site> {
+    fn from_ref(s: &AppState) -> Self {
+        s.site.clone()
+    }
 }
 
 /// All routes.
 pub fn router(state: AppState) -> Router {
+    let (api, doc) = api::router(&state);
+    let doc = Arc::new(doc);
     Router::new()
         .merge(health::router())
-        .merge(metrics::router(state.clone()))
+        .merge(metrics::router(&state))
+        .merge(api)
+        .merge(api::docs::router(doc))
+        .merge(dashboard::router())
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(
+            ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
+                    ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "overloaded",
+                        "too many requests in flight; try again",
+                    )
+                    .into_response()
+                }))
+                .load_shed()
+                .concurrency_limit(MAX_IN_FLIGHT),
+        )
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             REQUEST_TIMEOUT,
@@ -70,7 +178,7 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serves the admin API on `listener` until shutdown; requests in flight get
+/// Serves the admin listener on `listener` until shutdown; requests in flight get
 /// [`REQUEST_TIMEOUT`] to finish.
 pub async fn serve(
     listener: tokio::net::TcpListener,

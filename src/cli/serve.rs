@@ -140,6 +140,43 @@ fn load_model(
     Ok(Some(Arc::new(model)))
 }
 
+/// The admin listener's state: its own small pool (so API traffic and token floods never take
+/// the connections the snapshot loader, audit writer and scorer need), the status counters,
+/// the model and the zone names.
+fn admin_state(
+    cfg: &SteeringConfig,
+    pool: &sqlx::PgPool,
+    status: admin::ServerStatus,
+    model: Option<Arc<Model>>,
+    scores: Option<watch::Receiver<Arc<LiveSnapshot>>>,
+    threshold: f64,
+) -> admin::AppState {
+    let api_pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(ADMIN_POOL)
+        .acquire_timeout(std::time::Duration::from_secs(2))
+        .connect_lazy_with((*pool.connect_options()).clone());
+    let (zone, client_label) = cfg
+        .dns
+        .zones
+        .first()
+        .map(|z| (z.name.clone(), z.client_label.clone()))
+        .unwrap_or_else(|| ("vpn.example.net".into(), "c".into()));
+    admin::AppState {
+        db: admin::ApiDb(api_pool.clone()),
+        auth: Arc::new(admin::Authenticator::new(api_pool)),
+        status: Arc::new(status),
+        live: admin::LiveView {
+            model,
+            scores,
+            threshold,
+        },
+        site: Arc::new(admin::Site { zone, client_label }),
+    }
+}
+
+/// Connections of the admin API's own pool.
+const ADMIN_POOL: u32 = 4;
+
 /// Runs the server until SIGINT/SIGTERM.
 pub async fn run(args: ServeArgs) -> CommandResult {
     let mut cfg: SteeringConfig = super::load_config(&args.config)?;
@@ -192,7 +229,7 @@ pub async fn run(args: ServeArgs) -> CommandResult {
     let admin_addr = admin_listener
         .local_addr()
         .context("admin listener address")?;
-    tracing::info!(addr = %admin_addr, "admin listening (/metrics needs a token, /healthz, /readyz)");
+    tracing::info!(addr = %admin_addr, "admin listening (dashboard /, API /api/v1 and /metrics need a token; /healthz, /readyz)");
 
     let target =
         DatabaseTarget::resolve(cfg.server.database_url.clone(), cfg.server.data_dir.clone());
@@ -300,6 +337,7 @@ pub async fn run(args: ServeArgs) -> CommandResult {
     }
     // Live scoring writes risk_scores; its writes reach DNS through the table's NOTIFY trigger
     // like any other change, and its snapshot feeds the metrics.
+    let model_for_api = model.clone();
     let risk = model.map(|model| {
         let (tx, rx) = watch::channel(Arc::new(LiveSnapshot::default()));
         tasks.spawn(risk::live::run(
@@ -313,9 +351,8 @@ pub async fn run(args: ServeArgs) -> CommandResult {
         rx
     });
     let listening = Arc::new(AtomicBool::new(true));
-    let state = admin::AppState {
-        pool: pool.clone(),
-        dns_stats: Arc::new(dns_stats),
+    let status = admin::ServerStatus {
+        dns_stats,
         slots,
         sync,
         publish: publish_status,
@@ -324,9 +361,8 @@ pub async fn run(args: ServeArgs) -> CommandResult {
         tcp_max: cfg.dns.max_tcp_connections,
         tcp_refused,
         listening: listening.clone(),
-        token_cache: Arc::default(),
-        risk,
     };
+    let state = admin_state(&cfg, &pool, status, model_for_api, risk, policy.threshold());
     let admin_shutdown = shutdown.clone();
     tasks.spawn(async move {
         if let Err(e) = admin::serve(admin_listener, state, admin_shutdown).await {

@@ -15,8 +15,8 @@ pub enum TokenCommand {
         /// A name saying who or what uses it.
         #[arg(long)]
         name: String,
-        /// read (metrics) or admin.
-        #[arg(long, default_value = "admin")]
+        /// read (GET requests and /metrics) or admin (everything, including tokens).
+        #[arg(long, default_value = tokens::DEFAULT_SCOPE)]
         scope: String,
         /// Lifetime, e.g. 90d [default: no expiry].
         #[arg(long)]
@@ -62,20 +62,11 @@ pub async fn run(cmd: TokenCommand) -> CommandResult {
             db,
         } => {
             let region = RegionId::new(region).map_err(|e| CommandError::Input(e.to_string()))?;
-            let expires_at = match expires {
-                None => None,
-                Some(d) => {
-                    let d = humantime::parse_duration(&d)
-                        .map_err(|e| CommandError::Input(format!("--expires {d:?}: {e}")))?;
-                    let d = chrono::Duration::from_std(d)
-                        .map_err(|_| CommandError::Input("--expires is too long".into()))?;
-                    Some(
-                        Utc::now()
-                            .checked_add_signed(d)
-                            .ok_or_else(|| CommandError::Input("--expires is too long".into()))?,
-                    )
-                }
-            };
+            let expires_at = expires
+                .as_deref()
+                .map(|d| tokens::expiry(Utc::now(), d))
+                .transpose()
+                .map_err(|e| CommandError::Input(format!("--expires: {e}")))?;
             let database = db::open(&db).await?;
             let created = tokens::create(&database.pool, &region, &name, &scope, expires_at).await;
             database.close().await;

@@ -240,7 +240,8 @@ mod tests {
 
     #[test]
     fn each_rule_names_its_field() {
-        let cases: Vec<(Box<dyn Fn(&mut AdvisoryInput)>, &str, &str)> = vec![
+        type Edit = Box<dyn Fn(&mut AdvisoryInput)>;
+        let cases: Vec<(Edit, &str, &str)> = vec![
             (Box::new(|i| i.risk = 1.5), "risk", "not a probability"),
             (Box::new(|i| i.risk = f64::NAN), "risk", "not a probability"),
             (

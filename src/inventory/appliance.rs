@@ -240,7 +240,8 @@ mod tests {
 
     #[test]
     fn each_rule_names_its_field() {
-        let cases: Vec<(Box<dyn Fn(&mut ApplianceInput)>, &str, &str)> = vec![
+        type Edit = Box<dyn Fn(&mut ApplianceInput)>;
+        let cases: Vec<(Edit, &str, &str)> = vec![
             (Box::new(|i| i.id = "EU_1".into()), "id", "DNS label"),
             (Box::new(|i| i.region = "".into()), "region", "empty"),
             (

@@ -4,11 +4,14 @@
 //! Queries are compile-time checked (`query!`) against the committed metadata in `.sqlx/`.
 
 pub mod audit;
+pub mod decisions;
 pub mod id_prefix;
 pub mod inventory;
 pub mod notify;
 pub mod retention;
 pub mod risk;
+pub mod series;
+pub mod session_view;
 pub mod sessions;
 pub mod snapshot;
 pub mod target;

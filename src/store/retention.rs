@@ -9,11 +9,12 @@ use sqlx::PgPool;
 use super::StoreError;
 
 /// Tables with a retention policy, and the database function's name for each.
-pub const PRUNABLE: [&str; 4] = [
+pub const PRUNABLE: [&str; 5] = [
     "appliance_health",
     "path_probes",
     "steering_decisions",
     "failure_events",
+    "risk_history",
 ];
 
 /// How long rows are kept, per table.
@@ -59,7 +60,8 @@ impl RetentionPolicy {
 
     fn age_of(&self, table: &str) -> Duration {
         match table {
-            "appliance_health" => self.health,
+            // Risk history charts the same stretch as the telemetry it came from.
+            "appliance_health" | "risk_history" => self.health,
             "path_probes" => self.probes,
             "steering_decisions" => self.decisions,
             _ => self.failures,

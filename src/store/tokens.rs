@@ -15,6 +15,8 @@ use crate::domain::RegionId;
 
 /// Prefix of every token.
 pub const PREFIX: &str = "sst_";
+/// Scope of a token created without one: least privilege (GET only).
+pub const DEFAULT_SCOPE: &str = "read";
 
 /// Why a token operation was refused.
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +85,17 @@ pub fn generate() -> Zeroizing<String> {
         "{PREFIX}{}",
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes.as_ref())
     ))
+}
+
+/// The expiry of a token created at `now` with lifetime `duration` (humantime, e.g. `90d`).
+pub fn expiry(now: DateTime<Utc>, duration: &str) -> Result<DateTime<Utc>, String> {
+    let d = humantime::parse_duration(duration).map_err(|e| format!("{duration:?}: {e}"))?;
+    if d.is_zero() {
+        return Err("must be longer than zero".into());
+    }
+    let d = chrono::Duration::from_std(d).map_err(|_| "is too long".to_owned())?;
+    now.checked_add_signed(d)
+        .ok_or_else(|| "is too long".to_owned())
 }
 
 /// Creates a token; returns its id and the token itself (to show once).

@@ -1,0 +1,268 @@
+// shadowsteer dashboard: polls /api/v1 every 2 s with the bearer token kept in this tab's
+// session storage, and draws the fleet, risk over time (uPlot), clients held and steering
+// decisions. No framework and no external requests: everything comes from this server.
+(() => {
+  'use strict';
+  const KEY = 'shadowsteer.token';
+  const POLL_MS = 2000;
+  const RANGE_S = 3600;
+  const POINTS = 120;
+  const MAX_CHARTS = 12;
+  const COLORS = ['#2563eb', '#dc2626', '#16a34a', '#9333ea', '#ea580c', '#0891b2', '#4d7c0f', '#be185d'];
+
+  // What the page shows, also read by the browser test (window.sstDashboard).
+  const view = { updates: 0, error: null, points: { risk: 0, health: 0, decisions: 0 }, states: {} };
+  window.sstDashboard = view;
+  const charts = new Map();
+  let clientsChart = null;
+  let decisionsChart = null;
+  let timer = null;
+
+  const $ = (id) => document.getElementById(id);
+
+  function takeTokenFromFragment() {
+    const m = /(?:^|&)token=([^&]+)/.exec(location.hash.slice(1));
+    if (m) {
+      sessionStorage.setItem(KEY, decodeURIComponent(m[1]));
+      // The token leaves the address bar (and the history) at once.
+      history.replaceState(null, '', location.pathname + location.search);
+    }
+  }
+
+  async function api(path) {
+    const r = await fetch('/api/v1' + path, {
+      headers: { Authorization: 'Bearer ' + sessionStorage.getItem(KEY) },
+      cache: 'no-store',
+    });
+    if (r.status === 401) {
+      const e = new Error('the server refused the token');
+      e.auth = true;
+      throw e;
+    }
+    if (!r.ok) {
+      let msg = 'HTTP ' + r.status;
+      try { msg = (await r.json()).message; } catch (_) { /* not JSON */ }
+      throw new Error(msg);
+    }
+    return r.json();
+  }
+
+  function cell(tr, text, cls) {
+    const td = document.createElement('td');
+    td.textContent = text;
+    if (cls) td.className = cls;
+    tr.appendChild(td);
+    return td;
+  }
+
+  const pct = (x) => (x == null ? '–' : (100 * x).toFixed(0) + '%');
+  const fixed = (x, n) => (x == null ? '–' : x.toFixed(n));
+
+  function renderFleet(appliances, threshold) {
+    const body = $('fleet').tBodies[0];
+    body.replaceChildren();
+    view.states = {};
+    for (const a of appliances) {
+      const tr = document.createElement('tr');
+      tr.dataset.appliance = a.id;
+      view.states[a.id] = a.state;
+      cell(tr, a.region);
+      cell(tr, a.id);
+      cell(tr, a.state, 'state state-' + a.state);
+      const risk = a.risk;
+      cell(tr, risk ? fixed(risk.score, 3) : '–', 'num' + (risk && risk.score > threshold ? ' over' : ''));
+      cell(tr, risk ? '[' + fixed(risk.low, 3) + ', ' + fixed(risk.high, 3) + ']' : '–', 'num');
+      cell(tr, a.primary_clients + ' / ' + a.shadow_clients, 'num');
+      cell(tr, a.health ? pct(a.health.cpu) : '–', 'num');
+      cell(tr, a.health ? pct(a.health.mem) : '–', 'num');
+      cell(tr, a.health ? String(a.health.sessions) : '–', 'num');
+      body.appendChild(tr);
+    }
+  }
+
+  function chartWidth(el) {
+    return Math.max(300, (el.clientWidth || 430) - 8);
+  }
+
+  // Risk as a step function (scores are stored when they move), extended to now.
+  function riskData(points, threshold, now) {
+    const xs = [], s = [], lo = [], hi = [], th = [];
+    for (const p of points) {
+      xs.push(Date.parse(p.ts) / 1000);
+      s.push(p.score); lo.push(p.low); hi.push(p.high); th.push(threshold);
+    }
+    if (points.length) {
+      const last = points[points.length - 1];
+      xs.push(now); s.push(last.score); lo.push(last.low); hi.push(last.high); th.push(threshold);
+    }
+    return [xs, s, lo, hi, th];
+  }
+
+  function riskChart(id, data) {
+    let entry = charts.get(id);
+    if (!entry) {
+      const box = document.createElement('div');
+      box.dataset.chart = id;
+      const title = document.createElement('div');
+      title.className = 'chart-title';
+      title.textContent = id;
+      box.appendChild(title);
+      $('risk-charts').appendChild(box);
+      const step = uPlot.paths.stepped({ align: 1 });
+      const opts = {
+        width: chartWidth(box), height: 180,
+        scales: { y: { range: [0, 1] } },
+        series: [
+          {},
+          { label: 'risk', stroke: '#dc2626', width: 2, paths: step },
+          { label: 'low', stroke: 'rgba(220,38,38,0.25)', paths: step },
+          { label: 'high', stroke: 'rgba(220,38,38,0.25)', paths: step },
+          { label: 'threshold', stroke: '#334155', dash: [6, 4], width: 1 },
+        ],
+        bands: [{ series: [3, 2], fill: 'rgba(220,38,38,0.12)' }],
+        axes: [{}, { values: (u, v) => v.map((x) => x.toFixed(2)) }],
+      };
+      entry = new uPlot(opts, data, box);
+      charts.set(id, entry);
+    } else {
+      entry.setData(data);
+    }
+  }
+
+  function clientsData(series, from, to) {
+    // Every appliance's buckets start at `from` with the same width, so timestamps line up.
+    const xsSet = new Set();
+    for (const s of series) for (const p of s.points) xsSet.add(Date.parse(p.ts) / 1000);
+    const xs = [...xsSet].sort((a, b) => a - b);
+    const data = [xs.length ? xs : [from, to]];
+    for (const s of series) {
+      const by = new Map(s.points.map((p) => [Date.parse(p.ts) / 1000, p.sessions]));
+      data.push((xs.length ? xs : [from, to]).map((x) => (by.has(x) ? by.get(x) : null)));
+    }
+    return data;
+  }
+
+  function drawClients(series, from, to) {
+    const data = clientsData(series, from, to);
+    const box = $('clients-chart');
+    const key = series.map((s) => s.id).join(',');
+    if (!clientsChart || clientsChart.key !== key) {
+      if (clientsChart) clientsChart.destroy();
+      box.replaceChildren();
+      clientsChart = new uPlot({
+        width: chartWidth(box), height: 200,
+        series: [{}].concat(series.map((s, i) => ({ label: s.id, stroke: COLORS[i % COLORS.length], width: 2, spanGaps: true }))),
+      }, data, box);
+      clientsChart.key = key;
+    } else {
+      clientsChart.setData(data);
+    }
+  }
+
+  function drawDecisions(items, from, to) {
+    const minute = 60;
+    const start = Math.floor(from / minute) * minute;
+    const xs = [], counts = [];
+    for (let t = start; t <= to; t += minute) { xs.push(t); counts.push(0); }
+    for (const d of items) {
+      const i = Math.floor((Date.parse(d.decided_at) / 1000 - start) / minute);
+      if (i >= 0 && i < counts.length) counts[i] += 1;
+    }
+    const data = [xs, counts];
+    const box = $('decisions-chart');
+    if (!decisionsChart) {
+      decisionsChart = new uPlot({
+        width: chartWidth(box), height: 200,
+        series: [{}, { label: 'decisions', stroke: '#2563eb', fill: 'rgba(37,99,235,0.3)', paths: uPlot.paths.bars({ size: [0.8, 40] }) }],
+      }, data, box);
+    } else {
+      decisionsChart.setData(data);
+    }
+    const body = $('decisions').tBodies[0];
+    body.replaceChildren();
+    for (const d of items.slice(0, 20)) {
+      const tr = document.createElement('tr');
+      cell(tr, new Date(d.decided_at).toLocaleTimeString());
+      cell(tr, d.client);
+      cell(tr, d.from_appliance || '–');
+      cell(tr, d.to_appliance);
+      cell(tr, d.reason);
+      body.appendChild(tr);
+    }
+  }
+
+  async function refresh() {
+    const now = Date.now() / 1000;
+    const from = now - RANGE_S;
+    const q = '?from=' + encodeURIComponent(new Date(from * 1000).toISOString()) + '&points=' + POINTS;
+    const [appliances, risk, decisions] = await Promise.all([
+      api('/appliances'),
+      api('/risk'),
+      api('/decisions?limit=1000&from=' + encodeURIComponent(new Date(from * 1000).toISOString())),
+    ]);
+    renderFleet(appliances, risk.threshold);
+    const shown = appliances.slice(0, MAX_CHARTS);
+    const [histories, healths] = await Promise.all([
+      Promise.all(shown.map((a) => api('/risk/appliances/' + encodeURIComponent(a.id) + '/history' + q))),
+      Promise.all(shown.map((a) => api('/appliances/' + encodeURIComponent(a.id) + '/health' + q))),
+    ]);
+    let riskPoints = 0, healthPoints = 0;
+    shown.forEach((a, i) => {
+      riskPoints += histories[i].points.length;
+      riskChart(a.id, riskData(histories[i].points, risk.threshold, now));
+    });
+    const series = shown.map((a, i) => ({ id: a.id, points: healths[i] }));
+    for (const s of series) healthPoints += s.points.length;
+    drawClients(series, from, now);
+    drawDecisions(decisions.items, from, now);
+    view.points = { risk: riskPoints, health: healthPoints, decisions: decisions.items.length };
+  }
+
+  async function tick() {
+    try {
+      await refresh();
+      view.updates += 1;
+      view.error = null;
+      $('status').textContent = 'updated ' + new Date().toLocaleTimeString() + ' (every 2 s)';
+    } catch (e) {
+      view.error = String(e.message || e);
+      $('status').textContent = 'error: ' + view.error;
+      if (e.auth) {
+        sessionStorage.removeItem(KEY);
+        showLogin();
+        return;
+      }
+    }
+    timer = setTimeout(tick, POLL_MS);
+  }
+
+  function showLogin() {
+    if (timer) clearTimeout(timer);
+    $('main').hidden = true;
+    $('logout').hidden = true;
+    $('login').hidden = false;
+  }
+
+  function start() {
+    $('login').hidden = true;
+    $('main').hidden = false;
+    $('logout').hidden = false;
+    tick();
+  }
+
+  $('login').addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    const t = $('token').value.trim();
+    $('token').value = '';
+    if (t) {
+      sessionStorage.setItem(KEY, t);
+      start();
+    }
+  });
+  $('logout').addEventListener('click', () => {
+    sessionStorage.removeItem(KEY);
+    showLogin();
+  });
+  takeTokenFromFragment();
+  if (sessionStorage.getItem(KEY)) start(); else showLogin();
+})();
