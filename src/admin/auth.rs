@@ -37,8 +37,9 @@ pub const STALE_TTL: Duration = Duration::from_secs(600);
 pub const MAX_CHECKS: usize = 2;
 /// How long a request waits for a lookup slot before it is turned away.
 pub const CHECK_WAIT: Duration = Duration::from_millis(250);
-/// How long one lookup may wait for the database.
-const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long one lookup may wait for the database (longer than the admin pool's server-side
+/// statement timeout, so the server normally cancels first and the connection stays usable).
+const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 /// Cached verdicts, at most (about 100 bytes each).
 pub const CACHE_CAPACITY: usize = 10_000;
 /// Longest string that could be a token.

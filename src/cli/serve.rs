@@ -151,10 +151,15 @@ fn admin_state(
     scores: Option<watch::Receiver<Arc<LiveSnapshot>>>,
     threshold: f64,
 ) -> admin::AppState {
+    // The server cancels a slow statement (a lock wait included) itself, so a request that
+    // gives up never leaves a query running on a connection the pool then replaces.
+    let options = (*pool.connect_options())
+        .clone()
+        .options([("statement_timeout", ADMIN_STATEMENT_TIMEOUT)]);
     let api_pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(ADMIN_POOL)
         .acquire_timeout(std::time::Duration::from_secs(2))
-        .connect_lazy_with((*pool.connect_options()).clone());
+        .connect_lazy_with(options);
     let (zone, client_label) = cfg
         .dns
         .zones
@@ -176,6 +181,8 @@ fn admin_state(
 
 /// Connections of the admin API's own pool.
 const ADMIN_POOL: u32 = 4;
+/// Longest statement of the admin API (milliseconds); its reads take a few.
+const ADMIN_STATEMENT_TIMEOUT: &str = "2000";
 
 /// Runs the server until SIGINT/SIGTERM.
 pub async fn run(args: ServeArgs) -> CommandResult {

@@ -211,14 +211,33 @@ impl Drop for Server {
 
 /// A minimal blocking HTTP/1.1 GET; returns (status, body).
 pub fn http_get(addr: SocketAddr, path: &str, bearer: Option<&str>) -> Option<(u16, String)> {
+    http(addr, "GET", path, bearer, None)
+}
+
+/// A minimal blocking HTTP/1.1 request with an optional JSON body; returns (status, body).
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    json: Option<&str>,
+) -> Option<(u16, String)> {
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
     let auth = bearer
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
+    let body = json
+        .map(|j| {
+            format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{j}",
+                j.len()
+            )
+        })
+        .unwrap_or_else(|| "Content-Length: 0\r\n\r\n".into());
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n{body}"
     )
     .ok()?;
     let mut text = String::new();

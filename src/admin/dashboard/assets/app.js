@@ -94,6 +94,10 @@
     if (points.length) {
       const last = points[points.length - 1];
       xs.push(now); s.push(last.score); lo.push(last.low); hi.push(last.high); th.push(threshold);
+    } else {
+      // No score stored yet: the threshold still spans the range.
+      xs.push(now - RANGE_S, now); s.push(null, null); lo.push(null, null); hi.push(null, null);
+      th.push(threshold, threshold);
     }
     return [xs, s, lo, hi, th];
   }
@@ -111,7 +115,7 @@
       const step = uPlot.paths.stepped({ align: 1 });
       const opts = {
         width: chartWidth(box), height: 180,
-        scales: { y: { range: [0, 1] } },
+        scales: { y: { range: (u, min, max) => [0, Math.min(1, Math.max(0.25, (max || 0) * 1.2))] } },
         series: [
           {},
           { label: 'risk', stroke: '#dc2626', width: 2, paths: step },
