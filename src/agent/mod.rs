@@ -6,13 +6,15 @@
 //! - the roster ([`roster`]): peers from the database, live updates from notifications;
 //! - the session recorder ([`sessions`], core in [`recorder`]): deltas at events and checkpoints;
 //! - health ([`telemetry`], core in [`health`]): one row per interval, bounded buffer;
-//! - path probes ([`prober`], core in [`probe`]): authenticated agent-to-agent probes.
+//! - path probes ([`prober`], core in [`probe`]): authenticated agent-to-agent probes;
+//! - the load balancer's check ([`lb_check`]): HAProxy agent-check, weight by risk.
 //!
 //! Left for later issues: takeover (initiating handshakes to a shadowed client's endpoint) and
 //! epoch fencing beyond "a row held by another appliance is not overwritten".
 
 pub mod buffer;
 pub mod health;
+pub mod lb_check;
 pub mod probe;
 pub mod prober;
 pub mod recorder;
@@ -188,6 +190,15 @@ pub async fn start(
         Arc::clone(&health),
         shutdown.clone(),
     ));
+    if let Some(listen) = config.lb_check.listen {
+        tasks.spawn(lb_check::run(
+            listen.0,
+            pool.clone(),
+            appliance.clone(),
+            config.lb_check.refresh.0,
+            shutdown.clone(),
+        ));
+    }
     let probes = match (config.probes.listen, probe_key) {
         (Some(listen), Some(key)) => {
             let socket = tokio::net::UdpSocket::bind(listen.0)

@@ -22,6 +22,35 @@ pub struct AgentConfig {
     /// Probes to other appliances.
     #[serde(default)]
     pub probes: ProbeSection,
+    /// HAProxy agent-check responder.
+    #[serde(default)]
+    pub lb_check: LbCheckSection,
+}
+
+/// `[lb_check]`: answers HAProxy's `agent-check` with a weight that falls as the appliance's
+/// risk rises, `drain` when drained and `down` when failed.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LbCheckSection {
+    /// TCP address to answer on; absent disables it.
+    #[serde(default)]
+    pub listen: Option<ListenAddr>,
+    /// How often the appliance's state and risk are re-read from the database.
+    #[serde(default = "default_lb_refresh")]
+    pub refresh: Duration,
+}
+
+fn default_lb_refresh() -> Duration {
+    Duration(std::time::Duration::from_secs(1))
+}
+
+impl Default for LbCheckSection {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            refresh: default_lb_refresh(),
+        }
+    }
 }
 
 /// What carries decrypted traffic inside the tunnel.
@@ -216,6 +245,9 @@ impl Validate for AgentConfig {
                 "tunnel.tun_name",
                 "must be 1 to 15 characters (Linux interface name)",
             );
+        }
+        if self.lb_check.refresh.0 < std::time::Duration::from_millis(100) {
+            problems.push("lb_check.refresh", "must be at least 100ms");
         }
         let p = &self.probes;
         if p.interval.0 < std::time::Duration::from_millis(10) {

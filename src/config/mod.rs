@@ -17,7 +17,8 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 
 pub use agent::{
-    AgentConfig, AgentSection, InsideMode, PeerProbe, ProbeSection, TelemetrySection, TunnelSection,
+    AgentConfig, AgentSection, InsideMode, LbCheckSection, PeerProbe, ProbeSection,
+    TelemetrySection, TunnelSection,
 };
 pub use client::{
     ClientConfig, ClientInside, ClientSection, ClientTunnelSection, ProbeStreamSection, Resolver,

@@ -7,6 +7,7 @@ pub mod audit;
 pub mod decisions;
 pub mod id_prefix;
 pub mod inventory;
+pub mod lb_status;
 pub mod notify;
 pub mod retention;
 pub mod risk;
