@@ -237,11 +237,31 @@ pub fn http(
         .unwrap_or_else(|| "Content-Length: 0\r\n\r\n".into());
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n{body}"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n{body}"
     )
     .ok()?;
-    let mut text = String::new();
-    std::io::Read::read_to_string(&mut s, &mut text).ok()?;
+    // Read to the end of the body: by Content-Length when given (some servers keep the
+    // connection open despite `Connection: close`), else to end of stream.
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 16384];
+    loop {
+        let n = std::io::Read::read(&mut s, &mut buf).ok()?;
+        if n == 0 {
+            break;
+        }
+        raw.extend_from_slice(&buf[..n]);
+        if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok());
+            if length.is_some_and(|len| raw.len() >= end + 4 + len) {
+                break;
+            }
+        }
+    }
+    let text = String::from_utf8_lossy(&raw).into_owned();
     let status = text.split_whitespace().nth(1)?.parse().ok()?;
     let body = text
         .split_once("\r\n\r\n")
