@@ -29,7 +29,7 @@ pub enum DbCommand {
         #[command(flatten)]
         db: DbArgs,
         /// Age beyond which rows go, e.g. `14d`; without it, the default policy per table
-        /// (health and probes 14 days, decisions 90 days, failure labels 2 years).
+        /// (health, probes and risk history 14 days, decisions 90 days, failure labels 2 years).
         #[arg(long, value_parser = humantime::parse_duration)]
         older_than: Option<Duration>,
         /// Rows deleted per statement.

@@ -296,10 +296,11 @@ pub(crate) async fn insert_client(
     Err(InventoryError::Exhausted)
 }
 
-/// Clients ordered by id: those of `appliance` (primary or shadow) when given, with ids after
-/// `after`, at most `limit`.
+/// Clients ordered by id: the one named by `only`, or those of `appliance` (primary or shadow)
+/// when given, with ids after `after`, at most `limit`.
 pub(crate) async fn list_clients(
     pool: &PgPool,
+    only: Option<&ClientId>,
     appliance: Option<&ApplianceId>,
     after: Option<&ClientId>,
     limit: Option<i64>,
@@ -308,9 +309,11 @@ pub(crate) async fn list_clients(
         r#"SELECT id, region, public_key, host(tunnel_ip) AS "tunnel_ip!", peer_index,
                   primary_appliance, shadow_appliance
            FROM clients
-           WHERE ($1::text IS NULL OR primary_appliance = $1 OR shadow_appliance = $1)
-             AND ($2::text IS NULL OR id > $2)
-           ORDER BY id LIMIT $3"#,
+           WHERE ($1::text IS NULL OR id = $1)
+             AND ($2::text IS NULL OR primary_appliance = $2 OR shadow_appliance = $2)
+             AND ($3::text IS NULL OR id > $3)
+           ORDER BY id LIMIT $4"#,
+        only.map(ClientId::as_str),
         appliance.map(ApplianceId::as_str),
         after.map(ClientId::as_str),
         limit,
@@ -330,33 +333,6 @@ pub(crate) async fn list_clients(
             )
         })
         .collect()
-}
-
-/// One client.
-pub(crate) async fn get_client(
-    pool: &PgPool,
-    id: &ClientId,
-) -> Result<Option<Client>, InventoryError> {
-    let row = sqlx::query!(
-        r#"SELECT id, region, public_key, host(tunnel_ip) AS "tunnel_ip!", peer_index,
-                  primary_appliance, shadow_appliance
-           FROM clients WHERE id = $1"#,
-        id.as_str()
-    )
-    .fetch_optional(pool)
-    .await?;
-    row.map(|r| {
-        client_row(
-            r.id,
-            r.region,
-            &r.public_key,
-            &r.tunnel_ip,
-            r.peer_index,
-            r.primary_appliance,
-            r.shadow_appliance,
-        )
-    })
-    .transpose()
 }
 
 fn client_row(

@@ -9,6 +9,7 @@ pub mod id_prefix;
 pub mod inventory;
 pub mod lb_status;
 pub mod notify;
+pub mod page;
 pub mod retention;
 pub mod risk;
 pub mod series;

@@ -15,6 +15,7 @@ use super::super::{ApiDb, AppState};
 use super::page_limit;
 use crate::inventory::{appliance, client};
 use crate::store::decisions::{self, Decision, DecisionFilter};
+use crate::store::page;
 
 /// Routes of this resource.
 pub fn router() -> OpenApiRouter<AppState> {
@@ -82,11 +83,6 @@ async fn list(
         limit: i64::from(limit) + 1,
     };
     let mut items = decisions::list(&db.0, &filter).await?;
-    let next = if items.len() > limit as usize {
-        items.truncate(limit as usize);
-        items.last().map(|d| d.id)
-    } else {
-        None
-    };
+    let next = page::split(&mut items, limit as usize, |d| d.id);
     Ok(Json(DecisionPage { items, next }))
 }

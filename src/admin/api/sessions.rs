@@ -13,6 +13,7 @@ use super::super::extract::{ApiPath, ApiQuery};
 use super::super::{ApiDb, AppState};
 use super::page_limit;
 use crate::inventory::{appliance, client};
+use crate::store::page;
 use crate::store::session_view::{self, SessionView};
 
 /// Routes of this resource.
@@ -73,12 +74,7 @@ async fn list(
         i64::from(limit) + 1,
     )
     .await?;
-    let next = if items.len() > limit as usize {
-        items.truncate(limit as usize);
-        items.last().map(|s| s.client.clone())
-    } else {
-        None
-    };
+    let next = page::split(&mut items, limit as usize, |s| s.client.clone());
     Ok(Json(SessionPage { items, next }))
 }
 
