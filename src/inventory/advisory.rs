@@ -164,6 +164,16 @@ impl AdvisoryInput {
                 "note is longer than 1000 characters",
             ));
         }
+        // Postgres text cannot hold NUL; other control characters would garble the CLI's table.
+        if note
+            .chars()
+            .any(|c| c.is_control() && c != '\n' && c != '\t')
+        {
+            return Err(InventoryError::invalid(
+                "note",
+                "note must not contain control characters",
+            ));
+        }
         Ok(NewAdvisory {
             scope,
             kind: kind.to_owned(),

@@ -21,8 +21,8 @@ pub const DEFAULT_SCOPE: &str = "read";
 /// Why a token operation was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
-    /// Name empty or longer than 100 characters.
-    #[error("token name must be 1 to 100 characters")]
+    /// Name empty, longer than 100 characters, or with control characters.
+    #[error("token name must be 1 to 100 characters without control characters")]
     BadName,
     /// Scope other than `read` or `admin`.
     #[error("unknown scope {0:?}; use read or admin")]
@@ -106,7 +106,7 @@ pub async fn create(
     scope: &str,
     expires_at: Option<DateTime<Utc>>,
 ) -> Result<(Uuid, Zeroizing<String>), TokenError> {
-    if name.is_empty() || name.chars().count() > 100 {
+    if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
         return Err(TokenError::BadName);
     }
     if !matches!(scope, "read" | "admin") {
