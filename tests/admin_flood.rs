@@ -16,6 +16,9 @@ use serve_harness::*;
 #[test]
 fn token_flood_does_not_starve_dns_freshness() {
     let rt = tokio::runtime::Runtime::new().unwrap();
+    // Pools and the lock's transaction may be dropped while a failed assertion unwinds: they
+    // need a Tokio context then too.
+    let _context = rt.enter();
     let db = rt.block_on(common::test_db());
     basic_inventory(&db.url);
     let token = cli(&db.url, &["token", "create", "--name", "scraper"])
