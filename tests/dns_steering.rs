@@ -3,13 +3,14 @@
 //! database default.
 
 mod common;
+mod fault_support;
 mod serve_harness;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
+use fault_support::relay;
 use serve_harness::*;
 use shadowsteer::localpg::{Durability, LocalCluster, temp_cluster_dir};
 
@@ -148,28 +149,6 @@ async fn drained_appliance_disappears_from_answers() {
     })
     .await
     .unwrap();
-}
-
-/// A TCP relay whose target port can change: the server keeps one database URL while the
-/// cluster behind it restarts on a new port.
-async fn relay(target: Arc<AtomicU16>) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut inbound, _)) = listener.accept().await else {
-                return;
-            };
-            let port = target.load(Ordering::Relaxed);
-            tokio::spawn(async move {
-                if let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await
-                {
-                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                }
-            });
-        }
-    });
-    addr
 }
 
 #[tokio::test(flavor = "multi_thread")]

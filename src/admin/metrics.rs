@@ -136,6 +136,17 @@ pub fn render(state: &ServerStatus, live: &LiveView) -> String {
     );
 
     o.head(
+        "shadowsteer_dns_udp_worker_restarts_total",
+        "counter",
+        "UDP workers restarted after a panic (the datagrams of the batch in hand are lost).",
+    );
+    o.line(
+        "shadowsteer_dns_udp_worker_restarts_total",
+        "",
+        sum(&|s| read(&s.restarts)),
+    );
+
+    o.head(
         "shadowsteer_dns_latency_seconds",
         "histogram",
         "Time from receiving a query (batch) to sending its answer.",
@@ -223,6 +234,41 @@ pub fn render(state: &ServerStatus, live: &LiveView) -> String {
         "shadowsteer_snapshots_published_total",
         "",
         state.publish.generation.load(Ordering::Relaxed),
+    );
+    o.head(
+        "shadowsteer_snapshot_restored",
+        "gauge",
+        "1 when this server started from the snapshot saved on disk.",
+    );
+    o.line(
+        "shadowsteer_snapshot_restored",
+        "",
+        u8::from(state.publish.restored.load(Ordering::Relaxed)),
+    );
+    o.head(
+        "shadowsteer_snapshot_file_writes_total",
+        "counter",
+        "Saves of the snapshot to disk, by outcome.",
+    );
+    o.line(
+        "shadowsteer_snapshot_file_writes_total",
+        "outcome=\"ok\"",
+        state.publish.file_writes.load(Ordering::Relaxed),
+    );
+    o.line(
+        "shadowsteer_snapshot_file_writes_total",
+        "outcome=\"failed\"",
+        state.publish.file_failures.load(Ordering::Relaxed),
+    );
+    o.head(
+        "shadowsteer_snapshot_file_bytes",
+        "gauge",
+        "Size of the last snapshot saved to disk.",
+    );
+    o.line(
+        "shadowsteer_snapshot_file_bytes",
+        "",
+        state.publish.file_bytes.load(Ordering::Relaxed),
     );
     o.head(
         "shadowsteer_steered_clients",

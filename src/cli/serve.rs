@@ -17,17 +17,17 @@ use arc_swap::ArcSwap;
 use shadowsteer::admin;
 use shadowsteer::config::{ListenAddr, SteeringConfig};
 use shadowsteer::dns::publish::{PublishStatus, Publisher};
-use shadowsteer::dns::rrl::RateLimiter;
+use shadowsteer::dns::rrl::{Limits, RateLimiter};
 use shadowsteer::dns::stats::{ApplianceSlots, Stats};
 use shadowsteer::dns::tcp::TcpServer;
 use shadowsteer::dns::udp::{self, Worker};
 use shadowsteer::dns::zone::Snapshot;
-use shadowsteer::dns::{catalog, tcp};
+use shadowsteer::dns::{catalog, snapshot_file, tcp};
 use shadowsteer::risk::{self, live::LiveSnapshot, model::Model};
 use shadowsteer::steering::{Engine, Policy};
 use shadowsteer::store::audit::AuditStatus;
 use shadowsteer::store::snapshot::{Loader, SyncStatus};
-use shadowsteer::store::{self, Database, DatabaseTarget};
+use shadowsteer::store::{self, Database, DatabaseTarget, default_data_dir};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -240,11 +240,28 @@ pub async fn run(args: ServeArgs) -> CommandResult {
 
     let target =
         DatabaseTarget::resolve(cfg.server.database_url.clone(), cfg.server.data_dir.clone());
+    let origin = snapshot_file::Origin {
+        database: snapshot_file::database_identity(&target),
+        zones: cfg
+            .dns
+            .zones
+            .iter()
+            .map(|z| z.name.trim_end_matches('.').to_ascii_lowercase())
+            .collect(),
+    };
+    let snapshot_path = cfg.server.snapshot_file.clone().unwrap_or_else(|| {
+        let dir = cfg.server.data_dir.clone().unwrap_or_else(default_data_dir);
+        dir.join("last-snapshot")
+    });
+    let restored =
+        snapshot_file::restore_at_start(&snapshot_path, &origin, cfg.server.snapshot_max_age.0);
     tracing::info!(database = %target.describe(), "opening the database");
-    let database = Database::open(&target, 8)
+    let (database, reachable) = Database::open_tolerant(&target, 8)
         .await
         .with_context(|| format!("opening {}", target.describe()))?;
-    if let Err(e) = store::migrate(&database.pool).await {
+    if !reachable {
+        tracing::warn!(database = %target.describe(), "database unreachable at start; answering from the saved snapshot (or SERVFAIL for client names) until it is back");
+    } else if let Err(e) = store::migrate(&database.pool).await {
         database.close().await;
         return Err(CommandError::Failed(
             anyhow::Error::new(e).context("migrating the database"),
@@ -260,8 +277,38 @@ pub async fn run(args: ServeArgs) -> CommandResult {
     let publish_status = Arc::new(PublishStatus::default());
     let audit_status = Arc::new(AuditStatus::default());
 
+    // Database work waits for the schema; migrations are retried while it is unreachable.
+    let (migrated_tx, migrated) = watch::channel(reachable);
+    if !reachable {
+        tasks.spawn(store::migrate_when_reachable(
+            pool.clone(),
+            migrated_tx.clone(),
+            shutdown.clone(),
+        ));
+    }
     let (inputs_tx, inputs_rx) = watch::channel(None);
-    tasks.spawn(
+    if let Some(saved) = restored {
+        publish_status.restored.store(true, Ordering::Relaxed);
+        sync.last_sync_ms
+            .store(saved.confirmed_at.timestamp_millis(), Ordering::Relaxed);
+        sync.loaded.store(true, Ordering::Relaxed);
+        inputs_tx.send_replace(Some(Arc::new(saved.inputs)));
+    }
+    let (saved_tx, saved_rx) = watch::channel(None);
+    let confirmed = sync.clone();
+    tasks.spawn(snapshot_file::run_writer(
+        snapshot_file::WriterTarget {
+            path: snapshot_path,
+            origin,
+        },
+        saved_rx,
+        move || confirmed.last_sync_ms.load(Ordering::Relaxed),
+        publish_status.clone(),
+        shutdown.clone(),
+    ));
+    tasks.spawn(store::after_migration(
+        migrated.clone(),
+        shutdown.clone(),
         Loader {
             pool: pool.clone(),
             inputs: inputs_tx,
@@ -269,15 +316,22 @@ pub async fn run(args: ServeArgs) -> CommandResult {
             reconcile_interval: cfg.server.reconcile_interval.0,
         }
         .run(shutdown.clone()),
-    );
+    ));
     let (audit_tx, audit_rx) = mpsc::channel(100_000);
-    tasks.spawn(store::audit::run(
-        pool.clone(),
-        cfg.server.region.clone(),
-        cfg.server.name.clone(),
-        audit_rx,
-        audit_status.clone(),
+    tasks.spawn(store::after_migration(
+        migrated.clone(),
         shutdown.clone(),
+        store::audit::run(
+            store::audit::AuditTarget {
+                pool: pool.clone(),
+                region: cfg.server.region.clone(),
+                server: cfg.server.name.clone(),
+                max_backlog: store::audit::MAX_BACKLOG,
+            },
+            audit_rx,
+            audit_status.clone(),
+            shutdown.clone(),
+        ),
     ));
     tasks.spawn(
         Publisher {
@@ -290,20 +344,19 @@ pub async fn run(args: ServeArgs) -> CommandResult {
             audit: audit_tx,
             status: publish_status.clone(),
             last_table: None,
+            saved: Some(saved_tx),
         }
         .run(inputs_rx, shutdown.clone()),
     );
 
     let mut dns_stats = Vec::new();
-    let rl = &cfg.dns.rate_limit;
     // One limiter for every worker and listener: the limit is per source prefix, whichever
-    // socket its packets reach.
+    // socket its packets reach; one epoch, so the workers agree on the current second.
     let limiter = Arc::new(RateLimiter::new(
-        rl.responses_per_second,
-        rl.slip,
-        rl.ipv4_prefix,
-        rl.ipv6_prefix,
+        Limits::from_config(&cfg.dns.rate_limit),
+        rand::random(),
     ));
+    let epoch = std::time::Instant::now();
     let tcp_stats = Arc::new(Stats::default());
     dns_stats.push(tcp_stats.clone());
     let tcp_slots = Arc::new(Semaphore::new(cfg.dns.max_tcp_connections));
@@ -315,6 +368,7 @@ pub async fn run(args: ServeArgs) -> CommandResult {
             let worker = Worker {
                 snapshot: snapshot.clone(),
                 limiter: limiter.clone(),
+                epoch,
                 stats,
                 shutdown: shutdown.clone(),
             };
@@ -347,13 +401,17 @@ pub async fn run(args: ServeArgs) -> CommandResult {
     let model_for_api = model.clone();
     let risk = model.map(|model| {
         let (tx, rx) = watch::channel(Arc::new(LiveSnapshot::default()));
-        tasks.spawn(risk::live::run(
-            pool.clone(),
-            model,
-            cfg.risk.clone(),
-            cfg.server.region.clone(),
-            tx,
+        tasks.spawn(store::after_migration(
+            migrated.clone(),
             shutdown.clone(),
+            risk::live::run(
+                pool.clone(),
+                model,
+                cfg.risk.clone(),
+                cfg.server.region.clone(),
+                tx,
+                shutdown.clone(),
+            ),
         ));
         rx
     });
@@ -385,6 +443,7 @@ pub async fn run(args: ServeArgs) -> CommandResult {
     }
     listening.store(false, Ordering::Relaxed);
     shutdown.cancel();
+    drop(migrated_tx);
     while tasks.join_next().await.is_some() {}
     database.close().await;
     tracing::info!("stopped");

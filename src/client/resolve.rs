@@ -2,13 +2,18 @@
 //! their TTL. The helper re-resolves when the TTL expires, so it sees the steering server's new
 //! answer within one TTL.
 //!
+//! A reply is used only if it answers exactly our question: same id, one question with our name
+//! (compared case-insensitively), type and class IN, and only address records of the asked type
+//! owned by the name or by a CNAME chain from it that the answer itself carries. Anything else
+//! (a stray or forged datagram, a record for another name) is ignored, never steered to.
+//!
 //! [`build_query`] and [`parse_answer`] are pure; [`lookup`] is the shell.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use hickory_proto::op::{Message, MessageType, Query, ResponseCode};
-use hickory_proto::rr::{Name, RData, RecordType};
+use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::{DNSClass, Name, RData, RecordType};
 use tokio::net::UdpSocket;
 
 /// Why a lookup failed.
@@ -26,8 +31,8 @@ pub enum ResolveError {
     /// The answer has no address for the name.
     #[error("no address for {0}")]
     NoAddress(String),
-    /// The reply is not a DNS answer to our query.
-    #[error("malformed reply")]
+    /// The reply is not a DNS answer to our query (id, question or format).
+    #[error("malformed reply, or not an answer to our question")]
     Malformed,
     /// No resolver configured (no `nameserver` in /etc/resolv.conf).
     #[error("no nameserver in /etc/resolv.conf")]
@@ -46,10 +51,15 @@ pub struct Answer {
     pub ttl: Duration,
 }
 
+/// `name` as an absolute DNS name.
+fn absolute(name: &str) -> Result<Name, ResolveError> {
+    Name::from_ascii(format!("{}.", name.trim_end_matches('.')))
+        .map_err(|_| ResolveError::BadName(name.to_owned()))
+}
+
 /// A query for `name` of type `qtype` with id `id`.
 pub fn build_query(name: &str, qtype: RecordType, id: u16) -> Result<Vec<u8>, ResolveError> {
-    let fqdn = Name::from_ascii(format!("{}.", name.trim_end_matches('.')))
-        .map_err(|_| ResolveError::BadName(name.to_owned()))?;
+    let fqdn = absolute(name)?;
     let mut msg = Message::query();
     msg.metadata.id = id;
     msg.metadata.recursion_desired = true;
@@ -58,24 +68,56 @@ pub fn build_query(name: &str, qtype: RecordType, id: u16) -> Result<Vec<u8>, Re
         .map_err(|_| ResolveError::BadName(name.to_owned()))
 }
 
-/// Reads the reply to query `id` for `name`.
-pub fn parse_answer(reply: &[u8], id: u16, name: &str) -> Result<Answer, ResolveError> {
+/// Longest CNAME chain followed inside one answer.
+const MAX_CNAME_CHAIN: usize = 8;
+
+/// Reads the reply to query `id` for `name` of type `qtype`.
+pub fn parse_answer(
+    reply: &[u8],
+    id: u16,
+    name: &str,
+    qtype: RecordType,
+) -> Result<Answer, ResolveError> {
     let msg = Message::from_vec(reply).map_err(|_| ResolveError::Malformed)?;
-    if msg.metadata.id != id || msg.metadata.message_type != MessageType::Response {
+    let fqdn = absolute(name)?;
+    let asked = |q: &Query| q.name().to_lowercase() == fqdn.to_lowercase();
+    if msg.metadata.id != id
+        || msg.metadata.message_type != MessageType::Response
+        || msg.metadata.op_code != OpCode::Query
+        || msg.queries.len() != 1
+        || !asked(&msg.queries[0])
+        || msg.queries[0].query_type() != qtype
+        || msg.queries[0].query_class() != DNSClass::IN
+    {
         return Err(ResolveError::Malformed);
     }
     if msg.metadata.response_code != ResponseCode::NoError {
         return Err(ResolveError::Rcode(msg.metadata.response_code.to_string()));
     }
+    // The names whose address records answer us: ours, then each CNAME target in turn.
+    let mut owners = vec![fqdn.to_lowercase()];
+    for _ in 0..MAX_CNAME_CHAIN {
+        let Some(last) = owners.last() else { break };
+        let next = msg.answers.iter().find_map(|r| match &r.data {
+            RData::CNAME(c) if r.name.to_lowercase() == *last => Some(c.0.to_lowercase()),
+            _ => None,
+        });
+        match next {
+            Some(n) if !owners.contains(&n) => owners.push(n),
+            _ => break,
+        }
+    }
     let mut addrs = Vec::new();
     let mut ttl = u32::MAX;
-    // CNAME chains are followed by taking every address record in the answer section.
     for r in &msg.answers {
-        let addr = match &r.data {
-            RData::A(a) => IpAddr::V4(a.0),
-            RData::AAAA(a) => IpAddr::V6(a.0),
+        let addr = match (&r.data, qtype) {
+            (RData::A(a), RecordType::A) => IpAddr::V4(a.0),
+            (RData::AAAA(a), RecordType::AAAA) => IpAddr::V6(a.0),
             _ => continue,
         };
+        if r.dns_class != DNSClass::IN || !owners.contains(&r.name.to_lowercase()) {
+            continue;
+        }
         addrs.push(addr);
         ttl = ttl.min(r.ttl);
     }
@@ -128,7 +170,7 @@ pub async fn lookup(server: SocketAddr, name: &str) -> Result<Answer, ResolveErr
                         if from != server {
                             continue;
                         }
-                        match parse_answer(&buf[..n], id, name) {
+                        match parse_answer(&buf[..n], id, name, qtype) {
                             Err(ResolveError::Malformed) => continue,
                             Err(e @ ResolveError::NoAddress(_)) => {
                                 last = e;
@@ -167,14 +209,95 @@ mod tests {
         msg.answers
             .push(Record::from_rdata(name, 10, RData::A(A::new(10, 0, 0, 2))));
         let bytes = msg.to_vec().unwrap();
-        let a = parse_answer(&bytes, 77, "alice.c.vpn.test").unwrap();
+        let a = parse_answer(&bytes, 77, "alice.c.vpn.test", RecordType::A).unwrap();
         assert_eq!(a.addrs.len(), 2);
         assert_eq!(a.ttl, Duration::from_secs(10));
         assert_eq!(
-            parse_answer(&bytes, 78, "alice.c.vpn.test"),
+            parse_answer(&bytes, 78, "alice.c.vpn.test", RecordType::A),
             Err(ResolveError::Malformed)
         );
-        assert_eq!(parse_answer(b"junk", 77, "x"), Err(ResolveError::Malformed));
+        assert_eq!(
+            parse_answer(b"junk", 77, "x", RecordType::A),
+            Err(ResolveError::Malformed)
+        );
+    }
+
+    /// A response to `question` (name, type) with id 9 carrying `records`.
+    fn reply(question: (&str, RecordType), records: Vec<Record>) -> Vec<u8> {
+        let mut msg = Message::from_vec(&build_query(question.0, question.1, 9).unwrap()).unwrap();
+        msg.metadata.message_type = MessageType::Response;
+        msg.answers = records;
+        msg.to_vec().unwrap()
+    }
+
+    fn a(owner: &str, ip: [u8; 4]) -> Record {
+        Record::from_rdata(
+            Name::from_ascii(owner).unwrap(),
+            10,
+            RData::A(A::new(ip[0], ip[1], ip[2], ip[3])),
+        )
+    }
+
+    #[test]
+    fn only_answers_to_our_question_count() {
+        const ALICE: &str = "alice.c.vpn.test";
+        let ok = reply(
+            (ALICE, RecordType::A),
+            vec![a("alice.c.vpn.test.", [192, 0, 2, 1])],
+        );
+        assert_eq!(
+            parse_answer(&ok, 9, "ALICE.c.vpn.test", RecordType::A)
+                .unwrap()
+                .addrs,
+            [IpAddr::from([192, 0, 2, 1])]
+        );
+        // Right id, another question (a forged or stray reply): not ours.
+        let other = reply(
+            ("mallory.c.vpn.test", RecordType::A),
+            vec![a("mallory.c.vpn.test.", [203, 0, 113, 66])],
+        );
+        assert_eq!(
+            parse_answer(&other, 9, ALICE, RecordType::A),
+            Err(ResolveError::Malformed)
+        );
+        // Our question, another type.
+        let aaaa = reply(
+            (ALICE, RecordType::AAAA),
+            vec![a("alice.c.vpn.test.", [1, 2, 3, 4])],
+        );
+        assert_eq!(
+            parse_answer(&aaaa, 9, ALICE, RecordType::A),
+            Err(ResolveError::Malformed)
+        );
+        // Our question, but the address belongs to another name: ignored.
+        let stray = reply(
+            (ALICE, RecordType::A),
+            vec![a("mallory.c.vpn.test.", [203, 0, 113, 66])],
+        );
+        assert_eq!(
+            parse_answer(&stray, 9, ALICE, RecordType::A),
+            Err(ResolveError::NoAddress(ALICE.into()))
+        );
+        // A CNAME chain carried in the answer is followed; an unrelated address is not.
+        let cname = Record::from_rdata(
+            Name::from_ascii("alice.c.vpn.test.").unwrap(),
+            10,
+            RData::CNAME(hickory_proto::rr::rdata::CNAME(
+                Name::from_ascii("eu-1.vpn.test.").unwrap(),
+            )),
+        );
+        let chain = reply(
+            (ALICE, RecordType::A),
+            vec![
+                cname,
+                a("eu-1.vpn.test.", [192, 0, 2, 1]),
+                a("evil.test.", [203, 0, 113, 66]),
+            ],
+        );
+        assert_eq!(
+            parse_answer(&chain, 9, ALICE, RecordType::A).unwrap().addrs,
+            [IpAddr::from([192, 0, 2, 1])]
+        );
     }
 
     #[test]

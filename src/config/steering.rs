@@ -49,10 +49,22 @@ pub struct ServerSection {
     /// notifications (which can be lost while the listener reconnects).
     #[serde(default = "default_reconcile")]
     pub reconcile_interval: Duration,
+    /// Where the last good snapshot is saved, so that a restart answers every client at once
+    /// (also while the database is unreachable); absent means `last-snapshot` in the data
+    /// directory.
+    #[serde(default)]
+    pub snapshot_file: Option<PathBuf>,
+    /// A saved snapshot older than this is not served at start.
+    #[serde(default = "default_snapshot_max_age")]
+    pub snapshot_max_age: Duration,
 }
 
 fn default_reconcile() -> Duration {
     Duration(std::time::Duration::from_secs(10))
+}
+
+fn default_snapshot_max_age() -> Duration {
+    Duration(std::time::Duration::from_secs(86_400))
 }
 
 fn default_region() -> RegionId {
@@ -71,6 +83,8 @@ impl Default for ServerSection {
             database_url: None,
             data_dir: None,
             reconcile_interval: default_reconcile(),
+            snapshot_file: None,
+            snapshot_max_age: default_snapshot_max_age(),
         }
     }
 }
@@ -258,9 +272,17 @@ pub struct StaticRecord {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitSection {
-    /// Responses per second allowed per source prefix; 0 disables limiting.
+    /// Answers (and NODATA) per second per source prefix, name and type; 0 disables limiting
+    /// (of every class whose own rate is not set).
     #[serde(default = "default_rrl_rate")]
     pub responses_per_second: u32,
+    /// NXDOMAIN answers per second per source prefix and zone; default: `responses_per_second`.
+    #[serde(default)]
+    pub nxdomains_per_second: Option<u32>,
+    /// Error answers (FORMERR, REFUSED, SERVFAIL...) per second per source prefix; default:
+    /// `responses_per_second`.
+    #[serde(default)]
+    pub errors_per_second: Option<u32>,
     /// Every `slip`-th limited response goes out truncated (TC) so real clients retry over TCP;
     /// 0 drops them all.
     #[serde(default = "default_slip")]
@@ -290,6 +312,8 @@ impl Default for RateLimitSection {
     fn default() -> Self {
         Self {
             responses_per_second: default_rrl_rate(),
+            nxdomains_per_second: None,
+            errors_per_second: None,
             slip: default_slip(),
             ipv4_prefix: default_v4_prefix(),
             ipv6_prefix: default_v6_prefix(),
@@ -464,12 +488,19 @@ impl Validate for SteeringConfig {
                 problems.push(format!("{key}.steered_ttl"), "must be at most one day");
             }
         }
+        let max_age = self.server.snapshot_max_age.0;
+        if max_age.is_zero() || max_age > std::time::Duration::from_secs(30 * 86_400) {
+            problems.push("server.snapshot_max_age", "must be between 1s and 30 days");
+        }
         let rl = &self.dns.rate_limit;
         if !(8..=32).contains(&rl.ipv4_prefix) {
             problems.push("dns.rate_limit.ipv4_prefix", "must be between 8 and 32");
         }
         if !(16..=128).contains(&rl.ipv6_prefix) {
             problems.push("dns.rate_limit.ipv6_prefix", "must be between 16 and 128");
+        }
+        if rl.slip > 100 {
+            problems.push("dns.rate_limit.slip", "must be between 0 and 100");
         }
         let s = &self.steering;
         for (key, v) in [

@@ -4,7 +4,8 @@
 //! Core (pure): [`wire`] parses queries, [`respond`] answers them from a [`zone::Snapshot`],
 //! [`catalog`] builds the static zone data from the configuration, [`rrl`] limits response
 //! rates. Shell: [`udp`] (threads with batched system calls), [`tcp`] (tokio), [`publish`]
-//! (steering inputs to snapshots), [`stats`] (counters for `/metrics`).
+//! (steering inputs to snapshots), [`snapshot_file`] (the last good snapshot on local disk, for
+//! restarts), [`stats`] (counters for `/metrics`).
 //!
 //! Deliberately left out: DNSSEC signing, zone transfers (AXFR/IXFR are refused), dynamic
 //! update, delegations below the zone, wildcards, DNS cookies.
@@ -14,6 +15,7 @@ pub mod name;
 pub mod publish;
 pub mod respond;
 pub mod rrl;
+pub mod snapshot_file;
 pub mod stats;
 pub mod tcp;
 pub mod udp;

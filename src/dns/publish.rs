@@ -13,6 +13,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use super::snapshot_file::Published;
 use super::stats::ApplianceSlots;
 use super::zone::{ClientTable, Endpoint, Service, ServiceSet, Snapshot, Statics};
 use crate::config::EcsRegion;
@@ -33,8 +34,16 @@ pub struct PublishStatus {
     pub changes: AtomicU64,
     /// Changes the audit writer could not take (its queue was full).
     pub audit_dropped: AtomicU64,
-    /// Whether a snapshot from the database is being served.
+    /// Whether a snapshot from the database (or restored from disk) is being served.
     pub loaded: AtomicBool,
+    /// Whether the server started from the snapshot saved on disk.
+    pub restored: AtomicBool,
+    /// Snapshots saved to disk.
+    pub file_writes: AtomicU64,
+    /// Failed attempts to save the snapshot to disk.
+    pub file_failures: AtomicU64,
+    /// Size of the last snapshot saved to disk, in bytes.
+    pub file_bytes: AtomicU64,
 }
 
 /// Builds and publishes snapshots.
@@ -58,6 +67,9 @@ pub struct Publisher {
     /// The last client table with the appliance and client tables it was built from: reused
     /// while no answer changes (start with `None`).
     pub last_table: Option<LastTable>,
+    /// Where each publication goes to be saved on disk (see [`super::snapshot_file`]), if
+    /// anywhere.
+    pub saved: Option<watch::Sender<Option<Published>>>,
 }
 
 /// A client table and what it was built from.
@@ -163,6 +175,12 @@ impl Publisher {
             loaded: true,
         };
         let n_clients = snapshot.clients.len() as u64;
+        if let Some(saved) = &self.saved {
+            saved.send_replace(Some(Published {
+                inputs: inputs.clone(),
+                table: snapshot.clients.clone(),
+            }));
+        }
         self.target.store(Arc::new(snapshot));
         tracing::debug!(
             clients = n_clients,

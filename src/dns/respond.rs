@@ -19,10 +19,14 @@
 //!   subnets.
 //! - Malformed queries get FORMERR; packets too short for a header, and responses, get
 //!   nothing.
+//! - Before the first steering data is loaded (from the database or the last snapshot saved on
+//!   disk), per-client names and the service name get SERVFAIL, never NXDOMAIN: a resolver
+//!   would cache a denial of a client that exists for the negative TTL.
 
 use std::net::IpAddr;
 
 use super::name::{MAX_NAME, label_starts};
+use super::rrl::{ResponseClass, ResponseKey, name_hash};
 use super::wire::{self, ClientSubnet, Edns, Query, Reject, flag, rcode, rtype};
 use super::zone::{Endpoint, RrSet, Service, ServiceSet, Snapshot, Zone};
 
@@ -60,7 +64,16 @@ pub struct Outcome {
     pub appliance: Option<u16>,
     /// Whether TC was set.
     pub truncated: bool,
+    /// What response rate limiting keys this response by.
+    pub rrl: ResponseKey,
 }
+
+/// The rate-limiting key of error responses.
+const ERROR_KEY: ResponseKey = ResponseKey {
+    class: ResponseClass::Error,
+    qtype: 0,
+    name: 0,
+};
 
 impl Outcome {
     const DROP: Self = Self {
@@ -69,6 +82,7 @@ impl Outcome {
         rcode: 0,
         appliance: None,
         truncated: false,
+        rrl: ERROR_KEY,
     };
 }
 
@@ -89,6 +103,8 @@ enum Found<'s> {
     NoData,
     /// The name does not exist.
     NxDomain,
+    /// The name may exist, but nothing has been loaded yet to tell.
+    NotLoaded,
 }
 
 /// Answers one query into `out` (cleared first).
@@ -117,6 +133,7 @@ pub fn respond(packet: &[u8], ctx: &Context, snap: &Snapshot, out: &mut Vec<u8>)
         rcode: rcode::NOERROR,
         scope: 0,
         appliance: None,
+        rrl: ERROR_KEY,
     };
     if q.edns.is_some_and(|e| e.version != 0) {
         msg.aa = false;
@@ -158,6 +175,25 @@ pub fn respond(packet: &[u8], ctx: &Context, snap: &Snapshot, out: &mut Vec<u8>)
         &mut msg.scope,
     );
     let mut additional_at = None;
+    let by_name = |class| ResponseKey {
+        class,
+        qtype: q.qtype,
+        name: name_hash(qname),
+    };
+    match found {
+        Found::Static(..) | Found::Address(_) | Found::Srv(_) => {
+            msg.rrl = by_name(ResponseClass::Answer);
+        }
+        Found::NoData => msg.rrl = by_name(ResponseClass::NoData),
+        Found::NxDomain => {
+            msg.rrl = ResponseKey {
+                class: ResponseClass::NxDomain,
+                qtype: 0,
+                name: name_hash(&zone.apex),
+            };
+        }
+        Found::NotLoaded => {}
+    }
     match found {
         Found::Static(set, extra) => {
             out.extend_from_slice(&set.wire);
@@ -189,6 +225,10 @@ pub fn respond(packet: &[u8], ctx: &Context, snap: &Snapshot, out: &mut Vec<u8>)
             out.extend_from_slice(&zone.soa_negative.wire);
             msg.ns = 1;
             msg.rcode = rcode::NXDOMAIN;
+        }
+        Found::NotLoaded => {
+            msg.aa = false;
+            msg.rcode = rcode::SERVFAIL;
         }
     }
     if ctx.transport == Transport::Udp {
@@ -266,6 +306,9 @@ fn resolve<'s>(
         return Found::NoData;
     }
     let prefix = &qname[..prefix_len];
+    if !snap.loaded && (prefix == &*zone.service || is_client_name(zone, prefix)) {
+        return Found::NotLoaded;
+    }
     if prefix == &*zone.service {
         let (set, s) = service_set(&snap.service, ecs);
         *scope = s;
@@ -318,6 +361,16 @@ fn resolve<'s>(
         }
         (b"\x0a_wireguard\x04_udp", _) => Found::NoData,
         _ => Found::NxDomain,
+    }
+}
+
+/// Whether `prefix` (the part of a name before the apex) lies under the client label, where
+/// client names live.
+fn is_client_name(zone: &Zone, prefix: &[u8]) -> bool {
+    prefix.len() > zone.client_label.len() && prefix.ends_with(&zone.client_label) && {
+        // The label must start at a label boundary.
+        let at = prefix.len() - zone.client_label.len();
+        label_starts(prefix).any(|s| s == at)
     }
 }
 
@@ -427,6 +480,7 @@ struct Message<'q> {
     rcode: u16,
     scope: u8,
     appliance: Option<u16>,
+    rrl: ResponseKey,
 }
 
 impl Message<'_> {
@@ -456,6 +510,7 @@ impl Message<'_> {
             rcode: self.rcode,
             appliance: self.appliance,
             truncated: self.tc,
+            rrl: self.rrl,
         }
     }
 }
@@ -509,5 +564,6 @@ fn error_reply(
         rcode: code,
         appliance: None,
         truncated: false,
+        rrl: ERROR_KEY,
     }
 }

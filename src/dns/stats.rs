@@ -53,6 +53,8 @@ pub struct Stats {
     pub rrl_dropped: AtomicU64,
     /// Packets dropped without an answer (too short, or responses).
     pub dropped: AtomicU64,
+    /// Times this UDP worker panicked and was restarted.
+    pub restarts: AtomicU64,
     /// Handling time histogram (`LATENCY_BOUNDS_US` order, then +Inf).
     pub latency: [AtomicU64; LATENCY_BOUNDS_US.len() + 1],
     /// Sum of handling times in nanoseconds.
@@ -69,6 +71,7 @@ impl Default for Stats {
             rrl_slipped: AtomicU64::new(0),
             rrl_dropped: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            restarts: AtomicU64::new(0),
             latency: Default::default(),
             latency_sum_ns: AtomicU64::new(0),
         }

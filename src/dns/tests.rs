@@ -452,3 +452,62 @@ fn zone_file_records_are_served() {
     };
     assert_eq!(soa.mname.to_string(), "ns1.z.test.");
 }
+
+#[test]
+fn before_the_first_load_client_names_get_servfail_never_nxdomain() {
+    let snap = Snapshot {
+        loaded: false,
+        ..snapshot()
+    };
+    let rcode = |name: &str, t: u16| {
+        let (o, out) = ask_with(&query(name, t), Transport::Udp, &snap);
+        let m = Message::from_vec(&out).unwrap();
+        if o.rcode == 2 {
+            assert!(!m.metadata.authoritative && m.answers.is_empty());
+        }
+        m.metadata.response_code
+    };
+    for (name, t) in [
+        ("alice.c.vpn.example.net", rtype::A),
+        ("nobody.c.vpn.example.net", rtype::A),
+        ("_wireguard._udp.alice.c.vpn.example.net", rtype::SRV),
+        ("gw.vpn.example.net", rtype::A),
+    ] {
+        assert_eq!(rcode(name, t), ResponseCode::ServFail, "{name}");
+    }
+    // What the configuration alone decides is answered as usual.
+    assert_eq!(rcode("vpn.example.net", rtype::TXT), ResponseCode::NoError);
+    assert_eq!(rcode("c.vpn.example.net", rtype::A), ResponseCode::NoError);
+    assert_eq!(
+        rcode("www.deep.vpn.example.net", rtype::A),
+        ResponseCode::NoError
+    );
+    assert_eq!(
+        rcode("other.vpn.example.net", rtype::A),
+        ResponseCode::NXDomain
+    );
+    assert_eq!(rcode("example.org", rtype::A), ResponseCode::Refused);
+}
+
+#[test]
+fn responses_carry_their_rate_limiting_key() {
+    use super::rrl::{ResponseClass, name_hash};
+    let snap = snapshot();
+    let key = |name: &str, t: u16| ask_with(&query(name, t), Transport::Udp, &snap).0.rrl;
+    let a = key("Alice.c.vpn.example.net", rtype::A);
+    assert_eq!(a.class, ResponseClass::Answer);
+    assert_eq!(a.qtype, rtype::A);
+    // Keyed by the lowercase name: case games do not get fresh buckets.
+    assert_eq!(a, key("ALICE.c.vpn.example.net", rtype::A));
+    assert_ne!(a, key("bob.c.vpn.example.net", rtype::A));
+    assert_eq!(
+        key("alice.c.vpn.example.net", rtype::AAAA).class,
+        ResponseClass::NoData
+    );
+    // Every missing name of a zone shares the zone's key.
+    let nx = key("x1.c.vpn.example.net", rtype::A);
+    assert_eq!(nx.class, ResponseClass::NxDomain);
+    assert_eq!(nx.name, name_hash(b"\x03vpn\x07example\x03net\x00"));
+    assert_eq!(nx, key("x2.vpn.example.net", rtype::A));
+    assert_eq!(key("example.org", rtype::A).class, ResponseClass::Error);
+}

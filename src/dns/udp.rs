@@ -3,14 +3,23 @@
 //! (`recvmmsg`/`sendmmsg`). No task per packet, no allocation per packet: the kernel spreads
 //! packets over the sockets, each thread answers from the current snapshot.
 //!
+//! Rate limiting happens after a query is answered ([`super::rrl`] keys buckets by the kind of
+//! response); every worker counts seconds from one shared epoch, so they agree on the current
+//! second of the buckets they share.
+//!
+//! A worker that panics is restarted on its thread with fresh buffers (the batch in hand is
+//! lost), counted in [`Stats::restarts`] and logged; the other workers never notice.
+//!
 //! Shutdown: sockets have a read timeout ([`POLL`]); a worker checks the token between batches
 //! and returns after finishing the batch in hand.
 
 use std::io;
 use std::mem::{MaybeUninit, size_of};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -28,6 +37,9 @@ pub const BATCH: usize = 32;
 const MAX_QUERY: usize = 4096;
 /// How long a worker blocks before checking for shutdown.
 pub const POLL: Duration = Duration::from_millis(200);
+/// Least time between two log lines about worker panics (a packet of death repeated by an
+/// attacker must not flood the log; the counter has every one).
+const PANIC_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Binds one UDP socket with `SO_REUSEPORT` on `addr`.
 pub fn bind(addr: SocketAddr) -> io::Result<UdpSocket> {
@@ -74,153 +86,320 @@ pub struct Worker {
     pub snapshot: Arc<ArcSwap<Snapshot>>,
     /// The rate limiter shared by all workers.
     pub limiter: Arc<RateLimiter>,
+    /// Start of the seconds the rate limiter counts: one instant for every worker, so that
+    /// workers sharing a bucket agree on the current second.
+    pub epoch: Instant,
     /// This worker's counters.
     pub stats: Arc<Stats>,
     /// Stop signal.
     pub shutdown: CancellationToken,
+    /// Test hook: when set, the worker panics at its next batch (and clears it).
+    #[cfg(test)]
+    pub fault: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// The text of a panic payload.
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
 }
 
 impl Worker {
-    /// Serves `socket` until shutdown. Blocking: run it on a thread of its own.
+    /// Serves `socket` until shutdown. Blocking: run it on a thread of its own. A panic while
+    /// answering restarts the loop (with new buffers) instead of ending the thread.
     pub fn run(self, socket: UdpSocket) {
+        let mut last_log: Option<Instant> = None;
+        let mut unlogged = 0u64;
+        loop {
+            match catch_unwind(AssertUnwindSafe(|| self.serve(&socket))) {
+                Ok(()) => return,
+                Err(payload) => {
+                    self.stats.restarts.fetch_add(1, Ordering::Relaxed);
+                    if last_log.is_none_or(|t| t.elapsed() >= PANIC_LOG_INTERVAL) {
+                        tracing::error!(
+                            panic = panic_text(payload.as_ref()),
+                            restarts_not_logged = unlogged,
+                            "UDP worker panicked; restarting it (the datagrams of its batch are lost)"
+                        );
+                        last_log = Some(Instant::now());
+                        unlogged = 0;
+                    } else {
+                        unlogged += 1;
+                    }
+                    if self.shutdown.is_cancelled() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The receive-answer-send loop.
+    fn serve(&self, socket: &UdpSocket) {
         let fd = socket.as_raw_fd();
-        let started = Instant::now();
-        let mut inbufs = vec![[0u8; MAX_QUERY]; BATCH];
-        let mut outbufs: Vec<Vec<u8>> = (0..BATCH).map(|_| Vec::with_capacity(4096)).collect();
-        // SAFETY (for the zeroed values): these are plain C structs for which all-zero is valid.
-        let mut addrs: Vec<libc::sockaddr_storage> = (0..BATCH)
-            .map(|_| unsafe { MaybeUninit::zeroed().assume_init() })
-            .collect();
-        let mut iovs: Vec<libc::iovec> = (0..BATCH)
-            .map(|_| libc::iovec {
-                iov_base: std::ptr::null_mut(),
-                iov_len: 0,
-            })
-            .collect();
-        let mut hdrs: Vec<libc::mmsghdr> = (0..BATCH)
-            .map(|_| unsafe { MaybeUninit::zeroed().assume_init() })
-            .collect();
-        let mut out_iovs = iovs.clone();
-        let mut out_hdrs: Vec<libc::mmsghdr> = (0..BATCH)
-            .map(|_| unsafe { MaybeUninit::zeroed().assume_init() })
-            .collect();
+        let mut batch = Batch::new();
         while !self.shutdown.is_cancelled() {
-            for i in 0..BATCH {
-                iovs[i] = libc::iovec {
-                    iov_base: inbufs[i].as_mut_ptr().cast(),
-                    iov_len: MAX_QUERY,
-                };
-                let h = &mut hdrs[i].msg_hdr;
-                h.msg_name = (&mut addrs[i] as *mut libc::sockaddr_storage).cast();
-                h.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-                h.msg_iov = &mut iovs[i];
-                h.msg_iovlen = 1;
-                h.msg_control = std::ptr::null_mut();
-                h.msg_controllen = 0;
-                h.msg_flags = 0;
-                hdrs[i].msg_len = 0;
-            }
-            // SAFETY: every header points at live buffers of the stated sizes, owned by this
-            // frame and not touched until the call returns.
-            let n = unsafe {
-                libc::recvmmsg(
-                    fd,
-                    hdrs.as_mut_ptr(),
-                    BATCH as libc::c_uint,
-                    libc::MSG_WAITFORONE,
-                    std::ptr::null_mut(),
-                )
+            let n = match batch.receive(fd) {
+                Ok(n) => n,
+                Err(e) => {
+                    match e.kind() {
+                        io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted => {}
+                        _ => {
+                            tracing::warn!(error = %e, "UDP receive failed");
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
+                    }
+                    continue;
+                }
             };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                match e.kind() {
-                    io::ErrorKind::WouldBlock
-                    | io::ErrorKind::TimedOut
-                    | io::ErrorKind::Interrupted => continue,
-                    _ => {
-                        tracing::warn!(error = %e, "UDP receive failed");
-                        std::thread::sleep(Duration::from_millis(10));
-                        continue;
-                    }
-                }
+            #[cfg(test)]
+            if self.fault.swap(false, Ordering::Relaxed) {
+                panic!("injected fault");
             }
-            let n = n as usize;
             let t0 = Instant::now();
-            let now = started.elapsed().as_secs();
-            let snap = self.snapshot.load();
-            let mut m = 0usize;
-            for i in 0..n {
-                let len = hdrs[i].msg_len as usize;
-                if hdrs[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0 || len > MAX_QUERY {
-                    self.stats
-                        .dropped
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    continue;
-                }
-                let Some(src) = to_socket_addr(&addrs[i]) else {
-                    continue;
-                };
-                let slip = match self.limiter.check(src.ip(), now) {
-                    Verdict::Send => false,
-                    Verdict::Slip => {
-                        self.stats.record_limited(true);
-                        true
-                    }
-                    Verdict::Drop => {
-                        self.stats.record_limited(false);
-                        continue;
-                    }
-                };
-                let ctx = Context {
-                    transport: Transport::Udp,
-                    entropy: src.port(),
-                    slip,
-                };
-                let outcome = respond::respond(&inbufs[i][..len], &ctx, &snap, &mut outbufs[i]);
-                self.stats.record(&outcome);
-                if !outcome.send {
-                    continue;
-                }
-                out_iovs[m] = libc::iovec {
-                    iov_base: outbufs[i].as_mut_ptr().cast(),
-                    iov_len: outbufs[i].len(),
-                };
-                let h = &mut out_hdrs[m].msg_hdr;
-                h.msg_name = (&mut addrs[i] as *mut libc::sockaddr_storage).cast();
-                h.msg_namelen = hdrs[i].msg_hdr.msg_namelen;
-                h.msg_iov = &mut out_iovs[m];
-                h.msg_iovlen = 1;
-                h.msg_control = std::ptr::null_mut();
-                h.msg_controllen = 0;
-                h.msg_flags = 0;
-                m += 1;
-            }
-            drop(snap);
-            let mut sent = 0usize;
-            while sent < m {
-                // SAFETY: headers 0..m point at live response buffers and addresses.
-                let r = unsafe {
-                    libc::sendmmsg(
-                        fd,
-                        out_hdrs.as_mut_ptr().add(sent),
-                        (m - sent) as libc::c_uint,
-                        0,
-                    )
-                };
-                if r < 0 {
-                    let e = io::Error::last_os_error();
-                    if e.kind() != io::ErrorKind::Interrupted {
-                        // This datagram cannot go (e.g. unreachable source): skip it.
-                        sent += 1;
-                    }
-                } else {
-                    sent += (r as usize).max(1);
-                }
-            }
+            let m = self.answer(&mut batch, n);
+            batch.send(fd, m);
             if n > 0 {
                 self.stats
                     .record_latency(t0.elapsed().as_nanos() as u64, n as u64);
             }
         }
+    }
+
+    /// Answers the `n` datagrams received into `batch`, then rate-limits the answers; returns
+    /// how many responses are queued for sending.
+    fn answer(&self, batch: &mut Batch, n: usize) -> usize {
+        let now = self.epoch.elapsed().as_secs();
+        let snap = self.snapshot.load();
+        let mut m = 0usize;
+        for i in 0..n {
+            let len = batch.hdrs[i].msg_len as usize;
+            if batch.hdrs[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0 || len > MAX_QUERY {
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let Some(src) = to_socket_addr(&batch.addrs[i]) else {
+                continue;
+            };
+            let mut ctx = Context {
+                transport: Transport::Udp,
+                entropy: src.port(),
+                slip: false,
+            };
+            let packet = &batch.inbufs[i][..len];
+            let out = &mut batch.outbufs[i];
+            let outcome = respond::respond(packet, &ctx, &snap, out);
+            self.stats.record(&outcome);
+            if !outcome.send {
+                continue;
+            }
+            match self.limiter.check(src.ip(), &outcome.rrl, now) {
+                Verdict::Send => {}
+                Verdict::Slip => {
+                    self.stats.record_limited(true);
+                    ctx.slip = true;
+                    respond::respond(packet, &ctx, &snap, out);
+                }
+                Verdict::Drop => {
+                    self.stats.record_limited(false);
+                    continue;
+                }
+            }
+            batch.queue(m, i);
+            m += 1;
+        }
+        m
+    }
+}
+
+/// The buffers and message headers of one batch, allocated once per worker (re-allocated
+/// after a panic).
+struct Batch {
+    inbufs: Vec<[u8; MAX_QUERY]>,
+    outbufs: Vec<Vec<u8>>,
+    addrs: Vec<libc::sockaddr_storage>,
+    iovs: Vec<libc::iovec>,
+    hdrs: Vec<libc::mmsghdr>,
+    out_iovs: Vec<libc::iovec>,
+    out_hdrs: Vec<libc::mmsghdr>,
+}
+
+impl Batch {
+    fn new() -> Self {
+        let iov = libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        };
+        // SAFETY (for the zeroed values): these are plain C structs for which all-zero is valid.
+        let zeroed_hdrs = || -> Vec<libc::mmsghdr> {
+            (0..BATCH)
+                .map(|_| unsafe { MaybeUninit::zeroed().assume_init() })
+                .collect()
+        };
+        Self {
+            inbufs: vec![[0u8; MAX_QUERY]; BATCH],
+            outbufs: (0..BATCH).map(|_| Vec::with_capacity(4096)).collect(),
+            addrs: (0..BATCH)
+                .map(|_| unsafe { MaybeUninit::zeroed().assume_init() })
+                .collect(),
+            iovs: vec![iov; BATCH],
+            hdrs: zeroed_hdrs(),
+            out_iovs: vec![iov; BATCH],
+            out_hdrs: zeroed_hdrs(),
+        }
+    }
+
+    /// Receives up to [`BATCH`] datagrams (blocking up to [`POLL`] for the first).
+    fn receive(&mut self, fd: RawFd) -> io::Result<usize> {
+        for i in 0..BATCH {
+            self.iovs[i] = libc::iovec {
+                iov_base: self.inbufs[i].as_mut_ptr().cast(),
+                iov_len: MAX_QUERY,
+            };
+            let h = &mut self.hdrs[i].msg_hdr;
+            h.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
+            h.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            h.msg_iov = &mut self.iovs[i];
+            h.msg_iovlen = 1;
+            h.msg_control = std::ptr::null_mut();
+            h.msg_controllen = 0;
+            h.msg_flags = 0;
+            self.hdrs[i].msg_len = 0;
+        }
+        // SAFETY: every header points at live buffers of the stated sizes, owned by `self` and
+        // not touched until the call returns.
+        let n = unsafe {
+            libc::recvmmsg(
+                fd,
+                self.hdrs.as_mut_ptr(),
+                BATCH as libc::c_uint,
+                libc::MSG_WAITFORONE,
+                std::ptr::null_mut(),
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
+
+    /// Queues the response in `outbufs[i]` as outgoing message `m`, to the sender of datagram
+    /// `i`.
+    fn queue(&mut self, m: usize, i: usize) {
+        self.out_iovs[m] = libc::iovec {
+            iov_base: self.outbufs[i].as_mut_ptr().cast(),
+            iov_len: self.outbufs[i].len(),
+        };
+        let h = &mut self.out_hdrs[m].msg_hdr;
+        h.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
+        h.msg_namelen = self.hdrs[i].msg_hdr.msg_namelen;
+        h.msg_iov = &mut self.out_iovs[m];
+        h.msg_iovlen = 1;
+        h.msg_control = std::ptr::null_mut();
+        h.msg_controllen = 0;
+        h.msg_flags = 0;
+    }
+
+    /// Sends the first `m` queued responses.
+    fn send(&mut self, fd: RawFd, m: usize) {
+        let mut sent = 0usize;
+        while sent < m {
+            // SAFETY: headers 0..m point at live response buffers and addresses.
+            let r = unsafe {
+                libc::sendmmsg(
+                    fd,
+                    self.out_hdrs.as_mut_ptr().add(sent),
+                    (m - sent) as libc::c_uint,
+                    0,
+                )
+            };
+            if r < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    // This datagram cannot go (e.g. unreachable source): skip it.
+                    sent += 1;
+                }
+            } else {
+                sent += (r as usize).max(1);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::atomic::AtomicBool;
+
+    use super::*;
+    use crate::dns::catalog;
+    use crate::dns::rrl::Limits;
+
+    fn soa_query(id: u16) -> Vec<u8> {
+        let mut q = id.to_be_bytes().to_vec();
+        q.extend_from_slice(&[1, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
+        q.extend_from_slice(b"\x03vpn\x04test\x00\x00\x06\x00\x01");
+        q
+    }
+
+    /// A worker on a real loopback socket: after a panic in the middle of its loop it is
+    /// restarted, counted, and keeps answering.
+    #[test]
+    fn a_panicking_worker_is_restarted_and_keeps_answering() {
+        let text = "[dns]\nlisten = [\"127.0.0.1:1\"]\n[[dns.zones]]\nname = \"vpn.test\"\n";
+        let cfg: crate::config::SteeringConfig =
+            crate::config::parse(Path::new("t.toml"), text).unwrap();
+        let statics = Arc::new(catalog::build(&cfg.dns, 1, &|_| unreachable!()).unwrap());
+        let socket = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = socket.local_addr().unwrap();
+        let stats = Arc::new(Stats::default());
+        let fault = Arc::new(AtomicBool::new(false));
+        let shutdown = CancellationToken::new();
+        let worker = Worker {
+            snapshot: Arc::new(ArcSwap::from_pointee(Snapshot::empty(statics))),
+            limiter: Arc::new(RateLimiter::new(
+                Limits::from_config(&cfg.dns.rate_limit),
+                9,
+            )),
+            epoch: Instant::now(),
+            stats: stats.clone(),
+            shutdown: shutdown.clone(),
+            fault: fault.clone(),
+        };
+        let thread = std::thread::spawn(move || worker.run(socket));
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        // Asks until an answer with our id arrives (a query sent while the worker panics is
+        // lost, like any datagram).
+        let ask = |id: u16| {
+            for _ in 0..50 {
+                client.send_to(&soa_query(id), addr).unwrap();
+                let mut buf = [0u8; 512];
+                if let Ok((n, _)) = client.recv_from(&mut buf)
+                    && n > 2
+                    && buf[..2] == id.to_be_bytes()
+                {
+                    return true;
+                }
+            }
+            false
+        };
+        assert!(ask(1));
+        for round in 0..3u16 {
+            fault.store(true, Ordering::Relaxed);
+            client.send_to(&soa_query(100 + round), addr).unwrap();
+            assert!(ask(200 + round), "no answer after panic {round}");
+        }
+        assert_eq!(stats.restarts.load(Ordering::Relaxed), 3);
+        assert!(!thread.is_finished());
+        shutdown.cancel();
+        thread.join().unwrap();
     }
 }

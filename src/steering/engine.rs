@@ -123,7 +123,7 @@ impl Engine {
                     id.clone(),
                     ClientState {
                         position: decision::position(id),
-                        current: past.map(|p| Some(p.appliance.clone())),
+                        current: past.map(|p| p.appliance.clone()),
                         since: past.map(|p| p.at),
                         seen: None,
                     },
@@ -332,7 +332,7 @@ mod tests {
         h.insert(
             alice.clone(),
             PastDecision {
-                appliance: aid("us-1"),
+                appliance: Some(aid("us-1")),
                 at: t(0),
             },
         );

@@ -185,8 +185,8 @@ impl AdvisoryInput {
 /// the assignments and hold-down times it had.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PastDecision {
-    /// The appliance it was steered to.
-    pub appliance: ApplianceId,
+    /// The appliance it was steered to (`None`: no appliance could be chosen).
+    pub appliance: Option<ApplianceId>,
     /// When.
     pub at: DateTime<Utc>,
 }

@@ -1,7 +1,10 @@
-//! The audit trail: every change of a client's answer goes to `steering_decisions`, written in
-//! batches by a task of its own, so that neither the DNS path nor the publisher ever waits on
-//! the database. While the database is away, rows wait in memory (bounded by
-//! [`MAX_BACKLOG`]; past it the oldest are dropped and counted).
+//! The audit trail: every change of a client's answer goes to `steering_decisions`, including
+//! changes to "no appliance" (`to_appliance` NULL), written in batches by a task of its own, so
+//! that neither the DNS path nor the publisher ever waits on the database. While the database
+//! is away (or cannot write: disk full), rows wait in memory, bounded by `max_backlog`
+//! ([`MAX_BACKLOG`] in `serve`); past it the oldest are dropped. Every row that is not written
+//! (dropped past the backlog, or still waiting when the writer stops) is counted in
+//! [`AuditStatus::dropped`] and logged.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -20,13 +23,15 @@ use crate::steering::Change;
 pub const MAX_BACKLOG: usize = 100_000;
 /// Rows per INSERT.
 const BATCH: usize = 1000;
+/// Least time between two warnings about dropped rows.
+const DROP_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Counters of the audit writer.
 #[derive(Debug, Default)]
 pub struct AuditStatus {
     /// Rows written.
     pub written: AtomicU64,
-    /// Rows dropped because the backlog was full.
+    /// Rows never written: dropped because the backlog was full, or still waiting at shutdown.
     pub dropped: AtomicU64,
     /// Rows waiting.
     pub backlog: AtomicU64,
@@ -39,7 +44,6 @@ pub async fn write(
     server: &str,
     rows: &[Change],
 ) -> Result<(), StoreError> {
-    let rows: Vec<&Change> = rows.iter().filter(|c| c.to.is_some()).collect();
     if rows.is_empty() {
         return Ok(());
     }
@@ -49,9 +53,9 @@ pub async fn write(
         .iter()
         .map(|c| c.from.as_ref().map(|a| a.to_string()))
         .collect();
-    let to: Vec<String> = rows
+    let to: Vec<Option<String>> = rows
         .iter()
-        .map(|c| c.to.as_ref().map(|a| a.to_string()).unwrap_or_default())
+        .map(|c| c.to.as_ref().map(|a| a.to_string()))
         .collect();
     let reason: Vec<String> = rows
         .iter()
@@ -73,7 +77,7 @@ pub async fn write(
         &at,
         &client,
         &from as &[Option<String>],
-        &to,
+        &to as &[Option<String>],
         &reason,
         &primary,
         &shadow,
@@ -84,18 +88,58 @@ pub async fn write(
     Ok(())
 }
 
+/// Where the audit writer writes, and how much it may hold back.
+#[derive(Debug, Clone)]
+pub struct AuditTarget {
+    /// The database.
+    pub pool: PgPool,
+    /// The region owning the rows.
+    pub region: RegionId,
+    /// This server's name, stored in each row.
+    pub server: String,
+    /// Most rows kept while writing fails ([`MAX_BACKLOG`] in `serve`).
+    pub max_backlog: usize,
+}
+
+/// Counts `n` rows that will never be written, and warns (at most every
+/// [`DROP_LOG_INTERVAL`]).
+fn count_dropped(
+    status: &AuditStatus,
+    n: u64,
+    why: &str,
+    last_log: &mut Option<std::time::Instant>,
+) {
+    if n == 0 {
+        return;
+    }
+    let total = status.dropped.fetch_add(n, Ordering::Relaxed) + n;
+    if last_log.is_none_or(|t| t.elapsed() >= DROP_LOG_INTERVAL) {
+        tracing::warn!(
+            rows = n,
+            dropped_total = total,
+            "steering decisions lost from the audit trail: {why}"
+        );
+        *last_log = Some(std::time::Instant::now());
+    }
+}
+
 /// Writes changes from `rx` until shutdown, then flushes what is left (for at most 5 s).
 pub async fn run(
-    pool: PgPool,
-    region: RegionId,
-    server: String,
+    target: AuditTarget,
     mut rx: mpsc::Receiver<Change>,
     status: Arc<AuditStatus>,
     shutdown: CancellationToken,
 ) {
+    let AuditTarget {
+        pool,
+        region,
+        server,
+        max_backlog,
+    } = target;
     let mut backlog: VecDeque<Change> = VecDeque::new();
     let mut retry = Duration::from_millis(200);
     let mut failing = false;
+    let mut last_drop_log = None;
     loop {
         let stopping = tokio::select! {
             _ = shutdown.cancelled() => true,
@@ -108,10 +152,14 @@ pub async fn run(
         while let Ok(c) = rx.try_recv() {
             backlog.push_back(c);
         }
-        while backlog.len() > MAX_BACKLOG {
-            backlog.pop_front();
-            status.dropped.fetch_add(1, Ordering::Relaxed);
-        }
+        let excess = backlog.len().saturating_sub(max_backlog);
+        backlog.drain(..excess);
+        count_dropped(
+            &status,
+            excess as u64,
+            "the backlog is full (the oldest are dropped)",
+            &mut last_drop_log,
+        );
         let flush = async {
             while !backlog.is_empty() {
                 let n = backlog.len().min(BATCH);
@@ -142,16 +190,21 @@ pub async fn run(
                     tracing::warn!(error = %e, backlog = backlog.len(), "writing steering decisions failed; will retry");
                 }
                 failing = true;
-                retry = (retry * 2).min(Duration::from_secs(10));
+                retry = (retry * 2).min(Duration::from_secs(2));
             }
         }
         if stopping {
-            if !backlog.is_empty() {
-                tracing::warn!(
-                    rows = backlog.len(),
-                    "steering decisions not written at shutdown"
-                );
+            // Also what the channel still holds.
+            while let Ok(c) = rx.try_recv() {
+                backlog.push_back(c);
             }
+            count_dropped(
+                &status,
+                backlog.len() as u64,
+                "not written at shutdown",
+                &mut None,
+            );
+            status.backlog.store(0, Ordering::Relaxed);
             return;
         }
     }

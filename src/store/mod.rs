@@ -124,6 +124,50 @@ pub async fn migrate(pool: &PgPool) -> Result<Vec<MigrationStatus>, StoreError> 
         .collect())
 }
 
+/// Applies pending migrations, retrying (every second, then up to every 10 s) until they are
+/// applied or shutdown; then says so on `migrated` and waits for shutdown (a server keeps
+/// this as one of its tasks, and a task that ends means trouble).
+pub async fn migrate_when_reachable(
+    pool: PgPool,
+    migrated: tokio::sync::watch::Sender<bool>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let mut retry = Duration::from_secs(1);
+    loop {
+        match migrate(&pool).await {
+            Ok(applied) => {
+                tracing::info!(
+                    applied = applied.len(),
+                    "database reached and migrated; loading steering data"
+                );
+                let _ = migrated.send(true);
+                break;
+            }
+            Err(e) => tracing::warn!(error = %e, "database still unreachable; retrying"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(retry) => {}
+        }
+        retry = (retry * 2).min(Duration::from_secs(10));
+    }
+    shutdown.cancelled().await;
+}
+
+/// Runs `task` once the schema is migrated (at once if it already is); on shutdown first, does
+/// not run it.
+pub async fn after_migration(
+    mut migrated: tokio::sync::watch::Receiver<bool>,
+    shutdown: tokio_util::sync::CancellationToken,
+    task: impl std::future::Future<Output = ()>,
+) {
+    tokio::select! {
+        _ = shutdown.cancelled() => return,
+        r = migrated.wait_for(|m| *m) => if r.is_err() { return },
+    }
+    task.await;
+}
+
 /// Maps a unique-constraint violation to the name of its constraint.
 pub(crate) fn unique_violation(err: &sqlx::Error) -> Option<&str> {
     match err {

@@ -25,6 +25,9 @@ use crate::steering::{
     AdvisoryInput, AdvisoryTarget, ApplianceInput, ClientInput, Inputs, PastDecision,
 };
 
+/// Longest wait between two attempts to reach the database while it is away.
+const MAX_RETRY: Duration = Duration::from_secs(1);
+
 /// More changed clients than this in one batch reload everything instead.
 const MAX_TARGETED_CLIENTS: usize = 500;
 
@@ -176,7 +179,8 @@ async fn load_history(
     let mut out = HashMap::with_capacity(rows.len());
     for r in rows {
         // Rows for ids that are no longer valid are history, not input: skip them.
-        if let (Ok(c), Ok(a)) = (ClientId::new(r.client_id), ApplianceId::new(r.to_appliance)) {
+        let appliance = r.to_appliance.map(ApplianceId::new).transpose();
+        if let (Ok(c), Ok(a)) = (ClientId::new(r.client_id), appliance) {
             out.insert(
                 c,
                 PastDecision {
@@ -337,7 +341,7 @@ async fn listen(pool: PgPool, tx: mpsc::Sender<Event>) {
             }
         }
         tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(5));
+        backoff = (backoff * 2).min(MAX_RETRY);
     }
 }
 
@@ -446,7 +450,9 @@ impl Loader {
                     Err(e) => {
                         self.mark_failed("loading the snapshot", &e);
                         failing = true;
-                        retry = (retry * 2).min(self.reconcile_interval);
+                        // At most a second between attempts: serving resumes within a second
+                        // of the database's return.
+                        retry = (retry * 2).min(self.reconcile_interval.min(MAX_RETRY));
                     }
                 }
             } else if !pending.is_empty() {

@@ -93,6 +93,44 @@ impl Database {
         }
     }
 
+    /// As [`open`](Self::open), but a database URL whose server cannot be reached yet gives a
+    /// pool that connects when it is first used, instead of an error, so that a long-running
+    /// server can start (and answer from what it saved) during a database outage. Returns
+    /// whether the database was reached. Other failures (a bad URL, a refused password, an
+    /// embedded cluster that cannot start) are still errors.
+    pub async fn open_tolerant(
+        target: &DatabaseTarget,
+        max_connections: u32,
+    ) -> Result<(Self, bool), StoreError> {
+        let DatabaseTarget::Url(url) = target else {
+            return Self::open(target, max_connections).await.map(|d| (d, true));
+        };
+        match connect(url, max_connections).await {
+            Ok(pool) => Ok((
+                Self {
+                    pool,
+                    cluster: None,
+                },
+                true,
+            )),
+            Err(StoreError::Connect(e)) if unreachable(&e) => {
+                let pool = sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(max_connections)
+                    .acquire_timeout(std::time::Duration::from_secs(5))
+                    .connect_lazy(url)
+                    .map_err(StoreError::Connect)?;
+                Ok((
+                    Self {
+                        pool,
+                        cluster: None,
+                    },
+                    false,
+                ))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Starts (or attaches to) the cluster in `dir` and creates its database.
     pub async fn open_embedded(
         dir: &Path,
@@ -122,6 +160,18 @@ impl Database {
         if let Some(cluster) = self.cluster.take() {
             let _ = tokio::task::spawn_blocking(move || drop(cluster)).await;
         }
+    }
+}
+
+/// Whether `e` says the server is not there (yet): no connection, a timeout, or a server that
+/// is starting up or shutting down (SQLSTATE classes 08 and 57).
+fn unreachable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|c| c.starts_with("08") || c.starts_with("57")),
+        _ => false,
     }
 }
 

@@ -11,7 +11,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use shadowsteer::localpg::{Durability, LocalCluster, temp_cluster_dir};
 use sqlx::PgPool;
 
-const TEMPLATE: &str = "shadowsteer_template";
+/// The migrated template database every test database is cloned from.
+pub const TEMPLATE: &str = "shadowsteer_template";
 
 struct Shared {
     cluster: LocalCluster,

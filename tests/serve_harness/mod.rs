@@ -100,6 +100,21 @@ impl Server {
 
     /// As [`start`](Self::start), with extra environment variables.
     pub fn start_env(config: &str, db_args: &[&str], env: &[(&str, &str)]) -> Self {
+        let server = Self::spawn(config, db_args, env);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while http_get(server.admin, "/readyz", None).map(|r| r.0) != Some(200) {
+            assert!(
+                Instant::now() < deadline,
+                "serve not ready; log:\n{}",
+                server.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server
+    }
+
+    /// Starts `serve` and returns as soon as it has logged its addresses, ready or not.
+    pub fn spawn(config: &str, db_args: &[&str], env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("steering.toml");
         std::fs::write(&path, config).expect("write config");
@@ -115,6 +130,8 @@ impl Server {
             ])
             .args(db_args)
             .env_remove("DATABASE_URL")
+            // State such as the saved snapshot goes to this server's own directory.
+            .env("SHADOWSTEER_DATA_DIR", dir.path())
             .env("RUST_LOG", "info,sqlx=warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -154,23 +171,26 @@ impl Server {
                 );
             }
         };
-        let server = Self {
+        Self {
             child: Some(child),
             dns,
             admin,
             log,
             _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while http_get(server.admin, "/readyz", None).map(|r| r.0) != Some(200) {
-            assert!(
-                Instant::now() < deadline,
-                "serve not ready; log:\n{}",
-                server.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
         }
-        server
+    }
+
+    /// The process id (for fault injection).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Kills the process with SIGKILL: no clean-up of any kind.
+    pub fn kill9(mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 
     /// The log so far.
