@@ -29,4 +29,5 @@ pub mod localpg;
 pub mod risk;
 pub mod steering;
 pub mod store;
+pub mod takeover;
 pub mod tunnel;

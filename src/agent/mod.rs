@@ -9,8 +9,8 @@
 //! - path probes ([`prober`], core in [`probe`]): authenticated agent-to-agent probes;
 //! - the load balancer's check ([`lb_check`]): HAProxy agent-check, weight by risk.
 //!
-//! Left for later issues: takeover (initiating handshakes to a shadowed client's endpoint) and
-//! epoch fencing beyond "a row held by another appliance is not overwritten".
+//! - takeover ([`takeover`], core in [`crate::takeover`]): group heartbeats, claims, and
+//!   handshake initiations that move a session to this appliance.
 
 pub mod buffer;
 pub mod health;
@@ -20,6 +20,7 @@ pub mod prober;
 pub mod recorder;
 pub mod roster;
 pub mod sessions;
+pub mod takeover;
 pub mod telemetry;
 
 use std::net::{IpAddr, SocketAddr};
@@ -74,6 +75,8 @@ pub struct AgentHandle {
     pub health: Arc<telemetry::HealthStats>,
     /// Prober counters and its bound address, when probing is configured.
     pub probes: Option<(Arc<prober::ProbeStats>, SocketAddr)>,
+    /// Takeover counters, when takeover is enabled.
+    pub takeover: Option<Arc<takeover::TakeoverStats>>,
     /// The embedded database this agent started, if any (stopped when dropped).
     pub database: Option<Database>,
 }
@@ -122,6 +125,7 @@ pub async fn start(
 ) -> Result<AgentHandle, AgentError> {
     let key = keyfile::read_secret_key(&config.agent.key_file)?;
     let public_key = key.public_key();
+    let group_key = crate::takeover::wire::GroupKey::derive(&key);
     let probe_key = match &config.probes.key_file {
         Some(path) if !config.probes.peers.is_empty() || config.probes.listen.is_some() => {
             Some(keyfile::read_secret_key(path)?)
@@ -131,7 +135,7 @@ pub async fn start(
     let (pool, url, database) = open_pool(&config).await?;
     let appliance: ApplianceId = config.agent.appliance.clone();
     let own_ip = config.tunnel.network.first_host();
-    let (device, handle, events) = Device::bind(
+    let (mut device, handle, events) = Device::bind(
         DeviceConfig {
             listen: config.agent.listen.0,
             own_ip,
@@ -150,6 +154,7 @@ pub async fn start(
         "data plane up"
     );
     let roster = Arc::new(RwLock::new(roster::RosterView::default()));
+    let group_inputs = config.takeover.enabled.then(|| device.group_inputs(4096));
 
     let token = shutdown.clone();
     tasks.spawn(async move {
@@ -158,6 +163,31 @@ pub async fn start(
             token.cancel();
         }
     });
+    let takeover = match group_inputs {
+        Some(inputs) => {
+            let stats = Arc::new(takeover::TakeoverStats::default());
+            tasks.spawn(takeover::run(
+                takeover::TakeoverSettings {
+                    key: group_key,
+                    timing: crate::takeover::liveness::Timing {
+                        interval: config.takeover.heartbeat_interval.0,
+                        misses: config.takeover.misses,
+                        startup_grace: config.takeover.startup_grace.0,
+                    },
+                    failback: config.takeover.failback,
+                },
+                pool.clone(),
+                url.clone(),
+                appliance.clone(),
+                handle.clone(),
+                inputs,
+                Arc::clone(&stats),
+                shutdown.clone(),
+            ));
+            Some(stats)
+        }
+        None => None,
+    };
     tasks.spawn(roster::run(
         pool.clone(),
         url,
@@ -241,6 +271,7 @@ pub async fn start(
         recorder,
         health,
         probes,
+        takeover,
         database,
     })
 }

@@ -314,6 +314,7 @@ pub async fn run(args: ServeArgs) -> CommandResult {
             inputs: inputs_tx,
             status: sync.clone(),
             reconcile_interval: cfg.server.reconcile_interval.0,
+            health_timeout: cfg.steering.health_timeout.0,
         }
         .run(shutdown.clone()),
     ));

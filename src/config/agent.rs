@@ -25,6 +25,60 @@ pub struct AgentConfig {
     /// HAProxy agent-check responder.
     #[serde(default)]
     pub lb_check: LbCheckSection,
+    /// Failure detection between the appliances of a shadow group, and takeover.
+    #[serde(default)]
+    pub takeover: TakeoverSection,
+}
+
+/// `[takeover]`: heartbeats between the appliances of a shadow group (on the WireGuard port,
+/// authenticated with a key derived from the service key) and taking sessions over.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TakeoverSection {
+    /// Whether this agent watches its group and takes sessions over.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Between two heartbeats to each group peer.
+    #[serde(default = "default_heartbeat_interval")]
+    pub heartbeat_interval: Duration,
+    /// Heartbeats missed before a peer is declared dead (detection time = interval × misses).
+    #[serde(default = "default_misses")]
+    pub misses: u32,
+    /// Time a peer never heard from gets after this agent starts.
+    #[serde(default = "default_startup_grace")]
+    pub startup_grace: Duration,
+    /// When a recovered primary takes its clients back: `auto` (when steering moves them back)
+    /// or `manual` (on `shadowsteer session failback`).
+    #[serde(default)]
+    pub failback: crate::takeover::Failback,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_heartbeat_interval() -> Duration {
+    Duration(std::time::Duration::from_millis(50))
+}
+
+fn default_misses() -> u32 {
+    4
+}
+
+fn default_startup_grace() -> Duration {
+    Duration(std::time::Duration::from_secs(2))
+}
+
+impl Default for TakeoverSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            heartbeat_interval: default_heartbeat_interval(),
+            misses: default_misses(),
+            startup_grace: default_startup_grace(),
+            failback: crate::takeover::Failback::default(),
+        }
+    }
 }
 
 /// `[lb_check]`: answers HAProxy's `agent-check` with a weight that falls as the appliance's
@@ -233,6 +287,20 @@ impl Validate for AgentConfig {
         }
         if !(576..=9000).contains(&self.tunnel.mtu) {
             problems.push("tunnel.mtu", "must be between 576 and 9000");
+        }
+        let beat = self.takeover.heartbeat_interval.0;
+        if beat < std::time::Duration::from_millis(10) || beat > std::time::Duration::from_secs(10)
+        {
+            problems.push(
+                "takeover.heartbeat_interval",
+                "must be between 10ms and 10s",
+            );
+        }
+        if !(2..=100).contains(&self.takeover.misses) {
+            problems.push("takeover.misses", "must be between 2 and 100");
+        }
+        if self.takeover.startup_grace.0 > std::time::Duration::from_secs(600) {
+            problems.push("takeover.startup_grace", "must be at most 10m");
         }
         if self.agent.handshake_rate_limit == 0 || self.agent.handshake_rate_limit > 1_000_000 {
             problems.push(

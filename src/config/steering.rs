@@ -368,6 +368,14 @@ pub struct SteeringSection {
     /// Risk at which every client has moved; default: the threshold.
     #[serde(default)]
     pub weight_high: Option<f64>,
+    /// An appliance whose health reports stopped this long ago counts as failed: its clients
+    /// move to their shadow, whatever its last score said. Agents report every second.
+    #[serde(default = "default_health_timeout")]
+    pub health_timeout: Duration,
+}
+
+fn default_health_timeout() -> Duration {
+    Duration(std::time::Duration::from_secs(3))
 }
 
 /// Threshold when neither the configuration nor a model gives one: only advisories carry risk
@@ -416,6 +424,7 @@ impl Default for SteeringSection {
             hold_down: default_hold_down(),
             weight_low: None,
             weight_high: None,
+            health_timeout: default_health_timeout(),
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod series;
 pub mod session_view;
 pub mod sessions;
 pub mod snapshot;
+pub mod takeover;
 pub mod target;
 pub mod telemetry;
 pub mod tokens;

@@ -26,6 +26,8 @@ pub enum ChangedTable {
     Advisories,
     /// `session_state` (holder or epoch changes, inserts, deletes).
     SessionState,
+    /// `steering_decisions` (one notification per transaction, empty key).
+    SteeringDecisions,
 }
 
 /// Kind of change.

@@ -355,6 +355,50 @@ pub struct Loader {
     pub status: Arc<SyncStatus>,
     /// Full reload period.
     pub reconcile_interval: Duration,
+    /// Health older than this makes an appliance count as down (see [`stale_appliances`]).
+    pub health_timeout: Duration,
+}
+
+/// How often health freshness is checked.
+const HEALTH_CHECK: Duration = Duration::from_secs(1);
+
+/// Appliances whose last health report is older than `timeout`. An appliance that never
+/// reported (no agent yet, or inventory only) is not judged: only silence after reports is.
+pub async fn stale_appliances(
+    pool: &PgPool,
+    timeout: Duration,
+) -> Result<std::collections::BTreeSet<ApplianceId>, StoreError> {
+    let timeout_ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
+    let rows = sqlx::query_scalar!(
+        r#"SELECT a.id FROM appliances a
+           CROSS JOIN LATERAL (
+               SELECT h.ts FROM appliance_health h
+               WHERE h.region = a.region AND h.appliance_id = a.id
+               ORDER BY h.ts DESC LIMIT 1) last
+           WHERE last.ts < now() - make_interval(secs => $1::bigint / 1000.0)"#,
+        timeout_ms
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|id| ApplianceId::new(id).ok())
+        .collect())
+}
+
+/// Marks silent appliances down in the steering inputs (their clients go to their shadow).
+fn apply_stale(mut inputs: Inputs, stale: &std::collections::BTreeSet<ApplianceId>) -> Inputs {
+    if stale.is_empty() {
+        return inputs;
+    }
+    let mut appliances = (*inputs.appliances).clone();
+    for id in stale {
+        if let Some(a) = appliances.get_mut(id) {
+            a.state = crate::domain::ApplianceState::Down;
+        }
+    }
+    inputs.appliances = Arc::new(appliances);
+    inputs
 }
 
 impl Loader {
@@ -395,11 +439,31 @@ impl Loader {
         let mut failing = false;
         let mut reconcile = tokio::time::interval(self.reconcile_interval);
         reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut health = tokio::time::interval(HEALTH_CHECK);
+        health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut stale = std::collections::BTreeSet::new();
         loop {
             if failing || (!need_full && pending.is_empty()) {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = reconcile.tick() => need_full = true,
+                    _ = health.tick(), if !failing && current.is_some() => {
+                        match stale_appliances(&self.pool, self.health_timeout).await {
+                            Ok(now_stale) if now_stale != stale => {
+                                for id in now_stale.difference(&stale) {
+                                    tracing::warn!(appliance = %id, "health reports stopped; treating the appliance as failed");
+                                }
+                                for id in stale.difference(&now_stale) {
+                                    tracing::info!(appliance = %id, "health reports resumed");
+                                }
+                                stale = now_stale;
+                                // Re-read everything so states that were overridden come back.
+                                need_full = true;
+                            }
+                            Ok(_) => {}
+                            Err(e) => tracing::debug!("health freshness check failed: {e}"),
+                        }
+                    }
                     _ = tokio::time::sleep(retry), if failing => {}
                     ev = events.recv() => match ev {
                         Some(ev) => self.note(ev, &mut need_full, &mut pending),
@@ -422,6 +486,7 @@ impl Loader {
                 let history = current.as_ref().map(|c| c.history.clone());
                 match load_all(&self.pool, history).await {
                     Ok(inputs) => {
+                        let inputs = apply_stale(inputs, &stale);
                         if current.is_none() || !self.status.db_up.load(Ordering::Relaxed) {
                             tracing::info!(
                                 appliances = inputs.appliances.len(),
@@ -463,6 +528,7 @@ impl Loader {
                 let started = std::time::Instant::now();
                 match load_targeted(&self.pool, cur, &pending).await {
                     Ok(inputs) => {
+                        let inputs = apply_stale(inputs, &stale);
                         tracing::debug!(
                             changes = pending.len(),
                             took_us = started.elapsed().as_micros() as u64,
@@ -496,7 +562,10 @@ impl Loader {
             }
             Event::Change(c) => {
                 tracing::debug!(table = ?c.table, key = %c.key, "change notified");
-                if c.table != ChangedTable::SessionState {
+                if !matches!(
+                    c.table,
+                    ChangedTable::SessionState | ChangedTable::SteeringDecisions
+                ) {
                     pending.push(c);
                 }
             }

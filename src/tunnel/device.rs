@@ -79,7 +79,43 @@ pub enum PeerCommand {
     Upsert(PeerSpec),
     /// Remove one peer.
     Remove(PeerIndex),
+    /// Takeover: whether this appliance holds the session. A session it does not hold gets
+    /// no keepalives and no handshake initiations from it (it still answers the client).
+    Hold {
+        /// The peer.
+        peer: PeerIndex,
+        /// Held here.
+        held: bool,
+    },
+    /// Takeover: send handshake initiations to these clients' endpoints, paced
+    /// ([`INITIATIONS_PER_PACE`] every [`PACE`]).
+    Initiate(Vec<(PeerIndex, SocketAddr)>),
 }
+
+/// What the data plane passes to the takeover task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupInput {
+    /// A group heartbeat arrived on the WireGuard port.
+    Heartbeat {
+        /// Sender address.
+        from: SocketAddr,
+        /// The datagram.
+        bytes: Vec<u8>,
+    },
+    /// A handshake with a client completed here.
+    Handshake {
+        /// The client.
+        peer: PeerIndex,
+        /// Its endpoint.
+        endpoint: Option<SocketAddr>,
+    },
+}
+
+/// Takeover initiations are sent in groups of this many...
+pub const INITIATIONS_PER_PACE: usize = 32;
+/// ...one group per this interval, so that a thousand sessions resume within about 60 ms
+/// without a burst that overflows socket buffers on either side.
+pub const PACE: Duration = Duration::from_millis(2);
 
 /// Why a session snapshot was taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,11 +175,13 @@ pub struct DeviceHandle {
     pub stats: Arc<DeviceStats>,
     /// The bound UDP address.
     pub local_addr: SocketAddr,
+    /// The socket, for group heartbeats (sent from the takeover task).
+    pub socket: Arc<UdpSocket>,
 }
 
 /// The data plane, ready to run.
 pub struct Device {
-    socket: UdpSocket,
+    socket: Arc<UdpSocket>,
     router: Router,
     config: DeviceConfig,
     commands: mpsc::Receiver<PeerCommand>,
@@ -153,6 +191,12 @@ pub struct Device {
     checkpointed: HashMap<PeerIndex, SessionCounters>,
     /// Wall clock at `started`, to turn `Instant`s into timestamps.
     epoch: (Instant, DateTime<Utc>),
+    /// Where heartbeats and handshakes go when takeover runs.
+    group: Option<mpsc::Sender<GroupInput>>,
+    /// Sessions held by another appliance (no timers here).
+    withheld: std::collections::HashSet<PeerIndex>,
+    /// Takeover initiations not sent yet.
+    initiations: std::collections::VecDeque<(PeerIndex, SocketAddr)>,
 }
 
 impl std::fmt::Debug for Device {
@@ -188,7 +232,7 @@ impl Device {
         config: DeviceConfig,
         key: SecretKey,
     ) -> Result<(Self, DeviceHandle, mpsc::Receiver<DeviceEvent>), TunnelError> {
-        let socket = bind_udp(config.listen)?;
+        let socket = Arc::new(bind_udp(config.listen)?);
         let local_addr = socket.local_addr()?;
         let (cmd_tx, cmd_rx) = mpsc::channel(64);
         let (ev_tx, ev_rx) = mpsc::channel(config.event_capacity.max(16));
@@ -203,13 +247,25 @@ impl Device {
             stats: Arc::clone(&stats),
             checkpointed: HashMap::new(),
             epoch: (Instant::now(), Utc::now()),
+            group: None,
+            withheld: std::collections::HashSet::new(),
+            initiations: std::collections::VecDeque::new(),
         };
         let handle = DeviceHandle {
             commands: cmd_tx,
             stats,
             local_addr,
+            socket: Arc::clone(&device.socket),
         };
         Ok((device, handle, ev_rx))
+    }
+
+    /// Hands group heartbeats and completed handshakes to the takeover task. Without it,
+    /// heartbeats are dropped as malformed.
+    pub fn group_inputs(&mut self, capacity: usize) -> mpsc::Receiver<GroupInput> {
+        let (tx, rx) = mpsc::channel(capacity.max(16));
+        self.group = Some(tx);
+        rx
     }
 
     /// Runs until `shutdown` is cancelled. Only a broken socket ends it early.
@@ -223,6 +279,8 @@ impl Device {
         let mut checkpoint = tokio::time::interval(self.config.checkpoint_interval);
         checkpoint.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_reset = Instant::now();
+        let mut pace = tokio::time::interval(PACE);
+        pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let tun = match &self.config.inside {
             Inside::Tun(_) => true,
             Inside::Echo => false,
@@ -276,6 +334,7 @@ impl Device {
                     self.on_timers(now, &mut out);
                 }
                 _ = checkpoint.tick() => self.on_checkpoint(),
+                _ = pace.tick(), if !self.initiations.is_empty() => self.on_pace(&mut out),
             }
         }
         Ok(())
@@ -307,6 +366,21 @@ impl Device {
             PeerCommand::Remove(i) => {
                 self.router.remove(i);
                 self.checkpointed.remove(&i);
+                self.withheld.remove(&i);
+            }
+            PeerCommand::Hold { peer, held } => {
+                if held {
+                    self.withheld.remove(&peer);
+                } else {
+                    self.withheld.insert(peer);
+                    self.initiations.retain(|(p, _)| *p != peer);
+                }
+            }
+            PeerCommand::Initiate(list) => {
+                for (peer, endpoint) in list {
+                    self.withheld.remove(&peer);
+                    self.initiations.push_back((peer, endpoint));
+                }
             }
         }
         self.stats.peers.store(
@@ -359,6 +433,18 @@ impl Device {
         let now = Instant::now();
         DeviceStats::add(&self.stats.rx_datagrams, 1);
         DeviceStats::add(&self.stats.rx_bytes, datagram.len() as u64);
+        if crate::takeover::wire::is_heartbeat(datagram) {
+            let input = GroupInput::Heartbeat {
+                from: src,
+                bytes: datagram[..datagram.len().min(crate::takeover::wire::MAX_LEN + 1)].to_vec(),
+            };
+            match &self.group {
+                Some(group) if group.try_send(input).is_ok() => {}
+                Some(_) => DeviceStats::add(&self.stats.events_dropped, 1),
+                None => self.stats.count_drop(DropReason::Malformed),
+            }
+            return;
+        }
         let routed = self.router.handle_datagram(now, src, datagram, out);
         let touched = match routed {
             Routed::Inside { peer, packet } => {
@@ -438,8 +524,30 @@ impl Device {
         let _ = self.carry_out(routed);
     }
 
+    fn on_pace(&mut self, out: &mut [u8]) {
+        for _ in 0..INITIATIONS_PER_PACE {
+            let Some((peer, endpoint)) = self.initiations.pop_front() else {
+                break;
+            };
+            let routed = self.router.initiate(peer, endpoint, out);
+            if matches!(routed, Routed::Send { .. }) {
+                DeviceStats::add(&self.stats.takeover_initiations, 1);
+            }
+            let _ = self.carry_out(routed);
+        }
+    }
+
     fn on_timers(&mut self, now: Instant, out: &mut [u8]) {
         for n in 0..self.router.len() {
+            if !self.withheld.is_empty()
+                && self
+                    .router
+                    .indexes()
+                    .get(n)
+                    .is_some_and(|p| self.withheld.contains(p))
+            {
+                continue;
+            }
             let routed = self.router.update_timers(n, out);
             let _ = self.carry_out(routed);
         }
@@ -481,7 +589,18 @@ impl Device {
                 break;
             };
             match event {
-                PeerEvent::Handshake { .. } => cause = Some(SnapshotCause::Handshake),
+                PeerEvent::Handshake { .. } => {
+                    cause = Some(SnapshotCause::Handshake);
+                    if let Some(group) = &self.group {
+                        let endpoint = self.router.peer(peer).and_then(|p| p.endpoint());
+                        if group
+                            .try_send(GroupInput::Handshake { peer, endpoint })
+                            .is_err()
+                        {
+                            DeviceStats::add(&self.stats.events_dropped, 1);
+                        }
+                    }
+                }
                 PeerEvent::Endpoint(_) => {
                     cause = cause.or(Some(SnapshotCause::Endpoint));
                 }

@@ -64,6 +64,10 @@ pub struct Router {
     by_ip: HashMap<IpAddr, PeerIndex>,
     /// Peer indexes in a stable order, for walking timers without allocating.
     order: Vec<PeerIndex>,
+    /// Peers we sent a takeover initiation to and whose response has not come yet: that
+    /// response skips the shared load limit (one each), so that taking over a thousand
+    /// sessions at once is not answered with our own cookie replies.
+    awaiting: std::collections::HashSet<PeerIndex>,
 }
 
 impl std::fmt::Debug for Router {
@@ -94,6 +98,7 @@ impl Router {
             by_key: HashMap::new(),
             by_ip: HashMap::new(),
             order: Vec::new(),
+            awaiting: std::collections::HashSet::new(),
         }
     }
 
@@ -188,6 +193,7 @@ impl Router {
         }
         self.unlink_ip(spec.tunnel_ip, index);
         self.order.retain(|i| *i != index);
+        self.awaiting.remove(&index);
         true
     }
 
@@ -199,6 +205,9 @@ impl Router {
         datagram: &[u8],
         dst: &'a mut [u8],
     ) -> Routed<'a> {
+        if let Some(index) = self.expected_response(datagram) {
+            return self.to_peer(index, now, src, datagram, dst);
+        }
         let mut cookie = [0u8; COOKIE_REPLY_LEN];
         let packet = match self
             .limiter
@@ -250,6 +259,27 @@ impl Router {
                 None => return Routed::Drop(DropReason::UnknownIndex),
             },
         };
+        self.to_peer(index, now, src, datagram, dst)
+    }
+
+    /// A handshake response to an initiation of ours (by the receiver index it names).
+    fn expected_response(&mut self, datagram: &[u8]) -> Option<PeerIndex> {
+        if self.awaiting.is_empty() || datagram.first() != Some(&2) || datagram.len() != 92 {
+            return None;
+        }
+        let b: [u8; 4] = datagram.get(8..12)?.try_into().ok()?;
+        let index = PeerIndex::from_receiver_index(u32::from_le_bytes(b))?;
+        self.awaiting.remove(&index).then_some(index)
+    }
+
+    fn to_peer<'a>(
+        &mut self,
+        index: PeerIndex,
+        now: Instant,
+        src: SocketAddr,
+        datagram: &[u8],
+        dst: &'a mut [u8],
+    ) -> Routed<'a> {
         let Some(peer) = self.peers.get_mut(&index) else {
             return Routed::Drop(DropReason::UnknownIndex);
         };
@@ -327,6 +357,25 @@ impl Router {
             return Routed::Done;
         };
         let action = peer.update_timers(dst);
+        Self::to_endpoint(peer, index, action)
+    }
+
+    /// Takeover: points the peer at the client's last endpoint and sends it a handshake
+    /// initiation (the client roams to us once the handshake completes).
+    pub fn initiate<'a>(
+        &mut self,
+        index: PeerIndex,
+        endpoint: SocketAddr,
+        dst: &'a mut [u8],
+    ) -> Routed<'a> {
+        let Some(peer) = self.peers.get_mut(&index) else {
+            return Routed::Drop(DropReason::UnknownPeer);
+        };
+        peer.set_endpoint(endpoint);
+        let action = peer.force_handshake(dst);
+        if matches!(action, Action::Send(_)) {
+            self.awaiting.insert(index);
+        }
         Self::to_endpoint(peer, index, action)
     }
 

@@ -28,6 +28,8 @@ pub struct DeviceStats {
     pub send_errors: AtomicU64,
     /// Events the session recorder could not take in time (it catches up at the next checkpoint).
     pub events_dropped: AtomicU64,
+    /// Handshake initiations sent to take a session over.
+    pub takeover_initiations: AtomicU64,
     /// Peers configured.
     pub peers: AtomicU64,
     /// Peers with a live session (updated every timer tick).

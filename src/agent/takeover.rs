@@ -1,0 +1,529 @@
+//! The takeover shell: heartbeats to and from the shadow group, the [`Coordinator`]'s actions
+//! carried out on the data plane and in the database.
+//!
+//! Three tasks, so that detection and takeover never wait on the database:
+//! - the main loop: sends heartbeats, judges the ones that arrive, asks the coordinator, and
+//!   sends its orders to the data plane at once;
+//! - the loader: reads the group from the database (at start, on notifications, every
+//!   [`RELOAD`]) and hands the result to the main loop;
+//! - the writer: records claims and failure events, retrying while the database is away.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use sqlx::PgPool;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::domain::{ApplianceId, ClientId, RegionId};
+use crate::store::notify::{self, Change, ChangedTable};
+use crate::store::takeover::{self as store, ClaimWrite, Group};
+use crate::takeover::liveness::{Liveness, Timing, Verdict};
+use crate::takeover::wire::{GroupKey, Heartbeat, MAX_LEN};
+use crate::takeover::{Action, Coordinator, Failback, SessionView};
+use crate::tunnel::device::{DeviceHandle, GroupInput, PeerCommand};
+
+/// Full re-read of the group (notifications are hints and may be lost).
+const RELOAD: Duration = Duration::from_secs(10);
+/// Pause after a failed database call.
+const RETRY: Duration = Duration::from_secs(1);
+/// Decisions arrive in batches; one reload per this much time at most.
+const DECISION_DEBOUNCE: Duration = Duration::from_millis(20);
+
+/// Settings of the takeover task.
+#[derive(Debug, Clone)]
+pub struct TakeoverSettings {
+    /// Heartbeat MAC key.
+    pub key: GroupKey,
+    /// Detection timing.
+    pub timing: Timing,
+    /// Failback policy.
+    pub failback: Failback,
+}
+
+/// Counters (exported by tests and logs).
+#[derive(Debug, Default)]
+pub struct TakeoverStats {
+    /// Heartbeats sent.
+    pub heartbeats_sent: AtomicU64,
+    /// Valid heartbeats received.
+    pub heartbeats_ok: AtomicU64,
+    /// Heartbeats refused: wrong MAC.
+    pub bad_mac: AtomicU64,
+    /// Heartbeats refused: malformed.
+    pub malformed: AtomicU64,
+    /// Heartbeats refused: replayed or stale.
+    pub replayed: AtomicU64,
+    /// Heartbeats refused: from an appliance outside the group, or from an address that is
+    /// not the claimed sender's.
+    pub unknown_sender: AtomicU64,
+    /// Group peers declared dead.
+    pub peers_declared_dead: AtomicU64,
+    /// Sessions claimed (all reasons).
+    pub claims: AtomicU64,
+    /// Claims stored in the database.
+    pub claims_written: AtomicU64,
+    /// Sessions this appliance stood down from.
+    pub stood_down: AtomicU64,
+    /// Sessions held here now.
+    pub held: AtomicU64,
+}
+
+enum Loaded {
+    Group(Group),
+    Session(ClientId, Option<SessionView>),
+}
+
+enum Write {
+    Claims(Vec<ClaimWrite>),
+    PeerDown(ApplianceId, chrono::DateTime<Utc>),
+    PeerUp(ApplianceId, chrono::DateTime<Utc>),
+}
+
+/// Runs the takeover task until `shutdown`.
+#[allow(clippy::too_many_arguments)]
+pub async fn run(
+    settings: TakeoverSettings,
+    pool: PgPool,
+    listen_url: String,
+    appliance: ApplianceId,
+    device: DeviceHandle,
+    mut inputs: mpsc::Receiver<GroupInput>,
+    stats: Arc<TakeoverStats>,
+    shutdown: CancellationToken,
+) {
+    let (loaded_tx, mut loaded) = mpsc::channel(64);
+    let (write_tx, write_rx) = mpsc::unbounded_channel();
+    tokio::spawn(loader(
+        pool.clone(),
+        listen_url,
+        appliance.clone(),
+        loaded_tx,
+        shutdown.clone(),
+    ));
+    let mut shell = Shell {
+        settings: settings.clone(),
+        appliance: appliance.clone(),
+        coordinator: None,
+        liveness: Liveness::new(settings.timing, Instant::now()),
+        addrs: HashMap::new(),
+        device,
+        writes: write_tx,
+        stats: Arc::clone(&stats),
+        boot: Utc::now().timestamp_millis().max(0) as u64,
+        seq: 0,
+        region: None,
+    };
+    tokio::spawn(writer(
+        pool,
+        appliance,
+        write_rx,
+        Arc::clone(&stats),
+        shutdown.clone(),
+    ));
+    let mut beat = tokio::time::interval(settings.timing.interval);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => return,
+            _ = beat.tick() => {
+                shell.send_heartbeats();
+                shell.check_liveness().await;
+            }
+            Some(input) = inputs.recv() => shell.on_input(input).await,
+            Some(l) = loaded.recv() => shell.on_loaded(l).await,
+        }
+    }
+}
+
+struct Shell {
+    settings: TakeoverSettings,
+    appliance: ApplianceId,
+    coordinator: Option<Coordinator>,
+    liveness: Liveness,
+    addrs: HashMap<ApplianceId, SocketAddr>,
+    device: DeviceHandle,
+    writes: mpsc::UnboundedSender<Write>,
+    stats: Arc<TakeoverStats>,
+    boot: u64,
+    seq: u64,
+    region: Option<RegionId>,
+}
+
+impl Shell {
+    fn send_heartbeats(&mut self) {
+        if self.addrs.is_empty() {
+            return;
+        }
+        self.seq += 1;
+        let hb = Heartbeat {
+            from: self.appliance.clone(),
+            boot: self.boot,
+            seq: self.seq,
+            sent_unix_ms: Utc::now().timestamp_millis().max(0) as u64,
+        };
+        let mut buf = [0u8; MAX_LEN];
+        let n = hb.encode(&self.settings.key, &mut buf);
+        for addr in self.addrs.values() {
+            if self.device.socket.try_send_to(&buf[..n], *addr).is_ok() {
+                self.stats.heartbeats_sent.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    async fn check_liveness(&mut self) {
+        if self.coordinator.is_none() {
+            return;
+        }
+        let dead = self.liveness.poll(Instant::now());
+        for peer in dead {
+            self.stats
+                .peers_declared_dead
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                peer = %peer,
+                after_ms = self.settings.timing.dead_after().as_millis() as u64,
+                "group peer stopped sending heartbeats; taking over its sessions"
+            );
+            let actions = match self.coordinator.as_mut() {
+                Some(c) => c.peer_dead(&peer, Utc::now()),
+                None => Vec::new(),
+            };
+            self.carry_out(actions).await;
+        }
+    }
+
+    async fn on_input(&mut self, input: GroupInput) {
+        match input {
+            GroupInput::Heartbeat { from, bytes } => {
+                let hb = match Heartbeat::decode(&self.settings.key, &bytes) {
+                    Ok(hb) => hb,
+                    Err(crate::takeover::wire::WireError::BadMac) => {
+                        self.stats.bad_mac.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                    Err(_) => {
+                        self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                };
+                // The MAC proves the sender holds the service key; the address must still be
+                // the one the inventory gives for that appliance.
+                if self.addrs.get(&hb.from).is_none_or(|a| a.ip() != from.ip()) {
+                    self.stats.unknown_sender.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                let now_ms = Utc::now().timestamp_millis().max(0) as u64;
+                match self.liveness.on_heartbeat(&hb, Instant::now(), now_ms) {
+                    Verdict::Accepted { revived } => {
+                        self.stats.heartbeats_ok.fetch_add(1, Ordering::Relaxed);
+                        if revived {
+                            tracing::info!(peer = %hb.from, "group peer sends heartbeats again");
+                            let actions = match self.coordinator.as_mut() {
+                                Some(c) => c.peer_alive(&hb.from),
+                                None => Vec::new(),
+                            };
+                            self.carry_out(actions).await;
+                        }
+                    }
+                    Verdict::Replayed | Verdict::Stale => {
+                        self.stats.replayed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Verdict::Unknown => {
+                        self.stats.unknown_sender.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            GroupInput::Handshake { peer, endpoint } => {
+                let actions = match self.coordinator.as_mut() {
+                    Some(c) => {
+                        if let Some(e) = endpoint {
+                            c.endpoint_seen(peer, e);
+                        }
+                        c.handshake(peer, Utc::now())
+                    }
+                    None => Vec::new(),
+                };
+                self.carry_out(actions).await;
+            }
+        }
+    }
+
+    async fn on_loaded(&mut self, loaded: Loaded) {
+        let now = Utc::now();
+        let actions = match loaded {
+            Loaded::Group(group) => {
+                self.addrs = group.peers.iter().cloned().collect();
+                self.liveness
+                    .set_peers(group.peers.iter().map(|(id, _)| id.clone()));
+                if self.region.as_ref() != Some(&group.region) {
+                    self.region = Some(group.region.clone());
+                    self.coordinator = Some(Coordinator::new(
+                        self.appliance.clone(),
+                        group.region.clone(),
+                        self.settings.failback,
+                    ));
+                }
+                match self.coordinator.as_mut() {
+                    Some(c) => c.load(group.sessions, now),
+                    None => Vec::new(),
+                }
+            }
+            Loaded::Session(client, view) => match self.coordinator.as_mut() {
+                Some(c) => {
+                    let peer = view.as_ref().map(|v| v.peer).or_else(|| {
+                        // Gone: find it by client id.
+                        c.peers_of_client(&client)
+                    });
+                    match peer {
+                        Some(p) => c.update(p, view, now),
+                        None => Vec::new(),
+                    }
+                }
+                None => Vec::new(),
+            },
+        };
+        self.carry_out(actions).await;
+    }
+
+    async fn carry_out(&mut self, actions: Vec<Action>) {
+        if actions.is_empty() {
+            return;
+        }
+        let mut initiate = Vec::new();
+        let mut claims = Vec::new();
+        for a in actions {
+            match a {
+                Action::Hold { peer, held } => {
+                    if held {
+                        self.stats.held.fetch_add(1, Ordering::Relaxed);
+                    } else if self.stats.held.load(Ordering::Relaxed) > 0 {
+                        self.stats.held.fetch_sub(1, Ordering::Relaxed);
+                    }
+                    self.command(PeerCommand::Hold { peer, held }).await;
+                }
+                Action::Initiate { peer, endpoint } => initiate.push((peer, endpoint)),
+                Action::Claim {
+                    client,
+                    peer,
+                    epoch,
+                    reason,
+                } => {
+                    self.stats.claims.fetch_add(1, Ordering::Relaxed);
+                    let view = self.coordinator.as_ref().and_then(|c| c.session(peer));
+                    tracing::info!(client = %client, epoch = epoch.get(), reason = reason.as_str(), "session claimed");
+                    claims.push(ClaimWrite {
+                        client,
+                        peer,
+                        epoch,
+                        reason,
+                        endpoint: view.and_then(|v| v.endpoint),
+                        primary: view.is_some_and(|v| v.primary == self.appliance),
+                    });
+                }
+                Action::PeerDown(a) => {
+                    let _ = self.writes.send(Write::PeerDown(a, Utc::now()));
+                }
+                Action::PeerUp(a) => {
+                    let _ = self.writes.send(Write::PeerUp(a, Utc::now()));
+                }
+            }
+        }
+        if !initiate.is_empty() {
+            self.command(PeerCommand::Initiate(initiate)).await;
+        }
+        if let Some(c) = &self.coordinator {
+            let now = c.stats().stood_down;
+            let before = self.stats.stood_down.swap(now, Ordering::Relaxed);
+            if now > before {
+                tracing::info!(
+                    sessions = now - before,
+                    "stood down: another appliance holds a higher claim"
+                );
+            }
+        }
+        if !claims.is_empty() {
+            let _ = self.writes.send(Write::Claims(claims));
+        }
+    }
+
+    async fn command(&self, cmd: PeerCommand) {
+        // The data plane drains its commands every few microseconds; a full channel only
+        // delays this task, never the data plane.
+        let _ = self.device.commands.send(cmd).await;
+    }
+}
+
+async fn loader(
+    pool: PgPool,
+    listen_url: String,
+    appliance: ApplianceId,
+    out: mpsc::Sender<Loaded>,
+    shutdown: CancellationToken,
+) {
+    let mut listener = None;
+    let mut need_full = true;
+    let mut reload = tokio::time::interval(RELOAD);
+    reload.tick().await;
+    let mut last_error = String::new();
+    let mut report = |e: String| {
+        if e != last_error {
+            tracing::warn!("takeover: {e}");
+            last_error = e;
+        }
+    };
+    loop {
+        if listener.is_none() {
+            match notify::listen(&listen_url).await {
+                Ok(l) => {
+                    listener = Some(l);
+                    need_full = true;
+                }
+                Err(e) => report(e.to_string()),
+            }
+        }
+        if need_full {
+            match store::load_group(&pool, &appliance).await {
+                Ok(Some(group)) => {
+                    need_full = false;
+                    if out.send(Loaded::Group(group)).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => report(format!("appliance {appliance} is not in the inventory")),
+                Err(e) => report(e.to_string()),
+            }
+        }
+        let retry = need_full || listener.is_none();
+        let next = async {
+            match listener.as_mut() {
+                Some(l) => l.try_recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = reload.tick() => need_full = true,
+            () = tokio::time::sleep(RETRY), if retry => {}
+            r = next => match r {
+                Ok(Some(n)) => {
+                    let Some(change) = Change::from_notification(&n) else { continue };
+                    match change.table {
+                        ChangedTable::SessionState => {
+                            let Ok(client) = ClientId::new(change.key.clone()) else { continue };
+                            match store::load_session(&pool, &appliance, &client).await {
+                                Ok(view) => {
+                                    if out.send(Loaded::Session(client, view)).await.is_err() {
+                                        return;
+                                    }
+                                }
+                                Err(e) => {
+                                    report(e.to_string());
+                                    need_full = true;
+                                }
+                            }
+                        }
+                        ChangedTable::SteeringDecisions => {
+                            // A batch of decisions commits as one notification per region;
+                            // wait a moment for the other regions' batches, then re-read.
+                            tokio::time::sleep(DECISION_DEBOUNCE).await;
+                            need_full = true;
+                        }
+                        ChangedTable::Clients | ChangedTable::Appliances => need_full = true,
+                        _ => {}
+                    }
+                }
+                Ok(None) => need_full = true,
+                Err(e) => {
+                    report(format!("listener failed: {e}"));
+                    listener = None;
+                }
+            }
+        }
+    }
+}
+
+async fn writer(
+    pool: PgPool,
+    appliance: ApplianceId,
+    mut rx: mpsc::UnboundedReceiver<Write>,
+    stats: Arc<TakeoverStats>,
+    shutdown: CancellationToken,
+) {
+    let mut region: Option<RegionId> = None;
+    let mut pending: Vec<Write> = Vec::new();
+    loop {
+        if pending.is_empty() {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                w = rx.recv() => match w {
+                    Some(w) => pending.push(w),
+                    None => return,
+                },
+            }
+        }
+        while let Ok(w) = rx.try_recv() {
+            pending.push(w);
+        }
+        if region.is_none() {
+            region = sqlx::query_scalar!(
+                "SELECT region FROM appliances WHERE id = $1",
+                appliance.as_str()
+            )
+            .fetch_optional(&pool)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|r| RegionId::new(r).ok());
+        }
+        let Some(region) = region.clone() else {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(RETRY) => continue,
+            }
+        };
+        let mut failed = Vec::new();
+        for w in pending.drain(..) {
+            let ok = match &w {
+                Write::Claims(claims) => {
+                    match store::write_claims(&pool, &region, &appliance, claims).await {
+                        Ok(stored) => {
+                            stats
+                                .claims_written
+                                .fetch_add(stored.len() as u64, Ordering::Relaxed);
+                            true
+                        }
+                        Err(e) => {
+                            tracing::warn!("takeover: recording {} claims: {e}", claims.len());
+                            false
+                        }
+                    }
+                }
+                Write::PeerDown(peer, at) => {
+                    let note = format!("no group heartbeat seen by {appliance}");
+                    store::open_failure(&pool, &region, peer, *at, &note)
+                        .await
+                        .is_ok()
+                }
+                Write::PeerUp(peer, at) => store::close_failure(&pool, &region, peer, *at)
+                    .await
+                    .is_ok(),
+            };
+            if !ok {
+                failed.push(w);
+            }
+        }
+        if !failed.is_empty() {
+            pending = failed;
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(RETRY) => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,239 @@
+use std::net::SocketAddr;
+
+use chrono::{DateTime, Duration, Utc};
+
+use super::*;
+
+fn id(s: &str) -> ApplianceId {
+    ApplianceId::new(s.to_owned()).unwrap()
+}
+
+fn region(s: &str) -> RegionId {
+    RegionId::new(s.to_owned()).unwrap()
+}
+
+fn t(ms: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp(1_800_000_000, 0).unwrap() + Duration::milliseconds(ms)
+}
+
+fn endpoint() -> SocketAddr {
+    "192.0.2.10:40000".parse().unwrap()
+}
+
+fn session(n: i64, claim: Option<(u64, &str, &str, i64)>) -> SessionView {
+    SessionView {
+        client: ClientId::new(format!("c{n}")).unwrap(),
+        peer: PeerIndex::new(n).unwrap(),
+        primary: id("eu-1"),
+        shadow: id("us-1"),
+        claim: claim.map(|(e, r, h, at)| Claim {
+            epoch: Epoch::from_db(e as i64).unwrap(),
+            region: region(r),
+            holder: id(h),
+            claimed_at: Some(t(at)),
+        }),
+        endpoint: Some(endpoint()),
+        assigned: None,
+    }
+}
+
+fn shadow() -> Coordinator {
+    Coordinator::new(id("us-1"), region("us"), Failback::Auto)
+}
+
+fn claims(actions: &[Action]) -> Vec<(PeerIndex, u64, ClaimReason)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Claim {
+                peer,
+                epoch,
+                reason,
+                ..
+            } => Some((*peer, epoch.get(), *reason)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn p(n: i64) -> PeerIndex {
+    PeerIndex::new(n).unwrap()
+}
+
+#[test]
+fn shadow_stands_by_then_takes_over_every_session_of_a_dead_primary() {
+    let mut c = shadow();
+    let actions = c.load(
+        vec![session(1, None), session(2, Some((0, "eu", "eu-1", 0)))],
+        t(0),
+    );
+    assert!(claims(&actions).is_empty());
+    assert!(actions.contains(&Action::Hold {
+        peer: p(1),
+        held: false
+    }));
+    assert_eq!(c.peers(), [id("eu-1")].into_iter().collect());
+    let actions = c.peer_dead(&id("eu-1"), t(10));
+    assert_eq!(actions[0], Action::PeerDown(id("eu-1")));
+    assert_eq!(
+        claims(&actions),
+        vec![(p(1), 1, ClaimReason::Crash), (p(2), 1, ClaimReason::Crash)]
+    );
+    assert!(actions.contains(&Action::Initiate {
+        peer: p(1),
+        endpoint: endpoint()
+    }));
+    assert!(c.holds(p(1)) && c.holds(p(2)));
+    assert_eq!(c.stats().crash_claims, 2);
+    // Reported once; a second death notice does nothing.
+    assert!(c.peer_dead(&id("eu-1"), t(20)).is_empty());
+    // The database has not caught up yet: our claim stays.
+    let actions = c.load(
+        vec![session(1, None), session(2, Some((0, "eu", "eu-1", 0)))],
+        t(30),
+    );
+    assert!(actions.is_empty(), "{actions:?}");
+    assert!(c.holds(p(1)));
+}
+
+#[test]
+fn a_higher_claim_makes_the_holder_stand_down() {
+    let mut c = Coordinator::new(id("eu-1"), region("eu"), Failback::Auto);
+    let actions = c.load(vec![session(1, None)], t(0));
+    assert_eq!(
+        actions,
+        vec![Action::Hold {
+            peer: p(1),
+            held: true
+        }]
+    );
+    // The shadow's region claimed it (replicated).
+    let actions = c.update(p(1), Some(session(1, Some((1, "us", "us-1", 5)))), t(10));
+    assert_eq!(
+        actions,
+        vec![Action::Hold {
+            peer: p(1),
+            held: false
+        }]
+    );
+    assert_eq!(c.stats().stood_down, 1);
+    // A restarted primary reads the claim before it acts: no initiation, held by the shadow.
+    let mut restarted = Coordinator::new(id("eu-1"), region("eu"), Failback::Auto);
+    let actions = restarted.load(vec![session(1, Some((1, "us", "us-1", 5)))], t(20));
+    assert_eq!(
+        actions,
+        vec![Action::Hold {
+            peer: p(1),
+            held: false
+        }]
+    );
+}
+
+#[test]
+fn epochs_compare_by_counter_then_region() {
+    let a = Claim {
+        epoch: Epoch::from_db(2).unwrap(),
+        region: region("eu"),
+        holder: id("eu-1"),
+        claimed_at: None,
+    };
+    let b = Claim {
+        epoch: Epoch::from_db(1).unwrap(),
+        region: region("us"),
+        holder: id("us-1"),
+        claimed_at: None,
+    };
+    assert!(a.beats(&b));
+    let c = Claim {
+        epoch: Epoch::from_db(2).unwrap(),
+        region: region("us"),
+        ..b.clone()
+    };
+    assert!(c.beats(&a) && !a.beats(&c));
+}
+
+#[test]
+fn predicted_move_claims_once_and_only_for_a_newer_decision() {
+    let mut c = shadow();
+    let mut s = session(1, Some((0, "eu", "eu-1", 100)));
+    s.assigned = Some(Assignment {
+        to: Some(id("us-1")),
+        at: t(50),
+        manual: false,
+    });
+    // The decision is older than the claim: nothing happens.
+    let actions = c.load(vec![s.clone()], t(200));
+    assert!(claims(&actions).is_empty());
+    s.assigned = Some(Assignment {
+        to: Some(id("us-1")),
+        at: t(300),
+        manual: false,
+    });
+    let actions = c.update(p(1), Some(s.clone()), t(310));
+    assert_eq!(claims(&actions), vec![(p(1), 1, ClaimReason::Predicted)]);
+    assert!(actions.contains(&Action::Initiate {
+        peer: p(1),
+        endpoint: endpoint()
+    }));
+    // The same decision again (a reload): already held, nothing more.
+    let actions = c.update(p(1), Some(s), t(320));
+    assert!(actions.is_empty(), "{actions:?}");
+}
+
+#[test]
+fn failback_follows_the_setting() {
+    let recovered = |failback| {
+        let mut c = Coordinator::new(id("eu-1"), region("eu"), failback);
+        let mut s = session(1, Some((1, "us", "us-1", 100)));
+        s.assigned = Some(Assignment {
+            to: Some(id("eu-1")),
+            at: t(5000),
+            manual: false,
+        });
+        (c.load(vec![s.clone()], t(5001)), c, s)
+    };
+    let (actions, _, _) = recovered(Failback::Auto);
+    assert_eq!(claims(&actions), vec![(p(1), 2, ClaimReason::Failback)]);
+    let (actions, mut c, mut s) = recovered(Failback::Manual);
+    assert!(claims(&actions).is_empty());
+    s.assigned = Some(Assignment {
+        to: Some(id("eu-1")),
+        at: t(6000),
+        manual: true,
+    });
+    let actions = c.update(p(1), Some(s), t(6001));
+    assert_eq!(claims(&actions), vec![(p(1), 2, ClaimReason::Failback)]);
+}
+
+#[test]
+fn a_third_appliance_is_never_claimed_from_and_strangers_stay_out() {
+    let mut c = shadow();
+    // Held by an appliance that is neither primary nor shadow any more (re-assigned).
+    c.load(vec![session(1, Some((3, "ap", "ap-1", 0)))], t(0));
+    let actions = c.peer_dead(&id("ap-1"), t(10));
+    assert!(claims(&actions).is_empty());
+    // A session where we are neither primary nor shadow.
+    let mut other = Coordinator::new(id("ap-2"), region("ap"), Failback::Auto);
+    other.load(vec![session(1, None)], t(0));
+    assert!(claims(&other.peer_dead(&id("eu-1"), t(10))).is_empty());
+}
+
+#[test]
+fn a_client_that_handshakes_here_is_claimed_without_an_initiation() {
+    let mut c = shadow();
+    c.load(vec![session(1, None)], t(0));
+    let actions = c.handshake(p(1), t(10));
+    assert_eq!(claims(&actions), vec![(p(1), 1, ClaimReason::Client)]);
+    assert!(!actions.iter().any(|a| matches!(a, Action::Initiate { .. })));
+    assert!(c.handshake(p(1), t(20)).is_empty());
+}
+
+#[test]
+fn revival_is_reported_and_moves_nothing() {
+    let mut c = shadow();
+    c.load(vec![session(1, None)], t(0));
+    c.peer_dead(&id("eu-1"), t(10));
+    assert_eq!(c.peer_alive(&id("eu-1")), vec![Action::PeerUp(id("eu-1"))]);
+    assert!(c.peer_alive(&id("eu-1")).is_empty());
+    assert!(c.holds(p(1)));
+}

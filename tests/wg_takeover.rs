@@ -1,0 +1,735 @@
+//! Takeover with a stock WireGuard client: `wireguard-go` in a network namespace talks to a
+//! primary agent and a shadow agent, each in a namespace of its own, all joined by a router
+//! namespace ("hub") where links are cut and appliances partitioned. A numbered probe stream
+//! (100 packets/s, UDP echo through the tunnel) measures what each move costs.
+//!
+//! Needs root, /dev/net/tun, `ip`, `wireguard-go` and `wg`; skips loudly otherwise (fails
+//! under CI=true).
+
+mod agent_support;
+mod common;
+
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use agent_support::{Child, can_netns, have, key_file, sh, wait_for};
+use shadowsteer::domain::SecretKey;
+
+fn skip_reason() -> Option<String> {
+    if !can_netns() {
+        return Some("needs root and network namespaces".into());
+    }
+    for tool in ["ip", "wireguard-go", "wg"] {
+        if !have(tool) {
+            return Some(format!(
+                "{tool} not found; install wireguard-go, wireguard-tools"
+            ));
+        }
+    }
+    None
+}
+
+fn skip(why: &str) {
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "wg_takeover cannot run under CI: {why}"
+    );
+    eprintln!("SKIPPED: wg_takeover: {why}");
+}
+
+/// The router namespace and its members. Member `k` has `10.214.k.2/24`, the hub `10.214.k.1`.
+struct Stage {
+    tag: String,
+    hub: String,
+    members: Vec<String>,
+    root_veth: String,
+}
+
+const WG_PORT: u16 = 51820;
+
+impl Stage {
+    fn new(names: &[&str]) -> Self {
+        let tag = format!("{}", std::process::id() % 100_000);
+        let hub = format!("sth-{tag}");
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &hub])
+            .output();
+        sh(&["ip", "netns", "add", &hub]);
+        sh(&["ip", "-n", &hub, "link", "set", "lo", "up"]);
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &hub,
+            "sysctl",
+            "-q",
+            "-w",
+            "net.ipv4.ip_forward=1",
+        ]);
+        // The root namespace reaches the hub (for the database relay) over 10.214.0.0/24.
+        let root_veth = format!("str{tag}");
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &root_veth])
+            .output();
+        sh(&[
+            "ip", "link", "add", &root_veth, "type", "veth", "peer", "name", "hub0", "netns", &hub,
+        ]);
+        sh(&["ip", "addr", "add", "10.214.0.1/24", "dev", &root_veth]);
+        sh(&["ip", "link", "set", &root_veth, "up"]);
+        sh(&[
+            "ip",
+            "-n",
+            &hub,
+            "addr",
+            "add",
+            "10.214.0.2/24",
+            "dev",
+            "hub0",
+        ]);
+        sh(&["ip", "-n", &hub, "link", "set", "hub0", "up"]);
+        let _ = std::process::Command::new("ip")
+            .args(["route", "del", "10.214.0.0/16"])
+            .output();
+        sh(&["ip", "route", "add", "10.214.0.0/16", "via", "10.214.0.2"]);
+        let mut members = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            let k = i + 1;
+            let ns = format!("st{name}-{tag}");
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", &ns])
+                .output();
+            sh(&["ip", "netns", "add", &ns]);
+            sh(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
+            let hub_if = format!("hub{k}");
+            sh(&[
+                "ip", "-n", &hub, "link", "add", &hub_if, "type", "veth", "peer", "name", "eth0",
+                "netns", &ns,
+            ]);
+            sh(&[
+                "ip",
+                "-n",
+                &hub,
+                "addr",
+                "add",
+                &format!("10.214.{k}.1/24"),
+                "dev",
+                &hub_if,
+            ]);
+            sh(&["ip", "-n", &hub, "link", "set", &hub_if, "up"]);
+            sh(&[
+                "ip",
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("10.214.{k}.2/24"),
+                "dev",
+                "eth0",
+            ]);
+            sh(&["ip", "-n", &ns, "link", "set", "eth0", "up"]);
+            sh(&[
+                "ip",
+                "-n",
+                &ns,
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("10.214.{k}.1"),
+            ]);
+            members.push(ns);
+        }
+        Self {
+            tag,
+            hub,
+            members,
+            root_veth,
+        }
+    }
+
+    fn ns(&self, k: usize) -> &str {
+        &self.members[k - 1]
+    }
+
+    fn ip(k: usize) -> Ipv4Addr {
+        Ipv4Addr::new(10, 214, k as u8, 2)
+    }
+
+    /// Cuts (or restores) member `k`'s only link.
+    fn link(&self, k: usize, up: bool) {
+        sh(&[
+            "ip",
+            "-n",
+            &self.hub,
+            "link",
+            "set",
+            &format!("hub{k}"),
+            if up { "up" } else { "down" },
+        ]);
+    }
+
+    /// Partitions members `a` and `b` from each other (both still reach everyone else).
+    fn partition(&self, a: usize, b: usize, on: bool) {
+        for (x, y) in [(a, b), (b, a)] {
+            sh(&[
+                "ip",
+                "-n",
+                &self.hub,
+                "rule",
+                if on { "add" } else { "del" },
+                "from",
+                &format!("10.214.{x}.0/24"),
+                "to",
+                &format!("10.214.{y}.0/24"),
+                "prohibit",
+            ]);
+        }
+    }
+}
+
+impl Drop for Stage {
+    fn drop(&mut self) {
+        for ns in self.members.iter().chain([&self.hub]) {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", ns])
+                .output();
+        }
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.root_veth])
+            .output();
+        let _ = std::process::Command::new("ip")
+            .args(["route", "del", "10.214.0.0/16"])
+            .output();
+        let _ = &self.tag;
+    }
+}
+
+/// A TCP relay in the root namespace so that agents in namespaces reach the test database.
+async fn db_relay(db_url: &str) -> String {
+    let at = db_url.rfind('@').expect("url with host");
+    let rest = &db_url[at + 1..];
+    let slash = rest.find('/').expect("url with database");
+    let target = rest[..slash].to_owned();
+    let listener = tokio::net::TcpListener::bind("10.214.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let target = target.clone();
+            tokio::spawn(async move {
+                if let Ok(mut out) = tokio::net::TcpStream::connect(&target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                }
+            });
+        }
+    });
+    format!("{}@10.214.0.1:{port}{}", &db_url[..at], &rest[slash..])
+}
+
+fn agent_text(appliance: &str, k: usize, key: &Path, db_url: &str, extra: &str) -> String {
+    format!(
+        r#"
+[agent]
+appliance = "{appliance}"
+listen = "{}:{WG_PORT}"
+key_file = "{}"
+inside = "echo"
+database_url = "{db_url}"
+
+[tunnel]
+network = "10.77.0.0/16"
+
+[telemetry]
+interval = "1s"
+checkpoint_interval = "1s"
+
+[takeover]
+heartbeat_interval = "50ms"
+misses = 4
+startup_grace = "1s"
+{extra}
+"#,
+        Stage::ip(k),
+        key.display()
+    )
+}
+
+struct Agent {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Agent {
+    async fn start(stage: &Stage, k: usize, dir: &Path, name: &str, text: &str) -> Self {
+        let path = dir.join(format!("{name}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let log = dir.join(format!("{name}.log"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let child = Child(
+            std::process::Command::new("ip")
+                .args(["netns", "exec", stage.ns(k), common::bin()])
+                .args(["agent", "--config", path.to_str().unwrap()])
+                .env("RUST_LOG", "info")
+                .stdout(file.try_clone().unwrap())
+                .stderr(file)
+                .spawn()
+                .expect("spawn agent"),
+        );
+        let agent = Self {
+            child: Some(child),
+            log,
+        };
+        agent.wait_log("roster loaded", 1).await;
+        agent
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    async fn wait_log(&self, needle: &str, times: usize) {
+        let log = self.log.clone();
+        let needle = needle.to_owned();
+        wait_for(Duration::from_secs(20), &needle.clone(), || {
+            let log = log.clone();
+            let needle = needle.clone();
+            async move {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                (text.matches(needle.as_str()).count() >= times).then_some(())
+            }
+        })
+        .await;
+    }
+
+    /// `kill -9` (of `ip netns exec`, which execs the agent: same process).
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.0.kill();
+            let _ = c.0.wait();
+        }
+    }
+}
+
+/// A numbered probe stream: UDP echo through the tunnel, one packet every 10 ms.
+struct Probe {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Vec<(u32, Instant)>>>,
+    sent: Arc<std::sync::atomic::AtomicU32>,
+}
+
+#[derive(Debug)]
+struct ProbeReport {
+    sent: u32,
+    lost: u32,
+    longest_gap_ms: u64,
+}
+
+impl Probe {
+    fn start(ns: &str) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let path = format!("/var/run/netns/{ns}");
+        let (stop2, sent2) = (Arc::clone(&stop), Arc::clone(&sent));
+        let thread = std::thread::spawn(move || {
+            let file = std::fs::File::open(&path).expect("open netns");
+            // SAFETY: setns on a valid namespace descriptor affects only this thread.
+            let rc =
+                unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0);
+            let sock = UdpSocket::bind("0.0.0.0:0").unwrap();
+            sock.set_read_timeout(Some(Duration::from_millis(2)))
+                .unwrap();
+            let dst: SocketAddr = "10.77.0.1:7".parse().unwrap();
+            let mut got = Vec::new();
+            let mut seq = 0u32;
+            let mut next = Instant::now();
+            let mut buf = [0u8; 64];
+            while !stop2.load(Ordering::Relaxed) {
+                if Instant::now() >= next {
+                    let _ = sock.send_to(&seq.to_be_bytes(), dst);
+                    seq += 1;
+                    sent2.store(seq, Ordering::Relaxed);
+                    next += Duration::from_millis(10);
+                }
+                if let Ok((n, _)) = sock.recv_from(&mut buf)
+                    && n == 4
+                {
+                    got.push((
+                        u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]),
+                        Instant::now(),
+                    ));
+                }
+            }
+            // Late replies.
+            let end = Instant::now() + Duration::from_millis(300);
+            while Instant::now() < end {
+                if let Ok((n, _)) = sock.recv_from(&mut buf)
+                    && n == 4
+                {
+                    got.push((
+                        u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]),
+                        Instant::now(),
+                    ));
+                }
+            }
+            got
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+            sent,
+        }
+    }
+
+    fn finish(mut self) -> ProbeReport {
+        self.stop.store(true, Ordering::Relaxed);
+        let got = self.thread.take().unwrap().join().unwrap();
+        let sent = self.sent.load(Ordering::Relaxed);
+        let mut seqs: Vec<u32> = got.iter().map(|(s, _)| *s).collect();
+        seqs.sort_unstable();
+        seqs.dedup();
+        let mut gap = Duration::ZERO;
+        for w in got.windows(2) {
+            gap = gap.max(w[1].1.saturating_duration_since(w[0].1));
+        }
+        ProbeReport {
+            sent,
+            lost: sent - seqs.len() as u32,
+            longest_gap_ms: gap.as_millis() as u64,
+        }
+    }
+}
+
+/// Waits until the probe stream has replies flowing (the tunnel is up).
+async fn flowing(ns: &str) {
+    let ns = ns.to_owned();
+    wait_for(
+        Duration::from_secs(20),
+        "replies through the tunnel",
+        || {
+            let ns = ns.clone();
+            async move {
+                let p = Probe::start(&ns);
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let r = tokio::task::spawn_blocking(move || p.finish())
+                    .await
+                    .unwrap();
+                (r.sent > 0 && r.lost == 0).then_some(())
+            }
+        },
+    )
+    .await;
+}
+
+async fn finish(p: Probe) -> ProbeReport {
+    tokio::task::spawn_blocking(move || p.finish())
+        .await
+        .unwrap()
+}
+
+fn start_wireguard_go(
+    stage: &Stage,
+    k: usize,
+    dir: &Path,
+    client: &SecretKey,
+    service: &SecretKey,
+    endpoint: SocketAddr,
+) -> Child {
+    let ns = stage.ns(k);
+    let ifname = format!("stw{}", stage.tag);
+    let wg_conf = dir.join("wg.conf");
+    let ckf = key_file(dir, "client.key", client);
+    let _ = ckf;
+    std::fs::write(
+        &wg_conf,
+        format!(
+            "[Interface]\nPrivateKey = {}\n\n[Peer]\nPublicKey = {}\nEndpoint = {endpoint}\nAllowedIPs = 10.77.0.0/16\n",
+            client.expose_base64().as_str(),
+            service.public_key()
+        ),
+    )
+    .unwrap();
+    let wg = Child(
+        std::process::Command::new("ip")
+            .args(["netns", "exec", ns, "wireguard-go", "-f", &ifname])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let sock = format!("/var/run/wireguard/{ifname}.sock");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !Path::new(&sock).exists() {
+        assert!(Instant::now() < deadline, "wireguard-go did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        ns,
+        "wg",
+        "setconf",
+        &ifname,
+        wg_conf.to_str().unwrap(),
+    ]);
+    sh(&[
+        "ip",
+        "-n",
+        ns,
+        "addr",
+        "add",
+        "10.77.0.2/32",
+        "dev",
+        &ifname,
+    ]);
+    sh(&["ip", "-n", ns, "link", "set", &ifname, "up"]);
+    sh(&[
+        "ip",
+        "-n",
+        ns,
+        "route",
+        "add",
+        "10.77.0.0/16",
+        "dev",
+        &ifname,
+    ]);
+    wg
+}
+
+/// Holder of `client` by the database: the row with the highest (epoch, region).
+async fn holder(db: &common::TestDb, client: &str) -> Option<(String, i64)> {
+    sqlx::query_as::<_, (String, i64)>(
+        "SELECT holder, epoch FROM session_state WHERE client_id = $1
+         ORDER BY epoch DESC, region DESC LIMIT 1",
+    )
+    .bind(client)
+    .fetch_optional(&db.pool)
+    .await
+    .unwrap()
+}
+
+async fn decide(db: &common::TestDb, client: &str, from: &str, to: &str) {
+    sqlx::query(
+        "INSERT INTO steering_decisions (region, client_id, from_appliance, to_appliance, reason)
+         VALUES ('eu', $1, $2, $3, 'test: primary risk above threshold')",
+    )
+    .bind(client)
+    .bind(from)
+    .bind(to)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+}
+
+struct World {
+    stage: Stage,
+    db: common::TestDb,
+    dir: tempfile::TempDir,
+    service_key: PathBuf,
+    relay_url: String,
+    client_ns: String,
+    _wg: Child,
+}
+
+const PRIMARY: usize = 2;
+const SHADOW: usize = 3;
+
+async fn world(tag: &str) -> Option<(World, Agent, Agent)> {
+    if let Some(why) = skip_reason() {
+        skip(&why);
+        return None;
+    }
+    let _ = tag;
+    let db = common::test_db().await;
+    let dir = tempfile::tempdir().unwrap();
+    let stage = Stage::new(&["c", "p", "s"]);
+    let service = SecretKey::generate();
+    let public = service.public_key().to_base64();
+    for (id, region, k) in [("eu-1", "eu", PRIMARY), ("us-1", "us", SHADOW)] {
+        let ep = format!("{}:{WG_PORT}", Stage::ip(k));
+        let (code, _, err) = common::run_cli(
+            &db,
+            &[
+                "appliance",
+                "add",
+                "--id",
+                id,
+                "--region",
+                region,
+                "--endpoint",
+                &ep,
+                "--public-key",
+                &public,
+            ],
+        );
+        assert_eq!(code, 0, "{err}");
+    }
+    let (_, client_key, _) =
+        agent_support::add_client_ip(&db, "alice", "10.77.0.2".parse().unwrap(), "eu-1", "us-1");
+    let kf = key_file(dir.path(), "service.key", &service);
+    let relay_url = db_relay(&db.url).await;
+    let primary = Agent::start(
+        &stage,
+        PRIMARY,
+        dir.path(),
+        "primary",
+        &agent_text("eu-1", PRIMARY, &kf, &relay_url, ""),
+    )
+    .await;
+    let shadow = Agent::start(
+        &stage,
+        SHADOW,
+        dir.path(),
+        "shadow",
+        &agent_text("us-1", SHADOW, &kf, &relay_url, ""),
+    )
+    .await;
+    let wg = start_wireguard_go(
+        &stage,
+        1,
+        dir.path(),
+        &client_key,
+        &service,
+        SocketAddr::from((Stage::ip(PRIMARY), WG_PORT)),
+    );
+    let client_ns = stage.ns(1).to_owned();
+    flowing(&client_ns).await;
+    // The primary recorded the session (endpoint known to the shadow).
+    wait_for(Duration::from_secs(10), "session recorded", || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM session_state WHERE client_id = 'alice' AND endpoint_ip IS NOT NULL",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .ok()
+        .filter(|n| *n > 0)
+    })
+    .await;
+    Some((
+        World {
+            stage,
+            db,
+            dir,
+            service_key: kf,
+            relay_url,
+            client_ns,
+            _wg: wg,
+        },
+        primary,
+        shadow,
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn predicted_move_failback_crash_and_restart_with_a_stock_client() {
+    let Some((w, mut primary, shadow)) = world("a").await else {
+        return;
+    };
+
+    // Predicted move: steering names the shadow while the primary works. Nothing is lost.
+    let probe = Probe::start(&w.client_ns);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    decide(&w.db, "alice", "eu-1", "us-1").await;
+    wait_for(Duration::from_secs(10), "shadow holds", || async {
+        holder(&w.db, "alice")
+            .await
+            .filter(|(h, _)| h == "us-1")
+            .map(|_| ())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let r = finish(probe).await;
+    eprintln!("predicted move: {r:?}");
+    assert!(r.sent >= 80, "{r:?}");
+    assert_eq!(r.lost, 0, "predicted move lost probes: {r:?}");
+    primary.wait_log("stood down", 1).await;
+
+    // Failback by the same path, once steering names the primary again.
+    let probe = Probe::start(&w.client_ns);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    decide(&w.db, "alice", "us-1", "eu-1").await;
+    wait_for(Duration::from_secs(10), "primary holds again", || async {
+        holder(&w.db, "alice")
+            .await
+            .filter(|(h, e)| h == "eu-1" && *e == 2)
+            .map(|_| ())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let r = finish(probe).await;
+    eprintln!("failback: {r:?}");
+    assert_eq!(r.lost, 0, "failback lost probes: {r:?}");
+
+    // Sudden crash of the primary: the shadow takes over with no action on the client.
+    let probe = Probe::start(&w.client_ns);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    primary.kill9();
+    wait_for(
+        Duration::from_secs(10),
+        "shadow claims after the crash",
+        || async {
+            holder(&w.db, "alice")
+                .await
+                .filter(|(h, e)| h == "us-1" && *e == 3)
+                .map(|_| ())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let r = finish(probe).await;
+    eprintln!("kill -9 of the primary: {r:?}");
+    assert!(
+        r.longest_gap_ms < 1500,
+        "stream did not resume promptly through the shadow: {r:?}"
+    );
+    let failures: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM failure_events WHERE appliance_id = 'eu-1' AND region = 'us' AND ended_at IS NULL",
+    )
+    .fetch_one(&w.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(failures, 1, "the shadow records the failure it saw");
+
+    // The old primary restarts: it reads the claim and stands down; nothing moves.
+    let probe = Probe::start(&w.client_ns);
+    let restarted = Agent::start(
+        &w.stage,
+        PRIMARY,
+        w.dir.path(),
+        "primary",
+        &agent_text("eu-1", PRIMARY, &w.service_key, &w.relay_url, ""),
+    )
+    .await;
+    shadow
+        .wait_log("group peer sends heartbeats again", 1)
+        .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let r = finish(probe).await;
+    eprintln!("old primary restarted: {r:?}");
+    assert_eq!(
+        r.lost, 0,
+        "a restarted primary disturbed the session: {r:?}"
+    );
+    assert_eq!(
+        holder(&w.db, "alice").await.map(|h| h.0).as_deref(),
+        Some("us-1")
+    );
+    let closed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM failure_events WHERE appliance_id = 'eu-1' AND ended_at IS NOT NULL",
+    )
+    .fetch_one(&w.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        closed, 1,
+        "the failure event is closed when heartbeats return"
+    );
+    drop(restarted);
+}
