@@ -733,3 +733,99 @@ async fn predicted_move_failback_crash_and_restart_with_a_stock_client() {
     );
     drop(restarted);
 }
+
+/// The client's current endpoint as wireguard-go sees it.
+fn client_endpoint(stage: &Stage, k: usize) -> String {
+    let ifname = format!("stw{}", stage.tag);
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            stage.ns(k),
+            "wg",
+            "show",
+            &ifname,
+            "endpoints",
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn link_cut_and_partition_move_the_client_at_most_once() {
+    let Some((w, primary, shadow)) = world("b").await else {
+        return;
+    };
+    let shadow_ep = format!("{}:{WG_PORT}", Stage::ip(SHADOW));
+    let primary_ep = format!("{}:{WG_PORT}", Stage::ip(PRIMARY));
+
+    // The primary's link is cut; its process lives on.
+    let probe = Probe::start(&w.client_ns);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    w.stage.link(PRIMARY, false);
+    wait_for(Duration::from_secs(10), "shadow claims", || async {
+        holder(&w.db, "alice")
+            .await
+            .filter(|(h, _)| h == "us-1")
+            .map(|_| ())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let r = finish(probe).await;
+    eprintln!("primary link cut: {r:?}");
+    assert!(r.longest_gap_ms < 1500, "{r:?}");
+    assert_eq!(client_endpoint(&w.stage, 1), shadow_ep);
+
+    // The link comes back: the primary sees the higher epoch and stands down; nothing moves.
+    let probe = Probe::start(&w.client_ns);
+    w.stage.link(PRIMARY, true);
+    primary.wait_log("stood down", 1).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let r = finish(probe).await;
+    eprintln!("primary link restored: {r:?}");
+    assert_eq!(r.lost, 0, "{r:?}");
+    assert_eq!(client_endpoint(&w.stage, 1), shadow_ep);
+
+    // Back to the primary (failback), then partition the appliances from each other while
+    // both still reach the client: the client moves at most once.
+    decide(&w.db, "alice", "us-1", "eu-1").await;
+    wait_for(Duration::from_secs(10), "primary holds again", || async {
+        holder(&w.db, "alice")
+            .await
+            .filter(|(h, _)| h == "eu-1")
+            .map(|_| ())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(client_endpoint(&w.stage, 1), primary_ep);
+    let probe = Probe::start(&w.client_ns);
+    w.stage.partition(PRIMARY, SHADOW, true);
+    let mut seen = vec![client_endpoint(&w.stage, 1)];
+    let until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < until {
+        let ep = client_endpoint(&w.stage, 1);
+        if seen.last() != Some(&ep) {
+            seen.push(ep);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = finish(probe).await;
+    eprintln!("partition between the appliances: endpoints {seen:?}, {r:?}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for line in shadow.log_text().lines().chain(primary.log_text().lines()) {
+        if line.contains("group peer") || line.contains("claimed") || line.contains("stood down") {
+            eprintln!("{line}");
+        }
+    }
+    assert!(seen.len() <= 2, "the client moved more than once: {seen:?}");
+    assert!(r.longest_gap_ms < 1500, "{r:?}");
+    w.stage.partition(PRIMARY, SHADOW, false);
+    shadow
+        .wait_log("group peer sends heartbeats again", 2)
+        .await;
+}

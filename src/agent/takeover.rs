@@ -190,8 +190,13 @@ impl Shell {
                 after_ms = self.settings.timing.dead_after().as_millis() as u64,
                 "group peer stopped sending heartbeats; taking over its sessions"
             );
+            let now = Utc::now();
+            let last_heard = self
+                .liveness
+                .last_heard(&peer)
+                .map(|at| now - chrono::Duration::from_std(at.elapsed()).unwrap_or_default());
             let actions = match self.coordinator.as_mut() {
-                Some(c) => c.peer_dead(&peer, Utc::now()),
+                Some(c) => c.peer_dead(&peer, now, last_heard),
                 None => Vec::new(),
             };
             self.carry_out(actions).await;

@@ -89,6 +89,11 @@ impl Liveness {
         self.peers = next;
     }
 
+    /// When the last valid heartbeat of `peer` arrived.
+    pub fn last_heard(&self, peer: &ApplianceId) -> Option<Instant> {
+        self.peers.get(peer).and_then(|p| p.last_ok)
+    }
+
     /// Whether `peer` is currently considered dead.
     pub fn is_dead(&self, peer: &ApplianceId) -> bool {
         self.peers.get(peer).is_some_and(|p| p.dead)

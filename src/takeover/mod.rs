@@ -241,7 +241,7 @@ impl Coordinator {
         let peers: Vec<PeerIndex> = self.sessions.keys().copied().collect();
         let mut out = Vec::new();
         for p in peers {
-            self.evaluate(p, now, &mut out);
+            self.evaluate(p, now, false, &mut out);
         }
         out
     }
@@ -258,7 +258,7 @@ impl Coordinator {
             Some(s) => {
                 let merged = self.merge(s);
                 self.sessions.insert(peer, merged);
-                self.evaluate(peer, now, &mut out);
+                self.evaluate(peer, now, false, &mut out);
             }
             None => {
                 self.sessions.remove(&peer);
@@ -285,8 +285,16 @@ impl Coordinator {
         fresh
     }
 
-    /// A group peer stopped sending heartbeats: take over every session it holds with us.
-    pub fn peer_dead(&mut self, appliance: &ApplianceId, now: DateTime<Utc>) -> Vec<Action> {
+    /// A group peer stopped sending heartbeats: take over every session it holds with us,
+    /// except those it claimed after `last_heard` (our last heartbeat from it): a claim that
+    /// recent proves it alive and cut off from us only (a partition), and taking the session
+    /// back would move the client a second time.
+    pub fn peer_dead(
+        &mut self,
+        appliance: &ApplianceId,
+        now: DateTime<Utc>,
+        last_heard: Option<DateTime<Utc>>,
+    ) -> Vec<Action> {
         let mut out = Vec::new();
         if !self.dead.insert(appliance.clone()) {
             return out;
@@ -296,11 +304,18 @@ impl Coordinator {
             .sessions
             .values()
             .filter(|s| holder_of(s) == appliance)
+            .filter(|s| {
+                let claimed = s.claim.as_ref().and_then(|c| c.claimed_at);
+                match (claimed, last_heard) {
+                    (Some(c), Some(h)) => c <= h,
+                    _ => true,
+                }
+            })
             .map(|s| s.peer)
             .collect();
         peers.sort();
         for p in peers {
-            self.evaluate(p, now, &mut out);
+            self.evaluate(p, now, true, &mut out);
         }
         out
     }
@@ -331,13 +346,23 @@ impl Coordinator {
         }
     }
 
-    fn evaluate(&mut self, peer: PeerIndex, now: DateTime<Utc>, out: &mut Vec<Action>) {
+    /// `on_death`: called for the death of the session's holder. A crash claim is made only
+    /// then: a claim that the "dead" peer writes afterwards proves it alive (a partition
+    /// between the appliances, not a crash), and claiming again would make the client
+    /// ping-pong between the two.
+    fn evaluate(
+        &mut self,
+        peer: PeerIndex,
+        now: DateTime<Utc>,
+        on_death: bool,
+        out: &mut Vec<Action>,
+    ) {
         let Some(s) = self.sessions.get(&peer) else {
             return;
         };
         let holder = holder_of(s).clone();
         if holder != self.me {
-            if let Some(reason) = self.reason_to_claim(s, &holder) {
+            if let Some(reason) = self.reason_to_claim(s, &holder, on_death) {
                 self.claim(peer, reason, now, out);
                 return;
             }
@@ -345,14 +370,19 @@ impl Coordinator {
         self.tell(peer, holder == self.me, out);
     }
 
-    fn reason_to_claim(&self, s: &SessionView, holder: &ApplianceId) -> Option<ClaimReason> {
+    fn reason_to_claim(
+        &self,
+        s: &SessionView,
+        holder: &ApplianceId,
+        on_death: bool,
+    ) -> Option<ClaimReason> {
         let i_am_primary = s.primary == self.me;
         if !i_am_primary && s.shadow != self.me {
             return None;
         }
         // The holder died; only the session's other appliance takes over.
         let other = if i_am_primary { &s.shadow } else { &s.primary };
-        if holder == other && self.dead.contains(holder) {
+        if on_death && holder == other && self.dead.contains(holder) {
             return Some(ClaimReason::Crash);
         }
         // Steering named us after the current claim was made.

@@ -73,7 +73,7 @@ fn shadow_stands_by_then_takes_over_every_session_of_a_dead_primary() {
         held: false
     }));
     assert_eq!(c.peers(), [id("eu-1")].into_iter().collect());
-    let actions = c.peer_dead(&id("eu-1"), t(10));
+    let actions = c.peer_dead(&id("eu-1"), t(10), None);
     assert_eq!(actions[0], Action::PeerDown(id("eu-1")));
     assert_eq!(
         claims(&actions),
@@ -86,7 +86,7 @@ fn shadow_stands_by_then_takes_over_every_session_of_a_dead_primary() {
     assert!(c.holds(p(1)) && c.holds(p(2)));
     assert_eq!(c.stats().crash_claims, 2);
     // Reported once; a second death notice does nothing.
-    assert!(c.peer_dead(&id("eu-1"), t(20)).is_empty());
+    assert!(c.peer_dead(&id("eu-1"), t(20), None).is_empty());
     // The database has not caught up yet: our claim stays.
     let actions = c.load(
         vec![session(1, None), session(2, Some((0, "eu", "eu-1", 0)))],
@@ -210,12 +210,12 @@ fn a_third_appliance_is_never_claimed_from_and_strangers_stay_out() {
     let mut c = shadow();
     // Held by an appliance that is neither primary nor shadow any more (re-assigned).
     c.load(vec![session(1, Some((3, "ap", "ap-1", 0)))], t(0));
-    let actions = c.peer_dead(&id("ap-1"), t(10));
+    let actions = c.peer_dead(&id("ap-1"), t(10), None);
     assert!(claims(&actions).is_empty());
     // A session where we are neither primary nor shadow.
     let mut other = Coordinator::new(id("ap-2"), region("ap"), Failback::Auto);
     other.load(vec![session(1, None)], t(0));
-    assert!(claims(&other.peer_dead(&id("eu-1"), t(10))).is_empty());
+    assert!(claims(&other.peer_dead(&id("eu-1"), t(10), None)).is_empty());
 }
 
 #[test]
@@ -232,8 +232,55 @@ fn a_client_that_handshakes_here_is_claimed_without_an_initiation() {
 fn revival_is_reported_and_moves_nothing() {
     let mut c = shadow();
     c.load(vec![session(1, None)], t(0));
-    c.peer_dead(&id("eu-1"), t(10));
+    c.peer_dead(&id("eu-1"), t(10), None);
     assert_eq!(c.peer_alive(&id("eu-1")), vec![Action::PeerUp(id("eu-1"))]);
     assert!(c.peer_alive(&id("eu-1")).is_empty());
     assert!(c.holds(p(1)));
+}
+
+#[test]
+fn a_partition_moves_the_client_once_not_back_and_forth() {
+    // Primary's view: it holds; the shadow seems dead (partition), and then the shadow's claim
+    // arrives through the database. The primary stands down and does not claim back.
+    let mut c = Coordinator::new(id("eu-1"), region("eu"), Failback::Auto);
+    c.load(vec![session(1, Some((4, "eu", "eu-1", 0)))], t(0));
+    assert!(claims(&c.peer_dead(&id("us-1"), t(10), None)).is_empty());
+    let actions = c.update(p(1), Some(session(1, Some((5, "us", "us-1", 20)))), t(30));
+    assert_eq!(
+        actions,
+        vec![Action::Hold {
+            peer: p(1),
+            held: false
+        }]
+    );
+    // Reloads while the partition lasts change nothing.
+    assert!(
+        c.load(vec![session(1, Some((5, "us", "us-1", 20)))], t(40))
+            .is_empty()
+    );
+    // The shadow's view: the primary died holding it; one claim, and a later claim of the
+    // "dead" primary is obeyed, not fought.
+    let mut s = shadow();
+    s.load(vec![session(1, Some((4, "eu", "eu-1", 0)))], t(0));
+    assert_eq!(claims(&s.peer_dead(&id("eu-1"), t(10), None)).len(), 1);
+    let actions = s.update(p(1), Some(session(1, Some((6, "eu", "eu-1", 50)))), t(60));
+    assert!(claims(&actions).is_empty(), "{actions:?}");
+    assert!(!s.holds(p(1)));
+}
+
+#[test]
+fn a_claim_newer_than_the_last_heartbeat_proves_the_peer_alive() {
+    // The shadow claimed (partition) 40 ms before the primary's verdict on it; the primary
+    // last heard it before that claim: it does not take the session back.
+    let mut c = Coordinator::new(id("eu-1"), region("eu"), Failback::Auto);
+    c.load(vec![session(1, Some((3, "us", "us-1", 1000)))], t(1010));
+    let actions = c.peer_dead(&id("us-1"), t(1040), Some(t(840)));
+    assert!(claims(&actions).is_empty(), "{actions:?}");
+    // An older claim is taken over as usual.
+    let mut c = Coordinator::new(id("eu-1"), region("eu"), Failback::Auto);
+    c.load(vec![session(1, Some((3, "us", "us-1", 500)))], t(1010));
+    assert_eq!(
+        claims(&c.peer_dead(&id("us-1"), t(1040), Some(t(840)))).len(),
+        1
+    );
 }
