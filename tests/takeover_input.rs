@@ -142,6 +142,22 @@ async fn forged_replayed_and_misaddressed_heartbeats_move_nothing() {
         "the forged initiation was dropped and counted"
     );
 
+    // An operator's failback: a decision row naming the primary; unknown clients are refused.
+    let (code, out, err) = common::run_cli(&db, &["session", "failback", "--client", "alice"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "alice");
+    let manual: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM steering_decisions WHERE client_id = 'alice'
+           AND to_appliance = 'eu-1' AND reason = 'operator failback'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(manual, 1);
+    let (code, _, err) = common::run_cli(&db, &["session", "failback", "--client", "nobody"]);
+    assert_eq!(code, 2, "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+
     // The primary stops: the shadow sees it dead and claims within the detection time.
     primary.stop().await;
     wait_for(

@@ -13,6 +13,7 @@ mod keys;
 mod risk_input;
 mod score;
 mod serve;
+mod session;
 mod simulate;
 mod table;
 mod telemetry;
@@ -58,6 +59,9 @@ enum Command {
     /// Manage admin API tokens.
     #[command(subcommand)]
     Token(token::TokenCommand),
+    /// Shadowed sessions: move clients back to their primary.
+    #[command(subcommand)]
+    Session(session::SessionCommand),
     /// Write simulated labelled telemetry (CSV) with failures of several kinds.
     Simulate(simulate::SimulateArgs),
     /// Train and compare risk models on labelled telemetry; write the best with its card.
@@ -178,6 +182,7 @@ pub async fn run(cli: Cli) -> CommandResult {
         Command::Keys(c) => keys::run(c),
         Command::Serve(a) => serve::run(a).await,
         Command::Token(c) => token::run(c).await,
+        Command::Session(c) => session::run(c).await,
         Command::Simulate(a) => simulate::run(a),
         Command::Train(a) => train::run(a).await,
         Command::Evaluate(a) => evaluate::run(a),
