@@ -189,7 +189,7 @@
       cell(tr, new Date(d.decided_at).toLocaleTimeString());
       cell(tr, d.client);
       cell(tr, d.from_appliance || '–');
-      cell(tr, d.to_appliance);
+      cell(tr, d.to_appliance ?? 'none');
       cell(tr, d.reason);
       body.appendChild(tr);
     }
