@@ -361,11 +361,11 @@ impl Coordinator {
             return;
         };
         let holder = holder_of(s).clone();
-        if holder != self.me {
-            if let Some(reason) = self.reason_to_claim(s, &holder, on_death) {
-                self.claim(peer, reason, now, out);
-                return;
-            }
+        if holder != self.me
+            && let Some(reason) = self.reason_to_claim(s, &holder, on_death)
+        {
+            self.claim(peer, reason, now, out);
+            return;
         }
         self.tell(peer, holder == self.me, out);
     }

@@ -206,7 +206,7 @@ impl Router {
         dst: &'a mut [u8],
     ) -> Routed<'a> {
         if let Some(index) = self.expected_response(datagram) {
-            return self.to_peer(index, now, src, datagram, dst);
+            return self.deliver(index, now, src, datagram, dst);
         }
         let mut cookie = [0u8; COOKIE_REPLY_LEN];
         let packet = match self
@@ -259,7 +259,7 @@ impl Router {
                 None => return Routed::Drop(DropReason::UnknownIndex),
             },
         };
-        self.to_peer(index, now, src, datagram, dst)
+        self.deliver(index, now, src, datagram, dst)
     }
 
     /// A handshake response to an initiation of ours (by the receiver index it names).
@@ -272,7 +272,7 @@ impl Router {
         self.awaiting.remove(&index).then_some(index)
     }
 
-    fn to_peer<'a>(
+    fn deliver<'a>(
         &mut self,
         index: PeerIndex,
         now: Instant,
