@@ -535,13 +535,19 @@ struct World {
     service_key: PathBuf,
     relay_url: String,
     client_ns: String,
-    _wg: Child,
+    client_key: SecretKey,
+    service: SecretKey,
+    _wg: Option<Child>,
 }
 
 const PRIMARY: usize = 2;
 const SHADOW: usize = 3;
 
 async fn world(tag: &str) -> Option<(World, Agent, Agent)> {
+    world_with(tag, true).await
+}
+
+async fn world_with(tag: &str, stock: bool) -> Option<(World, Agent, Agent)> {
     if let Some(why) = skip_reason() {
         skip(&why);
         return None;
@@ -591,16 +597,38 @@ async fn world(tag: &str) -> Option<(World, Agent, Agent)> {
         &agent_text("us-1", SHADOW, &kf, &relay_url, ""),
     )
     .await;
-    let wg = start_wireguard_go(
-        &stage,
-        1,
-        dir.path(),
-        &client_key,
-        &service,
-        SocketAddr::from((Stage::ip(PRIMARY), WG_PORT)),
-    );
     let client_ns = stage.ns(1).to_owned();
-    flowing(&client_ns).await;
+    let wg = if stock {
+        let wg = start_wireguard_go(
+            &stage,
+            1,
+            dir.path(),
+            &client_key,
+            &service,
+            SocketAddr::from((Stage::ip(PRIMARY), WG_PORT)),
+        );
+        flowing(&client_ns).await;
+        Some(wg)
+    } else {
+        None
+    };
+    if !stock {
+        return Some((
+            World {
+                stage,
+                db,
+                dir,
+                service_key: kf,
+                relay_url,
+                client_ns,
+                client_key,
+                service,
+                _wg: None,
+            },
+            primary,
+            shadow,
+        ));
+    }
     // The primary recorded the session (endpoint known to the shadow).
     wait_for(Duration::from_secs(10), "session recorded", || async {
         sqlx::query_scalar::<_, i64>(
@@ -620,6 +648,8 @@ async fn world(tag: &str) -> Option<(World, Agent, Agent)> {
             service_key: kf,
             relay_url,
             client_ns,
+            client_key,
+            service,
             _wg: wg,
         },
         primary,
@@ -828,4 +858,146 @@ async fn link_cut_and_partition_move_the_client_at_most_once() {
     shadow
         .wait_log("group peer sends heartbeats again", 2)
         .await;
+}
+
+/// Runs the client helper (probe mode, 100 packets/s) in the client namespace for `secs`,
+/// calling `act` after `act_after`; returns its JSON report.
+async fn helper_run<F, Fut>(
+    w: &World,
+    dns: &agent_support::TestDns,
+    secs: u64,
+    act_after: u64,
+    act: F,
+) -> serde_json::Value
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let ckf = w.dir.path().join("helper.key");
+    if !ckf.exists() {
+        key_file(w.dir.path(), "helper.key", &w.client_key);
+    }
+    let cfg = w.dir.path().join("helper.toml");
+    let report = w.dir.path().join("helper-report.json");
+    let _ = std::fs::remove_file(&report);
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+[client]
+id = "alice"
+key_file = "{}"
+service_public_key = "{}"
+zone = "vpn.test"
+port = {WG_PORT}
+resolver = "{}"
+listen = "0.0.0.0:0"
+inside = "probe"
+min_ttl = "1s"
+
+[tunnel]
+address = "10.77.0.2"
+network = "10.77.0.0/16"
+
+[probe]
+rate = 100
+report_interval = "1s"
+loss_timeout = "1s"
+"#,
+            ckf.display(),
+            w.service.public_key(),
+            dns.addr
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(w.dir.path().join("helper.log")).unwrap();
+    let mut child = Child(
+        std::process::Command::new("ip")
+            .args(["netns", "exec", &w.client_ns, common::bin()])
+            .args(["client", "run", "--config", cfg.to_str().unwrap()])
+            .args([
+                "--report",
+                report.to_str().unwrap(),
+                "--duration",
+                &format!("{secs}s"),
+            ])
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    tokio::time::sleep(Duration::from_secs(act_after)).await;
+    act().await;
+    let deadline = Instant::now() + Duration::from_secs(secs + 20);
+    loop {
+        if let Ok(Some(status)) = child.0.try_wait() {
+            assert!(
+                status.success(),
+                "client helper failed: {}",
+                std::fs::read_to_string(w.dir.path().join("helper.log")).unwrap_or_default()
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "client helper did not stop");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_helper_moves_without_loss_and_survives_a_crash() {
+    let Some((w, mut primary, _shadow)) = world_with("h", false).await else {
+        return;
+    };
+    let sock = tokio::net::UdpSocket::bind("10.214.0.1:0").await.unwrap();
+    let dns = agent_support::TestDns::start(sock, "alice.c.vpn.test", Stage::ip(PRIMARY), 1).await;
+
+    // Predicted move: steering names the shadow (DNS and the decision); nothing is lost.
+    let r = helper_run(&w, &dns, 5, 2, || async {
+        dns.set(Stage::ip(SHADOW));
+        decide(&w.db, "alice", "eu-1", "us-1").await;
+    })
+    .await;
+    eprintln!("helper, predicted move: {}", r["probe"]);
+    assert!(r["probe"]["sent"].as_u64().unwrap() >= 300, "{r}");
+    assert_eq!(r["probe"]["lost"], 0, "{r}");
+    assert_eq!(
+        holder(&w.db, "alice").await.map(|h| h.0).as_deref(),
+        Some("us-1")
+    );
+
+    // Failback, then a sudden crash of the primary while DNS still names it.
+    let r = helper_run(&w, &dns, 5, 2, || async {
+        dns.set(Stage::ip(PRIMARY));
+        decide(&w.db, "alice", "us-1", "eu-1").await;
+    })
+    .await;
+    eprintln!("helper, failback: {}", r["probe"]);
+    assert_eq!(r["probe"]["lost"], 0, "{r}");
+    assert_eq!(
+        holder(&w.db, "alice").await.map(|h| h.0).as_deref(),
+        Some("eu-1")
+    );
+    let r = helper_run(&w, &dns, 6, 2, || async {
+        primary.kill9();
+    })
+    .await;
+    eprintln!("helper, kill -9 of the primary: {}", r["probe"]);
+    let gap = r["probe"]["longest_gap_ms"].as_f64().unwrap();
+    assert!(
+        gap < 1500.0,
+        "the helper's stream did not resume through the shadow: {r}"
+    );
+    let endpoints: Vec<String> = r["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["endpoint"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        endpoints.last().map(String::as_str),
+        Some(format!("{}:{WG_PORT}", Stage::ip(SHADOW)).as_str()),
+        "{r}"
+    );
 }

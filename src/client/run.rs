@@ -82,7 +82,13 @@ struct State {
     own: IpAddr,
     appliance: IpAddr,
     out: Vec<u8>,
+    /// The appliance a takeover moved us away from, and when: DNS may still name it for a
+    /// few seconds (until steering notices the failure); it is not followed back meanwhile.
+    left: Option<(IpAddr, Instant)>,
 }
+
+/// How long a DNS answer naming the appliance a takeover moved us away from is ignored.
+const TAKEOVER_HOLD: Duration = Duration::from_secs(30);
 
 impl State {
     fn send(&self, bytes: &[u8]) {
@@ -99,9 +105,25 @@ impl State {
 
     fn drain_events(&mut self) {
         while let Some(e) = self.peer.poll_event() {
-            if let PeerEvent::Handshake { .. } = e {
-                self.report.handshakes += 1;
-                tracing::info!(endpoint = ?self.peer.endpoint(), "handshake complete");
+            match e {
+                PeerEvent::Handshake { .. } => {
+                    self.report.handshakes += 1;
+                    tracing::info!(endpoint = ?self.peer.endpoint(), "handshake complete");
+                }
+                // An appliance of the group initiated from a new address: a takeover.
+                PeerEvent::Endpoint(to) => {
+                    let now = Instant::now();
+                    let from = self.report.endpoints.last().map(|e| e.endpoint);
+                    if from == Some(to) {
+                        continue;
+                    }
+                    if let Some(f) = from {
+                        self.left = Some((f.ip(), now));
+                    }
+                    self.record(now, to);
+                    tracing::info!(?from, %to, "the shadow group moved the tunnel");
+                }
+                PeerEvent::Rtt(_) => {}
             }
         }
     }
@@ -110,18 +132,29 @@ impl State {
         if self.peer.endpoint() == Some(endpoint) {
             return;
         }
+        if self
+            .left
+            .is_some_and(|(ip, at)| ip == endpoint.ip() && now.duration_since(at) < TAKEOVER_HOLD)
+        {
+            tracing::debug!(%endpoint, "DNS still names the appliance a takeover left; staying");
+            return;
+        }
         let from = self.peer.endpoint();
         self.peer.set_endpoint(endpoint);
+        self.record(now, endpoint);
+        tracing::info!(?from, to = %endpoint, "moving the tunnel");
+        let action = own(self.peer.force_handshake(&mut self.out));
+        self.carry(action);
+        self.drain_events();
+    }
+
+    fn record(&mut self, now: Instant, endpoint: SocketAddr) {
         self.report.endpoints.push(EndpointChange {
             at: Utc::now(),
             at_ms: u64::try_from(now.saturating_duration_since(self.started.0).as_millis())
                 .unwrap_or(u64::MAX),
             endpoint,
         });
-        tracing::info!(?from, to = %endpoint, "moving the tunnel");
-        let action = own(self.peer.force_handshake(&mut self.out));
-        self.carry(action);
-        self.drain_events();
     }
 
     fn encapsulate(&mut self, packet: &[u8]) {
@@ -217,6 +250,7 @@ pub async fn run(
         own: own_ip,
         appliance,
         out: vec![0u8; 65_600],
+        left: None,
         cfg,
     };
 

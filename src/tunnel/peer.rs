@@ -170,8 +170,8 @@ pub struct Peer {
     last_rtt: Option<Duration>,
     events: VecDeque<PeerEvent>,
     /// Whether authenticated packets from a new address move the endpoint (WireGuard roaming,
-    /// on for servers) or the endpoint is set only by [`Peer::set_endpoint`] (the client helper,
-    /// which follows DNS, not stray packets from an appliance it left).
+    /// on for servers) or only handshake initiations do (the client helper: it follows DNS and
+    /// the shadow group's takeover initiations, not stray packets from an appliance it left).
     follow_roaming: bool,
 }
 
@@ -213,7 +213,9 @@ impl Peer {
         }
     }
 
-    /// Stops following authenticated packets to new addresses (see `follow_roaming`).
+    /// Follows only handshake initiations to new addresses (see `follow_roaming`). An
+    /// initiation proves the service key and a fresh timestamp (a replay is refused by the
+    /// handshake itself): an appliance of the group is taking the session over.
     pub fn pin_endpoint(&mut self) {
         self.follow_roaming = false;
     }
@@ -334,7 +336,10 @@ impl Peer {
                         if let Some(ours) = u32_at(out, 4) {
                             self.pending_response = Some((ours, now));
                         }
-                        self.authenticated_from(src);
+                        if self.endpoint != Some(src) {
+                            self.endpoint = Some(src);
+                            self.push_event(PeerEvent::Endpoint(src));
+                        }
                     }
                     // Our initiation was answered: the session is ours now.
                     (MSG_RESPONSE, Some(MSG_DATA)) => {
