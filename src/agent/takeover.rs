@@ -75,8 +75,15 @@ pub struct TakeoverStats {
 
 enum Loaded {
     Group(Group),
-    Session(ClientId, Option<SessionView>),
+    /// Changed sessions: the clients asked for, and what the database holds for them now
+    /// (a client without a view is no longer one of ours).
+    Sessions(Vec<ClientId>, Vec<SessionView>),
 }
+
+/// Changed sessions collected into one read: at most this many...
+const SESSION_BATCH: usize = 1000;
+/// ...or for at most this long after the first notification.
+const SESSION_BATCH_WAIT: Duration = Duration::from_millis(10);
 
 enum Write {
     Claims(Vec<ClaimWrite>),
@@ -279,16 +286,21 @@ impl Shell {
                     None => Vec::new(),
                 }
             }
-            Loaded::Session(client, view) => match self.coordinator.as_mut() {
+            Loaded::Sessions(asked, views) => match self.coordinator.as_mut() {
                 Some(c) => {
-                    let peer = view.as_ref().map(|v| v.peer).or_else(|| {
-                        // Gone: find it by client id.
-                        c.peers_of_client(&client)
-                    });
-                    match peer {
-                        Some(p) => c.update(p, view, now),
-                        None => Vec::new(),
+                    let mut out = Vec::new();
+                    for client in asked {
+                        if views.iter().any(|v| v.client == client) {
+                            continue;
+                        }
+                        if let Some(p) = c.peers_of_client(&client) {
+                            out.extend(c.update(p, None, now));
+                        }
                     }
+                    for v in views {
+                        out.extend(c.update(v.peer, Some(v), now));
+                    }
+                    out
                 }
                 None => Vec::new(),
             },
@@ -420,10 +432,38 @@ async fn loader(
                     let Some(change) = Change::from_notification(&n) else { continue };
                     match change.table {
                         ChangedTable::SessionState => {
-                            let Ok(client) = ClientId::new(change.key.clone()) else { continue };
-                            match store::load_session(&pool, &appliance, &client).await {
-                                Ok(view) => {
-                                    if out.send(Loaded::Session(client, view)).await.is_err() {
+                            let mut clients: Vec<ClientId> =
+                                ClientId::new(change.key.clone()).into_iter().collect();
+                            // A takeover or a thousand new sessions notify in bursts: read
+                            // them together.
+                            let until = tokio::time::Instant::now() + SESSION_BATCH_WAIT;
+                            while clients.len() < SESSION_BATCH {
+                                let Some(l) = listener.as_mut() else { break };
+                                match tokio::time::timeout_at(until, l.try_recv()).await {
+                                    Ok(Ok(Some(n))) => match Change::from_notification(&n) {
+                                        Some(c) if c.table == ChangedTable::SessionState => {
+                                            clients.extend(ClientId::new(c.key).ok());
+                                        }
+                                        Some(_) => need_full = true,
+                                        None => {}
+                                    },
+                                    Ok(Ok(None)) => {
+                                        need_full = true;
+                                        break;
+                                    }
+                                    Ok(Err(e)) => {
+                                        report(format!("listener failed: {e}"));
+                                        listener = None;
+                                        break;
+                                    }
+                                    Err(_) => break,
+                                }
+                            }
+                            clients.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+                            clients.dedup();
+                            match store::load_sessions(&pool, &appliance, &clients).await {
+                                Ok(views) => {
+                                    if out.send(Loaded::Sessions(clients, views)).await.is_err() {
                                         return;
                                     }
                                 }

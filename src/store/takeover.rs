@@ -90,11 +90,11 @@ fn view(r: Row) -> Result<SessionView, StoreError> {
     })
 }
 
-/// Sessions of `appliance`, or of one client of it (`only`).
+/// Sessions of `appliance`, or of some clients of it (`only`).
 async fn sessions(
     pool: &PgPool,
     appliance: &ApplianceId,
-    only: Option<&str>,
+    only: Option<&[String]>,
 ) -> Result<Vec<SessionView>, StoreError> {
     let rows = sqlx::query_as!(
         Row,
@@ -118,7 +118,7 @@ async fn sessions(
                SELECT d.to_appliance, d.decided_at, d.reason FROM steering_decisions d
                WHERE d.client_id = c.id ORDER BY d.decided_at DESC, d.id DESC LIMIT 1) d ON true
            WHERE (c.primary_appliance = $1 OR c.shadow_appliance = $1)
-             AND ($2::text IS NULL OR c.id = $2)
+             AND ($2::text[] IS NULL OR c.id = ANY($2))
            ORDER BY c.peer_index"#,
         appliance.as_str(),
         only,
@@ -174,16 +174,15 @@ pub async fn load_group(
     }))
 }
 
-/// One client's session as seen by `appliance` (`None`: no longer its primary or shadow).
-pub async fn load_session(
+/// Some clients' sessions as seen by `appliance`; a client missing from the result is no
+/// longer one of its sessions.
+pub async fn load_sessions(
     pool: &PgPool,
     appliance: &ApplianceId,
-    client: &ClientId,
-) -> Result<Option<SessionView>, StoreError> {
-    Ok(sessions(pool, appliance, Some(client.as_str()))
-        .await?
-        .into_iter()
-        .next())
+    clients: &[ClientId],
+) -> Result<Vec<SessionView>, StoreError> {
+    let ids: Vec<String> = clients.iter().map(|c| c.as_str().to_owned()).collect();
+    sessions(pool, appliance, Some(&ids)).await
 }
 
 /// A claim to record.
