@@ -95,8 +95,17 @@ CREATE TRIGGER session_state_owner BEFORE INSERT OR UPDATE OR DELETE ON public.s
     FOR EACH ROW EXECUTE FUNCTION public.shadowsteer_own_rows_only();
 CREATE TRIGGER risk_scores_owner BEFORE INSERT OR UPDATE OR DELETE ON public.risk_scores
     FOR EACH ROW EXECUTE FUNCTION public.shadowsteer_own_rows_only();
-CREATE TRIGGER risk_history_owner BEFORE INSERT OR UPDATE OR DELETE ON public.risk_history
-    FOR EACH ROW EXECUTE FUNCTION public.shadowsteer_own_rows_only();
+-- risk_history comes with a migration numbered after this one (20261204000001): on a database
+-- migrated from scratch it does not exist yet here. `db replication setup` creates the
+-- ownership trigger on every replicated table that lacks it (CREATE OR REPLACE TRIGGER).
+DO $$
+BEGIN
+    IF pg_catalog.to_regclass('public.risk_history') IS NOT NULL THEN
+        CREATE TRIGGER risk_history_owner BEFORE INSERT OR UPDATE OR DELETE ON public.risk_history
+            FOR EACH ROW EXECUTE FUNCTION public.shadowsteer_own_rows_only();
+    END IF;
+END
+$$;
 CREATE TRIGGER advisories_owner BEFORE INSERT OR UPDATE OR DELETE ON public.advisories
     FOR EACH ROW EXECUTE FUNCTION public.shadowsteer_own_rows_only();
 CREATE TRIGGER failure_events_owner BEFORE INSERT OR UPDATE OR DELETE ON public.failure_events
@@ -110,8 +119,10 @@ CREATE TRIGGER replication_heartbeats_owner BEFORE INSERT OR UPDATE OR DELETE ON
 
 -- Retention deletes only this region's own rows once the database knows its region: the
 -- deletes replicate, so every region's copies are pruned by the owner's policy (a local delete
--- of another region's row would be refused by the ownership trigger anyway).
-CREATE OR REPLACE FUNCTION public.shadowsteer_prune(tbl text, older_than timestamptz, batch_limit integer)
+-- of another region's row would be refused by the ownership trigger anyway). A new function
+-- rather than a replacement of shadowsteer_prune: a later-numbered migration (risk history)
+-- replaces that one on databases migrated from scratch. Table names are resolved when it runs.
+CREATE FUNCTION public.shadowsteer_prune_own(tbl text, older_than timestamptz, batch_limit integer)
 RETURNS bigint
 LANGUAGE plpgsql SET search_path = pg_catalog, public AS $$
 DECLARE

@@ -26,7 +26,8 @@ pub use client::{
 pub use fields::{Duration, IpNet, ListenAddr};
 pub use risk::RiskSection;
 pub use steering::{
-    AdminSection, DnsSection, EcsRegion, NsRecord, RateLimitSection, ServerSection, SoaSection,
+    AdminSection, DnsSection, EcsRegion, NsRecord, RateLimitSection, ReplicationSection,
+    ServerSection, SoaSection,
     StaticRecord, SteeringConfig, SteeringSection, THRESHOLD_WITHOUT_MODEL, Thresholds,
     ZoneSection,
 };

@@ -21,8 +21,8 @@ pub struct Decision {
     pub client: String,
     /// Appliance answered before (absent for a client's first answer).
     pub from_appliance: Option<String>,
-    /// Appliance answered since.
-    pub to_appliance: String,
+    /// Appliance answered since (absent when the change was to "no appliance").
+    pub to_appliance: Option<String>,
     /// Why.
     pub reason: String,
     /// Primary's combined risk at the time.

@@ -184,6 +184,28 @@ async fn migrate_all(
     Ok(())
 }
 
+/// Creates the ownership trigger on every replicated table that lacks it: a table created by a
+/// migration numbered before the one that brings the trigger function (risk_history) gets it
+/// here. Changes nothing where it exists.
+async fn ensure_owner_triggers(r: &Region) -> Result<(), ReplicationError> {
+    for table in TABLES {
+        let exists: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = to_regclass('public.' || $1) AND tgname = $1 || '_owner')",
+        )
+        .bind(table)
+        .fetch_one(&r.pool)
+        .await
+        .map_err(|e| r.failed("reading triggers", &e))?;
+        if !exists {
+            let sql = format!(
+                "CREATE TRIGGER {table}_owner BEFORE INSERT OR UPDATE OR DELETE ON public.{table} FOR EACH ROW EXECUTE FUNCTION public.shadowsteer_own_rows_only()"
+            );
+            exec(r, "creating the ownership trigger", sql).await?;
+        }
+    }
+    Ok(())
+}
+
 /// What `r`'s database holds now; `others` are the regions whose rows to look for.
 async fn observe(r: &Region, others: &[String]) -> Result<ObservedRegion, ReplicationError> {
     let fail = |e: sqlx::Error| r.failed("reading replication state", &e);
@@ -494,6 +516,9 @@ async fn setup_connected(
     }
     plan::plan_setup(ids, &observed, TABLES)?;
     migrate_all(regions, progress).await?;
+    for r in regions {
+        ensure_owner_triggers(r).await?;
+    }
     let mut observed = BTreeMap::new();
     for r in regions {
         observed.insert(r.id().to_owned(), observe(r, ids).await?);
