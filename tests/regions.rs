@@ -209,12 +209,12 @@ async fn partition_of_a_region_for_60s_under_writes_heals_with_every_row_everywh
     // Every row everywhere: counts and version sums per owning region agree in all regions.
     let fingerprint = "SELECT (SELECT count(*) FROM appliance_health)
                             + 1000000 * (SELECT count(*) FROM session_state)
-                            + (SELECT COALESCE(sum(version), 0) FROM session_state) * 7";
+                            + (SELECT COALESCE(sum(version), 0)::int8 FROM session_state) * 7";
     let truth = {
         let mut t = 0i64;
         for r in &regions.regions {
             let id = &r.id;
-            t += count(&r.pool, &format!("SELECT (SELECT count(*) FROM appliance_health WHERE region = '{id}') + 1000000 * (SELECT count(*) FROM session_state WHERE region = '{id}') + (SELECT COALESCE(sum(version), 0) FROM session_state WHERE region = '{id}') * 7")).await;
+            t += count(&r.pool, &format!("SELECT (SELECT count(*) FROM appliance_health WHERE region = '{id}') + 1000000 * (SELECT count(*) FROM session_state WHERE region = '{id}') + (SELECT COALESCE(sum(version), 0)::int8 FROM session_state WHERE region = '{id}') * 7")).await;
         }
         t
     };
