@@ -58,7 +58,11 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 async fn run(rate: u64, seconds: u64, partition: u64, bench: bool) {
     eprintln!(
         "replication bench: {rate} session updates/s over 3 regions, {seconds} s; partition {partition} s{}",
-        if bench { "" } else { " (smoke run; `cargo bench --bench replication` measures)" }
+        if bench {
+            ""
+        } else {
+            " (smoke run; `cargo bench --bench replication` measures)"
+        }
     );
     let regions = Regions::start(&IDS).await;
     regions.setup(&[]);
@@ -127,7 +131,10 @@ async fn run(rate: u64, seconds: u64, partition: u64, bench: bool) {
             if truth.iter().all(|(k, v)| seen.get(k) == Some(v)) {
                 break;
             }
-            assert!(healed.elapsed() < Duration::from_secs(600), "no catch-up in 10 min");
+            assert!(
+                healed.elapsed() < Duration::from_secs(600),
+                "no catch-up in 10 min"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -138,7 +145,10 @@ async fn run(rate: u64, seconds: u64, partition: u64, bench: bool) {
         drained.as_secs_f64(),
         backlog as f64 / drained.as_secs_f64()
     );
-    assert!(regions.disabled().await.is_empty(), "a subscription was disabled");
+    assert!(
+        regions.disabled().await.is_empty(),
+        "a subscription was disabled"
+    );
 }
 
 /// Clients (owned by eu, replicated) and one session row per client per region.

@@ -47,15 +47,27 @@ async fn three_regions() -> Regions {
         cli(
             &regions.get(id).url,
             &[
-                "appliance", "add", "--id", &format!("{id}-1"), "--region", id,
-                "--endpoint", &format!("192.0.2.{}:51820", i + 1), "--public-key", &key(),
+                "appliance",
+                "add",
+                "--id",
+                &format!("{id}-1"),
+                "--region",
+                id,
+                "--endpoint",
+                &format!("192.0.2.{}:51820", i + 1),
+                "--public-key",
+                &key(),
             ],
         );
     }
     for r in &regions.regions {
         let deadline = Instant::now() + Duration::from_secs(10);
         while count(&r.pool, "SELECT count(*) FROM appliances").await < 3 {
-            assert!(Instant::now() < deadline, "appliances did not replicate to {}", r.id);
+            assert!(
+                Instant::now() < deadline,
+                "appliances did not replicate to {}",
+                r.id
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -80,8 +92,18 @@ async fn a_client_added_in_us_is_answered_by_every_region_within_a_second() {
         cli(
             &us_url,
             &[
-                "client", "add", "--id", "alice", "--public-key", &key(), "--tunnel-ip",
-                "10.77.0.2", "--primary", "us-1", "--shadow", "eu-1",
+                "client",
+                "add",
+                "--id",
+                "alice",
+                "--public-key",
+                &key(),
+                "--tunnel-ip",
+                "10.77.0.2",
+                "--primary",
+                "us-1",
+                "--shadow",
+                "eu-1",
             ],
         );
         Instant::now()
@@ -113,7 +135,10 @@ async fn a_client_added_in_us_is_answered_by_every_region_within_a_second() {
     let v: serde_json::Value = serde_json::from_str(&out).expect("JSON");
     for s in v["subscriptions"].as_array().expect("array") {
         assert_eq!(s["state"], "streaming", "{out}");
-        assert!(s["lag_ms"].as_i64().is_some(), "heartbeats from serve: {out}");
+        assert!(
+            s["lag_ms"].as_i64().is_some(),
+            "heartbeats from serve: {out}"
+        );
     }
     for s in servers {
         s.stop();
@@ -122,7 +147,12 @@ async fn a_client_added_in_us_is_answered_by_every_region_within_a_second() {
 
 /// Writes of one region during the partition: health rows (new keys) and session state
 /// (updates of the same rows: version + 1 each).
-async fn write_load(pool: sqlx::PgPool, region: &'static str, clients: usize, stop: Arc<AtomicBool>) -> u64 {
+async fn write_load(
+    pool: sqlx::PgPool,
+    region: &'static str,
+    clients: usize,
+    stop: Arc<AtomicBool>,
+) -> u64 {
     let mut writes = 0u64;
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let appliance = format!("{region}-1");
@@ -225,18 +255,31 @@ async fn partition_of_a_region_for_60s_under_writes_heals_with_every_row_everywh
             if got == truth {
                 break;
             }
-            assert!(Instant::now() < deadline, "region {}: {got} != {truth}", r.id);
+            assert!(
+                Instant::now() < deadline,
+                "region {}: {got} != {truth}",
+                r.id
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    eprintln!("every row everywhere {:?} after the writers stopped", healed.elapsed());
+    eprintln!(
+        "every row everywhere {:?} after the writers stopped",
+        healed.elapsed()
+    );
     for r in &regions.regions {
         let health = count(&r.pool, "SELECT count(*) FROM appliance_health").await;
         let sessions = count(&r.pool, "SELECT count(*) FROM session_state").await;
-        eprintln!("region {}: {health} health rows, {sessions} session rows", r.id);
+        eprintln!(
+            "region {}: {health} health rows, {sessions} session rows",
+            r.id
+        );
         assert_eq!(sessions, 3 * clients as i64);
     }
-    assert!(regions.disabled().await.is_empty(), "no subscription disabled");
+    assert!(
+        regions.disabled().await.is_empty(),
+        "no subscription disabled"
+    );
     let (code, out, err) = regions.replication(&["status", "--json"], &[]);
     assert_eq!(code, 0, "{out}{err}");
     let v: serde_json::Value = serde_json::from_str(&out).expect("JSON");

@@ -70,11 +70,25 @@ async fn setup_from_nothing_second_run_third_region_and_removal() {
     let out = regions.setup(&["eu", "us"]);
     assert!(out.contains("create subscription ss_sub_eu_us"), "{out}");
     assert!(!out.contains("secret"), "{out}");
-    regions.wait_streaming_of(&["eu", "us"], Duration::from_secs(60)).await;
-    eventually_count(us, "SELECT count(*) FROM appliances WHERE id = 'eu-1'", 1, Duration::from_secs(10)).await;
+    regions
+        .wait_streaming_of(&["eu", "us"], Duration::from_secs(60))
+        .await;
+    eventually_count(
+        us,
+        "SELECT count(*) FROM appliances WHERE id = 'eu-1'",
+        1,
+        Duration::from_secs(10),
+    )
+    .await;
     // us's own row goes to eu.
     add_appliance(us, "us", "us-1", 2).await;
-    eventually_count(eu, "SELECT count(*) FROM appliances WHERE id = 'us-1'", 1, Duration::from_secs(10)).await;
+    eventually_count(
+        eu,
+        "SELECT count(*) FROM appliances WHERE id = 'us-1'",
+        1,
+        Duration::from_secs(10),
+    )
+    .await;
 
     // The second run changes nothing and says so.
     let out = regions.setup(&["eu", "us"]);
@@ -99,34 +113,71 @@ async fn setup_from_nothing_second_run_third_region_and_removal() {
     }
 
     // A third region later: only its pairs are made, the existing ones keep their slots.
-    let before: Vec<String> = sqlx::query_scalar("SELECT subname::text || oid::text FROM pg_subscription ORDER BY 1")
-        .fetch_all(us)
-        .await
-        .unwrap();
+    let before: Vec<String> =
+        sqlx::query_scalar("SELECT subname::text || oid::text FROM pg_subscription ORDER BY 1")
+            .fetch_all(us)
+            .await
+            .unwrap();
     add_appliance(eu, "eu", "eu-2", 3).await;
     let out = regions.setup(&[]);
     assert!(out.contains("ap: create publication"), "{out}");
-    assert!(!out.contains("ss_sub_eu_us") && !out.contains("ss_sub_us_eu"), "{out}");
+    assert!(
+        !out.contains("ss_sub_eu_us") && !out.contains("ss_sub_us_eu"),
+        "{out}"
+    );
     regions.wait_streaming(Duration::from_secs(60)).await;
     let after: Vec<String> = sqlx::query_scalar("SELECT subname::text || oid::text FROM pg_subscription WHERE subname <> 'ss_sub_ap_us' ORDER BY 1")
         .fetch_all(us)
         .await
         .unwrap();
     assert_eq!(before, after);
-    eventually_count(ap, "SELECT count(*) FROM appliances", 3, Duration::from_secs(20)).await;
+    eventually_count(
+        ap,
+        "SELECT count(*) FROM appliances",
+        3,
+        Duration::from_secs(20),
+    )
+    .await;
     add_appliance(ap, "ap", "ap-1", 4).await;
-    eventually_count(eu, "SELECT count(*) FROM appliances", 4, Duration::from_secs(10)).await;
-    eventually_count(us, "SELECT count(*) FROM appliances", 4, Duration::from_secs(10)).await;
+    eventually_count(
+        eu,
+        "SELECT count(*) FROM appliances",
+        4,
+        Duration::from_secs(10),
+    )
+    .await;
+    eventually_count(
+        us,
+        "SELECT count(*) FROM appliances",
+        4,
+        Duration::from_secs(10),
+    )
+    .await;
     // No duplicates anywhere (a second copy would have stopped on keys).
-    assert_eq!(count(us, "SELECT count(DISTINCT id) FROM appliances").await, 4);
+    assert_eq!(
+        count(us, "SELECT count(DISTINCT id) FROM appliances").await,
+        4
+    );
 
     // Remove ap: its subscriptions, publication and slots go everywhere.
     let (code, out, err) = regions.replication(&["remove-region", "ap"], &[]);
     assert_eq!(code, 0, "{out}{err}");
     for r in &regions.regions {
-        let subs = count(&r.pool, "SELECT count(*) FROM pg_subscription WHERE subname LIKE '%ap%'").await;
-        let slots = count(&r.pool, "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE '%ap%'").await;
-        let pubs = count(&r.pool, "SELECT count(*) FROM pg_publication WHERE pubname = 'ss_pub_ap'").await;
+        let subs = count(
+            &r.pool,
+            "SELECT count(*) FROM pg_subscription WHERE subname LIKE '%ap%'",
+        )
+        .await;
+        let slots = count(
+            &r.pool,
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE '%ap%'",
+        )
+        .await;
+        let pubs = count(
+            &r.pool,
+            "SELECT count(*) FROM pg_publication WHERE pubname = 'ss_pub_ap'",
+        )
+        .await;
         assert_eq!((subs, slots, pubs), (0, 0, 0), "region {}", r.id);
     }
     let (code, out, _) = regions.replication(&["remove-region", "ap"], &[]);
@@ -134,7 +185,13 @@ async fn setup_from_nothing_second_run_third_region_and_removal() {
     assert!(out.contains("nothing to change"), "{out}");
     // eu and us still replicate.
     add_appliance(us, "us", "us-2", 5).await;
-    eventually_count(eu, "SELECT count(*) FROM appliances WHERE id = 'us-2'", 1, Duration::from_secs(10)).await;
+    eventually_count(
+        eu,
+        "SELECT count(*) FROM appliances WHERE id = 'us-2'",
+        1,
+        Duration::from_secs(10),
+    )
+    .await;
 }
 
 fn password_of(url: &str) -> String {
@@ -173,10 +230,22 @@ async fn bad_input_is_one_line_exit_2_and_changes_nothing() {
         let err = err.trim();
         assert_eq!(err.lines().count(), 1, "one line: {err}");
         assert!(err.contains(expect), "{err}");
-        assert!(!err.contains(&password_of(&eu.url)) && !err.contains("repl-secret-pw"), "{err}");
+        assert!(
+            !err.contains(&password_of(&eu.url)) && !err.contains("repl-secret-pw"),
+            "{err}"
+        );
     };
-    let base = ["db".to_owned(), "replication".to_owned(), "setup".to_owned()];
-    let with = |extra: &[String]| base.iter().cloned().chain(extra.iter().cloned()).collect::<Vec<_>>();
+    let base = [
+        "db".to_owned(),
+        "replication".to_owned(),
+        "setup".to_owned(),
+    ];
+    let with = |extra: &[String]| {
+        base.iter()
+            .cloned()
+            .chain(extra.iter().cloned())
+            .collect::<Vec<_>>()
+    };
     // Unreachable URL (a port nobody listens on).
     let dead = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -184,41 +253,79 @@ async fn bad_input_is_one_line_exit_2_and_changes_nothing() {
     };
     let dead_url = format!("postgres://postgres:secret-dead@127.0.0.1:{dead}/shadowsteer");
     check(
-        with(&["--region".into(), format!("eu={}", eu.url), "--region".into(), format!("us={dead_url}")]),
+        with(&[
+            "--region".into(),
+            format!("eu={}", eu.url),
+            "--region".into(),
+            format!("us={dead_url}"),
+        ]),
         "region us: cannot connect to postgres://postgres:***@",
     );
     // The same id twice.
     check(
-        with(&["--region".into(), format!("eu={}", eu.url), "--region".into(), format!("eu={}", us.url)]),
+        with(&[
+            "--region".into(),
+            format!("eu={}", eu.url),
+            "--region".into(),
+            format!("eu={}", us.url),
+        ]),
         "--region eu is given twice",
     );
     // Two ids, one database.
     check(
-        with(&["--region".into(), format!("eu={}", eu.url), "--region".into(), format!("us={}", eu.url)]),
+        with(&[
+            "--region".into(),
+            format!("eu={}", eu.url),
+            "--region".into(),
+            format!("us={}", eu.url),
+        ]),
         "are the same database",
     );
     assert!(untouched(&eu.pool).await && untouched(&us.pool).await);
 
     // A database that belongs to another region.
     shadowsteer::store::migrate(&us.pool).await.unwrap();
-    sqlx::query("INSERT INTO local_region (region) VALUES ('ap')").execute(&us.pool).await.unwrap();
+    sqlx::query("INSERT INTO local_region (region) VALUES ('ap')")
+        .execute(&us.pool)
+        .await
+        .unwrap();
     check(
-        with(&["--region".into(), format!("eu={}", eu.url), "--region".into(), format!("us={}", us.url)]),
+        with(&[
+            "--region".into(),
+            format!("eu={}", eu.url),
+            "--region".into(),
+            format!("us={}", us.url),
+        ]),
         "region us: that database already belongs to region ap",
     );
-    sqlx::query("DELETE FROM local_region").execute(&us.pool).await.unwrap();
+    sqlx::query("DELETE FROM local_region")
+        .execute(&us.pool)
+        .await
+        .unwrap();
     // A schema this binary does not know (a newer shadowsteer migrated it).
     sqlx::query("INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) VALUES (20991231000000, 'future', true, '\\x00'::bytea, 0)")
         .execute(&us.pool)
         .await
         .unwrap();
     check(
-        with(&["--region".into(), format!("eu={}", eu.url), "--region".into(), format!("us={}", us.url)]),
+        with(&[
+            "--region".into(),
+            format!("eu={}", eu.url),
+            "--region".into(),
+            format!("us={}", us.url),
+        ]),
         "schema versions differ",
     );
     assert!(untouched(&eu.pool).await && untouched(&us.pool).await);
     // eu was not even migrated by the refused runs.
-    assert_eq!(count(&eu.pool, "SELECT count(*) FROM pg_tables WHERE tablename = 'appliances'").await, 0);
+    assert_eq!(
+        count(
+            &eu.pool,
+            "SELECT count(*) FROM pg_tables WHERE tablename = 'appliances'"
+        )
+        .await,
+        0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -230,37 +337,76 @@ async fn ownership_local_writes_refused_replicated_rows_applied() {
     let us = &regions.get("us").pool;
     add_appliance(eu, "eu", "eu-1", 1).await;
     add_appliance(us, "us", "us-1", 2).await;
-    eventually_count(eu, "SELECT count(*) FROM appliances", 2, Duration::from_secs(10)).await;
-    eventually_count(us, "SELECT count(*) FROM appliances", 2, Duration::from_secs(10)).await;
+    eventually_count(
+        eu,
+        "SELECT count(*) FROM appliances",
+        2,
+        Duration::from_secs(10),
+    )
+    .await;
+    eventually_count(
+        us,
+        "SELECT count(*) FROM appliances",
+        2,
+        Duration::from_secs(10),
+    )
+    .await;
 
     // A local write of another region's row: refused by the database, with SSR01.
     let e = sqlx::query("UPDATE appliances SET capacity = 5 WHERE id = 'eu-1'")
         .execute(us)
         .await
         .expect_err("foreign update refused");
-    assert!(shadowsteer::store::replication::is_ownership_violation(&e), "{e}");
+    assert!(
+        shadowsteer::store::replication::is_ownership_violation(&e),
+        "{e}"
+    );
     assert!(e.to_string().contains("belongs to region us"), "{e}");
     let e = sqlx::query("INSERT INTO failure_events (region, appliance_id, started_at) VALUES ('eu', 'eu-1', now())")
         .execute(us)
         .await
         .expect_err("foreign insert refused");
-    assert!(shadowsteer::store::replication::is_ownership_violation(&e), "{e}");
-    assert!(sqlx::query("DELETE FROM appliances WHERE id = 'eu-1'").execute(us).await.is_err());
+    assert!(
+        shadowsteer::store::replication::is_ownership_violation(&e),
+        "{e}"
+    );
+    assert!(
+        sqlx::query("DELETE FROM appliances WHERE id = 'eu-1'")
+            .execute(us)
+            .await
+            .is_err()
+    );
     // The CLI says so as an input error (exit 2), one line.
     let (code, _, err) = run(&[
-        "appliance".into(), "add".into(), "--id".into(), "eu-9".into(), "--region".into(), "eu".into(),
-        "--endpoint".into(), "192.0.2.99:51820".into(), "--public-key".into(), key(9),
-        "--database-url".into(), regions.get("us").url.clone(),
+        "appliance".into(),
+        "add".into(),
+        "--id".into(),
+        "eu-9".into(),
+        "--region".into(),
+        "eu".into(),
+        "--endpoint".into(),
+        "192.0.2.99:51820".into(),
+        "--public-key".into(),
+        key(9),
+        "--database-url".into(),
+        regions.get("us").url.clone(),
     ]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("belongs to region us"), "{err}");
     // The token command defaults to the database's own region.
     let (code, _, err) = run(&[
-        "token".into(), "create".into(), "--name".into(), "ops".into(),
-        "--database-url".into(), regions.get("us").url.clone(),
+        "token".into(),
+        "create".into(),
+        "--name".into(),
+        "ops".into(),
+        "--database-url".into(),
+        regions.get("us").url.clone(),
     ]);
     assert_eq!(code, 0, "{err}");
-    assert_eq!(count(us, "SELECT count(*) FROM api_tokens WHERE region = 'us'").await, 1);
+    assert_eq!(
+        count(us, "SELECT count(*) FROM api_tokens WHERE region = 'us'").await,
+        1
+    );
 
     // Replicated rows that local rules would refuse are applied, and nothing is disabled:
     // a row of another region (ownership), and session state whose client does not exist on
@@ -270,18 +416,43 @@ async fn ownership_local_writes_refused_replicated_rows_applied() {
         .await
         .expect_err("eu refuses it locally too: ghost is no client");
     let mut c = eu.acquire().await.unwrap();
-    sqlx::query("SET session_replication_role = replica").execute(&mut *c).await.unwrap();
+    sqlx::query("SET session_replication_role = replica")
+        .execute(&mut *c)
+        .await
+        .unwrap();
     sqlx::query("INSERT INTO session_state (region, client_id, holder, role, peer_index) VALUES ('eu', 'ghost', 'eu-1', 'primary', 77)")
         .execute(&mut *c)
         .await
         .expect("written on eu without the foreign-key check");
-    sqlx::query("RESET session_replication_role").execute(&mut *c).await.unwrap();
+    sqlx::query("RESET session_replication_role")
+        .execute(&mut *c)
+        .await
+        .unwrap();
     drop(c);
-    eventually_count(us, "SELECT count(*) FROM session_state WHERE client_id = 'ghost'", 1, Duration::from_secs(10)).await;
-    sqlx::query("UPDATE appliances SET capacity = 7 WHERE id = 'eu-1'").execute(eu).await.unwrap();
-    eventually_count(us, "SELECT count(*) FROM appliances WHERE id = 'eu-1' AND capacity = 7", 1, Duration::from_secs(10)).await;
+    eventually_count(
+        us,
+        "SELECT count(*) FROM session_state WHERE client_id = 'ghost'",
+        1,
+        Duration::from_secs(10),
+    )
+    .await;
+    sqlx::query("UPDATE appliances SET capacity = 7 WHERE id = 'eu-1'")
+        .execute(eu)
+        .await
+        .unwrap();
+    eventually_count(
+        us,
+        "SELECT count(*) FROM appliances WHERE id = 'eu-1' AND capacity = 7",
+        1,
+        Duration::from_secs(10),
+    )
+    .await;
     assert!(regions.disabled().await.is_empty());
-    let errors = count(us, "SELECT COALESCE(sum(apply_error_count), 0)::int8 FROM pg_stat_subscription_stats").await;
+    let errors = count(
+        us,
+        "SELECT COALESCE(sum(apply_error_count), 0)::int8 FROM pg_stat_subscription_stats",
+    )
+    .await;
     assert_eq!(errors, 0);
 
     // Removing a client here cascades to the local copies of other regions' sessions of it.
@@ -290,13 +461,34 @@ async fn ownership_local_writes_refused_replicated_rows_applied() {
         .execute(eu)
         .await
         .unwrap();
-    eventually_count(us, "SELECT count(*) FROM clients WHERE id = 'alice'", 1, Duration::from_secs(10)).await;
+    eventually_count(
+        us,
+        "SELECT count(*) FROM clients WHERE id = 'alice'",
+        1,
+        Duration::from_secs(10),
+    )
+    .await;
     sqlx::query("INSERT INTO session_state (region, client_id, holder, role, peer_index) VALUES ('us', 'alice', 'us-1', 'shadow', 5)")
         .execute(us)
         .await
         .expect("us writes its own session row of an eu client");
-    eventually_count(eu, "SELECT count(*) FROM session_state WHERE client_id = 'alice'", 1, Duration::from_secs(10)).await;
-    sqlx::query("DELETE FROM clients WHERE id = 'alice'").execute(eu).await.expect("cascade allowed");
-    eventually_count(us, "SELECT count(*) FROM clients WHERE id = 'alice'", 0, Duration::from_secs(10)).await;
+    eventually_count(
+        eu,
+        "SELECT count(*) FROM session_state WHERE client_id = 'alice'",
+        1,
+        Duration::from_secs(10),
+    )
+    .await;
+    sqlx::query("DELETE FROM clients WHERE id = 'alice'")
+        .execute(eu)
+        .await
+        .expect("cascade allowed");
+    eventually_count(
+        us,
+        "SELECT count(*) FROM clients WHERE id = 'alice'",
+        0,
+        Duration::from_secs(10),
+    )
+    .await;
     assert!(regions.disabled().await.is_empty());
 }

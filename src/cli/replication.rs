@@ -113,9 +113,13 @@ pub async fn run(cmd: ReplicationCommand) -> CommandResult {
                 .await
                 .map_err(map_err)?;
             if outcome.changes.is_empty() {
-                println!("region {removed} is not replicated with any region given; nothing to change");
+                println!(
+                    "region {removed} is not replicated with any region given; nothing to change"
+                );
             } else {
-                println!("region {removed} removed from replication; its rows stay elsewhere as read-only copies");
+                println!(
+                    "region {removed} removed from replication; its rows stay elsewhere as read-only copies"
+                );
             }
             Ok(())
         }

@@ -27,9 +27,8 @@ pub use fields::{Duration, IpNet, ListenAddr};
 pub use risk::RiskSection;
 pub use steering::{
     AdminSection, DnsSection, EcsRegion, NsRecord, RateLimitSection, ReplicationSection,
-    ServerSection, SoaSection,
-    StaticRecord, SteeringConfig, SteeringSection, THRESHOLD_WITHOUT_MODEL, Thresholds,
-    ZoneSection,
+    ServerSection, SoaSection, StaticRecord, SteeringConfig, SteeringSection,
+    THRESHOLD_WITHOUT_MODEL, Thresholds, ZoneSection,
 };
 
 /// One problem in one configuration file.

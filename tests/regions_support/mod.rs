@@ -227,9 +227,18 @@ async fn start_region(id: &str, partitions: Arc<Partitions>) -> Region {
         .await
         .expect("create database");
     let url = cluster.url("shadowsteer");
-    let pool = shadowsteer::store::connect(&url, 8)
-        .await
-        .expect("connect");
+    let pool = shadowsteer::store::connect(&url, 8).await.expect("connect");
+    // The clusters are ephemeral (fsync off, so flushes are cheap), but commits flush WAL as
+    // in production: with synchronous_commit off a walsender sends only what the WAL writer
+    // has flushed, every 200 ms, which would dominate every lag figure. Apply workers retry a
+    // lost publisher every second (default 5 s), so a healed partition is noticed sooner.
+    for sql in [
+        "ALTER SYSTEM SET synchronous_commit = on",
+        "ALTER SYSTEM SET wal_retrieve_retry_interval = '1s'",
+        "SELECT pg_reload_conf()",
+    ] {
+        sqlx::query(sql).execute(&pool).await.expect("configure cluster");
+    }
     // The subscriptions' role: replication and reading the published tables, nothing more.
     for sql in [
         format!("CREATE ROLE ss_repl LOGIN REPLICATION PASSWORD '{REPL_PASSWORD}'"),
@@ -330,7 +339,8 @@ async fn relay_one(
         }
         break;
     }
-    let cut = |p: &Partitions| p.is_cut(owner) || subscriber.as_deref().is_some_and(|s| p.is_cut(s));
+    let cut =
+        |p: &Partitions| p.is_cut(owner) || subscriber.as_deref().is_some_and(|s| p.is_cut(s));
     if cut(partitions) {
         return Ok(());
     }

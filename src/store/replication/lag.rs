@@ -78,7 +78,11 @@ pub struct SubscriptionFacts {
 
 /// The state of a subscription from its facts; behind means lag above `threshold_ms` or more
 /// than `bytes_threshold` of WAL unconfirmed.
-pub fn state(facts: SubscriptionFacts, threshold_ms: i64, bytes_threshold: i64) -> SubscriptionState {
+pub fn state(
+    facts: SubscriptionFacts,
+    threshold_ms: i64,
+    bytes_threshold: i64,
+) -> SubscriptionState {
     if !facts.enabled {
         SubscriptionState::Disabled
     } else if !facts.worker_running {

@@ -213,7 +213,10 @@ mod tests {
         let s = RegionSpec::parse("eu=postgres://u:secret@h:5432/db").unwrap();
         assert_eq!(s.id.as_str(), "eu");
         assert!(!format!("{s:?}").contains("secret"));
-        for bad in ["postgres://u:secret@h/db", "postgres://u:secret@h/db?sslmode=disable"] {
+        for bad in [
+            "postgres://u:secret@h/db",
+            "postgres://u:secret@h/db?sslmode=disable",
+        ] {
             let e = RegionSpec::parse(bad).unwrap_err();
             assert!(!e.to_string().contains("secret"), "{e}");
         }

@@ -190,10 +190,9 @@ impl Action {
                 "{to}: refresh subscription {} (new tables)",
                 subscription_name(from, to)
             ),
-            Self::EnableSubscription { from, to } => format!(
-                "{to}: enable subscription {}",
-                subscription_name(from, to)
-            ),
+            Self::EnableSubscription { from, to } => {
+                format!("{to}: enable subscription {}", subscription_name(from, to))
+            }
             Self::DropSubscription {
                 from,
                 to,
@@ -208,10 +207,9 @@ impl Action {
                 }
             ),
             Self::DropSlot { on, slot } => format!("{on}: drop replication slot {slot}"),
-            Self::DropPublication { region } => format!(
-                "{region}: drop publication {}",
-                publication_name(region)
-            ),
+            Self::DropPublication { region } => {
+                format!("{region}: drop publication {}", publication_name(region))
+            }
         }
     }
 }
@@ -607,7 +605,11 @@ mod tests {
         );
         let long = "a".repeat(40);
         assert!(matches!(
-            plan_setup(&[long.clone(), long.replace('a', "b")], &BTreeMap::new(), TABLES),
+            plan_setup(
+                &[long.clone(), long.replace('a', "b")],
+                &BTreeMap::new(),
+                TABLES
+            ),
             Err(PlanError::NameTooLong { .. })
         ));
     }

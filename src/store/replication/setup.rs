@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use sqlx::PgPool;
 
 use super::plan::{self, Action, ObservedRegion, ObservedSubscription};
-use super::{ReplicationError, RegionSpec, TABLES, check_unique, scrub};
+use super::{RegionSpec, ReplicationError, TABLES, check_unique, scrub};
 use crate::store::target::redact_url;
 use crate::store::{self, MIGRATOR};
 
@@ -31,7 +31,10 @@ impl Region {
         ReplicationError::Database {
             region: self.id().to_owned(),
             what: what.into(),
-            cause: scrub(&e.to_string(), &[&self.spec.url, &self.spec.replication_url]),
+            cause: scrub(
+                &e.to_string(),
+                &[&self.spec.url, &self.spec.replication_url],
+            ),
         }
     }
 }
@@ -155,14 +158,20 @@ async fn migrate_all(
 ) -> Result<(), ReplicationError> {
     let mut versions = Vec::new();
     for r in regions {
-        let applied = store::migrate(&r.pool)
-            .await
-            .map_err(|source| ReplicationError::Migrate {
-                region: r.id().to_owned(),
-                source,
-            })?;
+        let applied =
+            store::migrate(&r.pool)
+                .await
+                .map_err(|source| ReplicationError::Migrate {
+                    region: r.id().to_owned(),
+                    source,
+                })?;
         for m in &applied {
-            progress(format!("{}: applied migration {} {}", r.id(), m.version, m.description));
+            progress(format!(
+                "{}: applied migration {} {}",
+                r.id(),
+                m.version,
+                m.description
+            ));
         }
         let latest: Option<i64> =
             sqlx::query_scalar("SELECT max(version) FROM public._sqlx_migrations WHERE success")
@@ -402,22 +411,36 @@ async fn execute(
         } => {
             let name = plan::subscription_name(from, to);
             if *publisher_reachable
-                && exec(r, "dropping the subscription", format!("DROP SUBSCRIPTION \"{name}\""))
-                    .await
-                    .is_ok()
+                && exec(
+                    r,
+                    "dropping the subscription",
+                    format!("DROP SUBSCRIPTION \"{name}\""),
+                )
+                .await
+                .is_ok()
             {
                 return Ok(());
             }
             // The publisher cannot be reached from here or from the subscriber: detach the slot
             // (left on the publisher; dropped there by DropSlot when it is reachable).
-            exec(r, "disabling the subscription", format!("ALTER SUBSCRIPTION \"{name}\" DISABLE")).await?;
+            exec(
+                r,
+                "disabling the subscription",
+                format!("ALTER SUBSCRIPTION \"{name}\" DISABLE"),
+            )
+            .await?;
             exec(
                 r,
                 "detaching the subscription's slot",
                 format!("ALTER SUBSCRIPTION \"{name}\" SET (slot_name = NONE)"),
             )
             .await?;
-            exec(r, "dropping the subscription", format!("DROP SUBSCRIPTION \"{name}\"")).await?;
+            exec(
+                r,
+                "dropping the subscription",
+                format!("DROP SUBSCRIPTION \"{name}\""),
+            )
+            .await?;
             if let Some(p) = regions.get(from.as_str()) {
                 drop_slot(p, &name).await?;
             }
@@ -532,8 +555,7 @@ async fn run_actions(
     actions: &[Action],
     progress: &mut dyn FnMut(String),
 ) -> Result<Outcome, ReplicationError> {
-    let by_id: BTreeMap<String, &Region> =
-        regions.iter().map(|r| (r.id().to_owned(), r)).collect();
+    let by_id: BTreeMap<String, &Region> = regions.iter().map(|r| (r.id().to_owned(), r)).collect();
     let mut outcome = Outcome::default();
     for action in actions {
         execute(action, &by_id).await?;

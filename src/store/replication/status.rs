@@ -201,10 +201,7 @@ pub async fn status(specs: &[RegionSpec]) -> Result<Status, ReplicationError> {
 }
 
 /// Every subscription on the reachable regions, and every expected pair among `ids` missing.
-fn subscriptions(
-    ids: &[String],
-    facts: &BTreeMap<String, RegionFacts>,
-) -> Vec<SubscriptionStatus> {
+fn subscriptions(ids: &[String], facts: &BTreeMap<String, RegionFacts>) -> Vec<SubscriptionStatus> {
     let mut out = Vec::new();
     for to in ids {
         let Some(f) = facts.get(to) else {
@@ -299,7 +296,9 @@ fn one(
         )
     });
     let note = lag_ms.is_none().then(|| {
-        format!("no heartbeat from region {from} here yet: is a `serve` or an agent of {from} running?")
+        format!(
+            "no heartbeat from region {from} here yet: is a `serve` or an agent of {from} running?"
+        )
     });
     SubscriptionStatus {
         name: sub.name.clone(),
