@@ -237,7 +237,10 @@ async fn start_region(id: &str, partitions: Arc<Partitions>) -> Region {
         "ALTER SYSTEM SET wal_retrieve_retry_interval = '1s'",
         "SELECT pg_reload_conf()",
     ] {
-        sqlx::query(sql).execute(&pool).await.expect("configure cluster");
+        sqlx::query(sql)
+            .execute(&pool)
+            .await
+            .expect("configure cluster");
     }
     // The subscriptions' role: replication and reading the published tables, nothing more.
     for sql in [

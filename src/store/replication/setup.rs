@@ -477,14 +477,14 @@ async fn drop_slot(r: &Region, slot: &str) -> Result<(), ReplicationError> {
                     .map_err(|e| r.failed("ending the slot's walsender", &e))?;
             }
             Some(None) => {
-                match sqlx::query("SELECT pg_drop_replication_slot($1)")
+                // An error means it was taken again between the two statements: retry.
+                if sqlx::query("SELECT pg_drop_replication_slot($1)")
                     .bind(slot)
                     .execute(&r.pool)
                     .await
+                    .is_ok()
                 {
-                    Ok(_) => return Ok(()),
-                    // Taken again between the two statements: retry.
-                    Err(_) => {}
+                    return Ok(());
                 }
             }
         }
