@@ -338,6 +338,7 @@ pub fn render(state: &ServerStatus, live: &LiveView) -> String {
         "",
         state.tcp_refused.load(Ordering::Relaxed),
     );
+    o.0.push_str(&state.replication.render_metrics());
     if let Some(risk) = &live.scores {
         let snapshot = risk.borrow().clone();
         o.0.push_str(&snapshot.render_metrics());

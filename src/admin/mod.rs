@@ -83,6 +83,8 @@ pub struct ServerStatus {
     pub tcp_refused: Arc<AtomicU64>,
     /// Whether the DNS listeners are up.
     pub listening: Arc<AtomicBool>,
+    /// Replication lag per source region, from the heartbeat task.
+    pub replication: Arc<crate::store::replication::heartbeat::LagBoard>,
 }
 
 /// The risk model and live scores, when scoring runs, and the steering threshold in force.

@@ -196,6 +196,13 @@ pub async fn start(
         Arc::clone(&roster),
         shutdown.clone(),
     ));
+    // This region's replication heartbeat (see store::replication::heartbeat: serve and agents
+    // both beat; a no-op until replication is set up).
+    tasks.spawn(crate::store::replication::heartbeat::run(
+        pool.clone(),
+        None,
+        shutdown.clone(),
+    ));
     let recorder = Arc::new(sessions::RecorderStats::default());
     tasks.spawn(sessions::run(
         pool.clone(),

@@ -1,4 +1,4 @@
-//! `shadowsteer db migrate|status|prune`, and opening the database for other commands.
+//! `shadowsteer db migrate|status|prune|replication`, and opening the database for other commands.
 
 use std::time::Duration;
 
@@ -36,6 +36,9 @@ pub enum DbCommand {
         #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
         batch: u32,
     },
+    /// Cross-region replication: setup, status, remove-region.
+    #[command(subcommand)]
+    Replication(super::replication::ReplicationCommand),
 }
 
 /// Opens the database a command should use. The embedded cluster is migrated on the spot (a new
@@ -73,6 +76,7 @@ pub async fn open(db: &DbArgs) -> Result<Database, CommandError> {
 
 pub async fn run(cmd: DbCommand) -> CommandResult {
     match cmd {
+        DbCommand::Replication(c) => super::replication::run(c).await,
         DbCommand::Migrate { db } => {
             let target = db.target();
             let database = Database::open(&target, 2)

@@ -10,6 +10,7 @@ mod db;
 mod evaluate;
 mod inventory;
 mod keys;
+mod replication;
 mod risk_input;
 mod score;
 mod serve;
@@ -37,7 +38,7 @@ enum Command {
     /// Check configuration files.
     #[command(subcommand)]
     Config(config_cmd::ConfigCommand),
-    /// Database schema: migrate, status, prune.
+    /// Database schema (migrate, status, prune) and cross-region replication.
     #[command(subcommand)]
     Db(db::DbCommand),
     /// Manage appliances.

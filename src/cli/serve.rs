@@ -26,6 +26,7 @@ use shadowsteer::dns::{catalog, snapshot_file, tcp};
 use shadowsteer::risk::{self, live::LiveSnapshot, model::Model};
 use shadowsteer::steering::{Engine, Policy};
 use shadowsteer::store::audit::AuditStatus;
+use shadowsteer::store::replication::heartbeat::{self, LagBoard};
 use shadowsteer::store::snapshot::{Loader, SyncStatus};
 use shadowsteer::store::{self, Database, DatabaseTarget, default_data_dir};
 use tokio::sync::{Semaphore, mpsc, watch};
@@ -184,6 +185,22 @@ const ADMIN_POOL: u32 = 4;
 /// Longest statement of the admin API (milliseconds); its reads take a few.
 const ADMIN_STATEMENT_TIMEOUT: &str = "2000";
 
+/// Refuses to serve a database set up for replication as another region's: its audit rows and
+/// scores would carry the configured region and be refused by the database.
+async fn check_region(pool: &sqlx::PgPool, cfg: &SteeringConfig) -> Result<(), CommandError> {
+    let own: Option<String> = sqlx::query_scalar("SELECT region FROM public.local_region")
+        .fetch_optional(pool)
+        .await
+        .context("reading local_region")?;
+    match own {
+        Some(own) if own != cfg.server.region.as_str() => Err(CommandError::Input(format!(
+            "server.region is {} but the database belongs to region {own} (local_region, set by `db replication setup`); set server.region = \"{own}\"",
+            cfg.server.region
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Runs the server until SIGINT/SIGTERM.
 pub async fn run(args: ServeArgs) -> CommandResult {
     let mut cfg: SteeringConfig = super::load_config(&args.config)?;
@@ -266,6 +283,9 @@ pub async fn run(args: ServeArgs) -> CommandResult {
         return Err(CommandError::Failed(
             anyhow::Error::new(e).context("migrating the database"),
         ));
+    } else if let Err(e) = check_region(&database.pool, &cfg).await {
+        database.close().await;
+        return Err(e);
     }
     let pool = database.pool.clone();
 
@@ -416,8 +436,24 @@ pub async fn run(args: ServeArgs) -> CommandResult {
         ));
         rx
     });
+    // Heartbeats of this region and the lag of the others (a no-op until replication is set
+    // up).
+    let lag_board = Arc::new(LagBoard::default());
+    tasks.spawn(store::after_migration(
+        migrated.clone(),
+        shutdown.clone(),
+        heartbeat::run(
+            pool.clone(),
+            Some(heartbeat::Watch {
+                board: lag_board.clone(),
+                warn_after: cfg.replication.lag_warning.0,
+            }),
+            shutdown.clone(),
+        ),
+    ));
     let listening = Arc::new(AtomicBool::new(true));
     let status = admin::ServerStatus {
+        replication: lag_board,
         dns_stats,
         slots,
         sync,

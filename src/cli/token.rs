@@ -21,9 +21,10 @@ pub enum TokenCommand {
         /// Lifetime, e.g. 90d [default: no expiry].
         #[arg(long)]
         expires: Option<String>,
-        /// Region that owns the token row.
-        #[arg(long, default_value = "local")]
-        region: String,
+        /// Region that owns the token row [default: the database's region once replication is
+        /// set up (`local_region`), else "local"].
+        #[arg(long)]
+        region: Option<String>,
         #[command(flatten)]
         db: DbArgs,
     },
@@ -44,6 +45,17 @@ pub enum TokenCommand {
     },
 }
 
+/// The database's own region (`local_region`), else "local": a database set up for
+/// replication refuses rows of other regions.
+async fn own_region(pool: &sqlx::PgPool) -> Result<RegionId, CommandError> {
+    let own: Option<String> = sqlx::query_scalar("SELECT region FROM public.local_region")
+        .fetch_optional(pool)
+        .await
+        .context("reading local_region")?;
+    RegionId::new(own.unwrap_or_else(|| "local".to_owned()))
+        .map_err(|e| CommandError::Failed(anyhow::Error::new(e)))
+}
+
 fn map_err(e: TokenError) -> CommandError {
     if e.is_input_error() {
         CommandError::Input(e.to_string())
@@ -61,13 +73,26 @@ pub async fn run(cmd: TokenCommand) -> CommandResult {
             region,
             db,
         } => {
-            let region = RegionId::new(region).map_err(|e| CommandError::Input(e.to_string()))?;
+            let region = region
+                .map(RegionId::new)
+                .transpose()
+                .map_err(|e| CommandError::Input(format!("--region: {e}")))?;
             let expires_at = expires
                 .as_deref()
                 .map(|d| tokens::expiry(Utc::now(), d))
                 .transpose()
                 .map_err(|e| CommandError::Input(format!("--expires: {e}")))?;
             let database = db::open(&db).await?;
+            let region = match region {
+                Some(r) => r,
+                None => match own_region(&database.pool).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        database.close().await;
+                        return Err(e);
+                    }
+                },
+            };
             let created = tokens::create(&database.pool, &region, &name, &scope, expires_at).await;
             database.close().await;
             let (id, token) = created.map_err(map_err)?;

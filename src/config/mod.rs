@@ -26,9 +26,9 @@ pub use client::{
 pub use fields::{Duration, IpNet, ListenAddr};
 pub use risk::RiskSection;
 pub use steering::{
-    AdminSection, DnsSection, EcsRegion, NsRecord, RateLimitSection, ServerSection, SoaSection,
-    StaticRecord, SteeringConfig, SteeringSection, THRESHOLD_WITHOUT_MODEL, Thresholds,
-    ZoneSection,
+    AdminSection, DnsSection, EcsRegion, NsRecord, RateLimitSection, ReplicationSection,
+    ServerSection, SoaSection, StaticRecord, SteeringConfig, SteeringSection,
+    THRESHOLD_WITHOUT_MODEL, Thresholds, ZoneSection,
 };
 
 /// One problem in one configuration file.

@@ -27,6 +27,30 @@ pub struct SteeringConfig {
     /// Live risk scoring.
     #[serde(default)]
     pub risk: super::risk::RiskSection,
+    /// Cross-region replication watch.
+    #[serde(default)]
+    pub replication: ReplicationSection,
+}
+
+/// `[replication]`: what `serve` watches of cross-region replication.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicationSection {
+    /// Replication lag from another region past which a warning is logged.
+    #[serde(default = "default_lag_warning")]
+    pub lag_warning: Duration,
+}
+
+fn default_lag_warning() -> Duration {
+    Duration(std::time::Duration::from_secs(1))
+}
+
+impl Default for ReplicationSection {
+    fn default() -> Self {
+        Self {
+            lag_warning: default_lag_warning(),
+        }
+    }
 }
 
 /// `[server]`: where the server runs and which database it uses.
@@ -496,6 +520,9 @@ impl Validate for SteeringConfig {
             if z.steered_ttl.0.as_secs() > 86_400 {
                 problems.push(format!("{key}.steered_ttl"), "must be at most one day");
             }
+        }
+        if self.replication.lag_warning.0 < std::time::Duration::from_millis(100) {
+            problems.push("replication.lag_warning", "must be at least 100ms");
         }
         let max_age = self.server.snapshot_max_age.0;
         if max_age.is_zero() || max_age > std::time::Duration::from_secs(30 * 86_400) {

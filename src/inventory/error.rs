@@ -88,6 +88,10 @@ pub enum InventoryError {
     /// No free peer index is left (the 24-bit space is nearly full).
     #[error("no free peer index found; the 24-bit index space is nearly full")]
     Exhausted,
+    /// The database belongs to another region than the row (replication is set up): the row
+    /// must be written in its own region.
+    #[error("{0}")]
+    ForeignRegion(String),
     /// The database failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -116,7 +120,10 @@ impl InventoryError {
             | Self::SameRegion { .. }
             | Self::Ambiguous { .. } => ErrorClass::BadInput,
             Self::NotFound { .. } => ErrorClass::NotFound,
-            Self::Duplicate { .. } | Self::InUse { .. } | Self::Exhausted => ErrorClass::Conflict,
+            Self::Duplicate { .. }
+            | Self::InUse { .. }
+            | Self::Exhausted
+            | Self::ForeignRegion(_) => ErrorClass::Conflict,
             Self::Store(_) => ErrorClass::Internal,
         }
     }
@@ -133,6 +140,7 @@ impl InventoryError {
             Self::InUse { .. } => "in_use",
             Self::Ambiguous { .. } => "ambiguous_id",
             Self::Exhausted => "peer_index_exhausted",
+            Self::ForeignRegion(_) => "foreign_region",
             Self::Store(_) => "internal",
         }
     }
@@ -156,7 +164,14 @@ impl InventoryError {
 
 impl From<sqlx::Error> for InventoryError {
     fn from(e: sqlx::Error) -> Self {
-        Self::Store(StoreError::Query(e))
+        match &e {
+            sqlx::Error::Database(db)
+                if db.code().as_deref() == Some(crate::store::replication::OWNERSHIP_SQLSTATE) =>
+            {
+                Self::ForeignRegion(db.message().to_owned())
+            }
+            _ => Self::Store(StoreError::Query(e)),
+        }
     }
 }
 

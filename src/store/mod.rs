@@ -10,6 +10,7 @@ pub mod inventory;
 pub mod lb_status;
 pub mod notify;
 pub mod page;
+pub mod replication;
 pub mod retention;
 pub mod risk;
 pub mod series;

@@ -94,7 +94,7 @@ pub async fn prune(pool: &PgPool, policy: &RetentionPolicy) -> Result<Vec<Pruned
         let mut batches = 0u32;
         loop {
             let deleted = sqlx::query_scalar!(
-                r#"SELECT shadowsteer_prune($1, $2, $3) AS "deleted!""#,
+                r#"SELECT shadowsteer_prune_own($1, $2, $3) AS "deleted!""#,
                 table,
                 cutoff,
                 policy.batch as i32

@@ -55,8 +55,25 @@ impl DatabaseTarget {
     }
 }
 
-/// `url` with any password replaced by `***`.
+/// `url` with any password (in the authority or as a `password=` parameter) replaced by `***`.
 pub fn redact_url(url: &str) -> String {
+    let redacted = redact_authority(url);
+    match redacted.split_once('?') {
+        Some((base, query)) => {
+            let params: Vec<String> = query
+                .split('&')
+                .map(|p| match p.split_once('=') {
+                    Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                    _ => p.to_owned(),
+                })
+                .collect();
+            format!("{base}?{}", params.join("&"))
+        }
+        None => redacted,
+    }
+}
+
+fn redact_authority(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
@@ -210,6 +227,10 @@ mod tests {
             "postgres://u:***@h:5432/db"
         );
         assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(
+            redact_url("postgres://u@h/db?sslmode=disable&password=pw"),
+            "postgres://u@h/db?sslmode=disable&password=***"
+        );
         assert_eq!(redact_url("postgres:///db"), "postgres:///db");
     }
 
