@@ -321,7 +321,8 @@ pub struct FailbackRequest {
 }
 
 /// An operator's failback: a steering decision naming the primary, for one client or for every
-/// client of `primary` that is held elsewhere. The primary's agent claims them back by the
+/// client of `primary`, written as a row of this database's own region (any region's database
+/// will do: the decision replicates). The primary's agent claims them back by the
 /// make-before-break path (also with `failback = "manual"`).
 pub async fn request_failback(
     pool: &PgPool,
@@ -330,7 +331,8 @@ pub async fn request_failback(
 ) -> Result<FailbackRequest, StoreError> {
     let rows = sqlx::query_scalar!(
         r#"INSERT INTO steering_decisions (region, client_id, from_appliance, to_appliance, reason, server)
-           SELECT a.region, c.id, h.holder, c.primary_appliance, $3, 'cli'
+           SELECT COALESCE((SELECT l.region FROM local_region l), a.region), c.id, h.holder,
+                  c.primary_appliance, $3, 'cli'
            FROM clients c
            JOIN appliances a ON a.id = c.primary_appliance
            LEFT JOIN LATERAL (

@@ -392,6 +392,12 @@ impl Peer {
         if src_ip != self.spec.tunnel_ip {
             return Action::Drop(DropReason::Spoofed);
         }
+        // boringtun reads the source from the header but trims the packet to the header's
+        // total length without checking it: a header claiming less than itself (found by
+        // fuzzing) would go inside as a truncated, unparseable packet.
+        if super::packet::parse_ip(packet).is_none_or(|h| h.src != src_ip) {
+            return Action::Drop(DropReason::Malformed);
+        }
         self.counters.rx_packets += 1;
         self.counters.rx_bytes += packet.len() as u64;
         Action::Inside(packet)
@@ -605,6 +611,22 @@ pub(crate) mod tests {
             pair.server
                 .handle_datagram(pair.now, pair.client_addr, &wire, &mut out),
             Action::Drop(DropReason::Decrypt)
+        );
+        assert_eq!(pair.server.counters().rx_packets, 1);
+
+        // An IPv4 header whose total length is below its own size (0 here) is not delivered
+        // (boringtun would hand over an empty packet). Regression from the wg_router fuzzer.
+        let n = packet::build_udp(&mut ip, src, dst, b"abc").unwrap();
+        ip[2] = 0;
+        ip[3] = 0;
+        let Action::Send(wire) = pair.client.encapsulate(&ip[..n], &mut buf) else {
+            panic!("no data packet");
+        };
+        let wire = wire.to_vec();
+        assert_eq!(
+            pair.server
+                .handle_datagram(pair.now, pair.client_addr, &wire, &mut out),
+            Action::Drop(DropReason::Malformed)
         );
         assert_eq!(pair.server.counters().rx_packets, 1);
     }
