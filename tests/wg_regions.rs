@@ -238,6 +238,11 @@ async fn crash_restart_failback_and_regional_partition_with_one_postgres_per_reg
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let r = finish(probe).await;
     eprintln!("regions healed: {r:?}");
+    for line in shadow.log_text().lines().chain(primary.log_text().lines()) {
+        if line.contains("group peer") || line.contains("claimed") || line.contains("stood down") {
+            eprintln!("{line}");
+        }
+    }
     assert_eq!(r.lost, 0, "{r:?}");
     assert!(regions.disabled().await.is_empty());
 

@@ -196,6 +196,7 @@ async fn predicted_move_failback_crash_and_restart_with_a_stock_client() {
     let r = finish(probe).await;
     eprintln!("predicted move: {r:?}");
     assert!(r.sent >= 80, "{r:?}");
+    common::record_measure("predicted_lost", f64::from(r.lost));
     assert_eq!(r.lost, 0, "predicted move lost probes: {r:?}");
     primary.wait_log("stood down", 1).await;
 
@@ -233,6 +234,7 @@ async fn predicted_move_failback_crash_and_restart_with_a_stock_client() {
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let r = finish(probe).await;
     eprintln!("kill -9 of the primary: {r:?}");
+    common::record_measure("sudden_gap_ms", r.longest_gap_ms as f64);
     assert!(
         r.longest_gap_ms < 1500,
         "stream did not resume promptly through the shadow: {r:?}"
@@ -356,8 +358,7 @@ async fn link_cut_and_partition_move_the_client_at_most_once() {
         .await;
 }
 
-/// Runs the client helper (probe mode, 100 packets/s) in the client namespace for `secs`,
-/// calling `act` after `act_after`; returns its JSON report.
+/// Runs the client helper against the test DNS server; see [`wg_support::helper_run`].
 async fn helper_run<F, Fut>(
     w: &World,
     dns: &agent_support::TestDns,
@@ -369,76 +370,16 @@ where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
-    let ckf = w.dir.path().join("helper.key");
-    if !ckf.exists() {
-        key_file(w.dir.path(), "helper.key", &w.client_key);
-    }
-    let cfg = w.dir.path().join("helper.toml");
-    let report = w.dir.path().join("helper-report.json");
-    let _ = std::fs::remove_file(&report);
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"
-[client]
-id = "alice"
-key_file = "{}"
-service_public_key = "{}"
-zone = "vpn.test"
-port = {WG_PORT}
-resolver = "{}"
-listen = "0.0.0.0:0"
-inside = "probe"
-min_ttl = "1s"
-
-[tunnel]
-address = "10.77.0.2"
-network = "10.77.0.0/16"
-
-[probe]
-rate = 100
-report_interval = "1s"
-loss_timeout = "1s"
-"#,
-            ckf.display(),
-            w.service.public_key(),
-            dns.addr
-        ),
-    )
-    .unwrap();
-    let log = std::fs::File::create(w.dir.path().join("helper.log")).unwrap();
-    let mut child = Child(
-        std::process::Command::new("ip")
-            .args(["netns", "exec", &w.client_ns, common::bin()])
-            .args(["client", "run", "--config", cfg.to_str().unwrap()])
-            .args([
-                "--report",
-                report.to_str().unwrap(),
-                "--duration",
-                &format!("{secs}s"),
-            ])
-            .env("RUST_LOG", "info")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    );
-    tokio::time::sleep(Duration::from_secs(act_after)).await;
-    act().await;
-    let deadline = Instant::now() + Duration::from_secs(secs + 20);
-    loop {
-        if let Ok(Some(status)) = child.0.try_wait() {
-            assert!(
-                status.success(),
-                "client helper failed: {}",
-                std::fs::read_to_string(w.dir.path().join("helper.log")).unwrap_or_default()
-            );
-            break;
-        }
-        assert!(Instant::now() < deadline, "client helper did not stop");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap()
+    let spec = wg_support::HelperSpec {
+        dir: w.dir.path(),
+        ns: &w.client_ns,
+        key: &w.client_key,
+        service: w.service.public_key(),
+        zone: "vpn.test",
+        resolver: dns.addr,
+        extra: "min_ttl = \"1s\"",
+    };
+    wg_support::helper_run(&spec, secs, act_after, act).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -456,6 +397,10 @@ async fn client_helper_moves_without_loss_and_survives_a_crash() {
     })
     .await;
     eprintln!("helper, predicted move: {}", r["probe"]);
+    common::record_measure(
+        "predicted_lost_helper",
+        r["probe"]["lost"].as_f64().unwrap_or(-1.0),
+    );
     assert!(r["probe"]["sent"].as_u64().unwrap() >= 300, "{r}");
     assert_eq!(r["probe"]["lost"], 0, "{r}");
     assert_eq!(
@@ -481,6 +426,7 @@ async fn client_helper_moves_without_loss_and_survives_a_crash() {
     .await;
     eprintln!("helper, kill -9 of the primary: {}", r["probe"]);
     let gap = r["probe"]["longest_gap_ms"].as_f64().unwrap();
+    common::record_measure("sudden_gap_ms_helper", gap);
     assert!(
         gap < 1500.0,
         "the helper's stream did not resume through the shadow: {r}"

@@ -25,12 +25,15 @@ use crate::store::takeover::{self as store, ClaimWrite, Group};
 use crate::takeover::liveness::{Liveness, Timing, Verdict};
 use crate::takeover::wire::{GroupKey, Heartbeat, MAX_LEN};
 use crate::takeover::{Action, Coordinator, Failback, SessionView};
-use crate::tunnel::device::{DeviceHandle, GroupInput, PeerCommand};
+use crate::tunnel::device::{DeviceHandle, GroupInput, PeerCommand, RelayRole};
 
 /// Full re-read of the group (notifications are hints and may be lost).
 const RELOAD: Duration = Duration::from_secs(10);
 /// Pause after a failed database call.
 const RETRY: Duration = Duration::from_secs(1);
+/// How long the two appliances of a make-before-break move relay the session's stray
+/// datagrams (the client needs about one round trip to switch sessions).
+const RELAY_WINDOW: Duration = Duration::from_secs(3);
 /// Decisions arrive in batches; one reload per this much time at most.
 const DECISION_DEBOUNCE: Duration = Duration::from_millis(20);
 
@@ -132,6 +135,11 @@ pub async fn run(
         Arc::clone(&stats),
         shutdown.clone(),
     ));
+    let _ = shell
+        .device
+        .commands
+        .send(PeerCommand::GroupKey(settings.key.clone()))
+        .await;
     let mut beat = tokio::time::interval(settings.timing.interval);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -342,6 +350,26 @@ impl Shell {
                         endpoint: view.and_then(|v| v.endpoint),
                         primary: view.is_some_and(|v| v.primary == self.appliance),
                     });
+                }
+                Action::Relay {
+                    peer,
+                    new_holder,
+                    partner,
+                } => {
+                    if let Some(via) = self.addrs.get(&partner).copied() {
+                        let role = if new_holder {
+                            RelayRole::NewHolder
+                        } else {
+                            RelayRole::OldHolder
+                        };
+                        self.command(PeerCommand::Relay {
+                            peer,
+                            role,
+                            via,
+                            window: RELAY_WINDOW,
+                        })
+                        .await;
+                    }
                 }
                 Action::PeerDown(a) => {
                     let _ = self.writes.send(Write::PeerDown(a, Utc::now()));

@@ -42,6 +42,7 @@ struct Row {
     claim_region: Option<String>,
     holder: Option<String>,
     claimed_at: Option<DateTime<Utc>>,
+    claim_reason: Option<String>,
     ip: Option<String>,
     port: Option<i32>,
     to_appliance: Option<String>,
@@ -57,6 +58,7 @@ fn view(r: Row) -> Result<SessionView, StoreError> {
             region: RegionId::new(region).map_err(|e| bad(&e))?,
             holder: ApplianceId::new(holder).map_err(|e| bad(&e))?,
             claimed_at: r.claimed_at,
+            make_before_break: matches!(r.claim_reason.as_deref(), Some("predicted" | "failback")),
         }),
         _ => None,
     };
@@ -100,13 +102,13 @@ async fn sessions(
         Row,
         r#"SELECT c.id, c.peer_index, c.primary_appliance, c.shadow_appliance,
                   h.epoch AS "epoch?", h.region AS "claim_region?", h.holder AS "holder?",
-                  h.claimed_at AS "claimed_at?",
+                  h.claimed_at AS "claimed_at?", h.claim_reason AS "claim_reason?",
                   e.ip AS "ip?", e.port AS "port?",
                   d.to_appliance AS "to_appliance?", d.decided_at AS "decided_at?",
                   d.reason AS "reason?"
            FROM clients c
            LEFT JOIN LATERAL (
-               SELECT s.epoch, s.region, s.holder, s.claimed_at FROM session_state s
+               SELECT s.epoch, s.region, s.holder, s.claimed_at, s.claim_reason FROM session_state s
                WHERE s.client_id = c.id ORDER BY s.epoch DESC, s.region DESC LIMIT 1) h ON true
            LEFT JOIN LATERAL (
                SELECT host(s.endpoint_ip) AS ip, s.endpoint_port AS port FROM session_state s

@@ -73,6 +73,9 @@ pub struct Claim {
     pub holder: ApplianceId,
     /// When it was claimed (None for rows written before any takeover).
     pub claimed_at: Option<DateTime<Utc>>,
+    /// Made by the make-before-break path (predicted move, failback): the previous holder
+    /// still works and relays what the client sends it on the old session meanwhile.
+    pub make_before_break: bool,
 }
 
 impl Claim {
@@ -143,6 +146,17 @@ pub enum Action {
         epoch: Epoch,
         /// Why.
         reason: ClaimReason,
+    },
+    /// During a make-before-break move, relay the session's stray datagrams between the two
+    /// appliances for a moment (the client may send on the old session for about one round
+    /// trip after it roamed, and the old holder may still owe it replies).
+    Relay {
+        /// The session.
+        peer: PeerIndex,
+        /// This appliance is the new holder (else the old one).
+        new_holder: bool,
+        /// The other appliance of the move.
+        partner: ApplianceId,
     },
     /// A group peer stopped sending heartbeats: record a failure event.
     PeerDown(ApplianceId),
@@ -413,6 +427,7 @@ impl Coordinator {
         let Some(s) = self.sessions.get_mut(&peer) else {
             return;
         };
+        let previous = holder_of(s).clone();
         let epoch = s
             .claim
             .as_ref()
@@ -423,6 +438,7 @@ impl Coordinator {
             region,
             holder: me,
             claimed_at: Some(now),
+            make_before_break: matches!(reason, ClaimReason::Predicted | ClaimReason::Failback),
         });
         out.push(Action::Claim {
             client: s.client.clone(),
@@ -436,6 +452,13 @@ impl Coordinator {
             ClaimReason::Client => self.stats.client_claims += 1,
         }
         let endpoint = s.endpoint;
+        if matches!(reason, ClaimReason::Predicted | ClaimReason::Failback) {
+            out.push(Action::Relay {
+                peer,
+                new_holder: true,
+                partner: previous,
+            });
+        }
         self.tell(peer, true, out);
         if reason != ClaimReason::Client
             && let Some(endpoint) = endpoint
@@ -447,10 +470,22 @@ impl Coordinator {
     fn tell(&mut self, peer: PeerIndex, held: bool, out: &mut Vec<Action>) {
         let before = self.told.insert(peer, held);
         if before != Some(held) {
+            out.push(Action::Hold { peer, held });
             if before == Some(true) && !held {
                 self.stats.stood_down += 1;
+                // After a crash claim (a partition, really) this appliance keeps answering
+                // a client that still talks to it; relaying would only pull the client onto
+                // an appliance that cannot read its session.
+                if let Some(s) = self.sessions.get(&peer)
+                    && s.claim.as_ref().is_some_and(|c| c.make_before_break)
+                {
+                    out.push(Action::Relay {
+                        peer,
+                        new_holder: false,
+                        partner: holder_of(s).clone(),
+                    });
+                }
             }
-            out.push(Action::Hold { peer, held });
         }
     }
 }

@@ -31,6 +31,7 @@ fn session(n: i64, claim: Option<(u64, &str, &str, i64)>) -> SessionView {
             region: region(r),
             holder: id(h),
             claimed_at: Some(t(at)),
+            make_before_break: true,
         }),
         endpoint: Some(endpoint()),
         assigned: None,
@@ -107,14 +108,21 @@ fn a_higher_claim_makes_the_holder_stand_down() {
             held: true
         }]
     );
-    // The shadow's region claimed it (replicated).
+    // The shadow's region claimed it (replicated): stand down, and relay what still comes.
     let actions = c.update(p(1), Some(session(1, Some((1, "us", "us-1", 5)))), t(10));
     assert_eq!(
         actions,
-        vec![Action::Hold {
-            peer: p(1),
-            held: false
-        }]
+        vec![
+            Action::Hold {
+                peer: p(1),
+                held: false
+            },
+            Action::Relay {
+                peer: p(1),
+                new_holder: false,
+                partner: id("us-1")
+            }
+        ]
     );
     assert_eq!(c.stats().stood_down, 1);
     // A restarted primary reads the claim before it acts: no initiation, held by the shadow.
@@ -136,12 +144,14 @@ fn epochs_compare_by_counter_then_region() {
         region: region("eu"),
         holder: id("eu-1"),
         claimed_at: None,
+        make_before_break: false,
     };
     let b = Claim {
         epoch: Epoch::from_db(1).unwrap(),
         region: region("us"),
         holder: id("us-1"),
         claimed_at: None,
+        make_before_break: false,
     };
     assert!(a.beats(&b));
     let c = Claim {
@@ -171,6 +181,11 @@ fn predicted_move_claims_once_and_only_for_a_newer_decision() {
     });
     let actions = c.update(p(1), Some(s.clone()), t(310));
     assert_eq!(claims(&actions), vec![(p(1), 1, ClaimReason::Predicted)]);
+    assert!(actions.contains(&Action::Relay {
+        peer: p(1),
+        new_holder: true,
+        partner: id("eu-1")
+    }));
     assert!(actions.contains(&Action::Initiate {
         peer: p(1),
         endpoint: endpoint()
@@ -247,12 +262,13 @@ fn a_partition_moves_the_client_once_not_back_and_forth() {
     assert!(claims(&c.peer_dead(&id("us-1"), t(10), None)).is_empty());
     let actions = c.update(p(1), Some(session(1, Some((5, "us", "us-1", 20)))), t(30));
     assert_eq!(
-        actions,
-        vec![Action::Hold {
+        actions[0],
+        Action::Hold {
             peer: p(1),
             held: false
-        }]
+        }
     );
+    assert!(claims(&actions).is_empty());
     // Reloads while the partition lasts change nothing.
     assert!(
         c.load(vec![session(1, Some((5, "us", "us-1", 20)))], t(40))

@@ -139,6 +139,94 @@ impl Heartbeat {
     }
 }
 
+/// First bytes of a relayed WireGuard datagram (see [`Relay`]).
+pub const RELAY_MAGIC: [u8; 4] = *b"SSR\x01";
+
+/// Fixed part of a relay message: magic, direction, address (16 + 2), MAC.
+const RELAY_OVERHEAD: usize = 4 + 1 + 18 + MAC_LEN;
+
+/// Whether a datagram is a relay message.
+pub fn is_relay(datagram: &[u8]) -> bool {
+    datagram.get(..4) == Some(&RELAY_MAGIC[..])
+}
+
+/// Which way a relayed datagram goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayDirection {
+    /// From the client, to the appliance whose session it belongs to (the old holder).
+    FromClient,
+    /// From the old holder, to be sent to the client from the new holder's address.
+    ToClient,
+}
+
+/// During a make-before-break move the client may, for about one round trip, still send on
+/// the old holder's session to the new holder's address, and the old holder may still owe it
+/// replies. Those datagrams travel between the two appliances wrapped in a relay message:
+/// `RELAY_MAGIC | direction (1) | client address (16, v6 or v4-mapped) | port (2) |
+/// datagram | mac (16)`, the MAC as for heartbeats.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Relay<'a> {
+    /// Which way.
+    pub direction: RelayDirection,
+    /// The client's address (source or destination).
+    pub client: std::net::SocketAddr,
+    /// The WireGuard datagram.
+    pub datagram: &'a [u8],
+}
+
+impl<'a> Relay<'a> {
+    /// Encodes into `out` (cleared first).
+    pub fn encode(&self, key: &GroupKey, out: &mut Vec<u8>) {
+        out.clear();
+        out.extend_from_slice(&RELAY_MAGIC);
+        out.push(match self.direction {
+            RelayDirection::FromClient => 1,
+            RelayDirection::ToClient => 2,
+        });
+        let ip = match self.client.ip() {
+            std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+            std::net::IpAddr::V6(v6) => v6,
+        };
+        out.extend_from_slice(&ip.octets());
+        out.extend_from_slice(&self.client.port().to_be_bytes());
+        out.extend_from_slice(self.datagram);
+        let mut mac = key.mac();
+        mac.update(out);
+        let tag = mac.finalize().into_bytes();
+        out.extend_from_slice(&tag[..MAC_LEN]);
+    }
+
+    /// Decodes and authenticates.
+    pub fn decode(key: &GroupKey, msg: &'a [u8]) -> Result<Self, WireError> {
+        if !is_relay(msg) || msg.len() <= RELAY_OVERHEAD {
+            return Err(WireError::Malformed);
+        }
+        let body = msg.len() - MAC_LEN;
+        let mut mac = key.mac();
+        mac.update(&msg[..body]);
+        mac.verify_truncated_left(&msg[body..])
+            .map_err(|_| WireError::BadMac)?;
+        let direction = match msg[4] {
+            1 => RelayDirection::FromClient,
+            2 => RelayDirection::ToClient,
+            _ => return Err(WireError::Malformed),
+        };
+        let mut ip = [0u8; 16];
+        ip.copy_from_slice(&msg[5..21]);
+        let ip = std::net::Ipv6Addr::from(ip);
+        let ip = match ip.to_ipv4_mapped() {
+            Some(v4) => std::net::IpAddr::V4(v4),
+            None => std::net::IpAddr::V6(ip),
+        };
+        let port = u16::from_be_bytes([msg[21], msg[22]]);
+        Ok(Self {
+            direction,
+            client: std::net::SocketAddr::new(ip, port),
+            datagram: &msg[23..body],
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,5 +275,27 @@ mod tests {
             }
             assert!(Heartbeat::decode(&key, &d).is_err());
         }
+    }
+
+    #[test]
+    fn relay_messages_round_trip_and_are_authenticated() {
+        let key = GroupKey::from_secret(&[3; 32]);
+        let mut out = Vec::new();
+        for client in ["192.0.2.7:40000", "[2001:db8::7]:40001"] {
+            let r = Relay {
+                direction: RelayDirection::ToClient,
+                client: client.parse().unwrap(),
+                datagram: &[4, 0, 0, 0, 1, 2, 3],
+            };
+            r.encode(&key, &mut out);
+            assert!(is_relay(&out) && !is_heartbeat(&out));
+            assert_eq!(Relay::decode(&key, &out), Ok(r.clone()));
+            let other = GroupKey::from_secret(&[4; 32]);
+            assert_eq!(Relay::decode(&other, &out), Err(WireError::BadMac));
+            let mut bad = out.clone();
+            bad[10] ^= 1;
+            assert!(Relay::decode(&key, &bad).is_err());
+        }
+        assert!(Relay::decode(&key, b"SSR\x01").is_err());
     }
 }

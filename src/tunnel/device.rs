@@ -25,6 +25,7 @@ use super::router::{Routed, Router};
 use super::stats::DeviceStats;
 use super::tun::Tun;
 use crate::domain::{PeerIndex, SecretKey, SessionCounters};
+use crate::takeover::wire::{Relay, RelayDirection};
 
 /// How often boringtun's timers run (it rounds its timers to these calls).
 pub const TICK: Duration = Duration::from_millis(100);
@@ -90,6 +91,30 @@ pub enum PeerCommand {
     /// Takeover: send handshake initiations to these clients' endpoints, paced
     /// ([`INITIATIONS_PER_PACE`] every [`PACE`]).
     Initiate(Vec<(PeerIndex, SocketAddr)>),
+    /// Takeover: the key that authenticates relayed datagrams between group appliances.
+    GroupKey(crate::takeover::wire::GroupKey),
+    /// Takeover: relay one session's stray datagrams for a while (make-before-break).
+    Relay {
+        /// The session.
+        peer: PeerIndex,
+        /// Which side of the move this appliance is on.
+        role: RelayRole,
+        /// The other appliance's address.
+        via: SocketAddr,
+        /// How long.
+        window: Duration,
+    },
+}
+
+/// A side of a make-before-break move.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayRole {
+    /// The new holder: client datagrams it cannot decrypt (still on the old session) go to
+    /// the old holder.
+    NewHolder,
+    /// The old holder: what it still sends the client goes out through the new holder, so
+    /// that the client's endpoint stays there.
+    OldHolder,
 }
 
 /// What the data plane passes to the takeover task.
@@ -110,6 +135,10 @@ pub enum GroupInput {
         endpoint: Option<SocketAddr>,
     },
 }
+
+/// How long an old holder keeps replying through the appliance that relayed a client's
+/// datagram to it (the new holder).
+const RELAY_IMPLIED: Duration = Duration::from_secs(3);
 
 /// Takeover initiations are sent in groups of this many...
 pub const INITIATIONS_PER_PACE: usize = 32;
@@ -197,6 +226,12 @@ pub struct Device {
     withheld: std::collections::HashSet<PeerIndex>,
     /// Takeover initiations not sent yet.
     initiations: std::collections::VecDeque<(PeerIndex, SocketAddr)>,
+    /// Relay key (set by the takeover task).
+    group_key: Option<crate::takeover::wire::GroupKey>,
+    /// Sessions moving here: old holder, until when.
+    relay_new: HashMap<PeerIndex, (SocketAddr, Instant)>,
+    /// Sessions moving away: new holder, until when.
+    relay_old: HashMap<PeerIndex, (SocketAddr, Instant)>,
 }
 
 impl std::fmt::Debug for Device {
@@ -250,6 +285,9 @@ impl Device {
             group: None,
             withheld: std::collections::HashSet::new(),
             initiations: std::collections::VecDeque::new(),
+            group_key: None,
+            relay_new: HashMap::new(),
+            relay_old: HashMap::new(),
         };
         let handle = DeviceHandle {
             commands: cmd_tx,
@@ -371,14 +409,37 @@ impl Device {
             PeerCommand::Hold { peer, held } => {
                 if held {
                     self.withheld.remove(&peer);
+                    // Holding it now: nothing of ours goes out through another appliance.
+                    self.relay_old.remove(&peer);
                 } else {
+                    self.relay_new.remove(&peer);
                     self.withheld.insert(peer);
                     self.initiations.retain(|(p, _)| *p != peer);
+                }
+            }
+            PeerCommand::GroupKey(key) => self.group_key = Some(key),
+            PeerCommand::Relay {
+                peer,
+                role,
+                via,
+                window,
+            } => {
+                let entry = (via, Instant::now() + window);
+                match role {
+                    RelayRole::NewHolder => {
+                        self.relay_old.remove(&peer);
+                        self.relay_new.insert(peer, entry);
+                    }
+                    RelayRole::OldHolder => {
+                        self.relay_new.remove(&peer);
+                        self.relay_old.insert(peer, entry);
+                    }
                 }
             }
             PeerCommand::Initiate(list) => {
                 for (peer, endpoint) in list {
                     self.withheld.remove(&peer);
+                    self.relay_old.remove(&peer);
                     self.initiations.push_back((peer, endpoint));
                 }
             }
@@ -406,7 +467,10 @@ impl Device {
                 if bytes.first() == Some(&3) && peer.is_none() {
                     DeviceStats::add(&self.stats.cookie_replies, 1);
                 }
-                self.send(to, bytes);
+                match peer.and_then(|p| relay_via(&self.relay_old, p)) {
+                    Some(via) => self.relay(via, RelayDirection::ToClient, to, bytes),
+                    None => self.send(to, bytes),
+                }
                 peer
             }
             Routed::Drop(r) => {
@@ -445,7 +509,36 @@ impl Device {
             }
             return;
         }
+        if crate::takeover::wire::is_relay(datagram) {
+            self.on_relay(src, datagram, out, reply);
+            return;
+        }
+        self.on_wireguard(now, src, datagram, out, reply);
+    }
+
+    /// A WireGuard datagram (from the client, or relayed from the new holder).
+    fn on_wireguard(
+        &mut self,
+        now: Instant,
+        src: SocketAddr,
+        datagram: &[u8],
+        out: &mut [u8],
+        reply: &mut [u8],
+    ) {
         let routed = self.router.handle_datagram(now, src, datagram, out);
+        // A data packet of a session moving here that we cannot decrypt is still on the old
+        // holder's session: hand it over.
+        if let Routed::Drop(_) = routed
+            && datagram.first() == Some(&4)
+            && let Some(peer) = datagram
+                .get(4..8)
+                .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                .and_then(|b| PeerIndex::from_receiver_index(u32::from_le_bytes(b)))
+            && let Some(via) = relay_via(&self.relay_new, peer)
+        {
+            self.relay(via, RelayDirection::FromClient, src, datagram);
+            return;
+        }
         let touched = match routed {
             Routed::Inside { peer, packet } => {
                 DeviceStats::add(&self.stats.inside_rx, 1);
@@ -469,6 +562,82 @@ impl Device {
         });
         if let Some(p) = peer {
             self.drain_events(p);
+        }
+    }
+
+    /// Wraps a datagram for the other appliance of a move.
+    fn relay(
+        &self,
+        via: SocketAddr,
+        direction: RelayDirection,
+        client: SocketAddr,
+        datagram: &[u8],
+    ) {
+        let Some(key) = &self.group_key else {
+            return;
+        };
+        let mut msg = Vec::with_capacity(datagram.len() + 64);
+        Relay {
+            direction,
+            client,
+            datagram,
+        }
+        .encode(key, &mut msg);
+        DeviceStats::add(&self.stats.relayed, 1);
+        self.send(via, &msg);
+    }
+
+    /// A relay message from a group appliance.
+    fn on_relay(&mut self, src: SocketAddr, msg: &[u8], out: &mut [u8], reply: &mut [u8]) {
+        let Some(key) = &self.group_key else {
+            self.stats.count_drop(DropReason::Malformed);
+            return;
+        };
+        let r = match Relay::decode(key, msg) {
+            Ok(r) => r,
+            Err(crate::takeover::wire::WireError::BadMac) => {
+                self.stats.count_drop(DropReason::BadMac);
+                return;
+            }
+            Err(_) => {
+                self.stats.count_drop(DropReason::Malformed);
+                return;
+            }
+        };
+        let now = Instant::now();
+        let from_partner = |table: &HashMap<PeerIndex, (SocketAddr, Instant)>| {
+            table
+                .values()
+                .any(|(via, until)| via.ip() == src.ip() && now < *until)
+        };
+        match r.direction {
+            // We are the old holder: the client's datagram, as if it came from the client.
+            // The relaying appliance holds the session now (its claim may not have reached
+            // us yet): our replies go back through it, or the client would roam back here.
+            RelayDirection::FromClient => {
+                let (client, datagram) = (r.client, r.datagram.to_vec());
+                if let Some(peer) = datagram
+                    .get(4..8)
+                    .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                    .and_then(|b| PeerIndex::from_receiver_index(u32::from_le_bytes(b)))
+                    && self.router.peer(peer).is_some()
+                {
+                    let until = self
+                        .relay_old
+                        .get(&peer)
+                        .map_or(now + RELAY_IMPLIED, |(_, u)| (*u).max(now + RELAY_IMPLIED));
+                    self.relay_new.remove(&peer);
+                    self.relay_old.insert(peer, (src, until));
+                    self.on_wireguard(now, client, &datagram, out, reply);
+                } else {
+                    self.stats.count_drop(DropReason::UnknownIndex);
+                }
+            }
+            // We are the new holder: the old holder's reply, sent from our address.
+            RelayDirection::ToClient if from_partner(&self.relay_new) => {
+                self.send(r.client, r.datagram);
+            }
+            _ => self.stats.count_drop(DropReason::Unexpected),
         }
     }
 
@@ -632,6 +801,17 @@ impl Device {
             }
         }
     }
+}
+
+/// The partner of a move in progress for `peer`, if its window is open.
+fn relay_via(
+    table: &HashMap<PeerIndex, (SocketAddr, Instant)>,
+    peer: PeerIndex,
+) -> Option<SocketAddr> {
+    table
+        .get(&peer)
+        .filter(|(_, until)| Instant::now() < *until)
+        .map(|(via, _)| *via)
 }
 
 /// Errors a UDP socket may report for one datagram (an ICMP error for an earlier send, a

@@ -30,6 +30,8 @@ pub struct DeviceStats {
     pub events_dropped: AtomicU64,
     /// Handshake initiations sent to take a session over.
     pub takeover_initiations: AtomicU64,
+    /// Datagrams relayed between the two appliances of a make-before-break move.
+    pub relayed: AtomicU64,
     /// Peers configured.
     pub peers: AtomicU64,
     /// Peers with a live session (updated every timer tick).

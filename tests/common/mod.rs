@@ -118,3 +118,19 @@ pub fn random_public_key() -> String {
         .public_key()
         .to_base64()
 }
+
+/// Appends a measurement to the file named by `SHADOWSTEER_MEASURE_OUT` (one JSON object per
+/// line), for `benches/failover.sh`; does nothing without it.
+pub fn record_measure(key: &str, value: f64) {
+    use std::io::Write as _;
+    let Ok(path) = std::env::var("SHADOWSTEER_MEASURE_OUT") else {
+        return;
+    };
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = writeln!(f, "{}", serde_json::json!({ key: value }));
+    }
+}

@@ -44,12 +44,15 @@ pub struct Pg {
 }
 
 impl Pg {
-    /// Starts a cluster, creates and migrates database `steer`.
+    /// Starts a cluster, creates and migrates database `steer`. Durable: an ephemeral
+    /// cluster's watchdog deletes the data directory as soon as the server dies, so a
+    /// `kill -9` would take the data with it and the restart would find nothing (this made
+    /// the kill test fail now and then).
     pub async fn new(prefix: &str) -> Self {
         let dir = temp_cluster_dir(prefix).unwrap();
         let d2 = dir.clone();
         let cluster = tokio::task::spawn_blocking(move || {
-            LocalCluster::start(&d2, Durability::Ephemeral).unwrap()
+            LocalCluster::start(&d2, Durability::Durable).unwrap()
         })
         .await
         .unwrap();
@@ -128,7 +131,7 @@ impl Pg {
     pub fn start(&mut self) {
         let mut last = None;
         for _ in 0..50 {
-            match LocalCluster::start(&self.dir, Durability::Ephemeral) {
+            match LocalCluster::start(&self.dir, Durability::Durable) {
                 Ok(c) => {
                     self.port.store(c.port(), Ordering::Relaxed);
                     self.cluster = Some(c);
@@ -140,6 +143,13 @@ impl Pg {
             std::thread::sleep(Duration::from_millis(200));
         }
         panic!("Postgres did not start again: {last:?}");
+    }
+}
+
+impl Drop for Pg {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

@@ -37,6 +37,9 @@ pub fn skip(why: &str) {
 
 /// The router namespace and its members. Member `k` has `10.214.k.2/24`, the hub `10.214.k.1`.
 pub struct Stage {
+    /// One stage at a time per test binary: stages share the root namespace's route and
+    /// address for 10.214.0.0/16.
+    _turn: std::sync::MutexGuard<'static, ()>,
     pub tag: String,
     hub: String,
     members: Vec<String>,
@@ -47,6 +50,8 @@ pub const WG_PORT: u16 = 51820;
 
 impl Stage {
     pub fn new(names: &[&str]) -> Self {
+        static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let turn = TURN.lock().unwrap_or_else(|p| p.into_inner());
         let tag = format!("{}", std::process::id() % 100_000);
         let hub = format!("sth-{tag}");
         let _ = std::process::Command::new("ip")
@@ -138,6 +143,7 @@ impl Stage {
             members.push(ns);
         }
         Self {
+            _turn: turn,
             tag,
             hub,
             members,
@@ -518,4 +524,108 @@ pub fn client_endpoint(stage: &Stage, k: usize) -> String {
         .nth(1)
         .unwrap_or_default()
         .to_owned()
+}
+
+/// What the client helper runs with.
+pub struct HelperSpec<'a> {
+    /// Where its files go.
+    pub dir: &'a Path,
+    /// The client's namespace.
+    pub ns: &'a str,
+    /// The client's key.
+    pub key: &'a SecretKey,
+    /// The service's public key.
+    pub service: shadowsteer::domain::PublicKey,
+    /// The steering zone.
+    pub zone: &'a str,
+    /// DNS server for the per-client name.
+    pub resolver: SocketAddr,
+    /// More `[client]` settings.
+    pub extra: &'a str,
+}
+
+/// Runs the client helper (probe mode, 100 packets/s) in the client namespace for `secs`,
+/// calling `act` after `act_after`; returns its JSON report.
+pub async fn helper_run<F, Fut>(
+    spec: &HelperSpec<'_>,
+    secs: u64,
+    act_after: u64,
+    act: F,
+) -> serde_json::Value
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let ckf = spec.dir.join("helper.key");
+    if !ckf.exists() {
+        key_file(spec.dir, "helper.key", spec.key);
+    }
+    let cfg = spec.dir.join("helper.toml");
+    let report = spec.dir.join("helper-report.json");
+    let _ = std::fs::remove_file(&report);
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+[client]
+id = "alice"
+key_file = "{}"
+service_public_key = "{}"
+zone = "{}"
+port = {WG_PORT}
+resolver = "{}"
+listen = "0.0.0.0:0"
+inside = "probe"
+{}
+
+[tunnel]
+address = "10.77.0.2"
+network = "10.77.0.0/16"
+
+[probe]
+rate = 100
+report_interval = "1s"
+loss_timeout = "1s"
+"#,
+            ckf.display(),
+            spec.service,
+            spec.zone,
+            spec.resolver,
+            spec.extra,
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(spec.dir.join("helper.log")).unwrap();
+    let mut child = Child(
+        std::process::Command::new("ip")
+            .args(["netns", "exec", spec.ns, common::bin()])
+            .args(["client", "run", "--config", cfg.to_str().unwrap()])
+            .args([
+                "--report",
+                report.to_str().unwrap(),
+                "--duration",
+                &format!("{secs}s"),
+            ])
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    tokio::time::sleep(Duration::from_secs(act_after)).await;
+    act().await;
+    let deadline = Instant::now() + Duration::from_secs(secs + 20);
+    loop {
+        if let Ok(Some(status)) = child.0.try_wait() {
+            assert!(
+                status.success(),
+                "client helper failed: {}",
+                std::fs::read_to_string(spec.dir.join("helper.log")).unwrap_or_default()
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "client helper did not stop");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap()
 }
