@@ -66,11 +66,12 @@ async fn client(
     while Instant::now() < deadline {
         tokio::select! {
             _ = tick.tick() => {
-                if peer.receiver_index().is_none() && seq % 20 == 0 {
-                    if let Action::Send(b) = peer.force_handshake(&mut out) {
-                        let to = peer.endpoint().unwrap();
-                        let _ = socket.send_to(b, to).await;
-                    }
+                if peer.receiver_index().is_none()
+                    && seq.is_multiple_of(20)
+                    && let Action::Send(b) = peer.force_handshake(&mut out)
+                {
+                    let to = peer.endpoint().unwrap();
+                    let _ = socket.send_to(b, to).await;
                 }
                 seq += 1;
                 let mut ipbuf = [0u8; 64];
