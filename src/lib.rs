@@ -21,6 +21,7 @@ pub mod admin;
 pub mod agent;
 pub mod client;
 pub mod config;
+pub mod demo;
 pub mod dns;
 pub mod domain;
 pub mod inventory;

@@ -15,6 +15,7 @@
 pub mod buffer;
 pub mod health;
 pub mod lb_check;
+pub mod overrides;
 pub mod probe;
 pub mod prober;
 pub mod recorder;
@@ -223,6 +224,7 @@ pub async fn start(
             interval: config.telemetry.interval.0,
             buffer_rows: config.telemetry.buffer_rows,
             capacity_bps: config.telemetry.capacity_bps,
+            overrides_file: config.telemetry.overrides_file.clone(),
         },
         Arc::clone(&health),
         shutdown.clone(),

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::buffer::Bounded;
 use super::health::{CpuTimes, HealthMeter, HealthSample, parse_meminfo, parse_proc_stat};
+use super::overrides::OverridesFile;
 use super::roster::SharedRoster;
 use crate::domain::{ApplianceHealth, ApplianceId, Fraction};
 use crate::store::telemetry;
@@ -53,6 +54,8 @@ pub struct HealthSettings {
     pub buffer_rows: usize,
     /// Bandwidth counted as full.
     pub capacity_bps: u64,
+    /// Signals replaced from a file (drills, demo).
+    pub overrides_file: Option<std::path::PathBuf>,
 }
 
 /// Runs until `shutdown`, then tries once more to write what is buffered.
@@ -71,6 +74,7 @@ pub async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut last_error: Option<String> = None;
     let mut reported_drops = 0;
+    let mut overrides = settings.overrides_file.clone().map(OverridesFile::new);
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
@@ -78,7 +82,10 @@ pub async fn run(
         }
         let (cpu, mem) = read_host();
         if let Some(s) = meter.sample(Instant::now(), Utc::now(), cpu, mem, device.snapshot()) {
-            buffer.push(s);
+            buffer.push(match overrides.as_mut() {
+                Some(file) => file.current().apply(s),
+                None => s,
+            });
         }
         flush(
             &pool,

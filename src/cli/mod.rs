@@ -7,6 +7,7 @@ mod agent;
 mod client;
 mod config_cmd;
 mod db;
+mod demo;
 mod evaluate;
 mod inventory;
 mod keys;
@@ -71,12 +72,26 @@ enum Command {
     Evaluate(evaluate::EvaluateArgs),
     /// Score every row of a telemetry file: ts,appliance,risk,risk_low,risk_high.
     Score(score::ScoreArgs),
+    /// The whole product on this machine: regions, appliances and clients through a predicted
+    /// failure and a sudden crash, with a report (no root, no configuration).
+    Demo(demo::DemoArgs),
     /// Move labelled telemetry between CSV files and Postgres.
     #[command(subcommand)]
     Telemetry(telemetry::TelemetryCommand),
 }
 
 /// Which database a command talks to.
+impl Cli {
+    /// The log filter when `RUST_LOG` is not set: the demo runs its clients in-process and
+    /// shows its own view, so only their warnings belong on the terminal.
+    pub fn default_log_filter(&self) -> &'static str {
+        match self.command {
+            Command::Demo(_) => "warn,sqlx=warn",
+            _ => "info,sqlx=warn",
+        }
+    }
+}
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct DbArgs {
     /// Postgres URL; without it, the embedded cluster of the data directory is used.
@@ -104,6 +119,8 @@ pub enum CommandError {
     Input(String),
     /// The system failed.
     Failed(anyhow::Error),
+    /// Stopped by Ctrl-C (or SIGTERM) before finishing; everything was cleaned up.
+    Interrupted,
 }
 
 impl CommandError {
@@ -112,6 +129,7 @@ impl CommandError {
         match self {
             Self::Input(m) => m.clone(),
             Self::Failed(e) => format!("{e:#}"),
+            Self::Interrupted => "interrupted".to_owned(),
         }
     }
 
@@ -120,6 +138,7 @@ impl CommandError {
         match self {
             Self::Input(_) => 2,
             Self::Failed(_) => 1,
+            Self::Interrupted => 130,
         }
     }
 }
@@ -189,5 +208,6 @@ pub async fn run(cli: Cli) -> CommandResult {
         Command::Evaluate(a) => evaluate::run(a),
         Command::Score(a) => score::run(a),
         Command::Telemetry(c) => telemetry::run(c).await,
+        Command::Demo(a) => demo::run(a).await,
     }
 }

@@ -189,6 +189,16 @@ impl ProbeStream {
         Some(self.payload)
     }
 
+    /// When the probe a reply answers was sent (from its header), if it is one of ours.
+    pub fn sent_time(&self, payload: &[u8]) -> Option<Instant> {
+        let h = payload.get(..HEADER_LEN)?;
+        if h[0..4] != MAGIC {
+            return None;
+        }
+        let sent = u64::from_be_bytes(h[12..20].try_into().ok()?);
+        self.start.checked_add(Duration::from_nanos(sent))
+    }
+
     /// Takes in a reply payload. Returns whether it was a valid, first reply.
     pub fn handle_reply(&mut self, now: Instant, payload: &[u8]) -> bool {
         let Some(h) = payload.get(..HEADER_LEN) else {

@@ -8,6 +8,7 @@
 //! the appliance it left do not pull it back.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -16,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::probe::{ProbeStream, StreamReport};
 use super::resolve::{self, ResolveError};
+use super::timeline::Timeline;
 use crate::config::{ClientConfig, ClientInside, Resolver};
 use crate::domain::{PeerIndex, SecretKey};
 use crate::tunnel::TunnelError;
@@ -85,6 +87,8 @@ struct State {
     /// The appliance a takeover moved us away from, and when: DNS may still name it for a
     /// few seconds (until steering notices the failure); it is not followed back meanwhile.
     left: Option<(IpAddr, Instant)>,
+    /// Where an embedding program watches the stream (the demo).
+    timeline: Option<Arc<Timeline>>,
 }
 
 /// How long a DNS answer naming the appliance a takeover moved us away from is ignored.
@@ -149,6 +153,9 @@ impl State {
     }
 
     fn record(&mut self, now: Instant, endpoint: SocketAddr) {
+        if let Some(t) = &self.timeline {
+            t.moved(now, endpoint);
+        }
         self.report.endpoints.push(EndpointChange {
             at: Utc::now(),
             at_ms: u64::try_from(now.saturating_duration_since(self.started.0).as_millis())
@@ -202,6 +209,16 @@ pub async fn run(
     key: SecretKey,
     shutdown: CancellationToken,
 ) -> Result<ClientReport, ClientError> {
+    run_recorded(cfg, key, shutdown, None).await
+}
+
+/// [`run`], recording every probe, reply and move into `timeline` as it happens.
+pub async fn run_recorded(
+    cfg: ClientConfig,
+    key: SecretKey,
+    shutdown: CancellationToken,
+    timeline: Option<Arc<Timeline>>,
+) -> Result<ClientReport, ClientError> {
     let resolver = resolver_addr(cfg.client.resolver)?;
     let name = cfg.endpoint_name();
     let socket = bind_udp(cfg.client.listen.0)?;
@@ -251,6 +268,7 @@ pub async fn run(
         appliance,
         out: vec![0u8; 65_600],
         left: None,
+        timeline,
         cfg,
     };
 
@@ -354,7 +372,12 @@ pub async fn run(
                             if let Some(u) = packet::parse_udp(&p)
                                 && u.src.port == ECHO_PORT && u.src.ip == st.appliance && u.dst.port == PROBE_PORT
                             {
-                                s.handle_reply(now, u.payload);
+                                let sent = s.sent_time(u.payload);
+                                if s.handle_reply(now, u.payload)
+                                    && let (Some(t), Some(sent)) = (&st.timeline, sent)
+                                {
+                                    t.reply(sent, now);
+                                }
                             }
                         }
                         (None, None) => {}
@@ -377,6 +400,9 @@ pub async fn run(
                         let dst = UdpAddr { ip: st.appliance, port: ECHO_PORT };
                         if let Some(n) = packet::build_udp(&mut ip, src, dst, &payload[..len]) {
                             st.encapsulate(&ip[..n]);
+                        }
+                        if let Some(t) = &st.timeline {
+                            t.sent(now);
                         }
                     }
                 }

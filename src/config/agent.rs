@@ -186,6 +186,10 @@ pub struct TelemetrySection {
     /// Bandwidth (bits per second) that counts as 100% utilisation.
     #[serde(default = "default_capacity_bps")]
     pub capacity_bps: u64,
+    /// A JSON file whose signals replace the measured ones, re-read every sample (drills and
+    /// the demo, where appliances share one host); absent: every signal is measured.
+    #[serde(default)]
+    pub overrides_file: Option<PathBuf>,
 }
 
 fn default_health_interval() -> Duration {
@@ -208,6 +212,7 @@ impl Default for TelemetrySection {
             buffer_rows: default_buffer_rows(),
             checkpoint_interval: default_checkpoint(),
             capacity_bps: default_capacity_bps(),
+            overrides_file: None,
         }
     }
 }

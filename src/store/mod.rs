@@ -5,6 +5,7 @@
 
 pub mod audit;
 pub mod decisions;
+pub mod fleet_view;
 pub mod id_prefix;
 pub mod inventory;
 pub mod lb_status;

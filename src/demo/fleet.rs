@@ -1,0 +1,754 @@
+//! The demo's fleet on one machine, without root: one embedded Postgres per region with
+//! replication between them, one `serve` per region, appliance agents (echo inside mode) on
+//! their own loopback addresses (127.0.0.11, .12, ...), all as child processes of the demo,
+//! and clients (the client helper, probe mode) as tasks in the demo's own process.
+//!
+//! Every child process and cluster is stopped when the [`Fleet`] is dropped (and, should the
+//! demo itself be killed, the children get SIGKILL from the kernel: `PR_SET_PDEATHSIG`).
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, anyhow, bail};
+use sqlx::PgPool;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use zeroize::Zeroizing;
+
+use crate::client::timeline::Timeline;
+use crate::config::ClientConfig;
+use crate::domain::{RegionId, SecretKey};
+use crate::inventory::{appliance, client};
+use crate::localpg::{Durability, LocalCluster};
+use crate::store::replication::{RegionSpec, setup as replication};
+
+/// The steering zone of the demo.
+pub const ZONE: &str = "vpn.demo";
+/// Probes per second per client.
+pub const PROBE_RATE: u32 = 50;
+/// A probe unanswered this long is lost.
+pub const LOSS_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What to build.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Region ids.
+    pub regions: Vec<String>,
+    /// Appliances per region.
+    pub per_region: usize,
+    /// Clients.
+    pub clients: usize,
+    /// Reactive baseline: no takeover, no risk scoring; steering by health checks only.
+    pub reactive: bool,
+    /// Where everything goes.
+    pub dir: PathBuf,
+    /// Keep the clusters' data (durable) for `--keep`.
+    pub keep: bool,
+}
+
+/// One appliance of the plan.
+#[derive(Debug, Clone)]
+pub struct ApplianceSpec {
+    /// Id, e.g. `eu-1`.
+    pub id: String,
+    /// Its region.
+    pub region: String,
+    /// Its loopback address.
+    pub ip: Ipv4Addr,
+}
+
+impl Plan {
+    /// The appliances: `<region>-<n>`, each on its own loopback address.
+    pub fn appliances(&self) -> Vec<ApplianceSpec> {
+        let mut out = Vec::new();
+        for (r, region) in self.regions.iter().enumerate() {
+            for n in 1..=self.per_region {
+                let k = 11 + r * self.per_region + (n - 1);
+                out.push(ApplianceSpec {
+                    id: format!("{region}-{n}"),
+                    region: region.clone(),
+                    ip: Ipv4Addr::new(127, 0, 0, u8::try_from(k).unwrap_or(250)),
+                });
+            }
+        }
+        out
+    }
+
+    /// Client `i`'s primary and shadow: spread over every appliance, the shadow the same slot
+    /// in the next region.
+    pub fn pair(&self, i: usize) -> (String, String) {
+        let apps = self.appliances();
+        let p = i % apps.len();
+        let s = (p + self.per_region) % apps.len();
+        (apps[p].id.clone(), apps[s].id.clone())
+    }
+}
+
+struct Region {
+    id: String,
+    url: String,
+    pool: PgPool,
+    dns: SocketAddr,
+    admin: SocketAddr,
+    _cluster: LocalCluster,
+}
+
+struct AgentProc {
+    spec: ApplianceSpec,
+    config: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+/// A client running in this process.
+pub struct DemoClient {
+    /// Its id.
+    pub id: String,
+    /// Its primary appliance.
+    pub primary: String,
+    /// What its probe stream saw.
+    pub timeline: Arc<Timeline>,
+    task: JoinHandle<()>,
+}
+
+/// The running fleet.
+pub struct Fleet {
+    plan: Plan,
+    regions: Vec<Region>,
+    serves: Vec<Child>,
+    agents: BTreeMap<String, AgentProc>,
+    /// The clients.
+    pub clients: Vec<DemoClient>,
+    clients_stop: CancellationToken,
+    wg_port: u16,
+    /// A read token for the dashboard.
+    pub token: Zeroizing<String>,
+}
+
+fn free_tcp_udp_port(ip: IpAddr) -> anyhow::Result<u16> {
+    for _ in 0..50 {
+        let t = std::net::TcpListener::bind((ip, 0))?;
+        let port = t.local_addr()?.port();
+        if std::net::UdpSocket::bind((ip, port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free port on {ip}")
+}
+
+fn free_udp_port_on_all(ips: &[Ipv4Addr]) -> anyhow::Result<u16> {
+    for _ in 0..100 {
+        let probe = std::net::UdpSocket::bind((ips[0], 0))?;
+        let port = probe.local_addr()?.port();
+        drop(probe);
+        if ips
+            .iter()
+            .all(|ip| std::net::UdpSocket::bind((*ip, port)).is_ok())
+        {
+            return Ok(port);
+        }
+    }
+    bail!("no UDP port free on every appliance address")
+}
+
+fn spawn(args: &[&str], log: &Path) -> anyhow::Result<Child> {
+    let exe = std::env::current_exe().context("locating the shadowsteer binary")?;
+    // Append: an agent restarted by the scenario keeps its earlier runs in the same log.
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("opening {}", log.display()))?;
+    let mut cmd = Command::new(exe);
+    cmd.args(args)
+        .env("RUST_LOG", "info,sqlx=warn")
+        .stdin(Stdio::null())
+        .stdout(file.try_clone()?)
+        .stderr(file);
+    // SAFETY: prctl and getppid are async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    cmd.spawn().context("starting a shadowsteer process")
+}
+
+/// Stops a child: SIGTERM, then SIGKILL after `grace`.
+fn stop(child: &mut Child, grace: Duration) {
+    if let Ok(pid) = libc::pid_t::try_from(child.id()) {
+        // SAFETY: signalling our own child by pid.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+    }
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(text.as_bytes())?;
+    Ok(())
+}
+
+async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut check: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn count(pool: &PgPool, table: &str) -> i64 {
+    let sql = match table {
+        "appliances" => "SELECT count(*) FROM appliances",
+        _ => "SELECT count(*) FROM clients",
+    };
+    sqlx::query_scalar::<_, i64>(sql)
+        .fetch_one(pool)
+        .await
+        .unwrap_or(-1)
+}
+
+impl Fleet {
+    /// Starts everything and returns once every client's probes flow. `progress` gets one
+    /// line per step.
+    pub async fn start(plan: Plan, progress: &mut dyn FnMut(String)) -> anyhow::Result<Self> {
+        let durability = if plan.keep {
+            Durability::Durable
+        } else {
+            Durability::Ephemeral
+        };
+        let mut regions = Vec::new();
+        for id in &plan.regions {
+            regions.push(start_region(&plan.dir, id, durability).await?);
+        }
+        progress(format!(
+            "{} Postgres clusters up (one per region)",
+            regions.len()
+        ));
+        let specs: Vec<RegionSpec> = regions
+            .iter()
+            .map(|r| {
+                Ok(RegionSpec {
+                    id: RegionId::new(r.id.as_str()).map_err(|e| anyhow!("{e}"))?,
+                    url: r.url.clone(),
+                    replication_url: r.url.clone(),
+                })
+            })
+            .collect::<anyhow::Result<_>>()?;
+        replication::setup(&specs, &mut |_| {})
+            .await
+            .map_err(|e| anyhow!("replication setup: {e}"))?;
+        progress("replication set up between every pair of regions".into());
+
+        let service = SecretKey::generate();
+        let service_key = plan.dir.join("service.key");
+        crate::keyfile::write_secret_key(&service_key, &service)
+            .map_err(|e| anyhow!("writing the service key: {e}"))?;
+        let apps = plan.appliances();
+        let ips: Vec<Ipv4Addr> = apps.iter().map(|a| a.ip).collect();
+        let wg_port = free_udp_port_on_all(&ips)?;
+        for a in &apps {
+            let region = regions
+                .iter()
+                .find(|r| r.id == a.region)
+                .ok_or_else(|| anyhow!("no region {}", a.region))?;
+            let new = appliance::ApplianceInput {
+                id: a.id.clone(),
+                region: a.region.clone(),
+                endpoint: format!("{}:{wg_port}", a.ip),
+                public_key: service.public_key().to_base64(),
+                capacity: None,
+            }
+            .parse()
+            .map_err(|e| anyhow!("{}", e.cli_message()))?;
+            appliance::add(&region.pool, &new)
+                .await
+                .map_err(|e| anyhow!("adding {}: {}", a.id, e.cli_message()))?;
+        }
+        let n_apps = i64::try_from(apps.len())?;
+        for r in &regions {
+            wait_until(
+                Duration::from_secs(30),
+                "appliances to replicate",
+                || async { count(&r.pool, "appliances").await == n_apps },
+            )
+            .await?;
+        }
+        let mut keys = Vec::new();
+        for i in 0..plan.clients {
+            let key = SecretKey::generate();
+            let (primary, shadow) = plan.pair(i);
+            let home = &apps
+                .iter()
+                .find(|a| a.id == primary)
+                .ok_or_else(|| anyhow!("no appliance {primary}"))?
+                .region;
+            let region = regions
+                .iter()
+                .find(|r| &r.id == home)
+                .ok_or_else(|| anyhow!("no region {home}"))?;
+            let tunnel_ip = Ipv4Addr::new(10, 77, 1 + (i / 250) as u8, 2 + (i % 250) as u8);
+            let new = client::ClientInput {
+                id: format!("c{:03}", i + 1),
+                public_key: key.public_key().to_base64(),
+                tunnel_ip: tunnel_ip.to_string(),
+                primary,
+                shadow,
+            }
+            .parse()
+            .map_err(|e| anyhow!("{}", e.cli_message()))?;
+            client::add(&region.pool, &new)
+                .await
+                .map_err(|e| anyhow!("adding a client: {}", e.cli_message()))?;
+            keys.push((
+                new.id.to_string(),
+                new.primary.to_string(),
+                key,
+                tunnel_ip,
+                region.dns,
+            ));
+        }
+        let n_clients = i64::try_from(plan.clients)?;
+        for r in &regions {
+            wait_until(Duration::from_secs(30), "clients to replicate", || async {
+                count(&r.pool, "clients").await == n_clients
+            })
+            .await?;
+        }
+        progress(format!(
+            "inventory: {} appliances in {} regions, {} clients, each with a shadow in another region",
+            apps.len(),
+            regions.len(),
+            plan.clients
+        ));
+        let region0 = RegionId::new(regions[0].id.as_str()).map_err(|e| anyhow!("{e}"))?;
+        let (_, token) =
+            crate::store::tokens::create(&regions[0].pool, &region0, "demo", "read", None)
+                .await
+                .map_err(|e| anyhow!("creating the read token: {e}"))?;
+
+        let mut fleet = Self {
+            serves: Vec::new(),
+            agents: BTreeMap::new(),
+            clients: Vec::new(),
+            clients_stop: CancellationToken::new(),
+            wg_port,
+            token,
+            regions,
+            plan,
+        };
+        for r in &fleet.regions {
+            let path = fleet.plan.dir.join(format!("serve-{}.toml", r.id));
+            write_private(&path, &serve_config(&fleet.plan, r))?;
+            let log = fleet.plan.dir.join(format!("serve-{}.log", r.id));
+            fleet.serves.push(spawn(
+                &["serve", "--config", &path.to_string_lossy()],
+                &log,
+            )?);
+        }
+        for a in apps {
+            let region = fleet
+                .regions
+                .iter()
+                .find(|r| r.id == a.region)
+                .ok_or_else(|| anyhow!("no region {}", a.region))?;
+            let config = fleet.plan.dir.join(format!("agent-{}.toml", a.id));
+            write_private(
+                &config,
+                &agent_config(&fleet.plan, &a, wg_port, &service_key, &region.url),
+            )?;
+            let log = fleet.plan.dir.join(format!("agent-{}.log", a.id));
+            fleet.agents.insert(
+                a.id.clone(),
+                AgentProc {
+                    spec: a,
+                    config,
+                    log,
+                    child: None,
+                },
+            );
+        }
+        let ids: Vec<String> = fleet.agents.keys().cloned().collect();
+        for id in &ids {
+            fleet.start_agent(id)?;
+        }
+        for id in &ids {
+            fleet.wait_agent(id).await?;
+        }
+        progress(format!(
+            "{} steering servers and {} appliance agents running",
+            fleet.serves.len(),
+            ids.len()
+        ));
+        // Every region's DNS answers before any client starts.
+        let first = keys.first().map(|k| k.0.clone()).unwrap_or_default();
+        for r in &fleet.regions {
+            let name = format!("{first}.c.{ZONE}");
+            let dns = r.dns;
+            wait_until(Duration::from_secs(30), "the steering DNS", || {
+                let name = name.clone();
+                async move {
+                    crate::client::resolve::lookup(dns, &name)
+                        .await
+                        .is_ok_and(|a| !a.addrs.is_empty())
+                }
+            })
+            .await?;
+        }
+        for (id, primary, key, tunnel_ip, dns) in keys {
+            fleet.start_client(&id, &primary, key, tunnel_ip, dns, &service)?;
+        }
+        let clients: Vec<Arc<Timeline>> = fleet
+            .clients
+            .iter()
+            .map(|c| Arc::clone(&c.timeline))
+            .collect();
+        wait_until(Duration::from_secs(30), "every client's probes", || {
+            let clients = clients.clone();
+            async move { clients.iter().all(|t| t.now().1.is_some()) }
+        })
+        .await?;
+        progress(format!(
+            "{} clients connected, each sending {PROBE_RATE} numbered probes/s through its tunnel",
+            fleet.clients.len()
+        ));
+        Ok(fleet)
+    }
+
+    /// Appliance ids in order.
+    pub fn appliance_ids(&self) -> Vec<String> {
+        self.agents.keys().cloned().collect()
+    }
+
+    /// The appliance at `ip`, if any.
+    pub fn appliance_at(&self, ip: IpAddr) -> Option<&str> {
+        self.agents
+            .values()
+            .find(|a| IpAddr::V4(a.spec.ip) == ip)
+            .map(|a| a.spec.id.as_str())
+    }
+
+    /// The overrides file of an appliance.
+    pub fn overrides_path(&self, appliance: &str) -> PathBuf {
+        self.plan.dir.join(format!("health-{appliance}.json"))
+    }
+
+    /// A database pool of the first region (for the live view).
+    pub fn pool(&self) -> &PgPool {
+        &self.regions[0].pool
+    }
+
+    /// The first region's admin listener (dashboard).
+    pub fn admin(&self) -> SocketAddr {
+        self.regions[0].admin
+    }
+
+    /// Starts (or restarts) an appliance's agent.
+    pub fn start_agent(&mut self, id: &str) -> anyhow::Result<()> {
+        let a = self
+            .agents
+            .get_mut(id)
+            .ok_or_else(|| anyhow!("no appliance {id}"))?;
+        if a.child.is_some() {
+            return Ok(());
+        }
+        a.child = Some(spawn(
+            &["agent", "--config", &a.config.to_string_lossy()],
+            &a.log,
+        )?);
+        Ok(())
+    }
+
+    /// Waits for an agent to have loaded its roster.
+    pub async fn wait_agent(&self, id: &str) -> anyhow::Result<()> {
+        let log = self
+            .agents
+            .get(id)
+            .ok_or_else(|| anyhow!("no appliance {id}"))?
+            .log
+            .clone();
+        wait_until(
+            Duration::from_secs(30),
+            &format!("agent {id} to load its roster (log: {})", log.display()),
+            || {
+                let log = log.clone();
+                async move {
+                    std::fs::read_to_string(&log).is_ok_and(|t| t.contains("roster loaded"))
+                }
+            },
+        )
+        .await
+    }
+
+    /// Kills an appliance's agent at once (`kill -9`).
+    pub fn kill_agent(&mut self, id: &str) {
+        if let Some(mut child) = self.agents.get_mut(id).and_then(|a| a.child.take()) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Whether an agent process is running.
+    pub fn agent_running(&self, id: &str) -> bool {
+        self.agents.get(id).is_some_and(|a| a.child.is_some())
+    }
+
+    fn start_client(
+        &mut self,
+        id: &str,
+        primary: &str,
+        key: SecretKey,
+        tunnel_ip: Ipv4Addr,
+        dns: SocketAddr,
+        service: &SecretKey,
+    ) -> anyhow::Result<()> {
+        let key_file = self.plan.dir.join(format!("client-{id}.key"));
+        crate::keyfile::write_secret_key(&key_file, &key)
+            .map_err(|e| anyhow!("writing a client key: {e}"))?;
+        let text = format!(
+            r#"
+[client]
+id = "{id}"
+key_file = "{}"
+service_public_key = "{}"
+zone = "{ZONE}"
+port = {}
+resolver = "{dns}"
+listen = "127.0.0.1:0"
+inside = "probe"
+min_ttl = "1s"
+max_ttl = "5s"
+
+[tunnel]
+address = "{tunnel_ip}"
+network = "10.77.0.0/16"
+
+[probe]
+rate = {PROBE_RATE}
+report_interval = "1s"
+loss_timeout = "{}ms"
+"#,
+            key_file.display(),
+            service.public_key().to_base64(),
+            self.wg_port,
+            LOSS_TIMEOUT.as_millis(),
+        );
+        let cfg: ClientConfig = toml::from_str(&text).context("client configuration")?;
+        let timeline = Arc::new(Timeline::default());
+        let t = Arc::clone(&timeline);
+        let stop = self.clients_stop.clone();
+        let who = id.to_owned();
+        let task = tokio::spawn(async move {
+            if let Err(e) = crate::client::run::run_recorded(cfg, key, stop, Some(t)).await {
+                tracing::error!(client = %who, "client helper stopped: {e}");
+            }
+        });
+        self.clients.push(DemoClient {
+            id: id.to_owned(),
+            primary: primary.to_owned(),
+            timeline,
+            task,
+        });
+        Ok(())
+    }
+
+    /// What every client's probe stream saw so far.
+    pub fn recorded(&self) -> Vec<crate::demo::report::ClientRun> {
+        self.clients
+            .iter()
+            .map(|c| crate::demo::report::ClientRun {
+                id: c.id.clone(),
+                primary: c.primary.clone(),
+                recorded: c.timeline.snapshot(),
+            })
+            .collect()
+    }
+
+    /// Stops the clients' probes and waits for their last replies (the loss timeout).
+    pub async fn stop_clients(&mut self) {
+        self.clients_stop.cancel();
+        for c in &mut self.clients {
+            let _ = tokio::time::timeout(LOSS_TIMEOUT * 3, &mut c.task).await;
+        }
+    }
+
+    /// Stops every process and cluster; the data stays when the plan says keep.
+    pub fn shutdown(&mut self) {
+        self.clients_stop.cancel();
+        for c in &self.clients {
+            c.task.abort();
+        }
+        for a in self.agents.values_mut() {
+            if let Some(mut child) = a.child.take() {
+                stop(&mut child, Duration::from_secs(3));
+            }
+        }
+        for s in &mut self.serves {
+            stop(s, Duration::from_secs(5));
+        }
+        self.serves.clear();
+        // Dropping the regions closes the pools and stops the clusters.
+        self.regions.clear();
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+async fn start_region(dir: &Path, id: &str, durability: Durability) -> anyhow::Result<Region> {
+    let cdir = dir.join(format!("pg-{id}"));
+    let cluster = tokio::task::spawn_blocking(move || LocalCluster::start(&cdir, durability))
+        .await
+        .context("starting a cluster")?
+        .map_err(|e| anyhow!("starting the {id} cluster: {e}"))?;
+    crate::store::target::create_database(&cluster.url("postgres"), crate::localpg::DATABASE)
+        .await
+        .map_err(|e| anyhow!("creating the {id} database: {e}"))?;
+    let url = cluster.url(crate::localpg::DATABASE);
+    let pool = crate::store::connect(&url, 4)
+        .await
+        .map_err(|e| anyhow!("connecting to the {id} cluster: {e}"))?;
+    // Commits flush WAL so walsenders send at once (lag in milliseconds, not the WAL writer's
+    // 200 ms); apply workers retry a lost publisher every second.
+    for sql in [
+        "ALTER SYSTEM SET synchronous_commit = on",
+        "ALTER SYSTEM SET wal_retrieve_retry_interval = '1s'",
+        "SELECT pg_reload_conf()",
+    ] {
+        sqlx::query(sql)
+            .execute(&pool)
+            .await
+            .map_err(|e| anyhow!("configuring the {id} cluster: {e}"))?;
+    }
+    let dns = SocketAddr::new(
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        free_tcp_udp_port(IpAddr::V4(Ipv4Addr::LOCALHOST))?,
+    );
+    let admin = SocketAddr::new(
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        free_tcp_udp_port(IpAddr::V4(Ipv4Addr::LOCALHOST))?,
+    );
+    Ok(Region {
+        id: id.to_owned(),
+        url,
+        pool,
+        dns,
+        admin,
+        _cluster: cluster,
+    })
+}
+
+fn serve_config(plan: &Plan, r: &Region) -> String {
+    let risk = if plan.reactive { "false" } else { "true" };
+    format!(
+        r#"[server]
+region = "{id}"
+name = "demo-{id}"
+database_url = "{url}"
+snapshot_file = "{dir}/snapshot-{id}"
+reconcile_interval = "2s"
+
+[dns]
+listen = ["{dns}"]
+udp_workers = 1
+
+[[dns.zones]]
+name = "{ZONE}"
+steered_ttl = "1s"
+
+[dns.zones.soa]
+mname = "ns1"
+rname = "hostmaster"
+
+[[dns.zones.ns]]
+name = "ns1"
+addresses = ["127.0.0.1"]
+
+[dns.rate_limit]
+responses_per_second = 0
+
+[admin]
+listen = "{admin}"
+
+[steering]
+hold_down = "5s"
+health_timeout = "3s"
+
+[risk]
+enabled = {risk}
+interval = "1s"
+threads = 1
+"#,
+        id = r.id,
+        url = r.url,
+        dir = plan.dir.display(),
+        dns = r.dns,
+        admin = r.admin,
+    )
+}
+
+fn agent_config(plan: &Plan, a: &ApplianceSpec, wg_port: u16, key: &Path, db_url: &str) -> String {
+    let takeover = if plan.reactive { "false" } else { "true" };
+    format!(
+        r#"[agent]
+appliance = "{id}"
+listen = "{ip}:{wg_port}"
+key_file = "{key}"
+inside = "echo"
+database_url = "{db_url}"
+
+[tunnel]
+network = "10.77.0.0/16"
+
+[telemetry]
+interval = "1s"
+checkpoint_interval = "1s"
+overrides_file = "{dir}/health-{id}.json"
+
+[takeover]
+enabled = {takeover}
+heartbeat_interval = "50ms"
+misses = 4
+startup_grace = "1s"
+"#,
+        id = a.id,
+        ip = a.ip,
+        key = key.display(),
+        dir = plan.dir.display(),
+    )
+}
