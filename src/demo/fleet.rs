@@ -19,19 +19,13 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use zeroize::Zeroizing;
 
+use super::configs::{self, LOSS_TIMEOUT, PROBE_RATE, ZONE};
 use crate::client::timeline::Timeline;
 use crate::config::ClientConfig;
 use crate::domain::{RegionId, SecretKey};
 use crate::inventory::{appliance, client};
 use crate::localpg::{Durability, LocalCluster};
 use crate::store::replication::{RegionSpec, setup as replication};
-
-/// The steering zone of the demo.
-pub const ZONE: &str = "vpn.demo";
-/// Probes per second per client.
-pub const PROBE_RATE: u32 = 50;
-/// A probe unanswered this long is lost.
-pub const LOSS_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What to build.
 #[derive(Debug, Clone)]
@@ -371,7 +365,17 @@ impl Fleet {
         };
         for r in &fleet.regions {
             let path = fleet.plan.dir.join(format!("serve-{}.toml", r.id));
-            write_private(&path, &serve_config(&fleet.plan, r))?;
+            write_private(
+                &path,
+                &configs::serve(&configs::ServeParams {
+                    region: &r.id,
+                    database_url: &r.url,
+                    dir: &fleet.plan.dir,
+                    dns: r.dns,
+                    admin: r.admin,
+                    reactive: fleet.plan.reactive,
+                }),
+            )?;
             let log = fleet.plan.dir.join(format!("serve-{}.log", r.id));
             fleet.serves.push(spawn(
                 &["serve", "--config", &path.to_string_lossy()],
@@ -387,7 +391,14 @@ impl Fleet {
             let config = fleet.plan.dir.join(format!("agent-{}.toml", a.id));
             write_private(
                 &config,
-                &agent_config(&fleet.plan, &a, wg_port, &service_key, &region.url),
+                &configs::agent(&configs::AgentParams {
+                    appliance: &a.id,
+                    listen: SocketAddr::new(IpAddr::V4(a.ip), wg_port),
+                    key_file: &service_key,
+                    database_url: &region.url,
+                    overrides_file: &configs::overrides_file(&fleet.plan.dir, &a.id),
+                    reactive: fleet.plan.reactive,
+                }),
             )?;
             let log = fleet.plan.dir.join(format!("agent-{}.log", a.id));
             fleet.agents.insert(
@@ -458,11 +469,6 @@ impl Fleet {
             .values()
             .find(|a| IpAddr::V4(a.spec.ip) == ip)
             .map(|a| a.spec.id.as_str())
-    }
-
-    /// The overrides file of an appliance.
-    pub fn overrides_path(&self, appliance: &str) -> PathBuf {
-        self.plan.dir.join(format!("health-{appliance}.json"))
     }
 
     /// A database pool of the first region (for the live view).
@@ -537,35 +543,16 @@ impl Fleet {
         let key_file = self.plan.dir.join(format!("client-{id}.key"));
         crate::keyfile::write_secret_key(&key_file, &key)
             .map_err(|e| anyhow!("writing a client key: {e}"))?;
-        let text = format!(
-            r#"
-[client]
-id = "{id}"
-key_file = "{}"
-service_public_key = "{}"
-zone = "{ZONE}"
-port = {}
-resolver = "{dns}"
-listen = "127.0.0.1:0"
-inside = "probe"
-min_ttl = "1s"
-max_ttl = "5s"
-
-[tunnel]
-address = "{tunnel_ip}"
-network = "10.77.0.0/16"
-
-[probe]
-rate = {PROBE_RATE}
-report_interval = "1s"
-loss_timeout = "{}ms"
-"#,
-            key_file.display(),
-            service.public_key().to_base64(),
-            self.wg_port,
-            LOSS_TIMEOUT.as_millis(),
-        );
-        let cfg: ClientConfig = toml::from_str(&text).context("client configuration")?;
+        let text = configs::client(&configs::ClientParams {
+            id,
+            key_file: &key_file,
+            service: &service.public_key(),
+            wg_port: self.wg_port,
+            resolver: dns,
+            tunnel_ip,
+        });
+        let cfg: ClientConfig = crate::config::parse(&key_file.with_extension("toml"), &text)
+            .map_err(|e| anyhow!("client configuration: {}", e[0]))?;
         let timeline = Arc::new(Timeline::default());
         let t = Arc::clone(&timeline);
         let stop = self.clients_stop.clone();
@@ -671,84 +658,4 @@ async fn start_region(dir: &Path, id: &str, durability: Durability) -> anyhow::R
         admin,
         _cluster: cluster,
     })
-}
-
-fn serve_config(plan: &Plan, r: &Region) -> String {
-    let risk = if plan.reactive { "false" } else { "true" };
-    format!(
-        r#"[server]
-region = "{id}"
-name = "demo-{id}"
-database_url = "{url}"
-snapshot_file = "{dir}/snapshot-{id}"
-reconcile_interval = "2s"
-
-[dns]
-listen = ["{dns}"]
-udp_workers = 1
-
-[[dns.zones]]
-name = "{ZONE}"
-steered_ttl = "1s"
-
-[dns.zones.soa]
-mname = "ns1"
-rname = "hostmaster"
-
-[[dns.zones.ns]]
-name = "ns1"
-addresses = ["127.0.0.1"]
-
-[dns.rate_limit]
-responses_per_second = 0
-
-[admin]
-listen = "{admin}"
-
-[steering]
-hold_down = "5s"
-health_timeout = "3s"
-
-[risk]
-enabled = {risk}
-interval = "1s"
-threads = 1
-"#,
-        id = r.id,
-        url = r.url,
-        dir = plan.dir.display(),
-        dns = r.dns,
-        admin = r.admin,
-    )
-}
-
-fn agent_config(plan: &Plan, a: &ApplianceSpec, wg_port: u16, key: &Path, db_url: &str) -> String {
-    let takeover = if plan.reactive { "false" } else { "true" };
-    format!(
-        r#"[agent]
-appliance = "{id}"
-listen = "{ip}:{wg_port}"
-key_file = "{key}"
-inside = "echo"
-database_url = "{db_url}"
-
-[tunnel]
-network = "10.77.0.0/16"
-
-[telemetry]
-interval = "1s"
-checkpoint_interval = "1s"
-overrides_file = "{dir}/health-{id}.json"
-
-[takeover]
-enabled = {takeover}
-heartbeat_interval = "50ms"
-misses = 4
-startup_grace = "1s"
-"#,
-        id = a.id,
-        ip = a.ip,
-        key = key.display(),
-        dir = plan.dir.display(),
-    )
 }

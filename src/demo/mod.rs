@@ -9,9 +9,11 @@
 //! - [`signals`] (pure): the health each appliance reports over time.
 //! - [`report`] (pure): per-event losses and gaps from the clients' timelines.
 //! - [`view`] (pure): the live table.
+//! - [`configs`] (pure): the processes' and clients' configuration files.
 //! - [`fleet`] (shell): clusters, processes and clients.
 //! - this module (shell): runs the story on a fleet.
 
+pub mod configs;
 pub mod fleet;
 pub mod report;
 pub mod scenario;
@@ -26,7 +28,8 @@ use anyhow::Context as _;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use fleet::{Fleet, LOSS_TIMEOUT, Plan};
+use configs::LOSS_TIMEOUT;
+use fleet::{Fleet, Plan};
 use report::{Mark, RunReport};
 use scenario::{EventKind, Scenario};
 
@@ -194,7 +197,7 @@ fn write_overrides(fleet_dir: &std::path::Path, scenario: &Scenario, ids: &[Stri
             "handshake_failures": o.handshake_failures,
             "packets_dropped": o.packets_dropped,
         });
-        let path = fleet_dir.join(format!("health-{id}.json"));
+        let path = configs::overrides_file(fleet_dir, id);
         let tmp = fleet_dir.join(format!(".health-{id}.json.tmp"));
         if std::fs::write(&tmp, json.to_string()).is_ok() {
             let _ = std::fs::rename(&tmp, &path);
