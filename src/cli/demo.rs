@@ -34,11 +34,20 @@ pub struct DemoArgs {
     /// Keep the data directory (clusters, logs, configurations) and print where it is.
     #[arg(long)]
     keep: bool,
+    /// Stock `wireguard-go` clients, each in a network namespace, instead of the client
+    /// helper (needs root, `ip`, `wireguard-go` and `wg`).
+    #[arg(long)]
+    stock_clients: bool,
 }
 
 const REGION_IDS: [&str; 6] = ["eu", "us", "ap", "sa", "af", "me"];
 
 fn options(args: &DemoArgs) -> Result<Options, CommandError> {
+    if args.stock_clients
+        && let Some(why) = demo::stock::unavailable()
+    {
+        return Err(CommandError::Input(why));
+    }
     let regions: Vec<String> = REGION_IDS[..usize::from(args.regions)]
         .iter()
         .map(|s| (*s).to_owned())
@@ -53,6 +62,7 @@ fn options(args: &DemoArgs) -> Result<Options, CommandError> {
         scenario: scenario::Scenario { events: Vec::new() },
         baseline: !args.no_baseline,
         keep: args.keep,
+        stock: args.stock_clients,
         view_is_terminal: false,
         view_to_stderr: args.json,
     };

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use zeroize::Zeroizing;
 
 use super::configs::{self, LOSS_TIMEOUT, PROBE_RATE, ZONE};
+use super::stock;
 use crate::client::timeline::Timeline;
 use crate::config::ClientConfig;
 use crate::domain::{RegionId, SecretKey};
@@ -42,6 +43,8 @@ pub struct Plan {
     pub dir: PathBuf,
     /// Keep the clusters' data (durable) for `--keep`.
     pub keep: bool,
+    /// Stock `wireguard-go` clients in namespaces instead of the client helper (root).
+    pub stock: bool,
 }
 
 /// One appliance of the plan.
@@ -61,11 +64,16 @@ impl Plan {
         let mut out = Vec::new();
         for (r, region) in self.regions.iter().enumerate() {
             for n in 1..=self.per_region {
-                let k = 11 + r * self.per_region + (n - 1);
+                let k = r * self.per_region + (n - 1);
+                let ip = if self.stock {
+                    stock::appliance_ip(k)
+                } else {
+                    Ipv4Addr::new(127, 0, 0, u8::try_from(11 + k).unwrap_or(250))
+                };
                 out.push(ApplianceSpec {
                     id: format!("{region}-{n}"),
                     region: region.clone(),
-                    ip: Ipv4Addr::new(127, 0, 0, u8::try_from(k).unwrap_or(250)),
+                    ip,
                 });
             }
         }
@@ -118,6 +126,8 @@ pub struct Fleet {
     /// The clients.
     pub clients: Vec<DemoClient>,
     clients_stop: CancellationToken,
+    /// Stock clients' namespaces and `wireguard-go` processes, and the holder poller.
+    stock: Option<(stock::StockNet, JoinHandle<()>)>,
     wg_port: u16,
     /// A read token for the dashboard.
     pub token: Zeroizing<String>,
@@ -272,6 +282,13 @@ impl Fleet {
             .map_err(|e| anyhow!("writing the service key: {e}"))?;
         let apps = plan.appliances();
         let ips: Vec<Ipv4Addr> = apps.iter().map(|a| a.ip).collect();
+        // Stock clients reach the appliances on addresses of a dummy interface (made first:
+        // the port is chosen free on every address).
+        let stock_net = if plan.stock {
+            Some(stock::StockNet::create(&ips)?)
+        } else {
+            None
+        };
         let wg_port = free_udp_port_on_all(&ips)?;
         for a in &apps {
             let region = regions
@@ -358,6 +375,7 @@ impl Fleet {
             agents: BTreeMap::new(),
             clients: Vec::new(),
             clients_stop: CancellationToken::new(),
+            stock: stock_net.map(|n| (n, tokio::spawn(async {}))),
             wg_port,
             token,
             regions,
@@ -438,8 +456,32 @@ impl Fleet {
             })
             .await?;
         }
-        for (id, primary, key, tunnel_ip, dns) in keys {
-            fleet.start_client(&id, &primary, key, tunnel_ip, dns, &service)?;
+        for (k, (id, primary, key, tunnel_ip, dns)) in keys.into_iter().enumerate() {
+            if fleet.plan.stock {
+                fleet.start_stock_client(k, &id, &primary, &key, tunnel_ip, &service)?;
+            } else {
+                fleet.start_client(&id, &primary, key, tunnel_ip, dns, &service)?;
+            }
+        }
+        if let Some((_, poller)) = fleet.stock.as_mut() {
+            *poller = tokio::spawn(follow_holders(
+                fleet.regions[0].pool.clone(),
+                fleet
+                    .clients
+                    .iter()
+                    .map(|c| (c.id.clone(), Arc::clone(&c.timeline)))
+                    .collect(),
+                fleet
+                    .agents
+                    .values()
+                    .map(|a| {
+                        (
+                            a.spec.id.clone(),
+                            SocketAddr::new(IpAddr::V4(a.spec.ip), wg_port),
+                        )
+                    })
+                    .collect(),
+            ));
         }
         let clients: Vec<Arc<Timeline>> = fleet
             .clients
@@ -552,7 +594,10 @@ impl Fleet {
             tunnel_ip,
         });
         let cfg: ClientConfig = crate::config::parse(&key_file.with_extension("toml"), &text)
-            .map_err(|e| anyhow!("client configuration: {}", e[0]))?;
+            .map_err(|e| {
+                let first = e.first().map(ToString::to_string).unwrap_or_default();
+                anyhow!("client configuration: {first}")
+            })?;
         let timeline = Arc::new(Timeline::default());
         let t = Arc::clone(&timeline);
         let stop = self.clients_stop.clone();
@@ -560,6 +605,43 @@ impl Fleet {
         let task = tokio::spawn(async move {
             if let Err(e) = crate::client::run::run_recorded(cfg, key, stop, Some(t)).await {
                 tracing::error!(client = %who, "client helper stopped: {e}");
+            }
+        });
+        self.clients.push(DemoClient {
+            id: id.to_owned(),
+            primary: primary.to_owned(),
+            timeline,
+            task,
+        });
+        Ok(())
+    }
+
+    fn start_stock_client(
+        &mut self,
+        k: usize,
+        id: &str,
+        primary: &str,
+        key: &SecretKey,
+        tunnel_ip: Ipv4Addr,
+        service: &SecretKey,
+    ) -> anyhow::Result<()> {
+        let key_file = stock::key_file(&self.plan.dir, id, key)?;
+        let endpoint = self
+            .agents
+            .get(primary)
+            .map(|a| SocketAddr::new(IpAddr::V4(a.spec.ip), self.wg_port))
+            .ok_or_else(|| anyhow!("no appliance {primary}"))?;
+        let Some((net, _)) = self.stock.as_mut() else {
+            bail!("stock clients without their network");
+        };
+        let ns = net.start_client(k, &key_file, &service.public_key(), endpoint, tunnel_ip)?;
+        let timeline = Arc::new(Timeline::default());
+        let t = Arc::clone(&timeline);
+        let stop = self.clients_stop.clone();
+        let who = id.to_owned();
+        let task = tokio::spawn(async move {
+            if let Err(e) = stock::probe(ns, tunnel_ip, t, stop).await {
+                tracing::error!(client = %who, "probe stream stopped: {e:#}");
             }
         });
         self.clients.push(DemoClient {
@@ -606,6 +688,10 @@ impl Fleet {
             stop(s, Duration::from_secs(5));
         }
         self.serves.clear();
+        if let Some((mut net, poller)) = self.stock.take() {
+            poller.abort();
+            net.remove();
+        }
         // Dropping the regions closes the pools and stops the clusters.
         self.regions.clear();
     }
@@ -658,4 +744,43 @@ async fn start_region(dir: &Path, id: &str, durability: Durability) -> anyhow::R
         admin,
         _cluster: cluster,
     })
+}
+
+/// Stock clients do not say where their tunnel goes: record it from the sessions' holders
+/// (the highest epoch of each client) twice a second.
+async fn follow_holders(
+    pool: PgPool,
+    clients: Vec<(String, Arc<Timeline>)>,
+    endpoints: BTreeMap<String, SocketAddr>,
+) {
+    let mut last: BTreeMap<String, String> = BTreeMap::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+        let Ok(rows) = crate::store::session_view::list(&pool, None, None, None, 100_000).await
+        else {
+            continue;
+        };
+        let mut best: BTreeMap<&str, (i64, &str, &str)> = BTreeMap::new();
+        for r in &rows {
+            let e = best.entry(r.client.as_str()).or_insert((
+                r.epoch,
+                r.region.as_str(),
+                r.holder.as_str(),
+            ));
+            if (r.epoch, r.region.as_str()) > (e.0, e.1) {
+                *e = (r.epoch, r.region.as_str(), r.holder.as_str());
+            }
+        }
+        let now = Instant::now();
+        for (id, timeline) in &clients {
+            if let Some((_, _, holder)) = best.get(id.as_str())
+                && last.get(id).is_none_or(|h| h != holder)
+                && let Some(ep) = endpoints.get(*holder)
+            {
+                timeline.moved(now, *ep);
+                last.insert(id.clone(), (*holder).to_owned());
+            }
+        }
+    }
 }

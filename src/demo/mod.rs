@@ -11,6 +11,7 @@
 //! - [`view`] (pure): the live table.
 //! - [`configs`] (pure): the processes' and clients' configuration files.
 //! - [`fleet`] (shell): clusters, processes and clients.
+//! - [`stock`] (shell): stock `wireguard-go` clients in network namespaces (root).
 //! - this module (shell): runs the story on a fleet.
 
 pub mod configs;
@@ -18,6 +19,7 @@ pub mod fleet;
 pub mod report;
 pub mod scenario;
 pub mod signals;
+pub mod stock;
 pub mod view;
 
 use std::io::Write as _;
@@ -50,6 +52,8 @@ pub struct Options {
     pub baseline: bool,
     /// Keep the data directory.
     pub keep: bool,
+    /// Stock `wireguard-go` clients in namespaces instead of the client helper.
+    pub stock: bool,
     /// Where the live view goes: a terminal (redrawn) or not (plain lines).
     pub view_is_terminal: bool,
     /// Write the view to stderr (stdout carries the JSON report).
@@ -94,6 +98,7 @@ pub fn plan(opts: &Options, dir: PathBuf, reactive: bool) -> Plan {
         reactive,
         dir,
         keep: opts.keep,
+        stock: opts.stock,
     }
 }
 
