@@ -391,7 +391,9 @@ impl Router {
         Self::to_endpoint(peer, index, action)
     }
 
-    /// Restarts the shared handshake count; call once a second.
+    /// Restarts the shared handshake count if a second has passed since it last did (boringtun
+    /// keeps that time itself). Call it every timer tick: a caller counting its own second on
+    /// another clock could find the limiter a hair short of it and skip a whole second.
     pub fn reset_rate_limiter(&self) {
         self.limiter.reset_count();
     }
