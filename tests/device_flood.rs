@@ -146,9 +146,10 @@ async fn timers_fire_while_a_flood_keeps_the_socket_readable() {
         "no echo got through the flood (the counters did not change, no checkpoint is due)"
     );
     // Due: 3 keepalives (every 1 s, rounded to the 100 ms tick), the initiation within a pace
-    // (2 ms), 6 checkpoints (every 500 ms, each interval has echoes). The bounds leave room for
-    // a loaded machine; a starved loop missed them by far (initiation after 700 ms or never,
-    // 0-2 keepalives, 0-2 checkpoints).
+    // (2 ms), up to 6 checkpoints (every 500 ms, if an echo got through in the interval). The
+    // bounds leave room for a loaded machine. A starved loop (socket polled first) missed the
+    // first two by far: 0-2 keepalives, the initiation after 375 ms or more, or never. Its
+    // checkpoints (0-4) were fewer but overlap, so that bound only guards against none.
     assert!(
         seen.keepalives >= 2,
         "persistent keepalives (1 s) starved: {seen:?}"
@@ -158,7 +159,7 @@ async fn timers_fire_while_a_flood_keeps_the_socket_readable() {
             .is_some_and(|t| t < Duration::from_millis(100)),
         "takeover initiation starved: {seen:?}"
     );
-    assert!(checkpoints >= 4, "{checkpoints} checkpoints in {WINDOW:?}");
+    assert!(checkpoints >= 3, "{checkpoints} checkpoints in {WINDOW:?}");
     shutdown.cancel();
     task.await.unwrap().unwrap();
 }
