@@ -1,6 +1,8 @@
 //! The agent survives hostile input and a database outage:
 //! - garbage datagrams, messages for unknown peers and a handshake flood are dropped and
 //!   counted (cookie replies under load) while a legitimate session keeps working;
+//! - a client completes a new handshake during an unpaced flood that fills the agent's socket
+//!   with initiations forged in its name;
 //! - a Postgres restart: traffic keeps flowing while the database is away, health rows are
 //!   buffered and arrive after it comes back.
 
@@ -11,7 +13,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
+use agent_support::flood::{Flood, forged_initiation, udp_drops};
 use agent_support::{RunningAgent, TestClient, agent_toml, inventory, key_file, wait_for};
+use boringtun::noise::handshake::parse_handshake_anon;
+use boringtun::noise::{Packet, Tunn};
 use rand::{Rng, RngCore};
 use shadowsteer::domain::SecretKey;
 use shadowsteer::localpg::{DATABASE, Durability, LocalCluster, temp_cluster_dir};
@@ -133,6 +138,104 @@ async fn garbage_unknown_peers_and_handshake_floods_are_dropped_and_counted() {
     })
     .await;
     assert!(dropped > 0 && failures > 0);
+    agent.stop().await;
+}
+
+/// Issue 13, fault 1. Anyone who knows a client's public key can forge initiations that the
+/// agent routes to that client's peer (MAC1 and the encrypted static key need only public
+/// keys). During an unpaced flood of them that fills the agent's socket, the client's own new
+/// handshake must complete with one cookie. With a limiter per peer beside the listener's,
+/// the flood kept the peer's own limiter over its limit, and the client bounced between the
+/// two limiters' cookies until a reset of one happened to let it through (7 s, 23 cookies).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_handshake_completes_during_a_flood_in_the_clients_name() {
+    let db = common::test_db().await;
+    let dir = tempfile::tempdir().unwrap();
+    let service = SecretKey::generate();
+    let clients = inventory(&db, &service, 1);
+    let kf = key_file(dir.path(), "service.key", &service);
+    let agent = RunningAgent::start(
+        &agent_toml("eu-1", "127.0.0.1:0", &kf, &db.url, "").replace(
+            "inside = \"echo\"",
+            "inside = \"echo\"\nhandshake_rate_limit = 20",
+        ),
+        dir.path(),
+        "eu-1",
+    )
+    .await;
+    let target = agent.addr();
+    let (_, key, ip) = &clients[0];
+    let mut client = TestClient::new(key, service.public_key(), *ip, target).await;
+    client.handshake().await;
+    let quiet = client.handshake_within(Duration::from_secs(10)).await;
+    assert!(quiet.took.is_some(), "no new handshake without a flood");
+    assert!(client.echo(b"before").await);
+
+    // The attacker knows the service's and the client's public keys, nothing else.
+    let mut datagrams: Vec<Vec<u8>> = (0..48)
+        .map(|_| forged_initiation(&service.public_key(), &key.public_key()))
+        .collect();
+    let own = boringtun::x25519::StaticSecret::from(*service.expose_bytes());
+    let Ok(Packet::HandshakeInit(init)) = Tunn::parse_incoming_packet(&datagrams[0]) else {
+        panic!("forged initiation does not parse");
+    };
+    let half = parse_handshake_anon(&own, &boringtun::x25519::PublicKey::from(&own), &init)
+        .expect("forged static key decrypts");
+    assert_eq!(&half.peer_static_public, key.public_key().as_bytes());
+    let mut rng = rand::thread_rng();
+    for _ in 0..16 {
+        let mut d = vec![0u8; 96];
+        rng.fill_bytes(&mut d);
+        d[0] = 4;
+        d[1..4].fill(0);
+        datagrams.push(d);
+    }
+
+    let stats = &agent.handle.device.stats;
+    let drops_before = udp_drops(target.port()).unwrap_or(0);
+    let flood = Flood::start("127.0.0.2:0".parse().unwrap(), target, datagrams);
+    wait_for(Duration::from_secs(5), "the socket to fill", || async {
+        (udp_drops(target.port())? > drops_before).then_some(())
+    })
+    .await;
+    let (drops_full, rx_full) = (
+        udp_drops(target.port()).unwrap_or(0),
+        stats.rx_datagrams.load(Ordering::Relaxed),
+    );
+    let cookies_full = stats.cookie_replies.load(Ordering::Relaxed);
+    let during = client.handshake_within(Duration::from_secs(10)).await;
+    let drops = udp_drops(target.port()).unwrap_or(0) - drops_full;
+    let rx = stats.rx_datagrams.load(Ordering::Relaxed) - rx_full;
+    let cookies = stats.cookie_replies.load(Ordering::Relaxed) - cookies_full;
+    let report = flood.stop();
+    eprintln!(
+        "quiet handshake: {quiet:?}; during the flood: {during:?}; flood: {} datagrams in {:?} \
+         ({:.0}/s); while handshaking the agent read {rx} datagrams, sent {cookies} cookie \
+         replies, the kernel dropped {drops}; forged initiations that reached the peer: {}",
+        report.sent,
+        report.elapsed,
+        report.rate(),
+        stats.drops(DropReason::HandshakeFailed),
+    );
+    assert!(drops > 0, "the socket was not kept full");
+    assert!(
+        stats.drops(DropReason::HandshakeFailed) > 0,
+        "no forged initiation reached the client's peer"
+    );
+    assert!(
+        during.took.is_some(),
+        "no new handshake during the flood: {during:?}"
+    );
+    // One limiter, one cookie secret: the cookie from the first reply opens the way (a second
+    // one only if the secret rotated meanwhile, every 128 s). Two limiters answered the client
+    // with each other's cookies, dozens of times.
+    assert!(
+        during.cookies <= 2,
+        "the client bounced between cookies: {during:?}"
+    );
+    // The socket is still full when the flooder stops: let the agent drain it first.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(client.echo(b"after the flood").await, "session unusable");
     agent.stop().await;
 }
 

@@ -316,7 +316,6 @@ impl Device {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut checkpoint = tokio::time::interval(self.config.checkpoint_interval);
         checkpoint.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_reset = Instant::now();
         let mut pace = tokio::time::interval(PACE);
         pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let tun = match &self.config.inside {
@@ -332,6 +331,16 @@ impl Device {
                     // Every sender is gone: the agent is shutting down.
                     None => break,
                 },
+                // Timers before the socket: a socket that stays readable (a flood) must not
+                // starve keepalives, retransmits, the limiter's restart, checkpoints or
+                // takeover initiations. Each is due at most once per interval and bounded, so
+                // it cannot starve the socket in turn, which gets [`BATCH`] reads per turn.
+                _ = tick.tick() => {
+                    self.router.reset_rate_limiter();
+                    self.on_timers(Instant::now(), &mut out);
+                }
+                _ = checkpoint.tick() => self.on_checkpoint(),
+                _ = pace.tick(), if !self.initiations.is_empty() => self.on_pace(&mut out),
                 r = self.socket.recv_from(&mut rx) => {
                     let (n, src) = match r {
                         Ok(r) => r,
@@ -363,16 +372,6 @@ impl Device {
                         Err(e) => tracing::warn!("TUN read failed: {e}"),
                     }
                 }
-                _ = tick.tick() => {
-                    let now = Instant::now();
-                    if now.duration_since(last_reset) >= Duration::from_secs(1) {
-                        self.router.reset_rate_limiter();
-                        last_reset = now;
-                    }
-                    self.on_timers(now, &mut out);
-                }
-                _ = checkpoint.tick() => self.on_checkpoint(),
-                _ = pace.tick(), if !self.initiations.is_empty() => self.on_pace(&mut out),
             }
         }
         Ok(())

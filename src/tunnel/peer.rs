@@ -11,9 +11,11 @@
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use boringtun::noise::errors::WireGuardError;
+use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Tunn, TunnResult};
 use boringtun::x25519;
 
@@ -192,13 +194,33 @@ fn u32_at(bytes: &[u8], at: usize) -> Option<u32> {
 }
 
 impl Peer {
-    /// A peer talking to `spec.public_key` with our static key `own`. Each peer gets its own
-    /// boringtun rate limiter (10 handshakes/s per peer before cookies); the device's shared
-    /// limiter guards the whole listener before this one is reached.
+    /// A peer talking to `spec.public_key` with our static key `own`, standing alone (the
+    /// client helper, tests): boringtun gives it a handshake limiter of its own (10 handshakes/s
+    /// before cookies, restarted by [`Peer::update_timers`]).
     pub fn new(own: &SecretKey, spec: PeerSpec) -> Self {
+        Self::build(own, spec, None)
+    }
+
+    /// A peer behind a listener that checks every handshake message with its own limiter
+    /// before handing it over (see [`super::router`]). boringtun checks again inside the
+    /// tunnel with `limiter`, so that must be one that never limits: a limiter per peer would
+    /// have a cookie secret of its own (a cookie from the listener's fails its MAC2 check) and
+    /// a count that anyone knowing the peer's public key can push over its limit.
+    pub fn with_limiter(own: &SecretKey, spec: PeerSpec, limiter: Arc<RateLimiter>) -> Self {
+        Self::build(own, spec, Some(limiter))
+    }
+
+    fn build(own: &SecretKey, spec: PeerSpec, limiter: Option<Arc<RateLimiter>>) -> Self {
         let secret = x25519::StaticSecret::from(*own.expose_bytes());
         let public = x25519::PublicKey::from(*spec.public_key.as_bytes());
-        let tunn = Tunn::new(secret, public, None, spec.keepalive, spec.index.get(), None);
+        let tunn = Tunn::new(
+            secret,
+            public,
+            None,
+            spec.keepalive,
+            spec.index.get(),
+            limiter,
+        );
         Self {
             spec,
             tunn,

@@ -6,7 +6,8 @@
 //! key get further); under load it answers handshakes without a valid MAC2 with a cookie reply
 //! instead of doing any Diffie-Hellman. Data and other messages are routed by receiver index
 //! (upper 24 bits = the client's stable [`PeerIndex`]); initiations by the static key decrypted
-//! from them. Nothing here allocates per packet.
+//! from them. Nothing here allocates per packet. The shared limiter is the only one that limits
+//! or issues cookies: the peers' own `Tunn`s only re-check MAC1 (see `Router::mac1_only`).
 //!
 //! Pure: no sockets. Drain rule as in [`super::peer`]: after a [`Routed::Send`] for a peer,
 //! call [`Router::flush`] until it returns [`Routed::Done`].
@@ -59,6 +60,13 @@ pub struct Router {
     own_secret: x25519::StaticSecret,
     own_public: x25519::PublicKey,
     limiter: Arc<RateLimiter>,
+    /// What every peer's `Tunn` checks with: boringtun verifies each handshake message again
+    /// inside `decapsulate` and has no public way to skip that (its `handle_verified_packet` is
+    /// crate-private), so the peers share a limiter whose limit is never reached. It re-checks
+    /// MAC1 only and never asks for a cookie; `limiter` is the one limit and the one cookie
+    /// secret. (Handing the peers `limiter` itself would count each handshake twice and send
+    /// cookie replies to the takeover responses that `awaiting` lets past the limit.)
+    mac1_only: Arc<RateLimiter>,
     peers: HashMap<PeerIndex, Peer>,
     by_key: HashMap<PublicKey, PeerIndex>,
     by_ip: HashMap<IpAddr, PeerIndex>,
@@ -89,11 +97,13 @@ impl Router {
         let own_secret = x25519::StaticSecret::from(*own.expose_bytes());
         let own_public = x25519::PublicKey::from(&own_secret);
         let limiter = Arc::new(RateLimiter::new(&own_public, handshakes_per_second));
+        let mac1_only = Arc::new(RateLimiter::new(&own_public, u64::MAX));
         Self {
             own,
             own_secret,
             own_public,
             limiter,
+            mac1_only,
             peers: HashMap::new(),
             by_key: HashMap::new(),
             by_ip: HashMap::new(),
@@ -158,7 +168,9 @@ impl Router {
         self.by_key.insert(spec.public_key, spec.index);
         self.by_ip.insert(spec.tunnel_ip, spec.index);
         self.order.push(spec.index);
-        self.peers.insert(spec.index, Peer::new(&self.own, spec));
+        let index = spec.index;
+        let peer = Peer::with_limiter(&self.own, spec, Arc::clone(&self.mac1_only));
+        self.peers.insert(index, peer);
         true
     }
 
@@ -379,7 +391,9 @@ impl Router {
         Self::to_endpoint(peer, index, action)
     }
 
-    /// Restarts the shared handshake count; call once a second.
+    /// Restarts the shared handshake count if a second has passed since it last did (boringtun
+    /// keeps that time itself). Call it every timer tick: a caller counting its own second on
+    /// another clock could find the limiter a hair short of it and skip a whole second.
     pub fn reset_rate_limiter(&self) {
         self.limiter.reset_count();
     }
@@ -549,6 +563,43 @@ mod tests {
             }
         }
         assert!(cookies >= 14, "only {cookies} cookie replies");
+    }
+
+    /// Under load, one cookie lets a client through however often it handshakes: the shared
+    /// limiter is the only one. (With a limiter per peer, as boringtun gives a `Tunn` by
+    /// default, the peer asked for a cookie of its own after 10 handshakes in a second, and the
+    /// client then bounced between two cookie secrets without ever getting a response.)
+    #[test]
+    fn under_load_one_cookie_is_enough() {
+        let mut router = Router::new(SecretKey::generate(), 1);
+        let key = SecretKey::generate();
+        router.upsert(spec(&key, 5, "10.77.0.2"));
+        let mut client = client_for(&router, &key);
+        let now = Instant::now();
+        let src: SocketAddr = "192.0.2.5:1000".parse().unwrap();
+        let server: SocketAddr = "192.0.2.1:51820".parse().unwrap();
+        let (mut buf, mut out) = (vec![0u8; 2048], vec![0u8; 2048]);
+        let (mut cookies, mut responses) = (0, 0);
+        for _ in 0..40 {
+            let Action::Send(init) = client.force_handshake(&mut buf) else {
+                panic!("no initiation")
+            };
+            let init = init.to_vec();
+            match router.handle_datagram(now, src, &init, &mut out) {
+                Routed::Send { bytes, .. } if bytes.first() == Some(&3) => {
+                    cookies += 1;
+                    let cookie = bytes.to_vec();
+                    assert_eq!(
+                        client.handle_datagram(now, server, &cookie, &mut buf),
+                        Action::Done
+                    );
+                }
+                Routed::Send { bytes, .. } if bytes.first() == Some(&2) => responses += 1,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        // The first initiation is within the limit, the second gets the cookie, the rest use it.
+        assert_eq!((cookies, responses), (1, 39));
     }
 
     proptest::proptest! {

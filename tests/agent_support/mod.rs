@@ -2,6 +2,8 @@
 //! in-process agent, a tiny DNS responder, a boringtun test client, network namespaces.
 #![allow(dead_code)]
 
+pub mod flood;
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -231,21 +233,49 @@ impl TestClient {
 
     /// Handshakes with the server (retrying) until a session exists.
     pub async fn handshake(&mut self) {
-        for _ in 0..20 {
-            let init = match self.peer.force_handshake(&mut self.buf) {
-                Action::Send(b) => Some(b.to_vec()),
-                _ => None,
-            };
-            self.send_action(init).await;
-            let deadline = Instant::now() + Duration::from_millis(500);
-            while Instant::now() < deadline && self.peer.receiver_index().is_none() {
-                self.receive_one(Duration::from_millis(100)).await;
+        let outcome = self.handshake_within(Duration::from_secs(10)).await;
+        assert!(
+            outcome.took.is_some(),
+            "no handshake with {}: {outcome:?}",
+            self.server
+        );
+    }
+
+    /// Runs a new handshake: an initiation every 500 ms, and at once after a cookie reply (the
+    /// next one carries MAC2; boringtun would wait for its 5 s retransmit), until a session
+    /// newer than the current one exists or `limit` has passed.
+    pub async fn handshake_within(&mut self, limit: Duration) -> HandshakeOutcome {
+        let before = self.peer.receiver_index();
+        let started = Instant::now();
+        let mut outcome = HandshakeOutcome::default();
+        let mut next = started;
+        while started.elapsed() < limit {
+            if Instant::now() >= next {
+                let init = match self.peer.force_handshake(&mut self.buf) {
+                    Action::Send(b) => Some(b.to_vec()),
+                    _ => None,
+                };
+                self.send_action(init).await;
+                outcome.initiations += 1;
+                next = Instant::now() + Duration::from_millis(500);
             }
-            if self.peer.receiver_index().is_some() {
-                return;
+            let wait = next.saturating_duration_since(Instant::now());
+            let Ok(Ok((n, src))) =
+                tokio::time::timeout(wait, self.socket.recv_from(&mut self.rx)).await
+            else {
+                continue;
+            };
+            if n == 64 && self.rx[0] == 3 {
+                outcome.cookies += 1;
+                next = Instant::now();
+            }
+            self.handle(n, src).await;
+            if self.peer.receiver_index() != before {
+                outcome.took = Some(started.elapsed());
+                break;
             }
         }
-        panic!("no handshake with {}", self.server);
+        outcome
     }
 
     /// Receives and handles one datagram; returns a decrypted inside packet if it was one.
@@ -255,6 +285,11 @@ impl TestClient {
         else {
             return None;
         };
+        self.handle(n, src).await
+    }
+
+    /// Handles the datagram of `n` bytes in `self.rx`; returns a decrypted inside packet.
+    async fn handle(&mut self, n: usize, src: SocketAddr) -> Option<Vec<u8>> {
         let mut inside = None;
         let reply =
             match self
@@ -310,6 +345,17 @@ impl TestClient {
         }
         false
     }
+}
+
+/// How a [`TestClient::handshake_within`] went.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct HandshakeOutcome {
+    /// Time from the first initiation to the session, if one came.
+    pub took: Option<Duration>,
+    /// Initiations sent.
+    pub initiations: u32,
+    /// Cookie replies received.
+    pub cookies: u32,
 }
 
 /// A DNS responder answering A queries for one name with a settable address and TTL.
