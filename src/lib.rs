@@ -12,6 +12,7 @@
 //! - [`client`]: the client helper (resolves its appliance by DNS, roams, measures).
 //! - [`tunnel`]: the WireGuard data plane (boringtun), used by the agent and the client helper.
 //! - [`risk`]: the predictive risk engine (telemetry format, simulator, training, scoring).
+//! - [`metrics`]: Prometheus exposition: one registry per process, a collector per capability.
 //!
 //! Pure decision logic lives apart from I/O: a module that decides never opens a socket, reads the
 //! clock or touches the database; its shell does.
@@ -27,6 +28,7 @@ pub mod domain;
 pub mod inventory;
 pub mod keyfile;
 pub mod localpg;
+pub mod metrics;
 pub mod risk;
 pub mod steering;
 pub mod store;

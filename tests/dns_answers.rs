@@ -344,6 +344,8 @@ async fn metrics_need_a_token() {
         assert_eq!(code, 200);
         assert!(text.contains("shadowsteer_dns_queries_total{qtype=\"A\"}"));
         assert!(text.contains("shadowsteer_snapshot_age_seconds"));
+        assert!(text.contains("shadowsteer_dns_latency_seconds_bucket{le=\"+Inf\"}"));
+        serve_harness::assert_described(&text);
         // Only the hash is stored.
         let list = cli(&url, &["token", "list", "--json"]);
         assert!(list.contains("prometheus") && !list.contains(token));

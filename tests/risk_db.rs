@@ -250,12 +250,18 @@ async fn live_scoring_writes_and_notifies() {
         let snap = rx.borrow();
         assert_eq!(snap.model_version, model.version);
         assert_eq!(snap.scores.len(), 4);
-        let metrics = snap.render_metrics();
-        assert!(
-            metrics.contains("shadowsteer_risk_score{kind=\"appliance\",subject=\"eu-1\""),
-            "{metrics}"
-        );
     }
+    let mut registry = shadowsteer::metrics::Registry::default();
+    registry.register_collector(Box::new(live::LiveMetrics::new(rx.clone())));
+    let metrics = shadowsteer::metrics::render(&registry);
+    assert!(
+        metrics.contains("shadowsteer_risk_score{kind=\"appliance\",subject=\"eu-1\""),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("# HELP shadowsteer_risk_rounds_total "),
+        "{metrics}"
+    );
 
     // An open failure event: eu-2 is down, risk 1.
     sqlx::query(

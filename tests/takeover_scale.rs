@@ -273,13 +273,7 @@ async fn a_thousand_sessions_resume_on_the_shadow() {
     .await
     .unwrap();
     eprintln!("claims stored: {rows:?}");
-    let claimed = shadow
-        .handle
-        .takeover
-        .as_ref()
-        .unwrap()
-        .claims
-        .load(Ordering::Relaxed);
+    let claimed = shadow.handle.takeover.as_ref().unwrap().claims_total();
     assert_eq!(claimed, SESSIONS as u64);
     shadow.stop().await;
 }

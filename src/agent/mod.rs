@@ -10,11 +10,13 @@
 //! - the load balancer's check ([`lb_check`]): HAProxy agent-check, weight by risk.
 //!
 //! - takeover ([`takeover`], core in [`crate::takeover`]): group heartbeats, claims, and
-//!   handshake initiations that move a session to this appliance.
+//!   handshake initiations that move a session to this appliance;
+//! - `/metrics` ([`metrics`]), when `[agent] metrics_listen` is set: every task's counters.
 
 pub mod buffer;
 pub mod health;
 pub mod lb_check;
+pub mod metrics;
 pub mod overrides;
 pub mod probe;
 pub mod prober;
@@ -63,6 +65,14 @@ pub enum AgentError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The metrics listener could not be bound.
+    #[error("metrics listener {addr}: {source}")]
+    Metrics {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
 }
 
 /// A running agent's handles (counters for logs and tests).
@@ -78,6 +88,8 @@ pub struct AgentHandle {
     pub probes: Option<(Arc<prober::ProbeStats>, SocketAddr)>,
     /// Takeover counters, when takeover is enabled.
     pub takeover: Option<Arc<takeover::TakeoverStats>>,
+    /// Where `/metrics` is served, when `[agent] metrics_listen` is set.
+    pub metrics: Option<SocketAddr>,
     /// The embedded database this agent started, if any (stopped when dropped).
     pub database: Option<Database>,
 }
@@ -275,12 +287,32 @@ pub async fn start(
         }
         _ => None,
     };
+    let metrics = match config.agent.metrics_listen {
+        Some(listen) => {
+            let sources = metrics::Sources {
+                device: Arc::clone(&handle.stats),
+                health: Arc::clone(&health),
+                recorder: Arc::clone(&recorder),
+                probes: probes.as_ref().map(|(s, _)| Arc::clone(s)),
+                takeover: takeover.clone(),
+            };
+            let bound = metrics::start(listen.0, sources, tasks, shutdown.clone())
+                .await
+                .map_err(|source| AgentError::Metrics {
+                    addr: listen.0,
+                    source,
+                })?;
+            Some(bound)
+        }
+        None => None,
+    };
     Ok(AgentHandle {
         device: handle,
         recorder,
         health,
         probes,
         takeover,
+        metrics,
         database,
     })
 }

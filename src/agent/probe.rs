@@ -57,13 +57,16 @@ impl ProbeKey {
         Self(Zeroizing::new(bytes))
     }
 
+    fn keyed(&self, data: &[u8]) -> Hmac<Sha256> {
+        let mut m = <Hmac<Sha256> as Mac>::new_from_slice(self.0.as_ref())
+            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+        m.update(data);
+        m
+    }
+
     fn mac(&self, data: &[u8]) -> [u8; MAC_LEN] {
         let mut out = [0u8; MAC_LEN];
-        // HMAC accepts keys of any length; the error cannot happen for 32 bytes.
-        if let Ok(mut m) = Hmac::<Sha256>::new_from_slice(self.0.as_ref()) {
-            m.update(data);
-            out.copy_from_slice(&m.finalize().into_bytes()[..MAC_LEN]);
-        }
+        out.copy_from_slice(&self.keyed(data).finalize().into_bytes()[..MAC_LEN]);
         out
     }
 
@@ -95,10 +98,10 @@ impl ProbeKey {
         if datagram.len() != body + MAC_LEN {
             return None;
         }
-        let expected = self.mac(&datagram[..body]);
-        if !constant_time_eq(&expected, &datagram[body..]) {
-            return None;
-        }
+        // The MAC's own check, in constant time; the tag is the first MAC_LEN bytes.
+        self.keyed(&datagram[..body])
+            .verify_truncated_left(&datagram[body..])
+            .ok()?;
         let kind = match datagram[4] {
             1 => ProbeKind::Request,
             2 => ProbeKind::Response,
@@ -112,10 +115,6 @@ impl ProbeKey {
             from: ApplianceId::new(id).ok()?,
         })
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// One path's summary over a window.

@@ -28,6 +28,28 @@ pub struct ProbeStats {
     pub rows: AtomicU64,
 }
 
+/// The prober's counters, for the agent's `/metrics`.
+impl crate::metrics::Collector for ProbeStats {
+    fn encode(&self, encoder: crate::metrics::DescriptorEncoder) -> std::fmt::Result {
+        let mut out = crate::metrics::Scrape::new(encoder);
+        out.counter(
+            "shadowsteer_probe_requests_answered",
+            "Path probe requests from other appliances answered.",
+            self.answered.load(Ordering::Relaxed),
+        )?;
+        out.counter(
+            "shadowsteer_probe_rejected",
+            "Datagrams on the probe port that were not valid probes (bad MAC, garbage).",
+            self.rejected.load(Ordering::Relaxed),
+        )?;
+        out.counter(
+            "shadowsteer_probe_rows_written",
+            "Path probe rows written to the database.",
+            self.rows.load(Ordering::Relaxed),
+        )
+    }
+}
+
 /// Settings of the prober.
 #[derive(Debug)]
 pub struct ProberSettings {

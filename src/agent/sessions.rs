@@ -41,6 +41,28 @@ pub struct RecorderStats {
     pub path_rows_dropped: std::sync::atomic::AtomicU64,
 }
 
+/// The session recorder's counters, for the agent's `/metrics`.
+impl crate::metrics::Collector for RecorderStats {
+    fn encode(&self, encoder: crate::metrics::DescriptorEncoder) -> std::fmt::Result {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut out = crate::metrics::Scrape::new(encoder);
+        out.counter(
+            "shadowsteer_session_writes",
+            "Session rows written (one per recorded change of a session).",
+            self.session_writes.load(Relaxed),
+        )?;
+        out.counters(
+            "shadowsteer_path_rows",
+            "Client path measurement rows, by outcome (dropped: from the full buffer while the database was away).",
+            "outcome",
+            [
+                ("written", self.path_rows.load(Relaxed)),
+                ("dropped", self.path_rows_dropped.load(Relaxed)),
+            ],
+        )
+    }
+}
+
 struct Shell {
     pool: PgPool,
     appliance: ApplianceId,

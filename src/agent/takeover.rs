@@ -24,7 +24,7 @@ use crate::store::notify::{self, Change, ChangedTable};
 use crate::store::takeover::{self as store, ClaimWrite, Group};
 use crate::takeover::liveness::{Liveness, Timing, Verdict};
 use crate::takeover::wire::{GroupKey, Heartbeat, MAX_LEN};
-use crate::takeover::{Action, Coordinator, Failback, SessionView};
+use crate::takeover::{Action, ClaimReason, Coordinator, Failback, SessionView};
 use crate::tunnel::device::{DeviceHandle, GroupInput, PeerCommand, RelayRole};
 
 /// Full re-read of the group (notifications are hints and may be lost).
@@ -48,7 +48,8 @@ pub struct TakeoverSettings {
     pub failback: Failback,
 }
 
-/// Counters (exported by tests and logs).
+/// Counters of the takeover task, for `/metrics`, logs and tests. Every heartbeat that arrives
+/// is counted exactly once: accepted, or rejected for one reason.
 #[derive(Debug, Default)]
 pub struct TakeoverStats {
     /// Heartbeats sent.
@@ -59,21 +60,119 @@ pub struct TakeoverStats {
     pub bad_mac: AtomicU64,
     /// Heartbeats refused: malformed.
     pub malformed: AtomicU64,
-    /// Heartbeats refused: replayed or stale.
+    /// Heartbeats refused: `(boot, seq)` not newer than one already accepted (a replay).
     pub replayed: AtomicU64,
+    /// Heartbeats refused: sent too long ago or in the future by our clock.
+    pub stale: AtomicU64,
     /// Heartbeats refused: from an appliance outside the group, or from an address that is
     /// not the claimed sender's.
     pub unknown_sender: AtomicU64,
     /// Group peers declared dead.
     pub peers_declared_dead: AtomicU64,
-    /// Sessions claimed (all reasons).
-    pub claims: AtomicU64,
+    /// Dead group peers heard from again.
+    pub peers_revived: AtomicU64,
+    /// Sessions claimed, by reason ([`ClaimReason::ALL`] order).
+    claims: [AtomicU64; ClaimReason::ALL.len()],
     /// Claims stored in the database.
     pub claims_written: AtomicU64,
+    /// Batches of claims the database refused or could not take (retried).
+    pub claim_write_failures: AtomicU64,
     /// Sessions this appliance stood down from.
     pub stood_down: AtomicU64,
     /// Sessions held here now.
     pub held: AtomicU64,
+}
+
+impl TakeoverStats {
+    fn count_claim(&self, reason: ClaimReason) {
+        if let Some(c) = ClaimReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .and_then(|i| self.claims.get(i))
+        {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Sessions claimed for `reason`.
+    pub fn claims(&self, reason: ClaimReason) -> u64 {
+        ClaimReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .and_then(|i| self.claims.get(i))
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    /// Sessions claimed, all reasons.
+    pub fn claims_total(&self) -> u64 {
+        ClaimReason::ALL.iter().map(|r| self.claims(*r)).sum()
+    }
+}
+
+/// The takeover task's counters, for the agent's `/metrics` (the data plane's share, such as
+/// initiations sent and relay messages rejected, is in [`crate::tunnel::stats::DeviceStats`]).
+impl crate::metrics::Collector for TakeoverStats {
+    fn encode(&self, encoder: crate::metrics::DescriptorEncoder) -> std::fmt::Result {
+        let mut out = crate::metrics::Scrape::new(encoder);
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        out.counter(
+            "shadowsteer_takeover_heartbeats_sent",
+            "Heartbeats sent to the appliances of the shadow group.",
+            get(&self.heartbeats_sent),
+        )?;
+        out.counter(
+            "shadowsteer_takeover_heartbeats_received",
+            "Valid heartbeats received from the shadow group.",
+            get(&self.heartbeats_ok),
+        )?;
+        out.counters(
+            "shadowsteer_takeover_heartbeats_rejected",
+            "Heartbeats ignored, by reason: bad_mac (forged or another key), replayed (sequence not newer), stale (send time off by more than 2 s), unknown_sender (not in the group, or not from its address), malformed.",
+            "reason",
+            [
+                ("bad_mac", get(&self.bad_mac)),
+                ("replayed", get(&self.replayed)),
+                ("stale", get(&self.stale)),
+                ("unknown_sender", get(&self.unknown_sender)),
+                ("malformed", get(&self.malformed)),
+            ],
+        )?;
+        out.counter(
+            "shadowsteer_takeover_peers_declared_dead",
+            "Group peers declared dead after missing their heartbeats.",
+            get(&self.peers_declared_dead),
+        )?;
+        out.counter(
+            "shadowsteer_takeover_peers_revived",
+            "Dead group peers heard from again.",
+            get(&self.peers_revived),
+        )?;
+        out.counters(
+            "shadowsteer_takeover_claims",
+            "Sessions claimed by this appliance, by reason.",
+            "reason",
+            ClaimReason::ALL.map(|r| (r.as_str(), self.claims(r))),
+        )?;
+        out.counters(
+            "shadowsteer_takeover_claim_writes",
+            "Claims recorded in the database (written), and batches that failed and are retried (failed).",
+            "outcome",
+            [
+                ("written", get(&self.claims_written)),
+                ("failed", get(&self.claim_write_failures)),
+            ],
+        )?;
+        out.counter(
+            "shadowsteer_takeover_stood_down",
+            "Sessions this appliance stood down from (another holds a higher claim).",
+            get(&self.stood_down),
+        )?;
+        out.gauge(
+            "shadowsteer_takeover_sessions_held",
+            "Shadowed sessions this appliance holds now.",
+            get(&self.held),
+        )
+    }
 }
 
 enum Loaded {
@@ -243,6 +342,7 @@ impl Shell {
                     Verdict::Accepted { revived } => {
                         self.stats.heartbeats_ok.fetch_add(1, Ordering::Relaxed);
                         if revived {
+                            self.stats.peers_revived.fetch_add(1, Ordering::Relaxed);
                             tracing::info!(peer = %hb.from, "group peer sends heartbeats again");
                             let actions = match self.coordinator.as_mut() {
                                 Some(c) => c.peer_alive(&hb.from),
@@ -251,8 +351,11 @@ impl Shell {
                             self.carry_out(actions).await;
                         }
                     }
-                    Verdict::Replayed | Verdict::Stale => {
+                    Verdict::Replayed => {
                         self.stats.replayed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Verdict::Stale => {
+                        self.stats.stale.fetch_add(1, Ordering::Relaxed);
                     }
                     Verdict::Unknown => {
                         self.stats.unknown_sender.fetch_add(1, Ordering::Relaxed);
@@ -339,7 +442,7 @@ impl Shell {
                     epoch,
                     reason,
                 } => {
-                    self.stats.claims.fetch_add(1, Ordering::Relaxed);
+                    self.stats.count_claim(reason);
                     let view = self.coordinator.as_ref().and_then(|c| c.session(peer));
                     tracing::info!(client = %client, epoch = epoch.get(), reason = reason.as_str(), "session claimed");
                     claims.push(ClaimWrite {
@@ -572,6 +675,7 @@ async fn writer(
                             true
                         }
                         Err(e) => {
+                            stats.claim_write_failures.fetch_add(1, Ordering::Relaxed);
                             tracing::warn!("takeover: recording {} claims: {e}", claims.len());
                             false
                         }

@@ -33,6 +33,28 @@ pub struct HealthStats {
     pub buffered: AtomicU64,
 }
 
+/// The health writer's counters, for the agent's `/metrics`.
+impl crate::metrics::Collector for HealthStats {
+    fn encode(&self, encoder: crate::metrics::DescriptorEncoder) -> std::fmt::Result {
+        let mut out = crate::metrics::Scrape::new(encoder);
+        out.counter(
+            "shadowsteer_health_rows_written",
+            "Health rows written to the database.",
+            self.written.load(Ordering::Relaxed),
+        )?;
+        out.counter(
+            "shadowsteer_health_rows_dropped",
+            "Health rows dropped, oldest first, from the full buffer while the database was away.",
+            self.dropped.load(Ordering::Relaxed),
+        )?;
+        out.gauge(
+            "shadowsteer_health_rows_buffered",
+            "Health rows waiting to be written.",
+            self.buffered.load(Ordering::Relaxed),
+        )
+    }
+}
+
 fn read_host() -> (CpuTimes, Fraction) {
     let cpu = std::fs::read_to_string("/proc/stat")
         .ok()

@@ -140,6 +140,11 @@ pub struct AgentSection {
     /// it, initiators must prove their address first (WireGuard's cookie reply).
     #[serde(default = "default_handshake_rate")]
     pub handshake_rate_limit: u64,
+    /// TCP address of the agent's Prometheus `/metrics` (no authentication: keep it on
+    /// loopback, e.g. `127.0.0.1:9101`, and let a local scraper or proxy reach it); absent
+    /// disables it.
+    #[serde(default)]
+    pub metrics_listen: Option<ListenAddr>,
 }
 
 fn default_inside() -> InsideMode {

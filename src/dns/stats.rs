@@ -171,3 +171,106 @@ impl ApplianceSlots {
         out
     }
 }
+
+/// The DNS counters of every writer, for `/metrics`: summed over the writers at scrape time,
+/// so the hot path never shares a cache line.
+#[derive(Debug)]
+pub struct DnsMetrics {
+    /// Counters of every UDP worker and of TCP.
+    pub writers: Vec<std::sync::Arc<Stats>>,
+    /// Labels of the per-appliance counters.
+    pub slots: std::sync::Arc<std::sync::Mutex<ApplianceSlots>>,
+}
+
+impl DnsMetrics {
+    fn sum(&self, f: impl Fn(&Stats) -> &AtomicU64) -> u64 {
+        self.writers.iter().map(|s| read(f(s))).sum()
+    }
+
+    fn by_name<const N: usize>(
+        &self,
+        names: impl Iterator<Item = &'static str>,
+        f: impl Fn(&Stats) -> &[AtomicU64; N],
+    ) -> Vec<(&'static str, u64)> {
+        names
+            .chain(["other"])
+            .enumerate()
+            .map(|(i, name)| (name, self.sum(|s| &f(s)[i])))
+            .collect()
+    }
+
+    fn latency(&self, out: &mut crate::metrics::Scrape) -> std::fmt::Result {
+        let buckets: Vec<(f64, u64)> = LATENCY_BOUNDS_US
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (*b as f64 / 1e6, self.sum(|s| &s.latency[i])))
+            .collect();
+        let count = buckets.iter().map(|(_, n)| n).sum::<u64>()
+            + self.sum(|s| &s.latency[LATENCY_BOUNDS_US.len()]);
+        out.histogram(
+            "shadowsteer_dns_latency_seconds",
+            "Time from receiving a query (batch) to sending its answer.",
+            self.sum(|s| &s.latency_sum_ns) as f64 / 1e9,
+            count,
+            &buckets,
+        )
+    }
+}
+
+impl crate::metrics::Collector for DnsMetrics {
+    fn encode(&self, encoder: crate::metrics::DescriptorEncoder) -> std::fmt::Result {
+        let mut out = crate::metrics::Scrape::new(encoder);
+        out.counters(
+            "shadowsteer_dns_queries",
+            "DNS queries answered, by question type.",
+            "qtype",
+            self.by_name(QTYPES.iter().map(|(_, n)| *n), |s| &s.qtypes),
+        )?;
+        out.counters(
+            "shadowsteer_dns_responses",
+            "DNS responses, by response code.",
+            "rcode",
+            self.by_name(RCODES.iter().map(|(_, n)| *n), |s| &s.rcodes),
+        )?;
+        let labels = self
+            .slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .labels();
+        let answers: Vec<(&str, u64)> = labels
+            .iter()
+            .map(|(slot, name)| (name.as_str(), self.sum(|s| &s.appliances[*slot])))
+            .collect();
+        out.counters(
+            "shadowsteer_dns_answers",
+            "Steered answers (per-client names, SRV, service name), by appliance.",
+            "appliance",
+            answers,
+        )?;
+        out.counters(
+            "shadowsteer_dns_rate_limited",
+            "Responses hit by response rate limiting, by action.",
+            "action",
+            [
+                ("slip", self.sum(|s| &s.rrl_slipped)),
+                ("drop", self.sum(|s| &s.rrl_dropped)),
+            ],
+        )?;
+        out.counter(
+            "shadowsteer_dns_truncated",
+            "UDP responses sent truncated because they did not fit.",
+            self.sum(|s| &s.truncated),
+        )?;
+        out.counter(
+            "shadowsteer_dns_dropped",
+            "Packets dropped without an answer (too short, responses, oversized).",
+            self.sum(|s| &s.dropped),
+        )?;
+        out.counter(
+            "shadowsteer_dns_udp_worker_restarts",
+            "UDP workers restarted after a panic (the datagrams of the batch in hand are lost).",
+            self.sum(|s| &s.restarts),
+        )?;
+        self.latency(&mut out)
+    }
+}

@@ -56,42 +56,84 @@ pub struct LiveSnapshot {
 }
 
 impl LiveSnapshot {
-    /// Prometheus text exposition of the snapshot.
-    pub fn render_metrics(&self) -> String {
-        use std::fmt::Write as _;
-        let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "# HELP shadowsteer_risk_model_info The risk model scoring.\n# TYPE shadowsteer_risk_model_info gauge\nshadowsteer_risk_model_info{{version=\"{}\",threshold=\"{}\"}} 1",
-            self.model_version, self.threshold
-        );
-        let _ = writeln!(
-            out,
-            "# TYPE shadowsteer_risk_rounds_total counter\nshadowsteer_risk_rounds_total {}\n# TYPE shadowsteer_risk_failed_rounds_total counter\nshadowsteer_risk_failed_rounds_total {}\n# TYPE shadowsteer_risk_writes_total counter\nshadowsteer_risk_writes_total {}\n# TYPE shadowsteer_risk_scoring_seconds gauge\nshadowsteer_risk_scoring_seconds {}",
+    /// Writes the snapshot's metrics: the model, the scorer's rounds, every score.
+    pub fn encode_metrics(&self, out: &mut crate::metrics::Scrape) -> std::fmt::Result {
+        out.info(
+            "shadowsteer_risk_model",
+            "The risk model scoring.",
+            &[
+                ("version", self.model_version.as_str()),
+                ("threshold", self.threshold.to_string().as_str()),
+            ],
+        )?;
+        out.counter(
+            "shadowsteer_risk_rounds",
+            "Live scoring rounds completed.",
             self.rounds,
+        )?;
+        out.counter(
+            "shadowsteer_risk_failed_rounds",
+            "Live scoring rounds that failed (database errors); the next round retries.",
             self.failed_rounds,
+        )?;
+        out.counter(
+            "shadowsteer_risk_writes",
+            "Score rows written (only scores that moved by more than epsilon).",
             self.writes,
-            self.last_scoring_ms / 1000.0
-        );
-        out.push_str("# HELP shadowsteer_risk_score Risk of failure within the model's horizon.\n# TYPE shadowsteer_risk_score gauge\n");
-        for s in &self.scores {
-            // Ids are DNS labels ('>' joins path ends): nothing to escape in a label value.
-            for (q, v) in [
+        )?;
+        out.gauge(
+            "shadowsteer_risk_scoring_seconds",
+            "CPU time the last round's scoring took.",
+            self.last_scoring_ms / 1000.0,
+        )?;
+        let bounds = |s: &'_ SubjectScore| {
+            [
                 ("value", s.score.value()),
                 ("low", s.score.low()),
                 ("high", s.score.high()),
-            ] {
-                let _ = writeln!(
-                    out,
-                    "shadowsteer_risk_score{{kind=\"{}\",subject=\"{}\",region=\"{}\",bound=\"{q}\"}} {}",
-                    s.kind.as_str(),
-                    s.id,
-                    s.region,
-                    v.get()
-                );
-            }
-        }
-        out
+            ]
+        };
+        let series: Vec<([(&str, &str); 4], f64)> = self
+            .scores
+            .iter()
+            .flat_map(|s| {
+                bounds(s).map(|(bound, v)| {
+                    (
+                        [
+                            ("kind", s.kind.as_str()),
+                            ("subject", s.id.as_str()),
+                            ("region", s.region.as_str()),
+                            ("bound", bound),
+                        ],
+                        v.get(),
+                    )
+                })
+            })
+            .collect();
+        out.gauges(
+            "shadowsteer_risk_score",
+            "Risk of failure within the model's horizon, with its interval bounds.",
+            series,
+        )
+    }
+}
+
+/// The live scorer's latest round, for `/metrics`.
+#[derive(Debug)]
+pub struct LiveMetrics(watch::Receiver<Arc<LiveSnapshot>>);
+
+impl LiveMetrics {
+    /// Reads what the scorer publishes on `scores`.
+    pub fn new(scores: watch::Receiver<Arc<LiveSnapshot>>) -> Self {
+        Self(scores)
+    }
+}
+
+impl crate::metrics::Collector for LiveMetrics {
+    fn encode(&self, encoder: crate::metrics::DescriptorEncoder) -> std::fmt::Result {
+        // Clone the Arc and let the lock go before encoding.
+        let snapshot = Arc::clone(&self.0.borrow());
+        snapshot.encode_metrics(&mut crate::metrics::Scrape::new(encoder))
     }
 }
 

@@ -40,6 +40,9 @@ pub enum ClaimReason {
 }
 
 impl ClaimReason {
+    /// Every reason, for counters.
+    pub const ALL: [ClaimReason; 4] = [Self::Crash, Self::Predicted, Self::Failback, Self::Client];
+
     /// The stored text.
     pub fn as_str(self) -> &'static str {
         match self {

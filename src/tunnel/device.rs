@@ -22,7 +22,7 @@ use super::TunnelError;
 use super::packet;
 use super::peer::{DropReason, PeerEvent, PeerSpec};
 use super::router::{Routed, Router};
-use super::stats::DeviceStats;
+use super::stats::{DeviceStats, RelayRejection};
 use super::tun::Tun;
 use crate::domain::{PeerIndex, SecretKey, SessionCounters};
 use crate::takeover::wire::{Relay, RelayDirection};
@@ -589,17 +589,17 @@ impl Device {
     /// A relay message from a group appliance.
     fn on_relay(&mut self, src: SocketAddr, msg: &[u8], out: &mut [u8], reply: &mut [u8]) {
         let Some(key) = &self.group_key else {
-            self.stats.count_drop(DropReason::Malformed);
+            self.stats.count_relay_rejection(RelayRejection::NoKey);
             return;
         };
         let r = match Relay::decode(key, msg) {
             Ok(r) => r,
             Err(crate::takeover::wire::WireError::BadMac) => {
-                self.stats.count_drop(DropReason::BadMac);
+                self.stats.count_relay_rejection(RelayRejection::BadMac);
                 return;
             }
             Err(_) => {
-                self.stats.count_drop(DropReason::Malformed);
+                self.stats.count_relay_rejection(RelayRejection::Malformed);
                 return;
             }
         };
@@ -629,14 +629,15 @@ impl Device {
                     self.relay_old.insert(peer, (src, until));
                     self.on_wireguard(now, client, &datagram, out, reply);
                 } else {
-                    self.stats.count_drop(DropReason::UnknownIndex);
+                    self.stats
+                        .count_relay_rejection(RelayRejection::UnknownSession);
                 }
             }
             // We are the new holder: the old holder's reply, sent from our address.
             RelayDirection::ToClient if from_partner(&self.relay_new) => {
                 self.send(r.client, r.datagram);
             }
-            _ => self.stats.count_drop(DropReason::Unexpected),
+            _ => self.stats.count_relay_rejection(RelayRejection::NotPartner),
         }
     }
 

@@ -37,6 +37,57 @@ pub struct DeviceStats {
     /// Peers with a live session (updated every timer tick).
     pub sessions: AtomicU64,
     drops: [AtomicU64; DropReason::ALL.len()],
+    relay_rejections: [AtomicU64; RelayRejection::ALL.len()],
+}
+
+/// Why a relay message (see [`crate::takeover::wire::Relay`]) was not acted on. Each is also
+/// counted as a drop of the matching [`DropReason`], so the health rows' drop total is as
+/// before; these say which drops were relay messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayRejection {
+    /// Takeover is off here: no key to check relay messages with.
+    NoKey,
+    /// The MAC does not verify (forged, or another group's key).
+    BadMac,
+    /// Not a well-formed relay message.
+    Malformed,
+    /// From the new holder, for a session this appliance does not have.
+    UnknownSession,
+    /// A reply to forward to a client, from an address that is not the partner of a move in
+    /// progress here (it would make this appliance send what a stranger chose).
+    NotPartner,
+}
+
+impl RelayRejection {
+    /// Every reason, for counters.
+    pub const ALL: [RelayRejection; 5] = [
+        Self::NoKey,
+        Self::BadMac,
+        Self::Malformed,
+        Self::UnknownSession,
+        Self::NotPartner,
+    ];
+
+    /// Short name for metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NoKey => "no_key",
+            Self::BadMac => "bad_mac",
+            Self::Malformed => "malformed",
+            Self::UnknownSession => "unknown_session",
+            Self::NotPartner => "not_partner",
+        }
+    }
+
+    /// The drop it is also counted as.
+    pub fn drop_reason(self) -> DropReason {
+        match self {
+            Self::NoKey | Self::Malformed => DropReason::Malformed,
+            Self::BadMac => DropReason::BadMac,
+            Self::UnknownSession => DropReason::UnknownIndex,
+            Self::NotPartner => DropReason::Unexpected,
+        }
+    }
 }
 
 impl DeviceStats {
@@ -58,6 +109,27 @@ impl DeviceStats {
             .position(|r| *r == reason)
             .unwrap_or(0);
         self.drops.get(i).map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    /// Counts one rejected relay message (and its drop).
+    pub fn count_relay_rejection(&self, why: RelayRejection) {
+        self.count_drop(why.drop_reason());
+        if let Some(c) = RelayRejection::ALL
+            .iter()
+            .position(|r| *r == why)
+            .and_then(|i| self.relay_rejections.get(i))
+        {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Relay messages rejected for one reason so far.
+    pub fn relay_rejections(&self, why: RelayRejection) -> u64 {
+        RelayRejection::ALL
+            .iter()
+            .position(|r| *r == why)
+            .and_then(|i| self.relay_rejections.get(i))
+            .map_or(0, |c| c.load(Ordering::Relaxed))
     }
 
     /// Adds `n` to a counter.
@@ -126,4 +198,81 @@ pub struct StatsSnapshot {
     pub handshake_failures: u64,
     /// Drops by reason.
     pub dropped: Vec<(&'static str, u64)>,
+}
+
+/// The data plane's counters, for the agent's `/metrics`. The takeover counters the data plane
+/// owns (initiations sent, datagrams relayed, relay messages rejected) are here too.
+impl crate::metrics::Collector for DeviceStats {
+    fn encode(&self, encoder: crate::metrics::DescriptorEncoder) -> std::fmt::Result {
+        let mut out = crate::metrics::Scrape::new(encoder);
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        out.counters(
+            "shadowsteer_wg_datagrams",
+            "WireGuard port datagrams, by direction (rx includes heartbeats and relay messages).",
+            "direction",
+            [
+                ("rx", get(&self.rx_datagrams)),
+                ("tx", get(&self.tx_datagrams)),
+            ],
+        )?;
+        out.counters(
+            "shadowsteer_wg_bytes",
+            "Bytes of those datagrams, by direction.",
+            "direction",
+            [("rx", get(&self.rx_bytes)), ("tx", get(&self.tx_bytes))],
+        )?;
+        out.counters(
+            "shadowsteer_wg_inside_packets",
+            "Packets inside the tunnel: rx decrypted and delivered, tx encrypted and sent.",
+            "direction",
+            [("rx", get(&self.inside_rx)), ("tx", get(&self.inside_tx))],
+        )?;
+        out.counters(
+            "shadowsteer_wg_dropped",
+            "Datagrams and packets dropped by the data plane, by reason.",
+            "reason",
+            DropReason::ALL.map(|r| (r.as_str(), self.drops(r))),
+        )?;
+        out.counter(
+            "shadowsteer_wg_cookie_replies",
+            "Cookie replies sent (handshakes beyond the rate limit).",
+            get(&self.cookie_replies),
+        )?;
+        out.counter(
+            "shadowsteer_wg_send_errors",
+            "Datagrams the socket refused to send.",
+            get(&self.send_errors),
+        )?;
+        out.counter(
+            "shadowsteer_wg_events_dropped",
+            "Events the session recorder or the takeover task could not take in time.",
+            get(&self.events_dropped),
+        )?;
+        out.gauge(
+            "shadowsteer_wg_peers",
+            "Peers configured.",
+            get(&self.peers),
+        )?;
+        out.gauge(
+            "shadowsteer_wg_sessions",
+            "Peers with a live session.",
+            get(&self.sessions),
+        )?;
+        out.counter(
+            "shadowsteer_takeover_initiations",
+            "Handshake initiations sent to clients to take their sessions over.",
+            get(&self.takeover_initiations),
+        )?;
+        out.counter(
+            "shadowsteer_takeover_relayed",
+            "Datagrams relayed to the other appliance of a make-before-break move.",
+            get(&self.relayed),
+        )?;
+        out.counters(
+            "shadowsteer_takeover_relay_rejected",
+            "Relay messages ignored, by reason (each also counted in shadowsteer_wg_dropped_total).",
+            "reason",
+            RelayRejection::ALL.map(|r| (r.as_str(), self.relay_rejections(r))),
+        )
+    }
 }

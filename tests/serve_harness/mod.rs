@@ -298,6 +298,25 @@ pub fn metric(text: &str, series: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// Checks that every series of `/metrics` text belongs to a family with `# HELP` and `# TYPE`.
+pub fn assert_described(text: &str) {
+    let described = |kind: &str, name: &str| text.contains(&format!("# {kind} {name} "));
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let name = line.split(['{', ' ']).next().unwrap_or_default();
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s).filter(|f| described("TYPE", f)))
+            .unwrap_or(name);
+        assert!(
+            described("TYPE", family) && described("HELP", family),
+            "{family} lacks HELP or TYPE in:\n{text}"
+        );
+    }
+}
+
 /// A query in wire form.
 #[derive(Clone)]
 pub struct Query(pub Vec<u8>);

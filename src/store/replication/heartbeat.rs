@@ -82,23 +82,21 @@ impl LagBoard {
         m.clear();
         m.extend(lags.iter().map(|l| (l.region.clone(), l.lag_ms)));
     }
+}
 
-    /// Prometheus text of the lags (nothing when replication is not set up).
-    pub fn render_metrics(&self) -> String {
+/// Lag per source region, for `/metrics` (no series when replication is not set up).
+impl crate::metrics::Collector for LagBoard {
+    fn encode(&self, encoder: crate::metrics::DescriptorEncoder) -> std::fmt::Result {
         let lags = self.read();
         if lags.is_empty() {
-            return String::new();
+            return Ok(());
         }
-        let mut out = String::from(
-            "# HELP shadowsteer_replication_lag_seconds Replication lag from each source region, from its heartbeats.\n# TYPE shadowsteer_replication_lag_seconds gauge\n",
-        );
-        for (region, ms) in lags {
-            out.push_str(&format!(
-                "shadowsteer_replication_lag_seconds{{from=\"{region}\"}} {}\n",
-                ms as f64 / 1000.0
-            ));
-        }
-        out
+        crate::metrics::Scrape::new(encoder).gauges(
+            "shadowsteer_replication_lag_seconds",
+            "Replication lag from each source region, from its heartbeats.",
+            lags.iter()
+                .map(|(region, ms)| ([("from", region.as_str())], *ms as f64 / 1000.0)),
+        )
     }
 }
 
