@@ -10,6 +10,16 @@ use std::time::{Duration, Instant};
 
 mod common;
 
+/// The demos of this file run one at a time: each is a whole fleet, and timing is part of
+/// what they check.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// A TMPDIR the postgres user can enter (clusters switch to it when the tests run as root).
 fn tmpdir() -> PathBuf {
     let d = std::env::temp_dir().join(format!(
@@ -83,6 +93,7 @@ fn demo(dir: &Path, args: &[&str]) -> Command {
 
 #[test]
 fn the_demo_survives_a_predicted_failure_and_a_crash_and_leaves_nothing_behind() {
+    let _one = serial();
     let dir = tmpdir();
     let out = demo(&dir, &["--duration", "60s", "--clients", "20", "--json"])
         .output()
@@ -147,6 +158,7 @@ fn the_demo_survives_a_predicted_failure_and_a_crash_and_leaves_nothing_behind()
 
 #[test]
 fn ctrl_c_in_the_middle_stops_everything() {
+    let _one = serial();
     let dir = tmpdir();
     let mut child = demo(
         &dir,
@@ -233,4 +245,67 @@ fn a_bad_scenario_file_is_refused_with_its_line_before_anything_starts() {
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
     let _ = std::fs::remove_dir(&dir);
+}
+
+#[test]
+fn stock_wireguard_go_clients_in_namespaces_survive_the_story() {
+    if let Some(why) = shadowsteer::demo::stock::unavailable() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "under CI=true the stock-client demo must run: {why}"
+        );
+        eprintln!("SKIPPED stock_wireguard_go_clients_in_namespaces_survive_the_story: {why}");
+        return;
+    }
+    let _one = serial();
+    let dir = tmpdir();
+    let out = demo(
+        &dir,
+        &[
+            "--stock-clients",
+            "--duration",
+            "60s",
+            "--clients",
+            "12",
+            "--json",
+            "--no-baseline",
+        ],
+    )
+    .output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "demo failed: {stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    eprintln!("{}", serde_json::to_string_pretty(&report).unwrap());
+    assert_eq!(report["survived"], true);
+    let events = report["events"].as_array().unwrap();
+    let predicted = events.iter().find(|e| e["kind"] == "predicted").unwrap();
+    assert!(
+        predicted["clients_moved"].as_u64().unwrap() > 0,
+        "{predicted}"
+    );
+    assert_eq!(predicted["probes_lost"], 0, "{predicted}");
+    let sudden = events.iter().find(|e| e["kind"] == "sudden").unwrap();
+    assert!(sudden["clients_moved"].as_u64().unwrap() > 0, "{sudden}");
+    assert!(
+        sudden["longest_gap_ms"].as_f64().unwrap() < 1000.0,
+        "{sudden}"
+    );
+    assert_clean(&dir);
+    // No namespace, address or wireguard-go of the run is left either.
+    let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    let lo = Command::new("ip")
+        .args(["addr", "show", "lo"])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&lo.stdout).contains("10.215.0."),
+        "appliance addresses left on lo"
+    );
+    let left: Vec<String> = String::from_utf8_lossy(&netns.stdout)
+        .lines()
+        .filter(|l| l.starts_with("sd") && l.contains('c'))
+        .map(str::to_owned)
+        .collect();
+    assert!(left.is_empty(), "namespaces left: {left:?}");
 }

@@ -6,8 +6,9 @@
 //! - a probe of those clients sent in the window is *lost* when no reply came within the loss
 //!   timeout;
 //! - the *longest gap* is the longest time between two consecutive replies of one of those
-//!   clients that ends in the window (a client that never heard again: until the end of the
-//!   run);
+//!   clients whose middle falls in the window (a silence that begins a moment before the event
+//!   that caused it is still that event's; a client that never heard again: until the end of
+//!   the run);
 //! - a client *moved* in the window when its tunnel changed appliance in it;
 //! - the run *survived* when every client heard a reply in the last [`ALIVE`] of the run.
 //!
@@ -149,7 +150,8 @@ pub fn compute(
         for (a, b) in gaps {
             for k in (0..windows.len()).filter(mine) {
                 let (ws, we) = windows[k];
-                if b > ws && (b < we || (b == end && we == end)) {
+                let middle = a + b.saturating_duration_since(a) / 2;
+                if middle >= ws && (middle < we || we == end) {
                     let g = ms(b.saturating_duration_since(a));
                     if g > events[k].longest_gap_ms {
                         events[k].longest_gap_ms = g;

@@ -72,16 +72,26 @@ pub struct StockNet {
     addresses: Vec<String>,
     namespaces: Vec<String>,
     wireguard: Vec<Child>,
+    /// `wireguard-go` leaves its control socket behind when killed.
+    sockets: Vec<PathBuf>,
 }
+
+/// Runs of this process so far: each run's names differ from the last's.
+static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 impl StockNet {
     /// Adds the `appliances` addresses to the root namespace's `lo`.
     pub fn create(appliances: &[Ipv4Addr]) -> anyhow::Result<Self> {
         let mut net = Self {
-            tag: format!("{}", std::process::id() % 100_000),
+            tag: format!(
+                "{}{}",
+                std::process::id() % 100_000,
+                RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 10
+            ),
             addresses: Vec::new(),
             namespaces: Vec::new(),
             wireguard: Vec::new(),
+            sockets: Vec::new(),
         };
         for a in appliances {
             let cidr = format!("{a}/32");
@@ -116,6 +126,9 @@ impl StockNet {
         ip(&["-n", &ns, "link", "set", &inner, "up"])?;
         ip(&["-n", &ns, "link", "set", "lo", "up"])?;
         ip(&["-n", &ns, "route", "add", "default", "via", &h.to_string()])?;
+        let sock = PathBuf::from(format!("/var/run/wireguard/{wg}.sock"));
+        let _ = std::fs::remove_file(&sock);
+        self.sockets.push(sock.clone());
         let child = Command::new("ip")
             .args(["netns", "exec", &ns, "wireguard-go", "-f", &wg])
             .stdin(Stdio::null())
@@ -124,7 +137,6 @@ impl StockNet {
             .spawn()
             .context("starting wireguard-go")?;
         self.wireguard.push(child);
-        let sock = PathBuf::from(format!("/var/run/wireguard/{wg}.sock"));
         let deadline = Instant::now() + Duration::from_secs(10);
         while !sock.exists() {
             if Instant::now() > deadline {
@@ -166,6 +178,9 @@ impl StockNet {
         for mut c in self.wireguard.drain(..) {
             let _ = c.kill();
             let _ = c.wait();
+        }
+        for sock in self.sockets.drain(..) {
+            let _ = std::fs::remove_file(sock);
         }
         for ns in self.namespaces.drain(..) {
             let _ = ip(&["netns", "del", &ns]);
