@@ -3,8 +3,10 @@
 //!
 //! - [`probe`] (pure): the probe stream and its exact measurements.
 //! - [`resolve`] (pure + shell): DNS queries for the per-client name, answers with their TTL.
+//! - [`standby`] (pure): the active and standby sessions, and when to switch.
 //! - [`run`] (shell): the UDP socket, the tunnel, roaming, TUN or probe inside, reports.
 
 pub mod probe;
 pub mod resolve;
 pub mod run;
+pub mod standby;
