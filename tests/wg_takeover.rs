@@ -489,6 +489,13 @@ async fn client_helper_standby_session_make_before_break() {
     // 1. The standby session is set up with the shadow; the primary keeps holding.
     let mut mid = None;
     let r = helper_run(&w, &dns, 4, 2, || async {
+        if !shadow.log_text().contains("standby session") {
+            eprintln!(
+                "no standby session yet; helper log:\n{}\nshadow log:\n{}",
+                std::fs::read_to_string(w.dir.path().join("helper.log")).unwrap_or_default(),
+                shadow.log_text()
+            );
+        }
         shadow.wait_log("standby session", 1).await;
         mid = holder(&w.db, "alice").await;
     })

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 /// WireGuard message types (first byte of a datagram).
 const MSG_INIT: u8 = 1;
+const MSG_RESPONSE: u8 = 2;
 
 /// One of the helper's two sessions, as [`route`] needs it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,8 +42,10 @@ pub fn route(datagram: &[u8], src: SocketAddr, slots: &[Slot; 2], active: usize)
                 active.min(1)
             }
         }
-        Some(_) => datagram
-            .get(4..8)
+        // A response names our index after its own (bytes 8..12); cookie replies and data
+        // name it first (bytes 4..8).
+        Some(&kind) => datagram
+            .get(if kind == MSG_RESPONSE { 8..12 } else { 4..8 })
             .and_then(|b| <[u8; 4]>::try_from(b).ok())
             .map(|b| u32::from_le_bytes(b) >> 8)
             .and_then(|i| slots.iter().position(|s| s.index == i))
@@ -96,7 +99,12 @@ mod tests {
     fn msg(kind: u8, receiver: u32) -> Vec<u8> {
         let mut d = vec![0u8; 32];
         d[0] = kind;
-        d[4..8].copy_from_slice(&receiver.to_le_bytes());
+        let at = if kind == 2 { 8 } else { 4 };
+        d[at..at + 4].copy_from_slice(&receiver.to_le_bytes());
+        // A response's own index (bytes 4..8) names the appliance's session, never ours.
+        if kind == 2 {
+            d[4..8].copy_from_slice(&(7u32 << 8).to_le_bytes());
+        }
         d
     }
 
