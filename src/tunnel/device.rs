@@ -556,11 +556,15 @@ impl Device {
             self.relay(via, RelayDirection::FromClient, src, datagram);
             return;
         }
+        // Reported after the events: the first data packet of a session may also be what
+        // completes its handshake (a client with queued packets sends no keepalive first),
+        // and the takeover task must hear of the handshake before the data.
+        let mut data_on_withheld = None;
         let touched = match routed {
             Routed::Inside { peer, packet } => {
                 DeviceStats::add(&self.stats.inside_rx, 1);
                 if !relayed && self.withheld.contains(&peer) {
-                    self.report_data(peer, datagram);
+                    data_on_withheld = Some(peer);
                 }
                 self.on_peer_packet(peer, packet, reply);
                 Some(peer)
@@ -582,6 +586,9 @@ impl Device {
         });
         if let Some(p) = peer {
             self.drain_events(p);
+        }
+        if let Some(p) = data_on_withheld {
+            self.report_data(p, datagram);
         }
     }
 
