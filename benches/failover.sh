@@ -4,8 +4,10 @@
 #
 #   benches/failover.sh          a table
 #   benches/failover.sh --json   one JSON object: predicted_lost, predicted_lost_helper,
-#                                sudden_gap_ms, sudden_gap_ms_helper, sudden_1000_last_ms,
-#                                reactive_gap_ms (and sudden_1000_detection_ms)
+#                                predicted_lost_helper_standby, sudden_gap_ms,
+#                                sudden_gap_ms_helper, sudden_gap_ms_helper_standby,
+#                                sudden_1000_last_ms, reactive_gap_ms (and
+#                                sudden_1000_detection_ms)
 #
 # The scenarios are the integration tests' (tests/wg_takeover.rs, tests/takeover_scale.rs,
 # tests/wg_reactive.rs): stock wireguard-go or the client helper in a network namespace, primary
@@ -37,7 +39,8 @@ for line in open(sys.argv[1]):
     line = line.strip()
     if line:
         values.update(json.loads(line))
-keys = ["predicted_lost", "predicted_lost_helper", "sudden_gap_ms", "sudden_gap_ms_helper",
+keys = ["predicted_lost", "predicted_lost_helper", "predicted_lost_helper_standby",
+        "sudden_gap_ms", "sudden_gap_ms_helper", "sudden_gap_ms_helper_standby",
         "sudden_1000_last_ms", "sudden_1000_detection_ms", "reactive_gap_ms"]
 missing = [k for k in keys if k not in values]
 if missing:
@@ -49,8 +52,12 @@ else:
     rows = [
         ("predicted move, stock client (packets lost)", "predicted_lost"),
         ("predicted move, client helper (packets lost)", "predicted_lost_helper"),
+        ("move by DNS, helper with a standby session (packets lost)",
+         "predicted_lost_helper_standby"),
         ("sudden crash, stock client: longest gap (ms)", "sudden_gap_ms"),
         ("sudden crash, client helper: longest gap (ms)", "sudden_gap_ms_helper"),
+        ("sudden crash, helper with a standby session: longest gap (ms)",
+         "sudden_gap_ms_helper_standby"),
         ("sudden crash, 1,000 sessions: last resumed after (ms)", "sudden_1000_last_ms"),
         ("  of which detection (ms)", "sudden_1000_detection_ms"),
         ("reactive baseline, DNS only: longest gap (ms)", "reactive_gap_ms"),

@@ -131,7 +131,8 @@ async fn reactive_baseline_dns_steering_only() {
         service: service.public_key(),
         zone: "vpn.example.net",
         resolver,
-        extra: "min_ttl = \"1s\"\nmax_ttl = \"1s\"",
+        // DNS only: no standby session (the serving DNS answers the standby name).
+        extra: "min_ttl = \"1s\"\nmax_ttl = \"1s\"\nstandby = false",
     };
     let r = helper_run(&spec, 14, 3, || async {
         primary.kill9();

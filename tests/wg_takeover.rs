@@ -443,3 +443,157 @@ async fn client_helper_moves_without_loss_and_survives_a_crash() {
         "{r}"
     );
 }
+
+/// The claim stored for `client` by the database: reason of the row with the highest
+/// (epoch, region).
+async fn claim_reason(db: &common::TestDb, client: &str) -> Option<String> {
+    sqlx::query_scalar::<_, Option<String>>(
+        "SELECT claim_reason FROM session_state WHERE client_id = $1
+         ORDER BY epoch DESC, region DESC LIMIT 1",
+    )
+    .bind(client)
+    .fetch_optional(&db.pool)
+    .await
+    .unwrap()
+    .flatten()
+}
+
+fn vias(r: &serde_json::Value) -> Vec<(String, String)> {
+    r["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["endpoint"].as_str().unwrap().to_owned(),
+                e["via"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// The helper keeps a standby session with the other appliance of its pair
+/// (`standby.alice.c.vpn.test`): set up without moving the client, used without a handshake
+/// when DNS moves it, and when the primary stops answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_helper_standby_session_make_before_break() {
+    let Some((w, mut primary, shadow)) = world_with("hs", false).await else {
+        return;
+    };
+    let sock = tokio::net::UdpSocket::bind("10.214.0.1:0").await.unwrap();
+    let dns = agent_support::TestDns::start(sock, "alice.c.vpn.test", Stage::ip(PRIMARY), 1).await;
+    dns.set_standby(Some(Stage::ip(SHADOW)));
+    let primary_ep = format!("{}:{WG_PORT}", Stage::ip(PRIMARY));
+    let shadow_ep = format!("{}:{WG_PORT}", Stage::ip(SHADOW));
+
+    // 1. The standby session is set up with the shadow; the primary keeps holding.
+    let mut mid = None;
+    let r = helper_run(&w, &dns, 4, 2, || async {
+        if !shadow.log_text().contains("standby session") {
+            eprintln!(
+                "no standby session yet; helper log:\n{}\nshadow log:\n{}",
+                std::fs::read_to_string(w.dir.path().join("helper.log")).unwrap_or_default(),
+                shadow.log_text()
+            );
+        }
+        shadow.wait_log("standby session", 1).await;
+        mid = holder(&w.db, "alice").await;
+    })
+    .await;
+    eprintln!("helper with a standby session: {}", r["probe"]);
+    assert_eq!(
+        mid,
+        Some(("eu-1".to_owned(), 0)),
+        "the standby moved the client"
+    );
+    assert_eq!(holder(&w.db, "alice").await, Some(("eu-1".to_owned(), 0)));
+    assert!(
+        !shadow.log_text().contains("session claimed"),
+        "{}",
+        shadow.log_text()
+    );
+    assert!(r["standby_handshakes"].as_u64().unwrap() >= 1, "{r}");
+    assert_eq!(r["standby"].as_str(), Some(shadow_ep.as_str()), "{r}");
+    assert_eq!(
+        vias(&r),
+        vec![(primary_ep.clone(), "dns".to_owned())],
+        "{r}"
+    );
+    assert_eq!(r["probe"]["lost"], 0, "{r}");
+
+    // 2. DNS alone names the shadow (no decision reaches the agents): the helper switches to
+    // its standby session; its first packets there make the shadow claim the session.
+    let r = helper_run(&w, &dns, 5, 2, || async {
+        dns.set(Stage::ip(SHADOW));
+        dns.set_standby(Some(Stage::ip(PRIMARY)));
+    })
+    .await;
+    eprintln!(
+        "helper, move by DNS onto the standby session: {}",
+        r["probe"]
+    );
+    common::record_measure(
+        "predicted_lost_helper_standby",
+        r["probe"]["lost"].as_f64().unwrap_or(-1.0),
+    );
+    assert!(r["probe"]["sent"].as_u64().unwrap() >= 300, "{r}");
+    assert_eq!(r["probe"]["lost"], 0, "{r}");
+    assert_eq!(
+        vias(&r).last(),
+        Some(&(shadow_ep.clone(), "standby".to_owned())),
+        "{r}"
+    );
+    wait_for(Duration::from_secs(10), "the shadow holds", || async {
+        holder(&w.db, "alice")
+            .await
+            .filter(|(h, _)| h == "us-1")
+            .map(|_| ())
+    })
+    .await;
+    assert_eq!(
+        claim_reason(&w.db, "alice").await.as_deref(),
+        Some("client")
+    );
+
+    // 3. Failback by steering (DNS and the decision): nothing lost.
+    let r = helper_run(&w, &dns, 5, 2, || async {
+        dns.set(Stage::ip(PRIMARY));
+        dns.set_standby(Some(Stage::ip(SHADOW)));
+        decide(&w.db, "alice", "us-1", "eu-1").await;
+    })
+    .await;
+    eprintln!(
+        "helper, failback with a standby session: {} {:?}",
+        r["probe"],
+        vias(&r)
+    );
+    assert_eq!(r["probe"]["lost"], 0, "{r}");
+    wait_for(Duration::from_secs(10), "the primary holds", || async {
+        holder(&w.db, "alice")
+            .await
+            .filter(|(h, _)| h == "eu-1")
+            .map(|_| ())
+    })
+    .await;
+
+    // 4. kill -9 of the primary while DNS still names it: the helper switches to the standby
+    // session when the primary stops answering.
+    let r = helper_run(&w, &dns, 6, 2, || async {
+        primary.kill9();
+    })
+    .await;
+    let gap = r["probe"]["longest_gap_ms"].as_f64().unwrap();
+    eprintln!(
+        "helper with a standby session, kill -9 of the primary: gap {gap} ms, {} {:?}",
+        r["probe"],
+        vias(&r)
+    );
+    common::record_measure("sudden_gap_ms_helper_standby", gap);
+    assert!(
+        gap < 1500.0,
+        "the stream did not resume through the shadow: {r}"
+    );
+    let last = vias(&r).last().cloned().unwrap();
+    assert_eq!(last.0, shadow_ep, "{r}");
+    assert!(last.1 == "silence" || last.1 == "takeover", "{r}");
+}

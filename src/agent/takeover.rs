@@ -81,6 +81,8 @@ pub struct TakeoverStats {
     pub stood_down: AtomicU64,
     /// Sessions held here now.
     pub held: AtomicU64,
+    /// Handshakes that set up a standby session (another appliance holds the session).
+    pub standby_handshakes: AtomicU64,
 }
 
 impl TakeoverStats {
@@ -362,14 +364,34 @@ impl Shell {
                     }
                 }
             }
-            GroupInput::Handshake { peer, endpoint } => {
-                let actions = match self.coordinator.as_mut() {
-                    Some(c) => {
-                        if let Some(e) = endpoint {
-                            c.endpoint_seen(peer, e);
-                        }
-                        c.handshake(peer, Utc::now())
+            GroupInput::Handshake {
+                peer,
+                endpoint,
+                receiver_index,
+            } => {
+                if let Some(c) = self.coordinator.as_mut() {
+                    if let Some(e) = endpoint {
+                        c.endpoint_seen(peer, e);
                     }
+                    if c.handshake(peer, receiver_index) {
+                        self.stats
+                            .standby_handshakes
+                            .fetch_add(1, Ordering::Relaxed);
+                        let client = c.session(peer).map(|s| s.client.to_string());
+                        tracing::info!(
+                            client = client.as_deref().unwrap_or("?"),
+                            holder = c.holder(peer).map(|h| h.as_str()).unwrap_or("?"),
+                            "standby session: the client set up a session here; the holder keeps it"
+                        );
+                    }
+                }
+            }
+            GroupInput::Data {
+                peer,
+                receiver_index,
+            } => {
+                let actions = match self.coordinator.as_mut() {
+                    Some(c) => c.client_data(peer, receiver_index, Utc::now()),
                     None => Vec::new(),
                 };
                 self.carry_out(actions).await;

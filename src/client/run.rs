@@ -6,6 +6,14 @@
 //! packets go out on the new session as soon as the handshake completes (about one round trip),
 //! so the tunnel itself is never torn down. The endpoint follows DNS only: stray packets from
 //! the appliance it left do not pull it back.
+//!
+//! Standby (make-before-break): a second session, with the same identity, is kept with the
+//! appliance `standby.<id>.c.<zone>` names (the other appliance of the client's pair) and
+//! renewed every `standby_refresh`. The traffic switches to it, without waiting for a
+//! handshake, when DNS names that appliance, when it initiates a handshake (the shadow group
+//! took the session over), or when the active appliance has answered nothing for
+//! `switch_after`. The session left becomes the standby and still decrypts what the old
+//! appliance sends after the switch.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -17,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::probe::{ProbeStream, StreamReport};
 use super::resolve::{self, ResolveError};
+use super::standby::{Silence, Slot, route, switch_after};
 use super::timeline::Timeline;
 use crate::config::{ClientConfig, ClientInside, Resolver};
 use crate::domain::{PeerIndex, SecretKey};
@@ -56,6 +65,10 @@ pub struct EndpointChange {
     pub at_ms: u64,
     /// The address.
     pub endpoint: SocketAddr,
+    /// Why: `dns` (the answer changed; a new handshake), `standby` (the answer changed to the
+    /// standby appliance: its established session), `takeover` (the shadow group initiated),
+    /// `silence` (the active appliance stopped answering; the standby session).
+    pub via: &'static str,
 }
 
 /// What the helper reports at exit (`--report FILE`).
@@ -67,18 +80,37 @@ pub struct ClientReport {
     pub duration_s: f64,
     /// Endpoints in the order they were used.
     pub endpoints: Vec<EndpointChange>,
-    /// Completed handshakes.
+    /// Completed handshakes (both sessions).
     pub handshakes: u64,
+    /// Completed handshakes of the standby session.
+    pub standby_handshakes: u64,
+    /// The standby appliance last set up (None: the zone names none).
+    pub standby: Option<SocketAddr>,
     /// Lookups that failed (the helper kept its previous endpoint).
     pub failed_lookups: u64,
     /// The probe stream's measurements (probe mode).
     pub probe: Option<StreamReport>,
 }
 
+/// Why the helper moves its traffic to another session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Switch {
+    /// DNS names the standby appliance.
+    Dns,
+    /// The standby appliance sent a handshake initiation (the shadow group took over).
+    Takeover,
+    /// The active appliance stopped answering.
+    Silence,
+}
+
 struct State {
     cfg: ClientConfig,
     socket: tokio::net::UdpSocket,
-    peer: Peer,
+    /// The two sessions: `peers[active]` carries traffic, the other is the standby.
+    peers: [Peer; 2],
+    /// Their local indexes (upper 24 bits of their receiver indexes).
+    indexes: [u32; 2],
+    active: usize,
     started: (Instant, DateTime<Utc>),
     report: ClientReport,
     own: IpAddr,
@@ -87,6 +119,12 @@ struct State {
     /// The appliance a takeover moved us away from, and when: DNS may still name it for a
     /// few seconds (until steering notices the failure); it is not followed back meanwhile.
     left: Option<(IpAddr, Instant)>,
+    /// When the standby's handshake was last started.
+    standby_started: Option<Instant>,
+    /// After a switch on silence, the appliance left behind is a standby again only once a
+    /// handshake with it completes after this time.
+    standby_suspect_until_handshake: Option<Instant>,
+    silence: Silence,
     /// Where an embedding program watches the stream (the demo).
     timeline: Option<Arc<Timeline>>,
 }
@@ -95,45 +133,71 @@ struct State {
 const TAKEOVER_HOLD: Duration = Duration::from_secs(30);
 
 impl State {
-    fn send(&self, bytes: &[u8]) {
-        if let Some(to) = self.peer.endpoint() {
+    fn standby_slot(&self) -> usize {
+        1 - self.active
+    }
+
+    fn send_on(&self, slot: usize, bytes: &[u8]) {
+        if let Some(to) = self.peers[slot].endpoint() {
             let _ = self.socket.try_send_to(bytes, to);
         }
     }
 
-    fn carry(&mut self, first: ActionOwned) {
+    fn carry(&mut self, slot: usize, first: ActionOwned) {
         if let ActionOwned::Send(bytes) = first {
-            self.send(&bytes);
+            self.send_on(slot, &bytes);
         }
     }
 
     fn drain_events(&mut self) {
-        while let Some(e) = self.peer.poll_event() {
-            match e {
-                PeerEvent::Handshake { .. } => {
-                    self.report.handshakes += 1;
-                    tracing::info!(endpoint = ?self.peer.endpoint(), "handshake complete");
-                }
-                // An appliance of the group initiated from a new address: a takeover.
-                PeerEvent::Endpoint(to) => {
-                    let now = Instant::now();
-                    let from = self.report.endpoints.last().map(|e| e.endpoint);
-                    if from == Some(to) {
-                        continue;
-                    }
-                    if let Some(f) = from {
-                        self.left = Some((f.ip(), now));
-                    }
-                    self.record(now, to);
-                    tracing::info!(?from, %to, "the shadow group moved the tunnel");
-                }
-                PeerEvent::Rtt(_) => {}
+        for slot in 0..2 {
+            while let Some(e) = self.peers[slot].poll_event() {
+                self.on_event(slot, e);
             }
         }
     }
 
+    fn on_event(&mut self, slot: usize, e: PeerEvent) {
+        let endpoint = self.peers[slot].endpoint();
+        match e {
+            PeerEvent::Handshake { .. } => {
+                self.report.handshakes += 1;
+                if slot == self.active {
+                    tracing::info!(?endpoint, "handshake complete");
+                } else {
+                    self.report.standby_handshakes += 1;
+                    self.report.standby = endpoint;
+                    tracing::info!(?endpoint, "standby session ready");
+                }
+            }
+            // An appliance of the group initiated from a new address: a takeover.
+            PeerEvent::Endpoint(to) if slot == self.active => {
+                let now = Instant::now();
+                let from = self.report.endpoints.last().map(|e| e.endpoint);
+                if from == Some(to) {
+                    return;
+                }
+                if let Some(f) = from {
+                    self.left = Some((f.ip(), now));
+                }
+                self.record(now, to, "takeover");
+                tracing::info!(?from, %to, "the shadow group moved the tunnel");
+            }
+            PeerEvent::Endpoint(_) | PeerEvent::Rtt(_) => {}
+        }
+    }
+
+    /// Whether the standby session can carry traffic at once.
+    fn standby_ready(&self, now: Instant) -> bool {
+        let s = &self.peers[self.standby_slot()];
+        s.endpoint().is_some()
+            && s.endpoint() != self.peers[self.active].endpoint()
+            && s.is_active(now)
+    }
+
+    /// The per-client name answered `endpoint`.
     fn adopt(&mut self, now: Instant, endpoint: SocketAddr) {
-        if self.peer.endpoint() == Some(endpoint) {
+        if self.peers[self.active].endpoint() == Some(endpoint) {
             return;
         }
         if self
@@ -143,16 +207,95 @@ impl State {
             tracing::debug!(%endpoint, "DNS still names the appliance a takeover left; staying");
             return;
         }
-        let from = self.peer.endpoint();
-        self.peer.set_endpoint(endpoint);
-        self.record(now, endpoint);
+        if self.peers[self.standby_slot()].endpoint() == Some(endpoint) && self.standby_ready(now) {
+            self.switch(now, Switch::Dns);
+            return;
+        }
+        let from = self.peers[self.active].endpoint();
+        self.peers[self.active].set_endpoint(endpoint);
+        self.record(now, endpoint, "dns");
         tracing::info!(?from, to = %endpoint, "moving the tunnel");
-        let action = own(self.peer.force_handshake(&mut self.out));
-        self.carry(action);
+        let action = own(self.peers[self.active].force_handshake(&mut self.out));
+        self.carry(self.active, action);
         self.drain_events();
     }
 
-    fn record(&mut self, now: Instant, endpoint: SocketAddr) {
+    /// The standby name answered `endpoint`: set up (or keep) a session with it.
+    fn adopt_standby(&mut self, now: Instant, endpoint: SocketAddr) {
+        let s = self.standby_slot();
+        // Right after a switch DNS may still name the appliance we now use as the standby.
+        if self.peers[self.active].endpoint() == Some(endpoint)
+            || self.peers[s].endpoint() == Some(endpoint)
+        {
+            return;
+        }
+        tracing::info!(%endpoint, "setting up a standby session");
+        self.peers[s].set_endpoint(endpoint);
+        self.standby_suspect_until_handshake = None;
+        self.refresh_standby(now);
+    }
+
+    fn refresh_standby(&mut self, now: Instant) {
+        let s = self.standby_slot();
+        if self.peers[s].endpoint().is_none() {
+            return;
+        }
+        self.standby_started = Some(now);
+        let action = own(self.peers[s].force_handshake(&mut self.out));
+        self.carry(s, action);
+        self.drain_events();
+    }
+
+    /// Moves the traffic to the standby session; the session left becomes the standby (it
+    /// still decrypts what the old appliance sends after the switch).
+    fn switch(&mut self, now: Instant, why: Switch) {
+        let from = self.peers[self.active].endpoint();
+        self.active = self.standby_slot();
+        self.silence.reset();
+        let Some(to) = self.peers[self.active].endpoint() else {
+            return;
+        };
+        let via = match why {
+            Switch::Dns => "standby",
+            Switch::Takeover => "takeover",
+            Switch::Silence => "silence",
+        };
+        if why != Switch::Dns
+            && let Some(f) = from
+        {
+            self.left = Some((f.ip(), now));
+        }
+        if why == Switch::Silence {
+            self.standby_suspect_until_handshake = Some(now);
+        }
+        self.record(now, to, via);
+        tracing::info!(?from, %to, via, "switched to the standby session");
+        // Traffic goes out on the established session at once. A fresh handshake follows
+        // (not after a takeover: the appliance's own handshake is under way): an appliance
+        // takes the session when traffic arrives on a session set up while another held it,
+        // and the standby session may be older than the last move.
+        if why != Switch::Takeover {
+            let action = own(self.peers[self.active].force_handshake(&mut self.out));
+            self.carry(self.active, action);
+        }
+        self.drain_events();
+    }
+
+    /// The active appliance was silent for too long.
+    fn on_silence(&mut self, now: Instant) {
+        let s = self.standby_slot();
+        let trusted = self
+            .standby_suspect_until_handshake
+            .is_none_or(|t| self.peers[s].last_handshake().is_some_and(|h| h > t));
+        if self.standby_ready(now) && trusted {
+            tracing::warn!("the appliance stopped answering; switching to the standby session");
+            self.switch(now, Switch::Silence);
+        } else {
+            self.silence.reset();
+        }
+    }
+
+    fn record(&mut self, now: Instant, endpoint: SocketAddr, via: &'static str) {
         if let Some(t) = &self.timeline {
             t.moved(now, endpoint);
         }
@@ -161,12 +304,90 @@ impl State {
             at_ms: u64::try_from(now.saturating_duration_since(self.started.0).as_millis())
                 .unwrap_or(u64::MAX),
             endpoint,
+            via,
         });
     }
 
-    fn encapsulate(&mut self, packet: &[u8]) {
-        let action = own(self.peer.encapsulate(packet, &mut self.out));
-        self.carry(action);
+    fn encapsulate(&mut self, now: Instant, packet: &[u8]) {
+        let action = own(self.peers[self.active].encapsulate(packet, &mut self.out));
+        if matches!(action, ActionOwned::Send(_)) && !packet.is_empty() {
+            self.silence.handle_sent(now);
+        }
+        self.carry(self.active, action);
+    }
+
+    /// A datagram from the network; returns the inside packet it carried, if any.
+    fn on_datagram(
+        &mut self,
+        now: Instant,
+        src: SocketAddr,
+        datagram: &[u8],
+        inner: &mut [u8],
+    ) -> Option<Vec<u8>> {
+        let slots = [0, 1].map(|i| Slot {
+            index: self.indexes[i],
+            endpoint: self.peers[i].endpoint(),
+        });
+        let slot = route(datagram, src, &slots, self.active);
+        let mut inside = None;
+        let mut heard = false;
+        let mut initiated = false;
+        match self.peers[slot].handle_datagram(now, src, datagram, inner) {
+            Action::Send(bytes) => {
+                heard = true;
+                initiated = datagram.first() == Some(&1);
+                let _ = self.socket.try_send_to(bytes, src);
+            }
+            Action::Inside(p) => {
+                heard = true;
+                inside = Some(p.to_vec());
+            }
+            Action::Done => heard = datagram.first() == Some(&4),
+            Action::Drop(_) => {}
+        }
+        for _ in 0..512 {
+            match self.peers[slot].flush(inner) {
+                Action::Send(bytes) => self.send_on(slot, bytes),
+                _ => break,
+            }
+        }
+        if heard && slot == self.active {
+            self.silence.handle_heard();
+        }
+        self.drain_events();
+        // The standby appliance initiated: the shadow group is taking the session over.
+        if initiated && slot != self.active {
+            self.switch(now, Switch::Takeover);
+        }
+        inside
+    }
+
+    fn on_tick(&mut self, now: Instant, inner: &mut [u8]) {
+        for slot in 0..2 {
+            if let Action::Send(bytes) = self.peers[slot].update_timers(inner) {
+                let b = bytes.to_vec();
+                self.send_on(slot, &b);
+            }
+        }
+        let refresh = self.cfg.client.standby_refresh.0;
+        if self.cfg.client.standby
+            && self
+                .standby_started
+                .is_some_and(|t| now.duration_since(t) >= refresh)
+        {
+            self.refresh_standby(now);
+        }
+    }
+
+    fn silence_deadline(&self) -> Option<Instant> {
+        if !self.cfg.client.standby {
+            return None;
+        }
+        let after = switch_after(
+            self.cfg.client.switch_after.0,
+            self.peers[self.active].last_rtt(),
+        )?;
+        self.silence.deadline(after)
     }
 }
 
@@ -203,6 +424,154 @@ fn choose(addrs: &[IpAddr], current: Option<SocketAddr>, port: u16) -> Option<So
     addrs.first().map(|ip| SocketAddr::new(*ip, port))
 }
 
+/// Both sessions' peers: the same identity, distinct local indexes.
+fn peers(cfg: &ClientConfig, key: &SecretKey, appliance: IpAddr) -> ([Peer; 2], [u32; 2]) {
+    // The helper's own indexes only name its sessions locally; any 24-bit values work.
+    let first = rand::random::<u32>() % (PeerIndex::MAX - 1) + 1;
+    let indexes = [first, first + 1];
+    let make = |i: u32| {
+        let index = PeerIndex::new(i64::from(i)).expect("1..=PeerIndex::MAX is a valid peer index");
+        let mut peer = Peer::new(
+            key,
+            PeerSpec {
+                index,
+                public_key: cfg.client.service_public_key,
+                tunnel_ip: appliance,
+                keepalive: cfg
+                    .client
+                    .keepalive
+                    .map(|k| u16::try_from(k.0.as_secs()).unwrap_or(u16::MAX)),
+            },
+        );
+        peer.pin_endpoint();
+        peer
+    };
+    ([make(indexes[0]), make(indexes[1])], indexes)
+}
+
+/// One lookup round: the per-client name and, with a standby, the standby name.
+struct Lookup {
+    main: Result<resolve::Answer, ResolveError>,
+    standby: Option<Result<resolve::Answer, ResolveError>>,
+}
+
+async fn lookup_both(resolver: SocketAddr, name: String, standby: Option<String>) -> Lookup {
+    let main = resolve::lookup(resolver, &name).await;
+    let standby = match standby {
+        Some(n) => Some(resolve::lookup(resolver, &n).await),
+        None => None,
+    };
+    Lookup { main, standby }
+}
+
+impl State {
+    /// Takes in a lookup round; returns when to look up again.
+    fn on_lookup(&mut self, r: Option<Lookup>) -> Instant {
+        let now = Instant::now();
+        let Some(r) = r else {
+            return now + self.cfg.client.min_ttl.0;
+        };
+        let next = match r.main {
+            Ok(answer) => {
+                let port = self.cfg.client.port;
+                if let Some(ep) = choose(&answer.addrs, self.peers[self.active].endpoint(), port) {
+                    self.adopt(now, ep);
+                }
+                now + clamp_ttl(&self.cfg, answer.ttl)
+            }
+            Err(e) => {
+                self.report.failed_lookups += 1;
+                tracing::warn!(
+                    "resolving {}: {e}; keeping the current endpoint",
+                    self.report.name
+                );
+                now + self.cfg.client.min_ttl.0
+            }
+        };
+        if let Some(Ok(answer)) = r.standby {
+            let port = self.cfg.client.port;
+            let current = self.peers[self.standby_slot()].endpoint();
+            if let Some(ep) = choose(&answer.addrs, current, port) {
+                self.adopt_standby(now, ep);
+            }
+        }
+        next
+    }
+
+    /// Sends the next probe (probe mode).
+    fn send_probe(&mut self, now: Instant, stream: &mut ProbeStream) {
+        let mut payload = vec![0u8; self.cfg.probe.payload];
+        if let Some(len) = stream.next_probe(now, &mut payload) {
+            let mut ip = vec![0u8; len + 64];
+            let src = UdpAddr {
+                ip: self.own,
+                port: PROBE_PORT,
+            };
+            let dst = UdpAddr {
+                ip: self.appliance,
+                port: ECHO_PORT,
+            };
+            if let Some(n) = packet::build_udp(&mut ip, src, dst, &payload[..len]) {
+                self.encapsulate(now, &ip[..n]);
+            }
+            if let Some(t) = &self.timeline {
+                t.sent(now);
+            }
+        }
+    }
+
+    /// Logs the stream and sends the window's report to the appliance.
+    fn send_report(&mut self, now: Instant, stream: &mut ProbeStream) {
+        stream.settle(now);
+        let w = stream.take_window();
+        let total = stream.report();
+        tracing::info!(
+            sent = total.sent, received = total.received, lost = total.lost,
+            longest_gap_ms = total.longest_gap_ms,
+            window_rtt_ms = ?w.rtt_ms, endpoint = ?self.peers[self.active].endpoint(),
+            "probe stream"
+        );
+        if let Ok(json) = serde_json::to_vec(&w) {
+            let mut ip = vec![0u8; json.len() + 64];
+            let src = UdpAddr {
+                ip: self.own,
+                port: REPORT_SRC_PORT,
+            };
+            let dst = UdpAddr {
+                ip: self.appliance,
+                port: REPORT_PORT,
+            };
+            if let Some(n) = packet::build_udp(&mut ip, src, dst, &json) {
+                self.encapsulate(now, &ip[..n]);
+            }
+        }
+    }
+
+    /// An inside packet from the tunnel: to the TUN device, or the probe stream's reply.
+    fn deliver(&self, now: Instant, p: &[u8], tun: Option<&Tun>, stream: Option<&mut ProbeStream>) {
+        match (tun, stream) {
+            (Some(dev), _) => {
+                let _ = dev.try_send(p);
+            }
+            (None, Some(s)) => {
+                if let Some(u) = packet::parse_udp(p)
+                    && u.src.port == ECHO_PORT
+                    && u.src.ip == self.appliance
+                    && u.dst.port == PROBE_PORT
+                {
+                    let sent = s.sent_time(u.payload);
+                    if s.handle_reply(now, u.payload)
+                        && let (Some(t), Some(sent)) = (&self.timeline, sent)
+                    {
+                        t.reply(sent, now);
+                    }
+                }
+            }
+            (None, None) => {}
+        }
+    }
+}
+
 /// Runs the helper until `shutdown`; returns the final report.
 pub async fn run(
     cfg: ClientConfig,
@@ -221,25 +590,11 @@ pub async fn run_recorded(
 ) -> Result<ClientReport, ClientError> {
     let resolver = resolver_addr(cfg.client.resolver)?;
     let name = cfg.endpoint_name();
+    let standby_name = cfg.client.standby.then(|| cfg.standby_name());
     let socket = bind_udp(cfg.client.listen.0)?;
     let appliance = cfg.tunnel.network.first_host();
     let own_ip = cfg.tunnel.address;
-    // The helper's own index only names its sessions locally; any 24-bit value works.
-    let index = PeerIndex::new(i64::from(rand::random::<u32>() % PeerIndex::MAX) + 1)
-        .expect("1..=PeerIndex::MAX is a valid peer index");
-    let mut peer = Peer::new(
-        &key,
-        PeerSpec {
-            index,
-            public_key: cfg.client.service_public_key,
-            tunnel_ip: appliance,
-            keepalive: cfg
-                .client
-                .keepalive
-                .map(|k| u16::try_from(k.0.as_secs()).unwrap_or(u16::MAX)),
-        },
-    );
-    peer.pin_endpoint();
+    let (peers, indexes) = peers(&cfg, &key, appliance);
     let tun = match cfg.client.inside {
         ClientInside::Tun => Some(Tun::create(
             &cfg.tunnel.tun_name,
@@ -254,13 +609,17 @@ pub async fn run_recorded(
         .then(|| ProbeStream::new(now, cfg.probe.payload, cfg.probe.loss_timeout.0));
     let mut st = State {
         socket,
-        peer,
+        peers,
+        indexes,
+        active: 0,
         started: (now, Utc::now()),
         report: ClientReport {
             name: name.clone(),
             duration_s: 0.0,
             endpoints: Vec::new(),
             handshakes: 0,
+            standby_handshakes: 0,
+            standby: None,
             failed_lookups: 0,
             probe: None,
         },
@@ -268,27 +627,26 @@ pub async fn run_recorded(
         appliance,
         out: vec![0u8; 65_600],
         left: None,
+        standby_started: None,
+        standby_suspect_until_handshake: None,
+        silence: Silence::default(),
         timeline,
         cfg,
     };
 
     // First resolution: nothing can be sent before it.
     let mut next_lookup = loop {
-        match resolve::lookup(resolver, &name).await {
-            Ok(answer) => {
-                if let Some(ep) = choose(&answer.addrs, None, st.cfg.client.port) {
-                    st.adopt(Instant::now(), ep);
-                }
-                break Instant::now() + clamp_ttl(&st.cfg, answer.ttl);
-            }
-            Err(e) => {
-                st.report.failed_lookups += 1;
-                tracing::warn!("resolving {name} via {resolver}: {e}; retrying");
-                tokio::select! {
-                    () = shutdown.cancelled() => return Ok(finish(st, stream)),
-                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
-            }
+        let r = lookup_both(resolver, name.clone(), standby_name.clone()).await;
+        if r.main.is_ok() {
+            break st.on_lookup(Some(r));
+        }
+        st.report.failed_lookups += 1;
+        if let Err(e) = &r.main {
+            tracing::warn!("resolving {name} via {resolver}: {e}; retrying");
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(finish(st, stream)),
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     };
 
@@ -303,14 +661,14 @@ pub async fn run_recorded(
     report_tick.tick().await;
     let probing = stream.is_some();
     let mut stop_sending_at: Option<Instant> = None;
-    let mut lookup: Option<tokio::task::JoinHandle<Result<resolve::Answer, ResolveError>>> = None;
+    let mut lookup: Option<tokio::task::JoinHandle<Lookup>> = None;
     loop {
-        let lookup_due = lookup.is_none() && Instant::now() >= next_lookup;
-        if lookup_due {
-            let n = name.clone();
-            lookup = Some(tokio::spawn(
-                async move { resolve::lookup(resolver, &n).await },
-            ));
+        if lookup.is_none() && Instant::now() >= next_lookup {
+            lookup = Some(tokio::spawn(lookup_both(
+                resolver,
+                name.clone(),
+                standby_name.clone(),
+            )));
         }
         let idle = lookup.is_none();
         let lookup_wait = async {
@@ -320,31 +678,25 @@ pub async fn run_recorded(
             }
         };
         let until_lookup = next_lookup.saturating_duration_since(Instant::now());
+        let silence = st.silence_deadline();
+        let at = |i: Option<Instant>| {
+            i.map_or_else(tokio::time::Instant::now, tokio::time::Instant::from_std)
+        };
         tokio::select! {
             () = shutdown.cancelled(), if stop_sending_at.is_none() => {
                 // Stop sending; give outstanding probes their loss timeout to come back.
                 let grace = if probing { st.cfg.probe.loss_timeout.0 } else { Duration::ZERO };
                 stop_sending_at = Some(Instant::now() + grace);
             }
-            () = tokio::time::sleep_until(stop_sending_at.map_or_else(tokio::time::Instant::now, tokio::time::Instant::from_std)), if stop_sending_at.is_some() => break,
+            () = tokio::time::sleep_until(at(stop_sending_at)), if stop_sending_at.is_some() => break,
             r = lookup_wait => {
                 lookup = None;
-                match r {
-                    Some(Ok(answer)) => {
-                        if let Some(ep) = choose(&answer.addrs, st.peer.endpoint(), st.cfg.client.port) {
-                            st.adopt(Instant::now(), ep);
-                        }
-                        next_lookup = Instant::now() + clamp_ttl(&st.cfg, answer.ttl);
-                    }
-                    Some(Err(e)) => {
-                        st.report.failed_lookups += 1;
-                        tracing::warn!("re-resolving {name}: {e}; keeping the current endpoint");
-                        next_lookup = Instant::now() + st.cfg.client.min_ttl.0;
-                    }
-                    None => next_lookup = Instant::now() + st.cfg.client.min_ttl.0,
-                }
+                next_lookup = st.on_lookup(r);
             }
             () = tokio::time::sleep(until_lookup), if idle => {}
+            () = tokio::time::sleep_until(at(silence)), if silence.is_some() && stop_sending_at.is_none() => {
+                st.on_silence(Instant::now());
+            }
             r = st.socket.recv_from(&mut rx) => {
                 let (n, src) = match r {
                     Ok(r) => r,
@@ -352,89 +704,31 @@ pub async fn run_recorded(
                     Err(e) => return Err(e.into()),
                 };
                 let now = Instant::now();
-                let mut inside: Option<Vec<u8>> = None;
-                match st.peer.handle_datagram(now, src, &rx[..n], &mut inner) {
-                    Action::Send(bytes) => { let _ = st.socket.try_send_to(bytes, src); }
-                    Action::Inside(p) => inside = Some(p.to_vec()),
-                    Action::Done | Action::Drop(_) => {}
-                }
-                for _ in 0..512 {
-                    match st.peer.flush(&mut inner) {
-                        Action::Send(bytes) => st.send(bytes),
-                        _ => break,
-                    }
-                }
-                st.drain_events();
-                if let Some(p) = inside {
-                    match (&tun, stream.as_mut()) {
-                        (Some(dev), _) => { let _ = dev.try_send(&p); }
-                        (None, Some(s)) => {
-                            if let Some(u) = packet::parse_udp(&p)
-                                && u.src.port == ECHO_PORT && u.src.ip == st.appliance && u.dst.port == PROBE_PORT
-                            {
-                                let sent = s.sent_time(u.payload);
-                                if s.handle_reply(now, u.payload)
-                                    && let (Some(t), Some(sent)) = (&st.timeline, sent)
-                                {
-                                    t.reply(sent, now);
-                                }
-                            }
-                        }
-                        (None, None) => {}
-                    }
+                if let Some(p) = st.on_datagram(now, src, &rx[..n], &mut inner) {
+                    st.deliver(now, &p, tun.as_ref(), stream.as_mut());
                 }
             }
             r = tun_read(tun.as_ref(), &mut tun_buf), if stop_sending_at.is_none() => {
                 if let Ok(n) = r {
                     let p = tun_buf[..n].to_vec();
-                    st.encapsulate(&p);
+                    st.encapsulate(Instant::now(), &p);
                 }
             }
             _ = probe_tick.tick(), if probing && stop_sending_at.is_none() => {
-                let now = Instant::now();
                 if let Some(s) = stream.as_mut() {
-                    let mut payload = vec![0u8; st.cfg.probe.payload];
-                    if let Some(len) = s.next_probe(now, &mut payload) {
-                        let mut ip = vec![0u8; len + 64];
-                        let src = UdpAddr { ip: st.own, port: PROBE_PORT };
-                        let dst = UdpAddr { ip: st.appliance, port: ECHO_PORT };
-                        if let Some(n) = packet::build_udp(&mut ip, src, dst, &payload[..len]) {
-                            st.encapsulate(&ip[..n]);
-                        }
-                        if let Some(t) = &st.timeline {
-                            t.sent(now);
-                        }
-                    }
+                    st.send_probe(Instant::now(), s);
                 }
             }
             _ = report_tick.tick(), if probing => {
                 if let Some(s) = stream.as_mut() {
-                    s.settle(Instant::now());
-                    let w = s.take_window();
-                    let total = s.report();
-                    tracing::info!(
-                        sent = total.sent, received = total.received, lost = total.lost,
-                        longest_gap_ms = total.longest_gap_ms,
-                        window_rtt_ms = ?w.rtt_ms, endpoint = ?st.peer.endpoint(),
-                        "probe stream"
-                    );
-                    if let Ok(json) = serde_json::to_vec(&w) {
-                        let mut ip = vec![0u8; json.len() + 64];
-                        let src = UdpAddr { ip: st.own, port: REPORT_SRC_PORT };
-                        let dst = UdpAddr { ip: st.appliance, port: REPORT_PORT };
-                        if let Some(n) = packet::build_udp(&mut ip, src, dst, &json) {
-                            st.encapsulate(&ip[..n]);
-                        }
-                    }
+                    st.send_report(Instant::now(), s);
                 }
             }
             _ = tick.tick() => {
-                if let Action::Send(bytes) = st.peer.update_timers(&mut inner) {
-                    let b = bytes.to_vec();
-                    st.send(&b);
-                }
+                let now = Instant::now();
+                st.on_tick(now, &mut inner);
                 if let Some(s) = stream.as_mut() {
-                    s.settle(Instant::now());
+                    s.settle(now);
                 }
             }
         }

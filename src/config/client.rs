@@ -101,6 +101,20 @@ pub struct ClientSection {
     /// Inside mode.
     #[serde(default = "default_client_inside")]
     pub inside: ClientInside,
+    /// Keep a standby session with the appliance `standby.<id>.<label>.<zone>` names (the
+    /// other appliance of the client's pair), so that a move switches to an established
+    /// session (make-before-break).
+    #[serde(default = "default_standby")]
+    pub standby: bool,
+    /// How often the standby session's handshake is renewed (a WireGuard session is usable
+    /// for 180 s; the appliance drops it after that).
+    #[serde(default = "default_standby_refresh")]
+    pub standby_refresh: Duration,
+    /// Switch to the standby session when the active appliance has answered nothing for this
+    /// long after the helper sent it traffic (at least 3 handshake round trips); `0s`: only on
+    /// DNS and on the shadow group's takeover initiation.
+    #[serde(default = "default_switch_after")]
+    pub switch_after: Duration,
 }
 
 fn default_client_label() -> String {
@@ -123,6 +137,15 @@ fn default_listen() -> ListenAddr {
 }
 fn default_client_inside() -> ClientInside {
     ClientInside::Probe
+}
+fn default_standby() -> bool {
+    true
+}
+fn default_standby_refresh() -> Duration {
+    Duration(std::time::Duration::from_secs(90))
+}
+fn default_switch_after() -> Duration {
+    Duration(std::time::Duration::from_millis(100))
 }
 
 /// `[tunnel]` of the client.
@@ -200,6 +223,11 @@ impl ClientConfig {
             self.client.zone.trim_end_matches('.')
         )
     }
+
+    /// The name of the client's standby appliance, `standby.<id>.<label>.<zone>`.
+    pub fn standby_name(&self) -> String {
+        format!("standby.{}", self.endpoint_name())
+    }
 }
 
 impl Validate for ClientConfig {
@@ -229,6 +257,18 @@ impl Validate for ClientConfig {
             .is_some_and(|k| k.0.as_secs() == 0 || k.0.as_secs() > 65535)
         {
             problems.push("client.keepalive", "must be between 1s and 65535s");
+        }
+        let refresh = c.standby_refresh.0;
+        if refresh < std::time::Duration::from_secs(5)
+            || refresh > std::time::Duration::from_secs(170)
+        {
+            problems.push(
+                "client.standby_refresh",
+                "must be between 5s and 170s (a session is usable for 180s)",
+            );
+        }
+        if c.switch_after.0 > std::time::Duration::from_secs(60) {
+            problems.push("client.switch_after", "must be at most 60s");
         }
         let t = &self.tunnel;
         if !t.network.contains(t.address) {

@@ -153,9 +153,12 @@ pub struct ClientParams<'a> {
     pub resolver: SocketAddr,
     /// Its tunnel address.
     pub tunnel_ip: Ipv4Addr,
+    /// Reactive baseline: no standby session, the helper follows DNS only.
+    pub reactive: bool,
 }
 
-/// The client helper's file: probe mode, re-resolving every second.
+/// The client helper's file: probe mode, re-resolving every second; a standby session with
+/// the shadow except in the baseline.
 pub fn client(p: &ClientParams<'_>) -> String {
     format!(
         r#"[client]
@@ -169,6 +172,7 @@ listen = "127.0.0.1:0"
 inside = "probe"
 min_ttl = "1s"
 max_ttl = "5s"
+standby = {standby}
 
 [tunnel]
 address = "{tunnel_ip}"
@@ -186,6 +190,7 @@ loss_timeout = "{loss}ms"
         resolver = p.resolver,
         tunnel_ip = p.tunnel_ip,
         loss = LOSS_TIMEOUT.as_millis(),
+        standby = !p.reactive,
     )
 }
 
@@ -229,8 +234,10 @@ mod tests {
             wg_port: 51820,
             resolver: addr,
             tunnel_ip: Ipv4Addr::new(10, 77, 1, 2),
+            reactive: true,
         });
         let cfg: ClientConfig = parse(Path::new("client.toml"), &c).unwrap();
         assert_eq!(cfg.endpoint_name(), "c001.c.vpn.demo");
+        assert!(!cfg.client.standby);
     }
 }

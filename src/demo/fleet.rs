@@ -592,6 +592,7 @@ impl Fleet {
             wg_port: self.wg_port,
             resolver: dns,
             tunnel_ip,
+            reactive: self.plan.reactive,
         });
         let cfg: ClientConfig = crate::config::parse(&key_file.with_extension("toml"), &text)
             .map_err(|e| {

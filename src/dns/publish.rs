@@ -254,7 +254,16 @@ impl Publisher {
                     .copied()
             })
             .collect();
-        ClientTable::new(index, answers)
+        let standby = inputs
+            .clients
+            .iter()
+            .map(|(id, c)| {
+                crate::steering::standby(c, self.engine.assignment(id), &inputs.appliances)
+                    .and_then(|a| endpoints.get(a))
+                    .copied()
+            })
+            .collect();
+        ClientTable::new(index, answers).with_standby(standby)
     }
 
     /// Publishes every new version of the inputs, and again at each wake-up, until shutdown.

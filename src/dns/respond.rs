@@ -97,6 +97,8 @@ enum Found<'s> {
     Static(&'s RrSet, Option<&'s RrSet>),
     /// A steered address (A or AAAA by its family).
     Address(Endpoint),
+    /// A client's standby appliance (`standby.<client>.c.<zone>`).
+    Standby(Endpoint),
     /// The SRV of a client, with its address as additional record.
     Srv(Endpoint),
     /// The name exists without this type.
@@ -181,7 +183,7 @@ pub fn respond(packet: &[u8], ctx: &Context, snap: &Snapshot, out: &mut Vec<u8>)
         name: name_hash(qname),
     };
     match found {
-        Found::Static(..) | Found::Address(_) | Found::Srv(_) => {
+        Found::Static(..) | Found::Address(_) | Found::Standby(_) | Found::Srv(_) => {
             msg.rrl = by_name(ResponseClass::Answer);
         }
         Found::NoData => msg.rrl = by_name(ResponseClass::NoData),
@@ -208,6 +210,11 @@ pub fn respond(packet: &[u8], ctx: &Context, snap: &Snapshot, out: &mut Vec<u8>)
             push_address(out, QNAME_OFFSET, ep.ip, zone.steered_ttl);
             msg.an = 1;
             msg.appliance = Some(ep.slot);
+        }
+        // Not counted as an answer for the appliance: no traffic is steered by it.
+        Found::Standby(ep) => {
+            push_address(out, QNAME_OFFSET, ep.ip, zone.steered_ttl);
+            msg.an = 1;
         }
         Found::Srv(ep) => {
             push_srv(out, ep.port, zone.steered_ttl);
@@ -347,14 +354,16 @@ fn resolve<'s>(
         return Found::NxDomain;
     };
     let leading = &prefix[..id_at];
+    if leading == b"\x07standby" {
+        return match snap.clients.standby(id).flatten() {
+            Some(ep) if address_type(qtype, ep.ip) => Found::Standby(ep),
+            _ => Found::NoData,
+        };
+    }
     match (leading, assigned) {
         (b"", None) => Found::NoData,
-        (b"", Some(ep)) => match (qtype, ep.ip) {
-            (rtype::A, IpAddr::V4(_)) | (rtype::AAAA, IpAddr::V6(_)) | (rtype::ANY, _) => {
-                Found::Address(*ep)
-            }
-            _ => Found::NoData,
-        },
+        (b"", Some(ep)) if address_type(qtype, ep.ip) => Found::Address(*ep),
+        (b"", Some(_)) => Found::NoData,
         (b"\x04_udp", _) => Found::NoData,
         (b"\x0a_wireguard\x04_udp", Some(ep)) if matches!(qtype, rtype::SRV | rtype::ANY) => {
             Found::Srv(*ep)
@@ -362,6 +371,14 @@ fn resolve<'s>(
         (b"\x0a_wireguard\x04_udp", _) => Found::NoData,
         _ => Found::NxDomain,
     }
+}
+
+/// Whether an address answers a query of `qtype`.
+fn address_type(qtype: u16, ip: IpAddr) -> bool {
+    matches!(
+        (qtype, ip),
+        (rtype::A, IpAddr::V4(_)) | (rtype::AAAA, IpAddr::V6(_)) | (rtype::ANY, _)
+    )
 }
 
 /// Whether `prefix` (the part of a name before the apex) lies under the client label, where

@@ -61,7 +61,8 @@ fn snapshot() -> Snapshot {
             Some(ep("2001:db8::2", 51821, 1)),
         ),
         (b"carol".to_vec().into_boxed_slice(), None),
-    ]);
+    ])
+    .with_standby(vec![Some(ep("192.0.2.9", 51820, 2)), None, None]);
     let cand = |ip: &str, slot| Candidate {
         item: ep(ip, 51820, slot),
         capacity: 100,
@@ -185,6 +186,37 @@ fn client_names_and_case_echo() {
     let m = ask(&query("nobody.c.vpn.example.net", rtype::A));
     assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
     assert_eq!(m.authorities[0].record_type(), RecordType::SOA);
+}
+
+#[test]
+fn standby_names_the_other_appliance_of_the_pair() {
+    let m = ask(&query("Standby.Alice.c.vpn.example.net", rtype::A));
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    assert!(m.metadata.authoritative);
+    assert_eq!(addrs(&m), ["192.0.2.9"]);
+    assert_eq!(
+        m.answers[0].name.to_string(),
+        "Standby.Alice.c.vpn.example.net."
+    );
+    assert_eq!(m.answers[0].ttl, 10);
+    // NODATA: no AAAA for alice's standby; bob and carol have none.
+    for (name, t) in [
+        ("standby.alice.c.vpn.example.net", rtype::AAAA),
+        ("standby.bob.c.vpn.example.net", rtype::AAAA),
+        ("standby.carol.c.vpn.example.net", rtype::A),
+    ] {
+        let m = ask(&query(name, t));
+        assert_eq!(m.metadata.response_code, ResponseCode::NoError, "{name}");
+        assert!(m.answers.is_empty(), "{name}");
+    }
+    // Other labels in front of a client name, or an unknown client: NXDOMAIN.
+    for name in [
+        "standby.nobody.c.vpn.example.net",
+        "shadow.alice.c.vpn.example.net",
+    ] {
+        let m = ask(&query(name, rtype::A));
+        assert_eq!(m.metadata.response_code, ResponseCode::NXDomain, "{name}");
+    }
 }
 
 #[test]

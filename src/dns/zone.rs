@@ -127,13 +127,27 @@ pub struct ClientTable {
     index: Arc<ClientIndex>,
     /// Per client (by index): the appliance endpoint, `None` when no appliance can be chosen.
     answers: Vec<Option<Endpoint>>,
+    /// Per client (by index): the appliance to keep a standby session with
+    /// (`standby.<client>.c.<zone>`, see [`crate::steering::standby`]); empty: none.
+    standby: Vec<Option<Endpoint>>,
 }
 
 impl ClientTable {
     /// A table over `index` with one answer per indexed client (missing ones have none).
     pub fn new(index: Arc<ClientIndex>, mut answers: Vec<Option<Endpoint>>) -> Self {
         answers.resize(index.len(), None);
-        Self { index, answers }
+        Self {
+            index,
+            answers,
+            standby: Vec::new(),
+        }
+    }
+
+    /// The same table with one standby answer per indexed client (missing ones have none).
+    pub fn with_standby(mut self, mut standby: Vec<Option<Endpoint>>) -> Self {
+        standby.resize(self.index.len(), None);
+        self.standby = standby;
+        self
     }
 
     /// A table from (id, answer) pairs, building its own index (tests build snapshots by hand).
@@ -159,6 +173,14 @@ impl ClientTable {
         self.index
             .get(id)
             .and_then(|&i| self.answers.get(i as usize))
+    }
+
+    /// The standby answer of a client: `None` for an unknown client, `Some(None)` for a known
+    /// client without a standby appliance.
+    pub fn standby(&self, id: &[u8]) -> Option<Option<Endpoint>> {
+        self.index
+            .get(id)
+            .map(|&i| self.standby.get(i as usize).copied().flatten())
     }
 
     /// Number of clients.

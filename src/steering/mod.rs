@@ -152,6 +152,29 @@ pub struct ClientInput {
     pub shadow: ApplianceId,
 }
 
+/// The appliance a client helper should keep a standby session with (answered as
+/// `standby.<client>.c.<zone>`): the other appliance of the client's pair than the one it is
+/// steered to, if that one is active. Nothing when no appliance is steered to (there is no
+/// pair to move within) or the other one is draining, down or unknown.
+pub fn standby<'a>(
+    client: &'a ClientInput,
+    assigned: Option<&ApplianceId>,
+    appliances: &BTreeMap<ApplianceId, ApplianceInput>,
+) -> Option<&'a ApplianceId> {
+    let assigned = assigned?;
+    let other = if *assigned == client.primary {
+        &client.shadow
+    } else if *assigned == client.shadow {
+        &client.primary
+    } else {
+        return None;
+    };
+    appliances
+        .get(other)
+        .filter(|a| a.state == ApplianceState::Active)
+        .map(|_| other)
+}
+
 /// What an advisory applies to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AdvisoryTarget {
@@ -205,4 +228,50 @@ pub struct Inputs {
     pub advisories: Arc<Vec<AdvisoryInput>>,
     /// Last recorded decision per client, used only for clients the engine has not seen.
     pub history: Arc<HashMap<ClientId, PastDecision>>,
+}
+
+#[cfg(test)]
+mod standby_tests {
+    use super::*;
+
+    fn appliance(id: &str, state: ApplianceState) -> (ApplianceId, ApplianceInput) {
+        let id = ApplianceId::new(id).unwrap();
+        let a = ApplianceInput {
+            id: id.clone(),
+            region: RegionId::new("eu").unwrap(),
+            endpoint: "192.0.2.1:51820".parse().unwrap(),
+            state,
+            capacity: 100,
+        };
+        (id, a)
+    }
+
+    #[test]
+    fn standby_is_the_other_active_appliance_of_the_pair() {
+        let client = ClientInput {
+            primary: ApplianceId::new("eu-1").unwrap(),
+            shadow: ApplianceId::new("us-1").unwrap(),
+        };
+        let mut all: BTreeMap<_, _> = [
+            appliance("eu-1", ApplianceState::Active),
+            appliance("us-1", ApplianceState::Active),
+            appliance("ap-1", ApplianceState::Active),
+        ]
+        .into_iter()
+        .collect();
+        let (p, s) = (&client.primary, &client.shadow);
+        assert_eq!(standby(&client, Some(p), &all), Some(s));
+        assert_eq!(standby(&client, Some(s), &all), Some(p));
+        // No appliance steered to, or one outside the pair: no standby.
+        assert_eq!(standby(&client, None, &all), None);
+        let other = ApplianceId::new("ap-1").unwrap();
+        assert_eq!(standby(&client, Some(&other), &all), None);
+        // Draining, down or unknown: never a standby.
+        for state in [ApplianceState::Draining, ApplianceState::Down] {
+            all.insert(s.clone(), appliance("us-1", state).1);
+            assert_eq!(standby(&client, Some(p), &all), None);
+        }
+        all.remove(s);
+        assert_eq!(standby(&client, Some(p), &all), None);
+    }
 }

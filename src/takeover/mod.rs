@@ -3,7 +3,8 @@
 //! - [`wire`]: the authenticated heartbeats the appliances of a shadow group exchange.
 //! - [`liveness`]: which group peers are alive, from those heartbeats.
 //! - this module: the [`Coordinator`], one per agent. It turns what the agent learns (a peer
-//!   died, the database changed, a steering decision, a completed handshake) into
+//!   died, the database changed, a steering decision, a client's traffic on a session it set
+//!   up here) into
 //!   [`Action`]s: tell the data plane to hold or stand down a session, to send a handshake
 //!   initiation to the client's last endpoint, and record a claim in the database.
 //!
@@ -35,7 +36,9 @@ pub enum ClaimReason {
     Predicted,
     /// Steering moved the client back to its primary.
     Failback,
-    /// The client completed a handshake here on its own.
+    /// The client sent traffic on a session it set up here while another appliance held it
+    /// (it moved here on its own: a stock client that re-resolved, or the client helper
+    /// switching to its standby session).
     Client,
 }
 
@@ -190,6 +193,9 @@ pub struct Coordinator {
     /// What the data plane was last told, per session.
     told: HashMap<PeerIndex, bool>,
     dead: HashSet<ApplianceId>,
+    /// Sessions the client set up here while another appliance held them, by our receiver
+    /// index: a standby session (client helper) until the client sends traffic on it.
+    standby: HashMap<PeerIndex, u32>,
     stats: CoordinatorStats,
 }
 
@@ -203,6 +209,7 @@ impl Coordinator {
             sessions: HashMap::new(),
             told: HashMap::new(),
             dead: HashSet::new(),
+            standby: HashMap::new(),
             stats: CoordinatorStats::default(),
         }
     }
@@ -254,6 +261,7 @@ impl Coordinator {
             next.insert(merged.peer, merged);
         }
         self.told.retain(|p, _| next.contains_key(p));
+        self.standby.retain(|p, _| next.contains_key(p));
         self.sessions = next;
         let peers: Vec<PeerIndex> = self.sessions.keys().copied().collect();
         let mut out = Vec::new();
@@ -280,6 +288,7 @@ impl Coordinator {
             None => {
                 self.sessions.remove(&peer);
                 self.told.remove(&peer);
+                self.standby.remove(&peer);
             }
         }
         out
@@ -347,10 +356,35 @@ impl Coordinator {
         }
     }
 
-    /// The client completed a handshake with this appliance: it chose us.
-    pub fn handshake(&mut self, peer: PeerIndex, now: DateTime<Utc>) -> Vec<Action> {
+    /// The client completed a handshake with this appliance; `receiver_index` is ours for the
+    /// new session. Returns whether it is a standby session (another appliance holds the
+    /// session). A handshake alone claims nothing: the client helper keeps a standby session
+    /// with the appliance it is not using (make-before-break), and only traffic on that
+    /// session ([`Coordinator::client_data`]) says the client moved here.
+    pub fn handshake(&mut self, peer: PeerIndex, receiver_index: u32) -> bool {
+        if !self.sessions.contains_key(&peer) {
+            return false;
+        }
+        if self.holds(peer) {
+            self.standby.remove(&peer);
+            return false;
+        }
+        self.standby.insert(peer, receiver_index);
+        true
+    }
+
+    /// The client sent an inside packet (not a keepalive) on our session `receiver_index`.
+    /// On a session it set up here while another appliance held it, that is the client moving
+    /// here: claim. Traffic on older sessions claims nothing (a straggler on the session of a
+    /// move that went away from us must not pull the session back).
+    pub fn client_data(
+        &mut self,
+        peer: PeerIndex,
+        receiver_index: u32,
+        now: DateTime<Utc>,
+    ) -> Vec<Action> {
         let mut out = Vec::new();
-        if self.sessions.contains_key(&peer) && !self.holds(peer) {
+        if self.standby.get(&peer) == Some(&receiver_index) && !self.holds(peer) {
             self.claim(peer, ClaimReason::Client, now, &mut out);
         }
         out
@@ -427,6 +461,7 @@ impl Coordinator {
     ) {
         let me = self.me.clone();
         let region = self.region.clone();
+        self.standby.remove(&peer);
         let Some(s) = self.sessions.get_mut(&peer) else {
             return;
         };

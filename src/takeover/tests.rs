@@ -234,13 +234,44 @@ fn a_third_appliance_is_never_claimed_from_and_strangers_stay_out() {
 }
 
 #[test]
-fn a_client_that_handshakes_here_is_claimed_without_an_initiation() {
+fn a_standby_handshake_claims_nothing_until_the_client_sends_on_it() {
     let mut c = shadow();
-    c.load(vec![session(1, None)], t(0));
-    let actions = c.handshake(p(1), t(10));
-    assert_eq!(claims(&actions), vec![(p(1), 1, ClaimReason::Client)]);
+    c.load(vec![session(1, Some((2, "eu", "eu-1", 0)))], t(0));
+    // The client helper sets up a standby session here: the primary keeps holding.
+    assert!(c.handshake(p(1), 0x100));
+    assert!(!c.holds(p(1)));
+    // Traffic on another (older) session claims nothing.
+    assert!(claims(&c.client_data(p(1), 0x101, t(5))).is_empty());
+    // Traffic on the standby session: the client moved here, without an initiation.
+    let actions = c.client_data(p(1), 0x100, t(10));
+    assert_eq!(claims(&actions), vec![(p(1), 3, ClaimReason::Client)]);
     assert!(!actions.iter().any(|a| matches!(a, Action::Initiate { .. })));
-    assert!(c.handshake(p(1), t(20)).is_empty());
+    assert!(c.holds(p(1)));
+    assert!(c.client_data(p(1), 0x100, t(20)).is_empty());
+    // A handshake while holding is no standby.
+    assert!(!c.handshake(p(1), 0x102));
+    assert_eq!(c.stats().client_claims, 1);
+}
+
+#[test]
+fn after_standing_down_old_sessions_never_pull_the_client_back() {
+    let mut c = shadow();
+    c.load(vec![session(1, Some((2, "eu", "eu-1", 0)))], t(0));
+    assert!(c.handshake(p(1), 0x100));
+    assert_eq!(claims(&c.client_data(p(1), 0x100, t(10))).len(), 1);
+    // The primary takes it back (failback); the client's last packets on our session, and
+    // even its traffic on it, claim nothing until it sets up a new session here.
+    let _ = c.update(p(1), Some(session(1, Some((4, "eu", "eu-1", 20)))), t(20));
+    assert!(!c.holds(p(1)));
+    assert!(claims(&c.client_data(p(1), 0x100, t(30))).is_empty());
+    assert!(c.handshake(p(1), 0x103));
+    assert_eq!(
+        claims(&c.client_data(p(1), 0x103, t(40))),
+        vec![(p(1), 5, ClaimReason::Client)]
+    );
+    // Unknown sessions are ignored.
+    assert!(!c.handshake(p(9), 0x900));
+    assert!(c.client_data(p(9), 0x900, t(50)).is_empty());
 }
 
 #[test]

@@ -133,6 +133,16 @@ pub enum GroupInput {
         peer: PeerIndex,
         /// Its endpoint.
         endpoint: Option<SocketAddr>,
+        /// Our receiver index of the new session.
+        receiver_index: u32,
+    },
+    /// The first inside packet (not a keepalive) on one of our sessions of a client whose
+    /// session another appliance holds (sent once per session; relayed datagrams never).
+    Data {
+        /// The client.
+        peer: PeerIndex,
+        /// Our receiver index of the session it came on.
+        receiver_index: u32,
     },
 }
 
@@ -232,6 +242,9 @@ pub struct Device {
     relay_new: HashMap<PeerIndex, (SocketAddr, Instant)>,
     /// Sessions moving away: new holder, until when.
     relay_old: HashMap<PeerIndex, (SocketAddr, Instant)>,
+    /// Per withheld peer, the session whose first inside packet was reported
+    /// ([`GroupInput::Data`]).
+    data_reported: HashMap<PeerIndex, u32>,
 }
 
 impl std::fmt::Debug for Device {
@@ -288,6 +301,7 @@ impl Device {
             group_key: None,
             relay_new: HashMap::new(),
             relay_old: HashMap::new(),
+            data_reported: HashMap::new(),
         };
         let handle = DeviceHandle {
             commands: cmd_tx,
@@ -404,8 +418,10 @@ impl Device {
                 self.router.remove(i);
                 self.checkpointed.remove(&i);
                 self.withheld.remove(&i);
+                self.data_reported.remove(&i);
             }
             PeerCommand::Hold { peer, held } => {
+                self.data_reported.remove(&peer);
                 if held {
                     self.withheld.remove(&peer);
                     // Holding it now: nothing of ours goes out through another appliance.
@@ -512,10 +528,10 @@ impl Device {
             self.on_relay(src, datagram, out, reply);
             return;
         }
-        self.on_wireguard(now, src, datagram, out, reply);
+        self.on_wireguard(now, src, datagram, out, reply, false);
     }
 
-    /// A WireGuard datagram (from the client, or relayed from the new holder).
+    /// A WireGuard datagram (from the client, or `relayed` from the new holder).
     fn on_wireguard(
         &mut self,
         now: Instant,
@@ -523,6 +539,7 @@ impl Device {
         datagram: &[u8],
         out: &mut [u8],
         reply: &mut [u8],
+        relayed: bool,
     ) {
         let routed = self.router.handle_datagram(now, src, datagram, out);
         // A data packet of a session moving here that we cannot decrypt is still on the old
@@ -538,9 +555,16 @@ impl Device {
             self.relay(via, RelayDirection::FromClient, src, datagram);
             return;
         }
+        // Reported after the events: the first data packet of a session may also be what
+        // completes its handshake (a client with queued packets sends no keepalive first),
+        // and the takeover task must hear of the handshake before the data.
+        let mut data_on_withheld = None;
         let touched = match routed {
             Routed::Inside { peer, packet } => {
                 DeviceStats::add(&self.stats.inside_rx, 1);
+                if !relayed && self.withheld.contains(&peer) {
+                    data_on_withheld = Some(peer);
+                }
                 self.on_peer_packet(peer, packet, reply);
                 Some(peer)
             }
@@ -561,6 +585,37 @@ impl Device {
         });
         if let Some(p) = peer {
             self.drain_events(p);
+        }
+        if let Some(p) = data_on_withheld {
+            self.report_data(p, datagram);
+        }
+    }
+
+    /// Tells the takeover task of the first inside packet on a session of a withheld peer:
+    /// on a standby session that is the client moving here.
+    fn report_data(&mut self, peer: PeerIndex, datagram: &[u8]) {
+        let Some(receiver_index) = datagram
+            .get(4..8)
+            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+            .map(u32::from_le_bytes)
+        else {
+            return;
+        };
+        if self.data_reported.get(&peer) == Some(&receiver_index) {
+            return;
+        }
+        self.data_reported.insert(peer, receiver_index);
+        if let Some(group) = &self.group
+            && group
+                .try_send(GroupInput::Data {
+                    peer,
+                    receiver_index,
+                })
+                .is_err()
+        {
+            // Lost: the next session's first packet is reported again.
+            self.data_reported.remove(&peer);
+            DeviceStats::add(&self.stats.events_dropped, 1);
         }
     }
 
@@ -627,7 +682,7 @@ impl Device {
                         .map_or(now + RELAY_IMPLIED, |(_, u)| (*u).max(now + RELAY_IMPLIED));
                     self.relay_new.remove(&peer);
                     self.relay_old.insert(peer, (src, until));
-                    self.on_wireguard(now, client, &datagram, out, reply);
+                    self.on_wireguard(now, client, &datagram, out, reply, true);
                 } else {
                     self.stats
                         .count_relay_rejection(RelayRejection::UnknownSession);
@@ -758,12 +813,17 @@ impl Device {
                 break;
             };
             match event {
-                PeerEvent::Handshake { .. } => {
+                PeerEvent::Handshake { receiver_index, .. } => {
                     cause = Some(SnapshotCause::Handshake);
+                    self.data_reported.remove(&peer);
                     if let Some(group) = &self.group {
                         let endpoint = self.router.peer(peer).and_then(|p| p.endpoint());
                         if group
-                            .try_send(GroupInput::Handshake { peer, endpoint })
+                            .try_send(GroupInput::Handshake {
+                                peer,
+                                endpoint,
+                                receiver_index,
+                            })
                             .is_err()
                         {
                             DeviceStats::add(&self.stats.events_dropped, 1);
@@ -776,7 +836,10 @@ impl Device {
                 PeerEvent::Rtt(rtt) => self.emit(DeviceEvent::Rtt { peer, rtt }),
             }
         }
+        // A session held by another appliance is that appliance's to record: a row of ours
+        // (epoch 0) could outrank the holder's and make us the holder without a claim.
         if let Some(cause) = cause
+            && !self.withheld.contains(&peer)
             && let Some(s) = self.snapshot(peer, cause)
         {
             self.checkpointed.insert(peer, s.counters);
@@ -789,6 +852,9 @@ impl Device {
             let Some(peer) = self.router.indexes().get(n).copied() else {
                 break;
             };
+            if self.withheld.contains(&peer) {
+                continue;
+            }
             let Some(counters) = self.router.peer(peer).map(|p| p.counters()) else {
                 continue;
             };

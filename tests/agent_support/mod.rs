@@ -362,6 +362,8 @@ pub struct HandshakeOutcome {
 pub struct TestDns {
     pub addr: SocketAddr,
     pub answer: Arc<Mutex<(Ipv4Addr, u32)>>,
+    /// The answer of `standby.<name>` (none: NODATA, as for a client without a standby).
+    pub standby: Arc<Mutex<Option<Ipv4Addr>>>,
     pub queries: Arc<std::sync::atomic::AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -371,8 +373,14 @@ impl TestDns {
         let addr = socket.local_addr().unwrap();
         let answer = Arc::new(Mutex::new((ip, ttl)));
         let queries = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let (a, q) = (Arc::clone(&answer), Arc::clone(&queries));
+        let standby = Arc::new(Mutex::new(None));
+        let (a, q, sb) = (
+            Arc::clone(&answer),
+            Arc::clone(&queries),
+            Arc::clone(&standby),
+        );
         let want = format!("{}.", name.trim_end_matches('.')).to_ascii_lowercase();
+        let want_standby = format!("standby.{want}");
         let task = tokio::spawn(async move {
             let mut buf = [0u8; 4096];
             loop {
@@ -395,6 +403,16 @@ impl TestDns {
                         .answers
                         .push(Record::from_rdata(qq.name().clone(), ttl, RData::A(A(ip))));
                 }
+                if let Some(qq) = query.queries.first()
+                    && qq.name().to_ascii().to_ascii_lowercase() == want_standby
+                    && qq.query_type() == RecordType::A
+                    && let Some(ip) = *sb.lock().unwrap()
+                {
+                    let ttl = a.lock().unwrap().1;
+                    reply
+                        .answers
+                        .push(Record::from_rdata(qq.name().clone(), ttl, RData::A(A(ip))));
+                }
                 if let Ok(bytes) = reply.to_vec() {
                     let _ = socket.send_to(&bytes, from).await;
                 }
@@ -403,6 +421,7 @@ impl TestDns {
         Self {
             addr,
             answer,
+            standby,
             queries,
             task,
         }
@@ -410,6 +429,11 @@ impl TestDns {
 
     pub fn set(&self, ip: Ipv4Addr) {
         self.answer.lock().unwrap().0 = ip;
+    }
+
+    /// Sets the answer of `standby.<name>`.
+    pub fn set_standby(&self, ip: Option<Ipv4Addr>) {
+        *self.standby.lock().unwrap() = ip;
     }
 }
 
