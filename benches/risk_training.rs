@@ -10,7 +10,7 @@ use std::time::Instant;
 use shadowsteer::risk::dataset;
 use shadowsteer::risk::failures::{companion_path, write_failures};
 use shadowsteer::risk::simulate::{SimConfig, Simulator};
-use shadowsteer::risk::telemetry::{HEADER, write_row};
+use shadowsteer::risk::telemetry::TelemetryWriter;
 use shadowsteer::risk::train::{TrainOptions, train};
 
 fn main() {
@@ -29,9 +29,8 @@ fn main() {
     };
     let sim = Simulator::new(cfg);
     {
-        use std::io::Write;
-        let mut out = std::io::BufWriter::new(std::fs::File::create(&csv).expect("create"));
-        writeln!(out, "{HEADER}").expect("write");
+        let file = std::io::BufWriter::new(std::fs::File::create(&csv).expect("create"));
+        let mut out = TelemetryWriter::new(file).expect("write");
         let mut labels = Vec::new();
         for i in 0..appliances {
             let run = sim.appliance(i);
@@ -39,11 +38,11 @@ fn main() {
             for r in &run.rows {
                 let mut r = *r;
                 r.appliance = 0;
-                write_row(&mut out, &infos, &r).expect("write");
+                out.write_row(&infos, &r).expect("write");
             }
             labels.extend(run.failures);
         }
-        out.flush().expect("flush");
+        out.finish().expect("flush");
         let mut f = std::fs::File::create(companion_path(&csv)).expect("create");
         write_failures(&mut f, &labels).expect("write");
     }

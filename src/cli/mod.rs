@@ -11,6 +11,7 @@ mod demo;
 mod evaluate;
 mod inventory;
 mod keys;
+mod progress;
 mod replication;
 mod risk_input;
 mod score;

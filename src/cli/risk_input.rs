@@ -6,14 +6,19 @@ use std::path::Path;
 use shadowsteer::risk::dataset::{self, Loaded};
 use shadowsteer::risk::model::Model;
 
-use super::CommandError;
+use super::{CommandError, progress};
 
 /// Loads and validates a model file.
 pub fn load_model(path: &Path) -> Result<Model, CommandError> {
     Model::load(path).map_err(|e| CommandError::Input(format!("{}: {e}", path.display())))
 }
 
-/// Loads a telemetry file and its failures file.
+/// Loads a telemetry file and its failures file, with a progress bar when stderr is a
+/// terminal.
 pub fn load_data(path: &Path) -> Result<Loaded, CommandError> {
-    dataset::load(path, None).map_err(|e| CommandError::Input(e.to_string()))
+    let len = std::fs::metadata(path).map_or(0, |m| m.len());
+    let bar = progress::bytes(len, format!("reading {}", path.display()));
+    let loaded = dataset::load_with_progress(path, None, &mut |read| bar.set_position(read));
+    bar.finish_and_clear();
+    loaded.map_err(|e| CommandError::Input(e.to_string()))
 }

@@ -7,9 +7,9 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use shadowsteer::risk::failures::{companion_path, write_failures};
 use shadowsteer::risk::simulate::{DEFAULT_START, SimConfig, Simulator};
-use shadowsteer::risk::telemetry::{HEADER, write_row};
+use shadowsteer::risk::telemetry::TelemetryWriter;
 
-use super::{CommandError, CommandResult};
+use super::{CommandError, CommandResult, progress};
 
 /// Arguments of `simulate`.
 #[derive(Debug, clap::Args)]
@@ -57,22 +57,25 @@ pub fn run(a: SimulateArgs) -> CommandResult {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let file = File::create(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
-    let mut out = BufWriter::with_capacity(1 << 20, file);
-    writeln!(out, "{HEADER}").context("writing")?;
+    let mut out =
+        TelemetryWriter::new(BufWriter::with_capacity(1 << 20, file)).context("writing")?;
     let mut labels = Vec::new();
     let mut rows = 0u64;
+    let bar = progress::count(cfg.appliances as u64, "simulating appliances");
     for i in 0..cfg.appliances {
         let run = sim.appliance(i);
         let infos = [run.info.clone()];
         for r in &run.rows {
             let mut r = *r;
             r.appliance = 0;
-            write_row(&mut out, &infos, &r).context("writing")?;
+            out.write_row(&infos, &r).context("writing")?;
         }
         rows += run.rows.len() as u64;
         labels.extend(run.failures);
+        bar.inc(1);
     }
-    out.flush().context("writing")?;
+    bar.finish_and_clear();
+    out.finish().context("writing")?;
     let failures_path = companion_path(&a.out);
     let mut f = BufWriter::new(
         File::create(&failures_path)

@@ -10,7 +10,7 @@ use clap::Subcommand;
 use shadowsteer::risk::failures::{companion_path, write_failures};
 use shadowsteer::risk::telemetry::write_csv;
 
-use super::{CommandError, CommandResult, DbArgs, db, risk_input};
+use super::{CommandError, CommandResult, DbArgs, db, progress, risk_input};
 
 #[derive(Debug, Subcommand)]
 pub enum TelemetryCommand {
@@ -56,9 +56,14 @@ pub async fn run(cmd: TelemetryCommand) -> CommandResult {
         TelemetryCommand::Import { data, db } => {
             let loaded = risk_input::load_data(&data)?;
             let database = db::open(&db).await?;
+            let t = &loaded.telemetry;
+            let bar = progress::count(t.rows.len() as u64, "storing rows");
             let counts =
-                shadowsteer::store::risk::import(&database.pool, &loaded.telemetry, &loaded.series)
-                    .await;
+                shadowsteer::store::risk::import(&database.pool, t, &loaded.series, &|done| {
+                    bar.set_position(done)
+                })
+                .await;
+            bar.finish_and_clear();
             database.close().await;
             let c = counts.context("importing")?;
             println!(

@@ -10,7 +10,7 @@ use shadowsteer::risk::model::ModelKind;
 use shadowsteer::risk::series::{self, Series};
 use shadowsteer::risk::train::{TrainError, TrainOptions, train};
 
-use super::{CommandError, CommandResult, DbArgs, db, risk_input};
+use super::{CommandError, CommandResult, DbArgs, db, progress, risk_input};
 
 /// Arguments of `train`.
 #[derive(Debug, clap::Args)]
@@ -131,14 +131,19 @@ pub async fn run(a: TrainArgs) -> CommandResult {
         rows,
         ..TrainOptions::default()
     };
-    let progress = |msg: &str| eprintln!("[{:6.1}s] {msg}", started.elapsed().as_secs_f64());
-    let mut model =
-        tokio::task::block_in_place(|| train(&all, &opts, &progress)).map_err(|e| match e {
-            TrainError::NotEnoughData(_) | TrainError::Options(_) => {
-                CommandError::Input(e.to_string())
-            }
-            TrainError::Fit { .. } => CommandError::Failed(e.into()),
-        })?;
+    // The log lines go to stderr as before; on a terminal a spinner below them shows the step
+    // in progress.
+    let spinner = progress::spinner("training");
+    let log = |msg: &str| {
+        spinner.suspend(|| eprintln!("[{:6.1}s] {msg}", started.elapsed().as_secs_f64()));
+        spinner.set_message(msg.trim().to_owned());
+    };
+    let trained = tokio::task::block_in_place(|| train(&all, &opts, &log));
+    spinner.finish_and_clear();
+    let mut model = trained.map_err(|e| match e {
+        TrainError::NotEnoughData(_) | TrainError::Options(_) => CommandError::Input(e.to_string()),
+        TrainError::Fit { .. } => CommandError::Failed(e.into()),
+    })?;
     model.card.notes.extend(a.note.iter().cloned());
     model.card.created_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     if let Some(dir) = a.out.parent().filter(|d| !d.as_os_str().is_empty()) {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use super::failures::{FailureLabels, companion_path, read_failures};
 use super::series::{self, Series};
-use super::telemetry::{Telemetry, TelemetryError, read_csv};
+use super::telemetry::{Telemetry, TelemetryError, read_csv_with_progress};
 
 /// Why a data file could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -73,7 +73,17 @@ pub fn load_labels(path: &Path) -> Result<FailureLabels, DatasetError> {
 /// Loads a telemetry file with `labels` (or its companion failures file when `labels` is
 /// `None` and the companion exists).
 pub fn load(path: &Path, labels: Option<&Path>) -> Result<Loaded, DatasetError> {
-    let telemetry = read_csv(open(path)?).map_err(invalid(path))?;
+    load_with_progress(path, labels, &mut |_| {})
+}
+
+/// [`load`], calling `progress` with the bytes of the telemetry file read so far (see
+/// [`read_csv_with_progress`]).
+pub fn load_with_progress(
+    path: &Path,
+    labels: Option<&Path>,
+    progress: &mut dyn FnMut(u64),
+) -> Result<Loaded, DatasetError> {
+    let telemetry = read_csv_with_progress(open(path)?, progress).map_err(invalid(path))?;
     let companion = companion_path(path);
     let labels = match labels {
         Some(l) => Some(load_labels(l)?),

@@ -2,21 +2,32 @@
 //!
 //! The telemetry CSV says *when* an appliance is down; what kind of failure it was lives in a
 //! companion file, `NAME.failures.csv` next to `NAME.csv` (the simulator writes it; other data
-//! may not have one). Columns: `appliance,ts,kind,precursor,precursor_s` where `ts` is the first
-//! down second, `precursor` is `1`, `0` or empty (unknown) and `precursor_s` the length of the
-//! precursor in seconds (empty when none or unknown).
+//! may not have one). Columns, found by header name in any order (others are ignored):
+//! `appliance,ts,kind,precursor,precursor_s` where `ts` is the first down second, `precursor` is
+//! `1`, `0` or empty (unknown) and `precursor_s` the length of the precursor in seconds (empty
+//! when none or unknown). Read and written with the `csv` crate, so fields may be quoted.
 
 use std::collections::HashMap;
-use std::io::{BufRead, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use super::telemetry::{FieldError, TelemetryError};
+use csv::ByteRecord;
+
+use super::telemetry::{Errors, Fields, TelemetryError, csv_reader, locate_columns};
 use crate::domain::ApplianceId;
 
-/// Header of the failures file.
+/// Header the writer produces (the reader accepts these columns in any order).
 pub const FAILURES_HEADER: &str = "appliance,ts,kind,precursor,precursor_s";
 
-const FAILURE_COLUMNS: usize = 5;
+/// Column names of the failures file, in the order written.
+pub const FAILURE_COLUMNS: [&str; 5] = ["appliance", "ts", "kind", "precursor", "precursor_s"];
+
+/// Column indexes into [`FAILURE_COLUMNS`].
+const APPLIANCE: usize = 0;
+const TS: usize = 1;
+const KIND: usize = 2;
+const PRECURSOR: usize = 3;
+const PRECURSOR_S: usize = 4;
 
 /// What is known about one failure beyond its start.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,14 +56,6 @@ pub fn companion_path(data: &Path) -> PathBuf {
     data.with_file_name(format!("{stem}.failures.csv"))
 }
 
-fn push_err(errors: &mut Vec<FieldError>, line: u64, column: usize, message: String) {
-    errors.push(FieldError {
-        line,
-        column,
-        message,
-    });
-}
-
 fn is_kind(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
@@ -60,113 +63,91 @@ fn is_kind(s: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
-/// Reads a failures file, validating every field.
-pub fn read_failures(input: impl BufRead) -> Result<FailureLabels, TelemetryError> {
+/// Reads a failures file (columns found by name, in any order), validating every field. Stops
+/// after ten errors.
+pub fn read_failures(input: impl Read) -> Result<FailureLabels, TelemetryError> {
+    let mut reader = csv_reader(input);
+    let header = reader.byte_headers()?.clone();
+    let at = locate_columns(&header, &FAILURE_COLUMNS)?;
     let mut out = FailureLabels::new();
-    let mut errors = Vec::new();
-    for (i, line) in input.lines().enumerate() {
-        let line_no = i as u64 + 1;
-        let line = line?;
-        let line = line.trim_end_matches('\r');
-        if line_no == 1 {
-            if line.trim_start_matches('\u{feff}') != FAILURES_HEADER {
-                push_err(
-                    &mut errors,
-                    1,
-                    1,
-                    format!("header must be exactly {FAILURES_HEADER:?}"),
-                );
-                break;
-            }
-            continue;
-        }
-        if line.is_empty() {
-            continue;
-        }
-        let f: Vec<&str> = line.split(',').collect();
-        if f.len() != FAILURE_COLUMNS {
-            push_err(
-                &mut errors,
-                line_no,
-                f.len().min(FAILURE_COLUMNS) + 1,
-                format!("expected {FAILURE_COLUMNS} fields, found {}", f.len()),
-            );
-            continue;
-        }
-        let appliance =
-            ApplianceId::new(f[0]).map_err(|e| push_err(&mut errors, line_no, 1, e.to_string()));
-        let ts = f[1].parse::<i64>().map_err(|_| {
-            push_err(
-                &mut errors,
-                line_no,
-                2,
-                format!("{:?} is not unix seconds", f[1]),
-            )
-        });
-        if !is_kind(f[2]) {
-            push_err(
-                &mut errors,
-                line_no,
-                3,
-                format!(
-                    "{:?} is not a kind (lowercase letters, digits, _ and -)",
-                    f[2]
-                ),
-            );
-        }
-        let precursor = match f[3] {
-            "" => Ok(None),
-            "0" => Ok(Some(false)),
-            "1" => Ok(Some(true)),
-            other => {
-                push_err(
-                    &mut errors,
-                    line_no,
-                    4,
-                    format!("{other:?} is not 0, 1 or empty"),
-                );
-                Err(())
-            }
+    let mut errors = Errors::default();
+    let mut record = ByteRecord::new();
+    while !errors.full() && reader.read_byte_record(&mut record)? {
+        let f = Fields {
+            record: &record,
+            at: &at,
+            names: &FAILURE_COLUMNS,
+            line: record.position().map_or(0, csv::Position::line),
         };
-        let precursor_s = match f[4] {
-            "" => Ok(None),
-            s => s.parse::<u32>().map(Some).map_err(|_| {
-                push_err(
-                    &mut errors,
-                    line_no,
-                    5,
-                    format!("{s:?} is not a number of seconds"),
-                )
-            }),
-        };
-        if let (Ok(appliance), Ok(ts), Ok(precursor), Ok(precursor_s), true) =
-            (appliance, ts, precursor, precursor_s, is_kind(f[2]))
-        {
-            out.insert(
-                (appliance.clone(), ts),
-                FailureLabel {
-                    appliance,
-                    ts,
-                    kind: f[2].to_owned(),
-                    precursor,
-                    precursor_s,
-                },
-            );
+        if !f.check_shape(header.len(), &mut errors) {
+            continue;
         }
-        if errors.len() >= 10 {
-            break;
+        if let Some(label) = parse_record(&f, &mut errors) {
+            out.insert((label.appliance.clone(), label.ts), label);
         }
     }
-    if errors.is_empty() {
-        Ok(out)
-    } else {
-        Err(TelemetryError::Invalid(errors))
-    }
+    errors.into_result(out)
 }
 
-/// Writes labels sorted by time, then appliance.
-pub fn write_failures(out: &mut impl Write, labels: &[FailureLabel]) -> std::io::Result<()> {
-    writeln!(out, "{FAILURES_HEADER}")?;
+fn parse_record(f: &Fields<'_, 5>, errors: &mut Errors) -> Option<FailureLabel> {
+    let appliance = f.get(APPLIANCE, errors).and_then(|s| {
+        ApplianceId::new(s)
+            .map_err(|e| f.error(APPLIANCE, e.to_string(), errors))
+            .ok()
+    });
+    let ts = f.get(TS, errors).and_then(|s| {
+        s.parse::<i64>()
+            .map_err(|_| f.error(TS, format!("{s:?} is not unix seconds"), errors))
+            .ok()
+    });
+    let kind = f.get(KIND, errors).and_then(|s| {
+        if is_kind(s) {
+            Some(s.to_owned())
+        } else {
+            f.error(
+                KIND,
+                format!("{s:?} is not a kind (lowercase letters, digits, _ and -)"),
+                errors,
+            );
+            None
+        }
+    });
+    let precursor = f.get(PRECURSOR, errors).and_then(|s| match s {
+        "" => Some(None),
+        "0" => Some(Some(false)),
+        "1" => Some(Some(true)),
+        other => {
+            f.error(PRECURSOR, format!("{other:?} is not 0, 1 or empty"), errors);
+            None
+        }
+    });
+    let precursor_s = f.get(PRECURSOR_S, errors).and_then(|s| match s {
+        "" => Some(None),
+        s => s
+            .parse::<u32>()
+            .map(Some)
+            .map_err(|_| {
+                f.error(
+                    PRECURSOR_S,
+                    format!("{s:?} is not a number of seconds"),
+                    errors,
+                )
+            })
+            .ok(),
+    });
+    Some(FailureLabel {
+        appliance: appliance?,
+        ts: ts?,
+        kind: kind?,
+        precursor: precursor?,
+        precursor_s: precursor_s?,
+    })
+}
+
+/// Writes labels sorted by time, then appliance, with `csv::Writer`.
+pub fn write_failures(out: &mut impl Write, labels: &[FailureLabel]) -> Result<(), TelemetryError> {
+    let mut w = csv::Writer::from_writer(out);
+    w.write_record(FAILURE_COLUMNS)?;
     let mut sorted: Vec<&FailureLabel> = labels.iter().collect();
     sorted.sort_by(|a, b| (a.ts, &a.appliance).cmp(&(b.ts, &b.appliance)));
     for l in sorted {
@@ -176,8 +157,15 @@ pub fn write_failures(out: &mut impl Write, labels: &[FailureLabel]) -> std::io:
             None => "",
         };
         let len = l.precursor_s.map(|s| s.to_string()).unwrap_or_default();
-        writeln!(out, "{},{},{},{precursor},{len}", l.appliance, l.ts, l.kind)?;
+        w.write_record([
+            l.appliance.as_str(),
+            &l.ts.to_string(),
+            &l.kind,
+            precursor,
+            &len,
+        ])?;
     }
+    w.flush()?;
     Ok(())
 }
 
@@ -205,6 +193,33 @@ mod tests {
         };
         let at: Vec<_> = errs.iter().map(|e| (e.line, e.column)).collect();
         assert_eq!(at, vec![(2, 2), (2, 3), (2, 4)]);
+    }
+
+    #[test]
+    fn columns_by_name_and_quoted_fields() {
+        let text = "kind,precursor_s,ts,appliance,precursor\n\"memory_leak\",300,100,\"eu-1\",1\n";
+        let labels = read_failures(text.as_bytes()).unwrap();
+        let l = &labels[&(ApplianceId::new("eu-1").unwrap(), 100)];
+        assert_eq!(
+            (l.kind.as_str(), l.precursor, l.precursor_s),
+            ("memory_leak", Some(true), Some(300))
+        );
+        let bad = "kind,precursor_s,ts,appliance,precursor\nmemory_leak,300,x,eu-1,1\n";
+        let Err(e) = read_failures(bad.as_bytes()) else {
+            panic!("accepted")
+        };
+        assert_eq!(
+            e.to_string(),
+            "line 2, column 3 (ts): \"x\" is not unix seconds"
+        );
+        let Err(e) = read_failures("appliance,ts,kind\n".as_bytes()) else {
+            panic!("accepted")
+        };
+        assert!(
+            e.to_string()
+                .contains("lacks columns precursor, precursor_s"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -260,15 +260,21 @@ const BATCH: usize = 10_000;
 
 /// Stores telemetry (and the failures found in `series`, built from it) in the tables.
 /// Rows already there are kept (same key: skipped), so an import can be repeated.
+/// `progress` is called with the number of telemetry rows handled so far after each batch (for
+/// a progress bar).
 pub async fn import(
     pool: &PgPool,
     t: &Telemetry,
     series: &[Series],
+    progress: &(dyn Fn(u64) + Sync),
 ) -> Result<ImportCounts, StoreError> {
     let mut counts = ImportCounts::default();
     let mut health = Vec::with_capacity(BATCH);
     let mut probes = Vec::with_capacity(BATCH);
-    for r in &t.rows {
+    for (done, r) in t.rows.iter().enumerate() {
+        if done.is_multiple_of(BATCH) {
+            progress(done as u64);
+        }
         let info = &t.appliances[r.appliance as usize];
         let ts = at(r.ts);
         let v = &r.values;
@@ -310,6 +316,7 @@ pub async fn import(
     }
     counts.health += super::telemetry::insert_health(pool, &health).await?;
     counts.probes += super::telemetry::insert_probes(pool, &probes).await?;
+    progress(t.rows.len() as u64);
     for s in series {
         let info = &t.appliances[s.appliance as usize];
         for f in &s.failures {
