@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
-use agent_support::flood::{Flood, forged_initiation, udp_drops};
+use agent_support::flood::{Flood, flood_sources, forged_initiation, udp_drops};
 use agent_support::{RunningAgent, TestClient, agent_toml, inventory, key_file, wait_for};
 use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::{Packet, Tunn};
@@ -193,7 +193,7 @@ async fn new_handshake_completes_during_a_flood_in_the_clients_name() {
 
     let stats = &agent.handle.device.stats;
     let drops_before = udp_drops(target.port()).unwrap_or(0);
-    let flood = Flood::start("127.0.0.2:0".parse().unwrap(), target, datagrams);
+    let flood = Flood::start(&flood_sources(), target, datagrams);
     wait_for(Duration::from_secs(5), "the socket to fill", || async {
         (udp_drops(target.port())? > drops_before).then_some(())
     })
@@ -232,6 +232,14 @@ async fn new_handshake_completes_during_a_flood_in_the_clients_name() {
     assert!(
         during.cookies <= 2,
         "the client bounced between cookies: {during:?}"
+    );
+    // Cookie replies are bounded per source address and second: the flooders' addresses and
+    // the client's, over the seconds the handshake took (rounded up, plus the one it started in).
+    let seconds = during.took.map_or(10, |t| t.as_secs() + 2);
+    let budget = u64::from(shadowsteer::tunnel::cookie_budget::PER_SECOND);
+    assert!(
+        cookies <= (flood_sources().len() as u64 + 1) * budget * seconds,
+        "{cookies} cookie replies in {seconds} s: the per-source budget did not hold"
     );
     // The socket is still full when the flooder stops: let the agent drain it first.
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use agent_support::TestClient;
-use agent_support::flood::{Flood, forged_initiation, udp_drops};
+use agent_support::flood::{Flood, flood_sources, forged_initiation, udp_drops};
 use shadowsteer::domain::{PeerIndex, SecretKey};
 use shadowsteer::tunnel::device::{
     Device, DeviceConfig, DeviceEvent, Inside, PeerCommand, SnapshotCause,
@@ -81,7 +81,7 @@ async fn timers_fire_while_a_flood_keeps_the_socket_readable() {
     assert!(client.echo(b"before").await);
 
     // Initiations with valid MAC1 from keys that are no peer (each costs the device a MAC
-    // check and, over the limit, a cookie reply: more than the flooder spends on it), and
+    // check and, over the limit, a cookie reply while the source's budget lasts), and
     // data for indexes nobody has.
     let mut datagrams: Vec<Vec<u8>> = (0..48)
         .map(|_| forged_initiation(&service.public_key(), &SecretKey::generate().public_key()))
@@ -93,7 +93,7 @@ async fn timers_fire_while_a_flood_keeps_the_socket_readable() {
         datagrams.push(d);
     }
     let drops_before = udp_drops(target.port()).unwrap_or(0);
-    let flood = Flood::start("127.0.0.2:0".parse().unwrap(), target, datagrams);
+    let flood = Flood::start(&flood_sources(), target, datagrams);
     let full = Instant::now();
     while udp_drops(target.port()).unwrap_or(0) == drops_before {
         assert!(

@@ -3,6 +3,7 @@
 //! - [`peer`] (pure): one peer's `Tunn` with its endpoint, counters, handshake times.
 //! - [`router`] (pure): which peer a datagram or inside packet belongs to; the shared handshake
 //!   rate limiter (cookie replies under load); what is dropped and why.
+//! - [`cookie_budget`] (pure): cookie replies per source address and second, bounded.
 //! - [`packet`] (pure): the IP/UDP/ICMP forms the echo responder and the probe stream use.
 //! - [`stats`]: counters shared with the telemetry tasks (atomics; the data plane never waits).
 //! - [`device`] (shell): the UDP socket, the inside (echo responder or TUN), timers, peer updates.
@@ -12,6 +13,7 @@
 //! configures itself through the `wg` control protocol; the agent's peers come from the
 //! database, and its receiver indexes must be the clients' stable peer indexes).
 
+pub mod cookie_budget;
 pub mod device;
 pub mod packet;
 pub mod peer;

@@ -52,6 +52,9 @@ pub enum DropReason {
     Spoofed,
     /// Under handshake load, from a sender that cannot answer cookies (no address).
     UnderLoad,
+    /// Under handshake load, without a valid cookie, from a source address that already had
+    /// its cookie replies this second (see `tunnel::cookie_budget`).
+    CookieBudget,
     /// Nowhere to send: the peer has no known endpoint yet.
     NoEndpoint,
     /// An inside packet for an address no peer has.
@@ -62,7 +65,7 @@ pub enum DropReason {
 
 impl DropReason {
     /// Every reason, for counters.
-    pub const ALL: [DropReason; 11] = [
+    pub const ALL: [DropReason; 12] = [
         Self::Malformed,
         Self::BadMac,
         Self::HandshakeFailed,
@@ -71,6 +74,7 @@ impl DropReason {
         Self::Decrypt,
         Self::Spoofed,
         Self::UnderLoad,
+        Self::CookieBudget,
         Self::NoEndpoint,
         Self::NoRoute,
         Self::Unexpected,
@@ -87,6 +91,7 @@ impl DropReason {
             Self::Decrypt => "decrypt",
             Self::Spoofed => "spoofed",
             Self::UnderLoad => "under_load",
+            Self::CookieBudget => "cookie_budget",
             Self::NoEndpoint => "no_endpoint",
             Self::NoRoute => "no_route",
             Self::Unexpected => "unexpected",

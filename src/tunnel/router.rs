@@ -8,6 +8,7 @@
 //! (upper 24 bits = the client's stable [`PeerIndex`]); initiations by the static key decrypted
 //! from them. Nothing here allocates per packet. The shared limiter is the only one that limits
 //! or issues cookies: the peers' own `Tunn`s only re-check MAC1 (see `Router::mac1_only`).
+//! Cookie replies to one source address are bounded per second ([`CookieBudget`]).
 //!
 //! Pure: no sockets. Drain rule as in [`super::peer`]: after a [`Routed::Send`] for a peer,
 //! call [`Router::flush`] until it returns [`Routed::Done`].
@@ -22,6 +23,7 @@ use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Packet, TunnResult};
 use boringtun::x25519;
 
+use super::cookie_budget::CookieBudget;
 use super::peer::{Action, DropReason, Peer, PeerSpec};
 use crate::domain::{PeerIndex, PublicKey, SecretKey};
 
@@ -76,6 +78,8 @@ pub struct Router {
     /// response skips the shared load limit (one each), so that taking over a thousand
     /// sessions at once is not answered with our own cookie replies.
     awaiting: std::collections::HashSet<PeerIndex>,
+    /// Cookie replies per source address: a flood from one address is not answered in full.
+    cookies: CookieBudget,
 }
 
 impl std::fmt::Debug for Router {
@@ -109,6 +113,7 @@ impl Router {
             by_ip: HashMap::new(),
             order: Vec::new(),
             awaiting: std::collections::HashSet::new(),
+            cookies: CookieBudget::default(),
         }
     }
 
@@ -227,6 +232,9 @@ impl Router {
         {
             Ok(p) => p,
             Err(TunnResult::WriteToNetwork(reply)) => {
+                if !self.cookies.allow(now, src.ip()) {
+                    return Routed::Drop(DropReason::CookieBudget);
+                }
                 let n = reply.len();
                 let Some(out) = dst.get_mut(..n) else {
                     return Routed::Drop(DropReason::Malformed);
@@ -538,31 +546,44 @@ mod tests {
         );
     }
 
+    /// Under load, handshakes without a cookie get cookie replies, as many per second as the
+    /// source's budget allows; the rest are dropped unanswered, and another source still gets
+    /// its cookies.
     #[test]
-    fn handshake_flood_gets_cookies() {
+    fn handshake_flood_gets_cookies_up_to_the_source_budget() {
         let mut router = Router::new(SecretKey::generate(), 5);
         let key = SecretKey::generate();
         router.upsert(spec(&key, 5, "10.77.0.2"));
         let mut client = client_for(&router, &key);
         let now = Instant::now();
-        let src: SocketAddr = "192.0.2.5:1000".parse().unwrap();
         let (mut buf, mut out) = (vec![0u8; 2048], vec![0u8; 2048]);
-        let mut cookies = 0;
-        for _ in 0..20 {
-            let Action::Send(init) = client.force_handshake(&mut buf) else {
-                panic!()
-            };
-            let init = init.to_vec();
-            if let Routed::Send {
-                bytes, peer: None, ..
-            } = router.handle_datagram(now, src, &init, &mut out)
-            {
-                assert_eq!(bytes.len(), COOKIE_REPLY_LEN);
-                assert_eq!(bytes[0], 3);
-                cookies += 1;
+        let mut flood = |router: &mut Router, src: SocketAddr, n: usize| {
+            let (mut cookies, mut over_budget) = (0, 0);
+            for _ in 0..n {
+                let Action::Send(init) = client.force_handshake(&mut buf) else {
+                    panic!()
+                };
+                let init = init.to_vec();
+                match router.handle_datagram(now, src, &init, &mut out) {
+                    Routed::Send {
+                        bytes, peer: None, ..
+                    } => {
+                        assert_eq!(bytes.len(), COOKIE_REPLY_LEN);
+                        assert_eq!(bytes[0], 3);
+                        cookies += 1;
+                    }
+                    Routed::Drop(DropReason::CookieBudget) => over_budget += 1,
+                    _ => {}
+                }
             }
-        }
-        assert!(cookies >= 14, "only {cookies} cookie replies");
+            (cookies, over_budget)
+        };
+        let flooder: SocketAddr = "192.0.2.5:1000".parse().unwrap();
+        let (cookies, over) = flood(&mut router, flooder, 40);
+        assert_eq!(cookies as u32, crate::tunnel::cookie_budget::PER_SECOND);
+        assert!(over >= 20, "only {over} dropped over the budget");
+        let other: SocketAddr = "198.51.100.9:1000".parse().unwrap();
+        assert_eq!(flood(&mut router, other, 1), (1, 0));
     }
 
     /// Under load, one cookie lets a client through however often it handshakes: the shared

@@ -76,17 +76,17 @@ pub fn forged_initiation(responder: &PublicKey, named: &PublicKey) -> Vec<u8> {
     msg
 }
 
-/// Datagrams sent to one target as fast as one thread can, until stopped.
+/// Datagrams sent to one target as fast as one thread per source address can, until stopped.
 pub struct Flood {
     stop: Arc<AtomicBool>,
-    thread: JoinHandle<u64>,
+    threads: Vec<JoinHandle<u64>>,
     started: Instant,
 }
 
 /// What a flood achieved.
 #[derive(Debug, Clone, Copy)]
 pub struct FloodReport {
-    /// Datagrams the kernel took from the flooder.
+    /// Datagrams the kernel took from the flooders.
     pub sent: u64,
     /// How long it ran.
     pub elapsed: Duration,
@@ -99,27 +99,44 @@ impl FloodReport {
     }
 }
 
+/// Two loopback sources other than the clients' (127.0.0.1), so that their cookies are not
+/// the clients'. Two threads keep a socket full even when the listener drops most of the
+/// flood cheaply (one flooder no longer could once cookie replies were bounded per source).
+pub fn flood_sources() -> Vec<SocketAddr> {
+    vec![
+        "127.0.0.2:0".parse().unwrap(),
+        "127.0.0.3:0".parse().unwrap(),
+    ]
+}
+
 impl Flood {
-    /// Starts sending `datagrams` round-robin to `target` from `from` (another loopback
-    /// address than the clients', so that its cookies are not theirs), with no pause.
-    pub fn start(from: SocketAddr, target: SocketAddr, datagrams: Vec<Vec<u8>>) -> Self {
-        let socket = UdpSocket::bind(from).expect("bind flooder");
+    /// Starts sending `datagrams` round-robin to `target` from each of `sources` (a thread
+    /// each), with no pause.
+    pub fn start(sources: &[SocketAddr], target: SocketAddr, datagrams: Vec<Vec<u8>>) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&stop);
-        let thread = std::thread::spawn(move || {
-            let mut sent = 0u64;
-            while !flag.load(Ordering::Relaxed) {
-                for d in &datagrams {
-                    if socket.send_to(d, target).is_ok() {
-                        sent += 1;
+        let datagrams = Arc::new(datagrams);
+        let threads = sources
+            .iter()
+            .map(|from| {
+                let socket = UdpSocket::bind(from).expect("bind flooder");
+                let flag = Arc::clone(&stop);
+                let datagrams = Arc::clone(&datagrams);
+                std::thread::spawn(move || {
+                    let mut sent = 0u64;
+                    while !flag.load(Ordering::Relaxed) {
+                        for d in datagrams.iter() {
+                            if socket.send_to(d, target).is_ok() {
+                                sent += 1;
+                            }
+                        }
                     }
-                }
-            }
-            sent
-        });
+                    sent
+                })
+            })
+            .collect();
         Self {
             stop,
-            thread,
+            threads,
             started: Instant::now(),
         }
     }
@@ -127,7 +144,11 @@ impl Flood {
     /// Stops the flood.
     pub fn stop(self) -> FloodReport {
         self.stop.store(true, Ordering::Relaxed);
-        let sent = self.thread.join().expect("flooder panicked");
+        let sent = self
+            .threads
+            .into_iter()
+            .map(|t| t.join().expect("flooder panicked"))
+            .sum();
         FloodReport {
             sent,
             elapsed: self.started.elapsed(),
