@@ -4,9 +4,11 @@
 //! flood from one address would make the listener spend a send on each of its datagrams: that
 //! halves how fast it drains its socket (so the kernel drops more of the real clients'
 //! initiations) and reflects as many replies at whoever the source claims to be. A client needs
-//! one cookie per handshake attempt (one per 5 s retransmit), so a few per second per address
-//! are plenty; beyond that the message is dropped unanswered and the client's next attempt gets
-//! its cookie. Addresses (IPv4 /32, IPv6 /64) share buckets through a hash keyed at random per
+//! one cookie per handshake attempt (one per 5 s retransmit); an address shared by many clients
+//! (a carrier-grade NAT) needs more, and Linux's WireGuard lets one address complete at most 20
+//! handshakes per second under load anyway, so 50 cookie replies per address and second limit
+//! no one that could use them. Beyond that the message is dropped unanswered and the client's
+//! next attempt gets its cookie. Addresses (IPv4 /32, IPv6 /64) share buckets through a hash keyed at random per
 //! process, so an attacker cannot aim at the bucket of a client it does not share an address
 //! with.
 //!
@@ -18,7 +20,7 @@ use std::net::IpAddr;
 use std::time::Instant;
 
 /// Cookie replies per source address and second.
-pub const PER_SECOND: u32 = 10;
+pub const PER_SECOND: u32 = 50;
 
 /// Buckets shared by all source addresses.
 pub const BUCKETS: usize = 4096;
