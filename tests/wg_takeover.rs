@@ -597,3 +597,114 @@ async fn client_helper_standby_session_make_before_break() {
     assert_eq!(last.0, shadow_ep, "{r}");
     assert!(last.1 == "silence" || last.1 == "takeover", "{r}");
 }
+
+/// After a crash and takeover the helper's standby session is the one it had with the crashed
+/// appliance, which loses every session when it restarts. Failback onto it (steering names it
+/// again: DNS and the decision) must not send traffic on that dead session: nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_helper_fails_back_without_loss_after_a_crash_and_restart() {
+    let Some((w, mut primary, shadow)) = world_with("hf", false).await else {
+        return;
+    };
+    let sock = tokio::net::UdpSocket::bind("10.214.0.1:0").await.unwrap();
+    let dns = agent_support::TestDns::start(sock, "alice.c.vpn.test", Stage::ip(PRIMARY), 1).await;
+    dns.set_standby(Some(Stage::ip(SHADOW)));
+    let primary_ep = format!("{}:{WG_PORT}", Stage::ip(PRIMARY));
+    let spec = wg_support::HelperSpec {
+        dir: w.dir.path(),
+        ns: &w.client_ns,
+        key: &w.client_key,
+        service: w.service.public_key(),
+        zone: "vpn.test",
+        resolver: dns.addr,
+        extra: "min_ttl = \"1s\"\ntakeover_hold = \"2s\"",
+    };
+    const SECS: u64 = 20;
+    let started = Instant::now();
+    let mut failback_at = Duration::ZERO;
+    let mut restarted = None;
+    let r = wg_support::helper_run(&spec, SECS, 3, || async {
+        primary.kill9();
+        wait_for(
+            Duration::from_secs(10),
+            "the shadow holds after the crash",
+            || async {
+                holder(&w.db, "alice")
+                    .await
+                    .filter(|(h, _)| h == "us-1")
+                    .map(|_| ())
+            },
+        )
+        .await;
+        // Steering noticed: DNS names the shadow; the primary is nobody's standby while down.
+        dns.set(Stage::ip(SHADOW));
+        dns.set_standby(None);
+        restarted = Some(
+            Agent::start(
+                &w.stage,
+                PRIMARY,
+                w.dir.path(),
+                "primary",
+                &agent_text("eu-1", PRIMARY, &w.service_key, &w.relay_url, ""),
+            )
+            .await,
+        );
+        shadow
+            .wait_log("group peer sends heartbeats again", 1)
+            .await;
+        dns.set_standby(Some(Stage::ip(PRIMARY)));
+        // Past the helper's hold after the takeover, the primary's risk low again: failback.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        dns.set(Stage::ip(PRIMARY));
+        dns.set_standby(Some(Stage::ip(SHADOW)));
+        decide(&w.db, "alice", "us-1", "eu-1").await;
+        failback_at = started.elapsed();
+    })
+    .await;
+    let lost_at: Vec<u64> = r["probe"]["lost_at_ms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    let failback_ms = u64::try_from(failback_at.as_millis()).unwrap();
+    // The helper's stream starts after the process does: a probe lost at the failback has a
+    // stream time a little below the test's; the crash's losses are seconds earlier.
+    let after: Vec<u64> = lost_at
+        .iter()
+        .copied()
+        .filter(|t| *t + 500 >= failback_ms)
+        .collect();
+    eprintln!(
+        "helper, failback {failback_ms} ms after start, after a crash and restart: {} {:?}; \
+         lost at {lost_at:?}",
+        r["probe"],
+        vias(&r)
+    );
+    assert!(
+        failback_ms + 4000 < SECS * 1000,
+        "the failback came too late to be measured: {failback_ms} ms"
+    );
+    common::record_measure("failback_after_restart_lost_helper", after.len() as f64);
+    assert!(
+        after.is_empty(),
+        "failback after a restart lost probes sent at {after:?} ms: {r}"
+    );
+    assert_eq!(
+        vias(&r).last().map(|v| v.0.clone()),
+        Some(primary_ep),
+        "{r}"
+    );
+    wait_for(
+        Duration::from_secs(10),
+        "the primary holds again",
+        || async {
+            holder(&w.db, "alice")
+                .await
+                .filter(|(h, _)| h == "eu-1")
+                .map(|_| ())
+        },
+    )
+    .await;
+    drop(restarted);
+}

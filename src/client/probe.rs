@@ -29,6 +29,10 @@ const MAX_SEQ: u64 = 1 << 31;
 /// Unsettled probes kept; a caller that never settles settles the oldest implicitly.
 const MAX_PENDING: usize = 1 << 20;
 
+/// Lost probes whose send times are reported (16 bytes each): enough to place every loss of a
+/// test or a demo in time; a stream that loses more reports the first ones.
+const MAX_LOST_LISTED: usize = 10_000;
+
 /// The stream's state.
 #[derive(Debug)]
 pub struct ProbeStream {
@@ -49,6 +53,8 @@ pub struct ProbeStream {
     longest_gap: Duration,
     run_lost: u64,
     max_run_lost: u64,
+    /// (sequence number, send time in nanoseconds from start) of lost probes, by sequence.
+    lost_listed: Vec<(u64, u64)>,
     rtt_us: Vec<u32>,
     rtt_sum_us: u128,
     rtt_min_us: u32,
@@ -120,6 +126,9 @@ pub struct StreamReport {
     pub longest_gap_ms: f64,
     /// Most consecutive probes lost.
     pub max_consecutive_lost: u64,
+    /// When each lost probe was sent, in milliseconds from the stream's start (the first
+    /// 10,000 losses): which move of the tunnel cost what.
+    pub lost_at_ms: Vec<u64>,
     /// Round trips; absent when nothing was answered.
     pub rtt_ms: Option<RttStats>,
 }
@@ -147,6 +156,7 @@ impl ProbeStream {
             longest_gap: Duration::ZERO,
             run_lost: 0,
             max_run_lost: 0,
+            lost_listed: Vec::new(),
             rtt_us: Vec::new(),
             rtt_sum_us: 0,
             rtt_min_us: u32::MAX,
@@ -225,6 +235,9 @@ impl ProbeStream {
             // Counted lost at settlement; it came after all.
             self.late += 1;
             self.lost = self.lost.saturating_sub(1);
+            if let Ok(i) = self.lost_listed.binary_search_by_key(&seq, |(s, _)| *s) {
+                self.lost_listed.remove(i);
+            }
         }
         if let Some(prev) = self.last_reply {
             self.longest_gap = self.longest_gap.max(now.saturating_duration_since(prev));
@@ -249,12 +262,15 @@ impl ProbeStream {
     }
 
     fn settle_one(&mut self) {
-        if self.pending.pop_front().is_none() {
+        let Some(sent) = self.pending.pop_front() else {
             return;
-        }
+        };
         if self.is_received(self.settled) {
             self.run_lost = 0;
         } else {
+            if self.lost_listed.len() < MAX_LOST_LISTED {
+                self.lost_listed.push((self.settled, sent));
+            }
             self.lost += 1;
             self.run_lost += 1;
             self.max_run_lost = self.max_run_lost.max(self.run_lost);
@@ -332,6 +348,11 @@ impl ProbeStream {
             },
             longest_gap_ms: self.longest_gap.as_secs_f64() * 1000.0,
             max_consecutive_lost: self.max_run_lost,
+            lost_at_ms: self
+                .lost_listed
+                .iter()
+                .map(|(_, sent)| sent / 1_000_000)
+                .collect(),
             rtt_ms,
         }
     }
@@ -365,9 +386,15 @@ mod tests {
         s.settle(t0 + ms(700));
         let r = s.report();
         assert_eq!((r.sent, r.received, r.lost, r.in_flight), (10, 6, 4, 0));
+        assert_eq!(r.lost_at_ms, vec![40, 50, 60, 80]);
         assert!(s.handle_reply(t0 + ms(80 + 900), &probes[8]));
         let r = s.report();
         assert_eq!((r.received, r.lost, r.late, r.duplicates), (7, 3, 1, 1));
+        assert_eq!(
+            r.lost_at_ms,
+            vec![40, 50, 60],
+            "a late probe is no longer listed"
+        );
         assert_eq!(r.max_consecutive_lost, 3);
         // Gaps: 33→73 is 40 ms, 73→93 is 20 ms, 93→980 is 887 ms.
         assert!(

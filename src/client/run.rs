@@ -121,16 +121,19 @@ struct State {
     left: Option<(IpAddr, Instant)>,
     /// When the standby's handshake was last started.
     standby_started: Option<Instant>,
-    /// After a switch on silence, the appliance left behind is a standby again only once a
-    /// handshake with it completes after this time.
+    /// After a switch on silence or a takeover, the appliance left behind may have failed and
+    /// lost its sessions (a restart): it is a standby again only once a handshake with it
+    /// completes after this time.
     standby_suspect_until_handshake: Option<Instant>,
+    /// The last endpoint the per-client name answered, while it is the untrusted standby's:
+    /// the move waits for the standby's fresh handshake.
+    dns_wants: Option<SocketAddr>,
+    /// The client's key, for a fresh session with an appliance that lost ours.
+    key: SecretKey,
     silence: Silence,
     /// Where an embedding program watches the stream (the demo).
     timeline: Option<Arc<Timeline>>,
 }
-
-/// How long a DNS answer naming the appliance a takeover moved us away from is ignored.
-const TAKEOVER_HOLD: Duration = Duration::from_secs(30);
 
 impl State {
     fn standby_slot(&self) -> usize {
@@ -168,6 +171,15 @@ impl State {
                     self.report.standby_handshakes += 1;
                     self.report.standby = endpoint;
                     tracing::info!(?endpoint, "standby session ready");
+                    let now = Instant::now();
+                    if endpoint.is_some()
+                        && self.dns_wants == endpoint
+                        && self.standby_trusted()
+                        && self.standby_ready(now)
+                    {
+                        self.dns_wants = None;
+                        self.switch(now, Switch::Dns);
+                    }
                 }
             }
             // An appliance of the group initiated from a new address: a takeover.
@@ -195,21 +207,50 @@ impl State {
             && s.is_active(now)
     }
 
+    /// Whether the standby session still exists on its appliance, as far as we can tell: not
+    /// left behind by a takeover or a silence, or handshaken since.
+    fn standby_trusted(&self) -> bool {
+        let s = &self.peers[self.standby_slot()];
+        self.standby_suspect_until_handshake
+            .is_none_or(|t| s.last_handshake().is_some_and(|h| h > t))
+    }
+
+    /// Renews the standby's handshake if it is untrusted, at most once a second.
+    fn revive_standby(&mut self, now: Instant) {
+        let recent = self
+            .standby_started
+            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1));
+        if !self.standby_trusted() && !recent {
+            self.refresh_standby(now);
+        }
+    }
+
     /// The per-client name answered `endpoint`.
     fn adopt(&mut self, now: Instant, endpoint: SocketAddr) {
+        self.dns_wants = None;
         if self.peers[self.active].endpoint() == Some(endpoint) {
             return;
         }
-        if self
-            .left
-            .is_some_and(|(ip, at)| ip == endpoint.ip() && now.duration_since(at) < TAKEOVER_HOLD)
-        {
+        if self.left.is_some_and(|(ip, at)| {
+            ip == endpoint.ip() && now.duration_since(at) < self.cfg.client.takeover_hold.0
+        }) {
             tracing::debug!(%endpoint, "DNS still names the appliance a takeover left; staying");
             return;
         }
-        if self.peers[self.standby_slot()].endpoint() == Some(endpoint) && self.standby_ready(now) {
-            self.switch(now, Switch::Dns);
-            return;
+        if self.peers[self.standby_slot()].endpoint() == Some(endpoint) {
+            if self.standby_trusted() && self.standby_ready(now) {
+                self.switch(now, Switch::Dns);
+                return;
+            }
+            if self.standby_ready(now) || self.peers[self.active].is_active(now) {
+                // Make before break: the session we hold may be gone on that appliance
+                // (it restarted); the move waits for a fresh handshake, on the current
+                // session meanwhile.
+                tracing::info!(%endpoint, "renewing the standby session before moving to it");
+                self.dns_wants = Some(endpoint);
+                self.revive_standby(now);
+                return;
+            }
         }
         let from = self.peers[self.active].endpoint();
         self.peers[self.active].set_endpoint(endpoint);
@@ -224,9 +265,11 @@ impl State {
     fn adopt_standby(&mut self, now: Instant, endpoint: SocketAddr) {
         let s = self.standby_slot();
         // Right after a switch DNS may still name the appliance we now use as the standby.
-        if self.peers[self.active].endpoint() == Some(endpoint)
-            || self.peers[s].endpoint() == Some(endpoint)
-        {
+        if self.peers[self.active].endpoint() == Some(endpoint) {
+            return;
+        }
+        if self.peers[s].endpoint() == Some(endpoint) {
+            self.revive_standby(now);
             return;
         }
         tracing::info!(%endpoint, "setting up a standby session");
@@ -265,9 +308,10 @@ impl State {
         {
             self.left = Some((f.ip(), now));
         }
-        if why == Switch::Silence {
+        if why != Switch::Dns {
             self.standby_suspect_until_handshake = Some(now);
         }
+        self.dns_wants = None;
         self.record(now, to, via);
         tracing::info!(?from, %to, via, "switched to the standby session");
         // Traffic goes out on the established session at once. A fresh handshake follows
@@ -283,11 +327,7 @@ impl State {
 
     /// The active appliance was silent for too long.
     fn on_silence(&mut self, now: Instant) {
-        let s = self.standby_slot();
-        let trusted = self
-            .standby_suspect_until_handshake
-            .is_none_or(|t| self.peers[s].last_handshake().is_some_and(|h| h > t));
-        if self.standby_ready(now) && trusted {
+        if self.standby_ready(now) && self.standby_trusted() {
             tracing::warn!("the appliance stopped answering; switching to the standby session");
             self.switch(now, Switch::Silence);
         } else {
@@ -329,6 +369,15 @@ impl State {
             endpoint: self.peers[i].endpoint(),
         });
         let slot = route(datagram, src, &slots, self.active);
+        if slot != self.active && datagram.first() == Some(&1) && !self.standby_trusted() {
+            // The appliance we left initiates: it takes the session back, and it may have
+            // restarted since our last session with it. A responder uses a new session only
+            // after the initiator's first packet; until then boringtun would keep sending on
+            // the old one, which such an appliance drops. A fresh peer has no old session: it
+            // queues those packets instead.
+            self.peers[slot] = make_peer(&self.cfg, &self.key, self.appliance, self.indexes[slot]);
+            self.peers[slot].set_endpoint(src);
+        }
         let mut inside = None;
         let mut heard = false;
         let mut initiated = false;
@@ -429,24 +478,27 @@ fn peers(cfg: &ClientConfig, key: &SecretKey, appliance: IpAddr) -> ([Peer; 2], 
     // The helper's own indexes only name its sessions locally; any 24-bit values work.
     let first = rand::random::<u32>() % (PeerIndex::MAX - 1) + 1;
     let indexes = [first, first + 1];
-    let make = |i: u32| {
-        let index = PeerIndex::new(i64::from(i)).expect("1..=PeerIndex::MAX is a valid peer index");
-        let mut peer = Peer::new(
-            key,
-            PeerSpec {
-                index,
-                public_key: cfg.client.service_public_key,
-                tunnel_ip: appliance,
-                keepalive: cfg
-                    .client
-                    .keepalive
-                    .map(|k| u16::try_from(k.0.as_secs()).unwrap_or(u16::MAX)),
-            },
-        );
-        peer.pin_endpoint();
-        peer
-    };
+    let make = |i: u32| make_peer(cfg, key, appliance, i);
     ([make(indexes[0]), make(indexes[1])], indexes)
+}
+
+/// One session's peer, with local index `index` (1..`PeerIndex::MAX`).
+fn make_peer(cfg: &ClientConfig, key: &SecretKey, appliance: IpAddr, index: u32) -> Peer {
+    let index = PeerIndex::new(i64::from(index)).expect("1..=PeerIndex::MAX is a valid peer index");
+    let mut peer = Peer::new(
+        key,
+        PeerSpec {
+            index,
+            public_key: cfg.client.service_public_key,
+            tunnel_ip: appliance,
+            keepalive: cfg
+                .client
+                .keepalive
+                .map(|k| u16::try_from(k.0.as_secs()).unwrap_or(u16::MAX)),
+        },
+    );
+    peer.pin_endpoint();
+    peer
 }
 
 /// One lookup round: the per-client name and, with a standby, the standby name.
@@ -629,6 +681,8 @@ pub async fn run_recorded(
         left: None,
         standby_started: None,
         standby_suspect_until_handshake: None,
+        dns_wants: None,
+        key,
         silence: Silence::default(),
         timeline,
         cfg,

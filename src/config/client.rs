@@ -115,6 +115,10 @@ pub struct ClientSection {
     /// DNS and on the shadow group's takeover initiation.
     #[serde(default = "default_switch_after")]
     pub switch_after: Duration,
+    /// After a takeover or a switch on silence, DNS naming the appliance left is not followed
+    /// for this long (steering needs a few seconds to notice the failure).
+    #[serde(default = "default_takeover_hold")]
+    pub takeover_hold: Duration,
 }
 
 fn default_client_label() -> String {
@@ -146,6 +150,9 @@ fn default_standby_refresh() -> Duration {
 }
 fn default_switch_after() -> Duration {
     Duration(std::time::Duration::from_millis(100))
+}
+fn default_takeover_hold() -> Duration {
+    Duration(std::time::Duration::from_secs(30))
 }
 
 /// `[tunnel]` of the client.
@@ -269,6 +276,9 @@ impl Validate for ClientConfig {
         }
         if c.switch_after.0 > std::time::Duration::from_secs(60) {
             problems.push("client.switch_after", "must be at most 60s");
+        }
+        if c.takeover_hold.0 > std::time::Duration::from_secs(3600) {
+            problems.push("client.takeover_hold", "must be at most 1h");
         }
         let t = &self.tunnel;
         if !t.network.contains(t.address) {
