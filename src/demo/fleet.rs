@@ -599,22 +599,33 @@ impl Fleet {
                 let first = e.first().map(ToString::to_string).unwrap_or_default();
                 anyhow!("client configuration: {first}")
             })?;
-        let timeline = Arc::new(Timeline::default());
-        let t = Arc::clone(&timeline);
-        let stop = self.clients_stop.clone();
-        let who = id.to_owned();
-        let task = tokio::spawn(async move {
+        self.track_client(id, primary, move |t, stop, who| async move {
             if let Err(e) = crate::client::run::run_recorded(cfg, key, stop, Some(t)).await {
                 tracing::error!(client = %who, "client helper stopped: {e}");
             }
         });
+        Ok(())
+    }
+
+    /// Spawns a client's probe stream (`run` gets its timeline, the stop token and its id) and
+    /// keeps track of it for the report.
+    fn track_client<F, Fut>(&mut self, id: &str, primary: &str, run: F)
+    where
+        F: FnOnce(Arc<Timeline>, CancellationToken, String) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let timeline = Arc::new(Timeline::default());
+        let task = tokio::spawn(run(
+            Arc::clone(&timeline),
+            self.clients_stop.clone(),
+            id.to_owned(),
+        ));
         self.clients.push(DemoClient {
             id: id.to_owned(),
             primary: primary.to_owned(),
             timeline,
             task,
         });
-        Ok(())
     }
 
     fn start_stock_client(
@@ -636,20 +647,10 @@ impl Fleet {
             bail!("stock clients without their network");
         };
         let ns = net.start_client(k, &key_file, &service.public_key(), endpoint, tunnel_ip)?;
-        let timeline = Arc::new(Timeline::default());
-        let t = Arc::clone(&timeline);
-        let stop = self.clients_stop.clone();
-        let who = id.to_owned();
-        let task = tokio::spawn(async move {
+        self.track_client(id, primary, move |t, stop, who| async move {
             if let Err(e) = stock::probe(ns, tunnel_ip, t, stop).await {
                 tracing::error!(client = %who, "probe stream stopped: {e:#}");
             }
-        });
-        self.clients.push(DemoClient {
-            id: id.to_owned(),
-            primary: primary.to_owned(),
-            timeline,
-            task,
         });
         Ok(())
     }
