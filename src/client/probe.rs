@@ -14,6 +14,10 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+/// Where probes go inside the tunnel: the echo port (RFC 862) of the appliance's tunnel
+/// address, which the agent's `echo` inside mode answers (as does any echo service).
+pub const ECHO_PORT: u16 = 7;
+
 /// Bytes at the start of every probe: magic, sequence number, send time.
 pub const HEADER_LEN: usize = 20;
 

@@ -23,7 +23,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use super::probe::{ProbeStream, StreamReport};
+use super::probe::{ECHO_PORT, ProbeStream, StreamReport};
 use super::resolve::{self, ResolveError};
 use super::standby::{Silence, Slot, route, switch_after};
 use super::timeline::Timeline;
@@ -39,8 +39,6 @@ use crate::tunnel::tun::Tun;
 const PROBE_PORT: u16 = 40_007;
 /// Local UDP port reports are sent from.
 const REPORT_SRC_PORT: u16 = 40_008;
-/// Port of the echo responder.
-const ECHO_PORT: u16 = 7;
 
 /// Why the helper could not run.
 #[derive(Debug, thiserror::Error)]

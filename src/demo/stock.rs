@@ -26,8 +26,6 @@ use crate::domain::{PublicKey, SecretKey};
 
 /// The appliance tunnel address the echo responder answers on (first host of 10.77.0.0/16).
 const APPLIANCE_TUNNEL_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
-/// The agent's echo port inside the tunnel.
-const ECHO_PORT: u16 = 7;
 
 /// Why stock clients cannot run here, if they cannot.
 pub fn unavailable() -> Option<String> {
@@ -233,7 +231,10 @@ pub async fn probe(
     let std_socket = socket_in(&ns, SocketAddr::from((tunnel_ip, 0)))?;
     let socket = tokio::net::UdpSocket::from_std(std_socket)?;
     socket
-        .connect(SocketAddr::from((APPLIANCE_TUNNEL_IP, ECHO_PORT)))
+        .connect(SocketAddr::from((
+            APPLIANCE_TUNNEL_IP,
+            crate::client::probe::ECHO_PORT,
+        )))
         .await?;
     let mut stream = ProbeStream::new(Instant::now(), 64, LOSS_TIMEOUT);
     let mut tick = tokio::time::interval(Duration::from_secs(1) / PROBE_RATE);
