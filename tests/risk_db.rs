@@ -368,3 +368,114 @@ async fn train_from_the_database() {
         "precursor labels travel through the database"
     );
 }
+
+/// Starts a live scorer of region `eu` (200 ms rounds) on `pool`.
+fn start_scorer(
+    pool: &sqlx::PgPool,
+    model: &Arc<Model>,
+) -> (
+    watch::Receiver<Arc<LiveSnapshot>>,
+    CancellationToken,
+    tokio::task::JoinHandle<()>,
+) {
+    let (tx, rx) = watch::channel(Arc::new(LiveSnapshot::default()));
+    let settings = RiskSection {
+        interval: shadowsteer::config::Duration(Duration::from_millis(200)),
+        ..RiskSection::default()
+    };
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(live::run(
+        pool.clone(),
+        Arc::clone(model),
+        settings,
+        RegionId::new("eu").unwrap(),
+        tx,
+        shutdown.clone(),
+    ));
+    (rx, shutdown, task)
+}
+
+/// Two `serve` instances of one region: one scores, the other stands by (writing nothing)
+/// and takes over when the first dies (after the lease expires) or stops (at once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_scorer_per_region_and_takeover_when_it_stops() {
+    let db = common::test_db().await;
+    let now = Utc::now();
+    let mut h = Vec::new();
+    for s in 1..=120 {
+        h.push(health("eu-1", now - chrono::Duration::seconds(s)));
+    }
+    shadowsteer::store::telemetry::insert_health(&db.pool, &h)
+        .await
+        .unwrap();
+    let model_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/default.json");
+    let model = Arc::new(Model::load(&model_path).expect("the shipped default model loads"));
+    let wait = Duration::from_secs(15);
+
+    let (mut a, _a_stop, a_task) = start_scorer(&db.pool, &model);
+    tokio::time::timeout(wait, a.wait_for(|s| s.leading && s.rounds >= 1))
+        .await
+        .expect("the first scorer leads")
+        .unwrap();
+    let (mut b, b_stop, b_task) = start_scorer(&db.pool, &model);
+    let rounds_a = a.borrow().rounds;
+    tokio::time::timeout(wait, a.wait_for(|s| s.rounds >= rounds_a + 5))
+        .await
+        .expect("the leader keeps scoring")
+        .unwrap();
+    {
+        let s = b.borrow();
+        assert!(!s.leading, "two scorers lead one region");
+        assert_eq!((s.rounds, s.writes), (0, 0), "the standby scored");
+        assert!(
+            s.lease_holder.is_some(),
+            "the standby does not say who scores"
+        );
+    }
+    let (holder, _) = shadowsteer::store::scorer_lease::holder(&db.pool, "eu")
+        .await
+        .unwrap()
+        .expect("a lease row");
+    assert_eq!(b.borrow().lease_holder.as_deref(), Some(holder.as_str()));
+
+    // The leader dies without a word: the standby takes over once the lease expires (2 s).
+    let died = std::time::Instant::now();
+    a_task.abort();
+    tokio::time::timeout(wait, b.wait_for(|s| s.leading && s.rounds >= 1))
+        .await
+        .expect("the standby takes over")
+        .unwrap();
+    let took_over = died.elapsed();
+    assert!(
+        took_over >= Duration::from_millis(1500),
+        "the standby took a lease that had not expired: {took_over:?}"
+    );
+
+    // A new server stands by; the leader stops cleanly and hands over at once.
+    let (mut c, c_stop, c_task) = start_scorer(&db.pool, &model);
+    tokio::time::timeout(wait, c.wait_for(|s| s.lease_holder.is_some()))
+        .await
+        .expect("the new server stands by")
+        .unwrap();
+    assert!(!c.borrow().leading);
+    let stopped = std::time::Instant::now();
+    b_stop.cancel();
+    b_task.await.unwrap();
+    tokio::time::timeout(wait, c.wait_for(|s| s.leading && s.rounds >= 1))
+        .await
+        .expect("the standby takes over after a clean stop")
+        .unwrap();
+    eprintln!(
+        "scorer lease: takeover after the leader died {took_over:?}, after a clean stop {:?}",
+        stopped.elapsed()
+    );
+    c_stop.cancel();
+    c_task.await.unwrap();
+    assert!(
+        shadowsteer::store::scorer_lease::holder(&db.pool, "eu")
+            .await
+            .unwrap()
+            .is_none(),
+        "a clean stop releases the lease"
+    );
+}

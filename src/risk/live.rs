@@ -8,6 +8,10 @@
 //! then notifies the steering server. A database error skips the round and is reported in the
 //! snapshot; the next round retries. After an error the telemetry is re-read from the window's
 //! start, so nothing inserted meanwhile is missed.
+//!
+//! One scorer per region: each round first takes or renews the region's lease in the database
+//! (`store::scorer_lease`); a server that does not hold it stands by and says who scores. The
+//! one that takes the lease over starts from the stored scores, as after a restart.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -23,7 +27,7 @@ use super::fleet::{Fleet, SubjectKind, SubjectScore};
 use super::model::Model;
 use crate::config::RiskSection;
 use crate::domain::RegionId;
-use crate::store::{StoreError, risk as db};
+use crate::store::{StoreError, risk as db, scorer_lease};
 
 /// Rows can arrive this late (agents batch their inserts); each round re-reads this much.
 const LATE_S: i64 = 10;
@@ -53,6 +57,10 @@ pub struct LiveSnapshot {
     pub last_scoring_ms: f64,
     /// The last round's error, if it failed.
     pub last_error: Option<String>,
+    /// Whether this server holds the region's scorer lease (scores and writes).
+    pub leading: bool,
+    /// Who holds the lease when another server does.
+    pub lease_holder: Option<String>,
 }
 
 impl LiveSnapshot {
@@ -80,6 +88,11 @@ impl LiveSnapshot {
             "shadowsteer_risk_writes",
             "Score rows written (only scores that moved by more than epsilon).",
             self.writes,
+        )?;
+        out.gauge(
+            "shadowsteer_risk_scorer_leading",
+            "1 when this server holds its region's scorer lease (it scores), 0 when it stands by.",
+            if self.leading { 1.0 } else { 0.0 },
         )?;
         out.gauge(
             "shadowsteer_risk_scoring_seconds",
@@ -137,6 +150,7 @@ impl crate::metrics::Collector for LiveMetrics {
     }
 }
 
+#[derive(Default)]
 struct Round {
     fleet: Fleet,
     /// Telemetry was read up to (exclusive) this time.
@@ -147,9 +161,10 @@ struct Round {
     baseline_seeded: bool,
 }
 
-/// Runs until `shutdown`: scores every `settings.interval` and publishes to `snapshot`.
-/// `region` is this server's region: only its subjects' rows are written. Never fails: with
-/// the database away it keeps retrying every round and says so in the snapshot.
+/// Runs until `shutdown`: scores every `settings.interval` while it holds the region's scorer
+/// lease, and publishes to `snapshot`. `region` is this server's region: only its subjects'
+/// rows are written. Never fails: with the database away it keeps retrying every round and
+/// says so in the snapshot.
 pub async fn run(
     pool: PgPool,
     model: Arc<Model>,
@@ -158,35 +173,9 @@ pub async fn run(
     snapshot: watch::Sender<Arc<LiveSnapshot>>,
     shutdown: CancellationToken,
 ) {
-    let now = Utc::now().timestamp();
-    // What is already stored, so a restart does not rewrite every score. Without it (database
-    // away at start) the first successful round writes everything once, which is also correct.
-    let stored = match db::stored_scores(&pool, region.as_str()).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot read stored risk scores; will write all once");
-            Default::default()
-        }
-    };
-    let mut round = Round {
-        fleet: Fleet::new(),
-        read_to: None,
-        rewrite_all: false,
-        baseline_seeded: false,
-    };
-    for ((kind, subject), (score, version)) in stored {
-        if version != model.version {
-            round.rewrite_all = true;
-        }
-        let kind = if kind == "path" {
-            SubjectKind::Path
-        } else {
-            SubjectKind::Appliance
-        };
-        round
-            .fleet
-            .handle_stored(kind, &subject, region.as_str(), score, now);
-    }
+    let holder = lease_holder_name();
+    let ttl = lease_ttl(settings.interval.0);
+    let mut round = Round::default();
     let mut state = LiveSnapshot {
         model_version: model.version.clone(),
         threshold: model.threshold,
@@ -197,8 +186,37 @@ pub async fn run(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            () = shutdown.cancelled() => return,
+            () = shutdown.cancelled() => break,
             _ = ticker.tick() => {}
+        }
+        match scorer_lease::acquire(&pool, region.as_str(), &holder, ttl).await {
+            Ok(true) if !state.leading => {
+                tracing::info!(%holder, region = %region, "scoring the region (scorer lease taken)");
+                round = first_round(&pool, &model, &region).await;
+                state.leading = true;
+                state.lease_holder = None;
+            }
+            Ok(true) => {}
+            Ok(false) => {
+                if state.leading {
+                    tracing::warn!(%holder, "scorer lease lost; standing by");
+                }
+                state.leading = false;
+                state.lease_holder = scorer_lease::holder(&pool, region.as_str())
+                    .await
+                    .ok()
+                    .flatten()
+                    .map(|(h, _)| h);
+                snapshot.send_replace(Arc::new(state.clone()));
+                continue;
+            }
+            Err(e) => {
+                state.failed_rounds += 1;
+                state.last_error = Some(e.to_string());
+                tracing::warn!(error = %e, "cannot take the scorer lease; retrying next round");
+                snapshot.send_replace(Arc::new(state.clone()));
+                continue;
+            }
         }
         let now = Utc::now();
         match run_round(&pool, &model, &settings, &region, round, now).await {
@@ -221,6 +239,61 @@ pub async fn run(
         }
         snapshot.send_replace(Arc::new(state.clone()));
     }
+    if state.leading {
+        // Hand over at once rather than when the lease expires.
+        if let Err(e) = scorer_lease::release(&pool, region.as_str(), &holder).await {
+            tracing::warn!(error = %e, "cannot release the scorer lease; it expires by itself");
+        }
+    }
+}
+
+/// This server's name in the lease: host, process and a random part (a restarted process,
+/// or two scorers in one process, never share a name).
+fn lease_holder_name() -> String {
+    let host: String = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().chars().take(64).collect())
+        .unwrap_or_default();
+    format!(
+        "{}:{}:{:08x}",
+        if host.is_empty() { "serve" } else { &host },
+        std::process::id(),
+        rand::random::<u32>()
+    )
+}
+
+/// How long a lease lasts without renewal: three rounds, at least 2 s (a round that waits on
+/// a slow database must not lose it).
+fn lease_ttl(interval: std::time::Duration) -> std::time::Duration {
+    (interval * 3).max(std::time::Duration::from_secs(2))
+}
+
+/// The state a scorer starts from: what is already stored, so that taking over (or a restart)
+/// does not rewrite every score. Without it (database away) the first successful round writes
+/// everything once, which is also correct.
+async fn first_round(pool: &PgPool, model: &Model, region: &RegionId) -> Round {
+    let now = Utc::now().timestamp();
+    let stored = match db::stored_scores(pool, region.as_str()).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read stored risk scores; will write all once");
+            Default::default()
+        }
+    };
+    let mut round = Round::default();
+    for ((kind, subject), (score, version)) in stored {
+        if version != model.version {
+            round.rewrite_all = true;
+        }
+        let kind = if kind == "path" {
+            SubjectKind::Path
+        } else {
+            SubjectKind::Appliance
+        };
+        round
+            .fleet
+            .handle_stored(kind, &subject, region.as_str(), score, now);
+    }
+    round
 }
 
 struct Outcome {

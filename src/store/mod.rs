@@ -14,6 +14,7 @@ pub mod page;
 pub mod replication;
 pub mod retention;
 pub mod risk;
+pub mod scorer_lease;
 pub mod series;
 pub mod session_view;
 pub mod sessions;
