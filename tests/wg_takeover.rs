@@ -708,3 +708,96 @@ async fn client_helper_fails_back_without_loss_after_a_crash_and_restart() {
     .await;
     drop(restarted);
 }
+
+/// The standby is the appliance the client moved away from by prediction; it then fails
+/// (`kill -9`), restarts without the client's session, and the client fails back to it. The
+/// helper must not trust its standby session across that restart: nothing is lost, from the
+/// predicted move to the failback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_helper_fails_back_without_loss_after_its_standby_restarts() {
+    let Some((w, mut primary, shadow)) = world_with("hr", false).await else {
+        return;
+    };
+    let sock = tokio::net::UdpSocket::bind("10.214.0.1:0").await.unwrap();
+    let dns = agent_support::TestDns::start(sock, "alice.c.vpn.test", Stage::ip(PRIMARY), 1).await;
+    dns.set_standby(Some(Stage::ip(SHADOW)));
+    let primary_ep = format!("{}:{WG_PORT}", Stage::ip(PRIMARY));
+    let spec = wg_support::HelperSpec {
+        dir: w.dir.path(),
+        ns: &w.client_ns,
+        key: &w.client_key,
+        service: w.service.public_key(),
+        zone: "vpn.test",
+        resolver: dns.addr,
+        extra: "min_ttl = \"1s\"",
+    };
+    let mut restarted = None;
+    let r = wg_support::helper_run(&spec, 20, 2, || async {
+        // Predicted move to the shadow; the primary becomes the standby.
+        dns.set(Stage::ip(SHADOW));
+        dns.set_standby(Some(Stage::ip(PRIMARY)));
+        decide(&w.db, "alice", "eu-1", "us-1").await;
+        wait_for(Duration::from_secs(10), "the shadow holds", || async {
+            holder(&w.db, "alice")
+                .await
+                .filter(|(h, _)| h == "us-1")
+                .map(|_| ())
+        })
+        .await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        // The primary fails: steering names no standby while it is down.
+        dns.set_standby(None);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        primary.kill9();
+        shadow
+            .wait_log("group peer stopped sending heartbeats", 1)
+            .await;
+        restarted = Some(
+            Agent::start(
+                &w.stage,
+                PRIMARY,
+                w.dir.path(),
+                "primary",
+                &agent_text("eu-1", PRIMARY, &w.service_key, &w.relay_url, ""),
+            )
+            .await,
+        );
+        shadow
+            .wait_log("group peer sends heartbeats again", 1)
+            .await;
+        // It is back: the standby again, then the client fails back to it.
+        dns.set_standby(Some(Stage::ip(PRIMARY)));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        dns.set(Stage::ip(PRIMARY));
+        dns.set_standby(Some(Stage::ip(SHADOW)));
+        decide(&w.db, "alice", "us-1", "eu-1").await;
+    })
+    .await;
+    eprintln!(
+        "helper, predicted move, standby restarted, failback: {} {:?}",
+        r["probe"],
+        vias(&r)
+    );
+    common::record_measure(
+        "failback_after_standby_restart_lost_helper",
+        r["probe"]["lost"].as_f64().unwrap_or(-1.0),
+    );
+    assert_eq!(r["probe"]["lost"], 0, "{r}");
+    assert_eq!(
+        vias(&r).last().map(|v| v.0.clone()),
+        Some(primary_ep),
+        "{r}"
+    );
+    wait_for(
+        Duration::from_secs(10),
+        "the primary holds again",
+        || async {
+            holder(&w.db, "alice")
+                .await
+                .filter(|(h, _)| h == "eu-1")
+                .map(|_| ())
+        },
+    )
+    .await;
+    drop(restarted);
+}

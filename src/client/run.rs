@@ -538,12 +538,22 @@ impl State {
                 now + self.cfg.client.min_ttl.0
             }
         };
-        if let Some(Ok(answer)) = r.standby {
-            let port = self.cfg.client.port;
-            let current = self.peers[self.standby_slot()].endpoint();
-            if let Some(ep) = choose(&answer.addrs, current, port) {
-                self.adopt_standby(now, ep);
+        match r.standby {
+            Some(Ok(answer)) => {
+                let port = self.cfg.client.port;
+                let current = self.peers[self.standby_slot()].endpoint();
+                if let Some(ep) = choose(&answer.addrs, current, port) {
+                    self.adopt_standby(now, ep);
+                }
             }
+            // The zone names no standby: that appliance is down or drained, and if it fails
+            // it restarts without our session. Trust it again after a fresh handshake.
+            Some(Err(ResolveError::NoAddress(_))) => {
+                if self.peers[self.standby_slot()].endpoint().is_some() {
+                    self.standby_suspect_until_handshake = Some(now);
+                }
+            }
+            Some(Err(_)) | None => {}
         }
         next
     }
