@@ -423,6 +423,183 @@ fn inventory_routes() {
     );
 }
 
+/// The fleet list's cached copy is at most a second old; a write through the API must show in
+/// the very next GET anyway. Each step reads the list first, so a copy younger than a second
+/// exists when the write happens: without invalidation the read after it would return that
+/// copy.
+#[test]
+fn fleet_list_shows_each_write_through_the_api_at_once() {
+    let api = start();
+    let fleet = |api: &Api| -> Vec<Value> {
+        let (s, list) = api.call(Some(&api.read), "GET", "/api/v1/appliances", None);
+        assert_eq!(s, 200, "{list}");
+        list.as_array().unwrap().clone()
+    };
+    let find = |list: &[Value], id: &str| list.iter().find(|a| a["id"] == id).cloned();
+    let state = |api: &Api, id: &str| find(&fleet(api), id).map(|a| a["state"].clone());
+
+    assert_eq!(state(&api, "eu-1"), Some(json!("active")));
+    assert_eq!(
+        api.admin("POST", "/api/v1/appliances/eu-1/drain", None).0,
+        200
+    );
+    assert_eq!(state(&api, "eu-1"), Some(json!("draining")), "drain");
+    assert_eq!(state(&api, "eu-1"), Some(json!("draining")));
+    assert_eq!(
+        api.admin("POST", "/api/v1/appliances/eu-1/undrain", None).0,
+        200
+    );
+    assert_eq!(state(&api, "eu-1"), Some(json!("active")), "undrain");
+
+    assert_eq!(find(&fleet(&api), "eu-1").unwrap()["capacity"], 100);
+    let (s, _) = api.admin(
+        "PATCH",
+        "/api/v1/appliances/eu-1",
+        Some(json!({"capacity": 55})),
+    );
+    assert_eq!(s, 200);
+    assert_eq!(
+        find(&fleet(&api), "eu-1").unwrap()["capacity"],
+        55,
+        "update"
+    );
+
+    assert!(find(&fleet(&api), "eu-9").is_none());
+    let (s, a) = api.admin(
+        "POST",
+        "/api/v1/appliances",
+        Some(json!({"id": "eu-9", "region": "eu", "endpoint": "203.0.113.99:51820", "public_key": key()})),
+    );
+    assert_eq!(s, 201, "{a}");
+    assert_eq!(
+        find(&fleet(&api), "eu-9").unwrap()["state"],
+        "active",
+        "create"
+    );
+
+    // A client's create and delete change the counts the list shows.
+    assert_eq!(find(&fleet(&api), "eu-9").unwrap()["primary_clients"], 0);
+    let (s, c) = api.admin(
+        "POST",
+        "/api/v1/clients",
+        Some(json!({"id": "frank", "public_key": key(), "tunnel_ip": "10.77.1.1", "primary": "eu-9", "shadow": "us-1"})),
+    );
+    assert_eq!(s, 201, "{c}");
+    assert_eq!(
+        find(&fleet(&api), "eu-9").unwrap()["primary_clients"],
+        1,
+        "client create"
+    );
+    assert_eq!(api.admin("DELETE", "/api/v1/clients/frank", None).0, 204);
+    assert_eq!(
+        find(&fleet(&api), "eu-9").unwrap()["primary_clients"],
+        0,
+        "client delete"
+    );
+
+    assert_eq!(api.admin("DELETE", "/api/v1/appliances/eu-9", None).0, 204);
+    assert!(find(&fleet(&api), "eu-9").is_none(), "delete");
+}
+
+/// `shadowsteer_admin_fleet_loads_total` from `/metrics`.
+fn fleet_loads(api: &Api) -> u64 {
+    let (s, text) = http_get(api.addr(), "/metrics", Some(&api.read)).unwrap();
+    assert_eq!(s, 200);
+    text.lines()
+        .find_map(|l| l.strip_prefix("shadowsteer_admin_fleet_loads_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no fleet load counter in /metrics"))
+}
+
+/// Fifty requests at once for a fleet list that no copy can serve (a write just invalidated
+/// it) cause one database read, not fifty (single flight); and reads within the copy's
+/// second cause none.
+#[test]
+fn fifty_concurrent_fleet_reads_cause_one_load() {
+    let api = start();
+    assert_eq!(
+        api.admin("POST", "/api/v1/appliances/us-1/drain", None).0,
+        200
+    );
+    let before = fleet_loads(&api);
+    let barrier = std::sync::Barrier::new(50);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..50)
+            .map(|_| {
+                scope.spawn(|| {
+                    barrier.wait();
+                    api.call(Some(&api.read), "GET", "/api/v1/appliances", None)
+                })
+            })
+            .collect();
+        for h in handles {
+            let (s, list) = h.join().unwrap();
+            assert_eq!(s, 200, "{list}");
+            let us1 = list.as_array().unwrap().iter().find(|a| a["id"] == "us-1");
+            assert_eq!(us1.unwrap()["state"], "draining");
+        }
+    });
+    let loads = fleet_loads(&api) - before;
+    // One load; a second only if the fifty took longer than the copy's second to arrive.
+    assert!(
+        (1..=2).contains(&loads),
+        "{loads} loads of the fleet view for 50 concurrent requests"
+    );
+}
+
+/// `GET /replication` before replication is set up, then with region us's heartbeat held here
+/// as replication delivers it (beaten 0.4 s before it was applied): the server's heartbeat
+/// task reads the lag from the database and the route reports it, now and as history.
+#[test]
+fn replication_status_reports_the_lag_the_server_reads() {
+    let api = start();
+    let (s, st) = api.call(Some(&api.read), "GET", "/api/v1/replication", None);
+    assert_eq!(s, 200, "{st}");
+    assert_eq!(
+        (&st["local_region"], &st["regions"], &st["history"]),
+        (&Value::Null, &json!([]), &json!([]))
+    );
+    assert_eq!(st["lag_warning_ms"].as_u64(), Some(1000), "{st}");
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let pool = shadowsteer::store::connect(&api.db.url, 1).await.unwrap();
+        sqlx::query(
+            "INSERT INTO replication_heartbeats (region, beat_at, applied_at)
+             VALUES ('us', now(), now() + interval '400 milliseconds')",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+    });
+    let mut st = Value::Null;
+    let seen = serve_harness::eventually(std::time::Duration::from_secs(10), || {
+        st = api
+            .call(Some(&api.read), "GET", "/api/v1/replication", None)
+            .1;
+        st["history"].as_array().map_or(0, Vec::len) >= 2
+    });
+    assert!(seen.is_some(), "two lag samples within 10 s: {st}");
+    let us = &st["regions"][0];
+    assert_eq!(us["from"], "us", "{st}");
+    assert!(us["lag_ms"].as_i64().unwrap() >= 400, "{st}");
+    // Past the beat gap with no newer beat, the lag grows and crosses the warning threshold.
+    assert_eq!(
+        us["behind"].as_bool(),
+        Some(us["lag_ms"].as_i64().unwrap() > 1000),
+        "{st}"
+    );
+    let h = st["history"].as_array().unwrap();
+    assert!(
+        h.iter().all(|s| s["lags"]["us"].as_i64() >= Some(400)),
+        "{st}"
+    );
+    assert!(
+        h[0]["at"].as_str() < h[1]["at"].as_str(),
+        "oldest first: {st}"
+    );
+    assert_eq!(api.call(None, "GET", "/api/v1/replication", None).0, 401);
+}
+
 #[test]
 fn sessions_risk_decisions_model() {
     let api = start();
@@ -569,6 +746,7 @@ fn every_route_is_documented() {
         ("/api/v1/risk/appliances/{id}/history", &["get"]),
         ("/api/v1/decisions", &["get"]),
         ("/api/v1/model", &["get"]),
+        ("/api/v1/replication", &["get"]),
         ("/api/v1/tokens", &["get", "post"]),
         ("/api/v1/tokens/{id}", &["delete"]),
     ] {
@@ -582,7 +760,7 @@ fn every_route_is_documented() {
     }
     assert_eq!(
         paths.len(),
-        18,
+        19,
         "a route not listed in this test: {:?}",
         paths.keys()
     );

@@ -2,6 +2,11 @@
 //! API: the page loads with a token from the URL fragment, its charts hold data points from
 //! the database, and a drain done through the API shows on the page. A screenshot is kept
 //! in `target/tmp/dashboard.png`.
+//!
+//! Replication: this test has no second region. It writes region `us`'s heartbeat row the way
+//! replication delivers it (beat and apply times), so the server's heartbeat task reads a
+//! real lag from the database every second, and checks that the replication panel draws the
+//! lag the API reports. `tests/regions.rs` runs real replication between clusters.
 
 mod api_support;
 mod common;
@@ -51,7 +56,7 @@ impl Driver {
                 "binary": "/usr/bin/chromium",
                 "args": ["--headless", "--no-sandbox", "--disable-gpu",
                          "--disable-background-networking", "--disable-component-update",
-                         "--disable-sync", "--no-first-run", "--window-size=1300,1050",
+                         "--disable-sync", "--no-first-run", "--window-size=1300,1400",
                          format!("--user-data-dir={}", profile.display())]
             }
         }}});
@@ -146,6 +151,19 @@ async fn history(url: &str) {
     pool.close().await;
 }
 
+/// Region `us`'s heartbeat as a subscriber holds it: beaten 0.3 s before it was applied.
+async fn replicated_heartbeat(url: &str) {
+    let pool = shadowsteer::store::connect(url, 1).await.unwrap();
+    sqlx::query(
+        "INSERT INTO replication_heartbeats (region, beat_at, applied_at)
+         VALUES ('us', now() - interval '300 milliseconds', now())",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+}
+
 #[test]
 fn dashboard_shows_the_fleet_and_a_drain() {
     if !have("chromium") || !have("chromedriver") {
@@ -162,6 +180,7 @@ fn dashboard_shows_the_fleet_and_a_drain() {
     let db = rt.block_on(api_support::db());
     let api = Api::start(db);
     rt.block_on(history(&api.db.url));
+    rt.block_on(replicated_heartbeat(&api.db.url));
     let profile = tempfile::tempdir().unwrap();
     let driver = Driver::start(profile.path());
     let page = format!("http://{}/#token={}", api.addr(), api.read);
@@ -197,6 +216,33 @@ fn dashboard_shows_the_fleet_and_a_drain() {
         "drain shows",
         |v| v == "draining",
     );
+    // Replication: the panel's chart gathers the server's lag samples for region us, and its
+    // table shows the lag the API reports.
+    let page = driver.wait(
+        "return window.sstDashboard.replication.regions.us === undefined ? null : window.sstDashboard",
+        "replication lag of us shows",
+        |v| v["points"]["replication"].as_u64() >= Some(2),
+    );
+    let (s, status) = api.call(Some(&api.read), "GET", "/api/v1/replication", None);
+    assert_eq!(s, 200, "{status}");
+    assert_eq!(status["regions"][0]["from"], "us", "{status}");
+    let api_lag = status["regions"][0]["lag_ms"].as_i64().unwrap();
+    let page_lag = page["replication"]["regions"]["us"].as_i64().unwrap();
+    assert!(page_lag >= 300, "page shows {page_lag} ms");
+    // The same reading or one a few seconds older (the page polls every 2 s; past the beat
+    // gap the lag grows by a second each second).
+    assert!(
+        api_lag >= page_lag && api_lag - page_lag < 10_000,
+        "page {page_lag} ms, API {api_lag} ms"
+    );
+    let row = driver.script(
+        "return document.querySelector('#replication tr[data-region=\"us\"] td.lag').textContent",
+    );
+    assert!(row.as_str().unwrap().ends_with(" s"), "{row}");
+    let plotted =
+        driver.script("return document.querySelectorAll('#replication-chart canvas').length");
+    assert_eq!(plotted, 1, "a uPlot canvas in the replication panel");
+
     // The fleet's risk column shows the stored score (0.200 for eu-1), over the threshold.
     let risk = driver.script(
         "return document.querySelector('#fleet tr[data-appliance=\"eu-1\"] td:nth-child(4)').textContent",

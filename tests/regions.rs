@@ -140,6 +140,53 @@ async fn a_client_added_in_us_is_answered_by_every_region_within_a_second() {
             "heartbeats from serve: {out}"
         );
     }
+    // Each serve's admin API reports its region and the lag of the two others, now and as
+    // samples of its heartbeat task.
+    for (id, server) in IDS.iter().zip(&servers) {
+        let url = regions.get(id).url.clone();
+        let admin = server.admin;
+        let status = tokio::task::spawn_blocking(move || {
+            let (code, token, err) = run(&[
+                "token".into(),
+                "create".into(),
+                "--name".into(),
+                "test".into(),
+                "--database-url".into(),
+                url,
+            ]);
+            assert_eq!(code, 0, "{err}");
+            let (s, body) =
+                serve_harness::http_get(admin, "/api/v1/replication", Some(token.trim()))
+                    .expect("answer");
+            assert_eq!(s, 200, "{body}");
+            serde_json::from_str::<serde_json::Value>(&body).expect("JSON")
+        })
+        .await
+        .expect("replication status");
+        assert_eq!(status["local_region"], *id, "{status}");
+        let mut from: Vec<&str> = status["regions"]
+            .as_array()
+            .expect("array")
+            .iter()
+            .map(|r| {
+                assert!(r["lag_ms"].as_i64() >= Some(0), "{status}");
+                r["from"].as_str().expect("from")
+            })
+            .collect();
+        from.sort_unstable();
+        let mut others: Vec<&str> = IDS.iter().copied().filter(|o| o != id).collect();
+        others.sort_unstable();
+        assert_eq!(from, others, "{status}");
+        let history = status["history"].as_array().expect("history");
+        assert!(!history.is_empty(), "{status}");
+        for o in &others {
+            assert!(
+                history.iter().any(|h| h["lags"][o].is_i64()),
+                "{o}: {status}"
+            );
+        }
+        eprintln!("region {id}: /api/v1/replication {}", status["regions"]);
+    }
     for s in servers {
         s.stop();
     }

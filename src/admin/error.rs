@@ -25,8 +25,9 @@ pub struct ErrorBody {
     pub field: Option<String>,
 }
 
-/// An API error: status plus body.
-#[derive(Debug)]
+/// An API error: status plus body (`Clone`, so one failed load of a shared view can answer
+/// every request that waited for it).
+#[derive(Debug, Clone)]
 pub struct ApiError {
     /// HTTP status.
     pub status: StatusCode,
@@ -145,6 +146,18 @@ impl From<TokenError> for ApiError {
                 Self::new(StatusCode::BAD_REQUEST, "ambiguous_id", e.to_string())
             }
         }
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {}: {}",
+            self.status.as_u16(),
+            self.body.code,
+            self.body.message
+        )
     }
 }
 

@@ -12,14 +12,16 @@ use axum::Router;
 use axum::middleware;
 use axum::routing::get;
 
-use super::{AppState, LiveView, ServerStatus, auth};
+use super::{AppState, FleetCache, LiveView, ServerStatus, auth};
 use crate::dns::stats::DnsMetrics;
 use crate::metrics::{Collector, DescriptorEncoder, Registry, Scrape};
 use crate::risk::live::LiveMetrics;
 
 /// The metrics route, behind the token check (`read` scope).
 pub fn router(state: &AppState) -> Router<AppState> {
-    let registry = Arc::new(registry(&state.status, &state.live));
+    let mut registry = registry(&state.status, &state.live);
+    registry.register_collector(Box::new(FleetMetrics(Arc::clone(&state.fleet))));
+    let registry = Arc::new(registry);
     Router::new()
         .route(
             "/metrics",
@@ -47,6 +49,21 @@ pub fn registry(status: &Arc<ServerStatus>, live: &LiveView) -> Registry {
         registry.register_collector(Box::new(LiveMetrics::new(scores.clone())));
     }
     registry
+}
+
+/// Loads of the admin API's shared fleet view (each is three queries; compare with the
+/// request rate of `GET /api/v1/appliances` to see the cache work).
+#[derive(Debug)]
+pub struct FleetMetrics(pub Arc<FleetCache>);
+
+impl Collector for FleetMetrics {
+    fn encode(&self, encoder: DescriptorEncoder) -> std::fmt::Result {
+        Scrape::new(encoder).counter(
+            "shadowsteer_admin_fleet_loads",
+            "Database reads of the fleet view behind GET /api/v1/appliances.",
+            self.0.loads(),
+        )
+    }
 }
 
 /// The server's own status: how fresh its data is, what it published, the audit writer and

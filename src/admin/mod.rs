@@ -24,6 +24,7 @@ pub mod error;
 pub mod extract;
 pub mod health;
 pub mod metrics;
+pub mod view_cache;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64};
@@ -85,6 +86,8 @@ pub struct ServerStatus {
     pub listening: Arc<AtomicBool>,
     /// Replication lag per source region, from the heartbeat task.
     pub replication: Arc<crate::store::replication::heartbeat::LagBoard>,
+    /// Lag past which replication counts as behind (`replication.lag_warning`).
+    pub lag_warning: Duration,
 }
 
 /// The risk model and live scores, when scoring runs, and the steering threshold in force.
@@ -120,7 +123,13 @@ pub struct AppState {
     pub live: LiveView,
     /// Zone names.
     pub site: Arc<Site>,
+    /// The fleet view behind `GET /api/v1/appliances`, shared by all requests.
+    pub fleet: Arc<FleetCache>,
 }
+
+/// The shared fleet view: every appliance with client counts, current risk and latest health
+/// ([`view_cache`] says how fresh; writes through the API invalidate it).
+pub type FleetCache = view_cache::ViewCache<Vec<api::appliances::ApplianceView>, ApiError>;
 
 impl FromRef<AppState> for ApiDb {
     fn from_ref(s: &AppState) -> Self {
@@ -140,6 +149,11 @@ impl FromRef<AppState> for Arc<ServerStatus> {
 impl FromRef<AppState> for LiveView {
     fn from_ref(s: &AppState) -> Self {
         s.live.clone()
+    }
+}
+impl FromRef<AppState> for Arc<FleetCache> {
+    fn from_ref(s: &AppState) -> Self {
+        s.fleet.clone()
     }
 }
 impl FromRef<AppState> for Arc<Site> {

@@ -177,6 +177,7 @@ fn admin_state(
             threshold,
         },
         site: Arc::new(admin::Site { zone, client_label }),
+        fleet: Arc::new(admin::FleetCache::default()),
     }
 }
 
@@ -454,6 +455,7 @@ pub async fn run(args: ServeArgs) -> CommandResult {
     let listening = Arc::new(AtomicBool::new(true));
     let status = admin::ServerStatus {
         replication: lag_board,
+        lag_warning: cfg.replication.lag_warning.0,
         dns_stats,
         slots,
         sync,

@@ -145,7 +145,7 @@ pub async fn add(pool: &PgPool, new: &NewClient) -> Result<PeerIndex, InventoryE
 
 /// Every client, ordered by id.
 pub async fn list(pool: &PgPool) -> Result<Vec<Client>, InventoryError> {
-    db::list_clients(pool, None, None, None, None).await
+    db::list_clients(pool, None, None, None).await
 }
 
 /// One page of clients.
@@ -159,7 +159,6 @@ pub async fn page(pool: &PgPool, filter: &ClientFilter) -> Result<ClientPage, In
     // One more than asked tells whether another page follows.
     let mut items = db::list_clients(
         pool,
-        None,
         filter.appliance.as_ref(),
         filter.after.as_ref(),
         Some(i64::from(filter.limit) + 1),
@@ -171,10 +170,7 @@ pub async fn page(pool: &PgPool, filter: &ClientFilter) -> Result<ClientPage, In
 
 /// One client.
 pub async fn get(pool: &PgPool, id: &ClientId) -> Result<Client, InventoryError> {
-    db::list_clients(pool, Some(id), None, None, Some(1))
-        .await?
-        .pop()
-        .ok_or_else(|| not_found(id))
+    db::get_client(pool, id).await?.ok_or_else(|| not_found(id))
 }
 
 /// Removes a client and its session rows.

@@ -1,7 +1,11 @@
 //! `/api/v1/appliances`: list, get, create, update (capacity, endpoint), drain/undrain,
 //! delete (refused while clients use it), and an appliance's health over time.
+//!
+//! The list is served from the shared [`FleetCache`]; every write here (and a client's
+//! create or delete, which changes the counts) holds a [`WriteGuard`], which invalidates it.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
@@ -14,7 +18,7 @@ use utoipa_axum::routes;
 
 use super::super::error::ApiResult;
 use super::super::extract::{ApiJson, ApiPath, ApiQuery};
-use super::super::{ApiDb, AppState};
+use super::super::{ApiDb, AppState, FleetCache};
 use super::TimeRange;
 use crate::domain::{ApplianceId, ApplianceState};
 use crate::inventory::{Appliance, ApplianceInput, ApplianceUpdate, appliance};
@@ -88,16 +92,43 @@ async fn views(db: &ApiDb, list: Vec<Appliance>) -> ApiResult<Vec<ApplianceView>
         .collect())
 }
 
+/// Reads the fleet view from the database (three queries; [`FleetCache`] shares the result).
+async fn load_fleet(db: ApiDb) -> ApiResult<Vec<ApplianceView>> {
+    let list = appliance::list(&db.0).await?;
+    views(&db, list).await
+}
+
+/// Forgets the cached fleet view when dropped: held across a write, so the next read loads
+/// whatever the write's outcome, even when the request is cancelled mid-write (a write whose
+/// reply was lost may still have committed).
+pub struct WriteGuard(Arc<FleetCache>);
+
+impl WriteGuard {
+    /// Guards a write that may change the fleet view.
+    pub fn new(fleet: &Arc<FleetCache>) -> Self {
+        Self(Arc::clone(fleet))
+    }
+}
+
+impl Drop for WriteGuard {
+    fn drop(&mut self) {
+        self.0.invalidate();
+    }
+}
+
 fn parse_id(id: &str) -> ApiResult<ApplianceId> {
     Ok(appliance::parse_id("id", id)?)
 }
 
-/// Every appliance, ordered by region and id.
+/// Every appliance, ordered by region and id. Served from a copy shared by all requests
+/// that is at most about a second old (changes made through this API show at once).
 #[utoipa::path(get, path = "/appliances", tag = "appliances", operation_id = "appliances_list",
     responses((status = 200, description = "Every appliance", body = Vec<ApplianceView>)))]
-async fn list(State(db): State<ApiDb>) -> ApiResult<Json<Vec<ApplianceView>>> {
-    let list = appliance::list(&db.0).await?;
-    Ok(Json(views(&db, list).await?))
+async fn list(
+    State(db): State<ApiDb>,
+    State(fleet): State<Arc<FleetCache>>,
+) -> ApiResult<Json<Arc<Vec<ApplianceView>>>> {
+    Ok(Json(fleet.get(move || load_fleet(db)).await?))
 }
 
 /// One appliance.
@@ -120,9 +151,11 @@ async fn get_one(
     responses((status = 201, description = "Created", body = Appliance)))]
 async fn create(
     State(db): State<ApiDb>,
+    State(fleet): State<Arc<FleetCache>>,
     ApiJson(input): ApiJson<ApplianceInput>,
 ) -> ApiResult<(StatusCode, Json<Appliance>)> {
     let new = input.parse()?;
+    let _written = WriteGuard::new(&fleet);
     appliance::add(&db.0, &new).await?;
     Ok((
         StatusCode::CREATED,
@@ -136,11 +169,13 @@ async fn create(
     responses((status = 200, description = "Changed", body = Appliance)))]
 async fn update(
     State(db): State<ApiDb>,
+    State(fleet): State<Arc<FleetCache>>,
     ApiPath(id): ApiPath<String>,
     ApiJson(change): ApiJson<ApplianceUpdate>,
 ) -> ApiResult<Json<Appliance>> {
     let id = parse_id(&id)?;
     let change = change.parse()?;
+    let _written = WriteGuard::new(&fleet);
     Ok(Json(appliance::update(&db.0, &id, change).await?))
 }
 
@@ -148,13 +183,24 @@ async fn update(
 #[utoipa::path(delete, path = "/appliances/{id}", tag = "appliances", operation_id = "appliances_delete",
     params(("id" = String, Path, description = "Appliance id")),
     responses((status = 204, description = "Removed")))]
-async fn delete(State(db): State<ApiDb>, ApiPath(id): ApiPath<String>) -> ApiResult<StatusCode> {
+async fn delete(
+    State(db): State<ApiDb>,
+    State(fleet): State<Arc<FleetCache>>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<StatusCode> {
+    let _written = WriteGuard::new(&fleet);
     appliance::remove(&db.0, &parse_id(&id)?).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn set_state(db: &ApiDb, id: &str, state: ApplianceState) -> ApiResult<Json<Appliance>> {
+async fn set_state(
+    db: &ApiDb,
+    fleet: &Arc<FleetCache>,
+    id: &str,
+    state: ApplianceState,
+) -> ApiResult<Json<Appliance>> {
     let id = parse_id(id)?;
+    let _written = WriteGuard::new(fleet);
     appliance::set_state(&db.0, &id, state).await?;
     Ok(Json(appliance::get(&db.0, &id).await?))
 }
@@ -165,9 +211,10 @@ async fn set_state(db: &ApiDb, id: &str, state: ApplianceState) -> ApiResult<Jso
     responses((status = 200, description = "Now draining", body = Appliance)))]
 async fn drain(
     State(db): State<ApiDb>,
+    State(fleet): State<Arc<FleetCache>>,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Appliance>> {
-    set_state(&db, &id, ApplianceState::Draining).await
+    set_state(&db, &fleet, &id, ApplianceState::Draining).await
 }
 
 /// Makes a drained (or down) appliance active again.
@@ -176,9 +223,10 @@ async fn drain(
     responses((status = 200, description = "Now active", body = Appliance)))]
 async fn undrain(
     State(db): State<ApiDb>,
+    State(fleet): State<Arc<FleetCache>>,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Appliance>> {
-    set_state(&db, &id, ApplianceState::Active).await
+    set_state(&db, &fleet, &id, ApplianceState::Active).await
 }
 
 /// How many points a series may have.

@@ -13,7 +13,8 @@ use utoipa_axum::routes;
 
 use super::super::error::ApiResult;
 use super::super::extract::{ApiJson, ApiPath, ApiQuery};
-use super::super::{ApiDb, AppState, Site};
+use super::super::{ApiDb, AppState, FleetCache, Site};
+use super::appliances::WriteGuard;
 use super::page_limit;
 use crate::domain::PeerIndex;
 use crate::inventory::client::{self, MAX_PAGE, parse_client_id};
@@ -82,9 +83,12 @@ async fn get_one(State(db): State<ApiDb>, ApiPath(id): ApiPath<String>) -> ApiRe
     responses((status = 201, description = "Created", body = Client)))]
 async fn create(
     State(db): State<ApiDb>,
+    State(fleet): State<Arc<FleetCache>>,
     ApiJson(input): ApiJson<ClientInput>,
 ) -> ApiResult<(StatusCode, Json<Client>)> {
     let new = input.parse()?;
+    // The fleet view counts each appliance's clients.
+    let _written = WriteGuard::new(&fleet);
     let _index: PeerIndex = client::add(&db.0, &new).await?;
     Ok((
         StatusCode::CREATED,
@@ -96,7 +100,12 @@ async fn create(
 #[utoipa::path(delete, path = "/clients/{id}", tag = "clients", operation_id = "clients_delete",
     params(("id" = String, Path, description = "Client id")),
     responses((status = 204, description = "Removed")))]
-async fn delete(State(db): State<ApiDb>, ApiPath(id): ApiPath<String>) -> ApiResult<StatusCode> {
+async fn delete(
+    State(db): State<ApiDb>,
+    State(fleet): State<Arc<FleetCache>>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<StatusCode> {
+    let _written = WriteGuard::new(&fleet);
     client::remove(&db.0, &parse_client_id("id", &id)?).await?;
     Ok(StatusCode::NO_CONTENT)
 }

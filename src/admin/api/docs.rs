@@ -40,6 +40,7 @@ use super::super::error::ErrorBody;
         (name = "risk", description = "Risk scores and their history"),
         (name = "decisions", description = "Steering audit trail"),
         (name = "model", description = "The running risk model"),
+        (name = "replication", description = "Replication lag between regions, as this server's database sees it"),
         (name = "tokens", description = "Admin API tokens (admin scope)")
     )
 )]

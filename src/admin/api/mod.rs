@@ -11,6 +11,7 @@ pub mod clients;
 pub mod decisions;
 pub mod docs;
 pub mod model;
+pub mod replication;
 pub mod risk;
 pub mod sessions;
 pub mod tokens;
@@ -40,6 +41,7 @@ pub fn router(state: &AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) 
         .merge(risk::router())
         .merge(decisions::router())
         .merge(model::router())
+        .merge(replication::router())
         .route_layer(by_method)
         .merge(tokens::router().route_layer(admin_only));
     let (router, doc) = OpenApiRouter::with_openapi(docs::ApiDoc::openapi())

@@ -8,7 +8,7 @@
 //! most about two row versions a second per region. Nothing is written while `local_region` is
 //! empty (replication not set up).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -65,10 +65,26 @@ pub async fn lags(pool: &PgPool) -> Result<Vec<RegionLag>, sqlx::Error> {
         .collect())
 }
 
-/// Lag per source region, shared between the heartbeat task and `/metrics`.
+/// Samples of lag kept in memory: ten minutes at one sample per [`INTERVAL`]. Lag history
+/// is not stored in the database (it would replicate, and cost a write a second per region);
+/// the dashboard's chart needs only the recent past, and a restarted server starts afresh.
+pub const HISTORY: usize = 600;
+
+/// Lag per source region at one moment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LagSample {
+    /// When it was read, Unix milliseconds (this server's clock).
+    pub at_ms: i64,
+    /// Lag in milliseconds per source region.
+    pub lags: BTreeMap<String, i64>,
+}
+
+/// Lag per source region, shared between the heartbeat task, `/metrics` and the API: the
+/// latest reading and the last [`HISTORY`] non-empty ones.
 #[derive(Debug, Default)]
 pub struct LagBoard {
     lags: Mutex<BTreeMap<String, i64>>,
+    history: Mutex<VecDeque<LagSample>>,
 }
 
 impl LagBoard {
@@ -77,10 +93,28 @@ impl LagBoard {
         self.lags.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    fn store(&self, lags: &[RegionLag]) {
-        let mut m = self.lags.lock().unwrap_or_else(|p| p.into_inner());
-        m.clear();
-        m.extend(lags.iter().map(|l| (l.region.clone(), l.lag_ms)));
+    /// The kept samples, oldest first.
+    pub fn history(&self) -> Vec<LagSample> {
+        let h = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        h.iter().cloned().collect()
+    }
+
+    /// Records a reading taken at `at_ms` (Unix milliseconds). A reading without regions
+    /// (replication not set up) replaces the latest but adds no sample.
+    pub fn store(&self, lags: &[RegionLag], at_ms: i64) {
+        let now: BTreeMap<String, i64> =
+            lags.iter().map(|l| (l.region.clone(), l.lag_ms)).collect();
+        if !now.is_empty() {
+            let mut h = self.history.lock().unwrap_or_else(|p| p.into_inner());
+            if h.len() == HISTORY {
+                h.pop_front();
+            }
+            h.push_back(LagSample {
+                at_ms,
+                lags: now.clone(),
+            });
+        }
+        *self.lags.lock().unwrap_or_else(|p| p.into_inner()) = now;
     }
 }
 
@@ -134,7 +168,7 @@ pub async fn run(pool: PgPool, watch: Option<Watch>, shutdown: CancellationToken
         match result {
             Ok(Some(lags)) => {
                 let Some(w) = &watch else { continue };
-                w.board.store(&lags);
+                w.board.store(&lags, chrono::Utc::now().timestamp_millis());
                 let threshold = i64::try_from(w.warn_after.as_millis()).unwrap_or(i64::MAX);
                 for l in &lags {
                     if l.lag_ms > threshold
@@ -161,5 +195,43 @@ pub async fn run(pool: PgPool, watch: Option<Watch>, shutdown: CancellationToken
                 }
             }
         }
+    }
+}
+
+/// This database's region (`local_region`), `None` before `db replication setup`.
+pub async fn local_region(pool: &PgPool) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT region FROM public.local_region")
+        .fetch_optional(pool)
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lag(region: &str, lag_ms: i64) -> RegionLag {
+        RegionLag {
+            region: region.into(),
+            lag_ms,
+        }
+    }
+
+    #[test]
+    fn the_board_keeps_the_latest_reading_and_a_bounded_history() {
+        let board = LagBoard::default();
+        board.store(&[], 0);
+        assert!(board.read().is_empty());
+        assert!(board.history().is_empty(), "no sample without regions");
+        for i in 0..(HISTORY as i64 + 5) {
+            board.store(&[lag("us", i), lag("ap", 2 * i)], 1000 * i);
+        }
+        assert_eq!(board.read()["ap"], 2 * (HISTORY as i64 + 4));
+        let h = board.history();
+        assert_eq!(h.len(), HISTORY);
+        assert_eq!(h[0].at_ms, 5000, "the oldest samples went first");
+        assert_eq!(h[HISTORY - 1].lags["us"], HISTORY as i64 + 4);
+        board.store(&[], 1);
+        assert!(board.read().is_empty(), "the latest reading is replaced");
+        assert_eq!(board.history().len(), HISTORY);
     }
 }

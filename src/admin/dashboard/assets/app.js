@@ -1,6 +1,6 @@
 // shadowsteer dashboard: polls /api/v1 every 2 s with the bearer token kept in this tab's
-// session storage, and draws the fleet, risk over time (uPlot), clients held and steering
-// decisions. No framework and no external requests: everything comes from this server.
+// session storage, and draws the fleet, risk over time (uPlot), clients held, steering
+// decisions and replication lag per region. No framework and no external requests: everything comes from this server.
 (() => {
   'use strict';
   const KEY = 'shadowsteer.token';
@@ -11,11 +11,16 @@
   const COLORS = ['#2563eb', '#dc2626', '#16a34a', '#9333ea', '#ea580c', '#0891b2', '#4d7c0f', '#be185d'];
 
   // What the page shows, also read by the browser test (window.sstDashboard).
-  const view = { updates: 0, error: null, points: { risk: 0, health: 0, decisions: 0 }, states: {} };
+  const view = {
+    updates: 0, error: null, states: {},
+    points: { risk: 0, health: 0, decisions: 0, replication: 0 },
+    replication: { local_region: null, regions: {} },
+  };
   window.sstDashboard = view;
   const charts = new Map();
   let clientsChart = null;
   let decisionsChart = null;
+  let replicationChart = null;
   let timer = null;
 
   const $ = (id) => document.getElementById(id);
@@ -195,14 +200,68 @@
     }
   }
 
+  // Lag per source region over the samples the server keeps (about one a second), in
+  // seconds, with the warning threshold dashed.
+  function replicationData(status, now) {
+    const regions = [...new Set(status.history.flatMap((s) => Object.keys(s.lags)))].sort();
+    // Without samples the threshold still spans the last ten minutes.
+    const xs = status.history.length ? status.history.map((s) => Date.parse(s.at) / 1000) : [now - 600, now];
+    const warn = status.lag_warning_ms / 1000;
+    const data = [xs];
+    for (const r of regions) data.push(status.history.map((s) => (r in s.lags ? s.lags[r] / 1000 : null)));
+    const samples = status.history.length;
+    data.push(xs.map(() => warn));
+    return { regions, data, samples };
+  }
+
+  function drawReplication(status, now) {
+    $('replication-local').textContent = status.local_region ? '(as region ' + status.local_region + ' sees it)' : '';
+    const note = $('replication-note');
+    const none = !status.local_region && status.regions.length === 0;
+    note.hidden = !none;
+    note.textContent = none ? 'Replication is not set up: this is a single-region installation (shadowsteer db replication setup).' : '';
+    const body = $('replication').tBodies[0];
+    body.replaceChildren();
+    view.replication = { local_region: status.local_region, regions: {} };
+    for (const r of status.regions) {
+      view.replication.regions[r.from] = r.lag_ms;
+      const tr = document.createElement('tr');
+      tr.dataset.region = r.from;
+      cell(tr, r.from);
+      cell(tr, (r.lag_ms / 1000).toFixed(2) + ' s', 'num lag' + (r.behind ? ' over' : ''));
+      cell(tr, r.behind ? 'behind' : 'streaming', r.behind ? 'over' : 'state-active');
+      body.appendChild(tr);
+    }
+    const { regions, data, samples } = replicationData(status, now);
+    view.points.replication = samples;
+    const box = $('replication-chart');
+    const key = regions.join(',');
+    if (!replicationChart || replicationChart.key !== key) {
+      if (replicationChart) replicationChart.destroy();
+      box.replaceChildren();
+      replicationChart = new uPlot({
+        width: chartWidth(box), height: 200,
+        scales: { y: { range: (u, min, max) => [0, Math.max(status.lag_warning_ms / 1000 * 1.2, (max || 0) * 1.2)] } },
+        series: [{}]
+          .concat(regions.map((r, i) => ({ label: 'from ' + r, stroke: COLORS[i % COLORS.length], width: 2, value: (u, v) => (v == null ? '–' : v.toFixed(2) + ' s') })))
+          .concat([{ label: 'warning', stroke: '#334155', dash: [6, 4], width: 1 }]),
+        axes: [{}, { values: (u, v) => v.map((x) => x.toFixed(1) + ' s') }],
+      }, data, box);
+      replicationChart.key = key;
+    } else {
+      replicationChart.setData(data);
+    }
+  }
+
   async function refresh() {
     const now = Date.now() / 1000;
     const from = now - RANGE_S;
     const q = '?from=' + encodeURIComponent(new Date(from * 1000).toISOString()) + '&points=' + POINTS;
-    const [appliances, risk, decisions] = await Promise.all([
+    const [appliances, risk, decisions, replication] = await Promise.all([
       api('/appliances'),
       api('/risk'),
       api('/decisions?limit=1000&from=' + encodeURIComponent(new Date(from * 1000).toISOString())),
+      api('/replication'),
     ]);
     renderFleet(appliances, risk.threshold);
     const shown = appliances.slice(0, MAX_CHARTS);
@@ -219,7 +278,8 @@
     for (const s of series) healthPoints += s.points.length;
     drawClients(series, from, now);
     drawDecisions(decisions.items, from, now);
-    view.points = { risk: riskPoints, health: healthPoints, decisions: decisions.items.length };
+    drawReplication(replication, now);
+    view.points = { risk: riskPoints, health: healthPoints, decisions: decisions.items.length, replication: view.points.replication };
   }
 
   async function tick() {
