@@ -195,7 +195,17 @@ pub fn leave_one_kind_out(
             .into_iter()
             .map(|v| v.into_iter().map(|s| s.value().get()).collect())
             .collect();
-        rows.push(held_out_row(k, &training, test, &scores, model.threshold));
+        let row = held_out_row(k, &training, test, &scores, model.threshold);
+        progress(&format!(
+            "kind {}/{}: {} held out: recall@10s {:.3}, median lead {:.0} s, {:.2} false alarms per appliance-day",
+            n + 1,
+            found.len(),
+            k.kind,
+            row.recall_at_10s,
+            row.median_lead_s,
+            row.false_alarms_per_appliance_day
+        ));
+        rows.push(row);
     }
     Ok(LeaveOneKindOut {
         kinds: rows,
