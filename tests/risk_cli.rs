@@ -229,3 +229,123 @@ fn simulate_train_evaluate_score_from_the_command_line() {
             .all(|r| r[1] <= r[0] && r[0] <= r[2] && (0.0..=1.0).contains(&r[0]))
     );
 }
+
+/// Failures per kind in a simulator's failures file.
+fn kind_counts(failures_csv: &Path) -> std::collections::BTreeMap<String, usize> {
+    let text = std::fs::read_to_string(failures_csv).unwrap();
+    let mut out = std::collections::BTreeMap::new();
+    for line in text.lines().skip(1) {
+        let kind = line.split(',').nth(2).unwrap().to_owned();
+        *out.entry(kind).or_insert(0) += 1;
+    }
+    out
+}
+
+#[test]
+fn leave_one_kind_out_has_a_sane_row_per_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let files: Vec<_> = ["train1", "train2", "test"]
+        .iter()
+        .map(|n| dir.path().join(format!("{n}.csv")))
+        .collect();
+    for (file, seed) in files.iter().zip(["1", "2", "3"]) {
+        let (code, out, err) = run(&[
+            "simulate",
+            "--appliances",
+            "6",
+            "--hours",
+            "3",
+            "--seed",
+            seed,
+            "--out",
+            p(file),
+            "--failures-per-day",
+            "36",
+        ]);
+        assert_eq!(code, 0, "{out}{err}");
+    }
+    let train_arg = format!("{},{}", p(&files[0]), p(&files[1]));
+    let (code, out, err) = run(&[
+        "evaluate",
+        "--leave-one-kind-out",
+        "--train-data",
+        &train_arg,
+        "--data",
+        p(&files[2]),
+        "--models",
+        "forest",
+        "--members",
+        "2",
+        "--max-false-alarms",
+        "20",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(err.contains("training without"), "progress is shown: {err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let rows = v["kinds"].as_array().unwrap();
+    let test_kinds = kind_counts(&dir.path().join("test.failures.csv"));
+    let train_total: usize = ["train1", "train2"]
+        .iter()
+        .map(|n| {
+            kind_counts(&dir.path().join(format!("{n}.failures.csv")))
+                .values()
+                .sum::<usize>()
+        })
+        .sum();
+    let names: Vec<&str> = rows.iter().map(|r| r["kind"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        test_kinds.keys().map(String::as_str).collect::<Vec<_>>(),
+        "a row per kind in the test data"
+    );
+    assert!(names.len() >= 4, "{names:?}");
+    for r in rows {
+        let kind = r["kind"].as_str().unwrap();
+        let n = r["failures"].as_u64().unwrap() as usize;
+        assert!(n >= 1 && n <= test_kinds[kind], "{r}");
+        let trained_on = r["training_failures"].as_u64().unwrap() as usize;
+        assert!(
+            trained_on > 0 && trained_on < train_total,
+            "{kind} was removed: {r}"
+        );
+        for k in ["recall_at_10s", "recall_at_30s", "threshold"] {
+            let x = r[k].as_f64().unwrap();
+            assert!((0.0..=1.0).contains(&x), "{k} of {kind}: {r}");
+        }
+        assert!(
+            r["recall_at_30s"].as_f64() <= r["recall_at_10s"].as_f64(),
+            "{r}"
+        );
+        let lead = r["median_lead_s"].as_f64().unwrap();
+        assert!((0.0..=3600.0).contains(&lead), "{r}");
+        let fa = r["false_alarms_per_appliance_day"].as_f64().unwrap();
+        assert!(fa.is_finite() && fa >= 0.0, "{r}");
+        assert_eq!(
+            r["precursor"].as_bool().unwrap(),
+            kind != "power_loss" && kind != "regional_outage",
+            "{r}"
+        );
+        // Sudden failures give no warning to learn or catch.
+        if kind == "power_loss" {
+            assert!(r["recall_at_10s"].as_f64().unwrap() < 0.5, "{r}");
+        }
+    }
+    let days = v["appliance_days"].as_f64().unwrap();
+    assert!(days > 0.5 && days <= 6.0 * 3.0 / 24.0, "{days}");
+
+    // Bad input: the same file on both sides; no training data.
+    let (code, out, err) = run(&[
+        "evaluate",
+        "--leave-one-kind-out",
+        "--train-data",
+        p(&files[2]),
+        "--data",
+        p(&files[2]),
+    ]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains("both training and test data"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    let (code, _, err) = run(&["evaluate", "--leave-one-kind-out", "--data", p(&files[2])]);
+    assert_eq!(code, 2, "{err}");
+}

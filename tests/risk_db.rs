@@ -478,4 +478,166 @@ async fn one_scorer_per_region_and_takeover_when_it_stops() {
             .is_none(),
         "a clean stop releases the lease"
     );
+/// `train --from-db` learns from failures however they reached `failure_events`: here every
+/// imported event is removed and written again, half by `failure add` (an operator) and half
+/// by the takeover's heartbeat-loss writer (open, then closed), and the trained model's card
+/// counts exactly those. Without them the same telemetry has nothing to learn from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn train_from_the_database_learns_recorded_and_observed_failures() {
+    use shadowsteer::store::takeover::{close_failure, open_failure};
+    let db = common::test_db().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sim = dir.path().join("recent.csv");
+    let start = Utc::now().timestamp() - 3 * 3600 - 60;
+    let (code, out, err) = common::run_cli(
+        &db,
+        &[
+            "simulate",
+            "--appliances",
+            "6",
+            "--hours",
+            "3",
+            "--seed",
+            "8",
+            "--out",
+            p(&sim),
+            "--failures-per-day",
+            "36",
+            "--start",
+            &start.to_string(),
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = common::run_cli(&db, &["telemetry", "import", "--data", p(&sim)]);
+    assert_eq!(code, 0, "{out}{err}");
+    type Event = (
+        String,
+        String,
+        chrono::DateTime<Utc>,
+        Option<chrono::DateTime<Utc>>,
+        String,
+        Option<bool>,
+    );
+    let events: Vec<Event> = sqlx::query_as(
+        "SELECT region, appliance_id, started_at, ended_at, kind, has_precursor
+         FROM failure_events ORDER BY started_at",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert!(events.len() >= 10, "{} failures simulated", events.len());
+    sqlx::query("DELETE FROM failure_events")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    // The appliances must exist for `failure add`.
+    let mut known = HashSet::new();
+    for (i, (region, appliance, ..)) in events.iter().enumerate() {
+        if known.insert(appliance.clone()) {
+            let key = common::random_public_key();
+            let endpoint = format!("203.0.113.{}:51820", 10 + i);
+            let (code, _, err) = common::run_cli(
+                &db,
+                &[
+                    "appliance",
+                    "add",
+                    "--id",
+                    appliance,
+                    "--region",
+                    region,
+                    "--endpoint",
+                    &endpoint,
+                    "--public-key",
+                    &key,
+                ],
+            );
+            assert_eq!(code, 0, "{err}");
+        }
+    }
+    let model = dir.path().join("fleet.json");
+    let train = || {
+        common::run_cli(
+            &db,
+            &[
+                "train",
+                "--from-db",
+                "--since",
+                "4h",
+                "--out",
+                p(&model),
+                "--members",
+                "2",
+                "--models",
+                "forest",
+                "--max-false-alarms",
+                "20",
+            ],
+        )
+    };
+    // Control: the telemetry alone, without failure events, has no failure to learn.
+    let (code, out, err) = train();
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains("not enough data"), "{err}");
+    assert!(!model.exists());
+
+    let fmt = |t: &chrono::DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let (mut by_operator, mut with_precursor, mut without) = (0, 0, 0);
+    for (i, (region, appliance, started, ended, kind, precursor)) in events.iter().enumerate() {
+        // A failure still running when the telemetry ends is an open event: written open.
+        if i % 2 == 0 {
+            let (s, e) = (fmt(started), ended.as_ref().map(fmt));
+            let mut args = vec![
+                "failure",
+                "add",
+                "--appliance",
+                appliance.as_str(),
+                "--starts",
+                &s,
+                "--kind",
+                kind.as_str(),
+            ];
+            if let Some(e) = &e {
+                args.extend(["--ends", e.as_str()]);
+            }
+            match precursor {
+                Some(true) => {
+                    args.extend(["--precursor", "true"]);
+                    with_precursor += 1;
+                }
+                Some(false) => {
+                    args.extend(["--precursor", "false"]);
+                    without += 1;
+                }
+                None => {}
+            }
+            let (code, out, err) = common::run_cli(&db, &args);
+            assert_eq!(code, 0, "{out}{err}");
+            by_operator += 1;
+        } else {
+            let region = RegionId::new(region.as_str()).unwrap();
+            let id = ApplianceId::new(appliance.as_str()).unwrap();
+            open_failure(&db.pool, &region, &id, *started, "heartbeats lost")
+                .await
+                .unwrap();
+            if let Some(ended) = ended {
+                close_failure(&db.pool, &region, &id, *ended).await.unwrap();
+            }
+        }
+    }
+    let observed: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM failure_events WHERE kind = 'unreachable'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(observed as usize, events.len() - by_operator);
+
+    let (code, out, err) = train();
+    assert_eq!(code, 0, "{out}{err}");
+    let m = Model::load(&model).unwrap();
+    assert_eq!(
+        m.card.failures,
+        [events.len(), with_precursor, without],
+        "every recorded and observed failure is a training label"
+    );
+    assert!(m.card.training_data[0].starts_with("database"));
 }

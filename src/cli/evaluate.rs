@@ -1,47 +1,94 @@
-//! `shadowsteer evaluate`: the metrics of a model (and the baseline) on labelled telemetry.
+//! `shadowsteer evaluate`: the metrics of a model (and the baseline) on labelled telemetry, or,
+//! with `--leave-one-kind-out`, how the training recipe does on failure kinds it never saw.
 
 use std::path::PathBuf;
+use std::time::Instant;
 
 use anyhow::Context as _;
 use shadowsteer::risk::card::report_table;
 use shadowsteer::risk::evaluate;
+use shadowsteer::risk::generalisation::{leave_one_kind_out, markdown_table};
 use shadowsteer::risk::score::score_all;
 use shadowsteer::risk::series::Series;
+use shadowsteer::risk::train::{TrainError, TrainOptions};
 
-use super::{CommandError, CommandResult, risk_input};
+use super::{CommandError, CommandResult, progress, risk_input};
 
 /// Arguments of `evaluate`.
 #[derive(Debug, clap::Args)]
 pub struct EvaluateArgs {
     /// The model file.
-    #[arg(long)]
-    model: PathBuf,
+    #[arg(long, required_unless_present = "leave_one_kind_out")]
+    model: Option<PathBuf>,
     /// Telemetry CSV files, comma-separated; each one's NAME.failures.csv is used if present.
+    /// With --leave-one-kind-out, the test data (use seeds or a period not trained on).
     #[arg(long, value_delimiter = ',', required = true)]
     data: Vec<PathBuf>,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
     /// Evaluate at this threshold instead of the model's operating threshold.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "leave_one_kind_out")]
     threshold: Option<f64>,
-    /// Threads for scoring.
+    /// Threads for scoring (and training).
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// For each failure kind in --data: train on --train-data without that kind, test on
+    /// --data; a row per kind (recall@10s, median lead, false alarms per appliance-day).
+    #[arg(
+        long,
+        conflicts_with = "model",
+        requires = "train_data",
+        help_heading = "Leave one kind out"
+    )]
+    leave_one_kind_out: bool,
+    /// Labelled training data (comma-separated CSV files) for --leave-one-kind-out.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        requires = "leave_one_kind_out",
+        help_heading = "Leave one kind out"
+    )]
+    train_data: Vec<PathBuf>,
+    /// Families to train and compare (as `train --models`).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "logistic,forest",
+        help_heading = "Leave one kind out"
+    )]
+    models: Vec<String>,
+    /// Members per ensemble (as `train --members`).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=32), help_heading = "Leave one kind out")]
+    members: u32,
+    /// Label horizon in seconds (as `train --horizon`).
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=3600), help_heading = "Leave one kind out")]
+    horizon: u32,
+    /// False alarms per appliance-day allowed when choosing each threshold (as `train`).
+    #[arg(long, default_value_t = 0.5, help_heading = "Leave one kind out")]
+    max_false_alarms: f64,
+    /// Random seed for sampling and bootstraps (as `train --seed`).
+    #[arg(long, default_value_t = 1, help_heading = "Leave one kind out")]
+    seed: u64,
 }
 
 pub fn run(a: EvaluateArgs) -> CommandResult {
-    let model = risk_input::load_model(&a.model)?;
+    if a.leave_one_kind_out {
+        return run_leave_one_kind_out(&a);
+    }
+    let Some(model_path) = &a.model else {
+        return Err(CommandError::Input(
+            "--model is required (or --leave-one-kind-out)".into(),
+        ));
+    };
+    let model = risk_input::load_model(model_path)?;
     let thr = a.threshold.unwrap_or(model.threshold);
     if !(0.0..=1.0).contains(&thr) {
         return Err(CommandError::Input(format!(
             "--threshold {thr} is not in [0, 1]"
         )));
     }
-    let mut series: Vec<Series> = Vec::new();
-    for path in &a.data {
-        series.extend(risk_input::load_data(path)?.series);
-    }
+    let series = load_all(&a.data)?;
     let scores: Vec<Vec<f64>> = score_all(&model, &series, a.threads)
         .into_iter()
         .map(|v| v.into_iter().map(|s| s.value().get()).collect())
@@ -55,6 +102,64 @@ pub fn run(a: EvaluateArgs) -> CommandResult {
     } else {
         println!("model {}\n", model.version);
         print!("{}", report_table(&report));
+    }
+    Ok(())
+}
+
+fn load_all(paths: &[PathBuf]) -> Result<Vec<Series>, CommandError> {
+    let mut series = Vec::new();
+    for path in paths {
+        series.extend(risk_input::load_data(path)?.series);
+    }
+    Ok(series)
+}
+
+fn run_leave_one_kind_out(a: &EvaluateArgs) -> CommandResult {
+    let started = Instant::now();
+    // The same file on both sides would measure recall on data trained on.
+    for t in &a.data {
+        let same = a.train_data.iter().any(|d| {
+            d == t || matches!((d.canonicalize(), t.canonicalize()), (Ok(x), Ok(y)) if x == y)
+        });
+        if same {
+            return Err(CommandError::Input(format!(
+                "{} is both training and test data; test on held-out data",
+                t.display()
+            )));
+        }
+    }
+    let kinds = risk_input::model_kinds(&a.models)?;
+    let train_series = load_all(&a.train_data)?;
+    let test = load_all(&a.data)?;
+    let opts = TrainOptions {
+        name: "leave-one-kind-out".into(),
+        horizon_s: a.horizon as usize,
+        kinds,
+        logistic_members: a.members as usize,
+        forest_members: 2 * a.members as usize,
+        max_false_alarms_per_day: a.max_false_alarms,
+        seed: a.seed,
+        threads: a.threads.clamp(1, 64),
+        ..TrainOptions::default()
+    };
+    let spinner = progress::spinner("leave one kind out");
+    let log = |msg: &str| {
+        spinner.suspend(|| eprintln!("[{:6.1}s] {msg}", started.elapsed().as_secs_f64()));
+        spinner.set_message(msg.trim().to_owned());
+    };
+    let result = leave_one_kind_out(&train_series, &test, &opts, &log);
+    spinner.finish_and_clear();
+    let table = result.map_err(|e| match e {
+        TrainError::NotEnoughData(_) | TrainError::Options(_) => CommandError::Input(e.to_string()),
+        TrainError::Fit { .. } => CommandError::Failed(e.into()),
+    })?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&table).context("encoding JSON")?
+        );
+    } else {
+        print!("{}", markdown_table(&table));
     }
     Ok(())
 }

@@ -161,7 +161,7 @@ fn map_err(e: InventoryError) -> CommandError {
     }
 }
 
-fn print_json<T: Serialize>(value: &T) -> CommandResult {
+pub(super) fn print_json<T: Serialize>(value: &T) -> CommandResult {
     println!(
         "{}",
         serde_json::to_string_pretty(value).context("encoding JSON")?
@@ -171,7 +171,7 @@ fn print_json<T: Serialize>(value: &T) -> CommandResult {
 
 /// Runs `f` on the command's database, closing it (and stopping an embedded cluster this
 /// command started) whatever the outcome.
-async fn with_db<T, F>(args: &DbArgs, f: F) -> Result<T, CommandError>
+pub(super) async fn with_db<T, F>(args: &DbArgs, f: F) -> Result<T, CommandError>
 where
     F: AsyncFnOnce(&sqlx::PgPool) -> Result<T, InventoryError>,
 {

@@ -9,6 +9,7 @@ mod config_cmd;
 mod db;
 mod demo;
 mod evaluate;
+mod failure;
 mod inventory;
 mod keys;
 mod progress;
@@ -52,6 +53,9 @@ enum Command {
     /// Manage risk advisories (operator-entered external risk).
     #[command(subcommand)]
     Advisory(inventory::AdvisoryCommand),
+    /// Record and list appliance failures (training labels for `train --from-db`).
+    #[command(subcommand)]
+    Failure(failure::FailureCommand),
     /// Run an appliance agent (WireGuard data plane, telemetry, session recorder).
     Agent(agent::AgentArgs),
     /// WireGuard keys (interchangeable with `wg genkey` / `wg pubkey`).
@@ -199,6 +203,7 @@ pub async fn run(cli: Cli) -> CommandResult {
         Command::Appliance(c) => inventory::run_appliance(c).await,
         Command::Client(c) => inventory::run_client(c).await,
         Command::Advisory(c) => inventory::run_advisory(c).await,
+        Command::Failure(c) => failure::run(c).await,
         Command::Agent(a) => agent::run(a).await,
         Command::Keys(c) => keys::run(c),
         Command::Serve(a) => serve::run(a).await,

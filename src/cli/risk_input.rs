@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use shadowsteer::risk::dataset::{self, Loaded};
-use shadowsteer::risk::model::Model;
+use shadowsteer::risk::model::{Model, ModelKind};
 
 use super::{CommandError, progress};
 
@@ -21,4 +21,18 @@ pub fn load_data(path: &Path) -> Result<Loaded, CommandError> {
     let loaded = dataset::load_with_progress(path, None, &mut |read| bar.set_position(read));
     bar.finish_and_clear();
     loaded.map_err(|e| CommandError::Input(e.to_string()))
+}
+
+/// The model families named by `--models` (`logistic`, `forest`).
+pub fn model_kinds(names: &[String]) -> Result<Vec<ModelKind>, CommandError> {
+    names
+        .iter()
+        .map(|m| match m.as_str() {
+            "logistic" => Ok(ModelKind::Logistic),
+            "forest" => Ok(ModelKind::Forest),
+            other => Err(CommandError::Input(format!(
+                "unknown model family {other:?}; use logistic and/or forest"
+            ))),
+        })
+        .collect()
 }

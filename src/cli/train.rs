@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use shadowsteer::risk::card;
-use shadowsteer::risk::model::ModelKind;
 use shadowsteer::risk::series::{self, Series};
 use shadowsteer::risk::train::{TrainError, TrainOptions, train};
 
@@ -65,18 +64,7 @@ pub async fn run(a: TrainArgs) -> CommandResult {
         .ok_or_else(|| {
             CommandError::Input(format!("--out {} needs a file name", a.out.display()))
         })?;
-    let mut kinds = Vec::new();
-    for m in &a.models {
-        kinds.push(match m.as_str() {
-            "logistic" => ModelKind::Logistic,
-            "forest" => ModelKind::Forest,
-            other => {
-                return Err(CommandError::Input(format!(
-                    "unknown model family {other:?}; use logistic and/or forest"
-                )));
-            }
-        });
-    }
+    let kinds = risk_input::model_kinds(&a.models)?;
     let mut all: Vec<Series> = Vec::new();
     let mut sources = Vec::new();
     let mut rows = 0u64;

@@ -2,7 +2,8 @@
 //! linfa models, the evaluation metrics, and live scoring.
 //!
 //! Pure core: [`telemetry`] (CSV format), [`failures`] (failure labels), [`series`] (per-second
-//! layout), [`features`], [`simulate`], [`train`], [`model`], [`evaluate`], [`score`] and
+//! layout), [`features`], [`simulate`], [`train`], [`model`], [`evaluate`], [`generalisation`]
+//! (leave-one-kind-out), [`score`] and
 //! [`fleet`] (the live scorer's in-memory windows and write decisions). None of them touches a clock, a socket or
 //! the database. The shells are [`live`] (scores from Postgres every second) and
 //! [`store`](crate::store) / the CLI.
@@ -19,6 +20,7 @@ pub mod evaluate;
 pub mod failures;
 pub mod features;
 pub mod fleet;
+pub mod generalisation;
 pub mod hold;
 pub mod live;
 pub mod model;

@@ -1,4 +1,4 @@
-//! Inventory in Postgres: appliances, clients and advisories.
+//! Inventory in Postgres: appliances, clients, advisories and operator-recorded failures.
 //!
 //! Called only through [`crate::inventory`], which validates input first. What only the
 //! database can decide atomically is checked here, inside the storing transaction, and
@@ -17,8 +17,8 @@ use crate::domain::{
     ApplianceId, ApplianceState, ClientId, KeyError, PeerIndex, Probability, RegionId,
 };
 use crate::inventory::{
-    Advisory, AdvisoryScope, Appliance, ApplianceChange, Client, InventoryError, NewAdvisory,
-    NewAppliance, NewClient,
+    Advisory, AdvisoryScope, Appliance, ApplianceChange, Client, FailureFilter, FailureRecord,
+    InventoryError, NewAdvisory, NewAppliance, NewClient, NewFailure,
 };
 
 fn invalid_row(table: &'static str, message: impl ToString) -> InventoryError {
@@ -518,4 +518,72 @@ pub(crate) async fn remove_advisory(pool: &PgPool, id: &str) -> Result<Uuid, Inv
         .await?;
     tx.commit().await?;
     Ok(target)
+}
+
+/// Records a failure in the appliance's region; returns that region. The appliance must
+/// exist; a failure with the same start is a duplicate. One statement, so a refusal writes
+/// nothing.
+pub(crate) async fn insert_failure(
+    pool: &PgPool,
+    new: &NewFailure,
+) -> Result<String, InventoryError> {
+    let region = sqlx::query_scalar!(
+        "INSERT INTO failure_events (region, appliance_id, started_at, ended_at, kind, has_precursor, note)
+         SELECT region, id, $2, $3, $4, $5, $6 FROM appliances WHERE id = $1
+         RETURNING region",
+        new.appliance.as_str(),
+        new.started_at,
+        new.ended_at,
+        new.kind,
+        new.precursor,
+        new.note,
+    )
+    .fetch_optional(pool)
+    .await;
+    match region {
+        Ok(Some(region)) => Ok(region),
+        Ok(None) => Err(InventoryError::UnknownAppliance(new.appliance.to_string())),
+        Err(e) if unique_violation(&e).is_some() => Err(InventoryError::Duplicate {
+            what: "failure",
+            value: format!(
+                "of {} at {}",
+                new.appliance,
+                new.started_at
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ),
+        }),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Failures matching `filter` (overlapping its window; open ones run on), oldest first.
+pub(crate) async fn list_failures(
+    pool: &PgPool,
+    filter: &FailureFilter,
+) -> Result<Vec<FailureRecord>, InventoryError> {
+    let rows = sqlx::query!(
+        "SELECT region, appliance_id, started_at, ended_at, kind, has_precursor, note
+         FROM failure_events
+         WHERE ($1::text IS NULL OR appliance_id = $1)
+           AND ($2::timestamptz IS NULL OR ended_at IS NULL OR ended_at > $2)
+           AND ($3::timestamptz IS NULL OR started_at < $3)
+         ORDER BY started_at, appliance_id, region",
+        filter.appliance.as_ref().map(ApplianceId::as_str),
+        filter.from,
+        filter.to,
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| FailureRecord {
+            region: r.region,
+            appliance: r.appliance_id,
+            started_at: r.started_at,
+            ended_at: r.ended_at,
+            kind: r.kind,
+            precursor: r.has_precursor,
+            note: r.note,
+        })
+        .collect())
 }
