@@ -478,6 +478,8 @@ async fn one_scorer_per_region_and_takeover_when_it_stops() {
             .is_none(),
         "a clean stop releases the lease"
     );
+}
+
 /// `train --from-db` learns from failures however they reached `failure_events`: here every
 /// imported event is removed and written again, half by `failure add` (an operator) and half
 /// by the takeover's heartbeat-loss writer (open, then closed), and the trained model's card
