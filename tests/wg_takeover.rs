@@ -33,6 +33,29 @@ async fn holder(db: &common::TestDb, client: &str) -> Option<(String, i64)> {
     .unwrap()
 }
 
+/// Waits (10 s at most) until `appliance` holds alice's session by the database.
+async fn wait_holder(db: &common::TestDb, appliance: &str, what: &str) {
+    wait_for(Duration::from_secs(10), what, || async {
+        holder(db, "alice")
+            .await
+            .filter(|(h, _)| h == appliance)
+            .map(|_| ())
+    })
+    .await;
+}
+
+/// Starts the primary's agent again (after a `kill -9`), with its first configuration.
+async fn restart_primary(w: &World) -> Agent {
+    Agent::start(
+        &w.stage,
+        PRIMARY,
+        w.dir.path(),
+        "primary",
+        &agent_text("eu-1", PRIMARY, &w.service_key, &w.relay_url, ""),
+    )
+    .await
+}
+
 async fn decide(db: &common::TestDb, client: &str, from: &str, to: &str) {
     sqlx::query(
         "INSERT INTO steering_decisions (region, client_id, from_appliance, to_appliance, reason)
@@ -185,13 +208,7 @@ async fn predicted_move_failback_crash_and_restart_with_a_stock_client() {
     let probe = Probe::start(&w.client_ns);
     tokio::time::sleep(Duration::from_millis(300)).await;
     decide(&w.db, "alice", "eu-1", "us-1").await;
-    wait_for(Duration::from_secs(10), "shadow holds", || async {
-        holder(&w.db, "alice")
-            .await
-            .filter(|(h, _)| h == "us-1")
-            .map(|_| ())
-    })
-    .await;
+    wait_holder(&w.db, "us-1", "shadow holds").await;
     tokio::time::sleep(Duration::from_millis(700)).await;
     let r = finish(probe).await;
     eprintln!("predicted move: {r:?}");
@@ -249,14 +266,7 @@ async fn predicted_move_failback_crash_and_restart_with_a_stock_client() {
 
     // The old primary restarts: it reads the claim and stands down; nothing moves.
     let probe = Probe::start(&w.client_ns);
-    let restarted = Agent::start(
-        &w.stage,
-        PRIMARY,
-        w.dir.path(),
-        "primary",
-        &agent_text("eu-1", PRIMARY, &w.service_key, &w.relay_url, ""),
-    )
-    .await;
+    let restarted = restart_primary(&w).await;
     shadow
         .wait_log("group peer sends heartbeats again", 1)
         .await;
@@ -296,13 +306,7 @@ async fn link_cut_and_partition_move_the_client_at_most_once() {
     let probe = Probe::start(&w.client_ns);
     tokio::time::sleep(Duration::from_millis(500)).await;
     w.stage.link(PRIMARY, false);
-    wait_for(Duration::from_secs(10), "shadow claims", || async {
-        holder(&w.db, "alice")
-            .await
-            .filter(|(h, _)| h == "us-1")
-            .map(|_| ())
-    })
-    .await;
+    wait_holder(&w.db, "us-1", "shadow claims").await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let r = finish(probe).await;
     eprintln!("primary link cut: {r:?}");
@@ -322,13 +326,7 @@ async fn link_cut_and_partition_move_the_client_at_most_once() {
     // Back to the primary (failback), then partition the appliances from each other while
     // both still reach the client: the client moves at most once.
     decide(&w.db, "alice", "us-1", "eu-1").await;
-    wait_for(Duration::from_secs(10), "primary holds again", || async {
-        holder(&w.db, "alice")
-            .await
-            .filter(|(h, _)| h == "eu-1")
-            .map(|_| ())
-    })
-    .await;
+    wait_holder(&w.db, "eu-1", "primary holds again").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(client_endpoint(&w.stage, 1), primary_ep);
     let probe = Probe::start(&w.client_ns);
@@ -358,6 +356,23 @@ async fn link_cut_and_partition_move_the_client_at_most_once() {
         .await;
 }
 
+/// The client helper of this world, against the test DNS server, with `extra` settings.
+fn helper_spec<'a>(
+    w: &'a World,
+    dns: &agent_support::TestDns,
+    extra: &'a str,
+) -> wg_support::HelperSpec<'a> {
+    wg_support::HelperSpec {
+        dir: w.dir.path(),
+        ns: &w.client_ns,
+        key: &w.client_key,
+        service: w.service.public_key(),
+        zone: "vpn.test",
+        resolver: dns.addr,
+        extra,
+    }
+}
+
 /// Runs the client helper against the test DNS server; see [`wg_support::helper_run`].
 async fn helper_run<F, Fut>(
     w: &World,
@@ -370,15 +385,7 @@ where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
-    let spec = wg_support::HelperSpec {
-        dir: w.dir.path(),
-        ns: &w.client_ns,
-        key: &w.client_key,
-        service: w.service.public_key(),
-        zone: "vpn.test",
-        resolver: dns.addr,
-        extra: "min_ttl = \"1s\"",
-    };
+    let spec = helper_spec(w, dns, "min_ttl = \"1s\"");
     wg_support::helper_run(&spec, secs, act_after, act).await
 }
 
@@ -543,13 +550,7 @@ async fn client_helper_standby_session_make_before_break() {
         Some(&(shadow_ep.clone(), "standby".to_owned())),
         "{r}"
     );
-    wait_for(Duration::from_secs(10), "the shadow holds", || async {
-        holder(&w.db, "alice")
-            .await
-            .filter(|(h, _)| h == "us-1")
-            .map(|_| ())
-    })
-    .await;
+    wait_holder(&w.db, "us-1", "the shadow holds").await;
     assert_eq!(
         claim_reason(&w.db, "alice").await.as_deref(),
         Some("client")
@@ -568,13 +569,7 @@ async fn client_helper_standby_session_make_before_break() {
         vias(&r)
     );
     assert_eq!(r["probe"]["lost"], 0, "{r}");
-    wait_for(Duration::from_secs(10), "the primary holds", || async {
-        holder(&w.db, "alice")
-            .await
-            .filter(|(h, _)| h == "eu-1")
-            .map(|_| ())
-    })
-    .await;
+    wait_holder(&w.db, "eu-1", "the primary holds").await;
 
     // 4. kill -9 of the primary while DNS still names it: the helper switches to the standby
     // session when the primary stops answering.
@@ -610,45 +605,18 @@ async fn client_helper_fails_back_without_loss_after_a_crash_and_restart() {
     let dns = agent_support::TestDns::start(sock, "alice.c.vpn.test", Stage::ip(PRIMARY), 1).await;
     dns.set_standby(Some(Stage::ip(SHADOW)));
     let primary_ep = format!("{}:{WG_PORT}", Stage::ip(PRIMARY));
-    let spec = wg_support::HelperSpec {
-        dir: w.dir.path(),
-        ns: &w.client_ns,
-        key: &w.client_key,
-        service: w.service.public_key(),
-        zone: "vpn.test",
-        resolver: dns.addr,
-        extra: "min_ttl = \"1s\"\ntakeover_hold = \"2s\"",
-    };
+    let spec = helper_spec(&w, &dns, "min_ttl = \"1s\"\ntakeover_hold = \"2s\"");
     const SECS: u64 = 20;
     let started = Instant::now();
     let mut failback_at = Duration::ZERO;
     let mut restarted = None;
     let r = wg_support::helper_run(&spec, SECS, 3, || async {
         primary.kill9();
-        wait_for(
-            Duration::from_secs(10),
-            "the shadow holds after the crash",
-            || async {
-                holder(&w.db, "alice")
-                    .await
-                    .filter(|(h, _)| h == "us-1")
-                    .map(|_| ())
-            },
-        )
-        .await;
+        wait_holder(&w.db, "us-1", "the shadow holds after the crash").await;
         // Steering noticed: DNS names the shadow; the primary is nobody's standby while down.
         dns.set(Stage::ip(SHADOW));
         dns.set_standby(None);
-        restarted = Some(
-            Agent::start(
-                &w.stage,
-                PRIMARY,
-                w.dir.path(),
-                "primary",
-                &agent_text("eu-1", PRIMARY, &w.service_key, &w.relay_url, ""),
-            )
-            .await,
-        );
+        restarted = Some(restart_primary(&w).await);
         shadow
             .wait_log("group peer sends heartbeats again", 1)
             .await;
@@ -695,17 +663,7 @@ async fn client_helper_fails_back_without_loss_after_a_crash_and_restart() {
         Some(primary_ep),
         "{r}"
     );
-    wait_for(
-        Duration::from_secs(10),
-        "the primary holds again",
-        || async {
-            holder(&w.db, "alice")
-                .await
-                .filter(|(h, _)| h == "eu-1")
-                .map(|_| ())
-        },
-    )
-    .await;
+    wait_holder(&w.db, "eu-1", "the primary holds again").await;
     drop(restarted);
 }
 
@@ -722,28 +680,14 @@ async fn client_helper_fails_back_without_loss_after_its_standby_restarts() {
     let dns = agent_support::TestDns::start(sock, "alice.c.vpn.test", Stage::ip(PRIMARY), 1).await;
     dns.set_standby(Some(Stage::ip(SHADOW)));
     let primary_ep = format!("{}:{WG_PORT}", Stage::ip(PRIMARY));
-    let spec = wg_support::HelperSpec {
-        dir: w.dir.path(),
-        ns: &w.client_ns,
-        key: &w.client_key,
-        service: w.service.public_key(),
-        zone: "vpn.test",
-        resolver: dns.addr,
-        extra: "min_ttl = \"1s\"",
-    };
+    let spec = helper_spec(&w, &dns, "min_ttl = \"1s\"");
     let mut restarted = None;
     let r = wg_support::helper_run(&spec, 20, 2, || async {
         // Predicted move to the shadow; the primary becomes the standby.
         dns.set(Stage::ip(SHADOW));
         dns.set_standby(Some(Stage::ip(PRIMARY)));
         decide(&w.db, "alice", "eu-1", "us-1").await;
-        wait_for(Duration::from_secs(10), "the shadow holds", || async {
-            holder(&w.db, "alice")
-                .await
-                .filter(|(h, _)| h == "us-1")
-                .map(|_| ())
-        })
-        .await;
+        wait_holder(&w.db, "us-1", "the shadow holds").await;
         tokio::time::sleep(Duration::from_secs(2)).await;
         // The primary fails: steering names no standby while it is down.
         dns.set_standby(None);
@@ -752,16 +696,7 @@ async fn client_helper_fails_back_without_loss_after_its_standby_restarts() {
         shadow
             .wait_log("group peer stopped sending heartbeats", 1)
             .await;
-        restarted = Some(
-            Agent::start(
-                &w.stage,
-                PRIMARY,
-                w.dir.path(),
-                "primary",
-                &agent_text("eu-1", PRIMARY, &w.service_key, &w.relay_url, ""),
-            )
-            .await,
-        );
+        restarted = Some(restart_primary(&w).await);
         shadow
             .wait_log("group peer sends heartbeats again", 1)
             .await;
@@ -788,16 +723,6 @@ async fn client_helper_fails_back_without_loss_after_its_standby_restarts() {
         Some(primary_ep),
         "{r}"
     );
-    wait_for(
-        Duration::from_secs(10),
-        "the primary holds again",
-        || async {
-            holder(&w.db, "alice")
-                .await
-                .filter(|(h, _)| h == "eu-1")
-                .map(|_| ())
-        },
-    )
-    .await;
+    wait_holder(&w.db, "eu-1", "the primary holds again").await;
     drop(restarted);
 }
