@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::probe::{ECHO_PORT, ProbeStream, StreamReport};
 use super::resolve::{self, ResolveError};
-use super::standby::{Silence, Slot, route, switch_after};
+use super::standby::{MSG_INIT, Silence, Slot, route, switch_after};
 use super::timeline::Timeline;
 use crate::config::{ClientConfig, ClientInside, Resolver};
 use crate::domain::{PeerIndex, SecretKey};
@@ -119,9 +119,9 @@ struct State {
     left: Option<(IpAddr, Instant)>,
     /// When the standby's handshake was last started.
     standby_started: Option<Instant>,
-    /// After a switch on silence or a takeover, the appliance left behind may have failed and
-    /// lost its sessions (a restart): it is a standby again only once a handshake with it
-    /// completes after this time.
+    /// After a switch on silence or a takeover, or while the zone names no standby, the
+    /// standby's appliance may have failed and lost its sessions (a restart): it is trusted
+    /// again only once a handshake with it completes after this time.
     standby_suspect_until_handshake: Option<Instant>,
     /// The last endpoint the per-client name answered, while it is the untrusted standby's:
     /// the move waits for the standby's fresh handshake.
@@ -367,7 +367,8 @@ impl State {
             endpoint: self.peers[i].endpoint(),
         });
         let slot = route(datagram, src, &slots, self.active);
-        if slot != self.active && datagram.first() == Some(&1) && !self.standby_trusted() {
+        let initiation = datagram.first() == Some(&MSG_INIT);
+        if slot != self.active && initiation && !self.standby_trusted() {
             // The appliance we left initiates: it takes the session back, and it may have
             // restarted since our last session with it. A responder uses a new session only
             // after the initiator's first packet; until then boringtun would keep sending on
@@ -382,7 +383,7 @@ impl State {
         match self.peers[slot].handle_datagram(now, src, datagram, inner) {
             Action::Send(bytes) => {
                 heard = true;
-                initiated = datagram.first() == Some(&1);
+                initiated = initiation;
                 let _ = self.socket.try_send_to(bytes, src);
             }
             Action::Inside(p) => {

@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 /// WireGuard message types (first byte of a datagram).
-const MSG_INIT: u8 = 1;
+pub(super) const MSG_INIT: u8 = 1;
 const MSG_RESPONSE: u8 = 2;
 
 /// One of the helper's two sessions, as [`route`] needs it.
