@@ -312,15 +312,13 @@ async fn live_scoring_writes_and_notifies() {
         .unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn train_from_the_database() {
-    let db = common::test_db().await;
-    let dir = tempfile::tempdir().unwrap();
-    let sim = dir.path().join("recent.csv");
-    // Three hours of telemetry that ended a minute ago.
+/// Simulates three hours of telemetry for 6 appliances that ended a minute ago (seed 8, 36
+/// failures per appliance-day) into `dir` and imports it into `db`.
+fn import_recent_telemetry(db: &common::TestDb, dir: &Path) {
+    let sim = dir.join("recent.csv");
     let start = Utc::now().timestamp() - 3 * 3600 - 60;
     let (code, out, err) = common::run_cli(
-        &db,
+        db,
         &[
             "simulate",
             "--appliances",
@@ -338,8 +336,15 @@ async fn train_from_the_database() {
         ],
     );
     assert_eq!(code, 0, "{out}{err}");
-    let (code, out, err) = common::run_cli(&db, &["telemetry", "import", "--data", p(&sim)]);
+    let (code, out, err) = common::run_cli(db, &["telemetry", "import", "--data", p(&sim)]);
     assert_eq!(code, 0, "{out}{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn train_from_the_database() {
+    let db = common::test_db().await;
+    let dir = tempfile::tempdir().unwrap();
+    import_recent_telemetry(&db, dir.path());
     let model = dir.path().join("fleet.json");
     let (code, out, err) = common::run_cli(
         &db,
@@ -489,29 +494,7 @@ async fn train_from_the_database_learns_recorded_and_observed_failures() {
     use shadowsteer::store::takeover::{close_failure, open_failure};
     let db = common::test_db().await;
     let dir = tempfile::tempdir().unwrap();
-    let sim = dir.path().join("recent.csv");
-    let start = Utc::now().timestamp() - 3 * 3600 - 60;
-    let (code, out, err) = common::run_cli(
-        &db,
-        &[
-            "simulate",
-            "--appliances",
-            "6",
-            "--hours",
-            "3",
-            "--seed",
-            "8",
-            "--out",
-            p(&sim),
-            "--failures-per-day",
-            "36",
-            "--start",
-            &start.to_string(),
-        ],
-    );
-    assert_eq!(code, 0, "{out}{err}");
-    let (code, out, err) = common::run_cli(&db, &["telemetry", "import", "--data", p(&sim)]);
-    assert_eq!(code, 0, "{out}{err}");
+    import_recent_telemetry(&db, dir.path());
     type Event = (
         String,
         String,
