@@ -140,25 +140,30 @@ fn saved_model_scores_identically_after_loading() {
     }
 }
 
+/// Simulates 6 appliances for 3 hours (36 failures per appliance-day) with `seed` into `file`.
+fn simulate_small(file: &Path, seed: &str) {
+    let (code, out, err) = run(&[
+        "simulate",
+        "--appliances",
+        "6",
+        "--hours",
+        "3",
+        "--seed",
+        seed,
+        "--out",
+        p(file),
+        "--failures-per-day",
+        "36",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+}
+
 #[test]
 fn simulate_train_evaluate_score_from_the_command_line() {
     let dir = tempfile::tempdir().unwrap();
     let (train_csv, test_csv) = (dir.path().join("train.csv"), dir.path().join("test.csv"));
     for (file, seed) in [(&train_csv, "1"), (&test_csv, "2")] {
-        let (code, out, err) = run(&[
-            "simulate",
-            "--appliances",
-            "6",
-            "--hours",
-            "3",
-            "--seed",
-            seed,
-            "--out",
-            p(file),
-            "--failures-per-day",
-            "36",
-        ]);
-        assert_eq!(code, 0, "{out}{err}");
+        simulate_small(file, seed);
     }
     let model = dir.path().join("m.json");
     let (code, out, err) = run(&[
@@ -249,20 +254,7 @@ fn leave_one_kind_out_has_a_sane_row_per_kind() {
         .map(|n| dir.path().join(format!("{n}.csv")))
         .collect();
     for (file, seed) in files.iter().zip(["1", "2", "3"]) {
-        let (code, out, err) = run(&[
-            "simulate",
-            "--appliances",
-            "6",
-            "--hours",
-            "3",
-            "--seed",
-            seed,
-            "--out",
-            p(file),
-            "--failures-per-day",
-            "36",
-        ]);
-        assert_eq!(code, 0, "{out}{err}");
+        simulate_small(file, seed);
     }
     let train_arg = format!("{},{}", p(&files[0]), p(&files[1]));
     let (code, out, err) = run(&[
