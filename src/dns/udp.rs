@@ -23,7 +23,6 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use socket2::{Domain, Protocol, Socket, Type};
 use tokio_util::sync::CancellationToken;
 
 use super::respond::{self, Context, Transport};
@@ -43,14 +42,10 @@ const PANIC_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Binds one UDP socket with `SO_REUSEPORT` on `addr`.
 pub fn bind(addr: SocketAddr) -> io::Result<UdpSocket> {
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    let socket = crate::reuseport::socket(addr, true)?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }
-    socket.set_reuse_port(true)?;
-    // Absorb bursts while a worker is descheduled; failures (limits) are not fatal.
-    let _ = socket.set_recv_buffer_size(4 << 20);
-    let _ = socket.set_send_buffer_size(4 << 20);
     socket.set_read_timeout(Some(POLL))?;
     socket.bind(&addr.into())?;
     Ok(socket.into())
