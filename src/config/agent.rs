@@ -166,6 +166,28 @@ pub struct TunnelSection {
     /// MTU of the TUN device (WireGuard adds 32 bytes plus UDP/IP headers on the wire).
     #[serde(default = "default_mtu")]
     pub mtu: u16,
+    /// Data-plane workers, each with its own `SO_REUSEPORT` socket on `agent.listen` (the
+    /// kernel spreads clients over them by address and port); absent means one per CPU this
+    /// process may run on, at most [`DEFAULT_MAX_THREADS`]. 1 is a single socket without
+    /// `SO_REUSEPORT`.
+    #[serde(default)]
+    pub threads: Option<usize>,
+}
+
+/// Most data-plane workers chosen when `tunnel.threads` is absent: beyond this, one
+/// appliance's clients rarely spread evenly enough to use more.
+pub const DEFAULT_MAX_THREADS: usize = 8;
+
+impl TunnelSection {
+    /// Data-plane workers to run: `threads`, or one per available CPU up to
+    /// [`DEFAULT_MAX_THREADS`].
+    pub fn data_plane_threads(&self) -> usize {
+        self.threads.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .min(DEFAULT_MAX_THREADS)
+        })
+    }
 }
 
 fn default_tun_name() -> String {
@@ -293,6 +315,16 @@ impl Validate for AgentConfig {
             problems.push(
                 "tunnel.network",
                 format!("{net} is too small to hold clients"),
+            );
+        }
+        if self
+            .tunnel
+            .threads
+            .is_some_and(|n| n == 0 || n > crate::tunnel::MAX_THREADS)
+        {
+            problems.push(
+                "tunnel.threads",
+                format!("must be between 1 and {}", crate::tunnel::MAX_THREADS),
             );
         }
         if !(576..=9000).contains(&self.tunnel.mtu) {

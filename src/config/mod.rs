@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 
 pub use agent::{
-    AgentConfig, AgentSection, InsideMode, LbCheckSection, PeerProbe, ProbeSection,
-    TelemetrySection, TunnelSection,
+    AgentConfig, AgentSection, DEFAULT_MAX_THREADS, InsideMode, LbCheckSection, PeerProbe,
+    ProbeSection, TelemetrySection, TunnelSection,
 };
 pub use client::{
     ClientConfig, ClientInside, ClientSection, ClientTunnelSection, ProbeStreamSection, Resolver,
@@ -270,6 +270,34 @@ network = "10.77.0.0/24"
         );
         let errs = check("[client]\nx=1\n[agent]\ny=1\n").unwrap_err();
         assert!(errs[0].contains("one program"), "{errs:?}");
+    }
+
+    #[test]
+    fn data_plane_threads_are_checked() {
+        let text = r#"
+[agent]
+appliance = "eu-1"
+listen = "0.0.0.0:51820"
+key_file = "/k"
+[tunnel]
+network = "10.77.0.0/24"
+threads = 0
+"#;
+        let errs = check(text).unwrap_err();
+        assert_eq!(
+            errs,
+            vec!["t.toml: tunnel.threads: must be between 1 and 32".to_string()]
+        );
+        let errs = check(&text.replace("threads = 0", "threads = 33")).unwrap_err();
+        assert!(errs[0].contains("tunnel.threads"), "{errs:?}");
+        assert_eq!(
+            check(&text.replace("threads = 0", "threads = 2")),
+            Ok(ConfigKind::Agent)
+        );
+        let parsed: AgentConfig =
+            parse(Path::new("t.toml"), &text.replace("threads = 0\n", "")).unwrap();
+        let n = parsed.tunnel.data_plane_threads();
+        assert!((1..=agent::DEFAULT_MAX_THREADS).contains(&n), "{n}");
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! - [`cookie_budget`] (pure): cookie replies per source address and second, bounded.
 //! - [`packet`] (pure): the IP/UDP/ICMP forms the echo responder and the probe stream use.
 //! - [`stats`]: counters shared with the telemetry tasks (atomics; the data plane never waits).
-//! - [`device`] (shell): the UDP socket, the inside (echo responder or TUN), timers, peer updates.
+//! - [`device`] (shell): the UDP sockets (one per worker), the inside (echo responder or TUN),
+//!   timers, peer updates.
 //! - [`tun`] (shell): a Linux TUN device.
 //!
 //! Deliberately left out: boringtun's own `device` module (it owns peers by public key and
@@ -20,6 +21,9 @@ pub mod peer;
 pub mod router;
 pub mod stats;
 pub mod tun;
+
+/// Most data-plane workers an agent runs (`tunnel.threads`); per-worker counters are sized by it.
+pub const MAX_THREADS: usize = 32;
 
 /// Why the data plane could not start or stopped.
 #[derive(Debug, thiserror::Error)]
