@@ -41,6 +41,7 @@ async fn timers_fire_while_a_flood_keeps_the_socket_readable() {
         handshakes_per_second: 20,
         checkpoint_interval: Duration::from_millis(500),
         event_capacity: 1024,
+        threads: 1,
     };
     let (device, handle, mut events) = Device::bind(config, service.clone()).unwrap();
     let peer = PeerIndex::new(5).unwrap();

@@ -156,6 +156,7 @@ pub async fn start(
             handshakes_per_second: config.agent.handshake_rate_limit,
             checkpoint_interval: config.telemetry.checkpoint_interval.0,
             event_capacity: 4096,
+            threads: config.tunnel.data_plane_threads(),
         },
         key,
     )?;
@@ -164,6 +165,7 @@ pub async fn start(
         listen = %handle.local_addr,
         public_key = %public_key,
         inside = ?config.agent.inside,
+        threads = handle.stats.workers.load(std::sync::atomic::Ordering::Relaxed),
         "data plane up"
     );
     let roster = Arc::new(RwLock::new(roster::RosterView::default()));

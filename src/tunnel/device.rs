@@ -1,16 +1,28 @@
-//! The appliance's data plane shell: one UDP socket, the inside of the tunnel (the built-in
+//! The appliance's data plane shell: UDP sockets, the inside of the tunnel (the built-in
 //! echo responder or a TUN device), boringtun's timers every [`TICK`], and live peer updates.
 //!
-//! One task owns the [`Router`] and every buffer; nothing it does waits on anything but its
-//! socket, its TUN device and its command channel. What the rest of the agent needs flows out
-//! without back-pressure: counters through [`DeviceStats`] atomics, session snapshots and
-//! client reports through a bounded channel with `try_send` (a full channel drops the event
-//! and counts it; the next checkpoint snapshot repairs the recorder's view).
+//! [`DeviceConfig::threads`] workers, each a task with its own `SO_REUSEPORT` socket on the
+//! listen address and its own buffers; the kernel spreads clients over the sockets by a hash
+//! of their address and port, so throughput grows with cores when there are several clients
+//! (one client's datagrams meet one worker). Every socket is bound to the same address, so a
+//! reply leaves from the port the client sent to whichever socket sends it. The workers share
+//! one [`Router`] (see there why sharing beats sharding) behind a `RwLock` that only peer
+//! updates write. Worker 0 also owns what must happen once per device, not once per worker:
+//! the command channel, boringtun's timers, checkpoints, paced takeover initiations and
+//! reading the TUN device (one reader; any worker writes to it). With one thread this is the
+//! single-socket device it always was (and the socket goes without `SO_REUSEPORT`).
+//!
+//! Nothing a worker does waits on anything but its socket, the TUN device and (worker 0) the
+//! command channel. What the rest of the agent needs flows out without back-pressure:
+//! counters through [`DeviceStats`] atomics, session snapshots and client reports through a
+//! bounded channel with `try_send` (a full channel drops the event and counts it; the next
+//! checkpoint snapshot repairs the recorder's view).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -42,9 +54,6 @@ const BATCH: usize = 64;
 /// Largest datagram or inside packet handled.
 const MAX_PACKET: usize = 65_535;
 
-/// Socket buffer size asked for; the kernel caps it at `net.core.{r,w}mem_max`.
-const SOCKET_BUFFER: usize = 4 << 20;
-
 /// What carries decrypted traffic.
 #[derive(Debug)]
 pub enum Inside {
@@ -69,6 +78,9 @@ pub struct DeviceConfig {
     pub checkpoint_interval: Duration,
     /// Capacity of the event channel.
     pub event_capacity: usize,
+    /// Workers, each with its own socket (1 to [`super::MAX_THREADS`]; values outside are
+    /// clamped).
+    pub threads: usize,
 }
 
 /// A change to the peer set.
@@ -212,32 +224,19 @@ pub struct DeviceHandle {
     pub commands: mpsc::Sender<PeerCommand>,
     /// Live counters.
     pub stats: Arc<DeviceStats>,
-    /// The bound UDP address.
+    /// The bound UDP address (every worker's socket is bound to it).
     pub local_addr: SocketAddr,
-    /// The socket, for group heartbeats (sent from the takeover task).
+    /// The first worker's socket, for group heartbeats (sent from the takeover task; any
+    /// worker's socket sends from the same address).
     pub socket: Arc<UdpSocket>,
 }
 
-/// The data plane, ready to run.
-pub struct Device {
-    socket: Arc<UdpSocket>,
-    router: Router,
-    config: DeviceConfig,
-    commands: mpsc::Receiver<PeerCommand>,
-    events: mpsc::Sender<DeviceEvent>,
-    stats: Arc<DeviceStats>,
-    /// Counters last reported per peer, so checkpoints report only changes.
-    checkpointed: HashMap<PeerIndex, SessionCounters>,
-    /// Wall clock at `started`, to turn `Instant`s into timestamps.
-    epoch: (Instant, DateTime<Utc>),
-    /// Where heartbeats and handshakes go when takeover runs.
-    group: Option<mpsc::Sender<GroupInput>>,
+/// Sessions moving between appliances, and the ones another appliance holds. Read on every
+/// datagram, written on takeover commands and rare events, so a `RwLock`.
+#[derive(Debug, Default)]
+struct Moves {
     /// Sessions held by another appliance (no timers here).
-    withheld: std::collections::HashSet<PeerIndex>,
-    /// Takeover initiations not sent yet.
-    initiations: std::collections::VecDeque<(PeerIndex, SocketAddr)>,
-    /// Relay key (set by the takeover task).
-    group_key: Option<crate::takeover::wire::GroupKey>,
+    withheld: HashSet<PeerIndex>,
     /// Sessions moving here: old holder, until when.
     relay_new: HashMap<PeerIndex, (SocketAddr, Instant)>,
     /// Sessions moving away: new holder, until when.
@@ -247,67 +246,143 @@ pub struct Device {
     data_reported: HashMap<PeerIndex, u32>,
 }
 
+/// What every worker shares. Locks are held only for synchronous work, never across an
+/// `.await`, and never one inside another except the order router → peer (inside
+/// [`Router`]); `moves`, `group_key` and `checkpointed` are each taken alone.
+struct Plane {
+    /// The peers. Written only by worker 0 when a [`PeerCommand`] changes the peer set.
+    router: RwLock<Router>,
+    /// The appliance's own address inside the tunnel.
+    own_ip: IpAddr,
+    /// The inside (a TUN device is written by every worker, read by worker 0).
+    inside: Inside,
+    /// Session snapshots, round-trip times and client reports for the rest of the agent.
+    events: mpsc::Sender<DeviceEvent>,
+    /// Counters.
+    stats: Arc<DeviceStats>,
+    /// Wall clock at start, to turn `Instant`s into timestamps.
+    epoch: (Instant, DateTime<Utc>),
+    /// Where heartbeats and handshakes go when takeover runs.
+    group: Option<mpsc::Sender<GroupInput>>,
+    /// Relay key (set by the takeover task).
+    group_key: RwLock<Option<crate::takeover::wire::GroupKey>>,
+    /// Takeover state of sessions.
+    moves: RwLock<Moves>,
+    /// Counters last reported per peer, so checkpoints report only changes.
+    checkpointed: Mutex<HashMap<PeerIndex, SessionCounters>>,
+}
+
+/// What only worker 0 owns: the command channel, the paced initiations and the periodic
+/// work (timers, checkpoints), so that each runs exactly once per interval however many
+/// workers there are.
+struct Control {
+    /// Peer updates.
+    commands: mpsc::Receiver<PeerCommand>,
+    /// Takeover initiations not sent yet.
+    initiations: VecDeque<(PeerIndex, SocketAddr)>,
+    /// How often changed session counters are reported.
+    checkpoint_interval: Duration,
+}
+
+/// The data plane, ready to run.
+pub struct Device {
+    /// One socket per worker, all bound to the same address.
+    sockets: Vec<Arc<UdpSocket>>,
+    /// Shared state (wrapped in an `Arc` when the workers start).
+    plane: Plane,
+    /// Worker 0's own state.
+    control: Control,
+}
+
 impl std::fmt::Debug for Device {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Device")
-            .field("router", &self.router)
-            .field("config", &self.config)
+            .field("workers", &self.sockets.len())
+            .field("own_ip", &self.plane.own_ip)
+            .field("inside", &self.plane.inside)
             .finish_non_exhaustive()
     }
 }
 
-/// Binds a UDP socket with large buffers.
+/// Binds a UDP socket with large buffers (alone: no `SO_REUSEPORT`).
 pub fn bind_udp(addr: SocketAddr) -> Result<UdpSocket, TunnelError> {
+    bind_shared(addr, false)
+}
+
+/// Binds a nonblocking UDP socket with large buffers, with `SO_REUSEPORT` if `shared`.
+fn bind_shared(addr: SocketAddr, shared: bool) -> Result<UdpSocket, TunnelError> {
     let bind = |source| TunnelError::Bind { addr, source };
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::DGRAM,
-        Some(socket2::Protocol::UDP),
-    )
-    .map_err(bind)?;
-    // Best effort: a smaller buffer only costs throughput under bursts.
-    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
-    let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+    let socket = crate::reuseport::socket(addr, shared).map_err(bind)?;
     socket.set_nonblocking(true).map_err(bind)?;
     socket.bind(&addr.into()).map_err(bind)?;
     UdpSocket::from_std(socket.into()).map_err(bind)
 }
 
+/// Binds `n` sockets to `addr` (with `SO_REUSEPORT` when more than one). Port 0 is resolved
+/// by the first bind; the others join the port it got.
+fn bind_workers(addr: SocketAddr, n: usize) -> Result<Vec<Arc<UdpSocket>>, TunnelError> {
+    let shared = n > 1;
+    let first = bind_shared(addr, shared)?;
+    let local = first.local_addr()?;
+    let mut sockets = vec![Arc::new(first)];
+    for _ in 1..n {
+        sockets.push(Arc::new(bind_shared(local, shared)?));
+    }
+    Ok(sockets)
+}
+
+fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 impl Device {
-    /// Binds the listener. Returns the device (run it with [`Device::run`]), its handle, and
-    /// the receiving end of its events.
+    /// Binds the listener: `config.threads` sockets on `config.listen`. Returns the device
+    /// (run it with [`Device::run`]), its handle, and the receiving end of its events.
     pub fn bind(
         config: DeviceConfig,
         key: SecretKey,
     ) -> Result<(Self, DeviceHandle, mpsc::Receiver<DeviceEvent>), TunnelError> {
-        let socket = Arc::new(bind_udp(config.listen)?);
-        let local_addr = socket.local_addr()?;
+        let threads = config.threads.clamp(1, super::MAX_THREADS);
+        let sockets = bind_workers(config.listen, threads)?;
+        let local_addr = sockets[0].local_addr()?;
         let (cmd_tx, cmd_rx) = mpsc::channel(64);
         let (ev_tx, ev_rx) = mpsc::channel(config.event_capacity.max(16));
         let stats = Arc::new(DeviceStats::default());
+        stats.workers.store(threads as u64, Ordering::Relaxed);
         let router = Router::new(key, config.handshakes_per_second);
-        let device = Self {
-            socket,
-            router,
-            config,
-            commands: cmd_rx,
-            events: ev_tx,
-            stats: Arc::clone(&stats),
-            checkpointed: HashMap::new(),
-            epoch: (Instant::now(), Utc::now()),
-            group: None,
-            withheld: std::collections::HashSet::new(),
-            initiations: std::collections::VecDeque::new(),
-            group_key: None,
-            relay_new: HashMap::new(),
-            relay_old: HashMap::new(),
-            data_reported: HashMap::new(),
-        };
         let handle = DeviceHandle {
             commands: cmd_tx,
-            stats,
+            stats: Arc::clone(&stats),
             local_addr,
-            socket: Arc::clone(&device.socket),
+            socket: Arc::clone(&sockets[0]),
+        };
+        let device = Self {
+            sockets,
+            plane: Plane {
+                router: RwLock::new(router),
+                own_ip: config.own_ip,
+                inside: config.inside,
+                events: ev_tx,
+                stats,
+                epoch: (Instant::now(), Utc::now()),
+                group: None,
+                group_key: RwLock::new(None),
+                moves: RwLock::new(Moves::default()),
+                checkpointed: Mutex::new(HashMap::new()),
+            },
+            control: Control {
+                commands: cmd_rx,
+                initiations: VecDeque::new(),
+                checkpoint_interval: config.checkpoint_interval,
+            },
         };
         Ok((device, handle, ev_rx))
     }
@@ -316,45 +391,115 @@ impl Device {
     /// heartbeats are dropped as malformed.
     pub fn group_inputs(&mut self, capacity: usize) -> mpsc::Receiver<GroupInput> {
         let (tx, rx) = mpsc::channel(capacity.max(16));
-        self.group = Some(tx);
+        self.plane.group = Some(tx);
         rx
     }
 
-    /// Runs until `shutdown` is cancelled. Only a broken socket ends it early.
-    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), TunnelError> {
+    /// Runs every worker until `shutdown` is cancelled. Worker 0 runs in this task and owns
+    /// the commands and the periodic work; the others are tasks of their own. Only a broken
+    /// socket ends it early (and stops every worker).
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), TunnelError> {
+        let plane = Arc::new(self.plane);
+        let stop = shutdown.child_token();
+        let mut others = tokio::task::JoinSet::new();
+        for (id, socket) in self.sockets.iter().enumerate().skip(1) {
+            let worker = Worker {
+                id,
+                socket: Arc::clone(socket),
+                plane: Arc::clone(&plane),
+            };
+            let stop = stop.clone();
+            others.spawn(async move {
+                let r = worker.run(stop.clone(), None).await;
+                // One broken socket stops the device, as it did with one socket.
+                stop.cancel();
+                r
+            });
+        }
+        let first = Worker {
+            id: 0,
+            socket: Arc::clone(&self.sockets[0]),
+            plane,
+        };
+        let mut result = first.run(stop.clone(), Some(self.control)).await;
+        stop.cancel();
+        while let Some(r) = others.join_next().await {
+            match r {
+                Ok(Err(e)) if result.is_ok() => result = Err(e),
+                Ok(_) => {}
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(_) => {}
+            }
+        }
+        result
+    }
+}
+
+/// One worker: its socket, and the shared [`Plane`].
+struct Worker {
+    /// Index, for per-worker counters.
+    id: usize,
+    /// Its socket (replies to what it receives leave through it).
+    socket: Arc<UdpSocket>,
+    /// What all workers share.
+    plane: Arc<Plane>,
+}
+
+/// The next command, or never (workers without [`Control`]).
+async fn next_command(control: &mut Option<Control>) -> Option<PeerCommand> {
+    match control {
+        Some(c) => c.commands.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Worker {
+    /// The loop. With `control` (worker 0) it also applies commands, runs the timers,
+    /// checkpoints, paced initiations and reads the TUN device.
+    async fn run(
+        self,
+        stop: CancellationToken,
+        mut control: Option<Control>,
+    ) -> Result<(), TunnelError> {
         let mut rx = vec![0u8; MAX_PACKET];
         let mut out = vec![0u8; MAX_PACKET + 64];
         let mut reply = vec![0u8; MAX_PACKET + 64];
         let mut inside_buf = vec![0u8; MAX_PACKET];
+        let leader = control.is_some();
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut checkpoint = tokio::time::interval(self.config.checkpoint_interval);
+        let checkpoint_every = control.as_ref().map_or(TICK, |c| c.checkpoint_interval);
+        let mut checkpoint = tokio::time::interval(checkpoint_every);
         checkpoint.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut pace = tokio::time::interval(PACE);
         pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let tun = match &self.config.inside {
-            Inside::Tun(_) => true,
-            Inside::Echo => false,
-        };
+        let tun = leader && matches!(self.plane.inside, Inside::Tun(_));
         loop {
+            let pacing = control.as_ref().is_some_and(|c| !c.initiations.is_empty());
             tokio::select! {
                 biased;
-                () = shutdown.cancelled() => break,
-                cmd = self.commands.recv() => match cmd {
-                    Some(cmd) => self.apply(cmd),
+                () = stop.cancelled() => break,
+                cmd = next_command(&mut control), if leader => match (cmd, control.as_mut()) {
+                    (Some(cmd), Some(c)) => self.apply(c, cmd),
                     // Every sender is gone: the agent is shutting down.
-                    None => break,
+                    _ => break,
                 },
                 // Timers before the socket: a socket that stays readable (a flood) must not
                 // starve keepalives, retransmits, the limiter's restart, checkpoints or
                 // takeover initiations. Each is due at most once per interval and bounded, so
                 // it cannot starve the socket in turn, which gets [`BATCH`] reads per turn.
-                _ = tick.tick() => {
-                    self.router.reset_rate_limiter();
-                    self.on_timers(Instant::now(), &mut out);
+                // Only worker 0 runs them: once per interval for the whole device.
+                _ = tick.tick(), if leader => {
+                    let router = read(&self.plane.router);
+                    router.reset_rate_limiter();
+                    self.on_timers(&router, Instant::now(), &mut out);
                 }
-                _ = checkpoint.tick() => self.on_checkpoint(),
-                _ = pace.tick(), if !self.initiations.is_empty() => self.on_pace(&mut out),
+                _ = checkpoint.tick(), if leader => self.on_checkpoint(),
+                _ = pace.tick(), if pacing => {
+                    if let Some(c) = control.as_mut() {
+                        self.on_pace(&mut c.initiations, &mut out);
+                    }
+                }
                 r = self.socket.recv_from(&mut rx) => {
                     let (n, src) = match r {
                         Ok(r) => r,
@@ -371,12 +516,12 @@ impl Device {
                         }
                     }
                 }
-                r = tun_recv(&self.config.inside, &mut inside_buf), if tun => {
+                r = tun_recv(&self.plane.inside, &mut inside_buf), if tun => {
                     match r {
                         Ok(n) => {
                             self.on_inside(&inside_buf[..n], &mut out);
                             for _ in 1..BATCH {
-                                let Inside::Tun(dev) = &self.config.inside else { break };
+                                let Inside::Tun(dev) = &self.plane.inside else { break };
                                 match dev.try_recv(&mut inside_buf) {
                                     Ok(n) => self.on_inside(&inside_buf[..n], &mut out),
                                     Err(_) => break,
@@ -391,48 +536,50 @@ impl Device {
         Ok(())
     }
 
-    fn apply(&mut self, cmd: PeerCommand) {
+    fn apply(&self, control: &mut Control, cmd: PeerCommand) {
+        let plane = &*self.plane;
         match cmd {
             PeerCommand::Replace(specs) => {
-                let keep: std::collections::HashSet<PeerIndex> =
-                    specs.iter().map(|s| s.index).collect();
-                let stale: Vec<PeerIndex> = self
-                    .router
+                let keep: HashSet<PeerIndex> = specs.iter().map(|s| s.index).collect();
+                let mut router = write(&plane.router);
+                let stale: Vec<PeerIndex> = router
                     .indexes()
                     .iter()
                     .filter(|i| !keep.contains(i))
                     .copied()
                     .collect();
                 for i in stale {
-                    self.router.remove(i);
-                    self.checkpointed.remove(&i);
+                    router.remove(i);
+                    lock(&plane.checkpointed).remove(&i);
                 }
                 for s in specs {
-                    self.router.upsert(s);
+                    router.upsert(s);
                 }
             }
             PeerCommand::Upsert(s) => {
-                self.router.upsert(s);
+                write(&plane.router).upsert(s);
             }
             PeerCommand::Remove(i) => {
-                self.router.remove(i);
-                self.checkpointed.remove(&i);
-                self.withheld.remove(&i);
-                self.data_reported.remove(&i);
+                write(&plane.router).remove(i);
+                lock(&plane.checkpointed).remove(&i);
+                let mut moves = write(&plane.moves);
+                moves.withheld.remove(&i);
+                moves.data_reported.remove(&i);
             }
             PeerCommand::Hold { peer, held } => {
-                self.data_reported.remove(&peer);
+                let mut moves = write(&plane.moves);
+                moves.data_reported.remove(&peer);
                 if held {
-                    self.withheld.remove(&peer);
+                    moves.withheld.remove(&peer);
                     // Holding it now: nothing of ours goes out through another appliance.
-                    self.relay_old.remove(&peer);
+                    moves.relay_old.remove(&peer);
                 } else {
-                    self.relay_new.remove(&peer);
-                    self.withheld.insert(peer);
-                    self.initiations.retain(|(p, _)| *p != peer);
+                    moves.relay_new.remove(&peer);
+                    moves.withheld.insert(peer);
+                    control.initiations.retain(|(p, _)| *p != peer);
                 }
             }
-            PeerCommand::GroupKey(key) => self.group_key = Some(key),
+            PeerCommand::GroupKey(key) => *write(&plane.group_key) = Some(key),
             PeerCommand::Relay {
                 peer,
                 role,
@@ -440,38 +587,41 @@ impl Device {
                 window,
             } => {
                 let entry = (via, Instant::now() + window);
+                let mut moves = write(&plane.moves);
                 match role {
                     RelayRole::NewHolder => {
-                        self.relay_old.remove(&peer);
-                        self.relay_new.insert(peer, entry);
+                        moves.relay_old.remove(&peer);
+                        moves.relay_new.insert(peer, entry);
                     }
                     RelayRole::OldHolder => {
-                        self.relay_new.remove(&peer);
-                        self.relay_old.insert(peer, entry);
+                        moves.relay_new.remove(&peer);
+                        moves.relay_old.insert(peer, entry);
                     }
                 }
             }
             PeerCommand::Initiate(list) => {
+                let mut moves = write(&plane.moves);
                 for (peer, endpoint) in list {
-                    self.withheld.remove(&peer);
-                    self.relay_old.remove(&peer);
-                    self.initiations.push_back((peer, endpoint));
+                    moves.withheld.remove(&peer);
+                    moves.relay_old.remove(&peer);
+                    control.initiations.push_back((peer, endpoint));
                 }
             }
         }
-        self.stats.peers.store(
-            self.router.len() as u64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        plane
+            .stats
+            .peers
+            .store(read(&plane.router).len() as u64, Ordering::Relaxed);
     }
 
     fn send(&self, to: SocketAddr, bytes: &[u8]) {
+        let stats = &self.plane.stats;
         match self.socket.try_send_to(bytes, to) {
             Ok(n) => {
-                DeviceStats::add(&self.stats.tx_datagrams, 1);
-                DeviceStats::add(&self.stats.tx_bytes, n as u64);
+                DeviceStats::add(&stats.tx_datagrams, 1);
+                DeviceStats::add(&stats.tx_bytes, n as u64);
             }
-            Err(_) => DeviceStats::add(&self.stats.send_errors, 1),
+            Err(_) => DeviceStats::add(&stats.send_errors, 1),
         }
     }
 
@@ -480,26 +630,27 @@ impl Device {
         match routed {
             Routed::Send { to, bytes, peer } => {
                 if bytes.first() == Some(&3) && peer.is_none() {
-                    DeviceStats::add(&self.stats.cookie_replies, 1);
+                    DeviceStats::add(&self.plane.stats.cookie_replies, 1);
                 }
-                match peer.and_then(|p| relay_via(&self.relay_old, p)) {
+                let via = peer.and_then(|p| relay_via(&read(&self.plane.moves).relay_old, p));
+                match via {
                     Some(via) => self.relay(via, RelayDirection::ToClient, to, bytes),
                     None => self.send(to, bytes),
                 }
                 peer
             }
             Routed::Drop(r) => {
-                self.stats.count_drop(r);
+                self.plane.stats.count_drop(r);
                 None
             }
             Routed::Done | Routed::Inside { .. } => None,
         }
     }
 
-    fn flush(&mut self, peer: PeerIndex, out: &mut [u8]) {
+    fn flush(&self, router: &Router, peer: PeerIndex, out: &mut [u8]) {
         // boringtun's queue holds at most 256 packets; the bound guards against surprises.
         for _ in 0..512 {
-            match self.router.flush(peer, out) {
+            match router.flush(peer, out) {
                 Routed::Done => break,
                 r => {
                     let _ = self.carry_out(r);
@@ -508,32 +659,37 @@ impl Device {
         }
     }
 
-    fn on_datagram(&mut self, src: SocketAddr, datagram: &[u8], out: &mut [u8], reply: &mut [u8]) {
+    fn on_datagram(&self, src: SocketAddr, datagram: &[u8], out: &mut [u8], reply: &mut [u8]) {
         let now = Instant::now();
-        DeviceStats::add(&self.stats.rx_datagrams, 1);
-        DeviceStats::add(&self.stats.rx_bytes, datagram.len() as u64);
+        let stats = &self.plane.stats;
+        DeviceStats::add(&stats.rx_datagrams, 1);
+        DeviceStats::add(&stats.rx_bytes, datagram.len() as u64);
+        stats.count_worker_rx(self.id);
         if crate::takeover::wire::is_heartbeat(datagram) {
             let input = GroupInput::Heartbeat {
                 from: src,
                 bytes: datagram[..datagram.len().min(crate::takeover::wire::MAX_LEN + 1)].to_vec(),
             };
-            match &self.group {
+            match &self.plane.group {
                 Some(group) if group.try_send(input).is_ok() => {}
-                Some(_) => DeviceStats::add(&self.stats.events_dropped, 1),
-                None => self.stats.count_drop(DropReason::Malformed),
+                Some(_) => DeviceStats::add(&stats.events_dropped, 1),
+                None => stats.count_drop(DropReason::Malformed),
             }
             return;
         }
+        let router = read(&self.plane.router);
         if crate::takeover::wire::is_relay(datagram) {
-            self.on_relay(src, datagram, out, reply);
+            self.on_relay(&router, src, datagram, out, reply);
             return;
         }
-        self.on_wireguard(now, src, datagram, out, reply, false);
+        self.on_wireguard(&router, now, src, datagram, out, reply, false);
     }
 
     /// A WireGuard datagram (from the client, or `relayed` from the new holder).
+    #[allow(clippy::too_many_arguments)]
     fn on_wireguard(
-        &mut self,
+        &self,
+        router: &Router,
         now: Instant,
         src: SocketAddr,
         datagram: &[u8],
@@ -541,7 +697,7 @@ impl Device {
         reply: &mut [u8],
         relayed: bool,
     ) {
-        let routed = self.router.handle_datagram(now, src, datagram, out);
+        let routed = router.handle_datagram(now, src, datagram, out);
         // A data packet of a session moving here that we cannot decrypt is still on the old
         // holder's session: hand it over.
         if let Routed::Drop(_) = routed
@@ -550,7 +706,7 @@ impl Device {
                 .get(4..8)
                 .and_then(|b| <[u8; 4]>::try_from(b).ok())
                 .and_then(|b| PeerIndex::from_receiver_index(u32::from_le_bytes(b)))
-            && let Some(via) = relay_via(&self.relay_new, peer)
+            && let Some(via) = relay_via(&read(&self.plane.moves).relay_new, peer)
         {
             self.relay(via, RelayDirection::FromClient, src, datagram);
             return;
@@ -561,18 +717,18 @@ impl Device {
         let mut data_on_withheld = None;
         let touched = match routed {
             Routed::Inside { peer, packet } => {
-                DeviceStats::add(&self.stats.inside_rx, 1);
-                if !relayed && self.withheld.contains(&peer) {
+                DeviceStats::add(&self.plane.stats.inside_rx, 1);
+                if !relayed && read(&self.plane.moves).withheld.contains(&peer) {
                     data_on_withheld = Some(peer);
                 }
-                self.on_peer_packet(peer, packet, reply);
+                self.on_peer_packet(router, peer, packet, reply);
                 Some(peer)
             }
             Routed::Done => None,
             other => {
                 let flush = self.carry_out(other);
                 if let Some(p) = flush {
-                    self.flush(p, out);
+                    self.flush(router, p, out);
                 }
                 flush
             }
@@ -584,7 +740,7 @@ impl Device {
             PeerIndex::from_receiver_index(u32::from_le_bytes(b))
         });
         if let Some(p) = peer {
-            self.drain_events(p);
+            self.drain_events(router, p);
         }
         if let Some(p) = data_on_withheld {
             self.report_data(p, datagram);
@@ -593,7 +749,7 @@ impl Device {
 
     /// Tells the takeover task of the first inside packet on a session of a withheld peer:
     /// on a standby session that is the client moving here.
-    fn report_data(&mut self, peer: PeerIndex, datagram: &[u8]) {
+    fn report_data(&self, peer: PeerIndex, datagram: &[u8]) {
         let Some(receiver_index) = datagram
             .get(4..8)
             .and_then(|b| <[u8; 4]>::try_from(b).ok())
@@ -601,11 +757,14 @@ impl Device {
         else {
             return;
         };
-        if self.data_reported.get(&peer) == Some(&receiver_index) {
-            return;
+        {
+            let mut moves = write(&self.plane.moves);
+            if moves.data_reported.get(&peer) == Some(&receiver_index) {
+                return;
+            }
+            moves.data_reported.insert(peer, receiver_index);
         }
-        self.data_reported.insert(peer, receiver_index);
-        if let Some(group) = &self.group
+        if let Some(group) = &self.plane.group
             && group
                 .try_send(GroupInput::Data {
                     peer,
@@ -614,8 +773,8 @@ impl Device {
                 .is_err()
         {
             // Lost: the next session's first packet is reported again.
-            self.data_reported.remove(&peer);
-            DeviceStats::add(&self.stats.events_dropped, 1);
+            write(&self.plane.moves).data_reported.remove(&peer);
+            DeviceStats::add(&self.plane.stats.events_dropped, 1);
         }
     }
 
@@ -627,78 +786,98 @@ impl Device {
         client: SocketAddr,
         datagram: &[u8],
     ) {
-        let Some(key) = &self.group_key else {
-            return;
-        };
         let mut msg = Vec::with_capacity(datagram.len() + 64);
-        Relay {
-            direction,
-            client,
-            datagram,
+        {
+            let key = read(&self.plane.group_key);
+            let Some(key) = key.as_ref() else {
+                return;
+            };
+            Relay {
+                direction,
+                client,
+                datagram,
+            }
+            .encode(key, &mut msg);
         }
-        .encode(key, &mut msg);
-        DeviceStats::add(&self.stats.relayed, 1);
+        DeviceStats::add(&self.plane.stats.relayed, 1);
         self.send(via, &msg);
     }
 
     /// A relay message from a group appliance.
-    fn on_relay(&mut self, src: SocketAddr, msg: &[u8], out: &mut [u8], reply: &mut [u8]) {
-        let Some(key) = &self.group_key else {
-            self.stats.count_relay_rejection(RelayRejection::NoKey);
-            return;
-        };
-        let r = match Relay::decode(key, msg) {
-            Ok(r) => r,
-            Err(crate::takeover::wire::WireError::BadMac) => {
-                self.stats.count_relay_rejection(RelayRejection::BadMac);
+    fn on_relay(
+        &self,
+        router: &Router,
+        src: SocketAddr,
+        msg: &[u8],
+        out: &mut [u8],
+        reply: &mut [u8],
+    ) {
+        let stats = &self.plane.stats;
+        let decoded = {
+            let key = read(&self.plane.group_key);
+            let Some(key) = key.as_ref() else {
+                stats.count_relay_rejection(RelayRejection::NoKey);
                 return;
-            }
-            Err(_) => {
-                self.stats.count_relay_rejection(RelayRejection::Malformed);
-                return;
+            };
+            match Relay::decode(key, msg) {
+                Ok(r) => (r.direction, r.client, r.datagram.to_vec()),
+                Err(crate::takeover::wire::WireError::BadMac) => {
+                    stats.count_relay_rejection(RelayRejection::BadMac);
+                    return;
+                }
+                Err(_) => {
+                    stats.count_relay_rejection(RelayRejection::Malformed);
+                    return;
+                }
             }
         };
+        let (direction, client, datagram) = decoded;
         let now = Instant::now();
-        let from_partner = |table: &HashMap<PeerIndex, (SocketAddr, Instant)>| {
-            table
-                .values()
-                .any(|(via, until)| via.ip() == src.ip() && now < *until)
-        };
-        match r.direction {
+        match direction {
             // We are the old holder: the client's datagram, as if it came from the client.
             // The relaying appliance holds the session now (its claim may not have reached
             // us yet): our replies go back through it, or the client would roam back here.
             RelayDirection::FromClient => {
-                let (client, datagram) = (r.client, r.datagram.to_vec());
                 if let Some(peer) = datagram
                     .get(4..8)
                     .and_then(|b| <[u8; 4]>::try_from(b).ok())
                     .and_then(|b| PeerIndex::from_receiver_index(u32::from_le_bytes(b)))
-                    && self.router.peer(peer).is_some()
+                    && router.contains(peer)
                 {
-                    let until = self
-                        .relay_old
-                        .get(&peer)
-                        .map_or(now + RELAY_IMPLIED, |(_, u)| (*u).max(now + RELAY_IMPLIED));
-                    self.relay_new.remove(&peer);
-                    self.relay_old.insert(peer, (src, until));
-                    self.on_wireguard(now, client, &datagram, out, reply, true);
+                    {
+                        let mut moves = write(&self.plane.moves);
+                        let until = moves
+                            .relay_old
+                            .get(&peer)
+                            .map_or(now + RELAY_IMPLIED, |(_, u)| (*u).max(now + RELAY_IMPLIED));
+                        moves.relay_new.remove(&peer);
+                        moves.relay_old.insert(peer, (src, until));
+                    }
+                    self.on_wireguard(router, now, client, &datagram, out, reply, true);
                 } else {
-                    self.stats
-                        .count_relay_rejection(RelayRejection::UnknownSession);
+                    stats.count_relay_rejection(RelayRejection::UnknownSession);
                 }
             }
             // We are the new holder: the old holder's reply, sent from our address.
-            RelayDirection::ToClient if from_partner(&self.relay_new) => {
-                self.send(r.client, r.datagram);
+            RelayDirection::ToClient
+                if from_partner(&read(&self.plane.moves).relay_new, src, now) =>
+            {
+                self.send(client, &datagram);
             }
-            _ => self.stats.count_relay_rejection(RelayRejection::NotPartner),
+            _ => stats.count_relay_rejection(RelayRejection::NotPartner),
         }
     }
 
     /// A decrypted packet from a peer.
-    fn on_peer_packet(&mut self, peer: PeerIndex, packet: &mut [u8], reply: &mut [u8]) {
-        let own = self.config.own_ip;
+    fn on_peer_packet(
+        &self,
+        router: &Router,
+        peer: PeerIndex,
+        packet: &mut [u8],
+        reply: &mut [u8],
+    ) {
+        let plane = &*self.plane;
+        let own = plane.own_ip;
         if let Some(udp) = packet::parse_udp(packet)
             && udp.dst.ip == own
             && udp.dst.port == REPORT_PORT
@@ -708,87 +887,95 @@ impl Device {
                     peer,
                     payload: udp.payload.to_vec(),
                 };
-                if self.events.try_send(event).is_err() {
-                    DeviceStats::add(&self.stats.events_dropped, 1);
+                if plane.events.try_send(event).is_err() {
+                    DeviceStats::add(&plane.stats.events_dropped, 1);
                 }
             } else {
-                self.stats.count_drop(DropReason::Malformed);
+                plane.stats.count_drop(DropReason::Malformed);
             }
             return;
         }
-        match &self.config.inside {
+        match &plane.inside {
             Inside::Echo => {
                 let Some(n) = packet::echo_in_place(packet, own) else {
-                    self.stats.count_drop(DropReason::NoRoute);
+                    plane.stats.count_drop(DropReason::NoRoute);
                     return;
                 };
                 let Some(ip) = packet::parse_ip(&packet[..n]) else {
                     return;
                 };
-                let routed = self.router.send_to_peer_ip(ip.dst, &packet[..n], reply);
+                let routed = router.send_to_peer_ip(ip.dst, &packet[..n], reply);
                 if matches!(routed, Routed::Send { .. }) {
-                    DeviceStats::add(&self.stats.inside_tx, 1);
+                    DeviceStats::add(&plane.stats.inside_tx, 1);
                 }
                 let _ = self.carry_out(routed);
             }
             Inside::Tun(dev) => {
                 if dev.try_send(packet).is_err() {
-                    DeviceStats::add(&self.stats.send_errors, 1);
+                    DeviceStats::add(&plane.stats.send_errors, 1);
                 }
             }
         }
     }
 
     /// A packet from the TUN device.
-    fn on_inside(&mut self, packet: &[u8], out: &mut [u8]) {
-        let routed = self.router.route_inside(packet, out);
+    fn on_inside(&self, packet: &[u8], out: &mut [u8]) {
+        let routed = read(&self.plane.router).route_inside(packet, out);
         if matches!(routed, Routed::Send { .. }) {
-            DeviceStats::add(&self.stats.inside_tx, 1);
+            DeviceStats::add(&self.plane.stats.inside_tx, 1);
         }
         let _ = self.carry_out(routed);
     }
 
-    fn on_pace(&mut self, out: &mut [u8]) {
+    fn on_pace(&self, initiations: &mut VecDeque<(PeerIndex, SocketAddr)>, out: &mut [u8]) {
+        let router = read(&self.plane.router);
         for _ in 0..INITIATIONS_PER_PACE {
-            let Some((peer, endpoint)) = self.initiations.pop_front() else {
+            let Some((peer, endpoint)) = initiations.pop_front() else {
                 break;
             };
-            let routed = self.router.initiate(peer, endpoint, out);
+            let routed = router.initiate(peer, endpoint, out);
             if matches!(routed, Routed::Send { .. }) {
-                DeviceStats::add(&self.stats.takeover_initiations, 1);
+                DeviceStats::add(&self.plane.stats.takeover_initiations, 1);
             }
             let _ = self.carry_out(routed);
         }
     }
 
-    fn on_timers(&mut self, now: Instant, out: &mut [u8]) {
-        for n in 0..self.router.len() {
-            if !self.withheld.is_empty()
-                && self
-                    .router
+    /// boringtun's timers of every peer, once per [`TICK`] (worker 0 only).
+    fn on_timers(&self, router: &Router, now: Instant, out: &mut [u8]) {
+        // A copy (almost always empty): `carry_out` reads `moves` too.
+        let withheld = read(&self.plane.moves).withheld.clone();
+        for n in 0..router.len() {
+            if !withheld.is_empty()
+                && router
                     .indexes()
                     .get(n)
-                    .is_some_and(|p| self.withheld.contains(p))
+                    .is_some_and(|p| withheld.contains(p))
             {
                 continue;
             }
-            let routed = self.router.update_timers(n, out);
+            let routed = router.update_timers(n, out);
             let _ = self.carry_out(routed);
         }
-        self.stats.sessions.store(
-            self.router.active_sessions(now) as u64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        self.plane
+            .stats
+            .sessions
+            .store(router.active_sessions(now) as u64, Ordering::Relaxed);
     }
 
     fn wall(&self, at: Instant) -> DateTime<Utc> {
-        let (i0, w0) = self.epoch;
+        let (i0, w0) = self.plane.epoch;
         let since = at.saturating_duration_since(i0);
         w0 + chrono::Duration::from_std(since).unwrap_or_default()
     }
 
-    fn snapshot(&self, peer: PeerIndex, cause: SnapshotCause) -> Option<SessionSnapshot> {
-        let p = self.router.peer(peer)?;
+    fn snapshot(
+        &self,
+        router: &Router,
+        peer: PeerIndex,
+        cause: SnapshotCause,
+    ) -> Option<SessionSnapshot> {
+        let p = router.peer(peer)?;
         Some(SessionSnapshot {
             peer,
             cause,
@@ -800,24 +987,24 @@ impl Device {
     }
 
     fn emit(&self, event: DeviceEvent) {
-        if self.events.try_send(event).is_err() {
-            DeviceStats::add(&self.stats.events_dropped, 1);
+        if self.plane.events.try_send(event).is_err() {
+            DeviceStats::add(&self.plane.stats.events_dropped, 1);
         }
     }
 
-    fn drain_events(&mut self, peer: PeerIndex) {
+    fn drain_events(&self, router: &Router, peer: PeerIndex) {
         let mut cause = None;
         // A peer keeps at most a handful of events; the bound is belt and braces.
         for _ in 0..32 {
-            let Some(event) = self.router.peer_mut(peer).and_then(|p| p.poll_event()) else {
+            let Some(event) = router.peer(peer).and_then(|mut p| p.poll_event()) else {
                 break;
             };
             match event {
                 PeerEvent::Handshake { receiver_index, .. } => {
                     cause = Some(SnapshotCause::Handshake);
-                    self.data_reported.remove(&peer);
-                    if let Some(group) = &self.group {
-                        let endpoint = self.router.peer(peer).and_then(|p| p.endpoint());
+                    write(&self.plane.moves).data_reported.remove(&peer);
+                    if let Some(group) = &self.plane.group {
+                        let endpoint = router.peer(peer).and_then(|p| p.endpoint());
                         if group
                             .try_send(GroupInput::Handshake {
                                 peer,
@@ -826,7 +1013,7 @@ impl Device {
                             })
                             .is_err()
                         {
-                            DeviceStats::add(&self.stats.events_dropped, 1);
+                            DeviceStats::add(&self.plane.stats.events_dropped, 1);
                         }
                     }
                 }
@@ -839,34 +1026,53 @@ impl Device {
         // A session held by another appliance is that appliance's to record: a row of ours
         // (epoch 0) could outrank the holder's and make us the holder without a claim.
         if let Some(cause) = cause
-            && !self.withheld.contains(&peer)
-            && let Some(s) = self.snapshot(peer, cause)
+            && !read(&self.plane.moves).withheld.contains(&peer)
+            && let Some(s) = self.snapshot(router, peer, cause)
         {
-            self.checkpointed.insert(peer, s.counters);
+            lock(&self.plane.checkpointed).insert(peer, s.counters);
             self.emit(DeviceEvent::Session(s));
         }
     }
 
-    fn on_checkpoint(&mut self) {
-        for n in 0..self.router.len() {
-            let Some(peer) = self.router.indexes().get(n).copied() else {
+    /// Changed counters of every held session (worker 0 only).
+    fn on_checkpoint(&self) {
+        let router = read(&self.plane.router);
+        let withheld = read(&self.plane.moves).withheld.clone();
+        for n in 0..router.len() {
+            let Some(peer) = router.indexes().get(n).copied() else {
                 break;
             };
-            if self.withheld.contains(&peer) {
+            if withheld.contains(&peer) {
                 continue;
             }
-            let Some(counters) = self.router.peer(peer).map(|p| p.counters()) else {
+            let Some(counters) = router.peer(peer).map(|p| p.counters()) else {
                 continue;
             };
-            if self.checkpointed.get(&peer).copied().unwrap_or_default() == counters {
+            if lock(&self.plane.checkpointed)
+                .get(&peer)
+                .copied()
+                .unwrap_or_default()
+                == counters
+            {
                 continue;
             }
-            if let Some(s) = self.snapshot(peer, SnapshotCause::Checkpoint) {
-                self.checkpointed.insert(peer, counters);
+            if let Some(s) = self.snapshot(&router, peer, SnapshotCause::Checkpoint) {
+                lock(&self.plane.checkpointed).insert(peer, counters);
                 self.emit(DeviceEvent::Session(s));
             }
         }
     }
+}
+
+/// Whether `src` is the partner of a move into this appliance whose window is open.
+fn from_partner(
+    table: &HashMap<PeerIndex, (SocketAddr, Instant)>,
+    src: SocketAddr,
+    now: Instant,
+) -> bool {
+    table
+        .values()
+        .any(|(via, until)| via.ip() == src.ip() && now < *until)
 }
 
 /// The partner of a move in progress for `peer`, if its window is open.

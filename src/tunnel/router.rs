@@ -12,10 +12,18 @@
 //!
 //! Pure: no sockets. Drain rule as in [`super::peer`]: after a [`Routed::Send`] for a peer,
 //! call [`Router::flush`] until it returns [`Routed::Done`].
+//!
+//! Shared by the device's workers (one per `SO_REUSEPORT` socket): the peer table changes only
+//! through `&mut self` (the device keeps the router behind a `RwLock`), while everything a
+//! datagram does takes `&self`, with each peer's `Tunn` behind a `Mutex` of its own. The kernel
+//! picks a socket by the 4-tuple hash, so a client's datagrams normally meet one worker, but a
+//! client that roams, or a handshake from a new port, can meet any worker: sharing the peers
+//! (instead of giving each worker a shard of its own and handing datagrams over) needs no
+//! hand-off at all and keeps one `Tunn`, one set of counters and one limiter per peer.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use boringtun::noise::handshake::parse_handshake_anon;
@@ -69,7 +77,8 @@ pub struct Router {
     /// secret. (Handing the peers `limiter` itself would count each handshake twice and send
     /// cookie replies to the takeover responses that `awaiting` lets past the limit.)
     mac1_only: Arc<RateLimiter>,
-    peers: HashMap<PeerIndex, Peer>,
+    /// Each behind its own lock: workers decrypt for different peers at once.
+    peers: HashMap<PeerIndex, Mutex<Peer>>,
     by_key: HashMap<PublicKey, PeerIndex>,
     by_ip: HashMap<IpAddr, PeerIndex>,
     /// Peer indexes in a stable order, for walking timers without allocating.
@@ -77,9 +86,15 @@ pub struct Router {
     /// Peers we sent a takeover initiation to and whose response has not come yet: that
     /// response skips the shared load limit (one each), so that taking over a thousand
     /// sessions at once is not answered with our own cookie replies.
-    awaiting: std::collections::HashSet<PeerIndex>,
+    awaiting: Mutex<std::collections::HashSet<PeerIndex>>,
     /// Cookie replies per source address: a flood from one address is not answered in full.
-    cookies: CookieBudget,
+    cookies: Mutex<CookieBudget>,
+}
+
+/// Locks `m`, also after a panic elsewhere while it was held: a peer's state stays usable
+/// (boringtun keeps it consistent between calls), and one bad packet must not stop the others.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl std::fmt::Debug for Router {
@@ -112,8 +127,8 @@ impl Router {
             by_key: HashMap::new(),
             by_ip: HashMap::new(),
             order: Vec::new(),
-            awaiting: std::collections::HashSet::new(),
-            cookies: CookieBudget::default(),
+            awaiting: Mutex::new(std::collections::HashSet::new()),
+            cookies: Mutex::new(CookieBudget::default()),
         }
     }
 
@@ -132,14 +147,14 @@ impl Router {
         self.order.is_empty()
     }
 
-    /// The peer with this index.
-    pub fn peer(&self, index: PeerIndex) -> Option<&Peer> {
-        self.peers.get(&index)
+    /// The peer with this index, locked: drop the guard before any other call for this peer.
+    pub fn peer(&self, index: PeerIndex) -> Option<MutexGuard<'_, Peer>> {
+        self.peers.get(&index).map(lock)
     }
 
-    /// The peer with this index, mutably (to poll its events).
-    pub fn peer_mut(&mut self, index: PeerIndex) -> Option<&mut Peer> {
-        self.peers.get_mut(&index)
+    /// Whether a peer with this index exists (without locking it).
+    pub fn contains(&self, index: PeerIndex) -> bool {
+        self.peers.contains_key(&index)
     }
 
     /// Peer indexes in a stable order.
@@ -151,7 +166,8 @@ impl Router {
     /// session. Another peer holding the same key or address is stale and removed. Returns
     /// whether anything changed.
     pub fn upsert(&mut self, spec: PeerSpec) -> bool {
-        if let Some(old) = self.peers.get(&spec.index) {
+        if let Some(old) = self.peers.get_mut(&spec.index) {
+            let old = old.get_mut().unwrap_or_else(PoisonError::into_inner);
             if old.spec() == &spec {
                 return false;
             }
@@ -162,7 +178,9 @@ impl Router {
                 self.unlink_ip(old_ip, spec.index);
                 self.evict_conflicts(&spec);
                 if let Some(p) = self.peers.get_mut(&spec.index) {
-                    p.set_tunnel_ip(spec.tunnel_ip);
+                    p.get_mut()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .set_tunnel_ip(spec.tunnel_ip);
                 }
                 self.by_ip.insert(spec.tunnel_ip, spec.index);
                 return true;
@@ -175,7 +193,7 @@ impl Router {
         self.order.push(spec.index);
         let index = spec.index;
         let peer = Peer::with_limiter(&self.own, spec, Arc::clone(&self.mac1_only));
-        self.peers.insert(index, peer);
+        self.peers.insert(index, Mutex::new(peer));
         true
     }
 
@@ -204,19 +222,23 @@ impl Router {
         let Some(peer) = self.peers.remove(&index) else {
             return false;
         };
+        let peer = peer.into_inner().unwrap_or_else(PoisonError::into_inner);
         let spec = peer.spec();
         if self.by_key.get(&spec.public_key) == Some(&index) {
             self.by_key.remove(&spec.public_key);
         }
         self.unlink_ip(spec.tunnel_ip, index);
         self.order.retain(|i| *i != index);
-        self.awaiting.remove(&index);
+        self.awaiting
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&index);
         true
     }
 
     /// Handles one datagram from `src`. `dst` must hold `datagram.len() + 32` and 148 bytes.
     pub fn handle_datagram<'a>(
-        &mut self,
+        &self,
         now: Instant,
         src: SocketAddr,
         datagram: &[u8],
@@ -232,7 +254,7 @@ impl Router {
         {
             Ok(p) => p,
             Err(TunnResult::WriteToNetwork(reply)) => {
-                if !self.cookies.allow(now, src.ip()) {
+                if !lock(&self.cookies).allow(now, src.ip()) {
                     return Routed::Drop(DropReason::CookieBudget);
                 }
                 let n = reply.len();
@@ -283,24 +305,25 @@ impl Router {
     }
 
     /// A handshake response to an initiation of ours (by the receiver index it names).
-    fn expected_response(&mut self, datagram: &[u8]) -> Option<PeerIndex> {
-        if self.awaiting.is_empty() || datagram.first() != Some(&2) || datagram.len() != 92 {
+    fn expected_response(&self, datagram: &[u8]) -> Option<PeerIndex> {
+        // The lock only for what looks like a response: data never touches it.
+        if datagram.first() != Some(&2) || datagram.len() != 92 {
             return None;
         }
         let b: [u8; 4] = datagram.get(8..12)?.try_into().ok()?;
         let index = PeerIndex::from_receiver_index(u32::from_le_bytes(b))?;
-        self.awaiting.remove(&index).then_some(index)
+        lock(&self.awaiting).remove(&index).then_some(index)
     }
 
     fn deliver<'a>(
-        &mut self,
+        &self,
         index: PeerIndex,
         now: Instant,
         src: SocketAddr,
         datagram: &[u8],
         dst: &'a mut [u8],
     ) -> Routed<'a> {
-        let Some(peer) = self.peers.get_mut(&index) else {
+        let Some(mut peer) = self.peer(index) else {
             return Routed::Drop(DropReason::UnknownIndex);
         };
         match peer.handle_datagram(now, src, datagram, dst) {
@@ -335,16 +358,16 @@ impl Router {
     }
 
     /// Sends what `peer` queued during a handshake. Repeat until [`Routed::Done`].
-    pub fn flush<'a>(&mut self, index: PeerIndex, dst: &'a mut [u8]) -> Routed<'a> {
-        let Some(peer) = self.peers.get_mut(&index) else {
+    pub fn flush<'a>(&self, index: PeerIndex, dst: &'a mut [u8]) -> Routed<'a> {
+        let Some(mut peer) = self.peer(index) else {
             return Routed::Done;
         };
         let action = peer.flush(dst);
-        Self::to_endpoint(peer, index, action)
+        Self::to_endpoint(&peer, index, action)
     }
 
     /// Routes an inside packet to the peer owning its destination address.
-    pub fn route_inside<'a>(&mut self, packet: &[u8], dst: &'a mut [u8]) -> Routed<'a> {
+    pub fn route_inside<'a>(&self, packet: &[u8], dst: &'a mut [u8]) -> Routed<'a> {
         let Some(ip) = super::packet::parse_ip(packet) else {
             return Routed::Drop(DropReason::Malformed);
         };
@@ -352,51 +375,46 @@ impl Router {
     }
 
     /// Encrypts `packet` for the peer with tunnel address `ip`.
-    pub fn send_to_peer_ip<'a>(
-        &mut self,
-        ip: IpAddr,
-        packet: &[u8],
-        dst: &'a mut [u8],
-    ) -> Routed<'a> {
+    pub fn send_to_peer_ip<'a>(&self, ip: IpAddr, packet: &[u8], dst: &'a mut [u8]) -> Routed<'a> {
         let Some(index) = self.by_ip.get(&ip).copied() else {
             return Routed::Drop(DropReason::NoRoute);
         };
-        let Some(peer) = self.peers.get_mut(&index) else {
+        let Some(mut peer) = self.peer(index) else {
             return Routed::Drop(DropReason::NoRoute);
         };
         let action = peer.encapsulate(packet, dst);
-        Self::to_endpoint(peer, index, action)
+        Self::to_endpoint(&peer, index, action)
     }
 
     /// Runs the timers of the `n`-th peer (see [`Router::indexes`]).
-    pub fn update_timers<'a>(&mut self, n: usize, dst: &'a mut [u8]) -> Routed<'a> {
+    pub fn update_timers<'a>(&self, n: usize, dst: &'a mut [u8]) -> Routed<'a> {
         let Some(index) = self.order.get(n).copied() else {
             return Routed::Done;
         };
-        let Some(peer) = self.peers.get_mut(&index) else {
+        let Some(mut peer) = self.peer(index) else {
             return Routed::Done;
         };
         let action = peer.update_timers(dst);
-        Self::to_endpoint(peer, index, action)
+        Self::to_endpoint(&peer, index, action)
     }
 
     /// Takeover: points the peer at the client's last endpoint and sends it a handshake
     /// initiation (the client roams to us once the handshake completes).
     pub fn initiate<'a>(
-        &mut self,
+        &self,
         index: PeerIndex,
         endpoint: SocketAddr,
         dst: &'a mut [u8],
     ) -> Routed<'a> {
-        let Some(peer) = self.peers.get_mut(&index) else {
+        let Some(mut peer) = self.peer(index) else {
             return Routed::Drop(DropReason::UnknownPeer);
         };
         peer.set_endpoint(endpoint);
         let action = peer.force_handshake(dst);
         if matches!(action, Action::Send(_)) {
-            self.awaiting.insert(index);
+            lock(&self.awaiting).insert(index);
         }
-        Self::to_endpoint(peer, index, action)
+        Self::to_endpoint(&peer, index, action)
     }
 
     /// Restarts the shared handshake count if a second has passed since it last did (boringtun
@@ -408,7 +426,10 @@ impl Router {
 
     /// Peers with a live session at `now`.
     pub fn active_sessions(&self, now: Instant) -> usize {
-        self.peers.values().filter(|p| p.is_active(now)).count()
+        self.peers
+            .values()
+            .filter(|p| lock(p).is_active(now))
+            .count()
     }
 }
 
@@ -470,6 +491,7 @@ mod tests {
         let b_peer = router.peer(PeerIndex::new(2000).unwrap()).unwrap();
         assert_eq!(b_peer.endpoint(), Some(src));
         assert_eq!(b_peer.receiver_index().map(|r| r >> 8), Some(2000));
+        drop(b_peer);
         assert!(
             router
                 .peer(PeerIndex::new(1000).unwrap())

@@ -36,6 +36,10 @@ pub struct DeviceStats {
     pub peers: AtomicU64,
     /// Peers with a live session (updated every timer tick).
     pub sessions: AtomicU64,
+    /// Data-plane workers running (each with its own socket).
+    pub workers: AtomicU64,
+    /// Datagrams received per worker: how evenly the kernel spreads clients over the sockets.
+    worker_rx: [AtomicU64; super::MAX_THREADS],
     drops: [AtomicU64; DropReason::ALL.len()],
     relay_rejections: [AtomicU64; RelayRejection::ALL.len()],
 }
@@ -132,6 +136,23 @@ impl DeviceStats {
             .map_or(0, |c| c.load(Ordering::Relaxed))
     }
 
+    /// Counts one datagram received by worker `worker` (ignored beyond [`super::MAX_THREADS`]).
+    pub fn count_worker_rx(&self, worker: usize) {
+        if let Some(c) = self.worker_rx.get(worker) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Datagrams received by each running worker so far.
+    pub fn worker_rx(&self) -> Vec<u64> {
+        let n = self.workers.load(Ordering::Relaxed) as usize;
+        self.worker_rx
+            .iter()
+            .take(n)
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect()
+    }
+
     /// Adds `n` to a counter.
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
@@ -215,6 +236,18 @@ impl crate::metrics::Collector for DeviceStats {
                 ("tx", get(&self.tx_datagrams)),
             ],
         )?;
+        let per_worker: Vec<(String, u64)> = self
+            .worker_rx()
+            .into_iter()
+            .enumerate()
+            .map(|(i, n)| (i.to_string(), n))
+            .collect();
+        out.counters(
+            "shadowsteer_wg_worker_rx_datagrams",
+            "Datagrams received by each data-plane worker (one SO_REUSEPORT socket each).",
+            "worker",
+            per_worker.iter().map(|(w, n)| (w.as_str(), *n)),
+        )?;
         out.counters(
             "shadowsteer_wg_bytes",
             "Bytes of those datagrams, by direction.",
@@ -274,5 +307,23 @@ impl crate::metrics::Collector for DeviceStats {
             "reason",
             RelayRejection::ALL.map(|r| (r.as_str(), self.relay_rejections(r))),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_counters_cover_running_workers_only() {
+        let stats = DeviceStats::default();
+        stats.workers.store(2, Ordering::Relaxed);
+        stats.count_worker_rx(1);
+        stats.count_worker_rx(1);
+        stats.count_worker_rx(0);
+        stats.count_worker_rx(5);
+        // Beyond the array: ignored, no panic.
+        stats.count_worker_rx(super::super::MAX_THREADS);
+        assert_eq!(stats.worker_rx(), vec![1, 2]);
     }
 }
