@@ -59,6 +59,7 @@ fn inputs(advisory_until: Option<DateTime<Utc>>) -> Inputs {
         appliances: Arc::new(BTreeMap::from([(eu.id.clone(), eu), (us.id.clone(), us)])),
         clients: Arc::new(clients),
         model_scores: Arc::default(),
+        stale_scores: Arc::default(),
         advisories: Arc::new(advisories),
         history: Arc::default(),
     }

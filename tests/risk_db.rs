@@ -16,6 +16,7 @@ use shadowsteer::domain::{
 use shadowsteer::risk::dataset;
 use shadowsteer::risk::live::{self, LiveSnapshot};
 use shadowsteer::risk::model::Model;
+use shadowsteer::risk::reload::ModelSource;
 use shadowsteer::risk::telemetry::Metric;
 use shadowsteer::store::notify::{Change, ChangedTable, listen};
 use tokio::sync::watch;
@@ -233,7 +234,7 @@ async fn live_scoring_writes_and_notifies() {
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(live::run(
         db.pool.clone(),
-        Arc::clone(&model),
+        Arc::new(ModelSource::new(None, Arc::clone(&model))),
         settings,
         RegionId::new("eu").unwrap(),
         tx,
@@ -391,7 +392,7 @@ fn start_scorer(
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(live::run(
         pool.clone(),
-        Arc::clone(model),
+        Arc::new(ModelSource::new(None, Arc::clone(model))),
         settings,
         RegionId::new("eu").unwrap(),
         tx,

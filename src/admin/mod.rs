@@ -44,7 +44,7 @@ use tower_http::timeout::TimeoutLayer;
 use crate::dns::publish::PublishStatus;
 use crate::dns::stats::{ApplianceSlots, Stats};
 use crate::risk::live::LiveSnapshot;
-use crate::risk::model::Model;
+use crate::risk::reload::ModelSource;
 use crate::store::audit::AuditStatus;
 use crate::store::snapshot::SyncStatus;
 
@@ -93,8 +93,8 @@ pub struct ServerStatus {
 /// The risk model and live scores, when scoring runs, and the steering threshold in force.
 #[derive(Debug, Clone)]
 pub struct LiveView {
-    /// The model scoring (`None` with risk scoring off).
-    pub model: Option<Arc<Model>>,
+    /// The model scoring, replaceable at run time (`None` with risk scoring off).
+    pub model: Option<Arc<ModelSource>>,
     /// The live scorer's latest round.
     pub scores: Option<watch::Receiver<Arc<LiveSnapshot>>>,
     /// Steering threshold: above it a primary's clients move to their shadow.

@@ -23,7 +23,7 @@ use shadowsteer::dns::tcp::TcpServer;
 use shadowsteer::dns::udp::{self, Worker};
 use shadowsteer::dns::zone::Snapshot;
 use shadowsteer::dns::{catalog, snapshot_file, tcp};
-use shadowsteer::risk::{self, live::LiveSnapshot, model::Model};
+use shadowsteer::risk::{self, live::LiveSnapshot, model::Model, reload::ModelSource};
 use shadowsteer::steering::{Engine, Policy};
 use shadowsteer::store::audit::AuditStatus;
 use shadowsteer::store::replication::heartbeat::{self, LagBoard};
@@ -148,7 +148,7 @@ fn admin_state(
     cfg: &SteeringConfig,
     pool: &sqlx::PgPool,
     status: admin::ServerStatus,
-    model: Option<Arc<Model>>,
+    model: Option<Arc<ModelSource>>,
     scores: Option<watch::Receiver<Arc<LiveSnapshot>>>,
     threshold: f64,
 ) -> admin::AppState {
@@ -178,6 +178,28 @@ fn admin_state(
         },
         site: Arc::new(admin::Site { zone, client_label }),
         fleet: Arc::new(admin::FleetCache::default()),
+    }
+}
+
+/// Reloads the risk model at every SIGHUP until shutdown; a refused file is logged and the
+/// model in force stays.
+async fn reload_on_hangup(source: Arc<ModelSource>, shutdown: CancellationToken) {
+    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; reload the model through the admin API");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            got = hangup.recv() => if got.is_none() { return },
+        }
+        tracing::info!("SIGHUP: reloading the risk model");
+        let s = Arc::clone(&source);
+        // Errors are logged by `reload`; the model in force stays.
+        let _ = tokio::task::spawn_blocking(move || s.reload()).await;
     }
 }
 
@@ -336,6 +358,7 @@ pub async fn run(args: ServeArgs) -> CommandResult {
             status: sync.clone(),
             reconcile_interval: cfg.server.reconcile_interval.0,
             health_timeout: cfg.steering.health_timeout.0,
+            max_score_age: cfg.risk.max_score_age(),
         }
         .run(shutdown.clone()),
     ));
@@ -420,15 +443,20 @@ pub async fn run(args: ServeArgs) -> CommandResult {
     }
     // Live scoring writes risk_scores; its writes reach DNS through the table's NOTIFY trigger
     // like any other change, and its snapshot feeds the metrics.
-    let model_for_api = model.clone();
-    let risk = model.map(|model| {
+    // The model in force can be replaced without a restart: SIGHUP or the admin API.
+    let source = model.map(|m| Arc::new(ModelSource::new(cfg.risk.model.clone(), m)));
+    if let Some(source) = &source {
+        tasks.spawn(reload_on_hangup(Arc::clone(source), shutdown.clone()));
+    }
+    let model_for_api = source.clone();
+    let risk = source.map(|source| {
         let (tx, rx) = watch::channel(Arc::new(LiveSnapshot::default()));
         tasks.spawn(store::after_migration(
             migrated.clone(),
             shutdown.clone(),
             risk::live::run(
                 pool.clone(),
-                model,
+                source,
                 cfg.risk.clone(),
                 cfg.server.region.clone(),
                 tx,

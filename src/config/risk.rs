@@ -31,6 +31,11 @@ pub struct RiskSection {
     /// Threads scoring in parallel (outside the async runtime's workers).
     #[serde(default = "default_threads")]
     pub threads: usize,
+    /// A stored appliance score not confirmed by a scorer for this long counts as unknown-high
+    /// in steering (a silent appliance, or a dead scorer, never keeps clients on last-known-low).
+    /// Absent: 3 × `interval`, at least 3 s. See [`RiskSection::max_score_age`].
+    #[serde(default)]
+    pub max_score_age: Option<Duration>,
 }
 
 fn default_enabled() -> bool {
@@ -58,11 +63,32 @@ impl Default for RiskSection {
             epsilon: default_epsilon(),
             max_writes_per_round: default_max_writes(),
             threads: default_threads(),
+            max_score_age: None,
         }
     }
 }
 
+/// The default score age is this many scoring intervals: a scorer confirms every score at
+/// least every quarter of it, so one late or failed round never expires anything.
+const AGE_INTERVALS: u32 = 3;
+/// ... and at least this, so the 1 s freshness check and replication lag fit in it.
+const MIN_DEFAULT_AGE: std::time::Duration = std::time::Duration::from_secs(3);
+
 impl RiskSection {
+    /// Age after which a stored score counts as unknown-high: `max_score_age` or its default.
+    pub fn max_score_age(&self) -> std::time::Duration {
+        self.max_score_age
+            .map(|d| d.0)
+            .unwrap_or_else(|| (self.interval.0 * AGE_INTERVALS).max(MIN_DEFAULT_AGE))
+    }
+
+    /// How old a confirmation may get before the scorer renews it: a quarter of the maximum
+    /// age (with the default age, every round). The rest is slack for late or failed rounds,
+    /// replication lag and the freshness check's own period.
+    pub fn confirm_after(&self) -> std::time::Duration {
+        self.max_score_age() / 4
+    }
+
     /// Records every problem of the section under `risk.`.
     pub fn validate(&self, problems: &mut Problems) {
         let iv = self.interval.0;
@@ -77,6 +103,16 @@ impl RiskSection {
         }
         if !(1..=64).contains(&self.threads) {
             problems.push("risk.threads", "must be between 1 and 64");
+        }
+        if let Some(age) = self.max_score_age {
+            if age.0 < iv * 2 || age.0 < std::time::Duration::from_secs(2) {
+                problems.push(
+                    "risk.max_score_age",
+                    "must be at least 2 × risk.interval and at least 2s (scores are confirmed once per round)",
+                );
+            } else if age.0 > std::time::Duration::from_secs(3600) {
+                problems.push("risk.max_score_age", "must be at most 1h");
+            }
         }
         if self
             .model
@@ -112,6 +148,38 @@ mod tests {
                 "s.toml: risk.threads: must be between 1 and 64"
             ]
         );
+        assert_eq!(cfg.risk.max_score_age(), std::time::Duration::from_secs(3));
+        let slow: SteeringConfig =
+            parse(file, &format!("{BASE}[risk]\ninterval = \"10s\"\n")).unwrap();
+        assert_eq!(
+            slow.risk.max_score_age(),
+            std::time::Duration::from_secs(30)
+        );
+        let set: SteeringConfig =
+            parse(file, &format!("{BASE}[risk]\nmax_score_age = \"9s\"\n")).unwrap();
+        assert_eq!(set.risk.max_score_age(), std::time::Duration::from_secs(9));
+        assert_eq!(
+            set.risk.confirm_after(),
+            std::time::Duration::from_millis(2250)
+        );
+        for (bad, why) in [
+            (
+                "interval = \"5s\"\nmax_score_age = \"9s\"",
+                "at least 2 × risk.interval",
+            ),
+            ("max_score_age = \"1s\"", "at least 2 × risk.interval"),
+            ("max_score_age = \"2h\"", "at most 1h"),
+        ] {
+            let errs =
+                parse::<SteeringConfig>(file, &format!("{BASE}[risk]\n{bad}\n")).unwrap_err();
+            assert!(
+                errs[0]
+                    .to_string()
+                    .starts_with("s.toml: risk.max_score_age: ")
+                    && errs[0].to_string().contains(why),
+                "{bad}: {errs:?}"
+            );
+        }
         let errs = parse::<SteeringConfig>(file, &format!("{BASE}[risk]\nintervall = \"1s\"\n"))
             .unwrap_err();
         assert!(

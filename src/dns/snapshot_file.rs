@@ -407,6 +407,8 @@ pub fn decode(
             appliances: Arc::new(appliances),
             clients: Arc::new(clients),
             model_scores: Arc::new(scores),
+            // Not saved: staleness is judged against the database's clock once it is back.
+            stale_scores: Arc::default(),
             advisories: Arc::new(advisories),
             history: Arc::new(history),
         },
@@ -619,6 +621,7 @@ mod tests {
                 ends_at: None,
             }]),
             appliances: Arc::new(BTreeMap::from([(eu.id.clone(), eu), (us.id.clone(), us)])),
+            stale_scores: Arc::default(),
             history: Arc::default(),
         }
     }

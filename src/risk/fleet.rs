@@ -123,8 +123,12 @@ struct Subject {
     region: String,
     ring: Ring,
     last_seen: i64,
+    /// Newest second of telemetry about it (`None`: only known from stored scores or baselines).
+    heard: Option<i64>,
     score: Option<RiskScore>,
     written: Option<f64>,
+    /// Its stored score came from another model: rewrite it whatever it moved.
+    rewrite: bool,
     hold: Hold,
 }
 
@@ -176,8 +180,10 @@ impl Fleet {
                     region: region.to_owned(),
                     ring: Ring::new(sec),
                     last_seen: sec,
+                    heard: None,
                     score: None,
                     written: None,
+                    rewrite: false,
                     hold: Hold::default(),
                 });
                 self.index
@@ -206,9 +212,9 @@ impl Fleet {
     pub fn handle_health(&mut self, rows: &[HealthSecond]) {
         for h in rows {
             let v = h.values.map(|x| x as f32);
-            self.subject(SubjectKind::Appliance, &h.appliance, &h.region, h.sec)
-                .ring
-                .put(h.sec, 0..5, &v);
+            let s = self.subject(SubjectKind::Appliance, &h.appliance, &h.region, h.sec);
+            s.heard = s.heard.max(Some(h.sec));
+            s.ring.put(h.sec, 0..5, &v);
         }
     }
 
@@ -218,15 +224,15 @@ impl Fleet {
         for p in rows.iter().filter(|p| p.src != p.dst) {
             let id = format!("{}>{}", p.src, p.dst);
             let v = [p.rtt_ms as f32, p.jitter_ms as f32, p.loss as f32];
-            self.subject(SubjectKind::Path, &id, &p.region, p.sec)
-                .ring
-                .put(p.sec, 5..8, &v);
+            let s = self.subject(SubjectKind::Path, &id, &p.region, p.sec);
+            s.heard = s.heard.max(Some(p.sec));
+            s.ring.put(p.sec, 5..8, &v);
         }
         for n in network_seconds(rows) {
             let v = [n.rtt_ms as f32, n.jitter_ms as f32, n.loss as f32];
-            self.subject(SubjectKind::Appliance, n.appliance, n.region, n.sec)
-                .ring
-                .put(n.sec, 5..8, &v);
+            let s = self.subject(SubjectKind::Appliance, n.appliance, n.region, n.sec);
+            s.heard = s.heard.max(Some(n.sec));
+            s.ring.put(n.sec, 5..8, &v);
         }
     }
 
@@ -301,15 +307,24 @@ impl Fleet {
         });
     }
 
-    /// Rows worth writing for `region`: scores never written, or moved by more than `epsilon`
-    /// since written (all of them when `rewrite_all`, e.g. after a model change); at most
-    /// `max`, largest moves first.
+    /// Marks every stored score as another model's (a reload, or a start with stored scores of
+    /// an older model): each is rewritten once, over as many rounds as `max` requires.
+    pub fn handle_new_model(&mut self) {
+        for s in &mut self.subjects {
+            s.rewrite = true;
+        }
+    }
+
+    /// Rows worth writing for `region`: scores never written, of another model
+    /// ([`handle_new_model`](Self::handle_new_model)), or moved by more than `epsilon` since
+    /// written; at most `max`, largest moves first. A row is `confirmed` when its subject was
+    /// heard from at or after second `heard_since`.
     pub fn poll_writes(
         &self,
         region: &str,
         epsilon: f64,
         max: usize,
-        rewrite_all: bool,
+        heard_since: i64,
     ) -> Vec<ScoreRow> {
         let mut moved: Vec<(f64, &Subject, RiskScore)> = self
             .subjects
@@ -318,7 +333,7 @@ impl Fleet {
             .filter_map(|s| {
                 let score = s.score?;
                 let delta = match s.written {
-                    _ if rewrite_all => f64::INFINITY,
+                    _ if s.rewrite => f64::INFINITY,
                     None => f64::INFINITY,
                     Some(w) => (score.value().get() - w).abs(),
                 };
@@ -334,7 +349,24 @@ impl Fleet {
                 subject_kind: s.kind.as_str(),
                 subject: s.id.clone(),
                 score,
+                confirmed: s.heard.is_some_and(|h| h >= heard_since),
             })
+            .collect()
+    }
+
+    /// Subjects of `region` whose stored score still stands and may be confirmed: written, and
+    /// heard from at or after second `heard_since`. A subject that fell silent is not
+    /// confirmed, so its stored score expires and steering treats it as unknown-high.
+    pub fn poll_confirmations(
+        &self,
+        region: &str,
+        heard_since: i64,
+    ) -> Vec<(&'static str, String)> {
+        self.subjects
+            .iter()
+            .filter(|s| s.region == region && s.written.is_some())
+            .filter(|s| s.heard.is_some_and(|h| h >= heard_since))
+            .map(|s| (s.kind.as_str(), s.id.clone()))
             .collect()
     }
 
@@ -348,6 +380,7 @@ impl Fleet {
             };
             if let Some(&i) = self.index.get(&(kind, r.subject.clone())) {
                 self.subjects[i].written = Some(r.score.value().get());
+                self.subjects[i].rewrite = false;
             }
         }
     }
@@ -475,7 +508,7 @@ mod tests {
             ..h("x", 100)
         }]);
         f.score(&model, 101, 2);
-        let rows = f.poll_writes("eu", 0.02, 10, false);
+        let rows = f.poll_writes("eu", 0.02, 10, i64::MIN);
         assert_eq!(
             rows.len(),
             3,
@@ -485,10 +518,19 @@ mod tests {
         f.handle_written(&rows);
         f.score(&model, 102, 2);
         assert!(
-            f.poll_writes("eu", 0.02, 10, false).is_empty(),
+            f.poll_writes("eu", 0.02, 10, i64::MIN).is_empty(),
             "nothing moved"
         );
-        assert_eq!(f.poll_writes("eu", 0.02, 10, true).len(), 3);
+        // A new model: everything is rewritten once, across rounds when capped.
+        f.handle_new_model();
+        let first = f.poll_writes("eu", 0.02, 2, i64::MIN);
+        assert_eq!(first.len(), 2);
+        f.handle_written(&first);
+        let rest = f.poll_writes("eu", 0.02, 2, i64::MIN);
+        assert_eq!(rest.len(), 1);
+        assert!(first.iter().all(|r| r.subject != rest[0].subject));
+        f.handle_written(&rest);
+        assert!(f.poll_writes("eu", 0.02, 10, i64::MIN).is_empty());
         // An open failure on "b" moves it to 1; failures on all three move them all, capped.
         let open = |a: &str| FailureEvent {
             region: "eu".into(),
@@ -500,13 +542,63 @@ mod tests {
         };
         f.handle_failures(&[open("b")], 103);
         f.score(&model, 103, 1);
-        let rows = f.poll_writes("eu", 0.02, 10, false);
+        let rows = f.poll_writes("eu", 0.02, 10, i64::MIN);
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].subject, "b");
         assert_eq!(rows[0].score.value().get(), 1.0);
         f.handle_written(&rows);
         f.handle_failures(&[open("a"), open("b"), open("c")], 104);
         f.score(&model, 104, 1);
-        assert_eq!(f.poll_writes("eu", 0.02, 1, false).len(), 1, "capped");
+        assert_eq!(f.poll_writes("eu", 0.02, 1, i64::MIN).len(), 1, "capped");
+    }
+
+    #[test]
+    fn confirms_only_written_subjects_still_heard_from() {
+        let model = Model::constant("t", 0.2);
+        let mut f = Fleet::new();
+        let h = |a: &str, sec| HealthSecond {
+            region: "eu".into(),
+            appliance: a.into(),
+            sec,
+            values: [0.5, 0.5, 0.5, 10.0, 0.0],
+        };
+        // "s" is only known from a stored score (e.g. read at start): never heard, never
+        // confirmed, however recent the start.
+        f.handle_stored(SubjectKind::Appliance, "s", "eu", 0.1, 100);
+        f.handle_health(&[h("a", 100), h("b", 100)]);
+        f.score(&model, 101, 1);
+        assert!(
+            f.poll_confirmations("eu", 98).is_empty(),
+            "nothing written yet"
+        );
+        let rows = f.poll_writes("eu", 0.02, 10, 98);
+        f.handle_written(&rows);
+        let mut c = f.poll_confirmations("eu", 98);
+        c.sort();
+        assert_eq!(c, [("appliance", "a".into()), ("appliance", "b".into())]);
+        assert!(f.poll_confirmations("us", 98).is_empty());
+        // Rows of subjects heard since the bound confirm; others do not.
+        assert!(rows.iter().all(|r| r.confirmed));
+        f.handle_new_model();
+        assert!(
+            f.poll_writes("eu", 0.02, 10, 101)
+                .iter()
+                .all(|r| !r.confirmed)
+        );
+        f.handle_written(&rows);
+        // "a" keeps reporting, "b" falls silent: after 3 s only "a" is confirmed.
+        for sec in 101..=105 {
+            f.handle_health(&[h("a", sec)]);
+            f.score(&model, sec, 1);
+        }
+        assert_eq!(
+            f.poll_confirmations("eu", 100).len(),
+            2,
+            "3 s of silence is still within the age"
+        );
+        assert_eq!(
+            f.poll_confirmations("eu", 102),
+            [("appliance", "a".to_string())]
+        );
     }
 }

@@ -9,6 +9,11 @@
 //! snapshot; the next round retries. After an error the telemetry is re-read from the window's
 //! start, so nothing inserted meanwhile is missed.
 //!
+//! Scores expire (`risk.max_score_age`): every round also confirms the unchanged stored score of
+//! each subject still heard from, at most once per quarter of that age; a subject that falls
+//! silent is no longer confirmed, and steering counts its score as unknown-high once it is
+//! older than the age (`store::snapshot::stale_scores`).
+//!
 //! One scorer per region: each round first takes or renews the region's lease in the database
 //! (`store::scorer_lease`); a server that does not hold it stands by and says who scores. The
 //! one that takes the lease over starts from the stored scores, as after a restart.
@@ -25,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use super::features::WINDOW_S;
 use super::fleet::{Fleet, SubjectKind, SubjectScore};
 use super::model::Model;
+use super::reload::ModelSource;
 use crate::config::RiskSection;
 use crate::domain::RegionId;
 use crate::store::{StoreError, risk as db, scorer_lease};
@@ -61,6 +67,10 @@ pub struct LiveSnapshot {
     pub leading: bool,
     /// Who holds the lease when another server does.
     pub lease_holder: Option<String>,
+    /// Model reloads done (SIGHUP or admin API), the unchanged ones included.
+    pub model_reloads: u64,
+    /// Model reloads refused (the old model stayed).
+    pub model_reload_failures: u64,
 }
 
 impl LiveSnapshot {
@@ -73,6 +83,16 @@ impl LiveSnapshot {
                 ("version", self.model_version.as_str()),
                 ("threshold", self.threshold.to_string().as_str()),
             ],
+        )?;
+        out.counter(
+            "shadowsteer_risk_model_reloads",
+            "Risk model reloads done (SIGHUP or POST /api/v1/model/reload).",
+            self.model_reloads,
+        )?;
+        out.counter(
+            "shadowsteer_risk_model_reload_failures",
+            "Risk model reloads refused: the file was not a valid model; the old one stayed.",
+            self.model_reload_failures,
         )?;
         out.counter(
             "shadowsteer_risk_rounds",
@@ -155,19 +175,18 @@ struct Round {
     fleet: Fleet,
     /// Telemetry was read up to (exclusive) this time.
     read_to: Option<DateTime<Utc>>,
-    /// Model version of the stored scores, when it differs from ours (rewrite all once).
-    rewrite_all: bool,
     /// Whether the rtt baselines were warmed from stored probes.
     baseline_seeded: bool,
 }
 
-/// Runs until `shutdown`: scores every `settings.interval` while it holds the region's scorer
-/// lease, and publishes to `snapshot`. `region` is this server's region: only its subjects'
+/// Runs until `shutdown`: scores every `settings.interval` with the model `source` has in force
+/// (taken at the start of each round) while it holds the region's scorer lease, and publishes
+/// to `snapshot`. `region` is this server's region: only its subjects'
 /// rows are written. Never fails: with the database away it keeps retrying every round and
 /// says so in the snapshot.
 pub async fn run(
     pool: PgPool,
-    model: Arc<Model>,
+    source: Arc<ModelSource>,
     settings: RiskSection,
     region: RegionId,
     snapshot: watch::Sender<Arc<LiveSnapshot>>,
@@ -176,6 +195,7 @@ pub async fn run(
     let holder = lease_holder_name();
     let ttl = lease_ttl(settings.interval.0);
     let mut round = Round::default();
+    let mut model = source.current();
     let mut state = LiveSnapshot {
         model_version: model.version.clone(),
         threshold: model.threshold,
@@ -189,6 +209,7 @@ pub async fn run(
             () = shutdown.cancelled() => break,
             _ = ticker.tick() => {}
         }
+        (state.model_reloads, state.model_reload_failures) = source.counts();
         match scorer_lease::acquire(&pool, region.as_str(), &holder, ttl).await {
             Ok(true) if !state.leading => {
                 tracing::info!(%holder, region = %region, "scoring the region (scorer lease taken)");
@@ -217,6 +238,15 @@ pub async fn run(
                 snapshot.send_replace(Arc::new(state.clone()));
                 continue;
             }
+        }
+        let latest = source.current();
+        if latest.version != model.version {
+            // A reloaded model: every score is rewritten once, naming it.
+            tracing::info!(previous = %model.version, version = %latest.version, "scoring with the reloaded risk model");
+            model = latest;
+            round.fleet.handle_new_model();
+            state.model_version = model.version.clone();
+            state.threshold = model.threshold;
         }
         let now = Utc::now();
         match run_round(&pool, &model, &settings, &region, round, now).await {
@@ -280,10 +310,9 @@ async fn first_round(pool: &PgPool, model: &Model, region: &RegionId) -> Round {
         }
     };
     let mut round = Round::default();
+    let mut other_model = false;
     for ((kind, subject), (score, version)) in stored {
-        if version != model.version {
-            round.rewrite_all = true;
-        }
+        other_model |= version != model.version;
         let kind = if kind == "path" {
             SubjectKind::Path
         } else {
@@ -292,6 +321,9 @@ async fn first_round(pool: &PgPool, model: &Model, region: &RegionId) -> Round {
         round
             .fleet
             .handle_stored(kind, &subject, region.as_str(), score, now);
+    }
+    if other_model {
+        round.fleet.handle_new_model();
     }
     round
 }
@@ -358,26 +390,35 @@ async fn run_round(
         Ok(f) => f,
         Err(e) => return (round, Err(StoreError::Task(e.to_string()))),
     };
+    // Subjects heard from within the score age are confirmed; silent ones let theirs expire.
+    let max_age = settings.max_score_age();
+    let heard_since = scored_at - i64::try_from(max_age.as_secs()).unwrap_or(i64::MAX).max(1);
     let rows = round.fleet.poll_writes(
         region.as_str(),
         settings.epsilon,
         settings.max_writes_per_round,
-        round.rewrite_all,
+        heard_since,
     );
     let computed_at = DateTime::from_timestamp(scored_at, 0).unwrap_or(now);
-    match db::write_scores(pool, &rows, &model.version, computed_at).await {
-        Ok(n) => {
-            round.fleet.handle_written(&rows);
-            round.rewrite_all = false;
-            (
-                round,
-                Ok(Outcome {
-                    written: n,
-                    scoring_ms,
-                    scored_at,
-                }),
-            )
-        }
-        Err(e) => (round, Err(e)),
+    let written = match db::write_scores(pool, &rows, &model.version, computed_at).await {
+        Ok(n) => n,
+        Err(e) => return (round, Err(e)),
+    };
+    round.fleet.handle_written(&rows);
+    // Unchanged scores of subjects still heard from are confirmed, so they do not expire.
+    let confirm = round.fleet.poll_confirmations(region.as_str(), heard_since);
+    // Confirmed as of now (not the scored second): the scorer is alive and heard them now.
+    let before = now
+        - chrono::Duration::from_std(settings.confirm_after()).unwrap_or(chrono::Duration::zero());
+    if let Err(e) = db::confirm_scores(pool, region.as_str(), &confirm, now, before).await {
+        return (round, Err(e));
     }
+    (
+        round,
+        Ok(Outcome {
+            written,
+            scoring_ms,
+            scored_at,
+        }),
+    )
 }

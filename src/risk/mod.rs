@@ -5,7 +5,8 @@
 //! layout), [`features`], [`simulate`], [`train`], [`model`], [`evaluate`], [`generalisation`]
 //! (leave-one-kind-out), [`score`] and
 //! [`fleet`] (the live scorer's in-memory windows and write decisions). None of them touches a clock, a socket or
-//! the database. The shells are [`live`] (scores from Postgres every second) and
+//! the database. The shells are [`live`] (scores from Postgres every second), [`reload`] (the model in force,
+//! replaced without a restart) and
 //! [`store`](crate::store) / the CLI.
 //!
 //! Left out on purpose: advisories are not a model input (no labelled history of them exists in
@@ -25,6 +26,7 @@ pub mod hold;
 pub mod live;
 pub mod model;
 pub mod records;
+pub mod reload;
 pub mod score;
 pub mod series;
 pub mod simulate;

@@ -65,6 +65,9 @@ pub struct ScoreRow {
     pub subject: String,
     /// The score.
     pub score: RiskScore,
+    /// The subject was heard from recently, so this row also confirms the score; otherwise the
+    /// stored confirmation keeps its age (a silent subject's score expires however it moves).
+    pub confirmed: bool,
 }
 
 /// An appliance's network metrics in one second: the mean over every probe to it.

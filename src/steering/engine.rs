@@ -324,6 +324,48 @@ mod tests {
         assert_eq!(e.assignment(&alice), Some(&aid("us-1")));
     }
 
+    /// `inputs` with low model scores on both, `stale` listing the ones no scorer confirmed.
+    fn scored(stale: &[&str]) -> Inputs {
+        let mut inp = inputs(None, ApplianceState::Active);
+        let low = Probability::new(0.05).unwrap();
+        inp.model_scores = Arc::new(HashMap::from([(aid("eu-1"), low), (aid("us-1"), low)]));
+        inp.stale_scores = Arc::new(stale.iter().map(|a| aid(a)).collect());
+        inp
+    }
+
+    #[test]
+    fn stale_score_is_unknown_high() {
+        let alice = ClientId::new("alice").unwrap();
+        let mut e = Engine::new(policy());
+        e.evaluate(&scored(&[]), t(1));
+        assert_eq!(e.assignment(&alice), Some(&aid("eu-1")));
+        // The primary's low score goes stale: it counts as 1 and alice moves to the fresh
+        // shadow (not held: her first answer started no hold-down).
+        let ev = e.evaluate(&scored(&["eu-1"]), t(2));
+        assert_eq!(ev.risks[&aid("eu-1")], Probability::ONE);
+        assert_eq!(ev.changes.len(), 1);
+        assert!(matches!(ev.changes[0].reason, Reason::PrimaryAtRisk { .. }));
+        assert_eq!(e.assignment(&alice), Some(&aid("us-1")));
+        // A fresh low score again: back after the hold-down.
+        e.evaluate(&scored(&[]), t(3));
+        assert_eq!(e.assignment(&alice), Some(&aid("us-1")), "held");
+        e.evaluate(&scored(&[]), t(40));
+        assert_eq!(e.assignment(&alice), Some(&aid("eu-1")));
+        // Never *to* a stale appliance: with the shadow stale, a primary at risk is kept ...
+        let mut risky = scored(&["us-1"]);
+        risky.model_scores = Arc::new(HashMap::from([
+            (aid("eu-1"), Probability::new(0.9).unwrap()),
+            (aid("us-1"), Probability::new(0.01).unwrap()),
+        ]));
+        let ev = e.evaluate(&risky, t(80));
+        assert!(ev.changes.is_empty(), "{:?}", ev.changes);
+        assert_eq!(e.assignment(&alice), Some(&aid("eu-1")));
+        // ... and with both stale nobody moves either.
+        let ev = e.evaluate(&scored(&["eu-1", "us-1"]), t(120));
+        assert!(ev.changes.is_empty(), "{:?}", ev.changes);
+        assert_eq!(e.assignment(&alice), Some(&aid("eu-1")));
+    }
+
     #[test]
     fn history_seeds_state() {
         let alice = ClientId::new("alice").unwrap();

@@ -224,6 +224,9 @@ pub struct Inputs {
     pub clients: Arc<BTreeMap<ClientId, ClientInput>>,
     /// The model's score per appliance; a missing score counts as 0.
     pub model_scores: Arc<HashMap<ApplianceId, Probability>>,
+    /// Appliances whose stored score no scorer has confirmed within `risk.max_score_age`: their
+    /// score is unknown and counts as 1 ([`risk::appliance_risks`]), whatever it last said.
+    pub stale_scores: Arc<std::collections::BTreeSet<ApplianceId>>,
     /// Advisories that are in force or start later.
     pub advisories: Arc<Vec<AdvisoryInput>>,
     /// Last recorded decision per client, used only for clients the engine has not seen.

@@ -5,6 +5,13 @@
 //! appliance (its own and its region's). Consequences: no source can lower the risk another
 //! one reports; one advisory of 0.95 gives at least 0.95 whatever the model says; two advisories
 //! of 0.5 give 0.75; a missing model score counts as 0; the result stays in [0, 1].
+//!
+//! A *stale* model score (no scorer confirmed it within `risk.max_score_age`:
+//! [`Inputs::stale_scores`]) counts as 1, unknown-high: a silent appliance is never
+//! last-known-low. With the decision's rules this moves clients off a stale primary to a shadow
+//! whose score is fresh and below the threshold, and never moves anyone *to* a stale appliance
+//! (a shadow at 1 is no better than any primary). A missing score stays 0: an appliance nobody
+//! ever scored (no scorer deployed) is not judged.
 
 use std::collections::HashMap;
 
@@ -30,11 +37,15 @@ pub fn appliance_risks(inputs: &Inputs, now: DateTime<Utc>) -> HashMap<Appliance
         .appliances
         .values()
         .map(|a| {
-            let model = inputs
-                .model_scores
-                .get(&a.id)
-                .copied()
-                .unwrap_or(Probability::ZERO);
+            let model = if inputs.stale_scores.contains(&a.id) {
+                Probability::ONE
+            } else {
+                inputs
+                    .model_scores
+                    .get(&a.id)
+                    .copied()
+                    .unwrap_or(Probability::ZERO)
+            };
             let advisories = inputs
                 .advisories
                 .iter()

@@ -341,6 +341,7 @@ pub async fn import(
 }
 
 /// Upserts scores in one statement; every changed row notifies through the table's trigger.
+/// Rows marked `confirmed` also confirm the score as of `computed_at` (see [`confirm_scores`]).
 pub async fn write_scores(
     pool: &PgPool,
     rows: &[ScoreRow],
@@ -356,15 +357,19 @@ pub async fn write_scores(
     let score: Vec<f64> = rows.iter().map(|r| r.score.value().get()).collect();
     let low: Vec<f64> = rows.iter().map(|r| r.score.low().get()).collect();
     let high: Vec<f64> = rows.iter().map(|r| r.score.high().get()).collect();
+    let confirmed: Vec<bool> = rows.iter().map(|r| r.confirmed).collect();
+    // An unconfirmed row keeps the stored confirmation (GREATEST with the epoch); a new one
+    // starts as never confirmed, i.e. stale.
     let done = sqlx::query!(
-        "INSERT INTO risk_scores (region, subject_kind, subject, score, score_low, score_high, model_version, computed_at)
-         SELECT r, k, s, v, l, h, $7, $8
-         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::float8[], $5::float8[], $6::float8[])
-              AS u(r, k, s, v, l, h)
+        "INSERT INTO risk_scores (region, subject_kind, subject, score, score_low, score_high, model_version, computed_at, confirmed_at)
+         SELECT r, k, s, v, l, h, $7, $8, CASE WHEN c THEN $8 ELSE to_timestamp(0) END
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::float8[], $5::float8[], $6::float8[], $9::bool[])
+              AS u(r, k, s, v, l, h, c)
          ON CONFLICT (region, subject_kind, subject) DO UPDATE
          SET score = EXCLUDED.score, score_low = EXCLUDED.score_low,
              score_high = EXCLUDED.score_high, model_version = EXCLUDED.model_version,
-             computed_at = EXCLUDED.computed_at",
+             computed_at = EXCLUDED.computed_at,
+             confirmed_at = GREATEST(risk_scores.confirmed_at, EXCLUDED.confirmed_at)",
         &region as &[&str],
         &kind as &[&str],
         &subject as &[&str],
@@ -373,6 +378,39 @@ pub async fn write_scores(
         &high,
         model_version,
         computed_at,
+        &confirmed,
+    )
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Confirms stored scores that did not move (they stay as computed): sets `confirmed_at` to
+/// `at` for the given subjects of `region` whose confirmation is older than `before`, so each
+/// row is touched at most once per confirmation period. No notification and no history row
+/// follow (see migration `20261203300000`): steering checks ages itself.
+pub async fn confirm_scores(
+    pool: &PgPool,
+    region: &str,
+    subjects: &[(&'static str, String)],
+    at: DateTime<Utc>,
+    before: DateTime<Utc>,
+) -> Result<u64, StoreError> {
+    if subjects.is_empty() {
+        return Ok(0);
+    }
+    let kind: Vec<&str> = subjects.iter().map(|s| s.0).collect();
+    let subject: Vec<&str> = subjects.iter().map(|s| s.1.as_str()).collect();
+    let done = sqlx::query!(
+        "UPDATE risk_scores r SET confirmed_at = $4
+         FROM UNNEST($2::text[], $3::text[]) AS u(k, s)
+         WHERE r.region = $1 AND r.subject_kind = u.k AND r.subject = u.s
+           AND r.confirmed_at < $5 AND r.confirmed_at < $4",
+        region,
+        &kind as &[&str],
+        &subject as &[&str],
+        at,
+        before,
     )
     .execute(pool)
     .await?;

@@ -216,6 +216,7 @@ pub async fn load_all(
         appliances: Arc::new(appliances),
         clients: Arc::new(clients),
         model_scores: Arc::new(scores),
+        stale_scores: Arc::default(),
         advisories: Arc::new(advisories),
         history,
     })
@@ -283,6 +284,7 @@ fn reuse_unchanged(current: &Inputs, mut fresh: Inputs) -> (Inputs, bool) {
         keep(&current.appliances, &mut fresh.appliances),
         keep(&current.clients, &mut fresh.clients),
         keep(&current.model_scores, &mut fresh.model_scores),
+        keep(&current.stale_scores, &mut fresh.stale_scores),
         keep(&current.advisories, &mut fresh.advisories),
     ];
     fresh.history = current.history.clone();
@@ -357,6 +359,8 @@ pub struct Loader {
     pub reconcile_interval: Duration,
     /// Health older than this makes an appliance count as down (see [`stale_appliances`]).
     pub health_timeout: Duration,
+    /// A model score not confirmed for this long counts as unknown-high (see [`stale_scores`]).
+    pub max_score_age: Duration,
 }
 
 /// How often health freshness is checked.
@@ -386,6 +390,48 @@ pub async fn stale_appliances(
         .collect())
 }
 
+/// Appliances whose stored model score no scorer has confirmed for `max_age` (the scorer died,
+/// or stopped hearing from the appliance): their score is unknown, and steering counts it as
+/// high ([`Inputs::stale_scores`]). Several regions may score one appliance; it is stale when
+/// any of its scores is.
+pub async fn stale_scores(
+    pool: &PgPool,
+    max_age: Duration,
+) -> Result<std::collections::BTreeSet<ApplianceId>, StoreError> {
+    let age_ms = i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX);
+    let rows = sqlx::query_scalar!(
+        r#"SELECT DISTINCT subject AS "subject!" FROM risk_scores
+           WHERE subject_kind = 'appliance'
+             AND confirmed_at < now() - make_interval(secs => $1::bigint / 1000.0)"#,
+        age_ms
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|id| ApplianceId::new(id).ok())
+        .collect())
+}
+
+/// What the freshness check found: appliances with silent health, and appliances with stale
+/// model scores.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Staleness {
+    /// Health reports stopped: counted as down.
+    health: std::collections::BTreeSet<ApplianceId>,
+    /// Model score not confirmed in time: counted as unknown-high by steering.
+    scores: std::collections::BTreeSet<ApplianceId>,
+}
+
+/// Applies what the freshness check found to freshly loaded inputs.
+fn apply_staleness(inputs: Inputs, stale: &Staleness) -> Inputs {
+    let mut inputs = apply_stale(inputs, &stale.health);
+    if !stale.scores.is_empty() {
+        inputs.stale_scores = Arc::new(stale.scores.clone());
+    }
+    inputs
+}
+
 /// Marks silent appliances down in the steering inputs (their clients go to their shadow).
 fn apply_stale(mut inputs: Inputs, stale: &std::collections::BTreeSet<ApplianceId>) -> Inputs {
     if stale.is_empty() {
@@ -401,7 +447,31 @@ fn apply_stale(mut inputs: Inputs, stale: &std::collections::BTreeSet<ApplianceI
     inputs
 }
 
+/// Logs each appliance that went silent or resumed, in health or in scores.
+fn log_staleness(was: &Staleness, now: &Staleness) {
+    for id in now.health.difference(&was.health) {
+        tracing::warn!(appliance = %id, "health reports stopped; treating the appliance as failed");
+    }
+    for id in was.health.difference(&now.health) {
+        tracing::info!(appliance = %id, "health reports resumed");
+    }
+    for id in now.scores.difference(&was.scores) {
+        tracing::warn!(appliance = %id, "risk score not confirmed within risk.max_score_age; treating its risk as unknown-high");
+    }
+    for id in was.scores.difference(&now.scores) {
+        tracing::info!(appliance = %id, "risk score fresh again");
+    }
+}
+
 impl Loader {
+    /// Which appliances' health and scores are too old now.
+    async fn check_staleness(&self) -> Result<Staleness, StoreError> {
+        Ok(Staleness {
+            health: stale_appliances(&self.pool, self.health_timeout).await?,
+            scores: stale_scores(&self.pool, self.max_score_age).await?,
+        })
+    }
+
     fn now_ms() -> i64 {
         chrono::Utc::now().timestamp_millis()
     }
@@ -441,27 +511,22 @@ impl Loader {
         reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut health = tokio::time::interval(HEALTH_CHECK);
         health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut stale = std::collections::BTreeSet::new();
+        let mut stale = Staleness::default();
         loop {
             if failing || (!need_full && pending.is_empty()) {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = reconcile.tick() => need_full = true,
                     _ = health.tick(), if !failing && current.is_some() => {
-                        match stale_appliances(&self.pool, self.health_timeout).await {
+                        match self.check_staleness().await {
                             Ok(now_stale) if now_stale != stale => {
-                                for id in now_stale.difference(&stale) {
-                                    tracing::warn!(appliance = %id, "health reports stopped; treating the appliance as failed");
-                                }
-                                for id in stale.difference(&now_stale) {
-                                    tracing::info!(appliance = %id, "health reports resumed");
-                                }
+                                log_staleness(&stale, &now_stale);
                                 stale = now_stale;
                                 // Re-read everything so states that were overridden come back.
                                 need_full = true;
                             }
                             Ok(_) => {}
-                            Err(e) => tracing::debug!("health freshness check failed: {e}"),
+                            Err(e) => tracing::debug!("freshness check failed: {e}"),
                         }
                     }
                     _ = tokio::time::sleep(retry), if failing => {}
@@ -486,7 +551,7 @@ impl Loader {
                 let history = current.as_ref().map(|c| c.history.clone());
                 match load_all(&self.pool, history).await {
                     Ok(inputs) => {
-                        let inputs = apply_stale(inputs, &stale);
+                        let inputs = apply_staleness(inputs, &stale);
                         if current.is_none() || !self.status.db_up.load(Ordering::Relaxed) {
                             tracing::info!(
                                 appliances = inputs.appliances.len(),
@@ -528,7 +593,7 @@ impl Loader {
                 let started = std::time::Instant::now();
                 match load_targeted(&self.pool, cur, &pending).await {
                     Ok(inputs) => {
-                        let inputs = apply_stale(inputs, &stale);
+                        let inputs = apply_staleness(inputs, &stale);
                         tracing::debug!(
                             changes = pending.len(),
                             took_us = started.elapsed().as_micros() as u64,

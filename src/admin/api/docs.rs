@@ -6,7 +6,8 @@
 //!   `unknown_appliance`, `same_appliance`, `same_region`, `ambiguous_id`;
 //! - 401 `missing_token`, `invalid_token`; 403 `insufficient_scope`;
 //! - 404 `not_found`, `no_model`; 409 `duplicate`, `in_use`, `peer_index_exhausted`;
-//! - 413 `body_too_large`; 503 `auth_unavailable`, `database_unavailable`, `overloaded`
+//! - 413 `body_too_large`; 422 `invalid_model` (a model reload refused: the file is not a valid
+//!   model, the old one stays); 503 `auth_unavailable`, `database_unavailable`, `overloaded`
 //!   (with `Retry-After`); 500 `internal` is a bug, never the answer to bad input.
 
 use std::sync::Arc;

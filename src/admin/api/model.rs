@@ -1,4 +1,5 @@
-//! `/api/v1/model`: the running risk model and its card.
+//! `/api/v1/model`: the running risk model and its card; `/api/v1/model/reload` replaces it
+//! from the configured file without a restart (as SIGHUP does; [`crate::risk::reload`]).
 
 use axum::Json;
 use axum::extract::State;
@@ -13,7 +14,9 @@ use super::super::{AppState, LiveView};
 
 /// Routes of this resource.
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(get_model))
+    OpenApiRouter::new()
+        .routes(routes!(get_model))
+        .routes(routes!(reload_model))
 }
 
 /// The model scoring in this server.
@@ -40,17 +43,60 @@ pub struct ModelInfo {
     pub card_markdown: String,
 }
 
+/// What a reload did.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ModelReload {
+    /// Version in force before.
+    pub previous: String,
+    /// Version in force now; new scores name it (the live scorer rewrites every score once).
+    pub version: String,
+    /// Whether the version changed (the same file again changes nothing).
+    pub changed: bool,
+}
+
+fn scoring_off() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "no_model",
+        "risk scoring is off in this server (risk.enabled = false)",
+    )
+}
+
+/// Reads the configured model file (`risk.model`; the built-in model when none) again and puts
+/// it in force if it is a valid model. A file that is missing, not a model or breaks a model
+/// rule is refused with 422 `invalid_model` and the model in force stays. Needs `admin`.
+#[utoipa::path(post, path = "/model/reload", tag = "model", operation_id = "model_reload",
+    responses((status = 200, description = "The model in force after the reload", body = ModelReload),
+              (status = 404, description = "Risk scoring is off", body = super::super::ErrorBody),
+              (status = 422, description = "The file is not a valid model; the old one stays", body = super::super::ErrorBody)))]
+async fn reload_model(State(live): State<LiveView>) -> ApiResult<Json<ModelReload>> {
+    let Some(source) = live.model.clone() else {
+        return Err(scoring_off());
+    };
+    let done = tokio::task::spawn_blocking(move || source.reload())
+        .await
+        .map_err(|e| ApiError::internal(&e, false))?
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_model",
+                e.to_string(),
+            )
+        })?;
+    Ok(Json(ModelReload {
+        changed: done.changed(),
+        previous: done.previous,
+        version: done.version,
+    }))
+}
+
 /// The running model's card; 404 `no_model` when risk scoring is off.
 #[utoipa::path(get, path = "/model", tag = "model", operation_id = "model_get_model",
     responses((status = 200, description = "The model", body = ModelInfo),
               (status = 404, description = "Risk scoring is off", body = super::super::ErrorBody)))]
 async fn get_model(State(live): State<LiveView>) -> ApiResult<Json<ModelInfo>> {
-    let Some(m) = live.model.as_ref() else {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "no_model",
-            "risk scoring is off in this server (risk.enabled = false)",
-        ));
+    let Some(m) = live.model.as_ref().map(|s| s.current()) else {
+        return Err(scoring_off());
     };
     let card = serde_json::to_value(&m.card).map_err(|e| ApiError::internal(&e, false))?;
     Ok(Json(ModelInfo {
@@ -62,6 +108,6 @@ async fn get_model(State(live): State<LiveView>) -> ApiResult<Json<ModelInfo>> {
         threshold: m.threshold,
         steering_threshold: live.threshold,
         card,
-        card_markdown: crate::risk::card::markdown(m),
+        card_markdown: crate::risk::card::markdown(&m),
     }))
 }

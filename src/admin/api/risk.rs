@@ -44,7 +44,7 @@ async fn current(
 ) -> ApiResult<Json<RiskNow>> {
     Ok(Json(RiskNow {
         threshold: live.threshold,
-        model_version: live.model.as_ref().map(|m| m.version.clone()),
+        model_version: live.model.as_ref().map(|m| m.current().version.clone()),
         scores: series::current_scores(&db.0).await?,
     }))
 }

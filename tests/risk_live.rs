@@ -1,0 +1,536 @@
+//! Live scoring that can be trusted (issue 11, item 4), end to end with `serve` and Postgres:
+//! a score no scorer confirmed within `risk.max_score_age` counts as unknown-high, whether the
+//! scorer died (health still arriving) or the appliance fell silent to a running scorer.
+
+mod common;
+mod serve_harness;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serve_harness::*;
+use shadowsteer::domain::{ApplianceHealth, Fraction, PathProbe, ProbeTarget};
+
+const ALICE: &str = "alice.c.vpn.example.net";
+const EU: &str = "192.0.2.1";
+const US: &str = "192.0.2.2";
+
+/// One second of calm telemetry of `appliance` (region from its id) at `ts`.
+fn calm(appliance: &str, ts: chrono::DateTime<chrono::Utc>) -> (ApplianceHealth, PathProbe) {
+    let region = if appliance.starts_with("eu") {
+        "eu"
+    } else {
+        "us"
+    };
+    (
+        ApplianceHealth {
+            region: region.parse().unwrap(),
+            appliance: appliance.parse().unwrap(),
+            ts,
+            cpu: Fraction::saturating(0.3),
+            mem: Fraction::saturating(0.45),
+            bw_in_bps: 1_000_000,
+            bw_out_bps: 1_000_000,
+            bw_util: Fraction::saturating(0.4),
+            sessions: 100,
+            handshake_failures: 0,
+            packets_dropped: 0,
+        },
+        PathProbe {
+            region: region.parse().unwrap(),
+            src: appliance.parse().unwrap(),
+            // Towards itself, as `telemetry import` stores them: a probe's row carries its
+            // source's region, and the scorer files the destination under it.
+            dst: ProbeTarget::Appliance(appliance.parse().unwrap()),
+            ts,
+            rtt_ms: Some(20.0),
+            jitter_ms: Some(1.0),
+            loss: Fraction::saturating(0.0),
+            samples: 5,
+        },
+    )
+}
+
+/// Inserts calm telemetry of `appliances` for each second of `[from, to)`.
+async fn insert_calm(
+    pool: &sqlx::PgPool,
+    appliances: &[&str],
+    from: chrono::DateTime<chrono::Utc>,
+    to: chrono::DateTime<chrono::Utc>,
+) {
+    let (mut health, mut probes) = (Vec::new(), Vec::new());
+    let mut ts = from;
+    while ts < to {
+        for a in appliances {
+            let (h, p) = calm(a, ts);
+            health.push(h);
+            probes.push(p);
+        }
+        ts += chrono::Duration::seconds(1);
+    }
+    shadowsteer::store::telemetry::insert_health(pool, &health)
+        .await
+        .unwrap();
+    shadowsteer::store::telemetry::insert_probes(pool, &probes)
+        .await
+        .unwrap();
+}
+
+/// Writes a score as a scorer of the appliance's region would: computed and confirmed now.
+async fn write_score(pool: &sqlx::PgPool, appliance: &str, score: f64) {
+    let region = if appliance.starts_with("eu") {
+        "eu"
+    } else {
+        "us"
+    };
+    let p = shadowsteer::domain::Probability::new(score).unwrap();
+    let row = shadowsteer::risk::records::ScoreRow {
+        region: region.into(),
+        subject_kind: "appliance",
+        subject: appliance.into(),
+        score: shadowsteer::domain::RiskScore::exact(p),
+        confirmed: true,
+    };
+    shadowsteer::store::risk::write_scores(pool, &[row], "test-model", chrono::Utc::now())
+        .await
+        .unwrap();
+}
+
+/// The scorer dies (nothing confirms eu-1's low score any more) while eu-1's health keeps
+/// arriving: once the score is older than `risk.max_score_age`, alice leaves eu-1 for her
+/// shadow, whose score is confirmed; a fresh low score brings her back.
+#[tokio::test(flavor = "multi_thread")]
+async fn unconfirmed_score_moves_clients_and_a_fresh_one_brings_them_back() {
+    let db = common::test_db().await;
+    basic_inventory(&db.url);
+    write_score(&db.pool, "eu-1", 0.05).await;
+    write_score(&db.pool, "us-1", 0.05).await;
+    // Stand-ins for the agents (health every 200 ms, both appliances) and for the scorers:
+    // us-1's keeps confirming its score; eu-1's does until `eu_scorer` goes false.
+    let eu_scorer = Arc::new(AtomicBool::new(true));
+    let stop = Arc::new(AtomicBool::new(false));
+    let feeder = {
+        let (pool, eu_scorer, stop) = (db.pool.clone(), eu_scorer.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let now = chrono::Utc::now();
+                let health = ["eu-1", "us-1"].map(|a| calm(a, now).0);
+                shadowsteer::store::telemetry::insert_health(&pool, &health)
+                    .await
+                    .unwrap();
+                let confirm: &[&str] = if eu_scorer.load(Ordering::Relaxed) {
+                    &["eu-1", "us-1"]
+                } else {
+                    &["us-1"]
+                };
+                for a in confirm {
+                    let region = &a[..2];
+                    shadowsteer::store::risk::confirm_scores(
+                        &pool,
+                        region,
+                        &[("appliance", (*a).to_owned())],
+                        now,
+                        now,
+                    )
+                    .await
+                    .unwrap();
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+    let url = db.url.clone();
+    let steering = "hold_down = \"1s\"\n[risk]\nenabled = false\nmax_score_age = \"3s\"";
+    let server = tokio::task::spawn_blocking(move || {
+        Server::start(&config(NO_RRL, steering), &["--database-url", &url])
+    })
+    .await
+    .unwrap();
+    let dns = server.dns;
+    let answers_for = |d: Duration| {
+        tokio::task::spawn_blocking(move || {
+            let start = Instant::now();
+            let mut seen = std::collections::BTreeSet::new();
+            while start.elapsed() < d {
+                seen.extend(answer(dns, ALICE));
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            seen
+        })
+    };
+    // Confirmed scores never expire: alice stays on eu-1 for twice the maximum age.
+    let calm_answers = answers_for(Duration::from_secs(6)).await.unwrap();
+    assert_eq!(
+        calm_answers.into_iter().collect::<Vec<_>>(),
+        [EU],
+        "confirmed scores expired; log:\n{}",
+        server.log_text()
+    );
+
+    // eu-1's scorer dies; its health keeps arriving.
+    eu_scorer.store(false, Ordering::Relaxed);
+    let died = Instant::now();
+    let moved = tokio::task::spawn_blocking(move || {
+        eventually(Duration::from_secs(20), || answer(dns, ALICE) == [US])
+    })
+    .await
+    .unwrap();
+    assert!(
+        moved.is_some(),
+        "alice stayed on eu-1 with an unconfirmed score; log:\n{}",
+        server.log_text()
+    );
+    let moved_after = died.elapsed();
+    assert!(
+        moved_after >= Duration::from_millis(2500),
+        "moved after {moved_after:?}, before the score was 3 s old"
+    );
+    assert!(
+        server
+            .log_text()
+            .contains("risk score not confirmed within risk.max_score_age"),
+        "{}",
+        server.log_text()
+    );
+
+    // A fresh low score (the scorer is back): alice returns once the hold-down has passed.
+    eu_scorer.store(true, Ordering::Relaxed);
+    let back_at = Instant::now();
+    write_score(&db.pool, "eu-1", 0.04).await;
+    let back = tokio::task::spawn_blocking(move || {
+        eventually(Duration::from_secs(20), || answer(dns, ALICE) == [EU])
+    })
+    .await
+    .unwrap();
+    assert!(back.is_some(), "alice did not return to eu-1");
+    let back_after = back_at.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    feeder.await.unwrap();
+    let log = server.log_text();
+    assert_eq!(
+        tokio::task::spawn_blocking(move || server.stop())
+            .await
+            .unwrap(),
+        0
+    );
+    assert!(log.contains("risk score fresh again"), "{log}");
+    eprintln!(
+        "score unconfirmed -> alice moved after {moved_after:?}; fresh score -> back after {back_after:?}"
+    );
+    common::record_measure("score_expiry_move_s", moved_after.as_secs_f64());
+    // The audit trail says why: the stale primary counted as risk 1.
+    let rows: Vec<(String, String, Option<f64>)> = sqlx::query_as(
+        "SELECT to_appliance, reason, primary_risk FROM steering_decisions WHERE client_id = 'alice' ORDER BY id",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let moves: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+    assert_eq!(moves, ["eu-1", "us-1", "eu-1"], "{rows:?}");
+    assert!(rows[1].1.contains("above threshold"), "{rows:?}");
+    assert_eq!(rows[1].2, Some(1.0), "{rows:?}");
+}
+
+/// With the real live scorer: eu-1's unchanged score stays confirmed while its telemetry
+/// flows (no write, no expiry), and expires when eu-1 falls silent to the scorer, even with
+/// `steering.health_timeout` far away: alice moves to us-1.
+#[tokio::test(flavor = "multi_thread")]
+async fn appliance_silent_to_the_live_scorer_becomes_unknown_high() {
+    let db = common::test_db().await;
+    basic_inventory(&db.url);
+    let now = chrono::Utc::now();
+    // A quarter of an hour of calm history, so the model has full windows.
+    insert_calm(
+        &db.pool,
+        &["eu-1", "us-1"],
+        now - chrono::Duration::seconds(900),
+        now,
+    )
+    .await;
+    let eu_reports = Arc::new(AtomicBool::new(true));
+    let stop = Arc::new(AtomicBool::new(false));
+    let feeder = {
+        let (pool, eu_reports, stop) = (db.pool.clone(), eu_reports.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut from = now;
+            while !stop.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                let to = chrono::Utc::now();
+                let who: &[&str] = if eu_reports.load(Ordering::Relaxed) {
+                    &["eu-1", "us-1"]
+                } else {
+                    &["us-1"]
+                };
+                insert_calm(&pool, who, from, to).await;
+                from += chrono::Duration::seconds((to - from).num_seconds());
+            }
+        })
+    };
+    let url = db.url.clone();
+    let steering = "hold_down = \"1s\"\nhealth_timeout = \"1h\"\n[risk]\nmax_score_age = \"3s\"";
+    let server = tokio::task::spawn_blocking(move || {
+        Server::start(&config(NO_RRL, steering), &["--database-url", &url])
+    })
+    .await
+    .unwrap();
+    let pool = db.pool.clone();
+    let stored = || async {
+        sqlx::query_as::<_, (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)>(
+            "SELECT computed_at, confirmed_at FROM risk_scores WHERE subject_kind = 'appliance' AND subject = 'eu-1'",
+        )
+        .fetch_optional(&pool)
+        .await
+        .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let first = loop {
+        if let Some(r) = stored().await {
+            break r;
+        }
+        if Instant::now() >= deadline {
+            let rows: Vec<(String, String, String)> =
+                sqlx::query_as("SELECT region, subject_kind, subject FROM risk_scores")
+                    .fetch_all(&db.pool)
+                    .await
+                    .unwrap();
+            let token = cli(&db.url, &["token", "create", "--name", "dbg"]);
+            let m = http_get(server.admin, "/metrics", Some(token.trim()));
+            let m: String = m
+                .map(|x| x.1)
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.contains("risk"))
+                .collect::<Vec<_>>()
+                .join("\n");
+            panic!(
+                "the live scorer wrote no score for eu-1; rows {rows:?}\n{m}\nlog:\n{}",
+                server.log_text()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let dns = server.dns;
+    // Twice the maximum age of calm: the score is confirmed, not rewritten, and alice stays.
+    let seen = tokio::task::spawn_blocking(move || {
+        let start = Instant::now();
+        let mut seen = std::collections::BTreeSet::new();
+        while start.elapsed() < Duration::from_secs(6) {
+            seen.extend(answer(dns, ALICE));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        seen
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        seen.into_iter().collect::<Vec<_>>(),
+        [EU],
+        "calm eu-1 lost its client; log:\n{}",
+        server.log_text()
+    );
+    let later = stored().await.unwrap();
+    assert!(
+        later.1 > first.1 + chrono::Duration::seconds(4),
+        "confirmation did not advance: {first:?} -> {later:?}"
+    );
+    let history: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM risk_history WHERE subject_kind = 'appliance' AND subject = 'eu-1'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    let writes_in_history = history;
+
+    // eu-1 falls silent: no health, no probes. Health freshness is an hour away, so only the
+    // score's expiry can move alice.
+    eu_reports.store(false, Ordering::Relaxed);
+    let silent = Instant::now();
+    let moved = tokio::task::spawn_blocking(move || {
+        eventually(Duration::from_secs(30), || answer(dns, ALICE) == [US])
+    })
+    .await
+    .unwrap();
+    let moved_after = silent.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    feeder.await.unwrap();
+    let log = server.log_text();
+    assert_eq!(
+        tokio::task::spawn_blocking(move || server.stop())
+            .await
+            .unwrap(),
+        0
+    );
+    assert!(
+        moved.is_some(),
+        "alice stayed on a silent eu-1; log:\n{log}"
+    );
+    assert!(
+        !log.contains("health reports stopped"),
+        "moved by health, not by the score: {log}"
+    );
+    eprintln!(
+        "eu-1 silent -> alice moved after {moved_after:?}; {writes_in_history} history rows for eu-1 before (confirmations add none)"
+    );
+    // Confirmations added no history rows: one per actual write (the first, maybe a few
+    // while the windows filled), not one per round.
+    assert!(
+        writes_in_history < 6,
+        "{writes_in_history} history rows in ~6 s of confirmed calm"
+    );
+}
+
+/// Model reload without a restart: through the admin API (admin scope) and SIGHUP, new scores
+/// name the new model; a corrupt file is refused with a clear error and the old model stays.
+#[tokio::test(flavor = "multi_thread")]
+async fn reloaded_model_names_new_scores_and_a_bad_file_changes_nothing() {
+    use shadowsteer::risk::model::Model;
+    let db = common::test_db().await;
+    basic_inventory(&db.url);
+    let now = chrono::Utc::now();
+    insert_calm(
+        &db.pool,
+        &["eu-1", "us-1"],
+        now - chrono::Duration::seconds(120),
+        now,
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.json");
+    let (a, b, c) = (
+        Model::constant("a", 0.10),
+        Model::constant("b", 0.12),
+        Model::constant("c", 0.11),
+    );
+    a.save(&path).unwrap();
+    let url = db.url.clone();
+    let steering = format!(
+        "hold_down = \"1s\"\nthreshold = 0.7\nhysteresis = 0.1\nhealth_timeout = \"1h\"\n[risk]\nmodel = {:?}\nmax_score_age = \"1h\"",
+        path.display().to_string()
+    );
+    let server = tokio::task::spawn_blocking(move || {
+        Server::start(&config(NO_RRL, &steering), &["--database-url", &url])
+    })
+    .await
+    .unwrap();
+    let pool = db.pool.clone();
+    // Every stored score of the region names `version` (eu-1's and its path's).
+    let all_named = |version: String| {
+        let pool = pool.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let versions: Vec<String> = sqlx::query_scalar(
+                    "SELECT DISTINCT model_version FROM risk_scores WHERE region = 'eu'",
+                )
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+                if versions == [version.clone()] {
+                    return Instant::now();
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "stored versions {versions:?}, want only {version}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    all_named(a.version.clone()).await;
+    let admin = cli(
+        &db.url,
+        &["token", "create", "--name", "ops", "--scope", "admin"],
+    );
+    let reader = cli(
+        &db.url,
+        &["token", "create", "--name", "viewer", "--scope", "read"],
+    );
+    let (admin, reader) = (admin.trim().to_owned(), reader.trim().to_owned());
+    let api = server.admin;
+    let call = move |token: String, method: &'static str, route: &'static str| {
+        tokio::task::spawn_blocking(move || http(api, method, route, Some(&token), None).unwrap())
+    };
+
+    // A read token may not reload.
+    let (code, _) = call(reader.clone(), "POST", "/api/v1/model/reload")
+        .await
+        .unwrap();
+    assert_eq!(code, 403);
+
+    // Model b through the API: the answer names both versions, and the live scorer rewrites
+    // every score with b's name (a constant model moves no score by epsilon: only the new
+    // version makes it write).
+    b.save(&path).unwrap();
+    let asked = Instant::now();
+    let (code, body) = call(admin.clone(), "POST", "/api/v1/model/reload")
+        .await
+        .unwrap();
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["previous"], a.version.as_str(), "{body}");
+    assert_eq!(v["version"], b.version.as_str(), "{body}");
+    assert_eq!(v["changed"], true, "{body}");
+    let named_after = all_named(b.version.clone()).await - asked;
+    let (_, model) = call(reader.clone(), "GET", "/api/v1/model").await.unwrap();
+    assert!(model.contains(&b.version), "{model}");
+
+    // A corrupt file: 422 with the reason, b stays in force and in the scores.
+    std::fs::write(&path, "{\"name\": \"half a model").unwrap();
+    let (code, body) = call(admin.clone(), "POST", "/api/v1/model/reload")
+        .await
+        .unwrap();
+    assert_eq!(code, 422, "{body}");
+    let e: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(e["code"], "invalid_model", "{body}");
+    let msg = e["message"].as_str().unwrap();
+    assert!(
+        msg.contains("not a shadowsteer model") && msg.contains(&b.version),
+        "{msg}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (_, model) = call(reader.clone(), "GET", "/api/v1/model").await.unwrap();
+    assert!(model.contains(&b.version), "{model}");
+    all_named(b.version.clone()).await;
+
+    // Model c by SIGHUP.
+    c.save(&path).unwrap();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(server.pid() as i32, libc::SIGHUP) };
+    all_named(c.version.clone()).await;
+    let (_, metrics) = call(reader.clone(), "GET", "/metrics").await.unwrap();
+    assert!(
+        metrics.contains(&format!(
+            "shadowsteer_risk_model_info{{version=\"{}\"",
+            c.version
+        )),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(&metrics, "shadowsteer_risk_model_reloads_total"),
+        Some(2.0)
+    );
+    assert_eq!(
+        metric(&metrics, "shadowsteer_risk_model_reload_failures_total"),
+        Some(1.0)
+    );
+    let log = server.log_text();
+    assert!(log.contains("risk model reload refused"), "{log}");
+    assert_eq!(
+        tokio::task::spawn_blocking(move || server.stop())
+            .await
+            .unwrap(),
+        0
+    );
+    // The history keeps which model computed each score.
+    let versions: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT model_version FROM risk_history WHERE subject = 'eu-1' ORDER BY 1",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let mut want = vec![a.version.clone(), b.version.clone(), c.version.clone()];
+    want.sort();
+    assert_eq!(versions, want);
+    eprintln!("reload via API -> every stored score named the new model after {named_after:?}");
+}
