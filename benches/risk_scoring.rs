@@ -130,7 +130,7 @@ fn main() {
             times.push(t.elapsed().as_secs_f64() * 1000.0);
         }
         let t = Instant::now();
-        let writes = fleet.poll_writes("eu", 0.02, 1000, false);
+        let writes = fleet.poll_writes("eu", 0.02, 1000, i64::MIN);
         let poll_ms = t.elapsed().as_secs_f64() * 1000.0;
         println!(
             "score {} subjects, {threads} thread(s): median {:.1} ms, p90 {:.1} ms, min {:.1} ms over {rounds} rounds; poll_writes {:.1} ms ({} rows)",
