@@ -746,6 +746,7 @@ fn every_route_is_documented() {
         ("/api/v1/risk/appliances/{id}/history", &["get"]),
         ("/api/v1/decisions", &["get"]),
         ("/api/v1/model", &["get"]),
+        ("/api/v1/model/reload", &["post"]),
         ("/api/v1/replication", &["get"]),
         ("/api/v1/tokens", &["get", "post"]),
         ("/api/v1/tokens/{id}", &["delete"]),
@@ -760,7 +761,7 @@ fn every_route_is_documented() {
     }
     assert_eq!(
         paths.len(),
-        19,
+        20,
         "a route not listed in this test: {:?}",
         paths.keys()
     );

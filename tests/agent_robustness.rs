@@ -30,10 +30,13 @@ async fn garbage_unknown_peers_and_handshake_floods_are_dropped_and_counted() {
     let clients = inventory(&db, &service, 1);
     let kf = key_file(dir.path(), "service.key", &service);
     let agent = RunningAgent::start(
-        &agent_toml("eu-1", "127.0.0.1:0", &kf, &db.url, "").replace(
-            "inside = \"echo\"",
-            "inside = \"echo\"\nhandshake_rate_limit = 20",
-        ),
+        &agent_toml("eu-1", "127.0.0.1:0", &kf, &db.url, "")
+            .replace(
+                "inside = \"echo\"",
+                "inside = \"echo\"\nhandshake_rate_limit = 20",
+            )
+            // One socket to fill: with one worker per core the flood would spread over several.
+            .replace("[tunnel]", "[tunnel]\nthreads = 1"),
         dir.path(),
         "eu-1",
     )
@@ -166,10 +169,13 @@ async fn new_handshake_completes_during_a_flood_in_the_clients_name() {
     let clients = inventory(&db, &service, 1);
     let kf = key_file(dir.path(), "service.key", &service);
     let agent = RunningAgent::start(
-        &agent_toml("eu-1", "127.0.0.1:0", &kf, &db.url, "").replace(
-            "inside = \"echo\"",
-            "inside = \"echo\"\nhandshake_rate_limit = 20",
-        ),
+        &agent_toml("eu-1", "127.0.0.1:0", &kf, &db.url, "")
+            .replace(
+                "inside = \"echo\"",
+                "inside = \"echo\"\nhandshake_rate_limit = 20",
+            )
+            // One socket to fill: with one worker per core the flood would spread over several.
+            .replace("[tunnel]", "[tunnel]\nthreads = 1"),
         dir.path(),
         "eu-1",
     )

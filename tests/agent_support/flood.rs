@@ -161,12 +161,18 @@ impl Flood {
 pub fn udp_drops(port: u16) -> Option<u64> {
     let table = std::fs::read_to_string("/proc/net/udp").ok()?;
     let want = format!(":{port:04X}");
-    table.lines().skip(1).find_map(|line| {
-        let cols: Vec<&str> = line.split_whitespace().collect();
-        if cols.get(1)?.ends_with(&want) {
-            cols.last()?.parse().ok()
-        } else {
-            None
-        }
-    })
+    // Several data-plane workers bind the port (SO_REUSEPORT): their drops add up.
+    let drops: Vec<u64> = table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            if cols.get(1)?.ends_with(&want) {
+                cols.last()?.parse().ok()
+            } else {
+                None
+            }
+        })
+        .collect();
+    (!drops.is_empty()).then(|| drops.iter().sum())
 }
