@@ -243,11 +243,13 @@ async fn new_handshake_completes_during_a_flood_in_the_clients_name() {
         during.took.is_some(),
         "no new handshake during the flood: {during:?}"
     );
-    // One limiter, one cookie secret: the cookie from the first reply opens the way (a second
-    // one only if the secret rotated meanwhile, every 128 s). Two limiters answered the client
-    // with each other's cookies, dozens of times.
+    // One limiter, one cookie secret: once the client holds a cookie it gets no other (one
+    // more only if the secret rotated meanwhile, every 128 s). Before it holds one, each
+    // initiation may earn a cookie: on a loaded machine the first reply can take longer than
+    // the 200 ms to the next initiation. Two limiters answered the client with each other's
+    // cookies, dozens of times.
     assert!(
-        during.cookies <= 2,
+        during.cookies <= during.before_cookie + 1,
         "the client bounced between cookies: {during:?}"
     );
     // Cookie replies are bounded per source address and second: the flooders' addresses and

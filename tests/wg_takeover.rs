@@ -14,8 +14,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use agent_support::{Child, key_file, wait_for};
+use agent_support::{Child, TestClient, key_file, wait_for};
 use shadowsteer::domain::SecretKey;
+use shadowsteer::tunnel::peer::Action;
 use wg_support::{
     Agent, Probe, Stage, WG_PORT, agent_text, client_endpoint, db_relay, finish, flowing, skip,
     skip_reason, start_wireguard_go,
@@ -67,6 +68,21 @@ async fn decide(db: &common::TestDb, client: &str, from: &str, to: &str) {
     .execute(&db.pool)
     .await
     .unwrap();
+}
+
+/// Waits until the primary recorded alice's session with her endpoint (what the shadow
+/// initiates to).
+async fn wait_recorded(db: &common::TestDb) {
+    wait_for(Duration::from_secs(10), "session recorded", || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM session_state WHERE client_id = 'alice' AND endpoint_ip IS NOT NULL",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .ok()
+        .filter(|n| *n > 0)
+    })
+    .await;
 }
 
 struct World {
@@ -170,17 +186,7 @@ async fn world_with(tag: &str, stock: bool) -> Option<(World, Agent, Agent)> {
             shadow,
         ));
     }
-    // The primary recorded the session (endpoint known to the shadow).
-    wait_for(Duration::from_secs(10), "session recorded", || async {
-        sqlx::query_scalar::<_, i64>(
-            "SELECT count(*) FROM session_state WHERE client_id = 'alice' AND endpoint_ip IS NOT NULL",
-        )
-        .fetch_one(&db.pool)
-        .await
-        .ok()
-        .filter(|n| *n > 0)
-    })
-    .await;
+    wait_recorded(&db).await;
     Some((
         World {
             stage,
@@ -725,4 +731,95 @@ async fn client_helper_fails_back_without_loss_after_its_standby_restarts() {
     );
     wait_holder(&w.db, "eu-1", "the primary holds again").await;
     drop(restarted);
+}
+
+/// wireguard-go answers a handshake initiation, and sends its data, to the address of the last packet it
+/// authenticated, so when the old holder's echo lands between the new holder's takeover
+/// initiation and the client's response, the response goes to the old holder. The old holder
+/// must pass it on: else the move stalls until the new holder retries (5 s), which the
+/// 12-client demo lost a hundred probes to under load. This client sends its response to the
+/// primary on purpose; the next thing from the shadow must be the keepalive of a completed
+/// handshake, not a retried initiation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_response_sent_to_the_old_holder_still_completes_the_move() {
+    let Some((w, _primary, _shadow)) = world_with("misdirected", false).await else {
+        return;
+    };
+    let primary: SocketAddr = (Stage::ip(PRIMARY), WG_PORT).into();
+    let shadow: SocketAddr = (Stage::ip(SHADOW), WG_PORT).into();
+    // The root namespace's address on the stage (the appliances route back to it).
+    let mut client = TestClient::bound(
+        &w.client_key,
+        w.service.public_key(),
+        "10.77.0.2".parse().unwrap(),
+        primary,
+        "10.214.0.1:0".parse().unwrap(),
+    )
+    .await;
+    client.handshake().await;
+    assert!(
+        client.echo(b"before the move").await,
+        "no echo from the primary"
+    );
+    wait_recorded(&w.db).await;
+    decide(&w.db, "alice", "eu-1", "us-1").await;
+
+    let mut rx = vec![0u8; 2048];
+    let mut buf = vec![0u8; 2048];
+    let mut misdirected = false;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let completed = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(Ok((n, src))) = tokio::time::timeout(left, client.socket.recv_from(&mut rx)).await
+        else {
+            break false;
+        };
+        if src != shadow {
+            continue;
+        }
+        match rx[0] {
+            1 if misdirected => panic!(
+                "the shadow retried its initiation: the response sent to the primary was lost"
+            ),
+            1 => {
+                let Action::Send(response) =
+                    client
+                        .peer
+                        .handle_datagram(Instant::now(), src, &rx[..n], &mut buf)
+                else {
+                    panic!("the client did not answer the shadow's initiation");
+                };
+                let response = response.to_vec();
+                client.socket.send_to(&response, primary).await.unwrap();
+                misdirected = true;
+            }
+            4 if misdirected => {
+                let action = client
+                    .peer
+                    .handle_datagram(Instant::now(), src, &rx[..n], &mut buf);
+                assert!(
+                    !matches!(action, Action::Drop(_)),
+                    "the shadow's packet does not belong to the new session"
+                );
+                break true;
+            }
+            _ => {}
+        }
+    };
+    assert!(misdirected, "the shadow sent no takeover initiation");
+    assert!(completed, "nothing came from the shadow after the response");
+    // The client keeps sending to the primary (as wireguard-go does when the old holder's
+    // last direct reply came after the new holder's keepalive), now on the shadow's session,
+    // which the primary has no keys for: it passes the data on and the shadow answers.
+    let mut echoed = 0;
+    for _ in 0..5 {
+        if client.echo(b"after the move").await {
+            echoed += 1;
+            break;
+        }
+    }
+    assert_eq!(
+        echoed, 1,
+        "the shadow's session carries nothing sent to the primary"
+    );
 }

@@ -19,7 +19,7 @@ use sqlx::PgPool;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::{ApplianceId, ClientId, RegionId};
+use crate::domain::{ApplianceId, ClientId, PeerIndex, RegionId};
 use crate::store::notify::{self, Change, ChangedTable};
 use crate::store::takeover::{self as store, ClaimWrite, Group};
 use crate::takeover::liveness::{Liveness, Timing, Verdict};
@@ -222,6 +222,7 @@ pub async fn run(
         coordinator: None,
         liveness: Liveness::new(settings.timing, Instant::now()),
         addrs: HashMap::new(),
+        partners: HashMap::new(),
         device,
         writes: write_tx,
         stats: Arc::clone(&stats),
@@ -269,6 +270,8 @@ struct Shell {
     boot: u64,
     seq: u64,
     region: Option<RegionId>,
+    /// The last [`PeerCommand::Partners`] sent.
+    partners: HashMap<PeerIndex, SocketAddr>,
 }
 
 impl Shell {
@@ -439,6 +442,22 @@ impl Shell {
             },
         };
         self.carry_out(actions).await;
+        self.tell_partners().await;
+    }
+
+    /// Tells the data plane each session's other appliance, when that changed.
+    async fn tell_partners(&mut self) {
+        let Some(c) = &self.coordinator else {
+            return;
+        };
+        let partners: HashMap<PeerIndex, SocketAddr> = c
+            .partners()
+            .filter_map(|(peer, other)| Some((peer, *self.addrs.get(other)?)))
+            .collect();
+        if partners != self.partners {
+            self.partners = partners.clone();
+            self.command(PeerCommand::Partners(partners)).await;
+        }
     }
 
     async fn carry_out(&mut self, actions: Vec<Action>) {

@@ -229,6 +229,19 @@ impl Coordinator {
             .collect()
     }
 
+    /// Each session's other appliance: where a handshake response for it that reached this
+    /// appliance instead belongs (see `tunnel::device`, misdirected responses).
+    pub fn partners(&self) -> impl Iterator<Item = (PeerIndex, &ApplianceId)> {
+        self.sessions.values().map(|s| {
+            let other = if s.primary == self.me {
+                &s.shadow
+            } else {
+                &s.primary
+            };
+            (s.peer, other)
+        })
+    }
+
     /// The session of `peer`, as known now.
     pub fn session(&self, peer: PeerIndex) -> Option<&SessionView> {
         self.sessions.get(&peer)

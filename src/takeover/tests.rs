@@ -331,3 +331,16 @@ fn a_claim_newer_than_the_last_heartbeat_proves_the_peer_alive() {
         1
     );
 }
+
+#[test]
+fn each_session_names_the_other_appliance_of_its_pair() {
+    let mut us = shadow();
+    let mut primary_side = session(2, None);
+    primary_side.primary = id("us-1");
+    primary_side.shadow = id("ap-1");
+    us.load(vec![session(1, None), primary_side], t(0));
+    let mut partners: Vec<(PeerIndex, ApplianceId)> =
+        us.partners().map(|(p, a)| (p, a.clone())).collect();
+    partners.sort_by_key(|(p, _)| p.get());
+    assert_eq!(partners, vec![(p(1), id("eu-1")), (p(2), id("ap-1"))]);
+}

@@ -157,6 +157,11 @@ pub enum RelayDirection {
     FromClient,
     /// From the old holder, to be sent to the client from the new holder's address.
     ToClient,
+    /// From the client, sent to the wrong appliance of the pair: a handshake response to the
+    /// other's initiation, or data on the other's session after the client's endpoint
+    /// flipped back. The receiver handles it as its own and answers the client directly, so
+    /// that the client's endpoint follows.
+    Misdirected,
 }
 
 /// During a make-before-break move the client may, for about one round trip, still send on
@@ -182,6 +187,7 @@ impl<'a> Relay<'a> {
         out.push(match self.direction {
             RelayDirection::FromClient => 1,
             RelayDirection::ToClient => 2,
+            RelayDirection::Misdirected => 3,
         });
         let ip = match self.client.ip() {
             std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped(),
@@ -209,6 +215,7 @@ impl<'a> Relay<'a> {
         let direction = match msg[4] {
             1 => RelayDirection::FromClient,
             2 => RelayDirection::ToClient,
+            3 => RelayDirection::Misdirected,
             _ => return Err(WireError::Malformed),
         };
         let mut ip = [0u8; 16];
@@ -281,9 +288,13 @@ mod tests {
     fn relay_messages_round_trip_and_are_authenticated() {
         let key = GroupKey::from_secret(&[3; 32]);
         let mut out = Vec::new();
-        for client in ["192.0.2.7:40000", "[2001:db8::7]:40001"] {
+        for (client, direction) in [
+            ("192.0.2.7:40000", RelayDirection::ToClient),
+            ("[2001:db8::7]:40001", RelayDirection::FromClient),
+            ("192.0.2.8:40002", RelayDirection::Misdirected),
+        ] {
             let r = Relay {
-                direction: RelayDirection::ToClient,
+                direction,
                 client: client.parse().unwrap(),
                 datagram: &[4, 0, 0, 0, 1, 2, 3],
             };

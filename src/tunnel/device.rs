@@ -116,6 +116,9 @@ pub enum PeerCommand {
         /// How long.
         window: Duration,
     },
+    /// Takeover: every session's other appliance (the full set), where a handshake response
+    /// this appliance cannot use is passed on.
+    Partners(HashMap<PeerIndex, SocketAddr>),
 }
 
 /// A side of a make-before-break move.
@@ -161,6 +164,11 @@ pub enum GroupInput {
 /// How long an old holder keeps replying through the appliance that relayed a client's
 /// datagram to it (the new holder).
 const RELAY_IMPLIED: Duration = Duration::from_secs(3);
+
+/// Misdirected datagrams passed on per second, at most: a move needs about one round trip's
+/// worth per session, and the bound keeps a flood of forged packets naming a real session
+/// from doubling as traffic between the appliances.
+const MISDIRECTED_PER_SECOND: u32 = 4096;
 
 /// Takeover initiations are sent in groups of this many...
 pub const INITIATIONS_PER_PACE: usize = 32;
@@ -244,6 +252,8 @@ struct Moves {
     /// Per withheld peer, the session whose first inside packet was reported
     /// ([`GroupInput::Data`]).
     data_reported: HashMap<PeerIndex, u32>,
+    /// Per session, the other appliance of its shadow group.
+    partners: HashMap<PeerIndex, SocketAddr>,
 }
 
 /// What every worker shares. Locks are held only for synchronous work, never across an
@@ -270,6 +280,8 @@ struct Plane {
     moves: RwLock<Moves>,
     /// Counters last reported per peer, so checkpoints report only changes.
     checkpointed: Mutex<HashMap<PeerIndex, SessionCounters>>,
+    /// Misdirected datagrams passed on in the current second, and when it began.
+    misdirected: Mutex<(Instant, u32)>,
 }
 
 /// What only worker 0 owns: the command channel, the paced initiations and the periodic
@@ -377,6 +389,7 @@ impl Device {
                 group_key: RwLock::new(None),
                 moves: RwLock::new(Moves::default()),
                 checkpointed: Mutex::new(HashMap::new()),
+                misdirected: Mutex::new((Instant::now(), 0)),
             },
             control: Control {
                 commands: cmd_rx,
@@ -599,6 +612,7 @@ impl Worker {
                     }
                 }
             }
+            PeerCommand::Partners(map) => write(&plane.moves).partners = map,
             PeerCommand::Initiate(list) => {
                 let mut moves = write(&plane.moves);
                 for (peer, endpoint) in list {
@@ -702,13 +716,23 @@ impl Worker {
         // holder's session: hand it over.
         if let Routed::Drop(_) = routed
             && datagram.first() == Some(&4)
-            && let Some(peer) = datagram
-                .get(4..8)
-                .and_then(|b| <[u8; 4]>::try_from(b).ok())
-                .and_then(|b| PeerIndex::from_receiver_index(u32::from_le_bytes(b)))
+            && let Some(peer) = receiver_peer(datagram, 4)
             && let Some(via) = relay_via(&read(&self.plane.moves).relay_new, peer)
         {
             self.relay(via, RelayDirection::FromClient, src, datagram);
+            return;
+        }
+        // wireguard-go sends to the address of the last packet it authenticated, so while a
+        // session moves, what the client sends can reach the wrong appliance of the pair: the
+        // response to the other's takeover initiation (our data landed between initiation and
+        // response), or data on the other's new session after our last direct reply. Passed
+        // on, the other answers the client directly and its endpoint follows; dropped, the
+        // move waits for a retry (5 s) or, for data, forever: nobody else sends to the client.
+        if !relayed
+            && let Routed::Drop(_) = routed
+            && let Some(via) = self.misdirected_to(datagram)
+        {
+            self.relay(via, RelayDirection::Misdirected, src, datagram);
             return;
         }
         // Reported after the events: the first data packet of a session may also be what
@@ -735,16 +759,37 @@ impl Worker {
         };
         // Events come from handshakes and roaming; the peer may not be named in the result
         // (a keepalive confirming a session returns Done), so look it up by receiver index.
-        let peer = touched.or_else(|| {
-            let b: [u8; 4] = datagram.get(4..8)?.try_into().ok()?;
-            PeerIndex::from_receiver_index(u32::from_le_bytes(b))
-        });
+        let peer = touched.or_else(|| receiver_peer(datagram, 4));
         if let Some(p) = peer {
             self.drain_events(router, p);
         }
         if let Some(p) = data_on_withheld {
             self.report_data(p, datagram);
         }
+    }
+
+    /// Where a handshake response or data packet we could not use belongs: the other
+    /// appliance of its pair, the only other holder of the client's sessions (its initiation
+    /// asked for the response; the data is on its session). Not waiting until we hear that
+    /// it holds the session: the client can switch before its claim reaches us.
+    fn misdirected_to(&self, datagram: &[u8]) -> Option<SocketAddr> {
+        let at = match datagram.first() {
+            _ if is_handshake_response(datagram) => 8,
+            Some(4) => 4,
+            _ => return None,
+        };
+        let peer = receiver_peer(datagram, at)?;
+        let via = read(&self.plane.moves).partners.get(&peer).copied()?;
+        let mut budget = lock(&self.plane.misdirected);
+        let now = Instant::now();
+        if now.duration_since(budget.0) >= Duration::from_secs(1) {
+            *budget = (now, 0);
+        }
+        if budget.1 >= MISDIRECTED_PER_SECOND {
+            return None;
+        }
+        budget.1 += 1;
+        Some(via)
     }
 
     /// Tells the takeover task of the first inside packet on a session of a withheld peer:
@@ -837,11 +882,26 @@ impl Worker {
             // We are the old holder: the client's datagram, as if it came from the client.
             // The relaying appliance holds the session now (its claim may not have reached
             // us yet): our replies go back through it, or the client would roam back here.
+            // Ours, sent to the other appliance: handled as if it came here.
+            RelayDirection::Misdirected => {
+                let at = if is_handshake_response(&datagram) {
+                    8
+                } else {
+                    4
+                };
+                match receiver_peer(&datagram, at) {
+                    Some(peer)
+                        if router.contains(peer)
+                            && read(&self.plane.moves).partners.get(&peer) == Some(&src) =>
+                    {
+                        self.on_wireguard(router, now, client, &datagram, out, reply, true);
+                    }
+                    Some(_) => stats.count_relay_rejection(RelayRejection::NotPartner),
+                    None => stats.count_relay_rejection(RelayRejection::UnknownSession),
+                }
+            }
             RelayDirection::FromClient => {
-                if let Some(peer) = datagram
-                    .get(4..8)
-                    .and_then(|b| <[u8; 4]>::try_from(b).ok())
-                    .and_then(|b| PeerIndex::from_receiver_index(u32::from_le_bytes(b)))
+                if let Some(peer) = receiver_peer(&datagram, 4)
                     && router.contains(peer)
                 {
                     {
@@ -1076,6 +1136,18 @@ fn from_partner(
 }
 
 /// The partner of a move in progress for `peer`, if its window is open.
+/// A WireGuard handshake response (type 2, fixed size).
+fn is_handshake_response(datagram: &[u8]) -> bool {
+    datagram.first() == Some(&2) && datagram.len() == 92
+}
+
+/// The peer a datagram names by the receiver index at `at` (4 in data packets and cookie
+/// replies, 8 in handshake responses).
+fn receiver_peer(datagram: &[u8], at: usize) -> Option<PeerIndex> {
+    let b: [u8; 4] = datagram.get(at..at + 4)?.try_into().ok()?;
+    PeerIndex::from_receiver_index(u32::from_le_bytes(b))
+}
+
 fn relay_via(
     table: &HashMap<PeerIndex, (SocketAddr, Instant)>,
     peer: PeerIndex,

@@ -196,6 +196,17 @@ impl TestClient {
         own_ip: IpAddr,
         server: SocketAddr,
     ) -> Self {
+        Self::bound(key, service, own_ip, server, "127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// A client whose socket is bound to `bind` (an address the agents can reach).
+    pub async fn bound(
+        key: &SecretKey,
+        service: PublicKey,
+        own_ip: IpAddr,
+        server: SocketAddr,
+        bind: SocketAddr,
+    ) -> Self {
         let mut peer = Peer::new(
             key,
             PeerSpec {
@@ -206,7 +217,7 @@ impl TestClient {
             },
         );
         peer.set_endpoint(server);
-        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let socket = UdpSocket::bind(bind).await.unwrap();
         Self {
             peer,
             socket,
@@ -259,6 +270,9 @@ impl TestClient {
                 };
                 self.send_action(init).await;
                 outcome.initiations += 1;
+                if outcome.cookies == 0 {
+                    outcome.before_cookie += 1;
+                }
                 next = Instant::now() + Duration::from_millis(200);
             }
             let wait = next.saturating_duration_since(Instant::now());
@@ -358,6 +372,9 @@ pub struct HandshakeOutcome {
     pub initiations: u32,
     /// Cookie replies received.
     pub cookies: u32,
+    /// Initiations sent before the first cookie reply came (each may earn one: under load
+    /// the reply can take longer than the 200 ms between initiations).
+    pub before_cookie: u32,
 }
 
 /// A DNS responder answering A queries for one name with a settable address and TTL.
