@@ -46,9 +46,10 @@ pub struct Change {
     pub to: Option<ApplianceId>,
     /// Why.
     pub reason: Reason,
-    /// The primary's combined risk at the time.
+    /// The primary's risk for this client at the time: the appliance's combined risk with
+    /// the client's path to it ([`Side::total`]).
     pub primary_risk: Probability,
-    /// The shadow's combined risk at the time.
+    /// The shadow's risk for this client at the time, likewise.
     pub shadow_risk: Probability,
     /// When.
     pub at: DateTime<Utc>,
@@ -97,6 +98,7 @@ impl Engine {
                 let side = Side {
                     state: Some(a.state),
                     risk: risks.get(&a.id).copied().unwrap_or(Probability::ZERO),
+                    path: None,
                 };
                 (&a.id, side)
             })
@@ -104,6 +106,7 @@ impl Engine {
         let unknown = Side {
             state: None,
             risk: Probability::ZERO,
+            path: None,
         };
         let side = |id: &ApplianceId| sides.get(id).copied().unwrap_or(unknown);
         let same_clients = self
@@ -132,7 +135,15 @@ impl Engine {
             let Some(state) = self.clients.get_mut(id) else {
                 continue;
             };
-            let (primary, shadow) = (side(&client.primary), side(&client.shadow));
+            let (primary_path, shadow_path) = risk::client_paths(&inputs.path_scores, id, client);
+            let primary = Side {
+                path: primary_path,
+                ..side(&client.primary)
+            };
+            let shadow = Side {
+                path: shadow_path,
+                ..side(&client.shadow)
+            };
             // Nothing this client's decision reads has changed, and it is not waiting for a
             // hold-down to expire: the decision would be the same.
             let same_client = previous.as_ref().is_none_or(|p| p.get(id) == Some(client));
@@ -194,8 +205,8 @@ impl Engine {
                     from,
                     to,
                     reason: choice.reason,
-                    primary_risk: primary.risk,
-                    shadow_risk: shadow.risk,
+                    primary_risk: primary.total(),
+                    shadow_risk: shadow.total(),
                     at: now,
                 });
             }
@@ -231,7 +242,7 @@ mod tests {
     use super::*;
     use crate::domain::{ApplianceState, RegionId};
     use crate::steering::{
-        AdvisoryInput, AdvisoryTarget, ApplianceInput, ClientInput, PastDecision,
+        AdvisoryInput, AdvisoryTarget, ApplianceInput, ClientInput, PastDecision, PathScores,
     };
 
     fn aid(s: &str) -> ApplianceId {
@@ -363,6 +374,57 @@ mod tests {
         // ... and with both stale nobody moves either.
         let ev = e.evaluate(&scored(&["eu-1", "us-1"]), t(120));
         assert!(ev.changes.is_empty(), "{:?}", ev.changes);
+        assert_eq!(e.assignment(&alice), Some(&aid("eu-1")));
+    }
+
+    #[test]
+    fn path_risk_moves_one_client_and_not_the_other() {
+        let alice = ClientId::new("alice").unwrap();
+        let bob = ClientId::new("bob").unwrap();
+        let both = |paths: PathScores| {
+            let mut inp = scored(&[]);
+            let mut clients = (*inp.clients).clone();
+            clients.insert(bob.clone(), clients[&alice].clone());
+            inp.clients = Arc::new(clients);
+            inp.path_scores = Arc::new(paths);
+            inp
+        };
+        let p = |v: f64| Probability::new(v).unwrap();
+        let mut e = Engine::new(policy());
+        e.evaluate(&both(PathScores::new()), t(1));
+        assert_eq!(e.assignment(&alice), Some(&aid("eu-1")));
+        // alice's path to eu-1 degrades; bob's does not: only alice moves, for her path.
+        let mut bad = PathScores::new();
+        bad.insert_client(aid("eu-1"), alice.clone(), p(0.9));
+        bad.insert_client(aid("eu-1"), bob.clone(), p(0.05));
+        let ev = e.evaluate(&both(bad.clone()), t(2));
+        assert_eq!(ev.changes.len(), 1, "{:?}", ev.changes);
+        assert_eq!(ev.changes[0].client, alice);
+        assert!(matches!(ev.changes[0].reason, Reason::PathAtRisk { .. }));
+        assert!(
+            ev.changes[0].primary_risk.get() > 0.9,
+            "path and appliance risk"
+        );
+        let eu = ev.risks[&aid("eu-1")].get();
+        assert!(
+            (eu - 0.05).abs() < 1e-12,
+            "the appliance's risk is unchanged: {eu}"
+        );
+        assert_eq!(e.assignment(&alice), Some(&aid("us-1")));
+        assert_eq!(e.assignment(&bob), Some(&aid("eu-1")));
+        // The appliance path eu-1 <-> us-1 stands in for alice's unmeasured path to us-1: as
+        // bad as her path to eu-1, it would have kept her (checked on a fresh engine).
+        let mut proxy_bad = bad.clone();
+        proxy_bad.insert_between(aid("eu-1"), aid("us-1"), p(0.95));
+        let mut fresh = Engine::new(policy());
+        fresh.evaluate(&both(PathScores::new()), t(1));
+        let ev = fresh.evaluate(&both(proxy_bad), t(2));
+        assert!(ev.changes.is_empty(), "{:?}", ev.changes);
+        // The path score goes away (stale, left out by the loader): back after hold-down.
+        let ev = e.evaluate(&both(PathScores::new()), t(3));
+        assert!(ev.changes.is_empty());
+        assert_eq!(ev.next_wakeup, Some(t(32)));
+        e.evaluate(&both(PathScores::new()), t(32));
         assert_eq!(e.assignment(&alice), Some(&aid("eu-1")));
     }
 

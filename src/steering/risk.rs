@@ -12,13 +12,18 @@
 //! whose score is fresh and below the threshold, and never moves anyone *to* a stale appliance
 //! (a shadow at 1 is no better than any primary). A missing score stays 0: an appliance nobody
 //! ever scored (no scorer deployed) is not judged.
+//!
+//! A client's *path* risk ([`client_paths`]) is the risk of its own path to each of its two
+//! appliances. It is not folded into the appliance's risk (other clients of the appliance do
+//! not share the path); the decision combines it per client, again by noisy-OR
+//! (`decision::Side::total`).
 
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 
-use super::{AdvisoryTarget, Inputs};
-use crate::domain::{ApplianceId, Probability};
+use super::{AdvisoryTarget, ClientInput, Inputs, PathScores};
+use crate::domain::{ApplianceId, ClientId, Probability};
 
 /// Combines independent risk sources with noisy-OR.
 pub fn combine(
@@ -60,6 +65,37 @@ pub fn appliance_risks(inputs: &Inputs, now: DateTime<Utc>) -> HashMap<Appliance
         .collect()
 }
 
+/// The risk of one client's paths: to its primary and to its shadow (`None`: not measured, or
+/// the score is stale; not judged).
+///
+/// - To the primary: the score of `primary>client`. Every client has one while it is connected
+///   (the primary's agent times each WireGuard handshake; the client helper also reports its
+///   probe windows).
+/// - To the shadow: the score of `shadow>client` when the shadow measures the client (a client
+///   helper's standby session, or a client that was on the shadow). A stock client never
+///   talks to its shadow, so nothing measures that path; then the appliance-to-appliance path
+///   between the primary and the shadow stands in (the higher score of the two directions). A
+///   client is assigned a primary near it, so the primary's path to the shadow is the nearest
+///   measured approximation of the client's. Its known weakness: it shares the primary's own
+///   first hops, so trouble there shows on both sides and the client stays; a move is never
+///   made on a stand-in that looks as bad as the path it would leave.
+pub fn client_paths(
+    paths: &PathScores,
+    id: &ClientId,
+    client: &ClientInput,
+) -> (Option<Probability>, Option<Probability>) {
+    let primary = paths.to_client(&client.primary, id);
+    let shadow = paths.to_client(&client.shadow, id).or_else(|| {
+        let there = paths.between(&client.primary, &client.shadow);
+        let back = paths.between(&client.shadow, &client.primary);
+        match (there, back) {
+            (Some(a), Some(b)) => Some(if a > b { a } else { b }),
+            (a, b) => a.or(b),
+        }
+    });
+    (primary, shadow)
+}
+
 /// The first advisory start or end strictly after `now`: when risks change without any
 /// database change.
 pub fn next_advisory_edge(inputs: &Inputs, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
@@ -88,6 +124,46 @@ mod tests {
         assert!((combine(p(0.0), [p(0.5), p(0.5)]).get() - 0.75).abs() < 1e-12);
         assert!(combine(p(0.1), [p(0.95)]).get() >= 0.95);
         assert_eq!(combine(p(0.2), [p(1.0)]).get(), 1.0);
+    }
+
+    #[test]
+    fn client_paths_fall_back_to_the_appliance_path_for_the_shadow_only() {
+        let (eu, us) = (
+            ApplianceId::new("eu-1").unwrap(),
+            ApplianceId::new("us-1").unwrap(),
+        );
+        let alice = ClientId::new("alice").unwrap();
+        let c = ClientInput {
+            primary: eu.clone(),
+            shadow: us.clone(),
+        };
+        let mut paths = PathScores::new();
+        assert_eq!(client_paths(&paths, &alice, &c), (None, None));
+        // Appliance-to-appliance paths stand in for the shadow side (higher direction), never
+        // for the primary side.
+        paths.insert_between(eu.clone(), us.clone(), p(0.2));
+        paths.insert_between(us.clone(), eu.clone(), p(0.3));
+        assert_eq!(client_paths(&paths, &alice, &c), (None, Some(p(0.3))));
+        // Measured paths of the client win; another client's do not count.
+        paths.insert_client(eu.clone(), alice.clone(), p(0.8));
+        paths.insert_client(us.clone(), ClientId::new("bob").unwrap(), p(0.9));
+        assert_eq!(
+            client_paths(&paths, &alice, &c),
+            (Some(p(0.8)), Some(p(0.3)))
+        );
+        paths.insert_client(us.clone(), alice.clone(), p(0.1));
+        assert_eq!(
+            client_paths(&paths, &alice, &c),
+            (Some(p(0.8)), Some(p(0.1)))
+        );
+        // Two scores of one path: the highest counts.
+        paths.insert_client(us.clone(), alice.clone(), p(0.05));
+        paths.insert_client(eu.clone(), alice.clone(), p(0.9));
+        assert_eq!(
+            client_paths(&paths, &alice, &c),
+            (Some(p(0.9)), Some(p(0.1)))
+        );
+        assert_eq!(paths.len(), 5);
     }
 
     proptest! {
