@@ -24,6 +24,8 @@
 //! for such a *path-driven* move (the primary's appliance risk alone would not move the client):
 //! it never goes to a shadow whose path is worse than the path it leaves, and comes back once
 //! the shadow's path is `hysteresis` worse than the primary's ([`Reason::ShadowPathNoBetter`]).
+//! An unmeasured path to the shadow may have a stand-in ([`Side::path_stand_in`]) for that
+//! comparison only.
 
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
@@ -47,8 +49,12 @@ pub struct Side {
     pub state: Option<ApplianceState>,
     /// The appliance's combined risk (model and advisories).
     pub risk: Probability,
-    /// Risk of this client's path to the appliance; `None`: not known (not judged).
+    /// Risk of this client's measured path to the appliance; `None`: not known (not judged).
     pub path: Option<Probability>,
+    /// When `path` is not known: an estimate of it that is only compared with the other
+    /// side's path before a path-driven move, never added to the risk
+    /// (`risk::ClientPaths::shadow_stand_in`).
+    pub path_stand_in: Option<Probability>,
 }
 
 impl Side {
@@ -56,7 +62,16 @@ impl Side {
         self.state == Some(ApplianceState::Active)
     }
 
-    /// The risk of this side for this client: the appliance's and the path's, noisy-OR.
+    /// This client's path risk as compared before a path-driven move: measured, else the
+    /// stand-in, else 0 (not seen to be bad).
+    fn path_for_comparison(&self) -> f64 {
+        self.path
+            .or(self.path_stand_in)
+            .map_or(0.0, Probability::get)
+    }
+
+    /// The risk of this side for this client: the appliance's and the measured path's,
+    /// noisy-OR.
     pub fn total(&self) -> Probability {
         super::risk::combine(self.risk, self.path)
     }
@@ -190,11 +205,10 @@ pub fn desired(
         return (Some(Role::Primary), Reason::ShadowNoBetter { risk: s });
     }
     // The appliance alone would not move (or keep) the client: the path does. Never to a
-    // shadow whose path is worse. An unknown path counts as 0 here: a shadow path nothing
-    // measures (no stand-in either) has not been seen to be worse.
+    // shadow whose path is worse (measured, or its stand-in). An unknown path counts as 0
+    // here: a shadow path nothing measures has not been seen to be worse.
     if primary.risk.get() + slack <= t {
-        let path = |side: Side| side.path.map_or(0.0, Probability::get);
-        let (pp, sp) = (path(primary), path(shadow));
+        let (pp, sp) = (primary.path_for_comparison(), shadow.path_for_comparison());
         if sp >= pp + slack {
             return (Some(Role::Primary), Reason::ShadowPathNoBetter { path: sp });
         }
@@ -301,6 +315,7 @@ mod tests {
             state: Some(state),
             risk: Probability::new(risk).unwrap(),
             path: None,
+            path_stand_in: None,
         }
     }
 
@@ -441,6 +456,26 @@ mod tests {
                 "{reason:?}"
             );
         }
+        // A stand-in for the shadow's path: compared before a path-driven move ...
+        let stand_in = |v: f64| Side {
+            path_stand_in: Some(Probability::new(v).unwrap()),
+            ..active(0.05)
+        };
+        let (want, reason) = desired(&p, pos, via(0.05, Some(0.9)), stand_in(0.95), None);
+        assert_eq!(want, Some(Role::Primary));
+        assert!(
+            matches!(reason, Reason::ShadowPathNoBetter { .. }),
+            "{reason:?}"
+        );
+        assert_eq!(
+            desired(&p, pos, via(0.05, Some(0.9)), stand_in(0.2), None).0,
+            Some(Role::Shadow)
+        );
+        // ... but never added to the shadow's risk: a failing primary (whose trouble also
+        // shows on its path to the shadow) still loses its clients.
+        let (want, reason) = desired(&p, pos, via(0.95, None), stand_in(0.95), None);
+        assert_eq!(want, Some(Role::Shadow));
+        assert!(matches!(reason, Reason::PrimaryAtRisk { .. }), "{reason:?}");
         // An appliance-driven move is not held back by a slightly worse shadow path.
         let (want, reason) = desired(&p, pos, via(0.95, Some(0.1)), via(0.0, Some(0.2)), None);
         assert_eq!(want, Some(Role::Shadow));
@@ -596,7 +631,8 @@ mod tests {
 
         /// A path-driven move never goes to a shadow whose path is worse than the primary's:
         /// whenever a client not on the shadow is sent there while the primary's appliance
-        /// risk alone is below its trigger, the shadow's path (unknown: 0) is strictly better.
+        /// risk alone is below its trigger, the shadow's path (measured, else its stand-in,
+        /// else 0) is strictly better.
         #[test]
         fn path_moves_never_to_a_worse_path(
             pol in arb_policy(),
@@ -605,10 +641,13 @@ mod tests {
             sr in 0.0..=1.0f64,
             pp in proptest::option::of(0.0..=1.0f64),
             sp in proptest::option::of(0.0..=1.0f64),
+            stand_in in proptest::option::of(0.0..=1.0f64),
             on_primary in proptest::bool::ANY,
         ) {
             let current = on_primary.then_some(Role::Primary);
-            let (want, _) = desired(&pol, pos, via(pr, pp), via(sr, sp), current);
+            let shadow = Side { path_stand_in: stand_in.map(|v| Probability::new(v).unwrap()), ..via(sr, sp) };
+            let (want, _) = desired(&pol, pos, via(pr, pp), shadow, current);
+            let sp = sp.or(stand_in);
             if want == Some(Role::Shadow) && pr <= trigger(&pol, pos) {
                 prop_assert!(sp.unwrap_or(0.0) < pp.unwrap_or(0.0), "{sp:?} vs {pp:?}");
             }

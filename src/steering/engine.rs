@@ -99,6 +99,7 @@ impl Engine {
                     state: Some(a.state),
                     risk: risks.get(&a.id).copied().unwrap_or(Probability::ZERO),
                     path: None,
+                    path_stand_in: None,
                 };
                 (&a.id, side)
             })
@@ -107,6 +108,7 @@ impl Engine {
             state: None,
             risk: Probability::ZERO,
             path: None,
+            path_stand_in: None,
         };
         let side = |id: &ApplianceId| sides.get(id).copied().unwrap_or(unknown);
         let same_clients = self
@@ -135,13 +137,14 @@ impl Engine {
             let Some(state) = self.clients.get_mut(id) else {
                 continue;
             };
-            let (primary_path, shadow_path) = risk::client_paths(&inputs.path_scores, id, client);
+            let paths = risk::client_paths(&inputs.path_scores, id, client);
             let primary = Side {
-                path: primary_path,
+                path: paths.primary,
                 ..side(&client.primary)
             };
             let shadow = Side {
-                path: shadow_path,
+                path: paths.shadow,
+                path_stand_in: paths.shadow_stand_in,
                 ..side(&client.shadow)
             };
             // Nothing this client's decision reads has changed, and it is not waiting for a
@@ -418,8 +421,18 @@ mod tests {
         proxy_bad.insert_between(aid("eu-1"), aid("us-1"), p(0.95));
         let mut fresh = Engine::new(policy());
         fresh.evaluate(&both(PathScores::new()), t(1));
-        let ev = fresh.evaluate(&both(proxy_bad), t(2));
+        let ev = fresh.evaluate(&both(proxy_bad.clone()), t(2));
         assert!(ev.changes.is_empty(), "{:?}", ev.changes);
+        // That stand-in never keeps clients on a primary that is itself at risk (its trouble
+        // shows on its path to the shadow too): with eu-1's own score high, both move.
+        let mut failing = both(proxy_bad);
+        failing.model_scores = Arc::new(HashMap::from([
+            (aid("eu-1"), p(0.9)),
+            (aid("us-1"), p(0.05)),
+        ]));
+        let ev = fresh.evaluate(&failing, t(3));
+        assert_eq!(ev.changes.len(), 2, "{:?}", ev.changes);
+        assert!(ev.changes.iter().all(|c| c.to == Some(aid("us-1"))));
         // The path score goes away (stale, left out by the loader): back after hold-down.
         let ev = e.evaluate(&both(PathScores::new()), t(3));
         assert!(ev.changes.is_empty());

@@ -65,35 +65,53 @@ pub fn appliance_risks(inputs: &Inputs, now: DateTime<Utc>) -> HashMap<Appliance
         .collect()
 }
 
-/// The risk of one client's paths: to its primary and to its shadow (`None`: not measured, or
-/// the score is stale; not judged).
+/// The risk of one client's paths ([`client_paths`]). `None`: not measured, or the score is
+/// stale (not judged).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct ClientPaths {
+    /// The client's measured path to its primary.
+    pub primary: Option<Probability>,
+    /// The client's measured path to its shadow.
+    pub shadow: Option<Probability>,
+    /// When the path to the shadow is not measured: the appliance-to-appliance path between
+    /// the primary and the shadow, standing in for it *only* to compare paths before a
+    /// path-driven move, never added to the shadow's risk.
+    pub shadow_stand_in: Option<Probability>,
+}
+
+/// The risk of one client's paths to its primary and to its shadow.
 ///
 /// - To the primary: the score of `primary>client`. Every client has one while it is connected
 ///   (the primary's agent times each WireGuard handshake; the client helper also reports its
 ///   probe windows).
 /// - To the shadow: the score of `shadow>client` when the shadow measures the client (a client
-///   helper's standby session, or a client that was on the shadow). A stock client never
-///   talks to its shadow, so nothing measures that path; then the appliance-to-appliance path
-///   between the primary and the shadow stands in (the higher score of the two directions). A
-///   client is assigned a primary near it, so the primary's path to the shadow is the nearest
-///   measured approximation of the client's. Its known weakness: it shares the primary's own
-///   first hops, so trouble there shows on both sides and the client stays; a move is never
-///   made on a stand-in that looks as bad as the path it would leave.
-pub fn client_paths(
-    paths: &PathScores,
-    id: &ClientId,
-    client: &ClientInput,
-) -> (Option<Probability>, Option<Probability>) {
+///   helper's standby session, or a client that was on the shadow).
+/// - A stock client never talks to its shadow, so nothing measures that path; then the
+///   appliance-to-appliance path between the primary and the shadow (the higher score of the
+///   two directions) stands in. A client is assigned a primary near it, so the primary's path
+///   to the shadow is the nearest measured approximation of the client's. But it runs through
+///   the primary's own links: trouble at the primary shows on it. So it only ever keeps a
+///   client from a *path-driven* move (one its path to the primary causes) that would not
+///   obviously improve its path; it never makes the shadow look riskier, which would keep
+///   clients on a primary that is itself failing.
+pub fn client_paths(paths: &PathScores, id: &ClientId, client: &ClientInput) -> ClientPaths {
     let primary = paths.to_client(&client.primary, id);
-    let shadow = paths.to_client(&client.shadow, id).or_else(|| {
+    let shadow = paths.to_client(&client.shadow, id);
+    let shadow_stand_in = if shadow.is_some() {
+        None
+    } else {
         let there = paths.between(&client.primary, &client.shadow);
         let back = paths.between(&client.shadow, &client.primary);
         match (there, back) {
             (Some(a), Some(b)) => Some(if a > b { a } else { b }),
             (a, b) => a.or(b),
         }
-    });
-    (primary, shadow)
+    };
+    ClientPaths {
+        primary,
+        shadow,
+        shadow_stand_in,
+    }
 }
 
 /// The first advisory start or end strictly after `now`: when risks change without any
@@ -137,31 +155,39 @@ mod tests {
             primary: eu.clone(),
             shadow: us.clone(),
         };
+        let paths_of = |primary, shadow, shadow_stand_in| ClientPaths {
+            primary,
+            shadow,
+            shadow_stand_in,
+        };
         let mut paths = PathScores::new();
-        assert_eq!(client_paths(&paths, &alice, &c), (None, None));
+        assert_eq!(client_paths(&paths, &alice, &c), ClientPaths::default());
         // Appliance-to-appliance paths stand in for the shadow side (higher direction), never
         // for the primary side.
         paths.insert_between(eu.clone(), us.clone(), p(0.2));
         paths.insert_between(us.clone(), eu.clone(), p(0.3));
-        assert_eq!(client_paths(&paths, &alice, &c), (None, Some(p(0.3))));
+        assert_eq!(
+            client_paths(&paths, &alice, &c),
+            paths_of(None, None, Some(p(0.3)))
+        );
         // Measured paths of the client win; another client's do not count.
         paths.insert_client(eu.clone(), alice.clone(), p(0.8));
         paths.insert_client(us.clone(), ClientId::new("bob").unwrap(), p(0.9));
         assert_eq!(
             client_paths(&paths, &alice, &c),
-            (Some(p(0.8)), Some(p(0.3)))
+            paths_of(Some(p(0.8)), None, Some(p(0.3)))
         );
         paths.insert_client(us.clone(), alice.clone(), p(0.1));
         assert_eq!(
             client_paths(&paths, &alice, &c),
-            (Some(p(0.8)), Some(p(0.1)))
+            paths_of(Some(p(0.8)), Some(p(0.1)), None)
         );
         // Two scores of one path: the highest counts.
         paths.insert_client(us.clone(), alice.clone(), p(0.05));
         paths.insert_client(eu.clone(), alice.clone(), p(0.9));
         assert_eq!(
             client_paths(&paths, &alice, &c),
-            (Some(p(0.9)), Some(p(0.1)))
+            paths_of(Some(p(0.9)), Some(p(0.1)), None)
         );
         assert_eq!(paths.len(), 5);
     }
