@@ -1,6 +1,7 @@
 //! Path risk drives steering (issue 11, item 4), end to end with `serve` and Postgres: a
 //! client whose own path to its primary degrades moves to its shadow although the primary
-//! appliance stays healthy, and comes back when the path recovers (hysteresis, hold-down).
+//! appliance stays healthy, stays there while that path is no longer measured (its score
+//! stale), and comes back when fresh measurements show it recovered (hysteresis, hold-down).
 //!
 //! Real parts: Postgres, the `serve` binary with its live scorer (a model file that scores
 //! recent loss), its snapshot loader and DNS over UDP. Stand-ins: the agents, whose rows are
@@ -22,6 +23,8 @@ use shadowsteer::risk::model::{Members, Model};
 const ALICE: &str = "alice.c.vpn.example.net";
 const EU: &str = "192.0.2.1";
 const US: &str = "192.0.2.2";
+/// `loss_permille` value for "eu-1 writes no rows for alice's path".
+const SILENT: u32 = u32::MAX;
 
 /// A model that scores a subject's loss over the last 10 s: 0.02 without loss, 0.5 at 6.5 %,
 /// above 0.99 at 20 %. Health plays no part, so the appliances' scores stay at 0.02 while
@@ -85,7 +88,8 @@ async fn bad_path_to_a_healthy_primary_moves_the_client_and_recovery_brings_it_b
     shadowsteer::store::telemetry::insert_probes(&db.pool, &history)
         .await
         .unwrap();
-    // The agents: calm appliances throughout; alice's path loss as `loss_permille` says.
+    // The agents: calm appliances throughout; alice's path loss as `loss_permille` says
+    // (`SILENT`: no rows, as when she no longer uses eu-1).
     let loss_permille = Arc::new(AtomicU32::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let feeder = {
@@ -100,13 +104,16 @@ async fn bad_path_to_a_healthy_primary_moves_the_client_and_recovery_brings_it_b
                     continue;
                 }
                 insert_calm(&pool, &["eu-1", "us-1"], from, from + whole).await;
-                let l = f64::from(loss.load(Ordering::Relaxed)) / 1000.0;
-                let rows: Vec<PathProbe> = (0..whole.num_seconds())
-                    .map(|s| alice_path(from + chrono::Duration::seconds(s), l))
-                    .collect();
-                shadowsteer::store::telemetry::insert_probes(&pool, &rows)
-                    .await
-                    .unwrap();
+                let l = loss.load(Ordering::Relaxed);
+                if l != SILENT {
+                    let l = f64::from(l) / 1000.0;
+                    let rows: Vec<PathProbe> = (0..whole.num_seconds())
+                        .map(|s| alice_path(from + chrono::Duration::seconds(s), l))
+                        .collect();
+                    shadowsteer::store::telemetry::insert_probes(&pool, &rows)
+                        .await
+                        .unwrap();
+                }
                 from += whole;
             }
         })
@@ -180,8 +187,53 @@ async fn bad_path_to_a_healthy_primary_moves_the_client_and_recovery_brings_it_b
         "eu-1's own score {eu_score}: the move must be the path's"
     );
 
-    // The path recovers: alice returns once her total risk is below 0.4 and the hold-down
-    // has passed.
+    // On us-1, alice no longer reports to eu-1: nothing measures her path to it and its score
+    // goes stale (left out by the loader). She stays on us-1 (the last fresh score stands),
+    // well past the 2 s hold-down.
+    loss_permille.store(SILENT, Ordering::Relaxed);
+    let silent = Instant::now();
+    let deadline = silent + Duration::from_secs(30);
+    loop {
+        let stale: bool = sqlx::query_scalar(
+            "SELECT confirmed_at < now() - interval '4 s' FROM risk_scores WHERE subject_kind = 'path' AND subject = 'eu-1>alice'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if stale {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "alice's path score never went stale"
+        );
+        let a = tokio::task::spawn_blocking(move || answer(dns, ALICE))
+            .await
+            .unwrap();
+        assert_eq!(a, [US], "alice came back while her path score aged");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stale_after = silent.elapsed();
+    let while_stale = tokio::task::spawn_blocking(move || {
+        let start = Instant::now();
+        let mut seen = std::collections::BTreeSet::new();
+        while start.elapsed() < Duration::from_secs(3) {
+            seen.extend(answer(dns, ALICE));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        seen
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        while_stale.into_iter().collect::<Vec<_>>(),
+        [US],
+        "alice returned to eu-1 on the silence of a path she left; log:\n{}",
+        server.log_text()
+    );
+
+    // The path recovers (fresh measurements again): alice returns once her total risk is
+    // below 0.4 and the hold-down has passed.
     loss_permille.store(0, Ordering::Relaxed);
     let recovered = Instant::now();
     let back = tokio::task::spawn_blocking(move || {
@@ -214,7 +266,7 @@ async fn bad_path_to_a_healthy_primary_moves_the_client_and_recovery_brings_it_b
     assert!(rows[1].2.is_some_and(|r| r > 0.5), "{rows:?}");
     assert!(rows[2].1.contains("cleared"), "{rows:?}");
     eprintln!(
-        "path loss 30 % -> alice moved after {moved_after:?} (path score {path_high:.3}, eu-1 {eu_score:.3}); loss 0 -> back after {back_after:?}"
+        "path loss 30 % -> alice moved after {moved_after:?} (path score {path_high:.3}, eu-1 {eu_score:.3}); path silent -> stale after {stale_after:?}, alice stayed; loss 0 -> back after {back_after:?}"
     );
     common::record_measure("path_move_s", moved_after.as_secs_f64());
     common::record_measure("path_return_s", back_after.as_secs_f64());

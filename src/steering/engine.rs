@@ -25,6 +25,9 @@ struct ClientState {
     /// What the last decision saw, so an unchanged client is not decided again: its primary
     /// and shadow (appliances and their state and risk) and the hold-down it reported.
     seen: Option<Seen>,
+    /// While the client is on its shadow: the last fresh risk of its path to the primary. It
+    /// stands for that path when no fresh score is left (see [`Engine::evaluate`]).
+    left_path: Option<Probability>,
 }
 
 /// The inputs of a client's last decision (its primary and shadow ids are compared through
@@ -131,6 +134,7 @@ impl Engine {
                         current: past.map(|p| p.appliance.clone()),
                         since: past.map(|p| p.at),
                         seen: None,
+                        left_path: None,
                     },
                 );
             }
@@ -138,8 +142,20 @@ impl Engine {
                 continue;
             };
             let paths = risk::client_paths(&inputs.path_scores, id, client);
+            // A client on its shadow no longer sends its primary what measures their path
+            // (probe reports go to the appliance it uses; a stock client's handshakes too), so
+            // that path's score goes stale and is left out. Returning on that silence would
+            // bring the client back to the path it left, again and again: while on the shadow
+            // the last fresh score stands until a fresh one (e.g. from the helper's standby
+            // handshakes with the primary) replaces it.
+            let on_shadow = state.current.as_ref().and_then(Option::as_ref) == Some(&client.shadow);
+            let primary_path = match paths.primary {
+                Some(p) => Some(p),
+                None if on_shadow => state.left_path,
+                None => None,
+            };
             let primary = Side {
-                path: paths.primary,
+                path: primary_path,
                 ..side(&client.primary)
             };
             let shadow = Side {
@@ -191,6 +207,11 @@ impl Engine {
                 sides: (primary, shadow),
                 held_until: choice.held_until,
             });
+            state.left_path = if choice.role == Some(Role::Shadow) {
+                primary_path
+            } else {
+                None
+            };
             if choice.changed {
                 let to = choice.role.map(|r| match r {
                     Role::Primary => client.primary.clone(),
@@ -380,6 +401,13 @@ mod tests {
         assert_eq!(e.assignment(&alice), Some(&aid("eu-1")));
     }
 
+    /// Path scores with one score of `client`'s path to eu-1.
+    fn good_for(client: &ClientId, v: f64) -> PathScores {
+        let mut paths = PathScores::new();
+        paths.insert_client(aid("eu-1"), client.clone(), Probability::new(v).unwrap());
+        paths
+    }
+
     #[test]
     fn path_risk_moves_one_client_and_not_the_other() {
         let alice = ClientId::new("alice").unwrap();
@@ -433,11 +461,27 @@ mod tests {
         let ev = fresh.evaluate(&failing, t(3));
         assert_eq!(ev.changes.len(), 2, "{:?}", ev.changes);
         assert!(ev.changes.iter().all(|c| c.to == Some(aid("us-1"))));
-        // The path score goes away (stale, left out by the loader): back after hold-down.
+        // On us-1, alice's path to eu-1 is no longer measured: its score goes stale and the
+        // loader leaves it out. Its last value stands: she stays, long after the hold-down.
         let ev = e.evaluate(&both(PathScores::new()), t(3));
-        assert!(ev.changes.is_empty());
-        assert_eq!(ev.next_wakeup, Some(t(32)));
-        e.evaluate(&both(PathScores::new()), t(32));
+        assert!(ev.changes.is_empty(), "{:?}", ev.changes);
+        let ev = e.evaluate(&both(PathScores::new()), t(100));
+        assert!(ev.changes.is_empty(), "{:?}", ev.changes);
+        assert_eq!(e.assignment(&alice), Some(&aid("us-1")));
+        // A fresh low score (e.g. from her standby handshakes with eu-1) brings her back.
+        let mut good = PathScores::new();
+        good.insert_client(aid("eu-1"), alice.clone(), p(0.05));
+        let ev = e.evaluate(&both(good), t(101));
+        assert_eq!(ev.changes.len(), 1, "{:?}", ev.changes);
+        assert!(matches!(ev.changes[0].reason, Reason::RiskCleared { .. }));
+        assert_eq!(e.assignment(&alice), Some(&aid("eu-1")));
+        // Back on eu-1, nothing is remembered: a path score that goes away counts as no risk.
+        e.evaluate(&both(bad.clone()), t(200));
+        assert_eq!(e.assignment(&alice), Some(&aid("us-1")));
+        e.evaluate(&both(good_for(&alice, 0.05)), t(300));
+        assert_eq!(e.assignment(&alice), Some(&aid("eu-1")));
+        let ev = e.evaluate(&both(PathScores::new()), t(400));
+        assert!(ev.changes.is_empty(), "{:?}", ev.changes);
         assert_eq!(e.assignment(&alice), Some(&aid("eu-1")));
     }
 
