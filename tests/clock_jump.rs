@@ -60,6 +60,7 @@ fn inputs(advisory_until: Option<DateTime<Utc>>) -> Inputs {
         clients: Arc::new(clients),
         model_scores: Arc::default(),
         stale_scores: Arc::default(),
+        path_scores: Arc::default(),
         advisories: Arc::new(advisories),
         history: Arc::default(),
     }

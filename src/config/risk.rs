@@ -32,7 +32,8 @@ pub struct RiskSection {
     #[serde(default = "default_threads")]
     pub threads: usize,
     /// A stored appliance score not confirmed by a scorer for this long counts as unknown-high
-    /// in steering (a silent appliance, or a dead scorer, never keeps clients on last-known-low).
+    /// in steering (a silent appliance, or a dead scorer, never keeps clients on last-known-low);
+    /// a path score that old is left out (`steering::PathScores`).
     /// Absent: 10 × `interval`, at least 10 s. See [`RiskSection::max_score_age`].
     #[serde(default)]
     pub max_score_age: Option<Duration>,

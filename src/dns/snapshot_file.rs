@@ -409,6 +409,9 @@ pub fn decode(
             model_scores: Arc::new(scores),
             // Not saved: staleness is judged against the database's clock once it is back.
             stale_scores: Arc::default(),
+            // Not saved either: path scores are only used while fresh, and freshness is the
+            // database's to say (a restart without it steers on appliance risk alone).
+            path_scores: Arc::default(),
             advisories: Arc::new(advisories),
             history: Arc::new(history),
         },
@@ -622,6 +625,7 @@ mod tests {
             }]),
             appliances: Arc::new(BTreeMap::from([(eu.id.clone(), eu), (us.id.clone(), us)])),
             stale_scores: Arc::default(),
+            path_scores: Arc::default(),
             history: Arc::default(),
         }
     }

@@ -16,6 +16,16 @@
 //!   unusable;
 //! - draining and down appliances are never chosen (operator state wins over risk); with
 //!   neither usable there is no answer.
+//!
+//! Path risk: each side's risk is the appliance's risk combined (noisy-OR) with the risk of the
+//! client's path to it ([`Side::total`]), and the rules above apply to those totals. So a client
+//! whose path to its primary degrades leaves it although the appliance is healthy, if the
+//! shadow's total is acceptable (below the threshold and below the primary's). One more rule
+//! for such a *path-driven* move (the primary's appliance risk alone would not move the client):
+//! it never goes to a shadow whose path is worse than the path it leaves, and comes back once
+//! the shadow's path is `hysteresis` worse than the primary's ([`Reason::ShadowPathNoBetter`]).
+//! An unmeasured path to the shadow may have a stand-in ([`Side::path_stand_in`]) for that
+//! comparison only.
 
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
@@ -37,13 +47,33 @@ pub enum Role {
 pub struct Side {
     /// Operator state; `None` when the appliance is unknown (not loaded).
     pub state: Option<ApplianceState>,
-    /// Combined risk.
+    /// The appliance's combined risk (model and advisories).
     pub risk: Probability,
+    /// Risk of this client's measured path to the appliance; `None`: not known (not judged).
+    pub path: Option<Probability>,
+    /// When `path` is not known: an estimate of it that is only compared with the other
+    /// side's path before a path-driven move, never added to the risk
+    /// (`risk::ClientPaths::shadow_stand_in`).
+    pub path_stand_in: Option<Probability>,
 }
 
 impl Side {
     fn usable(&self) -> bool {
         self.state == Some(ApplianceState::Active)
+    }
+
+    /// This client's path risk as compared before a path-driven move: measured, else the
+    /// stand-in, else 0 (not seen to be bad).
+    fn path_for_comparison(&self) -> f64 {
+        self.path
+            .or(self.path_stand_in)
+            .map_or(0.0, Probability::get)
+    }
+
+    /// The risk of this side for this client: the appliance's and the measured path's,
+    /// noisy-OR.
+    pub fn total(&self) -> Probability {
+        super::risk::combine(self.risk, self.path)
     }
 }
 
@@ -68,10 +98,24 @@ pub enum Reason {
         /// Primary risk.
         risk: f64,
     },
+    /// The client's path to its primary makes the primary's total risk rise above this
+    /// client's trigger point, while the appliance's own risk would not.
+    PathAtRisk {
+        /// Risk of the path to the primary.
+        path: f64,
+        /// The primary's total risk for this client.
+        risk: f64,
+    },
     /// The primary is at risk but the shadow is no better (or is itself at risk).
     ShadowNoBetter {
         /// Shadow risk.
         risk: f64,
+    },
+    /// The primary is at risk only through the client's path to it, and the path to the
+    /// shadow is no better.
+    ShadowPathNoBetter {
+        /// Risk of the path to the shadow.
+        path: f64,
     },
     /// The primary is draining, down or unknown.
     PrimaryUnavailable,
@@ -92,8 +136,18 @@ impl std::fmt::Display for Reason {
                 "primary risk {risk:.3} moves the share of clients at position {position:.3}"
             ),
             Self::RiskCleared { risk } => write!(f, "primary risk {risk:.3} cleared"),
+            Self::PathAtRisk { path, risk } => write!(
+                f,
+                "path to primary risk {path:.3} puts the primary at {risk:.3}, above trigger"
+            ),
             Self::ShadowNoBetter { risk } => {
                 write!(f, "shadow risk {risk:.3} is no better; primary kept")
+            }
+            Self::ShadowPathNoBetter { path } => {
+                write!(
+                    f,
+                    "path to shadow risk {path:.3} is no better; primary kept"
+                )
             }
             Self::PrimaryUnavailable => f.write_str("primary is not active"),
             Self::ShadowUnavailable => f.write_str("shadow is not active; primary kept"),
@@ -136,8 +190,8 @@ pub fn desired(
     }
     let on_shadow = current == Some(Role::Shadow);
     let slack = if on_shadow { policy.hysteresis() } else { 0.0 };
-    let p = primary.risk.get();
-    let s = shadow.risk.get();
+    let p = primary.total().get();
+    let s = shadow.total().get();
     let t = trigger(policy, position);
     if p + slack <= t {
         let reason = if on_shadow {
@@ -149,6 +203,16 @@ pub fn desired(
     }
     if s >= policy.threshold() + slack || s >= p + slack {
         return (Some(Role::Primary), Reason::ShadowNoBetter { risk: s });
+    }
+    // The appliance alone would not move (or keep) the client: the path does. Never to a
+    // shadow whose path is worse (measured, or its stand-in). An unknown path counts as 0
+    // here: a shadow path nothing measures has not been seen to be worse.
+    if primary.risk.get() + slack <= t {
+        let (pp, sp) = (primary.path_for_comparison(), shadow.path_for_comparison());
+        if sp >= pp + slack {
+            return (Some(Role::Primary), Reason::ShadowPathNoBetter { path: sp });
+        }
+        return (Some(Role::Shadow), Reason::PathAtRisk { path: pp, risk: p });
     }
     let reason = if p > policy.threshold() {
         Reason::PrimaryAtRisk { risk: p }
@@ -250,6 +314,16 @@ mod tests {
         Side {
             state: Some(state),
             risk: Probability::new(risk).unwrap(),
+            path: None,
+            path_stand_in: None,
+        }
+    }
+
+    /// An active appliance of risk `risk` behind a path of risk `path`.
+    fn via(risk: f64, path: Option<f64>) -> Side {
+        Side {
+            path: path.map(|p| Probability::new(p).unwrap()),
+            ..active(risk)
         }
     }
 
@@ -348,6 +422,123 @@ mod tests {
     }
 
     #[test]
+    fn bad_path_to_a_healthy_primary_moves_the_client() {
+        let p = policy();
+        let pos = 0.99;
+        // Healthy appliances; the path to the primary at 0.9: to the shadow, for the path.
+        let (want, reason) = desired(&p, pos, via(0.05, Some(0.9)), via(0.05, None), None);
+        assert_eq!(want, Some(Role::Shadow));
+        assert!(
+            matches!(reason, Reason::PathAtRisk { path, .. } if path == 0.9),
+            "{reason:?}"
+        );
+        assert!(reason.to_string().contains("path to primary risk 0.900"));
+        // The shadow's path measured and acceptable: still moves.
+        let shadow = via(0.05, Some(0.1));
+        assert_eq!(
+            desired(&p, pos, via(0.05, Some(0.9)), shadow, None).0,
+            Some(Role::Shadow)
+        );
+        // The path to the shadow is worse than the one to the primary (its total still below
+        // the threshold and the primary's): kept, for the path.
+        let (want, reason) = desired(&p, pos, via(0.5, Some(0.5)), via(0.0, Some(0.55)), None);
+        assert_eq!(want, Some(Role::Primary));
+        assert!(
+            matches!(reason, Reason::ShadowPathNoBetter { .. }),
+            "{reason:?}"
+        );
+        // Shadow total at risk (its appliance, or its path): kept.
+        for shadow in [via(0.75, Some(0.0)), via(0.0, Some(0.8))] {
+            let (want, reason) = desired(&p, pos, via(0.05, Some(0.9)), shadow, None);
+            assert_eq!(want, Some(Role::Primary));
+            assert!(
+                matches!(reason, Reason::ShadowNoBetter { .. }),
+                "{reason:?}"
+            );
+        }
+        // A stand-in for the shadow's path: compared before a path-driven move ...
+        let stand_in = |v: f64| Side {
+            path_stand_in: Some(Probability::new(v).unwrap()),
+            ..active(0.05)
+        };
+        let (want, reason) = desired(&p, pos, via(0.05, Some(0.9)), stand_in(0.95), None);
+        assert_eq!(want, Some(Role::Primary));
+        assert!(
+            matches!(reason, Reason::ShadowPathNoBetter { .. }),
+            "{reason:?}"
+        );
+        assert_eq!(
+            desired(&p, pos, via(0.05, Some(0.9)), stand_in(0.2), None).0,
+            Some(Role::Shadow)
+        );
+        // ... but never added to the shadow's risk: a failing primary (whose trouble also
+        // shows on its path to the shadow) still loses its clients.
+        let (want, reason) = desired(&p, pos, via(0.95, None), stand_in(0.95), None);
+        assert_eq!(want, Some(Role::Shadow));
+        assert!(matches!(reason, Reason::PrimaryAtRisk { .. }), "{reason:?}");
+        // An appliance-driven move is not held back by a slightly worse shadow path.
+        let (want, reason) = desired(&p, pos, via(0.95, Some(0.1)), via(0.0, Some(0.2)), None);
+        assert_eq!(want, Some(Role::Shadow));
+        assert!(matches!(reason, Reason::PrimaryAtRisk { .. }), "{reason:?}");
+    }
+
+    #[test]
+    fn recovered_path_returns_after_hysteresis_and_hold_down() {
+        let p = policy();
+        let pos = 0.99;
+        let on_shadow = Current {
+            role: Some(Role::Shadow),
+            since: Some(t0()),
+        };
+        let at = |s: i64| t0() + chrono::Duration::seconds(s);
+        // Path at 0.65: inside the band below the threshold (0.7 - 0.1 < 0.65): stays.
+        let c = decide(
+            &p,
+            pos,
+            via(0.0, Some(0.65)),
+            via(0.0, None),
+            Some(on_shadow),
+            at(60),
+        );
+        assert_eq!(c.role, Some(Role::Shadow));
+        assert!(!c.changed);
+        // Recovered to 0.05: held for the hold-down, then back.
+        let healthy = via(0.0, Some(0.05));
+        let c = decide(&p, pos, healthy, via(0.0, None), Some(on_shadow), at(10));
+        assert_eq!((c.role, c.held_until), (Some(Role::Shadow), Some(at(30))));
+        let c = decide(&p, pos, healthy, via(0.0, None), Some(on_shadow), at(30));
+        assert_eq!(c.role, Some(Role::Primary));
+        assert!(matches!(c.reason, Reason::RiskCleared { .. }));
+        // The primary (appliance 0.5, path 0.3: total 0.65) stays at risk for this client;
+        // the path to the shadow degrades. Less than `hysteresis` worse than the primary's:
+        // stays; `hysteresis` worse: back, for the path (the shadow's total is still lower).
+        let primary = via(0.5, Some(0.3));
+        let c = decide(
+            &p,
+            pos,
+            primary,
+            via(0.0, Some(0.35)),
+            Some(on_shadow),
+            at(60),
+        );
+        assert_eq!(c.role, Some(Role::Shadow), "inside the band");
+        let c = decide(
+            &p,
+            pos,
+            primary,
+            via(0.0, Some(0.45)),
+            Some(on_shadow),
+            at(60),
+        );
+        assert_eq!(c.role, Some(Role::Primary));
+        assert!(
+            matches!(c.reason, Reason::ShadowPathNoBetter { .. }),
+            "{:?}",
+            c.reason
+        );
+    }
+
+    #[test]
     fn positions_are_stable_and_spread() {
         let a = position(&ClientId::new("alice").unwrap());
         assert_eq!(a, position(&ClientId::new("alice").unwrap()));
@@ -436,6 +627,82 @@ mod tests {
                 Some(Role::Shadow) => prop_assert_eq!(states[ss], ApplianceState::Active),
                 None => prop_assert!(states[ps] != ApplianceState::Active && states[ss] != ApplianceState::Active),
             }
+        }
+
+        /// A path-driven move never goes to a shadow whose path is worse than the primary's:
+        /// whenever a client not on the shadow is sent there while the primary's appliance
+        /// risk alone is below its trigger, the shadow's path (measured, else its stand-in,
+        /// else 0) is strictly better.
+        #[test]
+        fn path_moves_never_to_a_worse_path(
+            pol in arb_policy(),
+            pos in 0.0..1.0f64,
+            pr in 0.0..=1.0f64,
+            sr in 0.0..=1.0f64,
+            pp in proptest::option::of(0.0..=1.0f64),
+            sp in proptest::option::of(0.0..=1.0f64),
+            stand_in in proptest::option::of(0.0..=1.0f64),
+            on_primary in proptest::bool::ANY,
+        ) {
+            let current = on_primary.then_some(Role::Primary);
+            let shadow = Side { path_stand_in: stand_in.map(|v| Probability::new(v).unwrap()), ..via(sr, sp) };
+            let (want, _) = desired(&pol, pos, via(pr, pp), shadow, current);
+            let sp = sp.or(stand_in);
+            if want == Some(Role::Shadow) && pr <= trigger(&pol, pos) {
+                prop_assert!(sp.unwrap_or(0.0) < pp.unwrap_or(0.0), "{sp:?} vs {pp:?}");
+            }
+        }
+
+        /// A worse path to the primary never sends a client back to it: the set of clients
+        /// that want the shadow only grows with the primary path's risk (everything else,
+        /// the current answer included, fixed).
+        #[test]
+        fn worse_primary_path_never_returns_a_client(
+            pol in arb_policy(),
+            pos in 0.0..1.0f64,
+            pr in 0.0..=1.0f64,
+            sr in 0.0..=1.0f64,
+            p1 in 0.0..=1.0f64,
+            p2 in 0.0..=1.0f64,
+            sp in proptest::option::of(0.0..=1.0f64),
+            cur in proptest::option::of(proptest::bool::ANY),
+        ) {
+            let (lo, hi) = if p1 <= p2 { (p1, p2) } else { (p2, p1) };
+            let current = cur.map(|s| if s { Role::Shadow } else { Role::Primary });
+            let shadow = via(sr, sp);
+            let at_lo = desired(&pol, pos, via(pr, Some(lo)), shadow, current).0;
+            let at_hi = desired(&pol, pos, via(pr, Some(hi)), shadow, current).0;
+            if at_lo == Some(Role::Shadow) {
+                prop_assert_eq!(at_hi, Some(Role::Shadow));
+            }
+        }
+
+        /// A path risk moving inside a band of width `hysteresis` changes a client's answer
+        /// at most once, whatever the appliances' risks and the path to the shadow.
+        #[test]
+        fn no_flapping_on_path_risk(
+            pol in arb_policy(),
+            pos in 0.0..1.0f64,
+            pr in 0.0..=1.0f64,
+            sr in 0.0..=1.0f64,
+            sp in proptest::option::of(0.0..=1.0f64),
+            base in 0.0..=1.0f64,
+            steps in proptest::collection::vec(0.0..=1.0f64, 1..60),
+        ) {
+            let width = pol.hysteresis();
+            let mut current: Option<Current> = None;
+            let mut changes = 0;
+            let mut now = t0();
+            for s in steps {
+                let path = (base + s * width).min(1.0);
+                let c = decide(&pol, pos, via(pr, Some(path)), via(sr, sp), current, now);
+                if current.is_some() && c.changed {
+                    changes += 1;
+                }
+                current = Some(Current { role: c.role, since: if c.changed { Some(now) } else { current.and_then(|c| c.since) } });
+                now += chrono::Duration::seconds(1);
+            }
+            prop_assert!(changes <= 1, "{changes} changes");
         }
 
         /// Same inputs, same answer.

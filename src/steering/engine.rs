@@ -25,6 +25,9 @@ struct ClientState {
     /// What the last decision saw, so an unchanged client is not decided again: its primary
     /// and shadow (appliances and their state and risk) and the hold-down it reported.
     seen: Option<Seen>,
+    /// While the client is on its shadow: the last fresh risk of its path to the primary. It
+    /// stands for that path when no fresh score is left (see [`Engine::evaluate`]).
+    left_path: Option<Probability>,
 }
 
 /// The inputs of a client's last decision (its primary and shadow ids are compared through
@@ -46,9 +49,10 @@ pub struct Change {
     pub to: Option<ApplianceId>,
     /// Why.
     pub reason: Reason,
-    /// The primary's combined risk at the time.
+    /// The primary's risk for this client at the time: the appliance's combined risk with
+    /// the client's path to it ([`Side::total`]).
     pub primary_risk: Probability,
-    /// The shadow's combined risk at the time.
+    /// The shadow's risk for this client at the time, likewise.
     pub shadow_risk: Probability,
     /// When.
     pub at: DateTime<Utc>,
@@ -97,6 +101,8 @@ impl Engine {
                 let side = Side {
                     state: Some(a.state),
                     risk: risks.get(&a.id).copied().unwrap_or(Probability::ZERO),
+                    path: None,
+                    path_stand_in: None,
                 };
                 (&a.id, side)
             })
@@ -104,6 +110,8 @@ impl Engine {
         let unknown = Side {
             state: None,
             risk: Probability::ZERO,
+            path: None,
+            path_stand_in: None,
         };
         let side = |id: &ApplianceId| sides.get(id).copied().unwrap_or(unknown);
         let same_clients = self
@@ -126,13 +134,35 @@ impl Engine {
                         current: past.map(|p| p.appliance.clone()),
                         since: past.map(|p| p.at),
                         seen: None,
+                        left_path: None,
                     },
                 );
             }
             let Some(state) = self.clients.get_mut(id) else {
                 continue;
             };
-            let (primary, shadow) = (side(&client.primary), side(&client.shadow));
+            let paths = risk::client_paths(&inputs.path_scores, id, client);
+            // A client on its shadow no longer sends its primary what measures their path
+            // (probe reports go to the appliance it uses; a stock client's handshakes too), so
+            // that path's score goes stale and is left out. Returning on that silence would
+            // bring the client back to the path it left, again and again: while on the shadow
+            // the last fresh score stands until a fresh one (e.g. from the helper's standby
+            // handshakes with the primary) replaces it.
+            let on_shadow = state.current.as_ref().and_then(Option::as_ref) == Some(&client.shadow);
+            let primary_path = match paths.primary {
+                Some(p) => Some(p),
+                None if on_shadow => state.left_path,
+                None => None,
+            };
+            let primary = Side {
+                path: primary_path,
+                ..side(&client.primary)
+            };
+            let shadow = Side {
+                path: paths.shadow,
+                path_stand_in: paths.shadow_stand_in,
+                ..side(&client.shadow)
+            };
             // Nothing this client's decision reads has changed, and it is not waiting for a
             // hold-down to expire: the decision would be the same.
             let same_client = previous.as_ref().is_none_or(|p| p.get(id) == Some(client));
@@ -177,6 +207,11 @@ impl Engine {
                 sides: (primary, shadow),
                 held_until: choice.held_until,
             });
+            state.left_path = if choice.role == Some(Role::Shadow) {
+                primary_path
+            } else {
+                None
+            };
             if choice.changed {
                 let to = choice.role.map(|r| match r {
                     Role::Primary => client.primary.clone(),
@@ -194,8 +229,8 @@ impl Engine {
                     from,
                     to,
                     reason: choice.reason,
-                    primary_risk: primary.risk,
-                    shadow_risk: shadow.risk,
+                    primary_risk: primary.total(),
+                    shadow_risk: shadow.total(),
                     at: now,
                 });
             }
@@ -231,7 +266,7 @@ mod tests {
     use super::*;
     use crate::domain::{ApplianceState, RegionId};
     use crate::steering::{
-        AdvisoryInput, AdvisoryTarget, ApplianceInput, ClientInput, PastDecision,
+        AdvisoryInput, AdvisoryTarget, ApplianceInput, ClientInput, PastDecision, PathScores,
     };
 
     fn aid(s: &str) -> ApplianceId {
@@ -362,6 +397,90 @@ mod tests {
         assert_eq!(e.assignment(&alice), Some(&aid("eu-1")));
         // ... and with both stale nobody moves either.
         let ev = e.evaluate(&scored(&["eu-1", "us-1"]), t(120));
+        assert!(ev.changes.is_empty(), "{:?}", ev.changes);
+        assert_eq!(e.assignment(&alice), Some(&aid("eu-1")));
+    }
+
+    /// Path scores with one score of `client`'s path to eu-1.
+    fn good_for(client: &ClientId, v: f64) -> PathScores {
+        let mut paths = PathScores::new();
+        paths.insert_client(aid("eu-1"), client.clone(), Probability::new(v).unwrap());
+        paths
+    }
+
+    #[test]
+    fn path_risk_moves_one_client_and_not_the_other() {
+        let alice = ClientId::new("alice").unwrap();
+        let bob = ClientId::new("bob").unwrap();
+        let both = |paths: PathScores| {
+            let mut inp = scored(&[]);
+            let mut clients = (*inp.clients).clone();
+            clients.insert(bob.clone(), clients[&alice].clone());
+            inp.clients = Arc::new(clients);
+            inp.path_scores = Arc::new(paths);
+            inp
+        };
+        let p = |v: f64| Probability::new(v).unwrap();
+        let mut e = Engine::new(policy());
+        e.evaluate(&both(PathScores::new()), t(1));
+        assert_eq!(e.assignment(&alice), Some(&aid("eu-1")));
+        // alice's path to eu-1 degrades; bob's does not: only alice moves, for her path.
+        let mut bad = PathScores::new();
+        bad.insert_client(aid("eu-1"), alice.clone(), p(0.9));
+        bad.insert_client(aid("eu-1"), bob.clone(), p(0.05));
+        let ev = e.evaluate(&both(bad.clone()), t(2));
+        assert_eq!(ev.changes.len(), 1, "{:?}", ev.changes);
+        assert_eq!(ev.changes[0].client, alice);
+        assert!(matches!(ev.changes[0].reason, Reason::PathAtRisk { .. }));
+        assert!(
+            ev.changes[0].primary_risk.get() > 0.9,
+            "path and appliance risk"
+        );
+        let eu = ev.risks[&aid("eu-1")].get();
+        assert!(
+            (eu - 0.05).abs() < 1e-12,
+            "the appliance's risk is unchanged: {eu}"
+        );
+        assert_eq!(e.assignment(&alice), Some(&aid("us-1")));
+        assert_eq!(e.assignment(&bob), Some(&aid("eu-1")));
+        // The appliance path eu-1 <-> us-1 stands in for alice's unmeasured path to us-1: as
+        // bad as her path to eu-1, it would have kept her (checked on a fresh engine).
+        let mut proxy_bad = bad.clone();
+        proxy_bad.insert_between(aid("eu-1"), aid("us-1"), p(0.95));
+        let mut fresh = Engine::new(policy());
+        fresh.evaluate(&both(PathScores::new()), t(1));
+        let ev = fresh.evaluate(&both(proxy_bad.clone()), t(2));
+        assert!(ev.changes.is_empty(), "{:?}", ev.changes);
+        // That stand-in never keeps clients on a primary that is itself at risk (its trouble
+        // shows on its path to the shadow too): with eu-1's own score high, both move.
+        let mut failing = both(proxy_bad);
+        failing.model_scores = Arc::new(HashMap::from([
+            (aid("eu-1"), p(0.9)),
+            (aid("us-1"), p(0.05)),
+        ]));
+        let ev = fresh.evaluate(&failing, t(3));
+        assert_eq!(ev.changes.len(), 2, "{:?}", ev.changes);
+        assert!(ev.changes.iter().all(|c| c.to == Some(aid("us-1"))));
+        // On us-1, alice's path to eu-1 is no longer measured: its score goes stale and the
+        // loader leaves it out. Its last value stands: she stays, long after the hold-down.
+        let ev = e.evaluate(&both(PathScores::new()), t(3));
+        assert!(ev.changes.is_empty(), "{:?}", ev.changes);
+        let ev = e.evaluate(&both(PathScores::new()), t(100));
+        assert!(ev.changes.is_empty(), "{:?}", ev.changes);
+        assert_eq!(e.assignment(&alice), Some(&aid("us-1")));
+        // A fresh low score (e.g. from her standby handshakes with eu-1) brings her back.
+        let mut good = PathScores::new();
+        good.insert_client(aid("eu-1"), alice.clone(), p(0.05));
+        let ev = e.evaluate(&both(good), t(101));
+        assert_eq!(ev.changes.len(), 1, "{:?}", ev.changes);
+        assert!(matches!(ev.changes[0].reason, Reason::RiskCleared { .. }));
+        assert_eq!(e.assignment(&alice), Some(&aid("eu-1")));
+        // Back on eu-1, nothing is remembered: a path score that goes away counts as no risk.
+        e.evaluate(&both(bad.clone()), t(200));
+        assert_eq!(e.assignment(&alice), Some(&aid("us-1")));
+        e.evaluate(&both(good_for(&alice, 0.05)), t(300));
+        assert_eq!(e.assignment(&alice), Some(&aid("eu-1")));
+        let ev = e.evaluate(&both(PathScores::new()), t(400));
         assert!(ev.changes.is_empty(), "{:?}", ev.changes);
         assert_eq!(e.assignment(&alice), Some(&aid("eu-1")));
     }

@@ -10,8 +10,9 @@
 //! - [`engine`]: the per-client state that makes hold-down possible, over all clients.
 //! - [`service`]: the weighted choice behind the service name (`gw.<zone>`).
 //!
-//! Deliberately left out: path risk (`risk_scores` rows of kind `path`) and session holders
-//! (`session_state`); the decision uses appliance risk and operator state only.
+//! Path risk (`risk_scores` rows of kind `path`) joins each client's decision: the risk of the
+//! client's own path to its primary and to its shadow ([`PathScores`], [`risk::client_paths`]).
+//! Deliberately left out: session holders (`session_state`).
 
 pub mod decision;
 pub mod engine;
@@ -227,10 +228,89 @@ pub struct Inputs {
     /// Appliances whose stored score no scorer has confirmed within `risk.max_score_age`: their
     /// score is unknown and counts as 1 ([`risk::appliance_risks`]), whatever it last said.
     pub stale_scores: Arc<std::collections::BTreeSet<ApplianceId>>,
+    /// Fresh path scores (see [`PathScores`] for why a stale one is left out).
+    pub path_scores: Arc<PathScores>,
     /// Advisories that are in force or start later.
     pub advisories: Arc<Vec<AdvisoryInput>>,
     /// Last recorded decision per client, used only for clients the engine has not seen.
     pub history: Arc<HashMap<ClientId, PastDecision>>,
+}
+
+/// The path scores steering reads: the live scorer's `risk_scores` rows of kind `path`, whose
+/// subject is `src>dst` as the measuring agent wrote the probe (`path_probes.src`, `.dst`).
+///
+/// - `appliance>client` ([`to_client`](Self::to_client)): the client's own path, measured by
+///   the appliance's agent: the WireGuard handshake round trip it sees (every client, stock ones
+///   included, at each handshake) and the client helper's probe-window reports sent through the
+///   tunnel (every `probe.report_interval`).
+/// - `appliance>appliance` ([`between`](Self::between)): the agents' probes to each other.
+///
+/// Only *fresh* scores are here: the loader leaves out every score no scorer confirmed within
+/// `risk.max_score_age`. A stale path score is not unknown-high the way a stale appliance score
+/// is ([`Inputs::stale_scores`]): a client's path probes stop whenever the client goes away
+/// (disconnects, roams to the shadow, ends its session), which says nothing about the path, and
+/// counting that silence as risk 1 would move idle clients for no reason. A missing path score
+/// counts as no path risk; the client is then steered on appliance risk alone.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PathScores {
+    /// Per client: (measuring appliance, score) of each `appliance>client` path.
+    clients: HashMap<ClientId, Vec<(ApplianceId, Probability)>>,
+    /// Per source appliance: (destination appliance, score).
+    appliances: HashMap<ApplianceId, Vec<(ApplianceId, Probability)>>,
+}
+
+impl PathScores {
+    /// No scores.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records the score of `appliance>client`; of several scores of one path (several regions
+    /// scoring it) the highest counts.
+    pub fn insert_client(&mut self, appliance: ApplianceId, client: ClientId, score: Probability) {
+        Self::insert(self.clients.entry(client).or_default(), appliance, score);
+    }
+
+    /// Records the score of `src>dst` between two appliances; the highest counts.
+    pub fn insert_between(&mut self, src: ApplianceId, dst: ApplianceId, score: Probability) {
+        Self::insert(self.appliances.entry(src).or_default(), dst, score);
+    }
+
+    fn insert(list: &mut Vec<(ApplianceId, Probability)>, id: ApplianceId, score: Probability) {
+        match list.iter_mut().find(|(a, _)| *a == id) {
+            Some((_, p)) if score > *p => *p = score,
+            Some(_) => {}
+            None => list.push((id, score)),
+        }
+    }
+
+    /// The score of the path between `appliance` and `client`, if fresh.
+    pub fn to_client(&self, appliance: &ApplianceId, client: &ClientId) -> Option<Probability> {
+        Self::find(self.clients.get(client)?, appliance)
+    }
+
+    /// The score of the path `src>dst` between two appliances, if fresh.
+    pub fn between(&self, src: &ApplianceId, dst: &ApplianceId) -> Option<Probability> {
+        Self::find(self.appliances.get(src)?, dst)
+    }
+
+    fn find(list: &[(ApplianceId, Probability)], id: &ApplianceId) -> Option<Probability> {
+        list.iter().find(|(a, _)| a == id).map(|(_, p)| *p)
+    }
+
+    /// Number of paths scored.
+    pub fn len(&self) -> usize {
+        self.clients
+            .values()
+            .chain(self.appliances.values())
+            .map(Vec::len)
+            .sum()
+    }
+
+    /// Whether no path is scored.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 #[cfg(test)]

@@ -12,13 +12,18 @@
 //! whose score is fresh and below the threshold, and never moves anyone *to* a stale appliance
 //! (a shadow at 1 is no better than any primary). A missing score stays 0: an appliance nobody
 //! ever scored (no scorer deployed) is not judged.
+//!
+//! A client's *path* risk ([`client_paths`]) is the risk of its own path to each of its two
+//! appliances. It is not folded into the appliance's risk (other clients of the appliance do
+//! not share the path); the decision combines it per client, again by noisy-OR
+//! (`decision::Side::total`).
 
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 
-use super::{AdvisoryTarget, Inputs};
-use crate::domain::{ApplianceId, Probability};
+use super::{AdvisoryTarget, ClientInput, Inputs, PathScores};
+use crate::domain::{ApplianceId, ClientId, Probability};
 
 /// Combines independent risk sources with noisy-OR.
 pub fn combine(
@@ -60,6 +65,55 @@ pub fn appliance_risks(inputs: &Inputs, now: DateTime<Utc>) -> HashMap<Appliance
         .collect()
 }
 
+/// The risk of one client's paths ([`client_paths`]). `None`: not measured, or the score is
+/// stale (not judged).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct ClientPaths {
+    /// The client's measured path to its primary.
+    pub primary: Option<Probability>,
+    /// The client's measured path to its shadow.
+    pub shadow: Option<Probability>,
+    /// When the path to the shadow is not measured: the appliance-to-appliance path between
+    /// the primary and the shadow, standing in for it *only* to compare paths before a
+    /// path-driven move, never added to the shadow's risk.
+    pub shadow_stand_in: Option<Probability>,
+}
+
+/// The risk of one client's paths to its primary and to its shadow.
+///
+/// - To the primary: the score of `primary>client`. Every client has one while it is connected
+///   (the primary's agent times each WireGuard handshake; the client helper also reports its
+///   probe windows).
+/// - To the shadow: the score of `shadow>client` when the shadow measures the client (a client
+///   helper's standby session, or a client that was on the shadow).
+/// - A stock client never talks to its shadow, so nothing measures that path; then the
+///   appliance-to-appliance path between the primary and the shadow (the higher score of the
+///   two directions) stands in. A client is assigned a primary near it, so the primary's path
+///   to the shadow is the nearest measured approximation of the client's. But it runs through
+///   the primary's own links: trouble at the primary shows on it. So it only ever keeps a
+///   client from a *path-driven* move (one its path to the primary causes) that would not
+///   obviously improve its path; it never makes the shadow look riskier, which would keep
+///   clients on a primary that is itself failing.
+pub fn client_paths(paths: &PathScores, id: &ClientId, client: &ClientInput) -> ClientPaths {
+    let primary = paths.to_client(&client.primary, id);
+    let shadow = paths.to_client(&client.shadow, id);
+    let shadow_stand_in = if shadow.is_some() {
+        None
+    } else {
+        let there = paths.between(&client.primary, &client.shadow);
+        let back = paths.between(&client.shadow, &client.primary);
+        match (there, back) {
+            (Some(a), Some(b)) => Some(if a > b { a } else { b }),
+            (a, b) => a.or(b),
+        }
+    };
+    ClientPaths {
+        primary,
+        shadow,
+        shadow_stand_in,
+    }
+}
+
 /// The first advisory start or end strictly after `now`: when risks change without any
 /// database change.
 pub fn next_advisory_edge(inputs: &Inputs, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
@@ -88,6 +142,54 @@ mod tests {
         assert!((combine(p(0.0), [p(0.5), p(0.5)]).get() - 0.75).abs() < 1e-12);
         assert!(combine(p(0.1), [p(0.95)]).get() >= 0.95);
         assert_eq!(combine(p(0.2), [p(1.0)]).get(), 1.0);
+    }
+
+    #[test]
+    fn client_paths_fall_back_to_the_appliance_path_for_the_shadow_only() {
+        let (eu, us) = (
+            ApplianceId::new("eu-1").unwrap(),
+            ApplianceId::new("us-1").unwrap(),
+        );
+        let alice = ClientId::new("alice").unwrap();
+        let c = ClientInput {
+            primary: eu.clone(),
+            shadow: us.clone(),
+        };
+        let paths_of = |primary, shadow, shadow_stand_in| ClientPaths {
+            primary,
+            shadow,
+            shadow_stand_in,
+        };
+        let mut paths = PathScores::new();
+        assert_eq!(client_paths(&paths, &alice, &c), ClientPaths::default());
+        // Appliance-to-appliance paths stand in for the shadow side (higher direction), never
+        // for the primary side.
+        paths.insert_between(eu.clone(), us.clone(), p(0.2));
+        paths.insert_between(us.clone(), eu.clone(), p(0.3));
+        assert_eq!(
+            client_paths(&paths, &alice, &c),
+            paths_of(None, None, Some(p(0.3)))
+        );
+        // Measured paths of the client win; another client's do not count.
+        paths.insert_client(eu.clone(), alice.clone(), p(0.8));
+        paths.insert_client(us.clone(), ClientId::new("bob").unwrap(), p(0.9));
+        assert_eq!(
+            client_paths(&paths, &alice, &c),
+            paths_of(Some(p(0.8)), None, Some(p(0.3)))
+        );
+        paths.insert_client(us.clone(), alice.clone(), p(0.1));
+        assert_eq!(
+            client_paths(&paths, &alice, &c),
+            paths_of(Some(p(0.8)), Some(p(0.1)), None)
+        );
+        // Two scores of one path: the highest counts.
+        paths.insert_client(us.clone(), alice.clone(), p(0.05));
+        paths.insert_client(eu.clone(), alice.clone(), p(0.9));
+        assert_eq!(
+            client_paths(&paths, &alice, &c),
+            paths_of(Some(p(0.9)), Some(p(0.1)), None)
+        );
+        assert_eq!(paths.len(), 5);
     }
 
     proptest! {

@@ -22,7 +22,7 @@ use super::StoreError;
 use super::notify::{CHANNEL, Change, ChangedTable};
 use crate::domain::{ApplianceId, ClientId, Probability, RegionId};
 use crate::steering::{
-    AdvisoryInput, AdvisoryTarget, ApplianceInput, ClientInput, Inputs, PastDecision,
+    AdvisoryInput, AdvisoryTarget, ApplianceInput, ClientInput, Inputs, PastDecision, PathScores,
 };
 
 /// Longest wait between two attempts to reach the database while it is away.
@@ -139,6 +139,51 @@ async fn load_scores(
     Ok(out)
 }
 
+/// `max_age` as whole milliseconds for the queries (saturating).
+fn age_ms(max_age: Duration) -> i64 {
+    i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// The path scores confirmed within `max_age` (see [`PathScores`] for why a stale one is left
+/// out rather than counted high). A subject is `src>dst` as the agents' probes name the ends:
+/// `dst` an appliance of `appliances` makes an appliance-to-appliance path, any other valid
+/// client id a client's path. (A client whose id equals an appliance's would read as the
+/// appliance: the scorer names both paths alike.) Rows that fit neither are skipped: they are
+/// history of ids no longer valid, not input.
+async fn load_paths(
+    conn: &mut sqlx::PgConnection,
+    appliances: &BTreeMap<ApplianceId, ApplianceInput>,
+    max_age: Duration,
+) -> Result<PathScores, StoreError> {
+    let rows = sqlx::query!(
+        r#"SELECT subject, score FROM risk_scores
+           WHERE subject_kind = 'path'
+             AND confirmed_at >= now() - make_interval(secs => $1::bigint / 1000.0)"#,
+        age_ms(max_age)
+    )
+    .fetch_all(conn)
+    .await?;
+    let mut out = PathScores::new();
+    for r in rows {
+        let Some((src, dst)) = r.subject.split_once('>') else {
+            continue;
+        };
+        let Ok(src) = ApplianceId::new(src) else {
+            continue;
+        };
+        let p = Probability::new(r.score).map_err(|e| bad("risk_scores", e))?;
+        match ApplianceId::new(dst) {
+            Ok(a) if appliances.contains_key(&a) => out.insert_between(src, a, p),
+            _ => {
+                if let Ok(c) = ClientId::new(dst) {
+                    out.insert_client(src, c, p);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
 async fn load_advisories(conn: &mut sqlx::PgConnection) -> Result<Vec<AdvisoryInput>, StoreError> {
     let rows = sqlx::query!(
         "SELECT appliance_id, scope_region, risk, starts_at, ends_at FROM advisories
@@ -194,10 +239,11 @@ async fn load_history(
 }
 
 /// Reads everything in one consistent snapshot of the database. The audit history is read
-/// only when `with_history` (at start).
+/// only when `with_history` (at start). Path scores older than `max_score_age` are left out.
 pub async fn load_all(
     pool: &PgPool,
     previous_history: Option<Arc<HashMap<ClientId, PastDecision>>>,
+    max_score_age: Duration,
 ) -> Result<Inputs, StoreError> {
     let mut tx = pool.begin().await?;
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -206,6 +252,7 @@ pub async fn load_all(
     let appliances = load_appliances(&mut tx).await?;
     let clients = load_clients(&mut tx).await?;
     let scores = load_scores(&mut tx).await?;
+    let paths = load_paths(&mut tx, &appliances, max_score_age).await?;
     let advisories = load_advisories(&mut tx).await?;
     let history = match previous_history {
         Some(h) => h,
@@ -217,6 +264,7 @@ pub async fn load_all(
         clients: Arc::new(clients),
         model_scores: Arc::new(scores),
         stale_scores: Arc::default(),
+        path_scores: Arc::new(paths),
         advisories: Arc::new(advisories),
         history,
     })
@@ -227,6 +275,7 @@ async fn load_targeted(
     pool: &PgPool,
     current: &Inputs,
     changes: &[Change],
+    max_score_age: Duration,
 ) -> Result<Inputs, StoreError> {
     let tables: std::collections::HashSet<ChangedTable> = changes.iter().map(|c| c.table).collect();
     let touched = |t: ChangedTable| tables.contains(&t);
@@ -237,6 +286,9 @@ async fn load_targeted(
     }
     if touched(ChangedTable::RiskScores) {
         next.model_scores = Arc::new(load_scores(&mut conn).await?);
+    }
+    if touched(ChangedTable::RiskScores) || touched(ChangedTable::Appliances) {
+        next.path_scores = Arc::new(load_paths(&mut conn, &next.appliances, max_score_age).await?);
     }
     if touched(ChangedTable::Advisories) {
         next.advisories = Arc::new(load_advisories(&mut conn).await?);
@@ -285,6 +337,7 @@ fn reuse_unchanged(current: &Inputs, mut fresh: Inputs) -> (Inputs, bool) {
         keep(&current.clients, &mut fresh.clients),
         keep(&current.model_scores, &mut fresh.model_scores),
         keep(&current.stale_scores, &mut fresh.stale_scores),
+        keep(&current.path_scores, &mut fresh.path_scores),
         keep(&current.advisories, &mut fresh.advisories),
     ];
     fresh.history = current.history.clone();
@@ -359,7 +412,8 @@ pub struct Loader {
     pub reconcile_interval: Duration,
     /// Health older than this makes an appliance count as down (see [`stale_appliances`]).
     pub health_timeout: Duration,
-    /// A model score not confirmed for this long counts as unknown-high (see [`stale_scores`]).
+    /// A model score not confirmed for this long counts as unknown-high (see [`stale_scores`]);
+    /// a path score that old is left out ([`PathScores`]).
     pub max_score_age: Duration,
 }
 
@@ -398,7 +452,7 @@ pub async fn stale_scores(
     pool: &PgPool,
     max_age: Duration,
 ) -> Result<std::collections::BTreeSet<ApplianceId>, StoreError> {
-    let age_ms = i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX);
+    let age_ms = age_ms(max_age);
     let rows = sqlx::query_scalar!(
         r#"SELECT DISTINCT subject AS "subject!" FROM risk_scores
            WHERE subject_kind = 'appliance'
@@ -413,14 +467,33 @@ pub async fn stale_scores(
         .collect())
 }
 
-/// What the freshness check found: appliances with silent health, and appliances with stale
-/// model scores.
+/// Which path scores are fresh (confirmed within `max_age`), as a fingerprint: their number
+/// and a sum of hashes of their keys. Path scores age out (or are confirmed again) without any
+/// notification, and there may be one per connected client: comparing two numbers every
+/// second tells the loader when to re-read them without holding the set twice.
+pub async fn fresh_paths(pool: &PgPool, max_age: Duration) -> Result<(i64, i64), StoreError> {
+    let row = sqlx::query!(
+        r#"SELECT count(*) AS "n!", coalesce(sum(hashtext(region || ' ' || subject)), 0)::bigint AS "hash!"
+           FROM risk_scores
+           WHERE subject_kind = 'path'
+             AND confirmed_at >= now() - make_interval(secs => $1::bigint / 1000.0)"#,
+        age_ms(max_age)
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok((row.n, row.hash))
+}
+
+/// What the freshness check found: appliances with silent health, appliances with stale
+/// model scores, and which path scores are fresh.
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Staleness {
     /// Health reports stopped: counted as down.
     health: std::collections::BTreeSet<ApplianceId>,
     /// Model score not confirmed in time: counted as unknown-high by steering.
     scores: std::collections::BTreeSet<ApplianceId>,
+    /// Fingerprint of the fresh path scores ([`fresh_paths`]): a change re-reads them.
+    paths: (i64, i64),
 }
 
 /// Applies what the freshness check found to freshly loaded inputs.
@@ -469,6 +542,7 @@ impl Loader {
         Ok(Staleness {
             health: stale_appliances(&self.pool, self.health_timeout).await?,
             scores: stale_scores(&self.pool, self.max_score_age).await?,
+            paths: fresh_paths(&self.pool, self.max_score_age).await?,
         })
     }
 
@@ -549,7 +623,7 @@ impl Loader {
             }
             if need_full {
                 let history = current.as_ref().map(|c| c.history.clone());
-                match load_all(&self.pool, history).await {
+                match load_all(&self.pool, history, self.max_score_age).await {
                     Ok(inputs) => {
                         let inputs = apply_staleness(inputs, &stale);
                         if current.is_none() || !self.status.db_up.load(Ordering::Relaxed) {
@@ -591,7 +665,7 @@ impl Loader {
                     continue;
                 };
                 let started = std::time::Instant::now();
-                match load_targeted(&self.pool, cur, &pending).await {
+                match load_targeted(&self.pool, cur, &pending, self.max_score_age).await {
                     Ok(inputs) => {
                         let inputs = apply_staleness(inputs, &stale);
                         tracing::debug!(

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use hickory_proto::op::Message;
 use hickory_proto::rr::RData;
+use shadowsteer::domain::{ApplianceHealth, Fraction, PathProbe, ProbeTarget};
 
 /// A test configuration: zone `vpn.example.net`, short TTLs and hold-down, no rate limiting
 /// unless `extra` (appended TOML at top level of `[dns]`...) says otherwise.
@@ -543,4 +544,65 @@ pub fn kdig(server: SocketAddr, args: &[&str]) -> String {
         .output()
         .expect("run kdig");
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// One second of calm telemetry of `appliance` (region from its id) at `ts`.
+pub fn calm(appliance: &str, ts: chrono::DateTime<chrono::Utc>) -> (ApplianceHealth, PathProbe) {
+    let region = if appliance.starts_with("eu") {
+        "eu"
+    } else {
+        "us"
+    };
+    (
+        ApplianceHealth {
+            region: region.parse().unwrap(),
+            appliance: appliance.parse().unwrap(),
+            ts,
+            cpu: Fraction::saturating(0.3),
+            mem: Fraction::saturating(0.45),
+            bw_in_bps: 1_000_000,
+            bw_out_bps: 1_000_000,
+            bw_util: Fraction::saturating(0.4),
+            sessions: 100,
+            handshake_failures: 0,
+            packets_dropped: 0,
+        },
+        PathProbe {
+            region: region.parse().unwrap(),
+            src: appliance.parse().unwrap(),
+            // Towards itself, as `telemetry import` stores them: a probe's row carries its
+            // source's region, and the scorer files the destination under it.
+            dst: ProbeTarget::Appliance(appliance.parse().unwrap()),
+            ts,
+            rtt_ms: Some(20.0),
+            jitter_ms: Some(1.0),
+            loss: Fraction::saturating(0.0),
+            samples: 5,
+        },
+    )
+}
+
+/// Inserts calm telemetry of `appliances` for each second of `[from, to)`.
+pub async fn insert_calm(
+    pool: &sqlx::PgPool,
+    appliances: &[&str],
+    from: chrono::DateTime<chrono::Utc>,
+    to: chrono::DateTime<chrono::Utc>,
+) {
+    let (mut health, mut probes) = (Vec::new(), Vec::new());
+    let mut ts = from;
+    while ts < to {
+        for a in appliances {
+            let (h, p) = calm(a, ts);
+            health.push(h);
+            probes.push(p);
+        }
+        ts += chrono::Duration::seconds(1);
+    }
+    shadowsteer::store::telemetry::insert_health(pool, &health)
+        .await
+        .unwrap();
+    shadowsteer::store::telemetry::insert_probes(pool, &probes)
+        .await
+        .unwrap();
 }
