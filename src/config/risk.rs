@@ -34,7 +34,7 @@ pub struct RiskSection {
     /// A stored appliance score not confirmed by a scorer for this long counts as unknown-high
     /// in steering (a silent appliance, or a dead scorer, never keeps clients on last-known-low);
     /// a path score that old is left out (`steering::PathScores`).
-    /// Absent: 10 × `interval`, at least 10 s. See [`RiskSection::max_score_age`].
+    /// Absent: 3 × `interval`, at least 3 s. See [`RiskSection::max_score_age`].
     #[serde(default)]
     pub max_score_age: Option<Duration>,
 }
@@ -70,12 +70,12 @@ impl Default for RiskSection {
 }
 
 /// The default score age is this many scoring intervals: a scorer confirms every score at
-/// least every quarter of it, so a few late or failed rounds never expire anything.
-const AGE_INTERVALS: u32 = 10;
-/// ... and at least this, so the 1 s freshness check, replication lag and a stalled database
-/// fit in it. (3 s was too tight: on a loaded 2-core machine single commits took 2 s, every
-/// score of a region went stale at once and its clients moved to another region for nothing.)
-const MIN_DEFAULT_AGE: std::time::Duration = std::time::Duration::from_secs(10);
+/// least every quarter of it, so one late or failed round never expires anything.
+const AGE_INTERVALS: u32 = 3;
+/// ... and at least this, so the 1 s freshness check and replication lag fit in it. (10 s was
+/// tried, to ride out stalled database commits under load: a silent path's score then decays
+/// for 10 s on its emptying window and a client moved for a bad path came back.)
+const MIN_DEFAULT_AGE: std::time::Duration = std::time::Duration::from_secs(3);
 
 impl RiskSection {
     /// Age after which a stored score counts as unknown-high: `max_score_age` or its default.
@@ -151,12 +151,12 @@ mod tests {
                 "s.toml: risk.threads: must be between 1 and 64"
             ]
         );
-        assert_eq!(cfg.risk.max_score_age(), std::time::Duration::from_secs(10));
+        assert_eq!(cfg.risk.max_score_age(), std::time::Duration::from_secs(3));
         let slow: SteeringConfig =
             parse(file, &format!("{BASE}[risk]\ninterval = \"10s\"\n")).unwrap();
         assert_eq!(
             slow.risk.max_score_age(),
-            std::time::Duration::from_secs(100)
+            std::time::Duration::from_secs(30)
         );
         let set: SteeringConfig =
             parse(file, &format!("{BASE}[risk]\nmax_score_age = \"9s\"\n")).unwrap();
