@@ -145,17 +145,7 @@ async fn bad_path_to_a_healthy_primary_moves_the_client_and_recovery_brings_it_b
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let calm_answers = tokio::task::spawn_blocking(move || {
-        let start = Instant::now();
-        let mut seen = std::collections::BTreeSet::new();
-        while start.elapsed() < Duration::from_secs(4) {
-            seen.extend(answer(dns, ALICE));
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        seen
-    })
-    .await
-    .unwrap();
+    let calm_answers = answers_during(dns, ALICE, Duration::from_secs(4)).await;
     assert_eq!(
         calm_answers.into_iter().collect::<Vec<_>>(),
         [EU],
@@ -214,17 +204,7 @@ async fn bad_path_to_a_healthy_primary_moves_the_client_and_recovery_brings_it_b
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let stale_after = silent.elapsed();
-    let while_stale = tokio::task::spawn_blocking(move || {
-        let start = Instant::now();
-        let mut seen = std::collections::BTreeSet::new();
-        while start.elapsed() < Duration::from_secs(3) {
-            seen.extend(answer(dns, ALICE));
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        seen
-    })
-    .await
-    .unwrap();
+    let while_stale = answers_during(dns, ALICE, Duration::from_secs(3)).await;
     assert_eq!(
         while_stale.into_iter().collect::<Vec<_>>(),
         [US],

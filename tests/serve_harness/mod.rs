@@ -428,6 +428,25 @@ pub fn answer(server: SocketAddr, name: &str) -> Vec<String> {
     addrs(&udp(server, &query(rand_id(), name, 1)))
 }
 
+/// Every address `name` answered with, asked every 50 ms for `d` (on a blocking thread).
+pub async fn answers_during(
+    server: SocketAddr,
+    name: &'static str,
+    d: Duration,
+) -> std::collections::BTreeSet<String> {
+    tokio::task::spawn_blocking(move || {
+        let start = Instant::now();
+        let mut seen = std::collections::BTreeSet::new();
+        while start.elapsed() < d {
+            seen.extend(answer(server, name));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        seen
+    })
+    .await
+    .expect("the answering thread panicked")
+}
+
 /// A query id.
 pub fn rand_id() -> u16 {
     use std::sync::atomic::{AtomicU16, Ordering};
