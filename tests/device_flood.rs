@@ -32,17 +32,6 @@ struct Seen {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timers_fire_while_a_flood_keeps_the_socket_readable() {
-    timers_fire_under_a_flood(1).await;
-}
-
-/// With two workers the flood's sources spread over both sockets; worker 0, which alone runs
-/// the timers, checkpoints and paced initiations, has a readable socket all the same.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn timers_fire_while_a_flood_keeps_two_workers_sockets_readable() {
-    timers_fire_under_a_flood(2).await;
-}
-
-async fn timers_fire_under_a_flood(threads: usize) {
     let service = SecretKey::generate();
     let client_key = SecretKey::generate();
     let config = DeviceConfig {
@@ -52,7 +41,7 @@ async fn timers_fire_under_a_flood(threads: usize) {
         handshakes_per_second: 20,
         checkpoint_interval: Duration::from_millis(500),
         event_capacity: 1024,
-        threads,
+        threads: 1,
     };
     let (device, handle, mut events) = Device::bind(config, service.clone()).unwrap();
     let peer = PeerIndex::new(5).unwrap();
@@ -153,11 +142,6 @@ async fn timers_fire_under_a_flood(threads: usize) {
         rx as f64 / WINDOW.as_secs_f64(),
     );
     assert!(drops > 0, "the socket was not kept full");
-    let per_worker = handle.stats.worker_rx();
-    assert!(
-        per_worker.len() == threads && per_worker.iter().all(|n| *n > 0),
-        "the flood did not reach every worker: {per_worker:?}"
-    );
     assert!(
         seen.echo_replies > 0,
         "no echo got through the flood (the counters did not change, no checkpoint is due)"
