@@ -156,11 +156,7 @@ async fn bad_path_to_a_healthy_primary_moves_the_client_and_recovery_brings_it_b
     // alice's path to eu-1 loses 30 %; eu-1 itself stays calm.
     loss_permille.store(300, Ordering::Relaxed);
     let degraded = Instant::now();
-    let moved = tokio::task::spawn_blocking(move || {
-        eventually(Duration::from_secs(30), || answer(dns, ALICE) == [US])
-    })
-    .await
-    .unwrap();
+    let moved = answer_becomes(dns, ALICE, US, Duration::from_secs(30)).await;
     assert!(
         moved.is_some(),
         "alice stayed on eu-1 behind a bad path; path score {:?}; log:\n{}",
@@ -216,11 +212,7 @@ async fn bad_path_to_a_healthy_primary_moves_the_client_and_recovery_brings_it_b
     // below 0.4 and the hold-down has passed.
     loss_permille.store(0, Ordering::Relaxed);
     let recovered = Instant::now();
-    let back = tokio::task::spawn_blocking(move || {
-        eventually(Duration::from_secs(40), || answer(dns, ALICE) == [EU])
-    })
-    .await
-    .unwrap();
+    let back = answer_becomes(dns, ALICE, EU, Duration::from_secs(40)).await;
     let back_after = recovered.elapsed();
     stop.store(true, Ordering::Relaxed);
     feeder.await.unwrap();

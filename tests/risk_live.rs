@@ -99,11 +99,7 @@ async fn unconfirmed_score_moves_clients_and_a_fresh_one_brings_them_back() {
     // eu-1's scorer dies; its health keeps arriving.
     eu_scorer.store(false, Ordering::Relaxed);
     let died = Instant::now();
-    let moved = tokio::task::spawn_blocking(move || {
-        eventually(Duration::from_secs(20), || answer(dns, ALICE) == [US])
-    })
-    .await
-    .unwrap();
+    let moved = answer_becomes(dns, ALICE, US, Duration::from_secs(20)).await;
     assert!(
         moved.is_some(),
         "alice stayed on eu-1 with an unconfirmed score; log:\n{}",
@@ -126,11 +122,7 @@ async fn unconfirmed_score_moves_clients_and_a_fresh_one_brings_them_back() {
     eu_scorer.store(true, Ordering::Relaxed);
     let back_at = Instant::now();
     write_score(&db.pool, "eu-1", 0.04).await;
-    let back = tokio::task::spawn_blocking(move || {
-        eventually(Duration::from_secs(20), || answer(dns, ALICE) == [EU])
-    })
-    .await
-    .unwrap();
+    let back = answer_becomes(dns, ALICE, EU, Duration::from_secs(20)).await;
     assert!(back.is_some(), "alice did not return to eu-1");
     let back_after = back_at.elapsed();
     stop.store(true, Ordering::Relaxed);
@@ -264,11 +256,7 @@ async fn appliance_silent_to_the_live_scorer_becomes_unknown_high() {
     // score's expiry can move alice.
     eu_reports.store(false, Ordering::Relaxed);
     let silent = Instant::now();
-    let moved = tokio::task::spawn_blocking(move || {
-        eventually(Duration::from_secs(30), || answer(dns, ALICE) == [US])
-    })
-    .await
-    .unwrap();
+    let moved = answer_becomes(dns, ALICE, US, Duration::from_secs(30)).await;
     let moved_after = silent.elapsed();
     stop.store(true, Ordering::Relaxed);
     feeder.await.unwrap();

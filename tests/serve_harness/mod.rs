@@ -447,6 +447,19 @@ pub async fn answers_during(
     .expect("the answering thread panicked")
 }
 
+/// Waits (on a blocking thread) until `name` answers with exactly `want`, at most `timeout`;
+/// returns the time it took.
+pub async fn answer_becomes(
+    server: SocketAddr,
+    name: &'static str,
+    want: &'static str,
+    timeout: Duration,
+) -> Option<Duration> {
+    tokio::task::spawn_blocking(move || eventually(timeout, || answer(server, name) == [want]))
+        .await
+        .expect("the answering thread panicked")
+}
+
 /// A query id.
 pub fn rand_id() -> u16 {
     use std::sync::atomic::{AtomicU16, Ordering};
