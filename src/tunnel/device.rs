@@ -117,7 +117,7 @@ pub enum PeerCommand {
         window: Duration,
     },
     /// Takeover: every session's other appliance (the full set), where a handshake response
-    /// this appliance cannot use is passed on.
+    /// or data packet this appliance cannot use is passed on.
     Partners(HashMap<PeerIndex, SocketAddr>),
 }
 
@@ -773,12 +773,7 @@ impl Worker {
     /// asked for the response; the data is on its session). Not waiting until we hear that
     /// it holds the session: the client can switch before its claim reaches us.
     fn misdirected_to(&self, datagram: &[u8]) -> Option<SocketAddr> {
-        let at = match datagram.first() {
-            _ if is_handshake_response(datagram) => 8,
-            Some(4) => 4,
-            _ => return None,
-        };
-        let peer = receiver_peer(datagram, at)?;
+        let peer = response_or_data_peer(datagram)?;
         let via = read(&self.plane.moves).partners.get(&peer).copied()?;
         let mut budget = lock(&self.plane.misdirected);
         let now = Instant::now();
@@ -879,27 +874,20 @@ impl Worker {
         let (direction, client, datagram) = decoded;
         let now = Instant::now();
         match direction {
+            // Ours, sent to the other appliance: handled as if it came here.
+            RelayDirection::Misdirected => match response_or_data_peer(&datagram) {
+                Some(peer)
+                    if router.contains(peer)
+                        && read(&self.plane.moves).partners.get(&peer) == Some(&src) =>
+                {
+                    self.on_wireguard(router, now, client, &datagram, out, reply, true);
+                }
+                Some(_) => stats.count_relay_rejection(RelayRejection::NotPartner),
+                None => stats.count_relay_rejection(RelayRejection::UnknownSession),
+            },
             // We are the old holder: the client's datagram, as if it came from the client.
             // The relaying appliance holds the session now (its claim may not have reached
             // us yet): our replies go back through it, or the client would roam back here.
-            // Ours, sent to the other appliance: handled as if it came here.
-            RelayDirection::Misdirected => {
-                let at = if is_handshake_response(&datagram) {
-                    8
-                } else {
-                    4
-                };
-                match receiver_peer(&datagram, at) {
-                    Some(peer)
-                        if router.contains(peer)
-                            && read(&self.plane.moves).partners.get(&peer) == Some(&src) =>
-                    {
-                        self.on_wireguard(router, now, client, &datagram, out, reply, true);
-                    }
-                    Some(_) => stats.count_relay_rejection(RelayRejection::NotPartner),
-                    None => stats.count_relay_rejection(RelayRejection::UnknownSession),
-                }
-            }
             RelayDirection::FromClient => {
                 if let Some(peer) = receiver_peer(&datagram, 4)
                     && router.contains(peer)
@@ -1135,10 +1123,14 @@ fn from_partner(
         .any(|(via, until)| via.ip() == src.ip() && now < *until)
 }
 
-/// The partner of a move in progress for `peer`, if its window is open.
-/// A WireGuard handshake response (type 2, fixed size).
-fn is_handshake_response(datagram: &[u8]) -> bool {
-    datagram.first() == Some(&2) && datagram.len() == 92
+/// The peer a handshake response (type 2, fixed size, receiver index at 8) or a data packet
+/// (type 4, receiver index at 4) names; None for anything else.
+fn response_or_data_peer(datagram: &[u8]) -> Option<PeerIndex> {
+    match datagram.first() {
+        Some(2) if datagram.len() == 92 => receiver_peer(datagram, 8),
+        Some(4) => receiver_peer(datagram, 4),
+        _ => None,
+    }
 }
 
 /// The peer a datagram names by the receiver index at `at` (4 in data packets and cookie
@@ -1148,6 +1140,7 @@ fn receiver_peer(datagram: &[u8], at: usize) -> Option<PeerIndex> {
     PeerIndex::from_receiver_index(u32::from_le_bytes(b))
 }
 
+/// The partner of a move in progress for `peer`, if its window is open.
 fn relay_via(
     table: &HashMap<PeerIndex, (SocketAddr, Instant)>,
     peer: PeerIndex,
