@@ -101,13 +101,18 @@ fn main() {
             .iter()
             .map(|r| r.values.map(|v| v as f32))
             .collect();
+        // Known levels, so that the anomaly features do their full work.
+        let mut b = shadowsteer::risk::baseline::Baseline::UNKNOWN;
+        b.rtt = 20.0;
+        b.levels.median = window[0];
+        b.levels.spread = [0.01; 8];
         let t = Instant::now();
-        let mut x = features::compute(&Window::new(&[], &window), History::default(), f64::NAN);
+        let mut x = features::compute(&Window::new(&[], &window), History::default(), &b);
         for _ in 0..fleet.len() {
             x = std::hint::black_box(features::compute(
                 &Window::new(&[], std::hint::black_box(&window)),
                 History::default(),
-                f64::NAN,
+                &b,
             ));
         }
         let feat_ms = t.elapsed().as_secs_f64() * 1000.0;

@@ -33,6 +33,7 @@ fn loss_model() -> Model {
     let mut m = Model::constant("loss10", 0.02);
     let i = m
         .features
+        .names()
         .iter()
         .position(|f| f == "loss_mean10")
         .expect("loss_mean10 is a feature");

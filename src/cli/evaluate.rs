@@ -58,6 +58,9 @@ pub struct EvaluateArgs {
         help_heading = "Leave one kind out"
     )]
     models: Vec<String>,
+    /// Features the models read (as `train --features`).
+    #[arg(long, default_value = "classic", help_heading = "Leave one kind out")]
+    features: String,
     /// Members per ensemble (as `train --members`).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=32), help_heading = "Leave one kind out")]
     members: u32,
@@ -129,12 +132,14 @@ fn run_leave_one_kind_out(a: &EvaluateArgs) -> CommandResult {
         }
     }
     let kinds = risk_input::model_kinds(&a.models)?;
+    let features = risk_input::feature_set(&a.features)?;
     let train_series = load_all(&a.train_data)?;
     let test = load_all(&a.data)?;
     let opts = TrainOptions {
         name: "leave-one-kind-out".into(),
         horizon_s: a.horizon as usize,
         kinds,
+        features,
         logistic_members: a.members as usize,
         forest_members: 2 * a.members as usize,
         max_false_alarms_per_day: a.max_false_alarms,

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use shadowsteer::risk::dataset::{self, Loaded};
-use shadowsteer::risk::model::{Model, ModelKind};
+use shadowsteer::risk::model::{FeatureSet, Model, ModelKind};
 
 use super::{CommandError, progress};
 
@@ -35,4 +35,9 @@ pub fn model_kinds(names: &[String]) -> Result<Vec<ModelKind>, CommandError> {
             ))),
         })
         .collect()
+}
+
+/// The `--features` option.
+pub fn feature_set(text: &str) -> Result<FeatureSet, CommandError> {
+    FeatureSet::parse(text).map_err(|e| CommandError::Input(format!("--features: {e}")))
 }

@@ -34,6 +34,11 @@ pub struct TrainArgs {
     /// Families to train and compare.
     #[arg(long, value_delimiter = ',', default_value = "logistic,forest")]
     models: Vec<String>,
+    /// Features the model reads: `classic` (one set per signal), `agnostic` (how abnormal
+    /// against the appliance's own baseline, on any signal), `all`, or a comma-separated list
+    /// of feature names.
+    #[arg(long, default_value = "classic")]
+    features: String,
     /// False alarms per appliance-day allowed when choosing the operating threshold.
     #[arg(long, default_value_t = 0.5)]
     max_false_alarms: f64,
@@ -65,6 +70,7 @@ pub async fn run(a: TrainArgs) -> CommandResult {
             CommandError::Input(format!("--out {} needs a file name", a.out.display()))
         })?;
     let kinds = risk_input::model_kinds(&a.models)?;
+    let features = risk_input::feature_set(&a.features)?;
     let mut all: Vec<Series> = Vec::new();
     let mut sources = Vec::new();
     let mut rows = 0u64;
@@ -110,6 +116,7 @@ pub async fn run(a: TrainArgs) -> CommandResult {
         horizon_s: a.horizon as usize,
         validation_share: a.validation_share,
         kinds,
+        features,
         logistic_members: a.members as usize,
         forest_members: 2 * a.members as usize,
         max_false_alarms_per_day: a.max_false_alarms,

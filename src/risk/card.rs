@@ -115,7 +115,7 @@ pub fn markdown(m: &Model) -> String {
     );
     out.push_str(&report_table(&c.validation));
     out.push_str("\n## Features\n\n");
-    out.push_str(&m.features.join(", "));
+    out.push_str(&m.features.names().join(", "));
     out.push('\n');
     out
 }

@@ -9,6 +9,7 @@
 //! (e.g. a ratio of 1, a slope of 0). Paths have no health metrics, so their health features
 //! take those defaults and their risk rests on network evidence alone.
 
+use super::baseline::Baseline;
 use super::series::Sample;
 use super::telemetry::Metric;
 
@@ -22,7 +23,12 @@ const MEDIUM: usize = 60;
 const LOSS_EVENT: f64 = 0.05;
 
 /// Number of features.
-pub const N_FEATURES: usize = 34;
+pub const N_FEATURES: usize = 43;
+
+/// The features of the first models, each about one signal: they learn the shapes of the
+/// failures they were shown (a model card's leave-one-kind-out table shows how few others
+/// they catch).
+pub const N_CLASSIC: usize = 34;
 
 /// Feature names, in vector order (stored in model files and checked on load).
 pub const FEATURE_NAMES: [&str; N_FEATURES] = [
@@ -60,6 +66,34 @@ pub const FEATURE_NAMES: [&str; N_FEATURES] = [
     "rtt_p95_vs_hour",
     "loss_events300",
     "since_loss_event",
+    "anom_max10",
+    "anom_second10",
+    "anom_count10",
+    "anom_max60",
+    "anom_trend60",
+    "anom_trend300",
+    "anom_persist",
+    "anom_worsening",
+    "anom_known",
+];
+
+/// The signal-agnostic features: how abnormal the subject is against its own baseline
+/// ([`super::baseline::Levels`]), on how many signals, for how long and whether it gets worse,
+/// with no feature naming a signal; plus the failure history. A model on these alone cannot
+/// learn "memory near full", only "abnormal and getting worse", which is what carries over to
+/// failure kinds it was never shown.
+pub const AGNOSTIC: [&str; 11] = [
+    "since_recovery",
+    "failures_1h",
+    "anom_max10",
+    "anom_second10",
+    "anom_count10",
+    "anom_max60",
+    "anom_trend60",
+    "anom_trend300",
+    "anom_persist",
+    "anom_worsening",
+    "anom_known",
 ];
 
 /// A feature vector.
@@ -254,9 +288,27 @@ const RTT: usize = Metric::RttMs as usize;
 const JIT: usize = Metric::JitterMs as usize;
 const LOSS: usize = Metric::Loss as usize;
 
-/// Computes the feature vector of a window, the failure history and the rtt baseline (ms,
-/// NaN when unknown; see [`super::baseline`]).
-pub fn compute(w: &Window<'_>, h: History, rtt_baseline: f64) -> Features {
+/// Signals whose rise is bad, with the smallest spread a level is given, absolute and
+/// relative to the level: a signal flat for an hour (no loss at all) would otherwise make
+/// its first blip infinitely abnormal. Sessions are left out: they rise and fall with load.
+const ANOMALY: [(usize, f64, f64); 7] = [
+    (CPU, 0.03, 0.0),
+    (MEM, 0.01, 0.0),
+    (BW, 0.03, 0.0),
+    (HSF, 1.0, 0.0),
+    (RTT, 0.5, 0.05),
+    (JIT, 0.3, 0.1),
+    (LOSS, 0.01, 0.0),
+];
+/// A signal this many spreads above its level counts as abnormal.
+const ABNORMAL: f64 = 3.0;
+/// Anomaly scores are clamped to +-this: beyond, "very abnormal" is all a model needs.
+const Z_CAP: f64 = 50.0;
+
+/// Computes the feature vector of a window, the failure history and the long-term baseline
+/// (see [`super::baseline`]).
+pub fn compute(w: &Window<'_>, h: History, b: &Baseline) -> Features {
+    let rtt_baseline = b.rtt;
     // Each span computes only the statistics the features below use: this function runs
     // for every subject every second, so its passes are the scorer's cost.
     let mut short = [Acc::EMPTY; 8];
@@ -276,10 +328,10 @@ pub fn compute(w: &Window<'_>, h: History, rtt_baseline: f64) -> Features {
         medium[MEM].add_lin(t, s[MEM]);
         medium[BW].add_lin(t, s[BW]);
         medium[SESS].add_mean(s[SESS]);
-        medium[HSF].add_mean(s[HSF]);
+        medium[HSF].add_lin(t, s[HSF]);
         medium[RTT].add_full(t, s[RTT]);
-        medium[JIT].add_mean(s[JIT]);
-        medium[LOSS].add_mean(s[LOSS]);
+        medium[JIT].add_lin(t, s[JIT]);
+        medium[LOSS].add_lin(t, s[LOSS]);
         medium[LOSS].add_range(s[LOSS]);
         if !s[RTT].is_nan() {
             rtts[n_rtt] = f64::from(s[RTT]);
@@ -289,14 +341,15 @@ pub fn compute(w: &Window<'_>, h: History, rtt_baseline: f64) -> Features {
             loss_events += 1.0;
         }
     });
-    // Long span: only the slow signals (memory, latency, sessions) and loss events.
-    let (mut mem_l, mut rtt_l, mut sess_l) = (Acc::EMPTY, Acc::EMPTY, Acc::EMPTY);
+    // Long span: slopes of every signal but sessions, memory's low point, loss events.
+    let mut long = [Acc::EMPTY; 8];
     let (mut loss_n, mut loss_ev_l, mut last_event) = (0.0, 0.0, None);
     each_tail(w, WINDOW_S, |t, s| {
-        mem_l.add_lin(t, s[MEM]);
-        mem_l.add_range(s[MEM]);
-        rtt_l.add_lin(t, s[RTT]);
-        sess_l.add_mean(s[SESS]);
+        for &(m, _, _) in &ANOMALY {
+            long[m].add_lin(t, s[m]);
+        }
+        long[MEM].add_range(s[MEM]);
+        long[SESS].add_mean(s[SESS]);
         if !s[LOSS].is_nan() {
             loss_n += 1.0;
             if f64::from(s[LOSS]) >= LOSS_EVENT {
@@ -306,7 +359,9 @@ pub fn compute(w: &Window<'_>, h: History, rtt_baseline: f64) -> Features {
         }
     });
 
+    let (mem_l, rtt_l, sess_l) = (long[MEM], long[RTT], long[SESS]);
     let m10 = |i: usize| short[i].mean().or_else(|| medium[i].mean());
+    let anomaly = anomaly(&scales(&b.levels), &m10, &medium, &long);
     let per_min = 60.0;
     let rtt_base = rtt_l.mean().filter(|m| *m > 0.0);
     let rel = |x: Option<f64>, default: f64| match (x, rtt_base) {
@@ -383,7 +438,91 @@ pub fn compute(w: &Window<'_>, h: History, rtt_baseline: f64) -> Features {
             0.0
         },
         last_event.map_or(1.0, |age: f64| age / WINDOW_S as f64),
+        anomaly.max10,
+        anomaly.second10,
+        anomaly.count10,
+        anomaly.max60,
+        anomaly.trend60,
+        anomaly.trend300,
+        anomaly.persist,
+        anomaly.worsening,
+        anomaly.known,
     ]
+}
+
+/// Each anomaly signal's (level, scale) where its level is known: the scale is the spread,
+/// floored.
+fn scales(levels: &super::baseline::Levels) -> [Option<(f64, f64)>; 8] {
+    let mut out = [None; 8];
+    for &(m, floor, rel) in &ANOMALY {
+        let (level, spread) = (f64::from(levels.median[m]), f64::from(levels.spread[m]));
+        if !(level.is_nan() || spread.is_nan()) {
+            out[m] = Some((level, spread.max(floor).max(rel * level.abs())));
+        }
+    }
+    out
+}
+
+/// The signal-agnostic anomaly features (see [`AGNOSTIC`]).
+#[derive(Debug, Clone, Copy, Default)]
+struct Anomaly {
+    /// Largest z-score of a 10 s mean against its level.
+    max10: f64,
+    /// Second largest (two signals at once is a stronger sign).
+    second10: f64,
+    /// Signals at least [`ABNORMAL`] spreads above their level.
+    count10: f64,
+    /// Largest z-score of a 60 s mean.
+    max60: f64,
+    /// Steepest rise over the last minute, in spreads per minute.
+    trend60: f64,
+    /// Largest rise over the window, in spreads per window.
+    trend300: f64,
+    /// The 60 s z-score of the most abnormal signal now: an anomaly that has lasted.
+    persist: f64,
+    /// The window's rise of the most abnormal signal now: abnormal *and* getting worse.
+    worsening: f64,
+    /// Signals with a known level (0: every other anomaly feature is a neutral 0).
+    known: f64,
+}
+
+fn anomaly(
+    scales: &[Option<(f64, f64)>; 8],
+    m10: &impl Fn(usize) -> Option<f64>,
+    medium: &[Acc; 8],
+    long: &[Acc; 8],
+) -> Anomaly {
+    let cap = |z: f64| z.clamp(-Z_CAP, Z_CAP);
+    let mut a = Anomaly::default();
+    let (mut best, mut best_z) = (None, f64::NEG_INFINITY);
+    let mut second = f64::NEG_INFINITY;
+    for &(m, _, _) in &ANOMALY {
+        let Some((level, scale)) = scales[m] else {
+            continue;
+        };
+        a.known += 1.0;
+        let z10 = m10(m).map_or(0.0, |x| cap((x - level) / scale));
+        let z60 = medium[m].mean().map_or(0.0, |x| cap((x - level) / scale));
+        a.count10 += f64::from(u8::from(z10 >= ABNORMAL));
+        a.max60 = a.max60.max(z60);
+        a.trend60 = a.trend60.max(cap(medium[m].slope() * 60.0 / scale));
+        let rise = cap(long[m].slope() * WINDOW_S as f64 / scale);
+        a.trend300 = a.trend300.max(rise);
+        if z10 > best_z {
+            second = best_z;
+            best_z = z10;
+            best = Some((z60, rise));
+        } else if z10 > second {
+            second = z10;
+        }
+    }
+    if let Some((z60, rise)) = best {
+        a.max10 = best_z;
+        a.second10 = if second.is_finite() { second } else { 0.0 };
+        a.persist = z60;
+        a.worsening = rise;
+    }
+    a
 }
 
 /// The features of slot `i` of a series with `failures` as (start, end) slot pairs.
@@ -438,7 +577,7 @@ mod tests {
         let f = compute(
             &Window::ending_at(&samples, 59),
             History::default(),
-            f64::NAN,
+            &Baseline::UNKNOWN,
         );
         assert!(
             (f[idx("cpu_slope60")] - 0.6).abs() < 1e-4,
@@ -474,7 +613,7 @@ mod tests {
         let f = compute(
             &Window::ending_at(&samples, 299),
             History::default(),
-            f64::NAN,
+            &Baseline::UNKNOWN,
         );
         assert_eq!(f[idx("rtt_mean10")], 20.0);
         // 200 values present: 193 at 10 ms and 7 at 20 ms (i % 3 != 0 among 290..300 -> 7).
@@ -490,7 +629,14 @@ mod tests {
         assert!((f[idx("loss_events300")] - 4.0 / 200.0).abs() < 1e-9);
         assert_eq!(f[idx("since_loss_event")], 0.0);
         assert_eq!(f[idx("rtt_vs_hour")], 1.0, "no baseline: neutral");
-        let g = compute(&Window::ending_at(&samples, 299), History::default(), 10.0);
+        let g = compute(
+            &Window::ending_at(&samples, 299),
+            History::default(),
+            &Baseline {
+                rtt: 10.0,
+                ..Baseline::UNKNOWN
+            },
+        );
         assert_eq!(g[idx("rtt_vs_hour")], 2.0);
     }
 
@@ -508,14 +654,104 @@ mod tests {
         let whole = compute(
             &Window::ending_at(&samples, 399),
             History::default(),
-            f64::NAN,
+            &Baseline::UNKNOWN,
         );
         let split = compute(
             &Window::new(&samples[..250], &samples[250..]),
             History::default(),
-            f64::NAN,
+            &Baseline::UNKNOWN,
         );
         assert_eq!(whole, split);
+    }
+
+    /// Levels of 1.0 with spread 0.1 for every signal (rtt and jitter: level 10, spread 1).
+    fn calm_levels() -> Baseline {
+        let mut b = Baseline::UNKNOWN;
+        for m in 0..8 {
+            let (level, spread) = if m == RTT || m == JIT {
+                (10.0, 1.0)
+            } else {
+                (1.0, 0.1)
+            };
+            b.levels.median[m] = level;
+            b.levels.spread[m] = spread;
+        }
+        b
+    }
+
+    fn anomaly_features(f: &Features) -> Vec<f64> {
+        AGNOSTIC[2..].iter().map(|n| f[idx(n)]).collect()
+    }
+
+    #[test]
+    fn anomalies_are_measured_in_the_signals_own_spreads() {
+        // Every signal at its level; one of them rises linearly to 5 spreads above it over
+        // the last 60 s. Whichever signal it is, the agnostic features are the same.
+        let b = calm_levels();
+        let with_rise = |m: usize| -> Vec<Sample> {
+            (0..300)
+                .map(|i| {
+                    let mut s = b.levels.median;
+                    if i >= 240 {
+                        s[m] += 5.0 * b.levels.spread[m] * (i - 239) as f32 / 60.0;
+                    }
+                    s
+                })
+                .collect()
+        };
+        let cpu = compute(
+            &Window::ending_at(&with_rise(CPU), 299),
+            History::default(),
+            &b,
+        );
+        let rtt = compute(
+            &Window::ending_at(&with_rise(RTT), 299),
+            History::default(),
+            &b,
+        );
+        let a = anomaly_features(&cpu);
+        for (x, y) in a.iter().zip(anomaly_features(&rtt)) {
+            assert!(
+                (x - y).abs() < 1e-3,
+                "{a:?} vs {:?}",
+                anomaly_features(&rtt)
+            );
+        }
+        // The 10 s mean is 5 * (55.5 / 60) spreads up; one signal abnormal; 7 known.
+        assert!((cpu[idx("anom_max10")] - 5.0 * 55.5 / 60.0).abs() < 1e-3);
+        assert_eq!(cpu[idx("anom_count10")], 1.0);
+        assert_eq!(cpu[idx("anom_second10")], 0.0);
+        assert_eq!(cpu[idx("anom_known")], 7.0);
+        assert!(
+            cpu[idx("anom_trend60")] > 4.0,
+            "rising about 5 spreads a minute"
+        );
+        assert!(cpu[idx("anom_worsening")] > 0.0);
+        // The classic features do tell the signals apart.
+        assert_ne!(cpu[idx("cpu_mean10")], rtt[idx("cpu_mean10")]);
+    }
+
+    #[test]
+    fn small_spreads_are_floored_and_unknown_levels_are_neutral() {
+        // Loss has been exactly 0 for an hour (spread 0): 2% loss is 2 floors (1%) up, not
+        // infinitely abnormal.
+        let mut b = Baseline::UNKNOWN;
+        b.levels.median[LOSS] = 0.0;
+        b.levels.spread[LOSS] = 0.0;
+        let samples: Vec<Sample> = (0..60).map(|_| sample(|s| s[LOSS] = 0.02)).collect();
+        let f = compute(&Window::ending_at(&samples, 59), History::default(), &b);
+        assert!((f[idx("anom_max10")] - 2.0).abs() < 1e-6);
+        assert_eq!(f[idx("anom_known")], 1.0);
+        let none = compute(
+            &Window::ending_at(&samples, 59),
+            History::default(),
+            &Baseline::UNKNOWN,
+        );
+        assert!(anomaly_features(&none).iter().all(|x| *x == 0.0));
+        // Far out: capped.
+        let samples: Vec<Sample> = (0..60).map(|_| sample(|s| s[LOSS] = 1.0)).collect();
+        let f = compute(&Window::ending_at(&samples, 59), History::default(), &b);
+        assert_eq!(f[idx("anom_max10")], Z_CAP);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::collections::{HashMap, HashSet};
 
 use serde::Serialize;
 
-use super::baseline::MinuteSums;
+use super::baseline::{Baseline, MinuteSums};
 use super::features::{self, History, WINDOW_S, Window};
 use super::hold::Hold;
 use super::model::Model;
@@ -24,7 +24,6 @@ use super::records::{
     FailureEvent, HealthSecond, ProbeSecond, RttMinute, ScoreRow, network_seconds,
 };
 use super::series::{MISSING, Sample};
-use super::telemetry::Metric;
 use crate::domain::{Probability, RiskScore};
 
 /// A subject not heard from for this long is forgotten.
@@ -36,7 +35,7 @@ pub struct Ring {
     slots: Vec<Sample>,
     /// The newest second covered; slot of second `s` is `s mod WINDOW_S`.
     newest: i64,
-    /// rtt of the seconds that have left the window, per minute: the long-term baseline.
+    /// The seconds that have left the window, per minute: the long-term baseline.
     minutes: MinuteSums,
 }
 
@@ -64,18 +63,19 @@ impl Ring {
         // Seconds up to now - w leave the window, oldest first.
         for s in self.newest - w + 1..=self.newest.min(now - w) {
             let slot = &mut self.slots[Self::slot(s)];
-            self.minutes.fold(s, slot[Metric::RttMs as usize]);
+            self.minutes.fold(s, slot);
             *slot = MISSING;
         }
         for s in (self.newest + 1).max(now - w + 1)..=now {
             self.slots[Self::slot(s)] = MISSING;
         }
         self.newest = now;
+        self.minutes.refresh(now);
     }
 
-    /// The rtt baseline as of the window's end.
-    pub fn baseline(&self) -> f64 {
-        self.minutes.baseline(self.newest).unwrap_or(f64::NAN)
+    /// The baseline as of the window's end.
+    pub fn baseline(&self) -> Baseline {
+        self.minutes.baseline(self.newest)
     }
 
     /// Sets metrics `range` of second `sec` from `values` (others untouched). Seconds older
@@ -249,7 +249,7 @@ impl Fleet {
             self.subject(kind, &r.subject, &r.region, now)
                 .ring
                 .minutes
-                .seed(r.minute, r.sum, r.count);
+                .seed_rtt(r.minute, r.sum, r.count);
         }
     }
 
@@ -407,7 +407,7 @@ fn score_subject(model: &Model, s: &Subject, history: &HashMap<String, History>)
         SubjectKind::Appliance => history.get(&s.id).copied().unwrap_or_default(),
         SubjectKind::Path => History::default(),
     };
-    model.score(&features::compute(&s.ring.window(), h, s.ring.baseline()))
+    model.score(&features::compute(&s.ring.window(), h, &s.ring.baseline()))
 }
 
 #[cfg(test)]
@@ -427,17 +427,21 @@ mod tests {
         for sec in 990..=1010i64 {
             series[(WINDOW_S as i64 - 1 - (1010 - sec)) as usize][0] = sec as f32;
         }
-        let a = features::compute(&w, History::default(), f64::NAN);
-        let b = features::compute(&Window::new(&[], &series), History::default(), f64::NAN);
+        let a = features::compute(&w, History::default(), &Baseline::UNKNOWN);
+        let b = features::compute(
+            &Window::new(&[], &series),
+            History::default(),
+            &Baseline::UNKNOWN,
+        );
         assert_eq!(a, b);
         // Too old: ignored. Advancing past the window blanks it.
         r.put(500, 0..1, &[1.0]);
         r.advance(2000);
-        let empty = features::compute(&r.window(), History::default(), f64::NAN);
+        let empty = features::compute(&r.window(), History::default(), &Baseline::UNKNOWN);
         let none = features::compute(
             &Window::new(&[], &[MISSING; WINDOW_S]),
             History::default(),
-            f64::NAN,
+            &Baseline::UNKNOWN,
         );
         assert_eq!(empty, none);
     }
@@ -460,11 +464,11 @@ mod tests {
             let sec = s.ts(i);
             ring.put(sec, 0..8, &s.samples[i]);
             if i % 997 == 0 || i == s.len() - 1 {
-                let live = features::compute(&ring.window(), History::default(), ring.baseline());
+                let live = features::compute(&ring.window(), History::default(), &ring.baseline());
                 let batch = features::compute(
                     &Window::ending_at(&s.samples, i),
                     History::default(),
-                    ctx.baselines[i],
+                    &ctx.baselines[i],
                 );
                 // Bit-identical except where the batch window is shorter than the ring's.
                 if i >= WINDOW_S {
@@ -472,7 +476,7 @@ mod tests {
                 }
             }
         }
-        assert!(!ring.baseline().is_nan());
+        assert!(!ring.baseline().rtt.is_nan());
     }
 
     #[test]

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::evaluate::{GroupedMetrics, Report};
-use super::features::{FEATURE_NAMES, Features, N_FEATURES, WINDOW_S};
+use super::features::{AGNOSTIC, FEATURE_NAMES, Features, N_CLASSIC, N_FEATURES, WINDOW_S};
 use crate::domain::{Probability, RiskScore};
 
 /// Format version written and accepted.
@@ -60,6 +60,106 @@ impl ModelKind {
             Self::Logistic => "logistic",
             Self::Forest => "forest",
         }
+    }
+}
+
+/// The features a model reads, by name, and where each sits in this build's feature vector.
+/// Stored as the list of names: a model keeps working when later builds add features, and a
+/// model naming a feature this build does not compute is refused when it is read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "Vec<String>", into = "Vec<String>")]
+pub struct FeatureSet {
+    names: Vec<String>,
+    /// Index of each name in [`FEATURE_NAMES`].
+    cols: Vec<usize>,
+}
+
+impl FeatureSet {
+    /// Every feature this build computes.
+    pub fn all() -> Self {
+        Self::of(&FEATURE_NAMES)
+    }
+
+    /// The per-signal features of the first models.
+    pub fn classic() -> Self {
+        Self::of(&FEATURE_NAMES[..N_CLASSIC])
+    }
+
+    /// The signal-agnostic features ([`AGNOSTIC`]).
+    pub fn agnostic() -> Self {
+        Self::of(&AGNOSTIC)
+    }
+
+    fn of(names: &[&str]) -> Self {
+        let names: Vec<String> = names.iter().map(|s| (*s).to_owned()).collect();
+        Self::try_from(names).expect("built-in feature lists name known features")
+    }
+
+    /// A set by name (`all`, `classic`, `agnostic`) or as comma-separated feature names.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text {
+            "all" => Ok(Self::all()),
+            "classic" => Ok(Self::classic()),
+            "agnostic" => Ok(Self::agnostic()),
+            list => Self::try_from(
+                list.split(',')
+                    .map(|s| s.trim().to_owned())
+                    .collect::<Vec<_>>(),
+            ),
+        }
+    }
+
+    /// Number of features.
+    pub fn len(&self) -> usize {
+        self.cols.len()
+    }
+
+    /// Whether the set is empty (never, for a set that was read or built).
+    pub fn is_empty(&self) -> bool {
+        self.cols.is_empty()
+    }
+
+    /// The names, in model order.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// Writes this set's values of `x`, in model order, to the front of `out`.
+    #[inline]
+    pub fn gather(&self, x: &Features, out: &mut [f64]) {
+        for (o, &c) in out.iter_mut().zip(&self.cols) {
+            *o = x[c];
+        }
+    }
+}
+
+impl TryFrom<Vec<String>> for FeatureSet {
+    type Error = String;
+
+    fn try_from(names: Vec<String>) -> Result<Self, String> {
+        if names.is_empty() {
+            return Err("no features".into());
+        }
+        let mut cols = Vec::with_capacity(names.len());
+        for n in &names {
+            let c = FEATURE_NAMES.iter().position(|f| f == n).ok_or_else(|| {
+                format!(
+                    "unknown feature {n:?}; this build computes {}",
+                    FEATURE_NAMES.join(", ")
+                )
+            })?;
+            if cols.contains(&c) {
+                return Err(format!("feature {n:?} is listed twice"));
+            }
+            cols.push(c);
+        }
+        Ok(Self { names, cols })
+    }
+}
+
+impl From<FeatureSet> for Vec<String> {
+    fn from(f: FeatureSet) -> Self {
+        f.names
     }
 }
 
@@ -302,8 +402,8 @@ pub struct Model {
     pub horizon_s: u32,
     /// Feature window in seconds.
     pub window_s: u32,
-    /// Feature names, in order.
-    pub features: Vec<String>,
+    /// The features read, in the order of the scaler, weights and tree splits.
+    pub features: FeatureSet,
     /// Feature standardisation.
     pub scaler: Scaler,
     /// The ensemble.
@@ -327,14 +427,14 @@ impl Model {
             version: String::new(),
             horizon_s: 60,
             window_s: WINDOW_S as u32,
-            features: FEATURE_NAMES.iter().map(|s| (*s).to_owned()).collect(),
+            features: FeatureSet::classic(),
             scaler: Scaler {
-                mean: vec![0.0; N_FEATURES],
-                scale: vec![1.0; N_FEATURES],
+                mean: vec![0.0; N_CLASSIC],
+                scale: vec![1.0; N_CLASSIC],
             },
             members: Members::Logistic(vec![Linear {
                 intercept: logit(p),
-                weights: vec![0.0; N_FEATURES],
+                weights: vec![0.0; N_CLASSIC],
             }]),
             calibration: Platt::IDENTITY,
             threshold: 0.5,
@@ -348,7 +448,7 @@ impl Model {
     /// The version string for these parameters.
     pub fn compute_version(&self) -> String {
         let mut h = Sha256::new();
-        let params = serde_json::json!({
+        let mut params = serde_json::json!({
             "horizon_s": self.horizon_s,
             "window_s": self.window_s,
             "scaler": self.scaler,
@@ -357,6 +457,11 @@ impl Model {
             "threshold": self.threshold,
             "hold_s": self.hold_s,
         });
+        // The first models read the classic features only and hashed no feature list; keeping
+        // it out for them keeps their versions (and the stored scores naming them) valid.
+        if self.features != FeatureSet::classic() {
+            params["features"] = serde_json::json!(self.features.names());
+        }
         h.update(params.to_string().as_bytes());
         let digest = h.finalize();
         let hex: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
@@ -372,9 +477,7 @@ impl Model {
                 self.format
             ));
         }
-        if self.features != FEATURE_NAMES {
-            return bad("features differ from this build's feature list; retrain".into());
-        }
+        let k = self.features.len();
         if self.window_s as usize != WINDOW_S {
             return bad(format!(
                 "window {} s, this build uses {WINDOW_S} s",
@@ -397,8 +500,8 @@ impl Model {
             return bad("calibration is not finite".into());
         }
         let finite = |v: &[f64]| v.iter().all(|x| x.is_finite());
-        if self.scaler.mean.len() != N_FEATURES
-            || self.scaler.scale.len() != N_FEATURES
+        if self.scaler.mean.len() != k
+            || self.scaler.scale.len() != k
             || !finite(&self.scaler.mean)
             || !self.scaler.scale.iter().all(|s| s.is_finite() && *s > 0.0)
         {
@@ -410,17 +513,14 @@ impl Model {
         match &self.members {
             Members::Logistic(ms) => {
                 for (i, m) in ms.iter().enumerate() {
-                    if m.weights.len() != N_FEATURES
-                        || !finite(&m.weights)
-                        || !m.intercept.is_finite()
-                    {
-                        return bad(format!("member {i}: needs {N_FEATURES} finite weights"));
+                    if m.weights.len() != k || !finite(&m.weights) || !m.intercept.is_finite() {
+                        return bad(format!("member {i}: needs {k} finite weights"));
                     }
                 }
             }
             Members::Forest(ts) => {
                 for (i, t) in ts.iter().enumerate() {
-                    check_tree(t).map_err(|m| ModelError::Invalid(format!("tree {i}: {m}")))?;
+                    check_tree(t, k).map_err(|m| ModelError::Invalid(format!("tree {i}: {m}")))?;
                 }
             }
         }
@@ -472,13 +572,15 @@ impl Model {
     /// The ensemble mean of raw member probabilities, and the interval quantiles.
     fn raw(&self, x: &Features) -> (f64, f64, f64) {
         let mut z = [0f64; N_FEATURES];
-        for (i, zi) in z.iter_mut().enumerate() {
-            *zi = (x[i] - self.scaler.mean[i]) / self.scaler.scale[i];
+        let z = &mut z[..self.features.len()];
+        self.features.gather(x, z);
+        for ((zi, m), s) in z.iter_mut().zip(&self.scaler.mean).zip(&self.scaler.scale) {
+            *zi = (*zi - m) / s;
         }
         let mut out = [0f64; MAX_MEMBERS];
         let n = self.members.len();
         let out = &mut out[..n];
-        self.members.raw(&z, out);
+        self.members.raw(z, out);
         let mean = out.iter().sum::<f64>() / n as f64;
         // Nearest-rank quantiles; selecting the higher rank first leaves the lower one in the
         // front part, so the second selection only searches there.
@@ -505,7 +607,7 @@ impl Model {
     }
 }
 
-fn check_tree(t: &Tree) -> Result<(), String> {
+fn check_tree(t: &Tree, features: usize) -> Result<(), String> {
     if t.nodes.is_empty() || t.nodes.len() > MAX_NODES {
         return Err(format!("needs 1 to {MAX_NODES} nodes"));
     }
@@ -523,7 +625,7 @@ fn check_tree(t: &Tree) -> Result<(), String> {
                 right,
             } => {
                 let (l, r) = (*left as usize, *right as usize);
-                if *feature as usize >= N_FEATURES || !threshold.is_finite() {
+                if *feature as usize >= features || !threshold.is_finite() {
                     return Err(format!("node {i}: bad feature or threshold"));
                 }
                 if l <= i || r <= i || l >= n || r >= n {
@@ -553,7 +655,7 @@ mod tests {
                 Node::Leaf(0.9),
             ],
         };
-        assert!(check_tree(&ok).is_ok());
+        assert!(check_tree(&ok, 1).is_ok());
         assert_eq!(ok.predict(&[0.2; N_FEATURES]), 0.1);
         assert_eq!(ok.predict(&[0.5; N_FEATURES]), 0.9);
         let cyclic = Tree {
@@ -564,12 +666,49 @@ mod tests {
                 right: 0,
             }],
         };
-        assert!(check_tree(&cyclic).is_err());
+        assert!(check_tree(&cyclic, 1).is_err());
         assert!(
-            check_tree(&Tree {
-                nodes: vec![Node::Leaf(1.5)]
-            })
+            check_tree(
+                &Tree {
+                    nodes: vec![Node::Leaf(1.5)]
+                },
+                1
+            )
             .is_err()
+        );
+    }
+
+    #[test]
+    fn feature_sets_are_checked_and_gathered() {
+        assert_eq!(FeatureSet::all().len(), N_FEATURES);
+        assert_eq!(FeatureSet::classic().len(), N_CLASSIC);
+        let e = FeatureSet::parse("cpu_mean10,nope").unwrap_err();
+        assert!(e.contains("unknown feature \"nope\""), "{e}");
+        assert!(FeatureSet::parse("cpu_mean10,cpu_mean10").is_err());
+        let f = FeatureSet::parse("anom_max10, cpu_mean10").unwrap();
+        let mut x = [0.0; N_FEATURES];
+        x[0] = 1.0;
+        x[N_CLASSIC] = 2.0;
+        let mut out = [0.0; 2];
+        f.gather(&x, &mut out);
+        assert_eq!(out, [2.0, 1.0]);
+        // Stored as names; read back the same.
+        let json = serde_json::to_string(&f).unwrap();
+        assert_eq!(json, r#"["anom_max10","cpu_mean10"]"#);
+        assert_eq!(serde_json::from_str::<FeatureSet>(&json).unwrap(), f);
+        assert!(serde_json::from_str::<FeatureSet>(r#"["x"]"#).is_err());
+    }
+
+    #[test]
+    fn a_constant_model_keeps_its_version_rule() {
+        let m = Model::constant("c", 0.2);
+        assert!(m.validate().is_ok());
+        let mut other = m.clone();
+        other.features = FeatureSet::parse(&FEATURE_NAMES[1..=N_CLASSIC].join(",")).unwrap();
+        assert_ne!(
+            other.compute_version(),
+            m.compute_version(),
+            "features are hashed"
         );
     }
 

@@ -6,7 +6,7 @@
 //! years of seconds. While an appliance is down its metric values are blanked: features only
 //! ever see telemetry of a working appliance, in files and in Postgres alike.
 
-use super::baseline::series_baselines;
+use super::baseline::{Baseline, series_baselines};
 use super::failures::FailureLabels;
 use super::features::{self, Features, Window};
 use super::telemetry::{N_METRICS, Telemetry};
@@ -82,8 +82,8 @@ impl Series {
 pub struct SeriesContext {
     /// Failures as (first down slot, first up slot after) pairs.
     pub failures: Vec<(usize, usize)>,
-    /// rtt baseline per slot (NaN where none).
-    pub baselines: Vec<f64>,
+    /// Baseline per slot.
+    pub baselines: Vec<Baseline>,
 }
 
 impl Series {
@@ -100,7 +100,7 @@ impl Series {
         features::compute(
             &Window::ending_at(&self.samples, i),
             features::history_at(i, &ctx.failures),
-            ctx.baselines[i],
+            &ctx.baselines[i],
         )
     }
 }

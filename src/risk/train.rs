@@ -24,10 +24,11 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::evaluate::{self, Group, Scored};
-use super::features::{FEATURE_NAMES, Features, N_FEATURES, WINDOW_S};
+use super::features::{Features, N_FEATURES, WINDOW_S};
 use super::hold::hold_values;
 use super::model::{
-    Candidate, Linear, Members, Model, ModelCard, ModelKind, Node, Platt, Scaler, Tree, logit,
+    Candidate, FeatureSet, Linear, Members, Model, ModelCard, ModelKind, Node, Platt, Scaler, Tree,
+    logit,
 };
 use super::series::{FailureSpan, Series};
 
@@ -65,6 +66,8 @@ pub struct TrainOptions {
     pub max_fit_rows: usize,
     /// Families to try.
     pub kinds: Vec<ModelKind>,
+    /// The features the model reads.
+    pub features: FeatureSet,
     /// Logistic ensemble size.
     pub logistic_members: usize,
     /// Forest ensemble size.
@@ -96,6 +99,7 @@ impl Default for TrainOptions {
             negatives_per_positive: 6.0,
             max_fit_rows: 400_000,
             kinds: vec![ModelKind::Logistic, ModelKind::Forest],
+            features: FeatureSet::classic(),
             logistic_members: 10,
             forest_members: 24,
             tree_rows: 40_000,
@@ -205,15 +209,26 @@ fn sample_rows(series: &[Series], split: &TimeSplit, opts: &TrainOptions) -> Sam
     Sampled { x, y }
 }
 
-fn fit_scaler(x: &[Features]) -> Scaler {
+/// The set's columns of each row.
+fn project(x: &[Features], set: &FeatureSet) -> Vec<Vec<f64>> {
+    x.iter()
+        .map(|r| {
+            let mut v = vec![0.0; set.len()];
+            set.gather(r, &mut v);
+            v
+        })
+        .collect()
+}
+
+fn fit_scaler(x: &[Vec<f64>], k: usize) -> Scaler {
     let n = x.len().max(1) as f64;
-    let mut mean = vec![0.0; N_FEATURES];
+    let mut mean = vec![0.0; k];
     for r in x {
         for (m, v) in mean.iter_mut().zip(r) {
             *m += v / n;
         }
     }
-    let mut var = vec![0.0; N_FEATURES];
+    let mut var = vec![0.0; k];
     for r in x {
         for ((s, v), m) in var.iter_mut().zip(r).zip(&mean) {
             *s += (v - m) * (v - m) / n;
@@ -226,8 +241,8 @@ fn fit_scaler(x: &[Features]) -> Scaler {
     Scaler { mean, scale }
 }
 
-fn standardise(x: &[Features], sc: &Scaler) -> Array2<f64> {
-    Array2::from_shape_fn((x.len(), N_FEATURES), |(i, j)| {
+fn standardise(x: &[Vec<f64>], sc: &Scaler) -> Array2<f64> {
+    Array2::from_shape_fn((x.len(), sc.mean.len()), |(i, j)| {
         (x[i][j] - sc.mean[j]) / sc.scale[j]
     })
 }
@@ -333,11 +348,12 @@ fn convert_tree(
     let mut tree = Tree { nodes };
     let mut counts = vec![(0.0f64, 0.0f64); tree.nodes.len()];
     let mut zi = [0f64; N_FEATURES];
+    let zi = &mut zi[..z.ncols()];
     for &r in rows {
         for (j, v) in zi.iter_mut().enumerate() {
             *v = z[(r, j)];
         }
-        let leaf = tree.leaf_index(&zi);
+        let leaf = tree.leaf_index(zi);
         counts[leaf].0 += f64::from(u8::from(y[r]));
         counts[leaf].1 += 1.0;
     }
@@ -358,12 +374,13 @@ fn fit_tree(
     let mut rng = ChaCha8Rng::seed_from_u64(opts.seed ^ (0x20_0000 + k as u64));
     let rows = bootstrap(&mut rng, y.len(), opts.tree_rows.min(y.len()));
     // Each tree sees 70% of the features: decorrelates members and halves fitting time.
-    let mut cols: Vec<usize> = (0..N_FEATURES).collect();
-    for i in 0..N_FEATURES {
-        let j = rng.gen_range(i..N_FEATURES);
+    let k = z.ncols();
+    let mut cols: Vec<usize> = (0..k).collect();
+    for i in 0..k {
+        let j = rng.gen_range(i..k);
         cols.swap(i, j);
     }
-    cols.truncate((N_FEATURES * 7).div_ceil(10));
+    cols.truncate((k * 7).div_ceil(10));
     cols.sort_unstable();
     let xs = Array2::from_shape_fn((rows.len(), cols.len()), |(i, j)| z[(rows[i], cols[j])]);
     let ys: Array1<bool> = rows.iter().map(|&i| y[i]).collect();
@@ -572,8 +589,10 @@ pub fn train(
             (1.0 - opts.validation_share) * 100.0
         )));
     }
-    let scaler = fit_scaler(&sampled.x);
-    let z = standardise(&sampled.x, &scaler);
+    let x = project(&sampled.x, &opts.features);
+    let scaler = fit_scaler(&x, opts.features.len());
+    let z = standardise(&x, &scaler);
+    drop(x);
     let group = if series
         .iter()
         .flat_map(|s| &s.failures)
@@ -626,7 +645,7 @@ pub fn train(
             version: String::new(),
             horizon_s: horizon as u32,
             window_s: WINDOW_S as u32,
-            features: FEATURE_NAMES.iter().map(|s| (*s).to_owned()).collect(),
+            features: opts.features.clone(),
             scaler: scaler.clone(),
             members,
             calibration: Platt::IDENTITY,

@@ -1,0 +1,100 @@
+//! The shipped model's quality bar: on a simulated fleet from a seed it was never trained on,
+//! it must still catch most failures that have precursors, early enough and without crying
+//! wolf. A retrained or changed model that drops below the bar fails here, not in production.
+//!
+//! The bar is below the numbers in `models/default.md` (0.93 recall@10s, 0.3 to 0.54 false
+//! alarms per appliance-day on 60 appliances × 12 h) because this fleet is smaller (fewer
+//! failures, so each one weighs more), not because the model may get worse. The
+//! leave-one-kind-out bar of the issue is not here: it needs a training run per kind (minutes
+//! in a release build), so it is measured by `evaluate --leave-one-kind-out` for the card.
+
+use shadowsteer::risk::evaluate::{self, Report};
+use shadowsteer::risk::failures::FailureLabels;
+use shadowsteer::risk::model::Model;
+use shadowsteer::risk::score::score_all;
+use shadowsteer::risk::series;
+use shadowsteer::risk::simulate::{SimConfig, Simulator};
+use shadowsteer::risk::telemetry::Telemetry;
+
+/// A seed outside the training seeds 1..=6 (the card's first held-out seed, on a smaller fleet).
+const SEED: u64 = 101;
+const APPLIANCES: usize = 40;
+const HOURS: u64 = 8;
+
+fn held_out_report(model: &Model) -> Report {
+    let sim = Simulator::new(SimConfig::new(APPLIANCES, HOURS * 3600, SEED));
+    let mut t = Telemetry::default();
+    let mut labels = FailureLabels::new();
+    for i in 0..APPLIANCES {
+        let run = sim.appliance(i);
+        t.appliances.push(run.info);
+        t.rows.extend(run.rows);
+        for f in run.failures {
+            labels.insert((f.appliance.clone(), f.ts), f);
+        }
+    }
+    let series = series::build(&t, Some(&labels));
+    let scores: Vec<Vec<f64>> = score_all(model, &series, 2)
+        .into_iter()
+        .map(|v| v.into_iter().map(|s| s.value().get()).collect())
+        .collect();
+    evaluate::report(&series, &scores, model.threshold, model.horizon_s as usize)
+}
+
+#[test]
+fn the_shipped_model_meets_its_bar_on_a_held_out_seed() {
+    let model = Model::builtin().expect("the shipped model loads");
+    let r = held_out_report(&model);
+    let p = &r.model.precursor;
+    let recall = p
+        .recall_at_10s
+        .expect("the fleet has failures with precursors");
+    let false_alarms = p
+        .false_alarms_per_appliance_day
+        .expect("the fleet has up time");
+    eprintln!(
+        "seed {SEED}: {} failures with precursors, recall@10s {recall:.3}, {false_alarms:.2} false \
+         alarms per appliance-day, median lead {:?} s; baseline recall@10s {:?}",
+        p.failures, p.median_lead_s, r.baseline.precursor.recall_at_10s
+    );
+    assert!(
+        p.failures >= 20,
+        "too few failures to judge: {}",
+        p.failures
+    );
+    assert!(
+        recall >= 0.85,
+        "recall@10s {recall:.3} is below the bar of 0.85"
+    );
+    assert!(
+        false_alarms <= 1.0,
+        "{false_alarms:.2} false alarms per appliance-day is above the bar of 1"
+    );
+    // Better than the health-check baseline by a wide margin, or the model is not earning
+    // its keep.
+    let baseline = r.baseline.precursor.recall_at_10s.unwrap_or(0.0);
+    assert!(
+        recall >= baseline + 0.3,
+        "model {recall:.3} vs baseline {baseline:.3}"
+    );
+    // Every kind with precursors is caught at least half the time.
+    for k in &r.by_kind {
+        if k.kind != "power_loss" && k.kind != "regional_outage" {
+            assert!(
+                k.recall_at_10s >= 0.5,
+                "{}: recall@10s {:.3} ({} failures)",
+                k.kind,
+                k.recall_at_10s,
+                k.failures
+            );
+        }
+    }
+}
+
+#[test]
+fn a_model_that_ignores_its_input_fails_the_bar() {
+    // The bar is not a formality: a constant score at the threshold never alarms.
+    let model = Model::constant("blind", 0.01);
+    let r = held_out_report(&model);
+    assert_eq!(r.model.precursor.recall_at_10s, Some(0.0));
+}
