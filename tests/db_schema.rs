@@ -498,3 +498,56 @@ async fn retention_prunes_old_rows_in_batches() {
             .is_err()
     );
 }
+
+/// The risk history is a row per change of score; a scorer's confirmation (only `confirmed_at`
+/// moves) must not rewrite it. Before the fix every confirmation rewrote the history row in
+/// place (same values, a new row version each time).
+#[tokio::test]
+async fn risk_history_ignores_confirmations() {
+    let db = common::test_db().await;
+    seed(&db.pool).await;
+    sqlx::query(
+        "INSERT INTO risk_scores (region, subject_kind, subject, score, score_low, score_high, model_version, computed_at)
+         VALUES ('eu', 'appliance', 'eu-1', 0.1, 0.05, 0.2, 'm1', '2026-12-03T10:00:00Z')",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let version = || async {
+        sqlx::query_as::<_, (String, i64)>(
+            "SELECT max(xmin::text), count(*) FROM risk_history WHERE subject = 'eu-1'",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+    };
+    let (first, rows) = version().await;
+    assert_eq!(rows, 1, "an insert is history");
+    for _ in 0..3 {
+        sqlx::query("UPDATE risk_scores SET confirmed_at = now() WHERE subject = 'eu-1'")
+            .execute(&db.pool)
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        version().await,
+        (first.clone(), 1),
+        "a confirmation rewrote the history row"
+    );
+    // A new score is history again.
+    sqlx::query(
+        "UPDATE risk_scores SET score = 0.4, score_high = 0.5, computed_at = '2026-12-03T10:00:05Z' WHERE subject = 'eu-1'",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let (_, rows) = version().await;
+    assert_eq!(rows, 2);
+    let (score,): (f64,) = sqlx::query_as(
+        "SELECT score FROM risk_history WHERE subject = 'eu-1' ORDER BY computed_at DESC LIMIT 1",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(score, 0.4);
+}
