@@ -443,3 +443,129 @@ async fn reloaded_model_names_new_scores_and_a_bad_file_changes_nothing() {
     assert_eq!(versions, want);
     eprintln!("reload via API -> every stored score named the new model after {named_after:?}");
 }
+
+/// A model that scores by cpu over the last 10 s (0.6 -> 0.27, 0.3 -> 0.08) with the given
+/// operating threshold.
+fn cpu_model(name: &str, threshold: f64) -> shadowsteer::risk::model::Model {
+    use shadowsteer::risk::model::{Members, Model};
+    let mut m = Model::constant(name, 0.5);
+    let cpu = m
+        .features
+        .names()
+        .iter()
+        .position(|f| f == "cpu_mean10")
+        .expect("cpu_mean10 is a feature");
+    if let Members::Logistic(ms) = &mut m.members {
+        ms[0].intercept = -4.0;
+        ms[0].weights[cpu] = 5.0;
+    }
+    m.threshold = threshold;
+    m.version = m.compute_version();
+    m.validate().expect("valid model");
+    m
+}
+
+/// Thresholds left out of `[steering]` follow the model's operating threshold, also when a
+/// reloaded model brings another one: eu-1 scoring 0.27 keeps alice under model a (threshold
+/// 0.5) and moves her under model b (threshold 0.15), without a restart. Before, the policy
+/// was fixed at start, so b's scores were read against a's threshold.
+#[tokio::test(flavor = "multi_thread")]
+async fn steering_thresholds_follow_a_reloaded_model() {
+    let db = common::test_db().await;
+    basic_inventory(&db.url);
+    // Stand-in for the agents: eu-1 busy (cpu 0.6), us-1 calm (0.3), a row every 200 ms.
+    let stop = Arc::new(AtomicBool::new(false));
+    let feeder = {
+        let (pool, stop) = (db.pool.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let now = chrono::Utc::now();
+                let mut health = ["eu-1", "us-1"].map(|a| calm(a, now).0);
+                health[0].cpu = shadowsteer::domain::Fraction::saturating(0.6);
+                shadowsteer::store::telemetry::insert_health(&pool, &health)
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.json");
+    let (a, b) = (cpu_model("a", 0.5), cpu_model("b", 0.15));
+    a.save(&path).unwrap();
+    let url = db.url.clone();
+    let steering = format!(
+        "hold_down = \"1s\"\nhealth_timeout = \"1h\"\n[risk]\nmodel = {:?}\nmax_score_age = \"1h\"",
+        path.display().to_string()
+    );
+    let server = tokio::task::spawn_blocking(move || {
+        Server::start(&config(NO_RRL, &steering), &["--database-url", &url])
+    })
+    .await
+    .unwrap();
+    let admin = cli(
+        &db.url,
+        &["token", "create", "--name", "ops", "--scope", "admin"],
+    );
+    let admin = admin.trim().to_owned();
+    let api = server.admin;
+    let call = move |method: &'static str, route: &'static str| {
+        let token = admin.clone();
+        tokio::task::spawn_blocking(move || http(api, method, route, Some(&token), None).unwrap())
+    };
+    let steering_threshold = || async {
+        let (code, body) = call("GET", "/api/v1/model").await.unwrap();
+        assert_eq!(code, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        v["steering_threshold"].as_f64().unwrap()
+    };
+    assert_eq!(steering_threshold().await, 0.5);
+    // Under a, eu-1's live score (about 0.27) stays below the threshold: alice stays.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let score: Option<f64> = sqlx::query_scalar(
+            "SELECT score FROM risk_scores WHERE subject_kind = 'appliance' AND subject = 'eu-1'",
+        )
+        .fetch_optional(&db.pool)
+        .await
+        .unwrap();
+        if score.is_some_and(|s| (0.2..0.35).contains(&s)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "eu-1 was never scored about 0.27 (last {score:?}); log:\n{}",
+            server.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let before = answers_during(server.dns, ALICE, Duration::from_secs(3)).await;
+    assert_eq!(
+        before.into_iter().collect::<Vec<_>>(),
+        [EU],
+        "model a moved alice; log:\n{}",
+        server.log_text()
+    );
+
+    b.save(&path).unwrap();
+    let (code, body) = call("POST", "/api/v1/model/reload").await.unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(steering_threshold().await, 0.15);
+    let moved = answer_becomes(server.dns, ALICE, US, Duration::from_secs(20)).await;
+    stop.store(true, Ordering::Relaxed);
+    feeder.await.unwrap();
+    let moved = moved.unwrap_or_else(|| {
+        panic!(
+            "alice stayed on eu-1 under model b's threshold; log:\n{}",
+            server.log_text()
+        )
+    });
+    eprintln!("reload to a threshold of 0.15 -> alice moved after {moved:?}");
+    assert!(
+        server
+            .log_text()
+            .contains("steering policy follows the reloaded model"),
+        "{}",
+        server.log_text()
+    );
+}

@@ -97,8 +97,17 @@ pub struct LiveView {
     pub model: Option<Arc<ModelSource>>,
     /// The live scorer's latest round.
     pub scores: Option<watch::Receiver<Arc<LiveSnapshot>>>,
-    /// Steering threshold: above it a primary's clients move to their shadow.
-    pub threshold: f64,
+    /// The `[steering]` section: its threshold, or the model's when it sets none.
+    pub steering: Arc<crate::config::SteeringSection>,
+}
+
+impl LiveView {
+    /// Steering threshold in force: above it a primary's clients move to their shadow.
+    pub fn threshold(&self) -> f64 {
+        self.steering
+            .resolve(self.model.as_ref().map(|m| m.current().threshold))
+            .threshold
+    }
 }
 
 /// What the server serves, for rendering client configurations.

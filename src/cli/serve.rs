@@ -16,7 +16,7 @@ use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use shadowsteer::admin;
 use shadowsteer::config::{ListenAddr, SteeringConfig};
-use shadowsteer::dns::publish::{PublishStatus, Publisher};
+use shadowsteer::dns::publish::{FollowModel, PublishStatus, Publisher};
 use shadowsteer::dns::rrl::{Limits, RateLimiter};
 use shadowsteer::dns::stats::{ApplianceSlots, Stats};
 use shadowsteer::dns::tcp::TcpServer;
@@ -150,7 +150,6 @@ fn admin_state(
     status: admin::ServerStatus,
     model: Option<Arc<ModelSource>>,
     scores: Option<watch::Receiver<Arc<LiveSnapshot>>>,
-    threshold: f64,
 ) -> admin::AppState {
     // The server cancels a slow statement (a lock wait included) itself, so a request that
     // gives up never leaves a query running on a connection the pool then replaces.
@@ -174,7 +173,7 @@ fn admin_state(
         live: admin::LiveView {
             model,
             scores,
-            threshold,
+            steering: Arc::new(cfg.steering.clone()),
         },
         site: Arc::new(admin::Site { zone, client_label }),
         fleet: Arc::new(admin::FleetCache::default()),
@@ -238,6 +237,10 @@ pub async fn run(args: ServeArgs) -> CommandResult {
     let model = load_model(&cfg, &args.config)?;
     let policy = Policy::from_config(&cfg.steering, model.as_ref().map(|m| m.threshold))
         .map_err(|e| CommandError::Input(format!("{}: steering: {e}", args.config.display())))?;
+    // The model in force can be replaced without a restart: SIGHUP or the admin API.
+    let source = model
+        .clone()
+        .map(|m| Arc::new(ModelSource::new(cfg.risk.model.clone(), m)));
     match &model {
         Some(m) => {
             tracing::info!(model = %m.version, horizon_s = m.horizon_s, "live risk scoring on")
@@ -390,6 +393,11 @@ pub async fn run(args: ServeArgs) -> CommandResult {
             status: publish_status.clone(),
             last_table: None,
             saved: Some(saved_tx),
+            follow: source.as_ref().map(|model| FollowModel {
+                steering: cfg.steering.clone(),
+                model: Arc::clone(model),
+                threshold: model.current().threshold,
+            }),
         }
         .run(inputs_rx, shutdown.clone()),
     );
@@ -443,8 +451,6 @@ pub async fn run(args: ServeArgs) -> CommandResult {
     }
     // Live scoring writes risk_scores; its writes reach DNS through the table's NOTIFY trigger
     // like any other change, and its snapshot feeds the metrics.
-    // The model in force can be replaced without a restart: SIGHUP or the admin API.
-    let source = model.map(|m| Arc::new(ModelSource::new(cfg.risk.model.clone(), m)));
     if let Some(source) = &source {
         tasks.spawn(reload_on_hangup(Arc::clone(source), shutdown.clone()));
     }
@@ -494,7 +500,7 @@ pub async fn run(args: ServeArgs) -> CommandResult {
         tcp_refused,
         listening: listening.clone(),
     };
-    let state = admin_state(&cfg, &pool, status, model_for_api, risk, policy.threshold());
+    let state = admin_state(&cfg, &pool, status, model_for_api, risk);
     let admin_shutdown = shutdown.clone();
     tasks.spawn(async move {
         if let Err(e) = admin::serve(admin_listener, state, admin_shutdown).await {

@@ -16,8 +16,9 @@ use tokio_util::sync::CancellationToken;
 use super::snapshot_file::Published;
 use super::stats::ApplianceSlots;
 use super::zone::{ClientTable, Endpoint, Service, ServiceSet, Snapshot, Statics};
-use crate::config::EcsRegion;
+use crate::config::{EcsRegion, SteeringSection};
 use crate::domain::{ApplianceState, Probability, RegionId};
+use crate::risk::reload::ModelSource;
 use crate::steering::service::{Candidate, WeightedSet};
 use crate::steering::{ApplianceInput, Change, Engine, Inputs, Policy};
 
@@ -70,6 +71,20 @@ pub struct Publisher {
     /// Where each publication goes to be saved on disk (see [`super::snapshot_file`]), if
     /// anywhere.
     pub saved: Option<watch::Sender<Option<Published>>>,
+    /// The model whose operating threshold the unset thresholds follow, when one scores.
+    pub follow: Option<FollowModel>,
+}
+
+/// Thresholds left out of `[steering]` follow the risk model's operating threshold, also after
+/// a reload: a model with another threshold means other scores, and steering on the old
+/// threshold would move clients too early or too late.
+pub struct FollowModel {
+    /// The `[steering]` section (its unset thresholds derive from the model's).
+    pub steering: SteeringSection,
+    /// The model in force.
+    pub model: Arc<ModelSource>,
+    /// The model threshold the policy in force was built from.
+    pub threshold: f64,
 }
 
 /// A client table and what it was built from.
@@ -109,9 +124,40 @@ fn service_set<'a>(
 }
 
 impl Publisher {
+    /// Takes on the thresholds of a reloaded model (see [`FollowModel`]).
+    fn follow_model(&mut self) {
+        let Some(f) = &mut self.follow else { return };
+        let threshold = f.model.current().threshold;
+        if threshold == f.threshold {
+            return;
+        }
+        f.threshold = threshold;
+        match Policy::from_config(&f.steering, Some(threshold)) {
+            Ok(policy) if policy != self.policy => {
+                tracing::info!(
+                    model_threshold = threshold,
+                    threshold = policy.threshold(),
+                    hysteresis = policy.hysteresis(),
+                    weight_low = policy.weight_low(),
+                    weight_high = policy.weight_high(),
+                    "steering policy follows the reloaded model"
+                );
+                self.policy = policy;
+                self.engine.set_policy(policy);
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(
+                model_threshold = threshold,
+                error = %e,
+                "the reloaded model's threshold makes no valid steering policy with [steering]; the thresholds in force stay"
+            ),
+        }
+    }
+
     /// Evaluates `inputs` at `now`, publishes the result, queues the changes for audit.
     /// Returns when to evaluate again without new inputs.
     pub fn publish(&mut self, inputs: &Inputs, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.follow_model();
         let started = std::time::Instant::now();
         let eval = self.engine.evaluate(inputs, now);
         let evaluated = started.elapsed();

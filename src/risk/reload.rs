@@ -8,9 +8,8 @@
 //! scorer notices a new version at its next round and rewrites every score once, so each
 //! stored score names the model that computed it.
 //!
-//! Deliberately left out: the steering thresholds that follow the model's threshold are set at
-//! start; a reloaded model with another threshold scores with it, but moving the steering
-//! thresholds takes a restart (a warning says so).
+//! Steering thresholds that follow the model's threshold follow a reloaded model too (see
+//! [`crate::dns::publish::FollowModel`]).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -118,10 +117,10 @@ impl ModelSource {
         };
         if done.changed() {
             if model.threshold != previous.threshold {
-                tracing::warn!(
+                tracing::info!(
                     old = previous.threshold,
                     new = model.threshold,
-                    "the reloaded model has another threshold; steering thresholds that follow it change at the next restart"
+                    "the reloaded model has another operating threshold; steering thresholds left out of [steering] follow it"
                 );
             }
             tracing::info!(previous = %done.previous, version = %done.version, name = %model.name, "risk model reloaded");

@@ -89,6 +89,18 @@ impl Engine {
         }
     }
 
+    /// Replaces the thresholds (a reloaded model with another operating threshold); what each
+    /// client has been told, its hold-down and hysteresis state are kept.
+    pub fn set_policy(&mut self, policy: Policy) {
+        if policy != self.policy {
+            self.policy = policy;
+            // Every remembered decision was made against the old thresholds.
+            for state in self.clients.values_mut() {
+                state.seen = None;
+            }
+        }
+    }
+
     /// Decides every client of `inputs` at `now`; forgets clients that are gone.
     pub fn evaluate(&mut self, inputs: &Inputs, now: DateTime<Utc>) -> Evaluation {
         let risks = risk::appliance_risks(inputs, now);

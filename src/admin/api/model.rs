@@ -106,7 +106,7 @@ async fn get_model(State(live): State<LiveView>) -> ApiResult<Json<ModelInfo>> {
         members: m.members.len(),
         horizon_s: m.horizon_s,
         threshold: m.threshold,
-        steering_threshold: live.threshold,
+        steering_threshold: live.threshold(),
         card,
         card_markdown: crate::risk::card::markdown(&m),
     }))

@@ -43,7 +43,7 @@ async fn current(
     State(live): State<LiveView>,
 ) -> ApiResult<Json<RiskNow>> {
     Ok(Json(RiskNow {
-        threshold: live.threshold,
+        threshold: live.threshold(),
         model_version: live.model.as_ref().map(|m| m.current().version.clone()),
         scores: series::current_scores(&db.0).await?,
     }))
@@ -80,7 +80,7 @@ async fn history(
     let range = Buckets { from, to, points };
     Ok(Json(RiskHistory {
         appliance: id.to_string(),
-        threshold: live.threshold,
+        threshold: live.threshold(),
         points: series::risk_history(&db.0, id.as_str(), range).await?,
     }))
 }
