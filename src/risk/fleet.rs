@@ -26,6 +26,11 @@ use super::records::{
 use super::series::{MISSING, Sample};
 use crate::domain::{Probability, RiskScore};
 
+/// A subject not heard from for this long keeps its last score: with no new evidence its
+/// window only empties, and a score decaying towards "calm" is not news. (A silent subject's
+/// stored score is not confirmed either, so steering lets it expire.)
+const SILENT_S: i64 = 5;
+
 /// A subject not heard from for this long is forgotten.
 const FORGET_S: i64 = 3600;
 
@@ -296,6 +301,13 @@ impl Fleet {
                         let score = if s.kind == SubjectKind::Appliance && down.contains(&s.id) {
                             s.hold.clear();
                             RiskScore::exact(Probability::ONE)
+                        } else if s.score.is_some()
+                            && !s.rewrite
+                            && s.heard.is_some_and(|h| now - h > SILENT_S)
+                        {
+                            // (A new model scores it once more: a stored score names the
+                            // model that computed it.)
+                            continue;
                         } else {
                             let raw = score_subject(model, s, history);
                             s.hold.push(now, raw, model.hold_s)
@@ -554,6 +566,67 @@ mod tests {
         f.handle_failures(&[open("a"), open("b"), open("c")], 104);
         f.score(&model, 104, 1);
         assert_eq!(f.poll_writes("eu", 0.02, 1, i64::MIN).len(), 1, "capped");
+    }
+
+    #[test]
+    fn a_silent_subject_keeps_its_last_score() {
+        // A model of loss over 10 s: a lossy path scores high while it is heard from.
+        let mut model = Model::constant("loss", 0.02);
+        let i = model
+            .features
+            .names()
+            .iter()
+            .position(|n| n == "loss_mean10")
+            .unwrap();
+        if let crate::risk::model::Members::Logistic(ms) = &mut model.members {
+            ms[0].weights[i] = 60.0;
+        }
+        let mut f = Fleet::new();
+        let probe = |sec| ProbeSecond {
+            region: "eu".into(),
+            src: "eu-1".into(),
+            dst_kind: "client".into(),
+            dst: "alice".into(),
+            sec,
+            rtt_ms: 30.0,
+            jitter_ms: 2.0,
+            loss: 0.2,
+        };
+        let path = |f: &Fleet| {
+            f.scores()
+                .into_iter()
+                .find(|s| s.id == "eu-1>alice")
+                .map(|s| s.score.value().get())
+                .unwrap()
+        };
+        for sec in 100..110 {
+            f.handle_probes(&[probe(sec)]);
+            f.score(&model, sec + 1, 1);
+        }
+        let heard = path(&f);
+        assert!(heard > 0.9, "{heard}");
+        // Silent from 110: the window empties, yet the score stays what it was when the
+        // subject was last scored within SILENT_S.
+        f.score(&model, 109 + SILENT_S, 1);
+        let last = path(&f);
+        for now in 110 + SILENT_S..200 {
+            f.score(&model, now, 1);
+            assert_eq!(path(&f), last, "second {now}");
+        }
+        assert!(last > 0.5, "{last}");
+        // Heard again: scored again.
+        f.handle_probes(&[ProbeSecond {
+            loss: 0.0,
+            ..probe(200)
+        }]);
+        for now in 201..215 {
+            f.handle_probes(&[ProbeSecond {
+                loss: 0.0,
+                ..probe(now - 1)
+            }]);
+            f.score(&model, now, 1);
+        }
+        assert!(path(&f) < 0.1, "{}", path(&f));
     }
 
     #[test]
