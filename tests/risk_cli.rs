@@ -81,6 +81,22 @@ fn bad_csv_is_reported_with_line_and_column() {
     assert!(err.contains("line 3, column 9 (rtt_ms)"), "{err}");
     assert!(err.contains("line 4, column 12 (down)"), "{err}");
     assert!(!out.exists(), "nothing written on bad input");
+    // An unknown or repeated feature name is refused before any data is read.
+    for features in ["cpu_mean10,nope", "anom_max10,anom_max10", ""] {
+        let (code, _, err) = run(&[
+            "train",
+            "--data",
+            p(&data),
+            "--out",
+            p(&out),
+            "--features",
+            features,
+        ]);
+        assert_eq!(code, 2, "{features}: {err}");
+        assert!(err.contains("--features: "), "{err}");
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+        assert!(!out.exists(), "nothing written on bad input");
+    }
 }
 
 fn small_data(seed: u64) -> (Telemetry, Vec<Series>) {

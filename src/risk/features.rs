@@ -77,24 +77,17 @@ pub const FEATURE_NAMES: [&str; N_FEATURES] = [
     "anom_known",
 ];
 
-/// The signal-agnostic features: how abnormal the subject is against its own baseline
-/// ([`super::baseline::Levels`]), on how many signals, for how long and whether it gets worse,
-/// with no feature naming a signal; plus the failure history. A model on these alone cannot
-/// learn "memory near full", only "abnormal and getting worse", which is what carries over to
-/// failure kinds it was never shown.
-pub const AGNOSTIC: [&str; 11] = [
-    "since_recovery",
-    "failures_1h",
-    "anom_max10",
-    "anom_second10",
-    "anom_count10",
-    "anom_max60",
-    "anom_trend60",
-    "anom_trend300",
-    "anom_persist",
-    "anom_worsening",
-    "anom_known",
-];
+/// The failure history features, which name no signal either.
+pub const HISTORY: [&str; 2] = ["since_recovery", "failures_1h"];
+
+/// The signal-agnostic features are [`HISTORY`] and every feature after the classic ones: how
+/// abnormal the subject is against its own baseline ([`super::baseline::Levels`]), on how
+/// many signals, for how long and whether it gets worse, with no feature naming a signal. A
+/// model on these alone cannot learn "memory near full", only "abnormal and getting worse",
+/// which is what carries over to failure kinds it was never shown.
+pub fn agnostic() -> impl Iterator<Item = &'static str> {
+    HISTORY.iter().chain(&FEATURE_NAMES[N_CLASSIC..]).copied()
+}
 
 /// A feature vector.
 pub type Features = [f64; N_FEATURES];
@@ -463,7 +456,7 @@ fn scales(levels: &super::baseline::Levels) -> [Option<(f64, f64)>; 8] {
     out
 }
 
-/// The signal-agnostic anomaly features (see [`AGNOSTIC`]).
+/// The signal-agnostic anomaly features (see [`agnostic`]).
 #[derive(Debug, Clone, Copy, Default)]
 struct Anomaly {
     /// Largest z-score of a 10 s mean against its level.
@@ -680,7 +673,7 @@ mod tests {
     }
 
     fn anomaly_features(f: &Features) -> Vec<f64> {
-        AGNOSTIC[2..].iter().map(|n| f[idx(n)]).collect()
+        f[N_CLASSIC..].to_vec()
     }
 
     #[test]

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::evaluate::{GroupedMetrics, Report};
-use super::features::{AGNOSTIC, FEATURE_NAMES, Features, N_CLASSIC, N_FEATURES, WINDOW_S};
+use super::features::{FEATURE_NAMES, Features, N_CLASSIC, N_FEATURES, WINDOW_S, agnostic};
 use crate::domain::{Probability, RiskScore};
 
 /// Format version written and accepted.
@@ -85,9 +85,9 @@ impl FeatureSet {
         Self::of(&FEATURE_NAMES[..N_CLASSIC])
     }
 
-    /// The signal-agnostic features ([`AGNOSTIC`]).
+    /// The signal-agnostic features ([`agnostic`]).
     pub fn agnostic() -> Self {
-        Self::of(&AGNOSTIC)
+        Self::of(&agnostic().collect::<Vec<_>>())
     }
 
     fn of(names: &[&str]) -> Self {
