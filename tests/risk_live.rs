@@ -465,6 +465,108 @@ fn cpu_model(name: &str, threshold: f64) -> shadowsteer::risk::model::Model {
     m
 }
 
+/// `serve` scoring with a model read from a file of its own, and an admin token to reload it.
+struct ModelServer {
+    server: Server,
+    path: std::path::PathBuf,
+    token: String,
+    _dir: tempfile::TempDir,
+}
+
+impl ModelServer {
+    /// Starts `serve` with `steering` as its `[steering]` section and `model` as its model.
+    async fn start(url: &str, steering: &str, model: &shadowsteer::risk::model::Model) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.json");
+        model.save(&path).unwrap();
+        let conf = format!(
+            "{steering}\n[risk]\nmodel = {:?}\nmax_score_age = \"1h\"",
+            path.display().to_string()
+        );
+        let db = url.to_owned();
+        let server = tokio::task::spawn_blocking(move || {
+            Server::start(&config(NO_RRL, &conf), &["--database-url", &db])
+        })
+        .await
+        .unwrap();
+        let token = cli(
+            url,
+            &["token", "create", "--name", "ops", "--scope", "admin"],
+        )
+        .trim()
+        .to_owned();
+        Self {
+            server,
+            path,
+            token,
+            _dir: dir,
+        }
+    }
+
+    async fn call(&self, method: &'static str, route: &'static str) -> (u16, String) {
+        let (api, token) = (self.server.admin, self.token.clone());
+        tokio::task::spawn_blocking(move || http(api, method, route, Some(&token), None).unwrap())
+            .await
+            .unwrap()
+    }
+
+    /// Writes `model` to the file and reloads it through the API.
+    async fn reload(&self, model: &shadowsteer::risk::model::Model) {
+        model.save(&self.path).unwrap();
+        let (code, body) = self.call("POST", "/api/v1/model/reload").await;
+        assert_eq!(code, 200, "{body}");
+    }
+
+    /// The steering threshold the API reports.
+    async fn steering_threshold(&self) -> f64 {
+        let (code, body) = self.call("GET", "/api/v1/model").await;
+        assert_eq!(code, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        v["steering_threshold"].as_f64().unwrap()
+    }
+
+    /// Waits until eu-1's live score is about 0.27 (what [`cpu_model`] makes of a busy eu-1).
+    async fn eu_scored_busy(&self, pool: &sqlx::PgPool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let score: Option<f64> = sqlx::query_scalar(
+                "SELECT score FROM risk_scores WHERE subject_kind = 'appliance' AND subject = 'eu-1'",
+            )
+            .fetch_optional(pool)
+            .await
+            .unwrap();
+            if score.is_some_and(|s| (0.2..0.35).contains(&s)) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "eu-1 was never scored about 0.27 (last {score:?}); log:\n{}",
+                self.server.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Stand-in for the agents: eu-1 busy (cpu 0.6), us-1 calm (0.3), a row every 200 ms, until
+/// the flag is set.
+fn feed_busy_eu(pool: sqlx::PgPool) -> (Arc<AtomicBool>, tokio::task::JoinHandle<()>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let feeder = tokio::spawn(async move {
+        while !flag.load(Ordering::Relaxed) {
+            let now = chrono::Utc::now();
+            let mut health = ["eu-1", "us-1"].map(|a| calm(a, now).0);
+            health[0].cpu = shadowsteer::domain::Fraction::saturating(0.6);
+            shadowsteer::store::telemetry::insert_health(&pool, &health)
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    (stop, feeder)
+}
+
 /// Thresholds left out of `[steering]` follow the model's operating threshold, also when a
 /// reloaded model brings another one: eu-1 scoring 0.27 keeps alice under model a (threshold
 /// 0.5) and moves her under model b (threshold 0.15), without a restart. Before, the policy
@@ -473,99 +575,87 @@ fn cpu_model(name: &str, threshold: f64) -> shadowsteer::risk::model::Model {
 async fn steering_thresholds_follow_a_reloaded_model() {
     let db = common::test_db().await;
     basic_inventory(&db.url);
-    // Stand-in for the agents: eu-1 busy (cpu 0.6), us-1 calm (0.3), a row every 200 ms.
-    let stop = Arc::new(AtomicBool::new(false));
-    let feeder = {
-        let (pool, stop) = (db.pool.clone(), stop.clone());
-        tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                let now = chrono::Utc::now();
-                let mut health = ["eu-1", "us-1"].map(|a| calm(a, now).0);
-                health[0].cpu = shadowsteer::domain::Fraction::saturating(0.6);
-                shadowsteer::store::telemetry::insert_health(&pool, &health)
-                    .await
-                    .unwrap();
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        })
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("model.json");
-    let (a, b) = (cpu_model("a", 0.5), cpu_model("b", 0.15));
-    a.save(&path).unwrap();
-    let url = db.url.clone();
-    let steering = format!(
-        "hold_down = \"1s\"\nhealth_timeout = \"1h\"\n[risk]\nmodel = {:?}\nmax_score_age = \"1h\"",
-        path.display().to_string()
-    );
-    let server = tokio::task::spawn_blocking(move || {
-        Server::start(&config(NO_RRL, &steering), &["--database-url", &url])
-    })
-    .await
-    .unwrap();
-    let admin = cli(
+    let (stop, feeder) = feed_busy_eu(db.pool.clone());
+    let s = ModelServer::start(
         &db.url,
-        &["token", "create", "--name", "ops", "--scope", "admin"],
-    );
-    let admin = admin.trim().to_owned();
-    let api = server.admin;
-    let call = move |method: &'static str, route: &'static str| {
-        let token = admin.clone();
-        tokio::task::spawn_blocking(move || http(api, method, route, Some(&token), None).unwrap())
-    };
-    let steering_threshold = || async {
-        let (code, body) = call("GET", "/api/v1/model").await.unwrap();
-        assert_eq!(code, 200, "{body}");
-        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-        v["steering_threshold"].as_f64().unwrap()
-    };
-    assert_eq!(steering_threshold().await, 0.5);
+        "hold_down = \"1s\"\nhealth_timeout = \"1h\"",
+        &cpu_model("a", 0.5),
+    )
+    .await;
+    assert_eq!(s.steering_threshold().await, 0.5);
     // Under a, eu-1's live score (about 0.27) stays below the threshold: alice stays.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let score: Option<f64> = sqlx::query_scalar(
-            "SELECT score FROM risk_scores WHERE subject_kind = 'appliance' AND subject = 'eu-1'",
-        )
-        .fetch_optional(&db.pool)
-        .await
-        .unwrap();
-        if score.is_some_and(|s| (0.2..0.35).contains(&s)) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "eu-1 was never scored about 0.27 (last {score:?}); log:\n{}",
-            server.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let before = answers_during(server.dns, ALICE, Duration::from_secs(3)).await;
+    s.eu_scored_busy(&db.pool).await;
+    let before = answers_during(s.server.dns, ALICE, Duration::from_secs(3)).await;
     assert_eq!(
         before.into_iter().collect::<Vec<_>>(),
         [EU],
         "model a moved alice; log:\n{}",
-        server.log_text()
+        s.server.log_text()
     );
 
-    b.save(&path).unwrap();
-    let (code, body) = call("POST", "/api/v1/model/reload").await.unwrap();
-    assert_eq!(code, 200, "{body}");
-    assert_eq!(steering_threshold().await, 0.15);
-    let moved = answer_becomes(server.dns, ALICE, US, Duration::from_secs(20)).await;
+    s.reload(&cpu_model("b", 0.15)).await;
+    let moved = answer_becomes(s.server.dns, ALICE, US, Duration::from_secs(20)).await;
     stop.store(true, Ordering::Relaxed);
     feeder.await.unwrap();
     let moved = moved.unwrap_or_else(|| {
         panic!(
             "alice stayed on eu-1 under model b's threshold; log:\n{}",
-            server.log_text()
+            s.server.log_text()
         )
     });
     eprintln!("reload to a threshold of 0.15 -> alice moved after {moved:?}");
+    // The API reports the threshold steering used for that move.
+    assert_eq!(s.steering_threshold().await, 0.15);
     assert!(
-        server
+        s.server
             .log_text()
             .contains("steering policy follows the reloaded model"),
         "{}",
-        server.log_text()
+        s.server.log_text()
+    );
+}
+
+/// A reloaded threshold that makes no valid policy with what `[steering]` sets (here a
+/// hysteresis of 0.2 above b's 0.15) changes nothing: the thresholds in force stay, and the
+/// API reports those, not the ones that were refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reloaded_threshold_without_a_valid_policy_changes_nothing() {
+    let db = common::test_db().await;
+    basic_inventory(&db.url);
+    let (stop, feeder) = feed_busy_eu(db.pool.clone());
+    let s = ModelServer::start(
+        &db.url,
+        "hold_down = \"1s\"\nhealth_timeout = \"1h\"\nhysteresis = 0.2",
+        &cpu_model("a", 0.5),
+    )
+    .await;
+    s.eu_scored_busy(&db.pool).await;
+    s.reload(&cpu_model("b", 0.15)).await;
+    let refused = tokio::task::spawn_blocking({
+        let log = s.server.log.clone();
+        move || {
+            eventually(Duration::from_secs(20), || {
+                log.lock()
+                    .unwrap()
+                    .contains("makes no valid steering policy")
+            })
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        refused.is_some(),
+        "no refusal; log:\n{}",
+        s.server.log_text()
+    );
+    assert_eq!(s.steering_threshold().await, 0.5);
+    let after = answers_during(s.server.dns, ALICE, Duration::from_secs(3)).await;
+    stop.store(true, Ordering::Relaxed);
+    feeder.await.unwrap();
+    assert_eq!(
+        after.into_iter().collect::<Vec<_>>(),
+        [EU],
+        "a refused threshold moved alice; log:\n{}",
+        s.server.log_text()
     );
 }

@@ -97,16 +97,15 @@ pub struct LiveView {
     pub model: Option<Arc<ModelSource>>,
     /// The live scorer's latest round.
     pub scores: Option<watch::Receiver<Arc<LiveSnapshot>>>,
-    /// The `[steering]` section: its threshold, or the model's when it sets none.
-    pub steering: Arc<crate::config::SteeringSection>,
+    /// The publisher's status, which holds the steering threshold in force.
+    pub publish: Arc<PublishStatus>,
 }
 
 impl LiveView {
-    /// Steering threshold in force: above it a primary's clients move to their shadow.
+    /// Steering threshold in force: above it a primary's clients move to their shadow. The
+    /// publisher's, so that it is the one steering uses, also after a reload.
     pub fn threshold(&self) -> f64 {
-        self.steering
-            .resolve(self.model.as_ref().map(|m| m.current().threshold))
-            .threshold
+        self.publish.steering_threshold()
     }
 }
 

@@ -166,6 +166,7 @@ fn admin_state(
         .first()
         .map(|z| (z.name.clone(), z.client_label.clone()))
         .unwrap_or_else(|| ("vpn.example.net".into(), "c".into()));
+    let publish = status.publish.clone();
     admin::AppState {
         db: admin::ApiDb(api_pool.clone()),
         auth: Arc::new(admin::Authenticator::new(api_pool)),
@@ -173,7 +174,7 @@ fn admin_state(
         live: admin::LiveView {
             model,
             scores,
-            steering: Arc::new(cfg.steering.clone()),
+            publish,
         },
         site: Arc::new(admin::Site { zone, client_label }),
         fleet: Arc::new(admin::FleetCache::default()),
@@ -321,6 +322,7 @@ pub async fn run(args: ServeArgs) -> CommandResult {
     let slots = Arc::new(Mutex::new(ApplianceSlots::default()));
     let sync = Arc::new(SyncStatus::default());
     let publish_status = Arc::new(PublishStatus::default());
+    publish_status.set_steering_threshold(policy.threshold());
     let audit_status = Arc::new(AuditStatus::default());
 
     // Database work waits for the schema; migrations are retried while it is unreachable.
@@ -384,7 +386,6 @@ pub async fn run(args: ServeArgs) -> CommandResult {
     tasks.spawn(
         Publisher {
             engine: Engine::new(policy),
-            policy,
             statics,
             ecs_regions: cfg.dns.ecs_regions.clone(),
             slots: slots.clone(),

@@ -45,14 +45,27 @@ pub struct PublishStatus {
     pub file_failures: AtomicU64,
     /// Size of the last snapshot saved to disk, in bytes.
     pub file_bytes: AtomicU64,
+    /// The steering threshold in force (`f64` bits): the configured one, or the model's.
+    steering_threshold: AtomicU64,
+}
+
+impl PublishStatus {
+    /// The steering threshold in force.
+    pub fn steering_threshold(&self) -> f64 {
+        f64::from_bits(self.steering_threshold.load(Ordering::Relaxed))
+    }
+
+    /// Records the steering threshold in force.
+    pub fn set_steering_threshold(&self, threshold: f64) {
+        self.steering_threshold
+            .store(threshold.to_bits(), Ordering::Relaxed);
+    }
 }
 
 /// Builds and publishes snapshots.
 pub struct Publisher {
-    /// Steering state.
+    /// Steering state and the thresholds in force (the service name uses the threshold too).
     pub engine: Engine,
-    /// Thresholds (the service name uses the threshold too).
-    pub policy: Policy,
     /// Configuration-derived zone data.
     pub statics: Arc<Statics>,
     /// Client subnets mapped to regions.
@@ -133,7 +146,7 @@ impl Publisher {
         }
         f.threshold = threshold;
         match Policy::from_config(&f.steering, Some(threshold)) {
-            Ok(policy) if policy != self.policy => {
+            Ok(policy) if policy != self.engine.policy() => {
                 tracing::info!(
                     model_threshold = threshold,
                     threshold = policy.threshold(),
@@ -142,8 +155,8 @@ impl Publisher {
                     weight_high = policy.weight_high(),
                     "steering policy follows the reloaded model"
                 );
-                self.policy = policy;
                 self.engine.set_policy(policy);
+                self.status.set_steering_threshold(policy.threshold());
             }
             Ok(_) => {}
             Err(e) => tracing::error!(
@@ -179,7 +192,7 @@ impl Publisher {
                 table
             }
         };
-        let threshold = self.policy.threshold();
+        let threshold = self.engine.policy().threshold();
         let all = service_set(
             inputs.appliances.values(),
             &eval.risks,

@@ -89,6 +89,11 @@ impl Engine {
         }
     }
 
+    /// The thresholds in force.
+    pub fn policy(&self) -> Policy {
+        self.policy
+    }
+
     /// Replaces the thresholds (a reloaded model with another operating threshold); what each
     /// client has been told, its hold-down and hysteresis state are kept.
     pub fn set_policy(&mut self, policy: Policy) {
