@@ -252,7 +252,8 @@ pub(super) fn regions(cfg: SimConfig) -> Vec<RegionEvents> {
         .collect()
 }
 
-/// What makes an appliance itself.
+/// What makes an appliance itself. Load peaks below 0.9 and cpu and bw below about 0.85 at
+/// their busiest, so that a degradation towards 0.9–1 stays visible.
 #[derive(Debug, Clone)]
 struct Character {
     base_load: f64,
@@ -284,14 +285,14 @@ impl Character {
             *v = noisy * log_uniform(rng, 0.5, 2.0);
         }
         Self {
-            base_load: rng.gen_range(0.05..=0.3),
-            capacity: rng.gen_range(0.3..=1.0),
+            base_load: rng.gen_range(0.05..=0.25),
+            capacity: rng.gen_range(0.25..=0.65),
             peak_hour: rng.gen_range(17.0..=23.0),
-            cpu_base: rng.gen_range(0.02..=0.2),
-            cpu_per_load: rng.gen_range(0.3..=0.9),
+            cpu_base: rng.gen_range(0.02..=0.15),
+            cpu_per_load: rng.gen_range(0.3..=0.8),
             mem_base: rng.gen_range(0.15..=0.6),
             mem_per_load: rng.gen_range(0.02..=0.2),
-            bw_per_load: rng.gen_range(0.5..=1.0),
+            bw_per_load: rng.gen_range(0.4..=0.9),
             sessions_max: log_uniform(rng, 50.0, 5000.0),
             hsf_base: rng.gen_range(0.01..=0.3),
             hsf_per_load: rng.gen_range(0.05..=1.0),
@@ -944,13 +945,10 @@ mod tests {
             let (quiet, _) = simulate(cfg, &sim.regions, sim.info(i), i, false);
             without += abnormal_minutes(&quiet);
         }
-        // Several anomalies per appliance-day, each abnormal for a minute or more.
+        // Several anomalies per appliance-day, each abnormal for a minute or more (regional
+        // congestion and noisy appliances make some abnormal minutes without them).
         assert!(
-            with >= 40,
-            "{with} abnormal minutes (without anomalies: {without})"
-        );
-        assert!(
-            with >= 4 * without,
+            with >= 2 * without && with - without >= 40,
             "{with} abnormal minutes, {without} without anomalies"
         );
     }
