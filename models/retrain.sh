@@ -14,7 +14,7 @@ for seed in 1 2 3 4 5 6; do
     "$bin" simulate --appliances 40 --hours 8 --seed "$seed" --out "$data/train$seed.csv"
     train+=("$data/train$seed.csv")
 done
-"$bin" train --data "$(IFS=,; echo "${train[*]}")" --out models/default.json --members 16 \
+"$bin" train --data "$(IFS=,; echo "${train[*]}")" --out models/default.json --members 16 --novelty \
     --note "training data: shadowsteer simulate --appliances 40 --hours 8 --seed N for N = 1..6 (default failure rate 4 per appliance-day)" \
     --note "retrain with models/retrain.sh"
 {

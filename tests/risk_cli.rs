@@ -100,13 +100,17 @@ fn bad_csv_is_reported_with_line_and_column() {
 }
 
 fn small_data(seed: u64) -> (Telemetry, Vec<Series>) {
+    simulated(6, 3, 36.0, seed)
+}
+
+fn simulated(appliances: usize, hours: u64, per_day: f64, seed: u64) -> (Telemetry, Vec<Series>) {
     let sim = Simulator::new(SimConfig {
-        failures_per_day: 36.0,
-        ..SimConfig::new(6, 3 * 3600, seed)
+        failures_per_day: per_day,
+        ..SimConfig::new(appliances, hours * 3600, seed)
     });
     let mut t = Telemetry::default();
     let mut labels = shadowsteer::risk::failures::FailureLabels::new();
-    for i in 0..6 {
+    for i in 0..appliances {
         let run = sim.appliance(i);
         t.appliances.push(run.info);
         t.rows.extend(run.rows);
@@ -156,6 +160,55 @@ fn saved_model_scores_identically_after_loading() {
     }
 }
 
+#[test]
+fn a_novelty_term_round_trips_and_only_raises_scores() {
+    // 8 appliances for 12 h: enough normal seconds for the tails.
+    let (_, series) = simulated(8, 12, 8.0, 21);
+    let opts = TrainOptions {
+        novelty: true,
+        ..small_options(vec![ModelKind::Logistic])
+    };
+    let model = train(&series, &opts, &|_| {}).unwrap();
+    let novelty = model.novelty.clone().expect("trained with a novelty term");
+    assert!(novelty.rows >= 50_000, "{}", novelty.rows);
+    assert!(model.card.notes.iter().any(|n| n.contains("novelty term")));
+    // The term is part of the version and survives a round trip.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("n.json");
+    model.save(&path).unwrap();
+    assert_eq!(Model::load(&path).unwrap(), model);
+    let mut without = model.clone();
+    without.novelty = None;
+    assert_ne!(without.compute_version(), model.version);
+    // It can only raise a score, its interval included.
+    let mut raised = 0;
+    for s in &series[..2] {
+        let ctx = s.context();
+        for i in (0..s.len()).filter(|&i| !s.down[i]) {
+            let f = s.features_at(&ctx, i);
+            let (x, y) = (model.score(&f), without.score(&f));
+            assert!(x.value().get() >= y.value().get(), "second {i}");
+            assert!(x.low().get() >= y.low().get() && x.high().get() >= y.high().get());
+            raised += usize::from(x.value().get() > y.value().get());
+        }
+    }
+    assert!(raised > 0, "the term never mattered");
+    // A signal far beyond anything normal operation shows is surprising whatever it is.
+    let mut x = [0.0; shadowsteer::risk::features::N_FEATURES];
+    let quiet = novelty.probability(&x);
+    let loss = shadowsteer::risk::features::FEATURE_NAMES
+        .iter()
+        .position(|n| *n == "z60_loss")
+        .unwrap();
+    x[loss] = 500.0;
+    assert!(novelty.surprise(&x) > 4.0, "{}", novelty.surprise(&x));
+    assert!(novelty.probability(&x) > quiet);
+    // Too little normal data: a clear error, not a term fitted on noise.
+    let (_, small) = small_data(11);
+    let err = train(&small, &opts, &|_| {}).unwrap_err();
+    assert!(err.to_string().contains("novelty term needs"), "{err}");
+}
+
 /// Simulates 6 appliances for 3 hours (36 failures per appliance-day) with `seed` into `file`.
 fn simulate_small(file: &Path, seed: &str) {
     let (code, out, err) = run(&[
@@ -195,6 +248,24 @@ fn simulate_train_evaluate_score_from_the_command_line() {
     ]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(err.contains("fitting"), "progress is shown: {err}");
+    // A novelty term on too little normal data: one line, exit 2, nothing written.
+    let refused = dir.path().join("n.json");
+    let (code, _, err) = run(&[
+        "train",
+        "--data",
+        p(&train_csv),
+        "--out",
+        p(&refused),
+        "--novelty",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("novelty term needs"), "{err}");
+    assert_eq!(
+        err.trim().lines().last().map(|l| l.contains("error")),
+        Some(true),
+        "{err}"
+    );
+    assert!(!refused.exists());
     let card = std::fs::read_to_string(dir.path().join("m.md")).unwrap();
     assert!(
         card.contains("Operating threshold") && card.contains("baseline"),

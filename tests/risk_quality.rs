@@ -2,17 +2,19 @@
 //! it must still catch most failures that have precursors, early enough and without crying
 //! wolf. A retrained or changed model that drops below the bar fails here, not in production.
 //!
-//! The bar is below the numbers in `models/default.md` (0.93 recall@10s, 0.3 to 0.54 false
-//! alarms per appliance-day on 60 appliances × 12 h) because this fleet is smaller (fewer
-//! failures, so each one weighs more), not because the model may get worse. The
-//! leave-one-kind-out bar of the issue is not here: it needs a training run per kind (minutes
-//! in a release build), so it is measured by `evaluate --leave-one-kind-out` for the card.
+//! The bar is below the numbers in `models/default.md` (0.94 to 0.97 recall@10s, 0.3 to 0.51
+//! false alarms per appliance-day on 60 appliances × 12 h) because this fleet is smaller (fewer
+//! failures, so each one weighs more), not because the model may get worse. The full
+//! leave-one-kind-out evaluation needs a training run per kind (minutes in a release build), so
+//! it is measured by `evaluate --leave-one-kind-out` for the card; here, the novelty term alone
+//! stands in for it (it was taught by no failure kind, see below).
 
 use shadowsteer::risk::evaluate::{self, Report};
 use shadowsteer::risk::failures::FailureLabels;
+use shadowsteer::risk::hold::hold_values;
 use shadowsteer::risk::model::Model;
 use shadowsteer::risk::score::score_all;
-use shadowsteer::risk::series;
+use shadowsteer::risk::series::{self, Series};
 use shadowsteer::risk::simulate::{SimConfig, Simulator};
 use shadowsteer::risk::telemetry::Telemetry;
 
@@ -20,8 +22,12 @@ use shadowsteer::risk::telemetry::Telemetry;
 const SEED: u64 = 101;
 const APPLIANCES: usize = 40;
 const HOURS: u64 = 8;
+/// What the novelty term alone must catch of every kind with precursors: lower than the
+/// card's leave-one-kind-out numbers (0.82 to 1.00) because this fleet has 2 to 11 failures
+/// of a kind, so one miss weighs up to half.
+const NOVELTY_BAR: f64 = 0.4;
 
-fn held_out_report(model: &Model) -> Report {
+fn held_out_series() -> Vec<Series> {
     let sim = Simulator::new(SimConfig::new(APPLIANCES, HOURS * 3600, SEED));
     let mut t = Telemetry::default();
     let mut labels = FailureLabels::new();
@@ -33,7 +39,11 @@ fn held_out_report(model: &Model) -> Report {
             labels.insert((f.appliance.clone(), f.ts), f);
         }
     }
-    let series = series::build(&t, Some(&labels));
+    series::build(&t, Some(&labels))
+}
+
+fn held_out_report(model: &Model) -> Report {
+    let series = held_out_series();
     let scores: Vec<Vec<f64>> = score_all(model, &series, 2)
         .into_iter()
         .map(|v| v.into_iter().map(|s| s.value().get()).collect())
@@ -79,7 +89,7 @@ fn the_shipped_model_meets_its_bar_on_a_held_out_seed() {
     );
     // Every kind with precursors is caught at least half the time.
     for k in &r.by_kind {
-        if k.kind != "power_loss" && k.kind != "regional_outage" {
+        if !sudden(&k.kind) {
             assert!(
                 k.recall_at_10s >= 0.5,
                 "{}: recall@10s {:.3} ({} failures)",
@@ -88,6 +98,67 @@ fn the_shipped_model_meets_its_bar_on_a_held_out_seed() {
                 k.failures
             );
         }
+    }
+}
+
+/// Kinds without precursors: nothing can predict them.
+fn sudden(kind: &str) -> bool {
+    kind == "power_loss" || kind == "regional_outage"
+}
+
+#[test]
+fn the_novelty_term_alone_catches_every_kind_it_was_never_shown() {
+    // The novelty term learnt what normal looks like from seconds far from any failure, and
+    // its alarm level from false alarms alone: no failure kind taught it anything, so what it
+    // catches on its own is what the model keeps catching of a kind nobody listed. (The full
+    // leave-one-kind-out table, a training run per kind, is in the model card.)
+    let model = Model::builtin().expect("the shipped model loads");
+    let novelty = model
+        .novelty
+        .clone()
+        .expect("the shipped model has a novelty term");
+    let series = held_out_series();
+    let scores: Vec<Vec<f64>> = series
+        .iter()
+        .map(|s| {
+            let ctx = s.context();
+            let p: Vec<f64> = (0..s.len())
+                .map(|i| {
+                    if s.down[i] {
+                        0.0
+                    } else {
+                        novelty.probability(&s.features_at(&ctx, i))
+                    }
+                })
+                .collect();
+            hold_values(&p, &s.down, model.hold_s)
+        })
+        .collect();
+    let r = evaluate::report(&series, &scores, model.threshold, model.horizon_s as usize);
+    let false_alarms = r
+        .model
+        .precursor
+        .false_alarms_per_appliance_day
+        .expect("the fleet has up time");
+    for k in &r.by_kind {
+        eprintln!(
+            "novelty alone, seed {SEED}: {} recall@10s {:.3} ({} failures)",
+            k.kind, k.recall_at_10s, k.failures
+        );
+    }
+    eprintln!("novelty alone: {false_alarms:.2} false alarms per appliance-day");
+    assert!(
+        false_alarms <= 1.0,
+        "{false_alarms:.2} false alarms per appliance-day"
+    );
+    for k in r.by_kind.iter().filter(|k| !sudden(&k.kind)) {
+        assert!(
+            k.recall_at_10s >= NOVELTY_BAR,
+            "{}: recall@10s {:.3} from the novelty term alone ({} failures)",
+            k.kind,
+            k.recall_at_10s,
+            k.failures
+        );
     }
 }
 

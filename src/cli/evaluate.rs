@@ -61,6 +61,9 @@ pub struct EvaluateArgs {
     /// Features the models read (as `train --features`).
     #[arg(long, default_value = "classic", help_heading = "Leave one kind out")]
     features: String,
+    /// Adds the novelty term (as `train --novelty`).
+    #[arg(long, help_heading = "Leave one kind out")]
+    novelty: bool,
     /// Members per ensemble (as `train --members`).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=32), help_heading = "Leave one kind out")]
     members: u32,
@@ -145,6 +148,7 @@ fn run_leave_one_kind_out(a: &EvaluateArgs) -> CommandResult {
         max_false_alarms_per_day: a.max_false_alarms,
         seed: a.seed,
         threads: a.threads.clamp(1, 64),
+        novelty: a.novelty,
         ..TrainOptions::default()
     };
     let spinner = progress::spinner("leave one kind out");

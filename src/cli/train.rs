@@ -39,6 +39,10 @@ pub struct TrainArgs {
     /// of feature names.
     #[arg(long, default_value = "classic")]
     features: String,
+    /// Adds the unsupervised novelty term: how rare each signal's excursion from its own level
+    /// is in normal operation, whatever the signal; the score is the larger of the two.
+    #[arg(long)]
+    novelty: bool,
     /// False alarms per appliance-day allowed when choosing the operating threshold.
     #[arg(long, default_value_t = 0.5)]
     max_false_alarms: f64,
@@ -124,6 +128,7 @@ pub async fn run(a: TrainArgs) -> CommandResult {
         threads: a.threads.clamp(1, 64),
         sources,
         rows,
+        novelty: a.novelty,
         ..TrainOptions::default()
     };
     // The log lines go to stderr as before; on a terminal a spinner below them shows the step

@@ -23,7 +23,7 @@ const MEDIUM: usize = 60;
 const LOSS_EVENT: f64 = 0.05;
 
 /// Number of features.
-pub const N_FEATURES: usize = 43;
+pub const N_FEATURES: usize = 50;
 
 /// The features of the first models, each about one signal: they learn the shapes of the
 /// failures they were shown (a model card's leave-one-kind-out table shows how few others
@@ -75,7 +75,22 @@ pub const FEATURE_NAMES: [&str; N_FEATURES] = [
     "anom_persist",
     "anom_worsening",
     "anom_known",
+    "z60_cpu",
+    "z60_mem",
+    "z60_bw",
+    "z60_hsf",
+    "z60_rtt",
+    "z60_jitter",
+    "z60_loss",
 ];
+
+/// End of the signal-agnostic anomaly features (they start at [`N_CLASSIC`]).
+const N_AGNOSTIC_END: usize = 43;
+
+/// Each signal's 60 s z-score against its own level, barely capped: what a novelty term
+/// ([`super::novelty`]) compares with how far each signal strays in normal operation. They name
+/// their signal, so no built-in supervised feature set includes them.
+pub const SIGNAL_Z60: std::ops::Range<usize> = N_AGNOSTIC_END..N_FEATURES;
 
 /// The failure history features, which name no signal either.
 pub const HISTORY: [&str; 2] = ["since_recovery", "failures_1h"];
@@ -86,7 +101,10 @@ pub const HISTORY: [&str; 2] = ["since_recovery", "failures_1h"];
 /// model on these alone cannot learn "memory near full", only "abnormal and getting worse",
 /// which is what carries over to failure kinds it was never shown.
 pub fn agnostic() -> impl Iterator<Item = &'static str> {
-    HISTORY.iter().chain(&FEATURE_NAMES[N_CLASSIC..]).copied()
+    HISTORY
+        .iter()
+        .chain(&FEATURE_NAMES[N_CLASSIC..N_AGNOSTIC_END])
+        .copied()
 }
 
 /// A feature vector.
@@ -297,6 +315,9 @@ const ANOMALY: [(usize, f64, f64); 7] = [
 const ABNORMAL: f64 = 3.0;
 /// Anomaly scores are clamped to +-this: beyond, "very abnormal" is all a model needs.
 const Z_CAP: f64 = 50.0;
+/// The per-signal z-scores ([`SIGNAL_Z60`]) are clamped to +-this only to stay finite and
+/// bounded: a novelty term needs to tell 60 spreads from 600.
+const Z_SIGNAL_CAP: f64 = 10_000.0;
 
 /// Computes the feature vector of a window, the failure history and the long-term baseline
 /// (see [`super::baseline`]).
@@ -440,6 +461,13 @@ pub fn compute(w: &Window<'_>, h: History, b: &Baseline) -> Features {
         anomaly.persist,
         anomaly.worsening,
         anomaly.known,
+        anomaly.z60[0],
+        anomaly.z60[1],
+        anomaly.z60[2],
+        anomaly.z60[3],
+        anomaly.z60[4],
+        anomaly.z60[5],
+        anomaly.z60[6],
     ]
 }
 
@@ -477,6 +505,8 @@ struct Anomaly {
     worsening: f64,
     /// Signals with a known level (0: every other anomaly feature is a neutral 0).
     known: f64,
+    /// Each [`ANOMALY`] signal's 60 s z-score, capped at [`Z_SIGNAL_CAP`]; 0 where unknown.
+    z60: [f64; ANOMALY.len()],
 }
 
 fn anomaly(
@@ -489,13 +519,15 @@ fn anomaly(
     let mut a = Anomaly::default();
     let (mut best, mut best_z) = (None, f64::NEG_INFINITY);
     let mut second = f64::NEG_INFINITY;
-    for &(m, _, _) in &ANOMALY {
+    for (j, &(m, _, _)) in ANOMALY.iter().enumerate() {
         let Some((level, scale)) = scales[m] else {
             continue;
         };
         a.known += 1.0;
         let z10 = m10(m).map_or(0.0, |x| cap((x - level) / scale));
-        let z60 = medium[m].mean().map_or(0.0, |x| cap((x - level) / scale));
+        let raw60 = medium[m].mean().map(|x| (x - level) / scale);
+        a.z60[j] = raw60.map_or(0.0, |z| z.clamp(-Z_SIGNAL_CAP, Z_SIGNAL_CAP));
+        let z60 = raw60.map_or(0.0, cap);
         a.count10 += f64::from(u8::from(z10 >= ABNORMAL));
         a.max60 = a.max60.max(z60);
         a.trend60 = a.trend60.max(cap(medium[m].slope() * 60.0 / scale));
@@ -673,7 +705,7 @@ mod tests {
     }
 
     fn anomaly_features(f: &Features) -> Vec<f64> {
-        f[N_CLASSIC..].to_vec()
+        f[N_CLASSIC..N_AGNOSTIC_END].to_vec()
     }
 
     #[test]
@@ -720,8 +752,13 @@ mod tests {
             "rising about 5 spreads a minute"
         );
         assert!(cpu[idx("anom_worsening")] > 0.0);
-        // The classic features do tell the signals apart.
+        // The classic features do tell the signals apart, and so do the per-signal z-scores:
+        // the 60 s mean is 5 * (30.5 / 60) spreads up.
         assert_ne!(cpu[idx("cpu_mean10")], rtt[idx("cpu_mean10")]);
+        assert!((cpu[idx("z60_cpu")] - 5.0 * 30.5 / 60.0).abs() < 1e-3);
+        assert!((rtt[idx("z60_rtt")] - 5.0 * 30.5 / 60.0).abs() < 1e-3);
+        assert_eq!(cpu[idx("z60_rtt")], 0.0);
+        assert_eq!(rtt[idx("z60_cpu")], 0.0);
     }
 
     #[test]
@@ -745,6 +782,9 @@ mod tests {
         let samples: Vec<Sample> = (0..60).map(|_| sample(|s| s[LOSS] = 1.0)).collect();
         let f = compute(&Window::ending_at(&samples, 59), History::default(), &b);
         assert_eq!(f[idx("anom_max10")], Z_CAP);
+        // The per-signal z-score is not capped there: 100 floors up.
+        assert!((f[idx("z60_loss")] - 100.0).abs() < 1e-6);
+        assert_eq!(f[idx("z60_cpu")], 0.0, "unknown level: neutral");
     }
 
     #[test]

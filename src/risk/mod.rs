@@ -2,7 +2,8 @@
 //! linfa models, the evaluation metrics, and live scoring.
 //!
 //! Pure core: [`telemetry`] (CSV format), [`failures`] (failure labels), [`series`] (per-second
-//! layout), [`features`], [`simulate`], [`train`], [`model`], [`evaluate`], [`generalisation`]
+//! layout), [`features`], [`simulate`], [`train`], [`model`], [`novelty`] (the unsupervised
+//! term), [`evaluate`], [`generalisation`]
 //! (leave-one-kind-out), [`score`] and
 //! [`fleet`] (the live scorer's in-memory windows and write decisions). None of them touches a clock, a socket or
 //! the database. The shells are [`live`] (scores from Postgres every second), [`reload`] (the model in force,
@@ -25,6 +26,7 @@ pub mod generalisation;
 pub mod hold;
 pub mod live;
 pub mod model;
+pub mod novelty;
 pub mod records;
 pub mod reload;
 pub mod score;

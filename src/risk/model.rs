@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 
 use super::evaluate::{GroupedMetrics, Report};
 use super::features::{FEATURE_NAMES, Features, N_CLASSIC, N_FEATURES, WINDOW_S, agnostic};
+use super::novelty::Novelty;
 use crate::domain::{Probability, RiskScore};
 
 /// Format version written and accepted.
@@ -414,6 +415,10 @@ pub struct Model {
     pub threshold: f64,
     /// Alarm hold in seconds (see [`super::hold`]).
     pub hold_s: u32,
+    /// The unsupervised term, when trained with one: the score is the larger of the
+    /// ensemble's and its probability (see [`super::novelty`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub novelty: Option<Novelty>,
     /// The model card.
     pub card: ModelCard,
 }
@@ -439,6 +444,7 @@ impl Model {
             calibration: Platt::IDENTITY,
             threshold: 0.5,
             hold_s: 1,
+            novelty: None,
             card: ModelCard::empty(),
         };
         m.version = m.compute_version();
@@ -461,6 +467,9 @@ impl Model {
         // it out for them keeps their versions (and the stored scores naming them) valid.
         if self.features != FeatureSet::classic() {
             params["features"] = serde_json::json!(self.features.names());
+        }
+        if let Some(n) = &self.novelty {
+            params["novelty"] = serde_json::json!(n);
         }
         h.update(params.to_string().as_bytes());
         let digest = h.finalize();
@@ -523,6 +532,9 @@ impl Model {
                     check_tree(t, k).map_err(|m| ModelError::Invalid(format!("tree {i}: {m}")))?;
                 }
             }
+        }
+        if let Some(n) = &self.novelty {
+            n.validate().map_err(ModelError::Invalid)?;
         }
         if self.version != self.compute_version() {
             return bad(format!(
@@ -596,11 +608,12 @@ impl Model {
         self.raw(x).0
     }
 
-    /// The calibrated score with its interval.
+    /// The calibrated score with its interval. A novelty term can only raise all three.
     pub fn score(&self, x: &Features) -> RiskScore {
         let (mean, lo, hi) = self.raw(x);
-        let p = self.calibration.apply(mean);
-        let low = self.calibration.apply(lo).min(p);
+        let floor = self.novelty.as_ref().map_or(0.0, |n| n.probability(x));
+        let p = self.calibration.apply(mean).max(floor);
+        let low = self.calibration.apply(lo).max(floor).min(p);
         let high = self.calibration.apply(hi).max(p);
         RiskScore::new(p, low, high)
             .unwrap_or_else(|_| RiskScore::exact(Probability::saturating(p)))

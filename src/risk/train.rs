@@ -30,6 +30,7 @@ use super::model::{
     Candidate, FeatureSet, Linear, Members, Model, ModelCard, ModelKind, Node, Platt, Scaler, Tree,
     logit,
 };
+use super::novelty::Novelty;
 use super::series::{FailureSpan, Series};
 
 /// Why training failed.
@@ -88,6 +89,8 @@ pub struct TrainOptions {
     pub sources: Vec<String>,
     /// Telemetry rows read, for the card.
     pub rows: u64,
+    /// Adds the unsupervised novelty term ([`super::novelty`]).
+    pub novelty: bool,
 }
 
 impl Default for TrainOptions {
@@ -110,6 +113,7 @@ impl Default for TrainOptions {
             threads: 2,
             sources: Vec::new(),
             rows: 0,
+            novelty: false,
         }
     }
 }
@@ -409,6 +413,55 @@ fn fit_tree(
 struct ValidationScores {
     offsets: Vec<usize>,
     raw: Vec<Vec<f64>>,
+    /// The novelty term's surprise of each validation second (empty without one).
+    surprise: Vec<Vec<f64>>,
+}
+
+/// Seconds before a failure that the novelty term's normal data leaves out.
+const NOVELTY_LOOKBACK: usize = 1800;
+/// The novelty term's normal data takes every this many training seconds.
+const NOVELTY_STEP: usize = 2;
+
+/// Fits the novelty term's tails on the training side's normal seconds: up, and not within
+/// [`NOVELTY_LOOKBACK`] of a failure (labels only keep precursors out of "normal").
+fn fit_novelty_tails(
+    series: &[Series],
+    split: &TimeSplit,
+    threads: usize,
+) -> Result<Novelty, TrainError> {
+    let features = Novelty::signal_features();
+    let k = features.len();
+    let per: Vec<Vec<f64>> = parallel(series.len(), threads, |j| {
+        let s = &series[j];
+        let ctx = s.context();
+        let near = s.labels(NOVELTY_LOOKBACK);
+        let mut out = Vec::new();
+        let mut v = vec![0f64; k];
+        for i in (0..s.len()).step_by(NOVELTY_STEP) {
+            if s.down[i] || near[i] || split.side(s.ts(i)) != Side::Train {
+                continue;
+            }
+            features.gather(&s.features_at(&ctx, i), &mut v);
+            out.extend_from_slice(&v);
+        }
+        out
+    });
+    let mut columns = vec![Vec::new(); k];
+    for rows in &per {
+        for row in rows.chunks_exact(k) {
+            for (c, x) in columns.iter_mut().zip(row) {
+                c.push(*x);
+            }
+        }
+    }
+    let n = columns[0].len();
+    Novelty::fit_tails(columns).ok_or_else(|| {
+        TrainError::NotEnoughData(format!(
+            "the novelty term needs {} normal training seconds (every {NOVELTY_STEP}nd second, \
+             {NOVELTY_LOOKBACK} s or more before a failure); the data has {n}",
+            super::novelty::MIN_ROWS
+        ))
+    })
 }
 
 fn validation_offset(s: &Series, split: &TimeSplit) -> Option<usize> {
@@ -421,27 +474,45 @@ fn score_validation(
     series: &[Series],
     split: &TimeSplit,
     model: &Model,
+    novelty: Option<&Novelty>,
     threads: usize,
 ) -> ValidationScores {
-    let per: Vec<(usize, Vec<f64>)> = parallel(series.len(), threads, |k| {
+    type Scores = (usize, Vec<f64>, Vec<f64>);
+    let per: Vec<Scores> = parallel(series.len(), threads, |k| {
         let s = &series[k];
         let Some(off) = validation_offset(s, split) else {
-            return (s.len(), Vec::new());
+            return (s.len(), Vec::new(), Vec::new());
         };
         let ctx = s.context();
-        let raw = (off..s.len())
-            .map(|i| {
-                if s.down[i] {
-                    0.0
-                } else {
-                    model.raw_score(&s.features_at(&ctx, i))
+        let mut raw = Vec::with_capacity(s.len() - off);
+        let mut surprise = Vec::new();
+        for i in off..s.len() {
+            if s.down[i] {
+                raw.push(0.0);
+                if novelty.is_some() {
+                    surprise.push(0.0);
                 }
-            })
-            .collect();
-        (off, raw)
+                continue;
+            }
+            let x = s.features_at(&ctx, i);
+            raw.push(model.raw_score(&x));
+            if let Some(n) = novelty {
+                surprise.push(n.surprise(&x));
+            }
+        }
+        (off, raw, surprise)
     });
-    let (offsets, raw) = per.into_iter().unzip();
-    ValidationScores { offsets, raw }
+    let mut v = ValidationScores {
+        offsets: Vec::new(),
+        raw: Vec::new(),
+        surprise: Vec::new(),
+    };
+    for (off, raw, surprise) in per {
+        v.offsets.push(off);
+        v.raw.push(raw);
+        v.surprise.push(surprise);
+    }
+    v
 }
 
 /// The validation tail of each series, re-indexed, as evaluation input. Failures in the first
@@ -451,7 +522,7 @@ struct Tails {
     failures: Vec<Vec<FailureSpan>>,
 }
 
-fn tails(series: &[Series], v: &ValidationScores) -> Tails {
+fn tails_of(series: &[Series], v: &ValidationScores) -> Tails {
     let mut down = Vec::new();
     let mut failures = Vec::new();
     for (s, &off) in series.iter().zip(&v.offsets) {
@@ -473,18 +544,29 @@ fn tails(series: &[Series], v: &ValidationScores) -> Tails {
 }
 
 fn fit_platt(raw: &[Vec<f64>], t: &Tails, horizon: usize) -> Result<Platt, TrainError> {
+    fit_sigmoid(raw, logit, t, horizon, "calibration")
+}
+
+/// Fits `p = sigmoid(a * f(x) + b)` to the validation labels.
+fn fit_sigmoid(
+    raw: &[Vec<f64>],
+    f: impl Fn(f64) -> f64,
+    t: &Tails,
+    horizon: usize,
+    what: &str,
+) -> Result<Platt, TrainError> {
     let mut x = Vec::new();
     let mut y = Vec::new();
-    for ((r, d), f) in raw.iter().zip(&t.down).zip(&t.failures) {
+    for ((r, d), failures) in raw.iter().zip(&t.down).zip(&t.failures) {
         let mut label = vec![false; r.len()];
-        for f in f {
-            for l in &mut label[f.start.saturating_sub(horizon)..f.start] {
+        for fs in failures {
+            for l in &mut label[fs.start.saturating_sub(horizon)..fs.start] {
                 *l = true;
             }
         }
         for i in 0..r.len() {
             if !d[i] {
-                x.push(logit(r[i]));
+                x.push(f(r[i]));
                 y.push(label[i]);
             }
         }
@@ -495,7 +577,7 @@ fn fit_platt(raw: &[Vec<f64>], t: &Tails, horizon: usize) -> Result<Platt, Train
         ));
     }
     let xs = Array2::from_shape_vec((x.len(), 1), x).map_err(|e| TrainError::Fit {
-        what: "calibration".into(),
+        what: what.into(),
         message: e.to_string(),
     })?;
     let ds = Dataset::new(xs, Array1::from(y));
@@ -504,7 +586,7 @@ fn fit_platt(raw: &[Vec<f64>], t: &Tails, horizon: usize) -> Result<Platt, Train
         .max_iterations(100)
         .fit(&ds)
         .map_err(|e| TrainError::Fit {
-            what: "calibration".into(),
+            what: what.into(),
             message: e.to_string(),
         })?;
     let lin = positive_linear(&fitted);
@@ -512,6 +594,44 @@ fn fit_platt(raw: &[Vec<f64>], t: &Tails, horizon: usize) -> Result<Platt, Train
         a: lin.weights[0],
         b: lin.intercept,
     })
+}
+
+/// The share of the false-alarm budget the novelty term may spend on its own.
+const NOVELTY_BUDGET_SHARE: f64 = 0.5;
+
+fn scored_of<'a>(scores: &'a [Vec<f64>], t: &'a Tails) -> Vec<Scored<'a>> {
+    scores
+        .iter()
+        .zip(&t.down)
+        .zip(&t.failures)
+        .map(|((s, d), f)| Scored {
+            scores: s,
+            down: d,
+            failures: f,
+        })
+        .collect()
+}
+
+/// The lowest surprise whose alarms alone (held as scores are) raise no more than the novelty
+/// term's share of the false alarms allowed on validation.
+fn novelty_level(surprise: &[Vec<f64>], t: &Tails, hold_s: u32, opts: &TrainOptions) -> f64 {
+    let held: Vec<Vec<f64>> = surprise
+        .iter()
+        .zip(&t.down)
+        .map(|(s, d)| hold_values(s, d, hold_s))
+        .collect();
+    let scored = scored_of(&held, t);
+    let budget = opts.max_false_alarms_per_day * NOVELTY_BUDGET_SHARE;
+    let mut candidates = candidate_thresholds(&held, t);
+    candidates.retain(|c| *c > 0.0);
+    candidates
+        .into_iter()
+        .find(|&c| {
+            evaluate::alarm_stats(&scored, c)
+                .false_alarm_rate()
+                .is_some_and(|fa| fa <= budget)
+        })
+        .unwrap_or(f64::INFINITY)
 }
 
 /// Candidate thresholds: high quantiles of all scores and quantiles of positive seconds.
@@ -603,6 +723,12 @@ pub fn train(
         Group::All
     };
 
+    let tails = if opts.novelty {
+        progress("fitting the novelty term's tails on normal training seconds");
+        Some(fit_novelty_tails(series, &split, opts.threads)?)
+    } else {
+        None
+    };
     let mut best: Option<(Model, Candidate, (f64, f64, f64))> = None;
     let mut candidates = Vec::new();
     for &kind in &opts.kinds {
@@ -651,41 +777,90 @@ pub fn train(
             calibration: Platt::IDENTITY,
             threshold: 0.5,
             hold_s: opts.hold_s,
+            novelty: None,
             card: ModelCard::empty(),
         };
         progress(&format!(
             "scoring the validation period with {}",
             kind.name()
         ));
-        let v = score_validation(series, &split, &model, opts.threads);
-        let t = tails(series, &v);
+        let v = score_validation(series, &split, &model, tails.as_ref(), opts.threads);
+        let t = tails_of(series, &v);
         model.calibration = fit_platt(&v.raw, &t, horizon)?;
-        let calibrated: Vec<Vec<f64>> = v
+        // The novelty alarm level: chosen on false alarms alone (it exists for failures the
+        // labels do not show, so recall on the known kinds cannot choose it).
+        let novelty_level = tails.as_ref().map(|_| {
+            let level = novelty_level(&v.surprise, &t, model.hold_s, opts);
+            progress(&format!(
+                "novelty: alarm above {level:.2} decades of rarity (its own false alarms within \
+                 {:.0}% of the budget on validation)",
+                NOVELTY_BUDGET_SHARE * 100.0
+            ));
+            level
+        });
+        // While the threshold is chosen, a novelty alarm counts as certain: the mapping set
+        // below makes the score cross the chosen threshold exactly at the novelty level.
+        let choosing: Vec<Vec<f64>> = v
             .raw
             .iter()
+            .zip(&v.surprise)
             .zip(&t.down)
-            .map(|(r, d)| {
-                let p: Vec<f64> = r.iter().map(|&x| model.calibration.apply(x)).collect();
+            .map(|((r, sur), d)| {
+                let p: Vec<f64> = r
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &x)| {
+                        let alarm = novelty_level
+                            .is_some_and(|level| sur.get(i).is_some_and(|s| *s > level));
+                        if alarm {
+                            1.0
+                        } else {
+                            model.calibration.apply(x)
+                        }
+                    })
+                    .collect();
                 hold_values(&p, d, model.hold_s)
             })
             .collect();
-        let scored: Vec<Scored<'_>> = calibrated
-            .iter()
-            .zip(&t.down)
-            .zip(&t.failures)
-            .map(|((s, d), f)| Scored {
-                scores: s,
-                down: d,
-                failures: f,
-            })
-            .collect();
         let thr = choose_threshold(
-            &scored,
-            &candidate_thresholds(&calibrated, &t),
+            &scored_of(&choosing, &t),
+            &candidate_thresholds(&choosing, &t),
             opts.max_false_alarms_per_day,
             group,
         );
         model.threshold = thr;
+        match (&tails, novelty_level) {
+            (Some(n), Some(level)) if level.is_finite() => {
+                // p = thr at the level, ten times the odds for each decade rarer.
+                let a = std::f64::consts::LN_10;
+                model.novelty = Some(n.clone().calibrated(a, logit(thr) - a * level));
+            }
+            (Some(_), _) => progress(
+                "novelty term dropped: no level keeps its false alarms within its share of the budget",
+            ),
+            _ => {}
+        }
+        let calibrated: Vec<Vec<f64>> = v
+            .raw
+            .iter()
+            .zip(&v.surprise)
+            .zip(&t.down)
+            .map(|((r, sur), d)| {
+                let p: Vec<f64> = r
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &x)| {
+                        let floor = match (&model.novelty, sur.get(i)) {
+                            (Some(n), Some(&s)) => n.probability_of(s),
+                            _ => 0.0,
+                        };
+                        model.calibration.apply(x).max(floor)
+                    })
+                    .collect();
+                hold_values(&p, d, model.hold_s)
+            })
+            .collect();
+        let scored = scored_of(&calibrated, &t);
         let metrics = evaluate::grouped(&scored, thr, horizon);
         let m = if group == Group::Precursor {
             &metrics.precursor
@@ -768,6 +943,18 @@ pub fn train(
             chosen.members
         )],
     };
+    if let Some(n) = &model.novelty {
+        model.card.notes.push(format!(
+            "novelty term: per-signal tails of {} fitted on {} normal training seconds (every \
+             {NOVELTY_STEP}nd, {NOVELTY_LOOKBACK} s or more before a failure); probability = \
+             sigmoid({:.4} * surprise + {:.4}); score = the larger of the ensemble's and the \
+             novelty term's",
+            n.features.names().join(", "),
+            n.rows,
+            n.a,
+            n.b
+        ));
+    }
     model.version = model.compute_version();
     Ok(model)
 }
