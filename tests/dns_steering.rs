@@ -374,7 +374,9 @@ async fn embedded_database_by_default() {
 }
 
 /// Telemetry of `appliance` for the last 900 s: 600 quiet seconds, then 300 s of a memory leak
-/// with rising congestion (the precursor pattern the model learned), ending now.
+/// with rising congestion (the precursor pattern the model learned), ending now. The network
+/// side is `peer`'s probes towards `appliance`: probes count for the appliance they reach, so
+/// a leak's congestion shown on probes *from* it would make its peer (the shadow) look sick.
 fn leak_telemetry(
     appliance: &str,
     peer: &str,
@@ -412,10 +414,11 @@ fn leak_telemetry(
             handshake_failures: 0,
             packets_dropped: 0,
         });
+        let peer_region = if peer.starts_with("eu") { "eu" } else { "us" };
         probes.push(PathProbe {
-            region: region.parse().unwrap(),
-            src: appliance.parse().unwrap(),
-            dst: ProbeTarget::Appliance(peer.parse().unwrap()),
+            region: peer_region.parse().unwrap(),
+            src: peer.parse().unwrap(),
+            dst: ProbeTarget::Appliance(appliance.parse().unwrap()),
             ts,
             rtt_ms: Some(20.0 + 60.0 * f),
             jitter_ms: Some(1.0 + 8.0 * f),
@@ -487,7 +490,7 @@ async fn live_scores_move_a_client_before_its_primary_fails() {
         .execute(&db.pool)
         .await
         .unwrap();
-    sqlx::query("DELETE FROM path_probes WHERE src = 'eu-1'")
+    sqlx::query("DELETE FROM path_probes WHERE dst = 'eu-1'")
         .execute(&db.pool)
         .await
         .unwrap();
