@@ -544,17 +544,6 @@ fn tails_of(series: &[Series], v: &ValidationScores) -> Tails {
 }
 
 fn fit_platt(raw: &[Vec<f64>], t: &Tails, horizon: usize) -> Result<Platt, TrainError> {
-    fit_sigmoid(raw, logit, t, horizon, "calibration")
-}
-
-/// Fits `p = sigmoid(a * f(x) + b)` to the validation labels.
-fn fit_sigmoid(
-    raw: &[Vec<f64>],
-    f: impl Fn(f64) -> f64,
-    t: &Tails,
-    horizon: usize,
-    what: &str,
-) -> Result<Platt, TrainError> {
     let mut x = Vec::new();
     let mut y = Vec::new();
     for ((r, d), failures) in raw.iter().zip(&t.down).zip(&t.failures) {
@@ -566,7 +555,7 @@ fn fit_sigmoid(
         }
         for i in 0..r.len() {
             if !d[i] {
-                x.push(f(r[i]));
+                x.push(logit(r[i]));
                 y.push(label[i]);
             }
         }
@@ -577,7 +566,7 @@ fn fit_sigmoid(
         ));
     }
     let xs = Array2::from_shape_vec((x.len(), 1), x).map_err(|e| TrainError::Fit {
-        what: what.into(),
+        what: "calibration".into(),
         message: e.to_string(),
     })?;
     let ds = Dataset::new(xs, Array1::from(y));
@@ -586,7 +575,7 @@ fn fit_sigmoid(
         .max_iterations(100)
         .fit(&ds)
         .map_err(|e| TrainError::Fit {
-            what: what.into(),
+            what: "calibration".into(),
             message: e.to_string(),
         })?;
     let lin = positive_linear(&fitted);
@@ -594,6 +583,29 @@ fn fit_sigmoid(
         a: lin.weights[0],
         b: lin.intercept,
     })
+}
+
+/// `f(raw, surprise)` of every validation second (surprise 0 without a novelty term), held as
+/// scores are.
+fn held_validation(
+    v: &ValidationScores,
+    t: &Tails,
+    hold_s: u32,
+    f: impl Fn(f64, f64) -> f64,
+) -> Vec<Vec<f64>> {
+    v.raw
+        .iter()
+        .zip(&v.surprise)
+        .zip(&t.down)
+        .map(|((raw, surprise), down)| {
+            let p: Vec<f64> = raw
+                .iter()
+                .enumerate()
+                .map(|(i, &x)| f(x, surprise.get(i).copied().unwrap_or(0.0)))
+                .collect();
+            hold_values(&p, down, hold_s)
+        })
+        .collect()
 }
 
 /// The share of the false-alarm budget the novelty term may spend on its own.
@@ -800,28 +812,13 @@ pub fn train(
         });
         // While the threshold is chosen, a novelty alarm counts as certain: the mapping set
         // below makes the score cross the chosen threshold exactly at the novelty level.
-        let choosing: Vec<Vec<f64>> = v
-            .raw
-            .iter()
-            .zip(&v.surprise)
-            .zip(&t.down)
-            .map(|((r, sur), d)| {
-                let p: Vec<f64> = r
-                    .iter()
-                    .enumerate()
-                    .map(|(i, &x)| {
-                        let alarm = novelty_level
-                            .is_some_and(|level| sur.get(i).is_some_and(|s| *s > level));
-                        if alarm {
-                            1.0
-                        } else {
-                            model.calibration.apply(x)
-                        }
-                    })
-                    .collect();
-                hold_values(&p, d, model.hold_s)
-            })
-            .collect();
+        let choosing = held_validation(&v, &t, model.hold_s, |x, s| {
+            if novelty_level.is_some_and(|level| s > level) {
+                1.0
+            } else {
+                model.calibration.apply(x)
+            }
+        });
         let thr = choose_threshold(
             &scored_of(&choosing, &t),
             &candidate_thresholds(&choosing, &t),
@@ -840,26 +837,10 @@ pub fn train(
             ),
             _ => {}
         }
-        let calibrated: Vec<Vec<f64>> = v
-            .raw
-            .iter()
-            .zip(&v.surprise)
-            .zip(&t.down)
-            .map(|((r, sur), d)| {
-                let p: Vec<f64> = r
-                    .iter()
-                    .enumerate()
-                    .map(|(i, &x)| {
-                        let floor = match (&model.novelty, sur.get(i)) {
-                            (Some(n), Some(&s)) => n.probability_of(s),
-                            _ => 0.0,
-                        };
-                        model.calibration.apply(x).max(floor)
-                    })
-                    .collect();
-                hold_values(&p, d, model.hold_s)
-            })
-            .collect();
+        let calibrated = held_validation(&v, &t, model.hold_s, |x, s| {
+            let floor = model.novelty.as_ref().map_or(0.0, |n| n.probability_of(s));
+            model.calibration.apply(x).max(floor)
+        });
         let scored = scored_of(&calibrated, &t);
         let metrics = evaluate::grouped(&scored, thr, horizon);
         let m = if group == Group::Precursor {

@@ -30,8 +30,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::{
-    ApplianceRun, Event, REGIONS, RegionEvents, SimConfig, active, normal, poisson, poisson_events,
-    round,
+    ApplianceRun, Event, REGIONS, RegionEvents, SimConfig, active, down_row, normal, poisson,
+    poisson_events, round,
 };
 use crate::risk::failures::FailureLabel;
 use crate::risk::telemetry::{ApplianceInfo, Metric, N_METRICS, Row};
@@ -465,18 +465,6 @@ fn draw_benign(
     (out, shifts)
 }
 
-/// The row of a down second: every metric missing but loss, which is total.
-fn down_row(ts: i64, appliance: u32) -> Row {
-    let mut values = [f64::NAN; N_METRICS];
-    values[Metric::Loss as usize] = 1.0;
-    Row {
-        ts,
-        appliance,
-        values,
-        down: true,
-    }
-}
-
 /// A failure whose precursor is in progress.
 #[derive(Debug, Clone)]
 struct Pending {
@@ -803,12 +791,7 @@ mod tests {
             .collect();
         let mut total = 0;
         for (run, plans) in runs(broad(4, 6, 1, 48.0)) {
-            let starts: Vec<i64> = run
-                .rows
-                .windows(2)
-                .filter(|w| w[1].down && !w[0].down)
-                .map(|w| w[1].ts)
-                .collect();
+            let starts = crate::risk::simulate::tests::down_starts(&run);
             let labelled: Vec<i64> = run.failures.iter().map(|f| f.ts).collect();
             assert_eq!(starts, labelled);
             total += starts.len();

@@ -213,6 +213,18 @@ pub(crate) fn active(events: &[Event], t: u64) -> Option<(f64, f64)> {
         .find_map(|e| e.progress(t).map(|p| (p, e.size)))
 }
 
+/// The row of a down second: every metric missing but loss, which is total.
+fn down_row(ts: i64, appliance: u32) -> Row {
+    let mut values = [f64::NAN; N_METRICS];
+    values[Metric::Loss as usize] = 1.0;
+    Row {
+        ts,
+        appliance,
+        values,
+        down: true,
+    }
+}
+
 /// The simulator: call [`Simulator::appliance`] for each index in `0..appliances`.
 #[derive(Debug, Clone)]
 pub struct Simulator {
@@ -371,14 +383,7 @@ impl Simulator {
                 });
             }
             if down_until.is_some() {
-                let mut values = [f64::NAN; N_METRICS];
-                values[Metric::Loss as usize] = 1.0;
-                rows.push(Row {
-                    ts,
-                    appliance,
-                    values,
-                    down: true,
-                });
+                rows.push(down_row(ts, appliance));
                 continue;
             }
             if pending.is_none() && t > 0 && rng.r#gen::<f64>() < hazard {
@@ -414,14 +419,7 @@ impl Simulator {
                         precursor: Some(false),
                         precursor_s: None,
                     });
-                    let mut values = [f64::NAN; N_METRICS];
-                    values[Metric::Loss as usize] = 1.0;
-                    rows.push(Row {
-                        ts,
-                        appliance,
-                        values,
-                        down: true,
-                    });
+                    rows.push(down_row(ts, appliance));
                     continue;
                 }
             }
@@ -555,6 +553,15 @@ impl Simulator {
 mod tests {
     use super::*;
 
+    /// The first down second of each outage in a run.
+    pub(super) fn down_starts(run: &ApplianceRun) -> Vec<i64> {
+        run.rows
+            .windows(2)
+            .filter(|w| w[1].down && !w[0].down)
+            .map(|w| w[1].ts)
+            .collect()
+    }
+
     /// A hash of everything a run produces: value bits, down flags and failure labels.
     fn run_hash(sim: &Simulator, appliances: usize) -> u64 {
         use std::hash::{DefaultHasher, Hash, Hasher};
@@ -623,12 +630,7 @@ mod tests {
         let mut total = 0;
         for i in 0..3 {
             let run = sim.appliance(i);
-            let starts: Vec<i64> = run
-                .rows
-                .windows(2)
-                .filter(|w| w[1].down && !w[0].down)
-                .map(|w| w[1].ts)
-                .collect();
+            let starts = down_starts(&run);
             let labelled: Vec<i64> = run.failures.iter().map(|f| f.ts).collect();
             assert_eq!(starts, labelled);
             total += starts.len();
