@@ -724,6 +724,148 @@ fn sessions_risk_decisions_model() {
     assert!(m["card_markdown"].as_str().unwrap().contains('#'));
 }
 
+/// Scores of several regions and path risk, as steering counts them: an appliance's risk is
+/// the highest *fresh* score (a region's leftover row does not count, and one with no fresh
+/// row shows as stale); `/risk/paths` lists the paths steering counts, riskiest first.
+#[test]
+fn path_risk_and_scores_of_several_regions() {
+    let db = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(api_support::db());
+    // No live scorer: the scores below are the only ones.
+    let api = Api::start_with(db, "[risk]\nenabled = false\nmax_score_age = \"1h\"");
+    let url = api.db.url.clone();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let pool = shadowsteer::store::connect(&url, 1).await.unwrap();
+        sqlx::query(
+            "INSERT INTO risk_scores (region, subject_kind, subject, score, score_low, score_high, model_version, computed_at, confirmed_at)
+             SELECT r, k, s, sc, sc / 2, least(1, sc * 2), 'm', now() - make_interval(mins => age), now() - make_interval(mins => age)
+             FROM (VALUES ('eu', 'appliance', 'eu-1', 0.05, 0),
+                          ('us', 'appliance', 'eu-1', 0.9, 120),
+                          ('eu', 'appliance', 'us-1', 0.3, 90),
+                          ('eu', 'path', 'eu-1>alice', 0.7, 0),
+                          ('us', 'path', 'eu-1>alice', 0.2, 0),
+                          ('eu', 'path', 'eu-1>us-1', 0.1, 1),
+                          ('eu', 'path', 'us-1>bob', 0.95, 61)) AS v(r, k, s, sc, age)",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+    });
+    // Appliances: eu-1 counts eu's fresh 0.05, not us's two-hour-old 0.9; us-1 has no fresh
+    // score (steering counts it as unknown-high) and shows its last one, not fresh.
+    let (s, list) = api.admin("GET", "/api/v1/appliances", None);
+    assert_eq!(s, 200, "{list}");
+    let risk = |id: &str| {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["id"] == id)
+            .unwrap()["risk"]
+            .clone()
+    };
+    assert_eq!(
+        (
+            risk("eu-1")["score"].as_f64(),
+            risk("eu-1")["fresh"].as_bool()
+        ),
+        (Some(0.05), Some(true))
+    );
+    assert_eq!(
+        (
+            risk("us-1")["score"].as_f64(),
+            risk("us-1")["fresh"].as_bool()
+        ),
+        (Some(0.3), Some(false))
+    );
+    let (_, one) = api.admin("GET", "/api/v1/appliances/eu-1", None);
+    assert_eq!(one["risk"]["score"].as_f64(), Some(0.05), "{one}");
+
+    // Path risk: fresh paths, the highest region's score of each, riskiest first.
+    let (s, paths) = api.admin("GET", "/api/v1/risk/paths", None);
+    assert_eq!(s, 200, "{paths}");
+    assert!(paths["threshold"].as_f64().unwrap() > 0.0);
+    let rows: Vec<(&str, &str, &str, f64, &str)> = paths["paths"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["from"].as_str().unwrap(),
+                p["to"].as_str().unwrap(),
+                p["to_kind"].as_str().unwrap(),
+                p["score"].as_f64().unwrap(),
+                p["region"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("eu-1", "alice", "client", 0.7, "eu"),
+            ("eu-1", "us-1", "appliance", 0.1, "eu")
+        ]
+    );
+    // One end, a limit, and the stale ones on request (last, and marked).
+    let (_, p) = api.admin("GET", "/api/v1/risk/paths?end=alice", None);
+    assert_eq!(p["paths"].as_array().unwrap().len(), 1, "{p}");
+    let (_, p) = api.admin("GET", "/api/v1/risk/paths?end=us-1", None);
+    let subjects: Vec<&str> = p["paths"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["subject"].as_str().unwrap())
+        .collect();
+    assert_eq!(subjects, ["eu-1>us-1"], "{p}");
+    let (_, p) = api.admin("GET", "/api/v1/risk/paths?limit=1", None);
+    assert_eq!(p["paths"][0]["subject"], "eu-1>alice", "{p}");
+    assert_eq!(p["paths"].as_array().unwrap().len(), 1);
+    let (_, p) = api.admin("GET", "/api/v1/risk/paths?include_stale=true", None);
+    let last = p["paths"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        (last["subject"].as_str(), last["fresh"].as_bool()),
+        (Some("us-1>bob"), Some(false)),
+        "{p}"
+    );
+    for bad in [
+        "/api/v1/risk/paths?limit=0",
+        "/api/v1/risk/paths?limit=1001",
+        "/api/v1/risk/paths?end=no%20such%20thing!",
+        "/api/v1/risk/paths?include_stale=maybe",
+        "/api/v1/risk?kind=paths",
+    ] {
+        let (s, e) = api.admin("GET", bad, None);
+        assert_eq!(s, 400, "{bad}: {e}");
+    }
+    // `/risk` lists every region's row, each saying whether it is fresh; `kind` filters.
+    let (_, r) = api.admin("GET", "/api/v1/risk?kind=appliance", None);
+    let rows: Vec<(&str, &str, bool)> = r["scores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["subject"].as_str().unwrap(),
+                s["region"].as_str().unwrap(),
+                s["fresh"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("eu-1", "eu", true),
+            ("eu-1", "us", false),
+            ("us-1", "eu", false)
+        ]
+    );
+    let (_, r) = api.admin("GET", "/api/v1/risk?kind=path", None);
+    assert_eq!(r["scores"].as_array().unwrap().len(), 4, "{r}");
+    // Reading needs a token.
+    assert_eq!(api.call(None, "GET", "/api/v1/risk/paths", None).0, 401);
+}
+
 #[test]
 fn every_route_is_documented() {
     let api = start();
@@ -743,6 +885,7 @@ fn every_route_is_documented() {
         ("/api/v1/sessions", &["get"]),
         ("/api/v1/sessions/{client}", &["get"]),
         ("/api/v1/risk", &["get"]),
+        ("/api/v1/risk/paths", &["get"]),
         ("/api/v1/risk/appliances/{id}/history", &["get"]),
         ("/api/v1/decisions", &["get"]),
         ("/api/v1/model", &["get"]),
@@ -761,7 +904,7 @@ fn every_route_is_documented() {
     }
     assert_eq!(
         paths.len(),
-        20,
+        21,
         "a route not listed in this test: {:?}",
         paths.keys()
     );

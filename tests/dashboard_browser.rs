@@ -145,6 +145,9 @@ async fn history(url: &str) {
                 ('us', 'appliance', 'us-1', 0.02, 0.01, 0.04, 'replay', now() - interval '50 minutes')",
         "UPDATE risk_scores SET score = 0.06, score_low = 0.03, score_high = 0.1, computed_at = now() - interval '25 minutes' WHERE subject = 'eu-1'",
         "UPDATE risk_scores SET score = 0.2, score_low = 0.12, score_high = 0.3, computed_at = now() - interval '8 minutes' WHERE subject = 'eu-1'",
+        "INSERT INTO risk_scores (region, subject_kind, subject, score, score_low, score_high, model_version, computed_at)
+         VALUES ('eu', 'path', 'eu-1>alice', 0.7, 0.6, 0.8, 'replay', now() - interval '1 minute'),
+                ('eu', 'path', 'eu-1>us-1', 0.1, 0.05, 0.2, 'replay', now() - interval '1 minute')",
     ] {
         sqlx::query(sqlx::AssertSqlSafe(q)).execute(&pool).await.unwrap();
     }
@@ -178,7 +181,9 @@ fn dashboard_shows_the_fleet_and_a_drain() {
     }
     let rt = tokio::runtime::Runtime::new().unwrap();
     let db = rt.block_on(api_support::db());
-    let api = Api::start(db);
+    // No live scorer (the replayed scores are the only ones) and scores that stay fresh for
+    // the test's length.
+    let api = Api::start_with(db, "[risk]\nenabled = false\nmax_score_age = \"1h\"");
     rt.block_on(history(&api.db.url));
     rt.block_on(replicated_heartbeat(&api.db.url));
     let profile = tempfile::tempdir().unwrap();
@@ -248,6 +253,17 @@ fn dashboard_shows_the_fleet_and_a_drain() {
         "return document.querySelector('#fleet tr[data-appliance=\"eu-1\"] td:nth-child(4)').textContent",
     );
     assert_eq!(risk, "0.200");
+    // The riskiest paths, riskiest first: alice's path from eu-1, then eu-1's to us-1.
+    let paths = driver.script(
+        "return [...document.querySelectorAll('#paths tbody tr')].map((r) => [...r.cells].slice(0, 3).map((c) => c.textContent))",
+    );
+    assert_eq!(
+        paths,
+        json!([
+            ["eu-1", "alice", "0.700"],
+            ["eu-1", "us-1 (appliance)", "0.100"]
+        ])
+    );
 
     let png = driver.session_call("GET", "/screenshot", None);
     let png = base64::engine::general_purpose::STANDARD

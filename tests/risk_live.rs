@@ -152,6 +152,127 @@ async fn unconfirmed_score_moves_clients_and_a_fresh_one_brings_them_back() {
     assert_eq!(rows[1].2, Some(1.0), "{rows:?}");
 }
 
+/// Stores `region`'s score of `appliance`, computed and last confirmed `age_s` ago.
+async fn put_score(pool: &sqlx::PgPool, region: &str, appliance: &str, score: f64, age_s: f64) {
+    sqlx::query(
+        "INSERT INTO risk_scores (region, subject_kind, subject, score, score_low, score_high, model_version, computed_at, confirmed_at)
+         VALUES ($1, 'appliance', $2, $3, $3, $3, 'test-model',
+                 now() - make_interval(secs => $4), now() - make_interval(secs => $4))
+         ON CONFLICT (region, subject_kind, subject) DO UPDATE
+         SET score = EXCLUDED.score, score_low = EXCLUDED.score_low, score_high = EXCLUDED.score_high,
+             computed_at = EXCLUDED.computed_at, confirmed_at = EXCLUDED.confirmed_at",
+    )
+    .bind(region)
+    .bind(appliance)
+    .bind(score)
+    .bind(age_s)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+/// Several regions score one appliance, and one of them stops (its scorer moved away, or it
+/// lost the appliance's telemetry). Its leftover row is history: it neither makes eu-1
+/// unknown-high while region eu confirms eu-1's low score, nor keeps a high score in force;
+/// once it ages out of `risk.max_score_age`, the fresh low score counts again without any
+/// write (reconciles are 10 minutes apart here, so only the freshness check can see it).
+#[tokio::test(flavor = "multi_thread")]
+async fn another_regions_leftover_score_neither_holds_nor_hides() {
+    let db = common::test_db().await;
+    basic_inventory(&db.url);
+    put_score(&db.pool, "eu", "eu-1", 0.05, 0.0).await;
+    put_score(&db.pool, "us", "us-1", 0.05, 0.0).await;
+    // Region us scored eu-1 too, ten minutes ago, and stopped.
+    put_score(&db.pool, "us", "eu-1", 0.02, 600.0).await;
+    // Stand-in for the scorers: confirms these (region, appliance) rows every 200 ms.
+    let confirming = Arc::new(std::sync::Mutex::new(vec![("eu", "eu-1"), ("us", "us-1")]));
+    let stop = Arc::new(AtomicBool::new(false));
+    let feeder = {
+        let (pool, confirming, stop) = (db.pool.clone(), confirming.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let now = chrono::Utc::now();
+                let health = ["eu-1", "us-1"].map(|a| calm(a, now).0);
+                shadowsteer::store::telemetry::insert_health(&pool, &health)
+                    .await
+                    .unwrap();
+                let rows = confirming.lock().unwrap().clone();
+                for (region, a) in rows {
+                    shadowsteer::store::risk::confirm_scores(
+                        &pool,
+                        region,
+                        &[("appliance", a.to_owned())],
+                        now,
+                        now,
+                    )
+                    .await
+                    .unwrap();
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+    let url = db.url.clone();
+    let steering = "hold_down = \"1s\"\n[risk]\nenabled = false\nmax_score_age = \"3s\"";
+    let cfg = config(NO_RRL, steering).replace(
+        "reconcile_interval = \"1s\"",
+        "reconcile_interval = \"10m\"",
+    );
+    let server =
+        tokio::task::spawn_blocking(move || Server::start(&cfg, &["--database-url", &url]))
+            .await
+            .unwrap();
+    let dns = server.dns;
+    let stays_on_eu = |what: &'static str| async move {
+        let seen = answers_during(dns, ALICE, Duration::from_secs(6)).await;
+        assert_eq!(seen.into_iter().collect::<Vec<_>>(), [EU], "{what}");
+    };
+    // A low leftover: eu-1 is not unknown-high while eu confirms it.
+    stays_on_eu("alice left eu-1 over region us's leftover score").await;
+    // A high leftover (a change, so steering re-reads the scores): it does not count.
+    put_score(&db.pool, "us", "eu-1", 0.95, 600.0).await;
+    stays_on_eu("region us's stale 0.95 kept counting").await;
+    // Region us scores eu-1 again, high: the highest fresh score counts, alice moves.
+    put_score(&db.pool, "us", "eu-1", 0.95, 0.0).await;
+    confirming.lock().unwrap().push(("us", "eu-1"));
+    let moved = answer_becomes(dns, ALICE, US, Duration::from_secs(10)).await;
+    assert!(
+        moved.is_some(),
+        "a fresh 0.95 from region us did not move alice; log:\n{}",
+        server.log_text()
+    );
+    // Region us stops again: once its row is older than 3 s, eu's fresh 0.05 is in force
+    // and alice returns, with no write and no reconcile to announce it.
+    confirming.lock().unwrap().retain(|r| *r != ("us", "eu-1"));
+    let stopped = Instant::now();
+    let back = answer_becomes(dns, ALICE, EU, Duration::from_secs(20)).await;
+    assert!(
+        back.is_some(),
+        "alice stayed on us-1 after region us's score aged out; log:\n{}",
+        server.log_text()
+    );
+    let back_after = stopped.elapsed();
+    assert!(
+        back_after >= Duration::from_millis(2500),
+        "back after {back_after:?}, before the 0.95 was 3 s old"
+    );
+    stop.store(true, Ordering::Relaxed);
+    feeder.await.unwrap();
+    let log = server.log_text();
+    assert_eq!(
+        tokio::task::spawn_blocking(move || server.stop())
+            .await
+            .unwrap(),
+        0
+    );
+    // eu-1 never counted as unknown-high.
+    assert!(
+        !log.contains("risk score not confirmed within risk.max_score_age"),
+        "{log}"
+    );
+    eprintln!("region us's score aged out -> alice back on eu-1 after {back_after:?}");
+}
+
 /// With the real live scorer: eu-1's unchanged score stays confirmed while its telemetry
 /// flows (no write, no expiry), and expires when eu-1 falls silent to the scorer, even with
 /// `steering.health_timeout` far away: alice moves to us-1.

@@ -99,6 +99,8 @@ pub struct LiveView {
     pub scores: Option<watch::Receiver<Arc<LiveSnapshot>>>,
     /// The publisher's status, which holds the steering threshold in force.
     pub publish: Arc<PublishStatus>,
+    /// A score not confirmed for this long is not fresh (`risk.max_score_age`).
+    pub max_score_age: std::time::Duration,
 }
 
 impl LiveView {

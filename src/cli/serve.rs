@@ -167,6 +167,7 @@ fn admin_state(
         .map(|z| (z.name.clone(), z.client_label.clone()))
         .unwrap_or_else(|| ("vpn.example.net".into(), "c".into()));
     let publish = status.publish.clone();
+    let max_score_age = cfg.risk.max_score_age();
     admin::AppState {
         db: admin::ApiDb(api_pool.clone()),
         auth: Arc::new(admin::Authenticator::new(api_pool)),
@@ -175,6 +176,7 @@ fn admin_state(
             model,
             scores,
             publish,
+            max_score_age,
         },
         site: Arc::new(admin::Site { zone, client_label }),
         fleet: Arc::new(admin::FleetCache::default()),

@@ -29,17 +29,156 @@ pub struct CurrentScore {
     pub model_version: String,
     /// Second it was computed for.
     pub computed_at: DateTime<Utc>,
+    /// Last time its scorer confirmed it (it is written only when it moves).
+    pub confirmed_at: DateTime<Utc>,
+    /// Confirmed within `risk.max_score_age`. Steering ignores a row that is not: an
+    /// appliance with no fresh row counts as unknown-high, a path without one is left out.
+    pub fresh: bool,
 }
 
-/// Every stored score (appliances first, then paths), ordered by subject.
-pub async fn current_scores(pool: &PgPool) -> Result<Vec<CurrentScore>, StoreError> {
+/// Which scores to list.
+#[derive(Debug, Clone, Copy)]
+pub struct ScoreFilter<'a> {
+    /// `appliance`, `path`, or both (`None`).
+    pub kind: Option<&'a str>,
+    /// Rows confirmed within this age count as fresh.
+    pub max_age: std::time::Duration,
+}
+
+/// Stored scores (appliances first, then paths), ordered by subject and region.
+pub async fn current_scores(
+    pool: &PgPool,
+    filter: ScoreFilter<'_>,
+) -> Result<Vec<CurrentScore>, StoreError> {
     Ok(sqlx::query_as!(
         CurrentScore,
-        "SELECT region, subject_kind, subject, score, score_low, score_high, model_version, computed_at
-         FROM risk_scores ORDER BY subject_kind, subject, region"
+        r#"SELECT region, subject_kind, subject, score, score_low, score_high, model_version,
+                  computed_at, confirmed_at,
+                  confirmed_at >= now() - make_interval(secs => $2::bigint / 1000.0) AS "fresh!"
+           FROM risk_scores
+           WHERE $1::text IS NULL OR subject_kind = $1
+           ORDER BY subject_kind, subject, region"#,
+        filter.kind,
+        age_ms(filter.max_age)
     )
     .fetch_all(pool)
     .await?)
+}
+
+/// `age` as whole milliseconds for the queries (saturating).
+fn age_ms(age: std::time::Duration) -> i64 {
+    i64::try_from(age.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Each subject's score as steering counts it, from every region's rows: the highest fresh
+/// one; a subject with no fresh row shows its most recently confirmed row, not fresh.
+pub fn in_force(rows: Vec<CurrentScore>) -> Vec<CurrentScore> {
+    let mut out: std::collections::BTreeMap<(String, String), CurrentScore> = Default::default();
+    for r in rows {
+        let key = (r.subject_kind.clone(), r.subject.clone());
+        match out.get(&key) {
+            Some(cur) if !supersedes(&r, cur) => {}
+            _ => {
+                out.insert(key, r);
+            }
+        }
+    }
+    out.into_values().collect()
+}
+
+/// Whether `new` replaces `cur` as a subject's score in force.
+fn supersedes(new: &CurrentScore, cur: &CurrentScore) -> bool {
+    match (new.fresh, cur.fresh) {
+        (true, false) => true,
+        (false, true) => false,
+        (true, true) => new.score > cur.score,
+        (false, false) => new.confirmed_at > cur.confirmed_at,
+    }
+}
+
+/// A path's score as steering counts it, with its two ends.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct PathRisk {
+    /// The appliance that measures the path (the probes' source).
+    pub from: String,
+    /// The other end: a client id, or an appliance id.
+    pub to: String,
+    /// `client` or `appliance`.
+    pub to_kind: String,
+    /// The score in force (highest fresh one over the regions that score it).
+    #[serde(flatten)]
+    pub score: CurrentScore,
+}
+
+/// Which path scores to list.
+#[derive(Debug, Clone)]
+pub struct PathFilter {
+    /// Only paths with this end (an appliance or a client id).
+    pub end: Option<String>,
+    /// Include paths with no fresh score (steering ignores them).
+    pub include_stale: bool,
+    /// At most this many, highest score first.
+    pub limit: usize,
+}
+
+/// Path scores in force, highest first. `appliances` tells an appliance end from a client one.
+pub async fn path_risks(
+    pool: &PgPool,
+    appliances: &std::collections::HashSet<String>,
+    max_age: std::time::Duration,
+    filter: &PathFilter,
+) -> Result<Vec<PathRisk>, StoreError> {
+    let rows = sqlx::query_as!(
+        CurrentScore,
+        r#"SELECT region, subject_kind, subject, score, score_low, score_high, model_version,
+                  computed_at, confirmed_at,
+                  confirmed_at >= now() - make_interval(secs => $1::bigint / 1000.0) AS "fresh!"
+           FROM risk_scores
+           WHERE subject_kind = 'path'
+             AND ($2::text IS NULL OR subject LIKE $2 || '>%' OR subject LIKE '%>' || $2)"#,
+        age_ms(max_age),
+        filter.end
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rank_paths(in_force(rows), appliances, filter))
+}
+
+/// The listing order of [`path_risks`]: fresh before stale, then highest score, then subject.
+fn rank_paths(
+    rows: Vec<CurrentScore>,
+    appliances: &std::collections::HashSet<String>,
+    filter: &PathFilter,
+) -> Vec<PathRisk> {
+    let mut out: Vec<PathRisk> = rows
+        .into_iter()
+        .filter(|r| filter.include_stale || r.fresh)
+        .filter_map(|r| {
+            let (from, to) = r.subject.split_once('>')?;
+            let (from, to) = (from.to_owned(), to.to_owned());
+            let exact = filter.end.as_deref().is_none_or(|e| e == from || e == to);
+            let to_kind = if appliances.contains(&to) {
+                "appliance"
+            } else {
+                "client"
+            };
+            exact.then(|| PathRisk {
+                from,
+                to,
+                to_kind: to_kind.to_owned(),
+                score: r,
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        b.score
+            .fresh
+            .cmp(&a.score.fresh)
+            .then(b.score.score.total_cmp(&a.score.score))
+            .then_with(|| a.score.subject.cmp(&b.score.subject))
+    });
+    out.truncate(filter.limit);
+    out
 }
 
 /// One point of risk history: the highest score in its bucket with the widest interval.
@@ -209,5 +348,95 @@ mod tests {
             points: 2,
         };
         assert!(tiny.width_s() > 0.0);
+    }
+
+    fn row(region: &str, subject: &str, score: f64, fresh: bool, confirmed_s: i64) -> CurrentScore {
+        let t = DateTime::from_timestamp(confirmed_s, 0).unwrap();
+        CurrentScore {
+            region: region.into(),
+            subject_kind: if subject.contains('>') {
+                "path"
+            } else {
+                "appliance"
+            }
+            .into(),
+            subject: subject.into(),
+            score,
+            score_low: score,
+            score_high: score,
+            model_version: "m".into(),
+            computed_at: t,
+            confirmed_at: t,
+            fresh,
+        }
+    }
+
+    fn pick(rows: Vec<CurrentScore>) -> Vec<(String, String, f64, bool)> {
+        in_force(rows)
+            .into_iter()
+            .map(|r| (r.subject, r.region, r.score, r.fresh))
+            .collect()
+    }
+
+    #[test]
+    fn the_highest_fresh_score_is_in_force_and_leftovers_do_not_count() {
+        let got = pick(vec![
+            // A region's leftover high row does not beat a fresh low one ...
+            row("us", "eu-1", 0.9, false, 100),
+            row("eu", "eu-1", 0.05, true, 50),
+            // ... two fresh rows: the highest ...
+            row("eu", "us-1", 0.2, true, 10),
+            row("us", "us-1", 0.4, true, 5),
+            // ... none fresh: the most recently confirmed, still not fresh.
+            row("eu", "ap-1", 0.1, false, 30),
+            row("ap", "ap-1", 0.7, false, 20),
+        ]);
+        assert_eq!(
+            got,
+            [
+                ("ap-1".into(), "eu".into(), 0.1, false),
+                ("eu-1".into(), "eu".into(), 0.05, true),
+                ("us-1".into(), "us".into(), 0.4, true),
+            ]
+        );
+    }
+
+    #[test]
+    fn paths_rank_fresh_then_riskiest_and_filter_by_either_end() {
+        let appliances: std::collections::HashSet<String> =
+            ["eu-1", "us-1"].map(String::from).into();
+        let rows = || {
+            vec![
+                row("eu", "eu-1>alice", 0.3, true, 1),
+                row("eu", "eu-1>us-1", 0.6, true, 1),
+                row("eu", "us-1>bob", 0.99, false, 1),
+                row("us", "us-1>alice", 0.3, true, 1),
+            ]
+        };
+        let list = |end: Option<&str>, include_stale: bool, limit: usize| {
+            let f = PathFilter {
+                end: end.map(String::from),
+                include_stale,
+                limit,
+            };
+            rank_paths(rows(), &appliances, &f)
+                .into_iter()
+                .map(|p| format!("{}>{} {}", p.from, p.to, p.to_kind))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            list(None, false, 10),
+            [
+                "eu-1>us-1 appliance",
+                "eu-1>alice client",
+                "us-1>alice client"
+            ]
+        );
+        assert_eq!(list(None, true, 10).last().unwrap(), "us-1>bob client");
+        assert_eq!(list(None, true, 1), ["eu-1>us-1 appliance"]);
+        // Either end, matched exactly (`eu` is neither end of any path).
+        assert_eq!(list(Some("alice"), false, 10).len(), 2);
+        assert_eq!(list(Some("us-1"), true, 10).len(), 3);
+        assert!(list(Some("eu"), true, 10).is_empty());
     }
 }

@@ -119,24 +119,31 @@ async fn load_clients(
         .collect()
 }
 
+/// Each appliance's model score: the highest among the scores confirmed within `max_age`.
+/// Several regions may score one appliance; a row no scorer confirms any more (a region that
+/// stopped scoring it, or lost its telemetry) is history, not input: it neither keeps a high
+/// score in force nor hides a fresh one. An appliance with no fresh row is left out here and
+/// counts as unknown-high ([`stale_scores`]).
 async fn load_scores(
     conn: &mut sqlx::PgConnection,
+    max_age: Duration,
 ) -> Result<HashMap<ApplianceId, Probability>, StoreError> {
-    let rows =
-        sqlx::query!("SELECT subject, score FROM risk_scores WHERE subject_kind = 'appliance'")
-            .fetch_all(conn)
-            .await?;
-    let mut out = HashMap::with_capacity(rows.len());
-    for r in rows {
-        // Several regions may score one appliance; the highest score counts.
-        let id = ApplianceId::new(r.subject).map_err(|e| bad("risk_scores", e))?;
-        let p = Probability::new(r.score).map_err(|e| bad("risk_scores", e))?;
-        let e = out.entry(id).or_insert(p);
-        if p > *e {
-            *e = p;
-        }
-    }
-    Ok(out)
+    let rows = sqlx::query!(
+        r#"SELECT subject, max(score) AS "score!" FROM risk_scores
+           WHERE subject_kind = 'appliance'
+             AND confirmed_at >= now() - make_interval(secs => $1::bigint / 1000.0)
+           GROUP BY subject"#,
+        age_ms(max_age)
+    )
+    .fetch_all(conn)
+    .await?;
+    rows.into_iter()
+        .map(|r| {
+            let id = ApplianceId::new(r.subject).map_err(|e| bad("risk_scores", e))?;
+            let p = Probability::new(r.score).map_err(|e| bad("risk_scores", e))?;
+            Ok((id, p))
+        })
+        .collect()
 }
 
 /// `max_age` as whole milliseconds for the queries (saturating).
@@ -251,7 +258,7 @@ pub async fn load_all(
         .await?;
     let appliances = load_appliances(&mut tx).await?;
     let clients = load_clients(&mut tx).await?;
-    let scores = load_scores(&mut tx).await?;
+    let scores = load_scores(&mut tx, max_score_age).await?;
     let paths = load_paths(&mut tx, &appliances, max_score_age).await?;
     let advisories = load_advisories(&mut tx).await?;
     let history = match previous_history {
@@ -285,7 +292,7 @@ async fn load_targeted(
         next.appliances = Arc::new(load_appliances(&mut conn).await?);
     }
     if touched(ChangedTable::RiskScores) {
-        next.model_scores = Arc::new(load_scores(&mut conn).await?);
+        next.model_scores = Arc::new(load_scores(&mut conn, max_score_age).await?);
     }
     if touched(ChangedTable::RiskScores) || touched(ChangedTable::Appliances) {
         next.path_scores = Arc::new(load_paths(&mut conn, &next.appliances, max_score_age).await?);
@@ -444,19 +451,21 @@ pub async fn stale_appliances(
         .collect())
 }
 
-/// Appliances whose stored model score no scorer has confirmed for `max_age` (the scorer died,
-/// or stopped hearing from the appliance): their score is unknown, and steering counts it as
-/// high ([`Inputs::stale_scores`]). Several regions may score one appliance; it is stale when
-/// any of its scores is.
+/// Appliances with a stored model score that no scorer has confirmed for `max_age` (the
+/// scorer died, or stopped hearing from the appliance): their score is unknown, and steering
+/// counts it as high ([`Inputs::stale_scores`]). Several regions may score one appliance; it
+/// is stale when none of its scores is fresh: one region's leftover row does not make it
+/// unknown while another region confirms it.
 pub async fn stale_scores(
     pool: &PgPool,
     max_age: Duration,
 ) -> Result<std::collections::BTreeSet<ApplianceId>, StoreError> {
     let age_ms = age_ms(max_age);
     let rows = sqlx::query_scalar!(
-        r#"SELECT DISTINCT subject AS "subject!" FROM risk_scores
+        r#"SELECT subject AS "subject!" FROM risk_scores
            WHERE subject_kind = 'appliance'
-             AND confirmed_at < now() - make_interval(secs => $1::bigint / 1000.0)"#,
+           GROUP BY subject
+           HAVING max(confirmed_at) < now() - make_interval(secs => $1::bigint / 1000.0)"#,
         age_ms
     )
     .fetch_all(pool)
@@ -467,16 +476,21 @@ pub async fn stale_scores(
         .collect())
 }
 
-/// Which path scores are fresh (confirmed within `max_age`), as a fingerprint: their number
-/// and a sum of hashes of their keys. Path scores age out (or are confirmed again) without any
-/// notification, and there may be one per connected client: comparing two numbers every
-/// second tells the loader when to re-read them without holding the set twice.
-pub async fn fresh_paths(pool: &PgPool, max_age: Duration) -> Result<(i64, i64), StoreError> {
+/// Which scores of `kind` are fresh (confirmed within `max_age`), as a fingerprint: their
+/// number and a sum of hashes of their keys. Scores age out (or are confirmed again) without
+/// any notification, and there may be one path score per connected client: comparing two
+/// numbers every second tells the loader when to re-read them without holding the set twice.
+pub async fn fresh_scores(
+    pool: &PgPool,
+    kind: &str,
+    max_age: Duration,
+) -> Result<(i64, i64), StoreError> {
     let row = sqlx::query!(
         r#"SELECT count(*) AS "n!", coalesce(sum(hashtext(region || ' ' || subject)), 0)::bigint AS "hash!"
            FROM risk_scores
-           WHERE subject_kind = 'path'
-             AND confirmed_at >= now() - make_interval(secs => $1::bigint / 1000.0)"#,
+           WHERE subject_kind = $1
+             AND confirmed_at >= now() - make_interval(secs => $2::bigint / 1000.0)"#,
+        kind,
         age_ms(max_age)
     )
     .fetch_one(pool)
@@ -492,7 +506,10 @@ struct Staleness {
     health: std::collections::BTreeSet<ApplianceId>,
     /// Model score not confirmed in time: counted as unknown-high by steering.
     scores: std::collections::BTreeSet<ApplianceId>,
-    /// Fingerprint of the fresh path scores ([`fresh_paths`]): a change re-reads them.
+    /// Fingerprint of the fresh appliance scores ([`fresh_scores`]): when one region's row
+    /// ages out while another's is fresh, the appliance's highest fresh score changes.
+    appliance_scores: (i64, i64),
+    /// Fingerprint of the fresh path scores ([`fresh_scores`]): a change re-reads them.
     paths: (i64, i64),
 }
 
@@ -542,7 +559,8 @@ impl Loader {
         Ok(Staleness {
             health: stale_appliances(&self.pool, self.health_timeout).await?,
             scores: stale_scores(&self.pool, self.max_score_age).await?,
-            paths: fresh_paths(&self.pool, self.max_score_age).await?,
+            appliance_scores: fresh_scores(&self.pool, "appliance", self.max_score_age).await?,
+            paths: fresh_scores(&self.pool, "path", self.max_score_age).await?,
         })
     }
 

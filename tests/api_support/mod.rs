@@ -22,6 +22,11 @@ pub struct Api {
 impl Api {
     /// Starts it (blocking: call from `spawn_blocking` or a plain test).
     pub fn start(db: TestDb) -> Self {
+        Self::start_with(db, "")
+    }
+
+    /// Starts it with `steering` in the `[steering]` section (e.g. `[risk]` settings).
+    pub fn start_with(db: TestDb, steering: &str) -> Self {
         basic_inventory(&db.url);
         let read = cli(&db.url, &["token", "create", "--name", "reader"])
             .trim()
@@ -32,7 +37,7 @@ impl Api {
         )
         .trim()
         .to_owned();
-        let server = Server::start(&config(NO_RRL, ""), &["--database-url", &db.url]);
+        let server = Server::start(&config(NO_RRL, steering), &["--database-url", &db.url]);
         Self {
             server,
             db,

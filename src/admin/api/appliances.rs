@@ -18,7 +18,7 @@ use utoipa_axum::routes;
 
 use super::super::error::ApiResult;
 use super::super::extract::{ApiJson, ApiPath, ApiQuery};
-use super::super::{ApiDb, AppState, FleetCache};
+use super::super::{ApiDb, AppState, FleetCache, LiveView};
 use super::TimeRange;
 use crate::domain::{ApplianceId, ApplianceState};
 use crate::inventory::{Appliance, ApplianceInput, ApplianceUpdate, appliance};
@@ -45,6 +45,9 @@ pub struct Risk {
     pub high: f64,
     /// When it was computed.
     pub computed_at: chrono::DateTime<Utc>,
+    /// Confirmed by a scorer within `risk.max_score_age`. When not, steering counts the
+    /// appliance's risk as unknown-high and this is the last score known.
+    pub fresh: bool,
 }
 
 /// An appliance with its current risk and latest health.
@@ -59,24 +62,32 @@ pub struct ApplianceView {
     pub health: Option<HealthPoint>,
 }
 
-async fn views(db: &ApiDb, list: Vec<Appliance>) -> ApiResult<Vec<ApplianceView>> {
+async fn views(
+    db: &ApiDb,
+    max_score_age: std::time::Duration,
+    list: Vec<Appliance>,
+) -> ApiResult<Vec<ApplianceView>> {
     let now = Utc::now();
-    let mut risk: HashMap<String, Risk> = series::current_scores(&db.0)
-        .await?
-        .into_iter()
-        .filter(|s| s.subject_kind == "appliance")
-        .map(|s| {
-            (
-                s.subject,
-                Risk {
-                    score: s.score,
-                    low: s.score_low,
-                    high: s.score_high,
-                    computed_at: s.computed_at,
-                },
-            )
-        })
-        .collect();
+    let filter = series::ScoreFilter {
+        kind: Some("appliance"),
+        max_age: max_score_age,
+    };
+    let mut risk: HashMap<String, Risk> =
+        series::in_force(series::current_scores(&db.0, filter).await?)
+            .into_iter()
+            .map(|s| {
+                (
+                    s.subject,
+                    Risk {
+                        score: s.score,
+                        low: s.score_low,
+                        high: s.score_high,
+                        computed_at: s.computed_at,
+                        fresh: s.fresh,
+                    },
+                )
+            })
+            .collect();
     let mut health: HashMap<String, HealthPoint> =
         series::latest_health(&db.0, now, chrono::Duration::minutes(5))
             .await?
@@ -93,9 +104,12 @@ async fn views(db: &ApiDb, list: Vec<Appliance>) -> ApiResult<Vec<ApplianceView>
 }
 
 /// Reads the fleet view from the database (three queries; [`FleetCache`] shares the result).
-async fn load_fleet(db: ApiDb) -> ApiResult<Vec<ApplianceView>> {
+async fn load_fleet(
+    db: ApiDb,
+    max_score_age: std::time::Duration,
+) -> ApiResult<Vec<ApplianceView>> {
     let list = appliance::list(&db.0).await?;
-    views(&db, list).await
+    views(&db, max_score_age, list).await
 }
 
 /// Forgets the cached fleet view when dropped: held across a write, so the next read loads
@@ -126,9 +140,11 @@ fn parse_id(id: &str) -> ApiResult<ApplianceId> {
     responses((status = 200, description = "Every appliance", body = Vec<ApplianceView>)))]
 async fn list(
     State(db): State<ApiDb>,
+    State(live): State<LiveView>,
     State(fleet): State<Arc<FleetCache>>,
 ) -> ApiResult<Json<Arc<Vec<ApplianceView>>>> {
-    Ok(Json(fleet.get(move || load_fleet(db)).await?))
+    let age = live.max_score_age;
+    Ok(Json(fleet.get(move || load_fleet(db, age)).await?))
 }
 
 /// One appliance.
@@ -137,10 +153,11 @@ async fn list(
     responses((status = 200, description = "The appliance", body = ApplianceView)))]
 async fn get_one(
     State(db): State<ApiDb>,
+    State(live): State<LiveView>,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<ApplianceView>> {
     let one = appliance::get(&db.0, &parse_id(&id)?).await?;
-    let mut v = views(&db, vec![one]).await?;
+    let mut v = views(&db, live.max_score_age, vec![one]).await?;
     v.pop()
         .map(Json)
         .ok_or_else(|| super::super::ApiError::not_found(format!("no appliance {id}")))

@@ -1,6 +1,6 @@
 // shadowsteer dashboard: polls /api/v1 every 2 s with the bearer token kept in this tab's
-// session storage, and draws the fleet, risk over time (uPlot), clients held, steering
-// decisions and replication lag per region. No framework and no external requests: everything comes from this server.
+// session storage, and draws the fleet, risk over time (uPlot), the riskiest paths, clients
+// held, steering decisions and replication lag per region. No framework and no external requests: everything comes from this server.
 (() => {
   'use strict';
   const KEY = 'shadowsteer.token';
@@ -8,11 +8,12 @@
   const RANGE_S = 3600;
   const POINTS = 120;
   const MAX_CHARTS = 12;
+  const MAX_PATHS = 10;
   const COLORS = ['#2563eb', '#dc2626', '#16a34a', '#9333ea', '#ea580c', '#0891b2', '#4d7c0f', '#be185d'];
 
   // What the page shows, also read by the browser test (window.sstDashboard).
   const view = {
-    updates: 0, error: null, states: {},
+    updates: 0, error: null, states: {}, paths: {},
     points: { risk: 0, health: 0, decisions: 0, replication: 0 },
     replication: { local_region: null, regions: {} },
   };
@@ -75,12 +76,38 @@
       cell(tr, a.id);
       cell(tr, a.state, 'state state-' + a.state);
       const risk = a.risk;
-      cell(tr, risk ? fixed(risk.score, 3) : '–', 'num' + (risk && risk.score > threshold ? ' over' : ''));
+      // A score no scorer confirms any more counts as unknown-high in steering.
+      if (risk && !risk.fresh) {
+        cell(tr, 'stale (' + fixed(risk.score, 3) + ')', 'num over').title = 'not confirmed within risk.max_score_age: steering counts it as 1';
+      } else {
+        cell(tr, risk ? fixed(risk.score, 3) : '–', 'num' + (risk && risk.score > threshold ? ' over' : ''));
+      }
       cell(tr, risk ? '[' + fixed(risk.low, 3) + ', ' + fixed(risk.high, 3) + ']' : '–', 'num');
       cell(tr, a.primary_clients + ' / ' + a.shadow_clients, 'num');
       cell(tr, a.health ? pct(a.health.cpu) : '–', 'num');
       cell(tr, a.health ? pct(a.health.mem) : '–', 'num');
       cell(tr, a.health ? String(a.health.sessions) : '–', 'num');
+      body.appendChild(tr);
+    }
+  }
+
+  // The paths steering counts, riskiest first: a client's path to its appliance moves it to
+  // its shadow when combined with the appliance's own risk it crosses the threshold.
+  function renderPaths(list) {
+    const body = $('paths').tBodies[0];
+    body.replaceChildren();
+    view.paths = {};
+    $('paths-note').hidden = list.paths.length > 0;
+    for (const p of list.paths) {
+      view.paths[p.subject] = p.score;
+      const tr = document.createElement('tr');
+      tr.dataset.path = p.subject;
+      cell(tr, p.from);
+      cell(tr, p.to + (p.to_kind === 'appliance' ? ' (appliance)' : ''));
+      cell(tr, fixed(p.score, 3), 'num' + (p.score > list.threshold ? ' over' : ''));
+      cell(tr, '[' + fixed(p.score_low, 3) + ', ' + fixed(p.score_high, 3) + ']', 'num');
+      cell(tr, p.region);
+      cell(tr, new Date(p.confirmed_at).toLocaleTimeString());
       body.appendChild(tr);
     }
   }
@@ -257,13 +284,15 @@
     const now = Date.now() / 1000;
     const from = now - RANGE_S;
     const q = '?from=' + encodeURIComponent(new Date(from * 1000).toISOString()) + '&points=' + POINTS;
-    const [appliances, risk, decisions, replication] = await Promise.all([
+    const [appliances, paths, decisions, replication] = await Promise.all([
       api('/appliances'),
-      api('/risk'),
+      api('/risk/paths?limit=' + MAX_PATHS),
       api('/decisions?limit=1000&from=' + encodeURIComponent(new Date(from * 1000).toISOString())),
       api('/replication'),
     ]);
+    const risk = { threshold: paths.threshold };
     renderFleet(appliances, risk.threshold);
+    renderPaths(paths);
     const shown = appliances.slice(0, MAX_CHARTS);
     const [histories, healths] = await Promise.all([
       Promise.all(shown.map((a) => api('/risk/appliances/' + encodeURIComponent(a.id) + '/history' + q))),
