@@ -743,6 +743,9 @@ pub fn train(
     };
     let mut best: Option<(Model, Candidate, (f64, f64, f64))> = None;
     let mut candidates = Vec::new();
+    // The novelty alarm level depends on the validation surprise only, the same for every
+    // family: chosen with the first and kept.
+    let mut chosen_novelty_level: Option<f64> = None;
     for &kind in &opts.kinds {
         let t0 = Instant::now();
         let n = match kind {
@@ -802,13 +805,15 @@ pub fn train(
         // The novelty alarm level: chosen on false alarms alone (it exists for failures the
         // labels do not show, so recall on the known kinds cannot choose it).
         let novelty_level = tails.as_ref().map(|_| {
-            let level = novelty_level(&v.surprise, &t, model.hold_s, opts);
-            progress(&format!(
-                "novelty: alarm above {level:.2} decades of rarity (its own false alarms within \
-                 {:.0}% of the budget on validation)",
-                NOVELTY_BUDGET_SHARE * 100.0
-            ));
-            level
+            *chosen_novelty_level.get_or_insert_with(|| {
+                let level = novelty_level(&v.surprise, &t, model.hold_s, opts);
+                progress(&format!(
+                    "novelty: alarm above {level:.2} decades of rarity (its own false alarms \
+                     within {:.0}% of the budget on validation)",
+                    NOVELTY_BUDGET_SHARE * 100.0
+                ));
+                level
+            })
         });
         // While the threshold is chosen, a novelty alarm counts as certain: the mapping set
         // below makes the score cross the chosen threshold exactly at the novelty level.

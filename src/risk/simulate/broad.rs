@@ -210,6 +210,18 @@ enum Benign {
     Missing(Option<Metric>),
 }
 
+impl Benign {
+    /// `metric` at `amount` of the way to its bad level `bad`, reached after `ramp` seconds.
+    fn degrade(metric: Metric, bad: f64, amount: f64, ramp: f64) -> Self {
+        let d = Degrade {
+            metric,
+            bad,
+            weight: 1.0,
+        };
+        Benign::Degrade { d, amount, ramp }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Anomaly {
     start: u64,
@@ -360,19 +372,7 @@ fn draw_benign(
     for e in events(rng, n, 6.0, (3.0, 120.0), (0.3, 1.0)) {
         let metric = any_metric(rng);
         let bad = bad_level(rng, metric);
-        let d = Degrade {
-            metric,
-            bad,
-            weight: 1.0,
-        };
-        push(
-            &e,
-            Benign::Degrade {
-                d,
-                amount: e.size,
-                ramp: 0.0,
-            },
-        );
+        push(&e, Benign::degrade(metric, bad, e.size, 0.0));
     }
     // Load peaks.
     for e in events(rng, n, 2.0, (300.0, 2400.0), (0.15, 0.5)) {
@@ -386,20 +386,8 @@ fn draw_benign(
             any_metric(rng)
         };
         let bad = bad_level(rng, metric);
-        let d = Degrade {
-            metric,
-            bad,
-            weight: 1.0,
-        };
         let ramp = rng.gen_range(300.0..=1800.0);
-        push(
-            &e,
-            Benign::Degrade {
-                d,
-                amount: e.size,
-                ramp,
-            },
-        );
+        push(&e, Benign::degrade(metric, bad, e.size, ramp));
     }
     // Noisy sensors.
     for e in events(rng, n, 1.5, (120.0, 3600.0), (5.0, 10.0)) {
@@ -441,19 +429,7 @@ fn draw_benign(
                 (Metric::Mem, 0.95, rng.gen_range(0.2..=0.5)),
                 (Metric::BwUtil, 0.95, rng.gen_range(0.4..=0.8)),
             ] {
-                let d = Degrade {
-                    metric,
-                    bad,
-                    weight: 1.0,
-                };
-                push(
-                    &e,
-                    Benign::Degrade {
-                        d,
-                        amount,
-                        ramp: 60.0,
-                    },
-                );
+                push(&e, Benign::degrade(metric, bad, amount, 60.0));
             }
         }
     }
