@@ -297,6 +297,27 @@ fn simulate_train_evaluate_score_from_the_command_line() {
         }
     }
     assert!(v["failures"].as_u64().unwrap() > 0);
+    // Per length of precursor: every failure with a precursor (the simulator labels each
+    // one's length) in exactly one group, shortest first.
+    let groups = v["by_precursor_length"].as_array().unwrap();
+    let in_groups: u64 = groups.iter().map(|g| g["failures"].as_u64().unwrap()).sum();
+    assert_eq!(
+        in_groups,
+        v["precursor"]["failures"].as_u64().unwrap(),
+        "{v}"
+    );
+    let order = [
+        "under 30 s",
+        "30 s to 2 min",
+        "2 to 5 min",
+        "5 to 30 min",
+        "30 min or more",
+    ];
+    let pos: Vec<usize> = groups
+        .iter()
+        .map(|g| order.iter().position(|o| g["kind"] == *o).unwrap())
+        .collect();
+    assert!(pos.windows(2).all(|w| w[0] < w[1]), "{groups:?}");
 
     let scores = dir.path().join("scores.csv");
     let (code, _, err) = run(&[

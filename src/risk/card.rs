@@ -60,6 +60,16 @@ pub fn report_table(r: &Report) -> String {
             );
         }
     }
+    if !r.by_precursor_length.is_empty() {
+        out.push_str("\n| precursor length (model) | failures | recall@10s | recall@30s | median lead (s) |\n|---|---|---|---|---|\n");
+        for k in &r.by_precursor_length {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {:.3} | {:.3} | {:.0} |",
+                k.kind, k.failures, k.recall_at_10s, k.recall_at_30s, k.median_lead_s
+            );
+        }
+    }
     out
 }
 

@@ -130,6 +130,10 @@ pub struct Report {
     /// The model's recall and lead per failure kind (when kinds are labelled).
     #[serde(default)]
     pub by_kind: Vec<KindMetrics>,
+    /// The model's recall and lead per length of precursor (when labelled): a precursor
+    /// shorter than the lead asked for cannot be caught in time, whatever the model.
+    #[serde(default)]
+    pub by_precursor_length: Vec<KindMetrics>,
 }
 
 /// Recall and lead of one failure kind.
@@ -150,13 +154,46 @@ pub struct KindMetrics {
 /// Recall and lead per kind, sorted by kind.
 pub fn by_kind(stats: &AlarmStats) -> Vec<KindMetrics> {
     let mut kinds: std::collections::BTreeMap<&str, Vec<usize>> = Default::default();
-    for (lead, _, kind) in &stats.leads {
-        if let Some(k) = kind {
-            kinds.entry(k.as_str()).or_default().push(*lead);
+    for f in &stats.leads {
+        if let Some(k) = &f.kind {
+            kinds.entry(k.as_str()).or_default().push(f.lead);
         }
     }
-    kinds
-        .into_iter()
+    lead_metrics(kinds.into_iter())
+}
+
+/// Precursor lengths the report groups failures by: (shortest, label).
+const PRECURSOR_LENGTHS: [(u32, &str); 5] = [
+    (0, "under 30 s"),
+    (30, "30 s to 2 min"),
+    (120, "2 to 5 min"),
+    (300, "5 to 30 min"),
+    (1800, "30 min or more"),
+];
+
+/// Recall and lead per length of precursor, shortest first (failures with a precursor of
+/// known length only).
+pub fn by_precursor_length(stats: &AlarmStats) -> Vec<KindMetrics> {
+    let mut groups: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
+    for f in &stats.leads {
+        if let (Some(true), Some(len)) = (f.precursor, f.precursor_s) {
+            let i = PRECURSOR_LENGTHS
+                .iter()
+                .rposition(|(from, _)| len >= *from)
+                .unwrap_or(0);
+            groups.entry(i).or_default().push(f.lead);
+        }
+    }
+    lead_metrics(
+        groups
+            .into_iter()
+            .map(|(i, leads)| (PRECURSOR_LENGTHS[i].1, leads)),
+    )
+}
+
+/// Recall and median lead of each named group of lead times.
+fn lead_metrics<'a>(groups: impl Iterator<Item = (&'a str, Vec<usize>)>) -> Vec<KindMetrics> {
+    groups
         .map(|(kind, mut leads)| {
             leads.sort_unstable();
             let n = leads.len();
@@ -177,11 +214,24 @@ pub fn by_kind(stats: &AlarmStats) -> Vec<KindMetrics> {
         .collect()
 }
 
+/// One failure's lead time and what its labels say of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FailureLead {
+    /// Seconds of sustained alarm before it.
+    pub lead: usize,
+    /// Whether it had precursors, when known.
+    pub precursor: Option<bool>,
+    /// Its kind, when known.
+    pub kind: Option<String>,
+    /// Length of its precursor, when known.
+    pub precursor_s: Option<u32>,
+}
+
 /// Threshold-dependent results: lead times and false alarms.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AlarmStats {
-    /// Lead time of each failure, with its precursor label and kind.
-    pub leads: Vec<(usize, Option<bool>, Option<String>)>,
+    /// Lead time of each failure, with its labels.
+    pub leads: Vec<FailureLead>,
     /// Alarm episodes.
     pub episodes: usize,
     /// Episodes not followed by a failure in time.
@@ -222,8 +272,8 @@ impl AlarmStats {
     fn group_leads(&self, group: Group) -> Vec<usize> {
         self.leads
             .iter()
-            .filter(|(_, p, _)| group.contains(*p))
-            .map(|(l, _, _)| *l)
+            .filter(|f| group.contains(f.precursor))
+            .map(|f| f.lead)
             .collect()
     }
 }
@@ -271,11 +321,12 @@ pub fn alarm_stats(series: &[Scored<'_>], thr: f64) -> AlarmStats {
     for s in series {
         stats.up_seconds += s.down.iter().filter(|d| !**d).count();
         for f in s.failures {
-            stats.leads.push((
-                lead_time(s.scores, s.down, f.start, thr),
-                f.precursor,
-                f.kind.clone(),
-            ));
+            stats.leads.push(FailureLead {
+                lead: lead_time(s.scores, s.down, f.start, thr),
+                precursor: f.precursor,
+                kind: f.kind.clone(),
+                precursor_s: f.precursor_s,
+            });
         }
         for (_, last) in episodes(s.scores, s.down, thr) {
             stats.episodes += 1;
@@ -416,6 +467,7 @@ pub fn report(series: &[Series], scores: &[Vec<f64>], thr: f64, horizon: usize) 
         .iter()
         .map(|s| s.down.iter().filter(|d| !**d).count())
         .sum();
+    let stats = alarm_stats(&scored, thr);
     Report {
         model: grouped(&scored, thr, horizon),
         baseline: grouped(&base_scored, 0.5, horizon),
@@ -427,7 +479,8 @@ pub fn report(series: &[Series], scores: &[Vec<f64>], thr: f64, horizon: usize) 
             .flat_map(|s| &s.failures)
             .filter(|f| f.precursor.is_none())
             .count(),
-        by_kind: by_kind(&alarm_stats(&scored, thr)),
+        by_kind: by_kind(&stats),
+        by_precursor_length: by_precursor_length(&stats),
     }
 }
 
@@ -441,6 +494,7 @@ mod tests {
             end: start + 5,
             kind: None,
             precursor,
+            precursor_s: None,
         }
     }
 
@@ -557,6 +611,43 @@ mod tests {
         assert_eq!(
             baseline_scores(&samples, &down),
             vec![0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0]
+        );
+    }
+
+    #[test]
+    fn precursor_lengths_group_known_precursors_shortest_first() {
+        let lead = |lead, precursor, precursor_s| FailureLead {
+            lead,
+            precursor,
+            kind: None,
+            precursor_s,
+        };
+        let stats = AlarmStats {
+            leads: vec![
+                lead(0, Some(true), Some(12)),
+                lead(40, Some(true), Some(600)),
+                lead(5, Some(true), Some(900)),
+                lead(20, Some(true), Some(29)),
+                lead(90, Some(true), Some(1800)),
+                // Sudden, or of unknown length: in no group.
+                lead(0, Some(false), Some(0)),
+                lead(50, Some(true), None),
+            ],
+            episodes: 0,
+            false_alarms: 0,
+            up_seconds: 1,
+        };
+        let got: Vec<(String, usize, f64)> = by_precursor_length(&stats)
+            .into_iter()
+            .map(|k| (k.kind, k.failures, k.recall_at_10s))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("under 30 s".into(), 2, 0.5),
+                ("5 to 30 min".into(), 2, 0.5),
+                ("30 min or more".into(), 1, 1.0),
+            ]
         );
     }
 }

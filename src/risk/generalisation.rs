@@ -116,6 +116,7 @@ fn piece(s: &Series, from: usize, to: usize) -> Option<Series> {
                 end: f.end.min(to) - from,
                 kind: f.kind.clone(),
                 precursor: f.precursor,
+                precursor_s: f.precursor_s,
             })
             .collect(),
     })
@@ -282,6 +283,7 @@ mod tests {
             end,
             kind: Some(kind.into()),
             precursor: Some(kind != "power_loss"),
+            precursor_s: None,
         }
     }
 

@@ -31,6 +31,8 @@ pub struct FailureSpan {
     pub kind: Option<String>,
     /// Whether it had precursors, when known.
     pub precursor: Option<bool>,
+    /// How long its precursor lasted (seconds), when known.
+    pub precursor_s: Option<u32>,
 }
 
 /// A contiguous stretch of one appliance's telemetry.
@@ -164,6 +166,7 @@ fn finish(mut s: Series, t: &Telemetry, labels: Option<&FailureLabels>) -> Serie
                 end: i,
                 kind: label.map(|l| l.kind.clone()),
                 precursor: label.and_then(|l| l.precursor),
+                precursor_s: label.and_then(|l| l.precursor_s),
             });
         } else {
             i += 1;
@@ -200,7 +203,8 @@ mod tests {
                 start: 4,
                 end: 6,
                 kind: None,
-                precursor: None
+                precursor: None,
+                precursor_s: None
             }]
         );
         assert!(

@@ -536,6 +536,7 @@ fn tails_of(series: &[Series], v: &ValidationScores) -> Tails {
                     end: f.end - off,
                     kind: f.kind.clone(),
                     precursor: f.precursor,
+                    precursor_s: f.precursor_s,
                 })
                 .collect(),
         );
