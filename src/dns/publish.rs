@@ -325,22 +325,36 @@ impl Publisher {
         ClientTable::new(index, answers).with_standby(standby)
     }
 
-    /// Publishes every new version of the inputs, and again at each wake-up, until shutdown.
+    /// Publishes every new version of the inputs, and again at each wake-up and each reloaded
+    /// model (whose threshold the policy may follow; the reload itself may change no input:
+    /// scores that do not move write nothing), until shutdown.
     pub async fn run(
         mut self,
         mut inputs: watch::Receiver<Option<Arc<Inputs>>>,
         shutdown: CancellationToken,
     ) {
         let mut wakeup: Option<DateTime<Utc>> = None;
+        let mut models = self.follow.as_ref().map(|f| f.model.subscribe());
         loop {
             let sleep = wakeup.map(|t| {
                 (t - Utc::now()).to_std().unwrap_or_default() + std::time::Duration::from_millis(1)
             });
+            let reloaded = async {
+                match models.as_mut() {
+                    Some(m) => m.changed().await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 changed = inputs.changed() => {
                     if changed.is_err() {
                         return;
+                    }
+                }
+                live = reloaded => {
+                    if !live {
+                        models = None;
                     }
                 }
                 _ = tokio::time::sleep(sleep.unwrap_or_default()), if sleep.is_some() => {}

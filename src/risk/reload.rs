@@ -79,6 +79,11 @@ impl ModelSource {
         Arc::clone(&self.current.borrow())
     }
 
+    /// Told of every model put in force after this call.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Model>> {
+        self.current.subscribe()
+    }
+
     /// Reloads completed and refused since start.
     pub fn counts(&self) -> (u64, u64) {
         (
