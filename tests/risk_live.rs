@@ -35,6 +35,40 @@ async fn write_score(pool: &sqlx::PgPool, appliance: &str, score: f64) {
         .unwrap();
 }
 
+/// Which `(region, appliance)` score rows the stand-in scorers keep confirming.
+type Confirming = Arc<std::sync::Mutex<Vec<(&'static str, &'static str)>>>;
+
+/// Stand-ins for the agents and the scorers until `stop`: every 200 ms, health for both
+/// appliances and a confirmation of each row in `confirming`.
+fn feed_health_and_confirm(
+    pool: sqlx::PgPool,
+    confirming: Confirming,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while !stop.load(Ordering::Relaxed) {
+            let now = chrono::Utc::now();
+            let health = ["eu-1", "us-1"].map(|a| calm(a, now).0);
+            shadowsteer::store::telemetry::insert_health(&pool, &health)
+                .await
+                .unwrap();
+            let rows = confirming.lock().unwrap().clone();
+            for (region, a) in rows {
+                shadowsteer::store::risk::confirm_scores(
+                    &pool,
+                    region,
+                    &[("appliance", a.to_owned())],
+                    now,
+                    now,
+                )
+                .await
+                .unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+}
+
 /// The scorer dies (nothing confirms eu-1's low score any more) while eu-1's health keeps
 /// arriving: once the score is older than `risk.max_score_age`, alice leaves eu-1 for her
 /// shadow, whose score is confirmed; a fresh low score brings her back.
@@ -44,40 +78,12 @@ async fn unconfirmed_score_moves_clients_and_a_fresh_one_brings_them_back() {
     basic_inventory(&db.url);
     write_score(&db.pool, "eu-1", 0.05).await;
     write_score(&db.pool, "us-1", 0.05).await;
-    // Stand-ins for the agents (health every 200 ms, both appliances) and for the scorers:
-    // us-1's keeps confirming its score; eu-1's does until `eu_scorer` goes false.
-    let eu_scorer = Arc::new(AtomicBool::new(true));
+    // Stand-ins for the agents and for the scorers: us-1's keeps confirming its score;
+    // eu-1's until it dies.
+    let confirming: Confirming =
+        Arc::new(std::sync::Mutex::new(vec![("eu", "eu-1"), ("us", "us-1")]));
     let stop = Arc::new(AtomicBool::new(false));
-    let feeder = {
-        let (pool, eu_scorer, stop) = (db.pool.clone(), eu_scorer.clone(), stop.clone());
-        tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                let now = chrono::Utc::now();
-                let health = ["eu-1", "us-1"].map(|a| calm(a, now).0);
-                shadowsteer::store::telemetry::insert_health(&pool, &health)
-                    .await
-                    .unwrap();
-                let confirm: &[&str] = if eu_scorer.load(Ordering::Relaxed) {
-                    &["eu-1", "us-1"]
-                } else {
-                    &["us-1"]
-                };
-                for a in confirm {
-                    let region = &a[..2];
-                    shadowsteer::store::risk::confirm_scores(
-                        &pool,
-                        region,
-                        &[("appliance", (*a).to_owned())],
-                        now,
-                        now,
-                    )
-                    .await
-                    .unwrap();
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        })
-    };
+    let feeder = feed_health_and_confirm(db.pool.clone(), confirming.clone(), stop.clone());
     let url = db.url.clone();
     let steering = "hold_down = \"1s\"\n[risk]\nenabled = false\nmax_score_age = \"3s\"";
     let server = tokio::task::spawn_blocking(move || {
@@ -97,7 +103,7 @@ async fn unconfirmed_score_moves_clients_and_a_fresh_one_brings_them_back() {
     );
 
     // eu-1's scorer dies; its health keeps arriving.
-    eu_scorer.store(false, Ordering::Relaxed);
+    confirming.lock().unwrap().retain(|r| *r != ("eu", "eu-1"));
     let died = Instant::now();
     let moved = answer_becomes(dns, ALICE, US, Duration::from_secs(20)).await;
     assert!(
@@ -119,7 +125,7 @@ async fn unconfirmed_score_moves_clients_and_a_fresh_one_brings_them_back() {
     );
 
     // A fresh low score (the scorer is back): alice returns once the hold-down has passed.
-    eu_scorer.store(true, Ordering::Relaxed);
+    confirming.lock().unwrap().push(("eu", "eu-1"));
     let back_at = Instant::now();
     write_score(&db.pool, "eu-1", 0.04).await;
     let back = answer_becomes(dns, ALICE, EU, Duration::from_secs(20)).await;
@@ -184,34 +190,10 @@ async fn another_regions_leftover_score_neither_holds_nor_hides() {
     put_score(&db.pool, "us", "us-1", 0.05, 0.0).await;
     // Region us scored eu-1 too, ten minutes ago, and stopped.
     put_score(&db.pool, "us", "eu-1", 0.02, 600.0).await;
-    // Stand-in for the scorers: confirms these (region, appliance) rows every 200 ms.
-    let confirming = Arc::new(std::sync::Mutex::new(vec![("eu", "eu-1"), ("us", "us-1")]));
+    let confirming: Confirming =
+        Arc::new(std::sync::Mutex::new(vec![("eu", "eu-1"), ("us", "us-1")]));
     let stop = Arc::new(AtomicBool::new(false));
-    let feeder = {
-        let (pool, confirming, stop) = (db.pool.clone(), confirming.clone(), stop.clone());
-        tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                let now = chrono::Utc::now();
-                let health = ["eu-1", "us-1"].map(|a| calm(a, now).0);
-                shadowsteer::store::telemetry::insert_health(&pool, &health)
-                    .await
-                    .unwrap();
-                let rows = confirming.lock().unwrap().clone();
-                for (region, a) in rows {
-                    shadowsteer::store::risk::confirm_scores(
-                        &pool,
-                        region,
-                        &[("appliance", a.to_owned())],
-                        now,
-                        now,
-                    )
-                    .await
-                    .unwrap();
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        })
-    };
+    let feeder = feed_health_and_confirm(db.pool.clone(), confirming.clone(), stop.clone());
     let url = db.url.clone();
     let steering = "hold_down = \"1s\"\n[risk]\nenabled = false\nmax_score_age = \"3s\"";
     let cfg = config(NO_RRL, steering).replace(

@@ -50,27 +50,27 @@ pub fn report_table(r: &Report) -> String {
     );
     rows(&mut out, "model", &r.model);
     rows(&mut out, "baseline", &r.baseline);
-    if !r.by_kind.is_empty() {
-        out.push_str("\n| kind (model) | failures | recall@10s | recall@30s | median lead (s) |\n|---|---|---|---|---|\n");
-        for k in &r.by_kind {
-            let _ = writeln!(
-                out,
-                "| {} | {} | {:.3} | {:.3} | {:.0} |",
-                k.kind, k.failures, k.recall_at_10s, k.recall_at_30s, k.median_lead_s
-            );
-        }
-    }
-    if !r.by_precursor_length.is_empty() {
-        out.push_str("\n| precursor length (model) | failures | recall@10s | recall@30s | median lead (s) |\n|---|---|---|---|---|\n");
-        for k in &r.by_precursor_length {
-            let _ = writeln!(
-                out,
-                "| {} | {} | {:.3} | {:.3} | {:.0} |",
-                k.kind, k.failures, k.recall_at_10s, k.recall_at_30s, k.median_lead_s
-            );
-        }
-    }
+    lead_table(&mut out, "kind", &r.by_kind);
+    lead_table(&mut out, "precursor length", &r.by_precursor_length);
     out
+}
+
+/// A table of recall and lead per group (`by` names the grouping); nothing when empty.
+fn lead_table(out: &mut String, by: &str, groups: &[super::evaluate::KindMetrics]) {
+    if groups.is_empty() {
+        return;
+    }
+    let _ = write!(
+        out,
+        "\n| {by} (model) | failures | recall@10s | recall@30s | median lead (s) |\n|---|---|---|---|---|\n"
+    );
+    for k in groups {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {:.3} | {:.3} | {:.0} |",
+            k.kind, k.failures, k.recall_at_10s, k.recall_at_30s, k.median_lead_s
+        );
+    }
 }
 
 /// The whole card.
