@@ -33,6 +33,11 @@ use sqlx::postgres::PgPoolOptions;
 
 pub use target::{Database, DatabaseTarget, default_data_dir};
 
+/// An age as whole milliseconds for the queries' `make_interval` (saturating).
+pub(crate) fn age_ms(age: Duration) -> i64 {
+    i64::try_from(age.as_millis()).unwrap_or(i64::MAX)
+}
+
 /// The schema migrations in `migrations/`, embedded in the binary.
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 

@@ -8,7 +8,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 use utoipa::ToSchema;
 
-use super::StoreError;
+use super::{StoreError, age_ms};
 
 /// A current score (`risk_scores`).
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -63,11 +63,6 @@ pub async fn current_scores(
     )
     .fetch_all(pool)
     .await?)
-}
-
-/// `age` as whole milliseconds for the queries (saturating).
-fn age_ms(age: std::time::Duration) -> i64 {
-    i64::try_from(age.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// Each subject's score as steering counts it, from every region's rows: the highest fresh
@@ -128,19 +123,11 @@ pub async fn path_risks(
     max_age: std::time::Duration,
     filter: &PathFilter,
 ) -> Result<Vec<PathRisk>, StoreError> {
-    let rows = sqlx::query_as!(
-        CurrentScore,
-        r#"SELECT region, subject_kind, subject, score, score_low, score_high, model_version,
-                  computed_at, confirmed_at,
-                  confirmed_at >= now() - make_interval(secs => $1::bigint / 1000.0) AS "fresh!"
-           FROM risk_scores
-           WHERE subject_kind = 'path'
-             AND ($2::text IS NULL OR subject LIKE $2 || '>%' OR subject LIKE '%>' || $2)"#,
-        age_ms(max_age),
-        filter.end
-    )
-    .fetch_all(pool)
-    .await?;
+    let paths = ScoreFilter {
+        kind: Some("path"),
+        max_age,
+    };
+    let rows = current_scores(pool, paths).await?;
     Ok(rank_paths(in_force(rows), appliances, filter))
 }
 

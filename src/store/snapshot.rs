@@ -18,8 +18,8 @@ use sqlx::postgres::PgListener;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::StoreError;
 use super::notify::{CHANNEL, Change, ChangedTable};
+use super::{StoreError, age_ms};
 use crate::domain::{ApplianceId, ClientId, Probability, RegionId};
 use crate::steering::{
     AdvisoryInput, AdvisoryTarget, ApplianceInput, ClientInput, Inputs, PastDecision, PathScores,
@@ -144,11 +144,6 @@ async fn load_scores(
             Ok((id, p))
         })
         .collect()
-}
-
-/// `max_age` as whole milliseconds for the queries (saturating).
-fn age_ms(max_age: Duration) -> i64 {
-    i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// The path scores confirmed within `max_age` (see [`PathScores`] for why a stale one is left
@@ -433,7 +428,6 @@ pub async fn stale_appliances(
     pool: &PgPool,
     timeout: Duration,
 ) -> Result<std::collections::BTreeSet<ApplianceId>, StoreError> {
-    let timeout_ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
     let rows = sqlx::query_scalar!(
         r#"SELECT a.id FROM appliances a
            CROSS JOIN LATERAL (
@@ -441,7 +435,7 @@ pub async fn stale_appliances(
                WHERE h.region = a.region AND h.appliance_id = a.id
                ORDER BY h.ts DESC LIMIT 1) last
            WHERE last.ts < now() - make_interval(secs => $1::bigint / 1000.0)"#,
-        timeout_ms
+        age_ms(timeout)
     )
     .fetch_all(pool)
     .await?;
