@@ -48,6 +48,10 @@ pub const REPORT_PORT: u16 = 7071;
 /// Largest client report accepted (bytes of UDP payload).
 pub const MAX_REPORT: usize = 512;
 
+/// How long after a takeover handshake the new holder keeps showing the client where it is
+/// (see [`Router::reassert`]): longer than the old holder takes to hear of the claim.
+const REASSERT_WINDOW: Duration = Duration::from_secs(3);
+
 /// Datagrams handled per wake-up before timers and commands get a turn.
 const BATCH: usize = 64;
 
@@ -254,6 +258,9 @@ struct Moves {
     data_reported: HashMap<PeerIndex, u32>,
     /// Per session, the other appliance of its shadow group.
     partners: HashMap<PeerIndex, SocketAddr>,
+    /// Sessions taken over here: when the takeover initiation went out, and until when the
+    /// client is shown where it is ([`REASSERT_WINDOW`]).
+    reassert: HashMap<PeerIndex, (Instant, Instant)>,
 }
 
 /// What every worker shares. Locks are held only for synchronous work, never across an
@@ -578,6 +585,7 @@ impl Worker {
                 let mut moves = write(&plane.moves);
                 moves.withheld.remove(&i);
                 moves.data_reported.remove(&i);
+                moves.reassert.remove(&i);
             }
             PeerCommand::Hold { peer, held } => {
                 let mut moves = write(&plane.moves);
@@ -588,6 +596,7 @@ impl Worker {
                     moves.relay_old.remove(&peer);
                 } else {
                     moves.relay_new.remove(&peer);
+                    moves.reassert.remove(&peer);
                     moves.withheld.insert(peer);
                     control.initiations.retain(|(p, _)| *p != peer);
                 }
@@ -615,9 +624,11 @@ impl Worker {
             PeerCommand::Partners(map) => write(&plane.moves).partners = map,
             PeerCommand::Initiate(list) => {
                 let mut moves = write(&plane.moves);
+                let now = Instant::now();
                 for (peer, endpoint) in list {
                     moves.withheld.remove(&peer);
                     moves.relay_old.remove(&peer);
+                    moves.reassert.insert(peer, (now, now + REASSERT_WINDOW));
                     control.initiations.push_back((peer, endpoint));
                 }
             }
@@ -989,8 +1000,42 @@ impl Worker {
         }
     }
 
+    /// Shows the clients of recent takeovers where their sessions are (see
+    /// [`Router::reassert`]).
+    fn reassert(&self, router: &Router, now: Instant, out: &mut [u8]) {
+        let due: Vec<(PeerIndex, Instant)> = {
+            let mut guard = write(&self.plane.moves);
+            let moves = &mut *guard;
+            if moves.reassert.is_empty() {
+                return;
+            }
+            moves.reassert.retain(|_, (_, until)| *until > now);
+            moves
+                .reassert
+                .iter()
+                .filter(|(p, _)| !moves.withheld.contains(p))
+                .map(|(p, (since, _))| (*p, *since))
+                .collect()
+        };
+        for (peer, since) in due {
+            let routed = router.reassert(peer, since, now, out);
+            if let Routed::Send { bytes, .. } = &routed {
+                if bytes.first() == Some(&1) {
+                    DeviceStats::add(&self.plane.stats.takeover_initiations, 1);
+                    if let Some(entry) = write(&self.plane.moves).reassert.get_mut(&peer) {
+                        entry.0 = now;
+                    }
+                } else {
+                    DeviceStats::add(&self.plane.stats.takeover_keepalives, 1);
+                }
+            }
+            let _ = self.carry_out(routed);
+        }
+    }
+
     /// boringtun's timers of every peer, once per [`TICK`] (worker 0 only).
     fn on_timers(&self, router: &Router, now: Instant, out: &mut [u8]) {
+        self.reassert(router, now, out);
         // A copy (almost always empty): `carry_out` reads `moves` too.
         let withheld = read(&self.plane.moves).withheld.clone();
         for n in 0..router.len() {

@@ -175,6 +175,8 @@ pub struct Peer {
     receiver_index: Option<u32>,
     last_handshake: Option<Instant>,
     last_rtt: Option<Duration>,
+    /// When the peer last sent an authenticated data packet (or keepalive).
+    last_data: Option<Instant>,
     events: VecDeque<PeerEvent>,
     /// Whether authenticated packets from a new address move the endpoint (WireGuard roaming,
     /// on for servers) or only handshake initiations do (the client helper: it follows DNS and
@@ -235,6 +237,7 @@ impl Peer {
             receiver_index: None,
             last_handshake: None,
             last_rtt: None,
+            last_data: None,
             events: VecDeque::new(),
             follow_roaming: true,
         }
@@ -289,6 +292,11 @@ impl Peer {
     /// The last round-trip time measured from handshake timing.
     pub fn last_rtt(&self) -> Option<Duration> {
         self.last_rtt
+    }
+
+    /// When the peer last sent us an authenticated data packet or keepalive.
+    pub fn last_data(&self) -> Option<Instant> {
+        self.last_data
     }
 
     /// Whether the peer has a session younger than [`SESSION_LIFETIME`] at `now`.
@@ -395,6 +403,7 @@ impl Peer {
 
     fn on_data(&mut self, now: Instant, src: SocketAddr, datagram: &[u8]) {
         self.authenticated_from(src);
+        self.last_data = Some(now);
         let Some(receiver) = u32_at(datagram, 4) else {
             return;
         };
@@ -453,6 +462,18 @@ impl Peer {
                 Action::Send(out)
             }
             TunnResult::Err(e) => Action::Drop(DropReason::from_wireguard(&e, MSG_DATA)),
+            _ => Action::Done,
+        }
+    }
+
+    /// A keepalive on the current session; nothing without one (boringtun would queue the
+    /// empty packet and start a handshake instead).
+    pub fn keepalive<'a>(&mut self, now: Instant, dst: &'a mut [u8]) -> Action<'a> {
+        if !self.is_active(now) || dst.len() < 148 {
+            return Action::Done;
+        }
+        match self.tunn.encapsulate(&[], dst) {
+            TunnResult::WriteToNetwork(out) if out.first() == Some(&MSG_DATA) => Action::Send(out),
             _ => Action::Done,
         }
     }

@@ -24,7 +24,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::rate_limiter::RateLimiter;
@@ -37,6 +37,15 @@ use crate::domain::{PeerIndex, PublicKey, SecretKey};
 
 /// Size of a cookie reply.
 const COOKIE_REPLY_LEN: usize = 64;
+
+/// How long a client that moved here may be quiet before [`Router::reassert`] sends it a
+/// keepalive (about one timer tick).
+const REASSERT_QUIET: Duration = Duration::from_millis(100);
+
+/// The least time before [`Router::reassert`] repeats an unanswered takeover initiation
+/// (three round trips when the client's is known and longer): sooner, and the response to the
+/// previous one would find it replaced.
+const REASSERT_RETRY: Duration = Duration::from_millis(500);
 
 /// What the device must do with the result of a call.
 #[derive(Debug, PartialEq, Eq)]
@@ -417,6 +426,47 @@ impl Router {
         Self::to_endpoint(&peer, index, action)
     }
 
+    /// After a takeover initiation sent at `since`: what shows the client where its session
+    /// is now. WireGuard clients send to the address of the last packet they authenticated,
+    /// so a reply of the old holder still in flight when the client moved here takes the
+    /// client back there. The old holder passes on what it cannot use (the handshake response,
+    /// data on our session), but not when the two appliances cannot reach each other; then:
+    /// - the initiation went unanswered: again, once a few round trips have passed;
+    /// - the session is up but the client went quiet here: a keepalive.
+    pub fn reassert<'a>(
+        &self,
+        index: PeerIndex,
+        since: Instant,
+        now: Instant,
+        dst: &'a mut [u8],
+    ) -> Routed<'a> {
+        let Some(mut peer) = self.peer(index) else {
+            return Routed::Done;
+        };
+        let action = if peer.last_handshake().is_some_and(|t| t >= since) {
+            let heard = peer
+                .last_data()
+                .is_some_and(|t| now.saturating_duration_since(t) < REASSERT_QUIET);
+            if heard {
+                return Routed::Done;
+            }
+            peer.keepalive(now, dst)
+        } else {
+            let retry = peer
+                .last_rtt()
+                .map_or(REASSERT_RETRY, |rtt| (rtt * 3).max(REASSERT_RETRY));
+            if now.saturating_duration_since(since) < retry {
+                return Routed::Done;
+            }
+            let action = peer.force_handshake(dst);
+            if matches!(action, Action::Send(_)) {
+                lock(&self.awaiting).insert(index);
+            }
+            action
+        };
+        Self::to_endpoint(&peer, index, action)
+    }
+
     /// Restarts the shared handshake count if a second has passed since it last did (boringtun
     /// keeps that time itself). Call it every timer tick: a caller counting its own second on
     /// another clock could find the limiter a hair short of it and skip a whole second.
@@ -643,6 +693,89 @@ mod tests {
         }
         // The first initiation is within the limit, the second gets the cookie, the rest use it.
         assert_eq!((cookies, responses), (1, 39));
+    }
+
+    /// After a takeover, an initiation whose response went astray is repeated once a retry
+    /// interval has passed, and a client that stops sending here gets keepalives, which move
+    /// its endpoint back (WireGuard follows the last packet it authenticated).
+    #[test]
+    fn reassert_repeats_lost_initiations_and_reminds_quiet_clients() {
+        let mut router = Router::new(SecretKey::generate(), 100);
+        let key = SecretKey::generate();
+        let index = PeerIndex::new(2000).unwrap();
+        router.upsert(spec(&key, 2000, "10.77.0.3"));
+        let mut client = client_for(&router, &key);
+        let client_addr: SocketAddr = "192.0.2.5:1000".parse().unwrap();
+        let server: SocketAddr = "192.0.2.1:51820".parse().unwrap();
+        let (mut buf, mut out) = (vec![0u8; 2048], vec![0u8; 2048]);
+        let ms = Duration::from_millis;
+        let t0 = Instant::now();
+        let first = match router.initiate(index, client_addr, &mut out) {
+            Routed::Send { bytes, .. } => bytes.to_vec(),
+            other => panic!("no initiation: {other:?}"),
+        };
+        assert_eq!(first[0], 1);
+
+        // The response went to the old holder: nothing before the retry interval, then again.
+        assert_eq!(
+            router.reassert(index, t0, t0 + ms(100), &mut out),
+            Routed::Done
+        );
+        let second = match router.reassert(index, t0, t0 + REASSERT_RETRY, &mut out) {
+            Routed::Send { to, bytes, .. } => {
+                assert_eq!(to, client_addr);
+                bytes.to_vec()
+            }
+            other => panic!("not repeated: {other:?}"),
+        };
+        assert_eq!(second[0], 1);
+        assert_ne!(first, second);
+
+        // This one is answered: the session is up.
+        let since = t0 + REASSERT_RETRY;
+        let t1 = since + ms(1);
+        let Action::Send(resp) = client.handle_datagram(t1, server, &second, &mut buf) else {
+            panic!("no response")
+        };
+        let resp = resp.to_vec();
+        let keepalive = match router.handle_datagram(t1, client_addr, &resp, &mut out) {
+            Routed::Send { bytes, .. } => bytes.to_vec(),
+            other => panic!("handshake not completed: {other:?}"),
+        };
+        assert_eq!(
+            client.handle_datagram(t1, server, &keepalive, &mut buf),
+            Action::Done
+        );
+
+        // The client sends here: nothing to add. Quiet for longer than REASSERT_QUIET: a
+        // keepalive on the new session, which the client takes.
+        let Action::Send(data) = client.encapsulate(&[], &mut buf) else {
+            panic!("no keepalive from the client")
+        };
+        let data = data.to_vec();
+        let t2 = t1 + ms(5);
+        assert_eq!(
+            router.handle_datagram(t2, client_addr, &data, &mut out),
+            Routed::Done
+        );
+        assert_eq!(
+            router.reassert(index, since, t2 + ms(50), &mut out),
+            Routed::Done
+        );
+        let reminder = match router.reassert(index, since, t2 + REASSERT_QUIET, &mut out) {
+            Routed::Send { to, bytes, .. } => {
+                assert_eq!(to, client_addr);
+                bytes.to_vec()
+            }
+            other => panic!("no keepalive: {other:?}"),
+        };
+        assert_eq!(reminder[0], 4);
+        let elsewhere: SocketAddr = "198.51.100.7:51820".parse().unwrap();
+        assert_eq!(
+            client.handle_datagram(t2, elsewhere, &reminder, &mut buf),
+            Action::Done
+        );
+        assert_eq!(client.endpoint(), Some(elsewhere));
     }
 
     proptest::proptest! {

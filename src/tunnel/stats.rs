@@ -30,6 +30,8 @@ pub struct DeviceStats {
     pub events_dropped: AtomicU64,
     /// Handshake initiations sent to take a session over.
     pub takeover_initiations: AtomicU64,
+    /// Keepalives sent after a takeover to clients that went quiet here.
+    pub takeover_keepalives: AtomicU64,
     /// Datagrams relayed between the two appliances of a make-before-break move.
     pub relayed: AtomicU64,
     /// Peers configured.
@@ -295,6 +297,11 @@ impl crate::metrics::Collector for DeviceStats {
             "shadowsteer_takeover_initiations",
             "Handshake initiations sent to clients to take their sessions over.",
             get(&self.takeover_initiations),
+        )?;
+        out.counter(
+            "shadowsteer_takeover_keepalives",
+            "Keepalives sent after a takeover to clients that went quiet here (a stray packet of the old holder took them back).",
+            get(&self.takeover_keepalives),
         )?;
         out.counter(
             "shadowsteer_takeover_relayed",

@@ -320,9 +320,13 @@ impl Agent {
 /// A numbered probe stream: UDP echo through the tunnel, one packet every 10 ms.
 pub struct Probe {
     stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<Vec<(u32, Instant)>>>,
+    thread: Option<std::thread::JoinHandle<Heard>>,
     sent: Arc<std::sync::atomic::AtomicU32>,
 }
+
+/// What a probe's thread heard: when it started, each reply (sequence number, when), when it
+/// stopped sending.
+type Heard = (Instant, Vec<(u32, Instant)>, Instant);
 
 #[derive(Debug)]
 pub struct ProbeReport {
@@ -351,6 +355,7 @@ impl Probe {
             let mut seq = 0u32;
             let mut next = Instant::now();
             let mut buf = [0u8; 64];
+            let started = Instant::now();
             while !stop2.load(Ordering::Relaxed) {
                 if Instant::now() >= next {
                     let _ = sock.send_to(&seq.to_be_bytes(), dst);
@@ -368,7 +373,8 @@ impl Probe {
                 }
             }
             // Late replies.
-            let end = Instant::now() + Duration::from_millis(300);
+            let stopped = Instant::now();
+            let end = stopped + Duration::from_millis(300);
             while Instant::now() < end {
                 if let Ok((n, _)) = sock.recv_from(&mut buf)
                     && n == 4
@@ -379,7 +385,7 @@ impl Probe {
                     ));
                 }
             }
-            got
+            (started, got, stopped)
         });
         Self {
             stop,
@@ -390,14 +396,20 @@ impl Probe {
 
     pub fn finish(mut self) -> ProbeReport {
         self.stop.store(true, Ordering::Relaxed);
-        let got = self.thread.take().unwrap().join().unwrap();
+        let (started, got, stopped) = self.thread.take().unwrap().join().unwrap();
         let sent = self.sent.load(Ordering::Relaxed);
         let mut seqs: Vec<u32> = got.iter().map(|(s, _)| *s).collect();
         seqs.sort_unstable();
         seqs.dedup();
+        // From the start to the first reply, between replies, and from the last reply to the
+        // stop: silence at either end is a gap too.
+        let times: Vec<Instant> = std::iter::once(started)
+            .chain(got.iter().map(|(_, t)| *t))
+            .chain(std::iter::once(stopped))
+            .collect();
         let mut gap = Duration::ZERO;
-        for w in got.windows(2) {
-            gap = gap.max(w[1].1.saturating_duration_since(w[0].1));
+        for w in times.windows(2) {
+            gap = gap.max(w[1].saturating_duration_since(w[0]));
         }
         ProbeReport {
             sent,
@@ -524,6 +536,30 @@ pub fn client_endpoint(stage: &Stage, k: usize) -> String {
         .nth(1)
         .unwrap_or_default()
         .to_owned()
+}
+
+/// Points member `k`'s client at `endpoint`, as a stray authenticated packet would.
+pub fn set_client_endpoint(stage: &Stage, k: usize, endpoint: &str) {
+    let ifname = format!("stw{}", stage.tag);
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", stage.ns(k), "wg", "show", &ifname, "peers"])
+        .output()
+        .unwrap();
+    let peer = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(!peer.is_empty(), "no peer on {ifname}");
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        stage.ns(k),
+        "wg",
+        "set",
+        &ifname,
+        "peer",
+        &peer,
+        "endpoint",
+        endpoint,
+    ]);
 }
 
 /// What the client helper runs with.
