@@ -627,3 +627,67 @@ async fn train_from_the_database_learns_recorded_and_observed_failures() {
     );
     assert!(m.card.training_data[0].starts_with("database"));
 }
+
+/// The load-balancer check reads the highest score confirmed within its age limit: another
+/// region's stale row neither holds the weight down nor hides a fresh score, and with no fresh
+/// score the model is left out (advisories alone count).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lb_check_reads_the_highest_fresh_score() {
+    use shadowsteer::store::lb_status;
+    let db = common::test_db().await;
+    let key = common::random_public_key();
+    let args = [
+        "appliance",
+        "add",
+        "--id",
+        "eu-1",
+        "--region",
+        "eu",
+        "--endpoint",
+        "203.0.113.10:51820",
+        "--public-key",
+        &key,
+    ];
+    let (code, _, err) = common::run_cli(&db, &args);
+    assert_eq!(code, 0, "appliance add: {err}");
+    let age = Duration::from_secs(10);
+    let score = |pool: sqlx::PgPool| async move {
+        lb_status::read(&pool, "eu-1", Utc::now(), age)
+            .await
+            .unwrap()
+            .expect("eu-1 is in the inventory")
+            .score
+    };
+    // A row computed `computed` minutes ago and last confirmed `confirmed` minutes ago.
+    let put = |region: &'static str, value: f64, computed: i32, confirmed: i32| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query(
+                "INSERT INTO risk_scores (region, subject_kind, subject, score, score_low, score_high, model_version, computed_at, confirmed_at)
+                 VALUES ($1, 'appliance', 'eu-1', $2, $2 / 2, least(1, $2 * 2), 'm',
+                         now() - make_interval(mins => $3), now() - make_interval(mins => $4))
+                 ON CONFLICT (region, subject_kind, subject) DO UPDATE
+                 SET score = EXCLUDED.score, computed_at = EXCLUDED.computed_at, confirmed_at = EXCLUDED.confirmed_at",
+            )
+            .bind(region)
+            .bind(value)
+            .bind(computed)
+            .bind(confirmed)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+    };
+    // us stopped scoring eu-1 an hour ago at 0.9; eu's fresh 0.05 is what counts.
+    put("us", 0.9, 60, 60).await;
+    put("eu", 0.05, 0, 0).await;
+    assert_eq!(score(db.pool.clone()).await, Some(0.05));
+    // A higher score of another region, computed earlier and still confirmed, wins over the
+    // latest computed one.
+    put("us", 0.6, 5, 0).await;
+    assert_eq!(score(db.pool.clone()).await, Some(0.6));
+    // Nobody confirms any more: no model score.
+    put("us", 0.6, 30, 30).await;
+    put("eu", 0.05, 30, 30).await;
+    assert_eq!(score(db.pool.clone()).await, None);
+}

@@ -13,7 +13,10 @@
 //!   database outage still forwards traffic).
 //!
 //! The state is re-read every `lb_check.refresh`; while the database is away the last known
-//! answer stands. The core ([`LbState`]) is pure; [`run`] owns the socket and the timer.
+//! answer stands. The model's score counts only if a scorer confirmed it within
+//! `lb_check.max_score_age`, the highest of several regions' (as steering reads them); a stale
+//! one is left out rather than counted high as steering does: steering moves each client to
+//! its shadow, but a weight of zero on every backend at a scorer outage would stop the pool. The core ([`LbState`]) is pure; [`run`] owns the socket and the timer.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -82,12 +85,13 @@ pub fn weight_percent(risk: Probability) -> u8 {
 }
 
 /// Answers agent checks on `listen` until shutdown, re-reading `appliance`'s status every
-/// `refresh`. A listener that cannot be bound is logged and the agent runs on without it.
+/// `refresh` (model scores older than `max_score_age` left out). A listener that cannot be bound is logged and the agent runs on without it.
 pub async fn run(
     listen: SocketAddr,
     pool: PgPool,
     appliance: ApplianceId,
     refresh: Duration,
+    max_score_age: Duration,
     shutdown: CancellationToken,
 ) {
     let listener = match TcpListener::bind(listen).await {
@@ -101,7 +105,14 @@ pub async fn run(
     tracing::info!(addr = %addr, "load-balancer check (HAProxy agent-check) listening");
     let (tx, rx) = watch::channel(LbState::Unknown);
     tokio::join!(
-        refresh_loop(pool, appliance, refresh, tx, shutdown.clone()),
+        refresh_loop(
+            pool,
+            appliance,
+            refresh,
+            max_score_age,
+            tx,
+            shutdown.clone()
+        ),
         answer_loop(listener, rx, shutdown),
     );
 }
@@ -110,6 +121,7 @@ async fn refresh_loop(
     pool: PgPool,
     appliance: ApplianceId,
     refresh: Duration,
+    max_score_age: Duration,
     state: watch::Sender<LbState>,
     shutdown: CancellationToken,
 ) {
@@ -120,7 +132,7 @@ async fn refresh_loop(
             () = shutdown.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        match lb_status::read(&pool, appliance.as_str(), Utc::now()).await {
+        match lb_status::read(&pool, appliance.as_str(), Utc::now(), max_score_age).await {
             Ok(row) => {
                 let next = LbState::from_row(row.as_ref());
                 state.send_if_modified(|s| {

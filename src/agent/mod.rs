@@ -249,6 +249,7 @@ pub async fn start(
             pool.clone(),
             appliance.clone(),
             config.lb_check.refresh.0,
+            config.lb_check.max_score_age.0,
             shutdown.clone(),
         ));
     }

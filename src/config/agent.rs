@@ -92,10 +92,18 @@ pub struct LbCheckSection {
     /// How often the appliance's state and risk are re-read from the database.
     #[serde(default = "default_lb_refresh")]
     pub refresh: Duration,
+    /// A model score no scorer confirmed for this long is left out of the weight (advisories
+    /// alone count): a scorer outage must not drain every backend of the pool at once.
+    #[serde(default = "default_lb_max_score_age")]
+    pub max_score_age: Duration,
 }
 
 fn default_lb_refresh() -> Duration {
     Duration(std::time::Duration::from_secs(1))
+}
+
+fn default_lb_max_score_age() -> Duration {
+    Duration(std::time::Duration::from_secs(10))
 }
 
 impl Default for LbCheckSection {
@@ -103,6 +111,7 @@ impl Default for LbCheckSection {
         Self {
             listen: None,
             refresh: default_lb_refresh(),
+            max_score_age: default_lb_max_score_age(),
         }
     }
 }
@@ -358,6 +367,9 @@ impl Validate for AgentConfig {
         }
         if self.lb_check.refresh.0 < std::time::Duration::from_millis(100) {
             problems.push("lb_check.refresh", "must be at least 100ms");
+        }
+        if self.lb_check.max_score_age.0 < std::time::Duration::from_secs(1) {
+            problems.push("lb_check.max_score_age", "must be at least 1s");
         }
         let p = &self.probes;
         if p.interval.0 < std::time::Duration::from_millis(10) {
