@@ -7,7 +7,7 @@ mod fault_support;
 mod serve_harness;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 use fault_support::relay;
@@ -373,36 +373,38 @@ async fn embedded_database_by_default() {
     let _ = std::fs::remove_dir_all(&data);
 }
 
-/// Telemetry of `appliance` for the last 900 s: 600 quiet seconds, then 300 s of a memory leak
-/// with rising congestion (the precursor pattern the model learned), ending now. The network
-/// side is `peer`'s probes towards `appliance`: probes count for the appliance they reach, so
-/// a leak's congestion shown on probes *from* it would make its peer (the shadow) look sick.
-fn leak_telemetry(
+/// How long eu-1's memory leak takes from calm to its worst (memory nearly full, CPU and
+/// congestion up): a precursor that builds up over half a minute, as the agents report it.
+const LEAK_RAMP_S: i64 = 30;
+
+/// How far into its leak eu-1 is at second `sec` when the leak starts at second `start`: 0
+/// (calm) to 1 (the worst).
+fn leak_progress(sec: i64, start: i64) -> f64 {
+    if sec < start {
+        0.0
+    } else {
+        ((sec - start + 1) as f64 / LEAK_RAMP_S as f64).min(1.0)
+    }
+}
+
+/// One second of `appliance`'s telemetry at `ts`, `f` of the way into a memory leak with rising
+/// congestion (the precursor pattern the model learned). The network side is `peer`'s probe
+/// towards `appliance`: probes count for the appliance they reach, so a leak's congestion shown
+/// on probes *from* it would make its peer (the shadow) look sick.
+fn leak_second(
     appliance: &str,
     peer: &str,
-    leaking: bool,
+    ts: chrono::DateTime<chrono::Utc>,
+    f: f64,
 ) -> (
-    Vec<shadowsteer::domain::ApplianceHealth>,
-    Vec<shadowsteer::domain::PathProbe>,
+    shadowsteer::domain::ApplianceHealth,
+    shadowsteer::domain::PathProbe,
 ) {
     use shadowsteer::domain::{ApplianceHealth, Fraction, PathProbe, ProbeTarget};
-    let now = chrono::Utc::now();
-    let mut health = Vec::new();
-    let mut probes = Vec::new();
-    for i in 0..900i64 {
-        let ts = now - chrono::Duration::seconds(900 - i);
-        let f = if leaking && i >= 600 {
-            (i - 600) as f64 / 300.0
-        } else {
-            0.0
-        };
-        let region = if appliance.starts_with("eu") {
-            "eu"
-        } else {
-            "us"
-        };
-        health.push(ApplianceHealth {
-            region: region.parse().unwrap(),
+    let region = |a: &str| if a.starts_with("eu") { "eu" } else { "us" };
+    (
+        ApplianceHealth {
+            region: region(appliance).parse().unwrap(),
             appliance: appliance.parse().unwrap(),
             ts,
             cpu: Fraction::saturating(0.3 + 0.5 * f),
@@ -413,10 +415,9 @@ fn leak_telemetry(
             sessions: 100,
             handshake_failures: 0,
             packets_dropped: 0,
-        });
-        let peer_region = if peer.starts_with("eu") { "eu" } else { "us" };
-        probes.push(PathProbe {
-            region: peer_region.parse().unwrap(),
+        },
+        PathProbe {
+            region: region(peer).parse().unwrap(),
             src: peer.parse().unwrap(),
             dst: ProbeTarget::Appliance(appliance.parse().unwrap()),
             ts,
@@ -424,22 +425,149 @@ fn leak_telemetry(
             jitter_ms: Some(1.0 + 8.0 * f),
             loss: Fraction::saturating(0.02 * f),
             samples: 5,
-        });
+        },
+    )
+}
+
+/// Writes both appliances' telemetry for each second of `[from, to)`: us-1 calm, eu-1 leaking
+/// from second `leak_start` on (`i64::MAX`: calm too).
+async fn insert_leak_seconds(
+    pool: &sqlx::PgPool,
+    from: chrono::DateTime<chrono::Utc>,
+    to: chrono::DateTime<chrono::Utc>,
+    leak_start: i64,
+) {
+    let (mut health, mut probes) = (Vec::new(), Vec::new());
+    let mut ts = from;
+    while ts < to {
+        for (a, peer, f) in [
+            ("eu-1", "us-1", leak_progress(ts.timestamp(), leak_start)),
+            ("us-1", "eu-1", 0.0),
+        ] {
+            let (h, p) = leak_second(a, peer, ts, f);
+            health.push(h);
+            probes.push(p);
+        }
+        ts += chrono::Duration::seconds(1);
     }
-    (health, probes)
+    shadowsteer::store::telemetry::insert_health(pool, &health)
+        .await
+        .unwrap();
+    shadowsteer::store::telemetry::insert_probes(pool, &probes)
+        .await
+        .unwrap();
+}
+
+/// The live scorer's lines of a `/metrics` scrape: its rounds, failures and current scores.
+fn risk_metrics(scrape: &Option<(u16, String)>) -> String {
+    match scrape {
+        Some((_, text)) => text
+            .lines()
+            .filter(|l| l.starts_with("shadowsteer_risk"))
+            .map(|l| format!("{l}\n"))
+            .collect(),
+        None => "(no answer)\n".into(),
+    }
+}
+
+/// What the database says about the live-score test's appliances, for its failure message:
+/// stored scores (with when they were computed and confirmed), their history, the telemetry's
+/// extent and the steering decisions.
+async fn leak_diagnostics(pool: &sqlx::PgPool) -> String {
+    let queries = [
+        ("now", "SELECT now() AS now"),
+        (
+            "risk_scores (appliances)",
+            "SELECT region, subject, score, model_version, computed_at, confirmed_at \
+             FROM risk_scores WHERE subject_kind = 'appliance' ORDER BY subject, region",
+        ),
+        (
+            "risk_history (appliances)",
+            "SELECT region, subject, computed_at, score FROM risk_history \
+             WHERE subject_kind = 'appliance' ORDER BY computed_at, subject",
+        ),
+        (
+            "appliance_health",
+            "SELECT appliance_id, count(*) AS n, min(ts) AS oldest, max(ts) AS newest, \
+             (array_agg(mem ORDER BY ts DESC))[1] AS newest_mem \
+             FROM appliance_health GROUP BY 1 ORDER BY 1",
+        ),
+        (
+            "path_probes",
+            "SELECT src, dst, count(*) AS n, min(ts) AS oldest, max(ts) AS newest \
+             FROM path_probes GROUP BY 1, 2 ORDER BY 1, 2",
+        ),
+        (
+            "steering_decisions",
+            "SELECT client_id, from_appliance, to_appliance, reason, decided_at \
+             FROM steering_decisions ORDER BY id",
+        ),
+    ];
+    let mut out = String::new();
+    for (title, sql) in queries {
+        out.push_str(&format!("{title}:\n"));
+        let rows: Result<Vec<String>, _> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT row_to_json(t)::text FROM ({sql}) t"
+        )))
+        .fetch_all(pool)
+        .await;
+        match rows {
+            Ok(rows) => rows.iter().for_each(|r| out.push_str(&format!("  {r}\n"))),
+            Err(e) => out.push_str(&format!("  ({e})\n")),
+        }
+    }
+    out
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn live_scores_move_a_client_before_its_primary_fails() {
     let db = common::test_db().await;
     basic_inventory(&db.url);
+    // The live scorer reads each second of telemetry once as it arrives (and the last 10 s
+    // again, for late rows): history written behind its back is never read. So the history
+    // goes in before the server starts (its first round reads whole windows) and the rest
+    // arrives second by second, as from the agents. (Written all at once after the start, only
+    // each write's last 10 s reached the scorer, and whether the leak's ten seconds moved the
+    // client hung on whether one calm second survived beside them in the scorer's window.)
+    let start = chrono::Utc::now();
+    insert_leak_seconds(
+        &db.pool,
+        start - chrono::Duration::seconds(900),
+        start,
+        i64::MAX,
+    )
+    .await;
+    // The agents: every 250 ms, the seconds completed since; eu-1 leaks from `leak_start` on.
+    let leak_start = Arc::new(AtomicI64::new(i64::MAX));
+    let stop = Arc::new(AtomicBool::new(false));
+    let feeder = {
+        let (pool, leak_start, stop) = (db.pool.clone(), leak_start.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut from = start;
+            while !stop.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                let whole = chrono::Duration::seconds((chrono::Utc::now() - from).num_seconds());
+                if whole.is_zero() {
+                    continue;
+                }
+                insert_leak_seconds(
+                    &pool,
+                    from,
+                    from + whole,
+                    leak_start.load(Ordering::Relaxed),
+                )
+                .await;
+                from += whole;
+            }
+        })
+    };
     let url = db.url.clone();
     // Live scoring is on by default (the built-in model) and the thresholds follow the model.
     let server = tokio::task::spawn_blocking(move || {
-        // The telemetry is written once: its health rows must not age out (3 s) while the
-        // scorer works, or neither appliance is active and nobody moves; nor may a score the
-        // scorer was slow to confirm (3 s) move the client as unknown-high before the leak
-        // does. Both were seen on a loaded 2-core machine; each has tests of its own.
+        // On a loaded 2-core machine the feeder can stall for seconds: eu-1's health must not
+        // age out (3 s), nor may a score the scorer was slow to confirm (3 s) count as
+        // unknown-high; either would move the client before the leak does. Each has tests of
+        // its own.
         let server = Server::start(
             &config(
                 NO_RRL,
@@ -454,15 +582,6 @@ async fn live_scores_move_a_client_before_its_primary_fails() {
     .unwrap();
 
     // Healthy telemetry on both: the client stays on its primary.
-    for (a, peer) in [("eu-1", "us-1"), ("us-1", "eu-1")] {
-        let (h, p) = leak_telemetry(a, peer, false);
-        shadowsteer::store::telemetry::insert_health(&db.pool, &h)
-            .await
-            .unwrap();
-        shadowsteer::store::telemetry::insert_probes(&db.pool, &p)
-            .await
-            .unwrap();
-    }
     let pool = db.pool.clone();
     let scored = tokio::time::timeout(Duration::from_secs(60), async {
         loop {
@@ -477,30 +596,32 @@ async fn live_scores_move_a_client_before_its_primary_fails() {
         }
     })
     .await;
-    assert!(scored.is_ok(), "the live scorer wrote no score for eu-1");
-    let dns = server.dns;
-    let calm = tokio::task::spawn_blocking(move || answer(dns, ALICE))
+    if scored.is_err() {
+        let (url, admin) = (db.url.clone(), server.admin);
+        let metrics = tokio::task::spawn_blocking(move || {
+            let token = cli(&url, &["token", "create", "--name", "scrape"]);
+            risk_metrics(&http_get(admin, "/metrics", Some(token.trim())))
+        })
         .await
         .unwrap();
-    assert_eq!(calm, ["192.0.2.1"], "healthy telemetry moved the client");
+        panic!(
+            "the live scorer wrote no score for eu-1\n{}\nrisk metrics:\n{metrics}\nserver log:\n{}",
+            leak_diagnostics(&db.pool).await,
+            server.log_text()
+        );
+    }
+    let calm = answers_during(server.dns, ALICE, Duration::from_secs(3)).await;
+    assert_eq!(
+        calm.into_iter().collect::<Vec<_>>(),
+        ["192.0.2.1"],
+        "healthy telemetry moved the client"
+    );
 
-    // eu-1 starts leaking memory: the model's score rises above its threshold before any
-    // failure, and the client moves to its shadow. No advisory, no failure event.
-    sqlx::query("DELETE FROM appliance_health WHERE appliance_id = 'eu-1'")
-        .execute(&db.pool)
-        .await
-        .unwrap();
-    sqlx::query("DELETE FROM path_probes WHERE dst = 'eu-1'")
-        .execute(&db.pool)
-        .await
-        .unwrap();
-    let (h, p) = leak_telemetry("eu-1", "us-1", true);
-    shadowsteer::store::telemetry::insert_health(&db.pool, &h)
-        .await
-        .unwrap();
-    shadowsteer::store::telemetry::insert_probes(&db.pool, &p)
-        .await
-        .unwrap();
+    // eu-1 starts leaking memory: the model's score rises towards its threshold before any
+    // failure, and the client moves to its shadow (from half the threshold on, steering moves a
+    // growing share of eu-1's clients, by their position). No advisory, no failure event.
+    let leak_second_0 = chrono::Utc::now().timestamp() + 1;
+    leak_start.store(leak_second_0, Ordering::Relaxed);
     let url2 = db.url.clone();
     let moved = tokio::task::spawn_blocking(move || {
         let moved = eventually(Duration::from_secs(60), || {
@@ -508,15 +629,24 @@ async fn live_scores_move_a_client_before_its_primary_fails() {
         });
         let token = cli(&url2, &["token", "create", "--name", "scrape"]);
         let metrics = http_get(server.admin, "/metrics", Some(token.trim()));
+        let log = server.log_text();
         assert_eq!(server.stop(), 0);
-        (moved, metrics)
+        (moved, metrics, log)
     })
     .await
     .unwrap();
-    assert!(
-        moved.0.is_some(),
-        "the client did not move on the leak's precursors"
-    );
+    stop.store(true, Ordering::Relaxed);
+    feeder.await.unwrap();
+    if moved.0.is_none() {
+        let risk_metrics = risk_metrics(&moved.1);
+        panic!(
+            "the client did not move on the leak's precursors (eu-1 leaking from second \
+             {leak_second_0}, {})\n{}\nrisk metrics:\n{risk_metrics}\nserver log:\n{}",
+            chrono::DateTime::from_timestamp(leak_second_0, 0).unwrap_or_default(),
+            leak_diagnostics(&db.pool).await,
+            moved.2
+        );
+    }
     let failures: i64 = sqlx::query_scalar("SELECT count(*) FROM failure_events")
         .fetch_one(&db.pool)
         .await
@@ -530,15 +660,23 @@ async fn live_scores_move_a_client_before_its_primary_fails() {
     .unwrap();
     let builtin = shadowsteer::risk::model::Model::builtin().unwrap();
     assert_eq!(version, builtin.version);
-    assert!(score > builtin.threshold, "stored score {score}");
     let reason: String = sqlx::query_scalar(
         "SELECT reason FROM steering_decisions WHERE client_id = 'alice' AND to_appliance = 'us-1' ORDER BY id DESC LIMIT 1",
     )
     .fetch_one(&db.pool)
     .await
     .unwrap();
+    // The model's score moved her (half the threshold is where the policy starts moving
+    // clients), not an unknown-high one.
+    assert!(
+        score > builtin.threshold / 2.0 && reason.starts_with("primary risk 0."),
+        "moved ({reason}) with a stored score of {score}\n{}\nrisk metrics:\n{}\nserver log:\n{}",
+        leak_diagnostics(&db.pool).await,
+        risk_metrics(&moved.1),
+        moved.2
+    );
     eprintln!(
-        "moved after {:?}: {reason} (stored score {score:.3})",
+        "moved {:?} after eu-1 began to leak (a {LEAK_RAMP_S} s ramp): {reason} (stored score {score:.3})",
         moved.0
     );
     // The model and its scores are in the metrics.

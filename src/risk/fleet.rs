@@ -213,11 +213,17 @@ impl Fleet {
         self.subject(kind, id, region, now).written = Some(score);
     }
 
-    /// Adds per-second health.
+    /// Adds per-second health. Health names the appliance's own region, and that files it:
+    /// an appliance first met in another region's probes (a probe row carries its source's
+    /// region, and the first round seeds baselines from them before any health is read) moves
+    /// to its own region, or its scorer would neither write nor confirm its score.
     pub fn handle_health(&mut self, rows: &[HealthSecond]) {
         for h in rows {
             let v = h.values.map(|x| x as f32);
             let s = self.subject(SubjectKind::Appliance, &h.appliance, &h.region, h.sec);
+            if s.region != h.region {
+                s.region.clone_from(&h.region);
+            }
             s.heard = s.heard.max(Some(h.sec));
             s.ring.put(h.sec, 0..5, &v);
         }
@@ -627,6 +633,56 @@ mod tests {
             f.score(&model, now, 1);
         }
         assert!(path(&f) < 0.1, "{}", path(&f));
+    }
+
+    #[test]
+    fn health_files_an_appliance_under_its_own_region() {
+        let model = Model::constant("t", 0.2);
+        let mut f = Fleet::new();
+        // A live scorer's first round: baselines from stored probes come first, and us-1's
+        // probes towards eu-1 carry us-1's region.
+        f.handle_rtt_minutes(
+            &[RttMinute {
+                region: "us".into(),
+                path: false,
+                subject: "eu-1".into(),
+                minute: 10,
+                sum: 1200.0,
+                count: 60,
+            }],
+            1000,
+        );
+        f.handle_health(&[HealthSecond {
+            region: "eu".into(),
+            appliance: "eu-1".into(),
+            sec: 999,
+            values: [0.5, 0.5, 0.5, 10.0, 0.0],
+        }]);
+        f.handle_probes(&[ProbeSecond {
+            region: "us".into(),
+            src: "us-1".into(),
+            dst_kind: "appliance".into(),
+            dst: "eu-1".into(),
+            sec: 999,
+            rtt_ms: 20.0,
+            jitter_ms: 1.0,
+            loss: 0.0,
+        }]);
+        f.score(&model, 1000, 1);
+        let rows = f.poll_writes("eu", 0.02, 10, 990);
+        assert!(
+            rows.iter().any(|r| r.subject == "eu-1"),
+            "eu's scorer does not write eu-1: {rows:?}"
+        );
+        f.handle_written(&rows);
+        assert!(
+            f.poll_confirmations("eu", 990)
+                .contains(&("appliance", "eu-1".to_string()))
+        );
+        let us = f.poll_writes("us", 0.02, 10, 990);
+        assert!(us.iter().all(|r| r.subject != "eu-1"), "{us:?}");
+        // The path is the prober's.
+        assert!(us.iter().any(|r| r.subject == "us-1>eu-1"), "{us:?}");
     }
 
     #[test]
