@@ -258,8 +258,9 @@ struct Moves {
     data_reported: HashMap<PeerIndex, u32>,
     /// Per session, the other appliance of its shadow group.
     partners: HashMap<PeerIndex, SocketAddr>,
-    /// Sessions taken over here: when the takeover initiation went out, and until when the
-    /// client is shown where it is ([`REASSERT_WINDOW`]).
+    /// Sessions taken over here after a crash (no make-before-break relay): when the takeover
+    /// initiation went out, and until when the client is shown where it is
+    /// ([`REASSERT_WINDOW`]).
     reassert: HashMap<PeerIndex, (Instant, Instant)>,
 }
 
@@ -624,11 +625,9 @@ impl Worker {
             PeerCommand::Partners(map) => write(&plane.moves).partners = map,
             PeerCommand::Initiate(list) => {
                 let mut moves = write(&plane.moves);
-                let now = Instant::now();
                 for (peer, endpoint) in list {
                     moves.withheld.remove(&peer);
                     moves.relay_old.remove(&peer);
-                    moves.reassert.insert(peer, (now, now + REASSERT_WINDOW));
                     control.initiations.push_back((peer, endpoint));
                 }
             }
@@ -995,6 +994,13 @@ impl Worker {
             let routed = router.initiate(peer, endpoint, out);
             if matches!(routed, Routed::Send { .. }) {
                 DeviceStats::add(&self.plane.stats.takeover_initiations, 1);
+                // A crash takeover: nobody relays what the client sends the old holder. (A
+                // make-before-break move has the old holder relay for a while instead.)
+                let now = Instant::now();
+                let mut moves = write(&self.plane.moves);
+                if !moves.relay_new.contains_key(&peer) {
+                    moves.reassert.insert(peer, (now, now + REASSERT_WINDOW));
+                }
             }
             let _ = self.carry_out(routed);
         }

@@ -44,8 +44,8 @@ const REASSERT_QUIET: Duration = Duration::from_millis(100);
 
 /// The least time before [`Router::reassert`] repeats an unanswered takeover initiation
 /// (three round trips when the client's is known and longer): sooner, and the response to the
-/// previous one would find it replaced.
-const REASSERT_RETRY: Duration = Duration::from_millis(500);
+/// previous one, late on a loaded machine or a long path, would find it replaced.
+const REASSERT_RETRY: Duration = Duration::from_secs(1);
 
 /// What the device must do with the result of a call.
 #[derive(Debug, PartialEq, Eq)]
