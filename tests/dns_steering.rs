@@ -437,25 +437,18 @@ async fn insert_leak_seconds(
     to: chrono::DateTime<chrono::Utc>,
     leak_start: i64,
 ) {
-    let (mut health, mut probes) = (Vec::new(), Vec::new());
-    let mut ts = from;
-    while ts < to {
-        for (a, peer, f) in [
-            ("eu-1", "us-1", leak_progress(ts.timestamp(), leak_start)),
-            ("us-1", "eu-1", 0.0),
-        ] {
-            let (h, p) = leak_second(a, peer, ts, f);
-            health.push(h);
-            probes.push(p);
-        }
-        ts += chrono::Duration::seconds(1);
-    }
-    shadowsteer::store::telemetry::insert_health(pool, &health)
-        .await
-        .unwrap();
-    shadowsteer::store::telemetry::insert_probes(pool, &probes)
-        .await
-        .unwrap();
+    serve_harness::insert_seconds(pool, from, to, |ts| {
+        vec![
+            leak_second(
+                "eu-1",
+                "us-1",
+                ts,
+                leak_progress(ts.timestamp(), leak_start),
+            ),
+            leak_second("us-1", "eu-1", ts, 0.0),
+        ]
+    })
+    .await;
 }
 
 /// The live scorer's lines of a `/metrics` scrape: its rounds, failures and current scores.

@@ -16,7 +16,8 @@
 //! answer stands. The model's score counts only if a scorer confirmed it within
 //! `lb_check.max_score_age`, the highest of several regions' (as steering reads them); a stale
 //! one is left out rather than counted high as steering does: steering moves each client to
-//! its shadow, but a weight of zero on every backend at a scorer outage would stop the pool. The core ([`LbState`]) is pure; [`run`] owns the socket and the timer.
+//! its shadow, but a weight of zero on every backend at a scorer outage would stop the pool.
+//! The core ([`LbState`]) is pure; [`run`] owns the socket and the timer.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -85,7 +86,8 @@ pub fn weight_percent(risk: Probability) -> u8 {
 }
 
 /// Answers agent checks on `listen` until shutdown, re-reading `appliance`'s status every
-/// `refresh` (model scores older than `max_score_age` left out). A listener that cannot be bound is logged and the agent runs on without it.
+/// `refresh` (model scores older than `max_score_age` left out). A listener that cannot be
+/// bound is logged and the agent runs on without it.
 pub async fn run(
     listen: SocketAddr,
     pool: PgPool,

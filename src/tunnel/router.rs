@@ -419,11 +419,22 @@ impl Router {
             return Routed::Drop(DropReason::UnknownPeer);
         };
         peer.set_endpoint(endpoint);
+        let action = self.start_handshake(index, &mut peer, dst);
+        Self::to_endpoint(&peer, index, action)
+    }
+
+    /// A handshake initiation of ours to `peer`, its response awaited (see `awaiting`).
+    fn start_handshake<'a>(
+        &self,
+        index: PeerIndex,
+        peer: &mut Peer,
+        dst: &'a mut [u8],
+    ) -> Action<'a> {
         let action = peer.force_handshake(dst);
         if matches!(action, Action::Send(_)) {
             lock(&self.awaiting).insert(index);
         }
-        Self::to_endpoint(&peer, index, action)
+        action
     }
 
     /// After a takeover initiation sent at `since`: what shows the client where its session
@@ -458,11 +469,7 @@ impl Router {
             if now.saturating_duration_since(since) < retry {
                 return Routed::Done;
             }
-            let action = peer.force_handshake(dst);
-            if matches!(action, Action::Send(_)) {
-                lock(&self.awaiting).insert(index);
-            }
-            action
+            self.start_handshake(index, &mut peer, dst)
         };
         Self::to_endpoint(&peer, index, action)
     }

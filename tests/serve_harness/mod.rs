@@ -621,11 +621,23 @@ pub async fn insert_calm(
     from: chrono::DateTime<chrono::Utc>,
     to: chrono::DateTime<chrono::Utc>,
 ) {
+    insert_seconds(pool, from, to, |ts| {
+        appliances.iter().map(|a| calm(a, ts)).collect()
+    })
+    .await;
+}
+
+/// Inserts, for each second `ts` of `[from, to)`, the telemetry `second(ts)` gives.
+pub async fn insert_seconds(
+    pool: &sqlx::PgPool,
+    from: chrono::DateTime<chrono::Utc>,
+    to: chrono::DateTime<chrono::Utc>,
+    mut second: impl FnMut(chrono::DateTime<chrono::Utc>) -> Vec<(ApplianceHealth, PathProbe)>,
+) {
     let (mut health, mut probes) = (Vec::new(), Vec::new());
     let mut ts = from;
     while ts < to {
-        for a in appliances {
-            let (h, p) = calm(a, ts);
+        for (h, p) in second(ts) {
             health.push(h);
             probes.push(p);
         }
