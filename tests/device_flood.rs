@@ -26,6 +26,8 @@ const WINDOW: Duration = Duration::from_secs(3);
 struct Seen {
     keepalives: u32,
     echo_replies: u32,
+    /// The checkpoint intervals (500 ms from the window's start) in which an echo reply came.
+    echo_intervals: std::collections::BTreeSet<u128>,
     initiations: u32,
     first_initiation: Option<Duration>,
 }
@@ -150,7 +152,10 @@ async fn timers_fire_while_a_flood_keeps_the_socket_readable() {
     // (2 ms), up to 6 checkpoints (every 500 ms, if an echo got through in the interval). The
     // bounds leave room for a loaded machine. A starved loop (socket polled first) missed the
     // first two by far: 0-2 keepalives, the initiation after 375 ms or more, or never. Its
-    // checkpoints (0-4) were fewer but overlap, so that bound only guards against none.
+    // checkpoints (0-4) were fewer but overlap, so that bound only guards against none. How
+    // many checkpoints are due depends on how many intervals an echo got through in, which is
+    // up to the kernel under the flood (2 of ~30 echoes in one CI run): the last such interval's
+    // checkpoint may fall after the window.
     assert!(
         seen.keepalives >= 2,
         "persistent keepalives (1 s) starved: {seen:?}"
@@ -160,7 +165,11 @@ async fn timers_fire_while_a_flood_keeps_the_socket_readable() {
             .is_some_and(|t| t < Duration::from_millis(100)),
         "takeover initiation starved: {seen:?}"
     );
-    assert!(checkpoints >= 3, "{checkpoints} checkpoints in {WINDOW:?}");
+    let due = (seen.echo_intervals.len() - 1).clamp(1, 3);
+    assert!(
+        checkpoints >= due,
+        "{checkpoints} checkpoints in {WINDOW:?}, {due} due: {seen:?}"
+    );
     shutdown.cancel();
     task.await.unwrap().unwrap();
 }
@@ -187,7 +196,11 @@ async fn watch(client: &mut TestClient, device: SocketAddr, start: Instant) -> S
         }
         match (rx[0], n) {
             (4, 32) => seen.keepalives += 1,
-            (4, _) => seen.echo_replies += 1,
+            (4, _) => {
+                seen.echo_replies += 1;
+                seen.echo_intervals
+                    .insert(start.elapsed().as_millis() / 500);
+            }
             (1, 148) => {
                 seen.initiations += 1;
                 seen.first_initiation.get_or_insert(start.elapsed());
