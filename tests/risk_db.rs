@@ -691,3 +691,86 @@ async fn lb_check_reads_the_highest_fresh_score() {
     put("eu", 0.05, 30, 30).await;
     assert_eq!(score(db.pool.clone()).await, None);
 }
+
+/// The live scorer's reads find rows by arrival: a row received after the cursor brings back
+/// its whole second (its appliance's; for probes, every probe to its destination), so a late
+/// row joins that second's average; seconds with nothing new stay out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_reads_find_late_rows_and_return_their_seconds_whole() {
+    use shadowsteer::store::risk::{health_seconds_received, probe_seconds_received};
+    let db = common::test_db().await;
+    let now = Utc::now();
+    let second = chrono::DateTime::from_timestamp(now.timestamp() - 60, 0).unwrap();
+    let (from, to) = (
+        second - chrono::Duration::seconds(10),
+        now + chrono::Duration::seconds(1),
+    );
+    let store = |h: Vec<ApplianceHealth>, p: Vec<PathProbe>| {
+        let pool = db.pool.clone();
+        async move {
+            shadowsteer::store::telemetry::insert_health(&pool, &h)
+                .await
+                .unwrap();
+            shadowsteer::store::telemetry::insert_probes(&pool, &p)
+                .await
+                .unwrap();
+        }
+    };
+    store(
+        vec![health("eu-1", second), health("eu-2", second)],
+        vec![probe("eu-2", "eu-1", second), probe("eu-1", "eu-2", second)],
+    )
+    .await;
+    let epoch = chrono::DateTime::UNIX_EPOCH;
+    let first = health_seconds_received(&db.pool, epoch, from, to)
+        .await
+        .unwrap();
+    assert_eq!(first.rows.len(), 2, "{:?}", first.rows);
+    let cursor = first.newest.expect("rows were read");
+    let probes = probe_seconds_received(&db.pool, epoch, from, to)
+        .await
+        .unwrap();
+    assert_eq!(probes.rows.len(), 2, "{:?}", probes.rows);
+    let since = cursor.max(probes.newest.unwrap()) + chrono::Duration::microseconds(1);
+    assert!(
+        health_seconds_received(&db.pool, since, from, to)
+            .await
+            .unwrap()
+            .rows
+            .is_empty()
+    );
+
+    // A minute late: eu-1's second gets another row (cpu 0.7), and a probe to eu-1 from eu-3.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let late = second + chrono::Duration::milliseconds(500);
+    let mut busy = health("eu-1", late);
+    busy.cpu = Fraction::new(0.7).unwrap();
+    let mut slow = probe("eu-3", "eu-1", late);
+    slow.rtt_ms = Some(40.0);
+    store(vec![busy], vec![slow]).await;
+
+    let again = health_seconds_received(&db.pool, since, from, to)
+        .await
+        .unwrap();
+    assert!(again.newest.is_some_and(|t| t >= since));
+    let [row] = again.rows.as_slice() else {
+        panic!("want eu-1's second alone: {:?}", again.rows);
+    };
+    assert_eq!(
+        (row.appliance.as_str(), row.sec),
+        ("eu-1", second.timestamp())
+    );
+    assert!((row.values[0] - 0.5).abs() < 1e-9, "cpu {:?}", row.values);
+    let mut to_eu1: Vec<(String, f64)> = probe_seconds_received(&db.pool, since, from, to)
+        .await
+        .unwrap()
+        .rows
+        .into_iter()
+        .map(|p| {
+            assert_eq!((p.dst.as_str(), p.sec), ("eu-1", second.timestamp()));
+            (p.src, p.rtt_ms)
+        })
+        .collect();
+    to_eu1.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(to_eu1, [("eu-2".into(), 20.0), ("eu-3".into(), 40.0)]);
+}

@@ -550,14 +550,19 @@ async fn reloaded_model_names_new_scores_and_a_bad_file_changes_nothing() {
 /// A model that scores by cpu over the last 10 s (0.6 -> 0.27, 0.3 -> 0.08) with the given
 /// operating threshold.
 fn cpu_model(name: &str, threshold: f64) -> shadowsteer::risk::model::Model {
+    cpu_model_on(name, "cpu_mean10", threshold)
+}
+
+/// As [`cpu_model`], reading the cpu feature `feature`.
+fn cpu_model_on(name: &str, feature: &str, threshold: f64) -> shadowsteer::risk::model::Model {
     use shadowsteer::risk::model::{Members, Model};
     let mut m = Model::constant(name, 0.5);
     let cpu = m
         .features
         .names()
         .iter()
-        .position(|f| f == "cpu_mean10")
-        .expect("cpu_mean10 is a feature");
+        .position(|f| f == feature)
+        .expect("a feature of the model");
     if let Members::Logistic(ms) = &mut m.members {
         ms[0].intercept = -4.0;
         ms[0].weights[cpu] = 5.0;
@@ -760,5 +765,87 @@ async fn a_reloaded_threshold_without_a_valid_policy_changes_nothing() {
         [EU],
         "a refused threshold moved alice; log:\n{}",
         s.server.log_text()
+    );
+}
+
+/// An agent that could not write for a while replays its buffer: rows 15-40 s old reach the
+/// live scorer's windows. Before, each round re-read only the last 10 s by timestamp, so the
+/// replayed seconds stayed holes and eu-1's busy minute never counted.
+#[tokio::test(flavor = "multi_thread")]
+async fn telemetry_written_late_reaches_the_live_scores() {
+    let db = common::test_db().await;
+    basic_inventory(&db.url);
+    let now0 = chrono::Utc::now();
+    let at = |s: i64| now0 + chrono::Duration::seconds(s);
+    // eu-1's seconds [-40, -15) are still in its agent's buffer.
+    insert_calm(&db.pool, &["eu-1", "us-1"], at(-120), at(-40)).await;
+    insert_calm(&db.pool, &["us-1"], at(-40), at(-15)).await;
+    insert_calm(&db.pool, &["eu-1", "us-1"], at(-15), now0).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let feeder = feed_health_and_confirm(db.pool.clone(), Confirming::default(), stop.clone());
+    // cpu over the last minute: 0.3 throughout -> 0.08; with the replayed 25 s at 0.9 -> 0.22.
+    let s = ModelServer::start(
+        &db.url,
+        "hold_down = \"1s\"\nhealth_timeout = \"1h\"",
+        &cpu_model_on("late", "cpu_mean60", 0.15),
+    )
+    .await;
+    let eu_score = || async {
+        sqlx::query_scalar::<_, f64>(
+            "SELECT score FROM risk_scores WHERE subject_kind = 'appliance' AND subject = 'eu-1'",
+        )
+        .fetch_optional(&db.pool)
+        .await
+        .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let before = loop {
+        if let Some(score) = eu_score().await {
+            break score;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "eu-1 never scored; log:\n{}",
+            s.server.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(before < 0.1, "calm eu-1 scored {before}");
+    // The whole gap must still be in the minute the model reads when the replay is scored.
+    let waited = (chrono::Utc::now() - now0).num_seconds();
+    assert!(
+        waited < 12,
+        "serve took {waited} s to score; the gap left the window"
+    );
+
+    // The replay: the buffered seconds, busy.
+    insert_seconds(&db.pool, at(-40), at(-15), |ts| {
+        let (mut h, p) = calm("eu-1", ts);
+        h.cpu = shadowsteer::domain::Fraction::saturating(0.9);
+        vec![(h, p)]
+    })
+    .await;
+    let replayed = Instant::now();
+    let mut last = before;
+    while last < 0.15 {
+        assert!(
+            replayed.elapsed() < Duration::from_secs(8),
+            "the replayed rows never reached the scorer: eu-1 still scores {last}; log:\n{}",
+            s.server.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        last = eu_score().await.unwrap_or(last);
+    }
+    eprintln!(
+        "replayed rows 15-40 s old scored after {:?}: eu-1 {before:.3} -> {last:.3}",
+        replayed.elapsed()
+    );
+    stop.store(true, Ordering::Relaxed);
+    feeder.await.unwrap();
+    assert_eq!(
+        tokio::task::spawn_blocking(move || s.server.stop())
+            .await
+            .unwrap(),
+        0
     );
 }

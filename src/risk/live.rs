@@ -35,7 +35,8 @@ use crate::config::RiskSection;
 use crate::domain::RegionId;
 use crate::store::{StoreError, risk as db, scorer_lease};
 
-/// Rows can arrive this late (agents batch their inserts); each round re-reads this much.
+/// A row's `received_at` is its transaction's start, and it is visible only from the commit:
+/// each round reads again what was received this long before the newest row it has seen.
 const LATE_S: i64 = 10;
 /// Failure history the features use.
 const HISTORY_S: i64 = 3600;
@@ -173,8 +174,10 @@ impl crate::metrics::Collector for LiveMetrics {
 #[derive(Default)]
 struct Round {
     fleet: Fleet,
-    /// Telemetry was read up to (exclusive) this time.
-    read_to: Option<DateTime<Utc>>,
+    /// The newest `received_at` read (`None`: the next round reads every second of the
+    /// window). Rounds read by arrival, not by timestamp, so that rows written late (an agent
+    /// replaying its buffer) still reach the windows.
+    received_to: Option<DateTime<Utc>>,
     /// Whether the rtt baselines were warmed from stored probes.
     baseline_seeded: bool,
 }
@@ -261,7 +264,7 @@ pub async fn run(
             }
             (r, Err(e)) => {
                 round = r;
-                round.read_to = None;
+                round.received_to = None;
                 state.failed_rounds += 1;
                 state.last_error = Some(e.to_string());
                 tracing::warn!(error = %e, "risk scoring round failed; retrying next round");
@@ -344,13 +347,13 @@ async fn run_round(
 ) -> (Round, Result<Outcome, StoreError>) {
     // Score the last complete second.
     let scored_at = now.timestamp() - 1;
-    let from = match round.read_to {
-        Some(t) => t - chrono::Duration::seconds(LATE_S),
-        None => now - chrono::Duration::seconds(WINDOW_S as i64 + LATE_S),
-    };
+    let from = now - chrono::Duration::seconds(WINDOW_S as i64 + LATE_S);
+    let since = round.received_to.map_or(DateTime::UNIX_EPOCH, |t| {
+        t - chrono::Duration::seconds(LATE_S)
+    });
     let reads = async {
-        let health = db::health_seconds(pool, from, now).await?;
-        let probes = db::probe_seconds(pool, from, now).await?;
+        let health = db::health_seconds_received(pool, since, from, now).await?;
+        let probes = db::probe_seconds_received(pool, since, from, now).await?;
         let events =
             db::failure_events(pool, now - chrono::Duration::seconds(HISTORY_S), now).await?;
         Ok::<_, StoreError>((health, probes, events))
@@ -370,10 +373,13 @@ async fn run_round(
         }
         round.baseline_seeded = true;
     }
-    round.read_to = Some(now);
+    round.received_to = [round.received_to, health.newest, probes.newest]
+        .into_iter()
+        .flatten()
+        .max();
     let fleet = &mut round.fleet;
-    fleet.handle_health(&health);
-    fleet.handle_probes(&probes);
+    fleet.handle_health(&health.rows);
+    fleet.handle_probes(&probes.rows);
     fleet.handle_failures(&events, scored_at);
     // CPU work off the async workers: the fleet moves into the blocking task and back.
     let mut fleet = std::mem::take(&mut round.fleet);

@@ -92,6 +92,101 @@ pub async fn probe_seconds(
         .collect())
 }
 
+/// What a live round read: its rows, and when the newest of them reached the database.
+#[derive(Debug, Clone)]
+pub struct Received<T> {
+    /// One per second read, as the range functions give them.
+    pub rows: Vec<T>,
+    /// Largest `received_at` among the rows read (`None` when none).
+    pub newest: Option<DateTime<Utc>>,
+}
+
+/// Per-second health in `[from, to)` of every (appliance, second) that got a row received at
+/// `since` or later: each such second whole, so a late row joins its second's average rather
+/// than replacing it. Pass the epoch as `since` for every second of the range.
+pub async fn health_seconds_received(
+    pool: &PgPool,
+    since: DateTime<Utc>,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<Received<HealthSecond>, StoreError> {
+    let rows = sqlx::query!(
+        r#"SELECT h.region, h.appliance_id,
+                  floor(extract(epoch FROM h.ts))::bigint AS "sec!",
+                  avg(h.cpu) AS "cpu!", avg(h.mem) AS "mem!", avg(h.bw_util) AS "bw_util!",
+                  avg(h.sessions)::float8 AS "sessions!",
+                  sum(h.handshake_failures)::float8 AS "hsf!",
+                  max(h.received_at) AS "received!"
+           FROM appliance_health h
+           JOIN (SELECT DISTINCT region, appliance_id, date_trunc('second', ts) AS s
+                 FROM appliance_health
+                 WHERE received_at >= $1 AND ts >= $2 AND ts < $3) k
+             ON h.region = k.region AND h.appliance_id = k.appliance_id
+            AND h.ts >= k.s AND h.ts < k.s + interval '1 second'
+           GROUP BY 1, 2, 3"#,
+        since,
+        from,
+        to
+    )
+    .fetch_all(pool)
+    .await?;
+    let newest = rows.iter().map(|r| r.received).max();
+    let rows = rows
+        .into_iter()
+        .map(|r| HealthSecond {
+            region: r.region,
+            appliance: r.appliance_id,
+            sec: r.sec,
+            values: [r.cpu, r.mem, r.bw_util, r.sessions.round(), r.hsf],
+        })
+        .collect();
+    Ok(Received { rows, newest })
+}
+
+/// Per-second path probes in `[from, to)` to every destination and second that got a probe
+/// received at `since` or later: all of that second's probes to it, whoever measured, since an
+/// appliance's network metrics average them (see [`health_seconds_received`]).
+pub async fn probe_seconds_received(
+    pool: &PgPool,
+    since: DateTime<Utc>,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<Received<ProbeSecond>, StoreError> {
+    let rows = sqlx::query!(
+        r#"SELECT p.region, p.src, p.dst_kind, p.dst,
+                  floor(extract(epoch FROM p.ts))::bigint AS "sec!",
+                  avg(p.rtt_ms) AS rtt_ms, avg(p.jitter_ms) AS jitter_ms, avg(p.loss) AS "loss!",
+                  max(p.received_at) AS "received!"
+           FROM path_probes p
+           JOIN (SELECT DISTINCT dst_kind, dst, date_trunc('second', ts) AS s
+                 FROM path_probes
+                 WHERE received_at >= $1 AND ts >= $2 AND ts < $3) k
+             ON p.dst_kind = k.dst_kind AND p.dst = k.dst
+            AND p.ts >= k.s AND p.ts < k.s + interval '1 second'
+           GROUP BY 1, 2, 3, 4, 5"#,
+        since,
+        from,
+        to
+    )
+    .fetch_all(pool)
+    .await?;
+    let newest = rows.iter().map(|r| r.received).max();
+    let rows = rows
+        .into_iter()
+        .map(|r| ProbeSecond {
+            region: r.region,
+            src: r.src,
+            dst_kind: r.dst_kind,
+            dst: r.dst,
+            sec: r.sec,
+            rtt_ms: r.rtt_ms.unwrap_or(f64::NAN),
+            jitter_ms: r.jitter_ms.unwrap_or(f64::NAN),
+            loss: r.loss,
+        })
+        .collect();
+    Ok(Received { rows, newest })
+}
+
 /// Per-minute rtt sums in `[from, to)`: of every appliance (probes to it) and every path
 /// between different ends. Sums raw probes, where live scoring first averages sources per
 /// second: close enough for a baseline that only warms the first hour after a start.
