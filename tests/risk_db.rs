@@ -697,7 +697,7 @@ async fn lb_check_reads_the_highest_fresh_score() {
 /// row joins that second's average; seconds with nothing new stay out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_reads_find_late_rows_and_return_their_seconds_whole() {
-    use shadowsteer::store::risk::{health_seconds_received, probe_seconds_received};
+    use shadowsteer::store::risk::{LiveRead, live_seconds};
     let db = common::test_db().await;
     let now = Utc::now();
     let second = chrono::DateTime::from_timestamp(now.timestamp() - 60, 0).unwrap();
@@ -721,21 +721,30 @@ async fn live_reads_find_late_rows_and_return_their_seconds_whole() {
         vec![probe("eu-2", "eu-1", second), probe("eu-1", "eu-2", second)],
     )
     .await;
-    let epoch = chrono::DateTime::UNIX_EPOCH;
-    let first = health_seconds_received(&db.pool, epoch, from, to)
-        .await
-        .unwrap();
+    // A first round reads the whole window by timestamp; later ones the last 10 s by timestamp
+    // and older seconds by arrival.
+    let whole = LiveRead {
+        since: chrono::DateTime::UNIX_EPOCH,
+        from,
+        recent: from,
+        to,
+    };
+    let later = |since| LiveRead {
+        since,
+        from,
+        recent: now - chrono::Duration::seconds(10),
+        to,
+    };
+    let (first, probes) = live_seconds(&db.pool, whole).await.unwrap();
     assert_eq!(first.rows.len(), 2, "{:?}", first.rows);
     let cursor = first.newest.expect("rows were read");
-    let probes = probe_seconds_received(&db.pool, epoch, from, to)
-        .await
-        .unwrap();
     assert_eq!(probes.rows.len(), 2, "{:?}", probes.rows);
     let since = cursor.max(probes.newest.unwrap()) + chrono::Duration::microseconds(1);
     assert!(
-        health_seconds_received(&db.pool, since, from, to)
+        live_seconds(&db.pool, later(since))
             .await
             .unwrap()
+            .0
             .rows
             .is_empty()
     );
@@ -749,9 +758,7 @@ async fn live_reads_find_late_rows_and_return_their_seconds_whole() {
     slow.rtt_ms = Some(40.0);
     store(vec![busy], vec![slow]).await;
 
-    let again = health_seconds_received(&db.pool, since, from, to)
-        .await
-        .unwrap();
+    let (again, probes) = live_seconds(&db.pool, later(since)).await.unwrap();
     assert!(again.newest.is_some_and(|t| t >= since));
     let [row] = again.rows.as_slice() else {
         panic!("want eu-1's second alone: {:?}", again.rows);
@@ -761,9 +768,7 @@ async fn live_reads_find_late_rows_and_return_their_seconds_whole() {
         ("eu-1", second.timestamp())
     );
     assert!((row.values[0] - 0.5).abs() < 1e-9, "cpu {:?}", row.values);
-    let mut to_eu1: Vec<(String, f64)> = probe_seconds_received(&db.pool, since, from, to)
-        .await
-        .unwrap()
+    let mut to_eu1: Vec<(String, f64)> = probes
         .rows
         .into_iter()
         .map(|p| {

@@ -35,8 +35,9 @@ use crate::config::RiskSection;
 use crate::domain::RegionId;
 use crate::store::{StoreError, risk as db, scorer_lease};
 
-/// A row's `received_at` is its transaction's start, and it is visible only from the commit:
-/// each round reads again what was received this long before the newest row it has seen.
+/// Rows can arrive this late (agents batch their inserts): each round reads the last this many
+/// seconds again by timestamp, and, since a row's `received_at` is its transaction's start
+/// while it shows only from the commit, what was received this long before the newest row read.
 const LATE_S: i64 = 10;
 /// Failure history the features use.
 const HISTORY_S: i64 = 3600;
@@ -174,9 +175,11 @@ impl crate::metrics::Collector for LiveMetrics {
 #[derive(Default)]
 struct Round {
     fleet: Fleet,
-    /// The newest `received_at` read (`None`: the next round reads every second of the
-    /// window). Rounds read by arrival, not by timestamp, so that rows written late (an agent
-    /// replaying its buffer) still reach the windows.
+    /// Telemetry was read up to (exclusive) this time (`None`: the next round reads every
+    /// second of the window).
+    read_to: Option<DateTime<Utc>>,
+    /// The newest `received_at` read. Older seconds that get rows later (an agent replaying
+    /// its buffer) are read again by arrival, so that they still reach the windows.
     received_to: Option<DateTime<Utc>>,
     /// Whether the rtt baselines were warmed from stored probes.
     baseline_seeded: bool,
@@ -264,6 +267,7 @@ pub async fn run(
             }
             (r, Err(e)) => {
                 round = r;
+                round.read_to = None;
                 round.received_to = None;
                 state.failed_rounds += 1;
                 state.last_error = Some(e.to_string());
@@ -347,13 +351,16 @@ async fn run_round(
 ) -> (Round, Result<Outcome, StoreError>) {
     // Score the last complete second.
     let scored_at = now.timestamp() - 1;
-    let from = now - chrono::Duration::seconds(WINDOW_S as i64 + LATE_S);
-    let since = round.received_to.map_or(DateTime::UNIX_EPOCH, |t| {
-        t - chrono::Duration::seconds(LATE_S)
-    });
+    let late = chrono::Duration::seconds(LATE_S);
+    let from = now - chrono::Duration::seconds(WINDOW_S as i64) - late;
+    let read = db::LiveRead {
+        since: round.received_to.map_or(DateTime::UNIX_EPOCH, |t| t - late),
+        from,
+        recent: round.read_to.map_or(from, |t| t - late),
+        to: now,
+    };
     let reads = async {
-        let health = db::health_seconds_received(pool, since, from, now).await?;
-        let probes = db::probe_seconds_received(pool, since, from, now).await?;
+        let (health, probes) = db::live_seconds(pool, read).await?;
         let events =
             db::failure_events(pool, now - chrono::Duration::seconds(HISTORY_S), now).await?;
         Ok::<_, StoreError>((health, probes, events))
@@ -373,6 +380,7 @@ async fn run_round(
         }
         round.baseline_seeded = true;
     }
+    round.read_to = Some(now);
     round.received_to = [round.received_to, health.newest, probes.newest]
         .into_iter()
         .flatten()
