@@ -30,68 +30,6 @@ fn at(sec: i64) -> DateTime<Utc> {
     Utc.timestamp_opt(sec, 0).single().unwrap_or_default()
 }
 
-/// Per-second health in `[from, to)`.
-pub async fn health_seconds(
-    pool: &PgPool,
-    from: DateTime<Utc>,
-    to: DateTime<Utc>,
-) -> Result<Vec<HealthSecond>, StoreError> {
-    let rows = sqlx::query!(
-        r#"SELECT region, appliance_id,
-                  floor(extract(epoch FROM ts))::bigint AS "sec!",
-                  avg(cpu) AS "cpu!", avg(mem) AS "mem!", avg(bw_util) AS "bw_util!",
-                  avg(sessions)::float8 AS "sessions!",
-                  sum(handshake_failures)::float8 AS "hsf!"
-           FROM appliance_health WHERE ts >= $1 AND ts < $2
-           GROUP BY 1, 2, 3"#,
-        from,
-        to
-    )
-    .fetch_all(pool)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| HealthSecond {
-            region: r.region,
-            appliance: r.appliance_id,
-            sec: r.sec,
-            values: [r.cpu, r.mem, r.bw_util, r.sessions.round(), r.hsf],
-        })
-        .collect())
-}
-
-/// Per-second path probes in `[from, to)`.
-pub async fn probe_seconds(
-    pool: &PgPool,
-    from: DateTime<Utc>,
-    to: DateTime<Utc>,
-) -> Result<Vec<ProbeSecond>, StoreError> {
-    let rows = sqlx::query!(
-        r#"SELECT region, src, dst_kind, dst,
-                  floor(extract(epoch FROM ts))::bigint AS "sec!",
-                  avg(rtt_ms) AS rtt_ms, avg(jitter_ms) AS jitter_ms, avg(loss) AS "loss!"
-           FROM path_probes WHERE ts >= $1 AND ts < $2
-           GROUP BY 1, 2, 3, 4, 5"#,
-        from,
-        to
-    )
-    .fetch_all(pool)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| ProbeSecond {
-            region: r.region,
-            src: r.src,
-            dst_kind: r.dst_kind,
-            dst: r.dst,
-            sec: r.sec,
-            rtt_ms: r.rtt_ms.unwrap_or(f64::NAN),
-            jitter_ms: r.jitter_ms.unwrap_or(f64::NAN),
-            loss: r.loss,
-        })
-        .collect())
-}
-
 /// What a live round reads: every second of `[recent, to)` by timestamp (rows still arriving
 /// for the last few seconds), and each older second of `[from, recent)` that got a row
 /// received at `since` or later (an agent replaying its buffer), whole, so a late row joins its
@@ -111,6 +49,16 @@ pub struct LiveRead {
 }
 
 impl LiveRead {
+    /// Every second of `[from, to)`, by timestamp.
+    pub fn all(from: DateTime<Utc>, to: DateTime<Utc>) -> Self {
+        Self {
+            since: DateTime::UNIX_EPOCH,
+            from,
+            recent: from,
+            to,
+        }
+    }
+
     fn recent(&self) -> DateTime<Utc> {
         at(self.recent.timestamp())
     }
@@ -319,8 +267,15 @@ pub async fn export(
     from: DateTime<Utc>,
     to: DateTime<Utc>,
 ) -> Result<(Telemetry, FailureLabels), StoreError> {
-    let health = health_seconds(pool, from, to).await?;
-    let probes = probe_seconds(pool, from, to).await?;
+    // Days of rows: parallel workers help here.
+    let mut db = pool.acquire().await?;
+    let health = health_seconds_received(&mut db, LiveRead::all(from, to))
+        .await?
+        .rows;
+    let probes = probe_seconds_received(&mut db, LiveRead::all(from, to))
+        .await?
+        .rows;
+    drop(db);
     let events = failure_events(pool, from, to).await?;
     let mut t = Telemetry::default();
     let mut index: HashMap<String, u32> = HashMap::new();
