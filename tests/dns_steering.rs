@@ -534,24 +534,10 @@ async fn live_scores_move_a_client_before_its_primary_fails() {
     let leak_start = Arc::new(AtomicI64::new(i64::MAX));
     let stop = Arc::new(AtomicBool::new(false));
     let feeder = {
-        let (pool, leak_start, stop) = (db.pool.clone(), leak_start.clone(), stop.clone());
-        tokio::spawn(async move {
-            let mut from = start;
-            while !stop.load(Ordering::Relaxed) {
-                tokio::time::sleep(Duration::from_millis(250)).await;
-                let whole = chrono::Duration::seconds((chrono::Utc::now() - from).num_seconds());
-                if whole.is_zero() {
-                    continue;
-                }
-                insert_leak_seconds(
-                    &pool,
-                    from,
-                    from + whole,
-                    leak_start.load(Ordering::Relaxed),
-                )
-                .await;
-                from += whole;
-            }
+        let (pool, leak_start) = (db.pool.clone(), leak_start.clone());
+        feed_seconds(start, stop.clone(), move |from, to| {
+            let (pool, leak) = (pool.clone(), leak_start.load(Ordering::Relaxed));
+            async move { insert_leak_seconds(&pool, from, to, leak).await }
         })
     };
     let url = db.url.clone();

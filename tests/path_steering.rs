@@ -94,28 +94,20 @@ async fn bad_path_to_a_healthy_primary_moves_the_client_and_recovery_brings_it_b
     let loss_permille = Arc::new(AtomicU32::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let feeder = {
-        let (pool, loss, stop) = (db.pool.clone(), loss_permille.clone(), stop.clone());
-        tokio::spawn(async move {
-            let mut from = now;
-            while !stop.load(Ordering::Relaxed) {
-                tokio::time::sleep(Duration::from_millis(250)).await;
-                let to = chrono::Utc::now();
-                let whole = chrono::Duration::seconds((to - from).num_seconds());
-                if whole.is_zero() {
-                    continue;
-                }
-                insert_calm(&pool, &["eu-1", "us-1"], from, from + whole).await;
-                let l = loss.load(Ordering::Relaxed);
+        let (pool, loss) = (db.pool.clone(), loss_permille.clone());
+        feed_seconds(now, stop.clone(), move |from, to| {
+            let (pool, l) = (pool.clone(), loss.load(Ordering::Relaxed));
+            async move {
+                insert_calm(&pool, &["eu-1", "us-1"], from, to).await;
                 if l != SILENT {
                     let l = f64::from(l) / 1000.0;
-                    let rows: Vec<PathProbe> = (0..whole.num_seconds())
+                    let rows: Vec<PathProbe> = (0..(to - from).num_seconds())
                         .map(|s| alice_path(from + chrono::Duration::seconds(s), l))
                         .collect();
                     shadowsteer::store::telemetry::insert_probes(&pool, &rows)
                         .await
                         .unwrap();
                 }
-                from += whole;
             }
         })
     };

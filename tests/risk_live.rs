@@ -274,19 +274,18 @@ async fn appliance_silent_to_the_live_scorer_becomes_unknown_high() {
     let eu_reports = Arc::new(AtomicBool::new(true));
     let stop = Arc::new(AtomicBool::new(false));
     let feeder = {
-        let (pool, eu_reports, stop) = (db.pool.clone(), eu_reports.clone(), stop.clone());
-        tokio::spawn(async move {
-            let mut from = now;
-            while !stop.load(Ordering::Relaxed) {
-                tokio::time::sleep(Duration::from_millis(250)).await;
-                let to = chrono::Utc::now();
+        let (pool, eu_reports) = (db.pool.clone(), eu_reports.clone());
+        feed_seconds(now, stop.clone(), move |from, _| {
+            let (pool, eu_reports) = (pool.clone(), eu_reports.clone());
+            async move {
                 let who: &[&str] = if eu_reports.load(Ordering::Relaxed) {
                     &["eu-1", "us-1"]
                 } else {
                     &["us-1"]
                 };
-                insert_calm(&pool, who, from, to).await;
-                from += chrono::Duration::seconds((to - from).num_seconds());
+                // Through the second in progress (written again next time, which the insert
+                // ignores): eu-1 is heard up to now, which the 3 s score age below counts on.
+                insert_calm(&pool, who, from, chrono::Utc::now()).await;
             }
         })
     };
@@ -573,6 +572,16 @@ fn cpu_model_on(name: &str, feature: &str, threshold: f64) -> shadowsteer::risk:
     m
 }
 
+/// eu-1's stored appliance score, if any.
+async fn eu_score(pool: &sqlx::PgPool) -> Option<f64> {
+    sqlx::query_scalar(
+        "SELECT score FROM risk_scores WHERE subject_kind = 'appliance' AND subject = 'eu-1'",
+    )
+    .fetch_optional(pool)
+    .await
+    .unwrap()
+}
+
 /// `serve` scoring with a model read from a file of its own, and an admin token to reload it.
 struct ModelServer {
     server: Server,
@@ -637,12 +646,7 @@ impl ModelServer {
     async fn eu_scored_busy(&self, pool: &sqlx::PgPool) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let score: Option<f64> = sqlx::query_scalar(
-                "SELECT score FROM risk_scores WHERE subject_kind = 'appliance' AND subject = 'eu-1'",
-            )
-            .fetch_optional(pool)
-            .await
-            .unwrap();
+            let score = eu_score(pool).await;
             if score.is_some_and(|s| (0.2..0.35).contains(&s)) {
                 return;
             }
@@ -790,17 +794,9 @@ async fn telemetry_written_late_reaches_the_live_scores() {
         &cpu_model_on("late", "cpu_mean60", 0.15),
     )
     .await;
-    let eu_score = || async {
-        sqlx::query_scalar::<_, f64>(
-            "SELECT score FROM risk_scores WHERE subject_kind = 'appliance' AND subject = 'eu-1'",
-        )
-        .fetch_optional(&db.pool)
-        .await
-        .unwrap()
-    };
     let deadline = Instant::now() + Duration::from_secs(20);
     let before = loop {
-        if let Some(score) = eu_score().await {
+        if let Some(score) = eu_score(&db.pool).await {
             break score;
         }
         assert!(
@@ -834,7 +830,7 @@ async fn telemetry_written_late_reaches_the_live_scores() {
             s.server.log_text()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
-        last = eu_score().await.unwrap_or(last);
+        last = eu_score(&db.pool).await.unwrap_or(last);
     }
     eprintln!(
         "replayed rows 15-40 s old scored after {:?}: eu-1 {before:.3} -> {last:.3}",

@@ -49,7 +49,7 @@ pub struct LiveRead {
 }
 
 impl LiveRead {
-    /// Every second of `[from, to)`, by timestamp.
+    /// Every second of `[from, to)` by timestamp, from the whole second `from` falls in.
     pub fn all(from: DateTime<Utc>, to: DateTime<Utc>) -> Self {
         Self {
             since: DateTime::UNIX_EPOCH,

@@ -627,6 +627,31 @@ pub async fn insert_calm(
     .await;
 }
 
+/// Stand-in for the agents until `stop`: every 250 ms, `write(from, to)` for the whole seconds
+/// completed since the last call, starting at `start`.
+pub fn feed_seconds<F, Fut>(
+    start: chrono::DateTime<chrono::Utc>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    mut write: F,
+) -> tokio::task::JoinHandle<()>
+where
+    F: FnMut(chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    tokio::spawn(async move {
+        let mut from = start;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let whole = chrono::Duration::seconds((chrono::Utc::now() - from).num_seconds());
+            if whole.is_zero() {
+                continue;
+            }
+            write(from, from + whole).await;
+            from += whole;
+        }
+    })
+}
+
 /// Inserts, for each second `ts` of `[from, to)`, the telemetry `second(ts)` gives.
 pub async fn insert_seconds(
     pool: &sqlx::PgPool,
