@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use super::TunnelError;
 use super::packet;
 use super::peer::{DropReason, PeerEvent, PeerSpec};
-use super::router::{Routed, Router};
+use super::router::{Routed, Router, receiver_peer, response_or_data_peer};
 use super::stats::{DeviceStats, RelayRejection};
 use super::tun::Tun;
 use crate::domain::{PeerIndex, SecretKey, SessionCounters};
@@ -1172,23 +1172,6 @@ fn from_partner(
     table
         .values()
         .any(|(via, until)| via.ip() == src.ip() && now < *until)
-}
-
-/// The peer a handshake response (type 2, fixed size, receiver index at 8) or a data packet
-/// (type 4, receiver index at 4) names; None for anything else.
-fn response_or_data_peer(datagram: &[u8]) -> Option<PeerIndex> {
-    match datagram.first() {
-        Some(2) if datagram.len() == 92 => receiver_peer(datagram, 8),
-        Some(4) => receiver_peer(datagram, 4),
-        _ => None,
-    }
-}
-
-/// The peer a datagram names by the receiver index at `at` (4 in data packets and cookie
-/// replies, 8 in handshake responses).
-fn receiver_peer(datagram: &[u8], at: usize) -> Option<PeerIndex> {
-    let b: [u8; 4] = datagram.get(at..at + 4)?.try_into().ok()?;
-    PeerIndex::from_receiver_index(u32::from_le_bytes(b))
 }
 
 /// The partner of a move in progress for `peer`, if its window is open.

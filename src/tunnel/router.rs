@@ -316,11 +316,7 @@ impl Router {
     /// A handshake response to an initiation of ours (by the receiver index it names).
     fn expected_response(&self, datagram: &[u8]) -> Option<PeerIndex> {
         // The lock only for what looks like a response: data never touches it.
-        if datagram.first() != Some(&2) || datagram.len() != 92 {
-            return None;
-        }
-        let b: [u8; 4] = datagram.get(8..12)?.try_into().ok()?;
-        let index = PeerIndex::from_receiver_index(u32::from_le_bytes(b))?;
+        let index = response_peer(datagram)?;
         lock(&self.awaiting).remove(&index).then_some(index)
     }
 
@@ -490,9 +486,61 @@ impl Router {
     }
 }
 
+/// WireGuard's handshake response: message type 2, 92 bytes.
+const RESPONSE: (u8, usize) = (2, 92);
+/// WireGuard's transport data message type.
+const DATA: u8 = 4;
+
+/// The peer a handshake response names by its receiver index; None for anything else. Cheap
+/// enough to ask of every datagram before any lock.
+pub(crate) fn response_peer(datagram: &[u8]) -> Option<PeerIndex> {
+    if datagram.first() != Some(&RESPONSE.0) || datagram.len() != RESPONSE.1 {
+        return None;
+    }
+    receiver_peer(datagram, 8)
+}
+
+/// The peer a handshake response or a data packet names; None for anything else.
+pub(crate) fn response_or_data_peer(datagram: &[u8]) -> Option<PeerIndex> {
+    match datagram.first() {
+        Some(&DATA) => receiver_peer(datagram, 4),
+        _ => response_peer(datagram),
+    }
+}
+
+/// The peer a datagram names by the receiver index at `at` (4 in data packets and cookie
+/// replies, 8 in handshake responses).
+pub(crate) fn receiver_peer(datagram: &[u8], at: usize) -> Option<PeerIndex> {
+    let b: [u8; 4] = datagram.get(at..at + 4)?.try_into().ok()?;
+    PeerIndex::from_receiver_index(u32::from_le_bytes(b))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn receiver_indexes_are_read_only_from_responses_and_data() {
+        let index = PeerIndex::new(7).unwrap();
+        let idx = ((index.get() << 8) | 3).to_le_bytes();
+        let mut response = vec![0u8; 92];
+        response[0] = 2;
+        response[8..12].copy_from_slice(&idx);
+        assert_eq!(response_peer(&response), Some(index));
+        assert_eq!(response_or_data_peer(&response), Some(index));
+        // A response of the wrong size, or an initiation, names no peer.
+        assert_eq!(response_peer(&response[..91]), None);
+        response[0] = 1;
+        assert_eq!(response_or_data_peer(&response), None);
+        let mut data = vec![0u8; 32];
+        data[0] = 4;
+        data[4..8].copy_from_slice(&idx);
+        assert_eq!(response_or_data_peer(&data), Some(index));
+        assert_eq!(response_peer(&data), None);
+        // Truncated before the index: nothing, not a panic.
+        assert_eq!(response_or_data_peer(&data[..6]), None);
+        assert_eq!(receiver_peer(&[4], 4), None);
+    }
 
     fn spec(key: &SecretKey, index: i64, ip: &str) -> PeerSpec {
         PeerSpec {
