@@ -8,7 +8,7 @@ use std::time::Duration;
 use chrono::{TimeDelta, Utc};
 use shadowsteer::store::{
     self,
-    notify::{Change, ChangeOp, ChangedTable},
+    notify::{Change, ChangeOp, ChangedTable, Follower, Heard},
 };
 use sqlx::PgPool;
 
@@ -332,6 +332,82 @@ async fn triggers_notify_local_changes() {
         deleted.contains(&(ChangedTable::SessionState, ChangeOp::Delete)),
         "{deleted:?}"
     );
+}
+
+/// What an agent's roster and takeover loaders rely on: a follower is stale (to be re-read in
+/// full) at start and after its connection is cut, hears the triggers' changes, and skips
+/// notifications that are not ours.
+#[tokio::test]
+async fn a_follower_is_stale_at_start_and_after_its_connection_is_cut() {
+    let db = common::test_db().await;
+    let mut follow = Follower::new(db.url.clone(), "test", Duration::from_secs(3600));
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    assert!(follow.is_stale());
+    follow.connect().await;
+    follow.refreshed();
+
+    seed(&db.pool).await;
+    let heard = tokio::time::timeout(Duration::from_secs(10), follow.next(&shutdown))
+        .await
+        .expect("nothing heard within 10 s");
+    let Heard::Change(c) = heard else {
+        panic!("expected a change, heard {heard:?}")
+    };
+    assert_eq!(c.table, ChangedTable::Appliances);
+    // The rest of the seed's changes, then a foreign payload on our channel: skipped.
+    let until = tokio::time::Instant::now() + Duration::from_secs(2);
+    while follow.next_until(until).await.is_some() {}
+    sqlx::query("SELECT pg_notify('shadowsteer', 'not json')")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let until = tokio::time::Instant::now() + Duration::from_millis(500);
+    assert!(follow.next_until(until).await.is_none());
+    assert!(!follow.is_stale(), "a foreign payload is not a gap");
+
+    // Cut the listener's connection: the follower reconnects and calls its copy stale.
+    let cut: Vec<i32> = sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity
+         WHERE datname = current_database() AND pid <> pg_backend_pid() AND query ILIKE 'LISTEN%'",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(cut.len(), 1, "one listener connection");
+    sqlx::query("SELECT pg_terminate_backend($1)")
+        .bind(cut[0])
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !follow.is_stale() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a cut connection was not noticed"
+        );
+        let _ = tokio::time::timeout(Duration::from_secs(1), follow.next(&shutdown)).await;
+    }
+    follow.refreshed();
+    sqlx::query("UPDATE appliances SET state = 'draining' WHERE id = 'eu-1'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let heard = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Heard::Change(c) = follow.next(&shutdown).await {
+                return c;
+            }
+        }
+    })
+    .await
+    .expect("no change heard after the reconnect");
+    assert_eq!(
+        (heard.table, heard.key.as_str()),
+        (ChangedTable::Appliances, "eu-1")
+    );
+
+    shutdown.cancel();
+    assert!(matches!(follow.next(&shutdown).await, Heard::Shutdown));
 }
 
 #[tokio::test]

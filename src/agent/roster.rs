@@ -7,20 +7,17 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use sqlx::PgPool;
-use sqlx::postgres::PgListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::{ApplianceId, ClientId, PeerIndex, RegionId, SessionRole};
-use crate::store::notify::{self, Change, ChangeOp, ChangedTable};
+use crate::store::notify::{Change, ChangeOp, ChangedTable, Follower, Heard};
 use crate::store::sessions::{self, ServedClient};
 use crate::tunnel::device::PeerCommand;
 use crate::tunnel::peer::PeerSpec;
 
 /// How often the whole roster is re-read even without notifications.
 const RECONCILE: Duration = Duration::from_secs(60);
-/// Wait between attempts while the database is unreachable.
-const RETRY: Duration = Duration::from_secs(1);
 
 /// Who the appliance's clients are, for the recorder and telemetry.
 #[derive(Debug, Default)]
@@ -154,67 +151,31 @@ pub async fn run(
         view,
         by_id: HashMap::new(),
     };
-    let mut listener: Option<PgListener> = None;
-    let mut need_reload = true;
-    let mut reconcile = tokio::time::interval(RECONCILE);
-    reconcile.tick().await;
-    let mut last_error = String::new();
-    let mut report = |e: String| {
-        if e != last_error {
-            tracing::warn!("roster: {e}");
-            last_error = e;
-        }
-    };
+    let mut follow = Follower::new(listen_url, "roster", RECONCILE);
     loop {
-        if listener.is_none() {
-            match notify::listen(&listen_url).await {
-                Ok(l) => {
-                    listener = Some(l);
-                    need_reload = true;
-                }
-                Err(e) => report(e.to_string()),
-            }
-        }
-        if need_reload {
+        follow.connect().await;
+        if follow.is_stale() {
             match loader.reload().await {
-                Ok(()) => need_reload = false,
-                Err(e) => report(e),
+                Ok(()) => follow.refreshed(),
+                Err(e) => follow.report(e),
             }
         }
-        let retry = need_reload || listener.is_none();
-        let next = async {
-            match listener.as_mut() {
-                Some(l) => l.try_recv().await,
-                None => std::future::pending().await,
-            }
+        let change = match follow.next(&shutdown).await {
+            Heard::Shutdown => return,
+            Heard::Nothing => continue,
+            Heard::Change(c) => c,
         };
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            _ = reconcile.tick() => need_reload = true,
-            () = tokio::time::sleep(RETRY), if retry => {}
-            r = next => match r {
-                Ok(Some(n)) => {
-                    let Some(change) = Change::from_notification(&n) else { continue };
-                    match change.table {
-                        ChangedTable::Clients => {
-                            if let Err(e) = loader.on_client(&change).await {
-                                report(e);
-                                need_reload = true;
-                            }
-                        }
-                        ChangedTable::Appliances if change.key == loader.appliance.as_str() => {
-                            need_reload = true;
-                        }
-                        _ => {}
-                    }
-                }
-                // The connection dropped and was re-established: changes may have been missed.
-                Ok(None) => need_reload = true,
-                Err(e) => {
-                    report(format!("listener failed: {e}"));
-                    listener = None;
+        match change.table {
+            ChangedTable::Clients => {
+                if let Err(e) = loader.on_client(&change).await {
+                    follow.report(e);
+                    follow.mark_stale();
                 }
             }
+            ChangedTable::Appliances if change.key == loader.appliance.as_str() => {
+                follow.mark_stale();
+            }
+            _ => {}
         }
     }
 }

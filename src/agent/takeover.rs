@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::{ApplianceId, ClientId, PeerIndex, RegionId};
-use crate::store::notify::{self, Change, ChangedTable};
+use crate::store::notify::{ChangedTable, Follower, Heard};
 use crate::store::takeover::{self as store, ClaimWrite, Group};
 use crate::takeover::liveness::{Liveness, Timing, Verdict};
 use crate::takeover::wire::{GroupKey, Heartbeat, MAX_LEN};
@@ -555,112 +555,62 @@ async fn loader(
     out: mpsc::Sender<Loaded>,
     shutdown: CancellationToken,
 ) {
-    let mut listener = None;
-    let mut need_full = true;
-    let mut reload = tokio::time::interval(RELOAD);
-    reload.tick().await;
-    let mut last_error = String::new();
-    let mut report = |e: String| {
-        if e != last_error {
-            tracing::warn!("takeover: {e}");
-            last_error = e;
-        }
-    };
+    let mut follow = Follower::new(listen_url, "takeover", RELOAD);
     loop {
-        if listener.is_none() {
-            match notify::listen(&listen_url).await {
-                Ok(l) => {
-                    listener = Some(l);
-                    need_full = true;
-                }
-                Err(e) => report(e.to_string()),
-            }
-        }
-        if need_full {
+        follow.connect().await;
+        if follow.is_stale() {
             match store::load_group(&pool, &appliance).await {
                 Ok(Some(group)) => {
-                    need_full = false;
+                    follow.refreshed();
                     if out.send(Loaded::Group(group)).await.is_err() {
                         return;
                     }
                 }
-                Ok(None) => report(format!("appliance {appliance} is not in the inventory")),
-                Err(e) => report(e.to_string()),
+                Ok(None) => follow.report(format!("appliance {appliance} is not in the inventory")),
+                Err(e) => follow.report(e),
             }
         }
-        let retry = need_full || listener.is_none();
-        let next = async {
-            match listener.as_mut() {
-                Some(l) => l.try_recv().await,
-                None => std::future::pending().await,
-            }
+        let change = match follow.next(&shutdown).await {
+            Heard::Shutdown => return,
+            Heard::Nothing => continue,
+            Heard::Change(c) => c,
         };
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            _ = reload.tick() => need_full = true,
-            () = tokio::time::sleep(RETRY), if retry => {}
-            r = next => match r {
-                Ok(Some(n)) => {
-                    let Some(change) = Change::from_notification(&n) else { continue };
-                    match change.table {
-                        ChangedTable::SessionState => {
-                            let mut clients: Vec<ClientId> =
-                                ClientId::new(change.key.clone()).into_iter().collect();
-                            // A takeover or a thousand new sessions notify in bursts: read
-                            // them together.
-                            let until = tokio::time::Instant::now() + SESSION_BATCH_WAIT;
-                            while clients.len() < SESSION_BATCH {
-                                let Some(l) = listener.as_mut() else { break };
-                                match tokio::time::timeout_at(until, l.try_recv()).await {
-                                    Ok(Ok(Some(n))) => match Change::from_notification(&n) {
-                                        Some(c) if c.table == ChangedTable::SessionState => {
-                                            clients.extend(ClientId::new(c.key).ok());
-                                        }
-                                        Some(_) => need_full = true,
-                                        None => {}
-                                    },
-                                    Ok(Ok(None)) => {
-                                        need_full = true;
-                                        break;
-                                    }
-                                    Ok(Err(e)) => {
-                                        report(format!("listener failed: {e}"));
-                                        listener = None;
-                                        break;
-                                    }
-                                    Err(_) => break,
-                                }
-                            }
-                            clients.sort_by(|a, b| a.as_str().cmp(b.as_str()));
-                            clients.dedup();
-                            match store::load_sessions(&pool, &appliance, &clients).await {
-                                Ok(views) => {
-                                    if out.send(Loaded::Sessions(clients, views)).await.is_err() {
-                                        return;
-                                    }
-                                }
-                                Err(e) => {
-                                    report(e.to_string());
-                                    need_full = true;
-                                }
-                            }
+        match change.table {
+            ChangedTable::SessionState => {
+                let mut clients: Vec<ClientId> = ClientId::new(change.key).into_iter().collect();
+                // A takeover or a thousand new sessions notify in bursts: read them together.
+                let until = tokio::time::Instant::now() + SESSION_BATCH_WAIT;
+                while clients.len() < SESSION_BATCH {
+                    match follow.next_until(until).await {
+                        Some(c) if c.table == ChangedTable::SessionState => {
+                            clients.extend(ClientId::new(c.key).ok());
                         }
-                        ChangedTable::SteeringDecisions => {
-                            // A batch of decisions commits as one notification per region;
-                            // wait a moment for the other regions' batches, then re-read.
-                            tokio::time::sleep(DECISION_DEBOUNCE).await;
-                            need_full = true;
-                        }
-                        ChangedTable::Clients | ChangedTable::Appliances => need_full = true,
-                        _ => {}
+                        Some(_) => follow.mark_stale(),
+                        None => break,
                     }
                 }
-                Ok(None) => need_full = true,
-                Err(e) => {
-                    report(format!("listener failed: {e}"));
-                    listener = None;
+                clients.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+                clients.dedup();
+                match store::load_sessions(&pool, &appliance, &clients).await {
+                    Ok(views) => {
+                        if out.send(Loaded::Sessions(clients, views)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        follow.report(e);
+                        follow.mark_stale();
+                    }
                 }
             }
+            ChangedTable::SteeringDecisions => {
+                // A batch of decisions commits as one notification per region; wait a moment
+                // for the other regions' batches, then re-read.
+                tokio::time::sleep(DECISION_DEBOUNCE).await;
+                follow.mark_stale();
+            }
+            ChangedTable::Clients | ChangedTable::Appliances => follow.mark_stale(),
+            _ => {}
         }
     }
 }

@@ -4,8 +4,11 @@
 //! was sent meanwhile, so a listener must re-read its state after every reconnect (and
 //! periodically) rather than trust that it saw every change.
 
+use std::time::Duration;
+
 use serde::Deserialize;
 use sqlx::postgres::{PgListener, PgNotification};
+use tokio_util::sync::CancellationToken;
 
 use super::StoreError;
 
@@ -82,6 +85,145 @@ pub async fn listen(url: &str) -> Result<PgListener, StoreError> {
         .map_err(StoreError::Connect)?;
     listener.listen(CHANNEL).await?;
     Ok(listener)
+}
+
+/// Wait between attempts while the database is unreachable or a re-read failed.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// Follows [`CHANNEL`] for a task that keeps a copy of database state (an agent's roster, its
+/// shadow group). Notifications are hints, so the copy is *stale*, to be re-read in full, at
+/// start, after every (re)connect, when sqlx reports a gap, every `resync` period, and
+/// whenever the task says so. Errors are logged once per distinct message, so that a database
+/// that stays away does not flood the log.
+pub struct Follower {
+    url: String,
+    /// The task's name in log lines.
+    task: &'static str,
+    listener: Option<PgListener>,
+    stale: bool,
+    resync: tokio::time::Interval,
+    last_error: String,
+}
+
+/// What [`Follower::next`] heard.
+#[derive(Debug)]
+pub enum Heard {
+    /// One of our changes.
+    Change(Change),
+    /// Nothing to act on, but the loop should go round (a retry is due, or the copy became
+    /// stale).
+    Nothing,
+    /// The task is shutting down.
+    Shutdown,
+}
+
+impl Follower {
+    /// A follower that is stale and not yet connected.
+    pub fn new(url: String, task: &'static str, resync: Duration) -> Self {
+        let first = tokio::time::Instant::now() + resync;
+        Self {
+            url,
+            task,
+            listener: None,
+            stale: true,
+            resync: tokio::time::interval_at(first, resync),
+            last_error: String::new(),
+        }
+    }
+
+    /// Connects the listener if it is not connected; a new connection makes the copy stale
+    /// (whatever was sent meanwhile is lost).
+    pub async fn connect(&mut self) {
+        if self.listener.is_some() {
+            return;
+        }
+        match listen(&self.url).await {
+            Ok(l) => {
+                self.listener = Some(l);
+                self.stale = true;
+            }
+            Err(e) => self.report(e),
+        }
+    }
+
+    /// Whether the copy must be re-read in full.
+    pub fn is_stale(&self) -> bool {
+        self.stale
+    }
+
+    /// The copy was re-read in full.
+    pub fn refreshed(&mut self) {
+        self.stale = false;
+    }
+
+    /// The copy can no longer be trusted (a partial update failed, a change needs a full read).
+    pub fn mark_stale(&mut self) {
+        self.stale = true;
+    }
+
+    /// Logs `e` unless it is the last error logged.
+    pub fn report(&mut self, e: impl std::fmt::Display) {
+        let e = e.to_string();
+        if e != self.last_error {
+            tracing::warn!("{}: {e}", self.task);
+            self.last_error = e;
+        }
+    }
+
+    /// Waits for the next change, the resync period, a retry (while stale or disconnected) or
+    /// `shutdown`.
+    pub async fn next(&mut self, shutdown: &CancellationToken) -> Heard {
+        let retry = self.stale || self.listener.is_none();
+        let recv = async {
+            match self.listener.as_mut() {
+                Some(l) => l.try_recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        let r = tokio::select! {
+            () = shutdown.cancelled() => return Heard::Shutdown,
+            _ = self.resync.tick() => {
+                self.stale = true;
+                return Heard::Nothing;
+            }
+            () = tokio::time::sleep(RETRY), if retry => return Heard::Nothing,
+            r = recv => r,
+        };
+        self.heard(r).map_or(Heard::Nothing, Heard::Change)
+    }
+
+    /// The next change if one arrives before `until`; None at `until`, after a gap (the copy
+    /// is then stale) or when the listener failed.
+    pub async fn next_until(&mut self, until: tokio::time::Instant) -> Option<Change> {
+        loop {
+            let l = self.listener.as_mut()?;
+            match tokio::time::timeout_at(until, l.try_recv()).await.ok()? {
+                Ok(Some(n)) => {
+                    // A notification not from our triggers: keep waiting.
+                    if let Some(c) = Change::from_notification(&n) {
+                        return Some(c);
+                    }
+                }
+                gap_or_error => return self.heard(gap_or_error),
+            }
+        }
+    }
+
+    fn heard(&mut self, r: Result<Option<PgNotification>, sqlx::Error>) -> Option<Change> {
+        match r {
+            Ok(Some(n)) => Change::from_notification(&n),
+            // The connection dropped and was re-established: changes may have been missed.
+            Ok(None) => {
+                self.stale = true;
+                None
+            }
+            Err(e) => {
+                self.report(format!("listener failed: {e}"));
+                self.listener = None;
+                None
+            }
+        }
+    }
 }
 
 #[cfg(test)]
