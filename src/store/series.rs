@@ -116,22 +116,56 @@ pub struct PathFilter {
     pub limit: usize,
 }
 
-/// Path scores in force, highest first. `appliances` tells an appliance end from a client one.
+/// Path scores in force, highest first. The database filters by end and tells an appliance
+/// end from a client one, so a listing reads only the paths it may show, not the inventory.
 pub async fn path_risks(
     pool: &PgPool,
-    appliances: &std::collections::HashSet<String>,
     max_age: std::time::Duration,
     filter: &PathFilter,
 ) -> Result<Vec<PathRisk>, StoreError> {
-    let paths = ScoreFilter {
-        kind: Some("path"),
-        max_age,
-    };
-    let rows = current_scores(pool, paths).await?;
-    Ok(rank_paths(in_force(rows), appliances, filter))
+    let rows = sqlx::query!(
+        r#"SELECT region, subject_kind, subject, score, score_low, score_high, model_version,
+                  computed_at, confirmed_at,
+                  confirmed_at >= now() - make_interval(secs => $2::bigint / 1000.0) AS "fresh!",
+                  EXISTS (SELECT 1 FROM appliances a
+                          WHERE a.id = split_part(s.subject, '>', 2)) AS "to_appliance!"
+           FROM risk_scores s
+           WHERE subject_kind = 'path'
+             AND ($1::text IS NULL
+                  OR split_part(subject, '>', 1) = $1 OR split_part(subject, '>', 2) = $1)"#,
+        filter.end.as_deref(),
+        age_ms(max_age)
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut appliance_ends = std::collections::HashSet::new();
+    let scores = rows
+        .into_iter()
+        .map(|r| {
+            if r.to_appliance
+                && let Some((_, to)) = r.subject.split_once('>')
+            {
+                appliance_ends.insert(to.to_owned());
+            }
+            CurrentScore {
+                region: r.region,
+                subject_kind: r.subject_kind,
+                subject: r.subject,
+                score: r.score,
+                score_low: r.score_low,
+                score_high: r.score_high,
+                model_version: r.model_version,
+                computed_at: r.computed_at,
+                confirmed_at: r.confirmed_at,
+                fresh: r.fresh,
+            }
+        })
+        .collect();
+    Ok(rank_paths(in_force(scores), &appliance_ends, filter))
 }
 
 /// The listing order of [`path_risks`]: fresh before stale, then highest score, then subject.
+/// `appliances` holds the ends that are appliances.
 fn rank_paths(
     rows: Vec<CurrentScore>,
     appliances: &std::collections::HashSet<String>,

@@ -131,14 +131,9 @@ async fn paths(
         include_stale: q.include_stale.unwrap_or(false),
         limit: page_limit(q.limit, 100, MAX_PATHS)? as usize,
     };
-    let appliances = appliance::list(&db.0)
-        .await?
-        .into_iter()
-        .map(|a| a.id.to_string())
-        .collect();
     Ok(Json(PathRiskList {
         threshold: live.threshold(),
-        paths: series::path_risks(&db.0, &appliances, live.max_score_age, &filter).await?,
+        paths: series::path_risks(&db.0, live.max_score_age, &filter).await?,
     }))
 }
 
