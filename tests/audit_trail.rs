@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serve_harness::*;
 use shadowsteer::domain::{ApplianceId, ClientId, Probability, RegionId};
-use shadowsteer::steering::{Change, Reason};
+use shadowsteer::steering::{AnswerChange, Reason};
 use shadowsteer::store::audit::{self, AuditStatus, AuditTarget};
 use tokio_util::sync::CancellationToken;
 
@@ -106,8 +106,8 @@ async fn a_change_to_no_appliance_is_recorded_and_counted_once() {
         .unwrap();
 }
 
-fn change(i: usize) -> Change {
-    Change {
+fn change(i: usize) -> AnswerChange {
+    AnswerChange {
         client: ClientId::new(format!("c{i}")).unwrap(),
         from: None,
         to: i

@@ -20,7 +20,7 @@ use crate::config::{EcsRegion, SteeringSection};
 use crate::domain::{ApplianceState, Probability, RegionId};
 use crate::risk::reload::ModelSource;
 use crate::steering::service::{Candidate, WeightedSet};
-use crate::steering::{ApplianceInput, Change, Engine, Inputs, Policy};
+use crate::steering::{AnswerChange, ApplianceInput, Engine, Inputs, Policy};
 
 /// What the publisher reports to metrics and health checks.
 #[derive(Debug, Default)]
@@ -75,7 +75,7 @@ pub struct Publisher {
     /// Where snapshots go.
     pub target: Arc<ArcSwap<Snapshot>>,
     /// Where changes go (the audit writer).
-    pub audit: mpsc::Sender<Change>,
+    pub audit: mpsc::Sender<AnswerChange>,
     /// Status for metrics.
     pub status: Arc<PublishStatus>,
     /// The last client table with the appliance and client tables it was built from: reused

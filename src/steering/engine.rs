@@ -40,7 +40,7 @@ struct Seen {
 
 /// A change of one client's answer, for the audit table.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Change {
+pub struct AnswerChange {
     /// The client.
     pub client: ClientId,
     /// The previous answer (`None`: first answer, or none was possible).
@@ -64,7 +64,7 @@ pub struct Evaluation {
     /// Combined risk per appliance.
     pub risks: HashMap<ApplianceId, Probability>,
     /// Answers that changed.
-    pub changes: Vec<Change>,
+    pub changes: Vec<AnswerChange>,
     /// When to evaluate again although no input changed.
     pub next_wakeup: Option<DateTime<Utc>>,
 }
@@ -241,7 +241,7 @@ impl Engine {
                     state.since = Some(now);
                 }
                 state.current = Some(to.clone());
-                changes.push(Change {
+                changes.push(AnswerChange {
                     client: id.clone(),
                     from,
                     to,

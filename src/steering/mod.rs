@@ -29,7 +29,7 @@ use crate::config::SteeringSection;
 use crate::domain::{ApplianceId, ApplianceState, ClientId, Probability, RegionId};
 
 pub use decision::{Choice, Reason, Role};
-pub use engine::{Change, Engine, Evaluation};
+pub use engine::{AnswerChange, Engine, Evaluation};
 
 /// Why a steering policy is invalid.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

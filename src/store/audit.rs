@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::StoreError;
 use crate::domain::RegionId;
-use crate::steering::Change;
+use crate::steering::AnswerChange;
 
 /// Rows kept while the database is unreachable.
 pub const MAX_BACKLOG: usize = 100_000;
@@ -42,7 +42,7 @@ pub async fn write(
     pool: &PgPool,
     region: &RegionId,
     server: &str,
-    rows: &[Change],
+    rows: &[AnswerChange],
 ) -> Result<(), StoreError> {
     if rows.is_empty() {
         return Ok(());
@@ -126,7 +126,7 @@ fn count_dropped(
 /// Writes changes from `rx` until shutdown, then flushes what is left (for at most 5 s).
 pub async fn run(
     target: AuditTarget,
-    mut rx: mpsc::Receiver<Change>,
+    mut rx: mpsc::Receiver<AnswerChange>,
     status: Arc<AuditStatus>,
     shutdown: CancellationToken,
 ) {
@@ -136,7 +136,7 @@ pub async fn run(
         server,
         max_backlog,
     } = target;
-    let mut backlog: VecDeque<Change> = VecDeque::new();
+    let mut backlog: VecDeque<AnswerChange> = VecDeque::new();
     let mut retry = Duration::from_millis(200);
     let mut failing = false;
     let mut last_drop_log = None;
@@ -163,7 +163,7 @@ pub async fn run(
         let flush = async {
             while !backlog.is_empty() {
                 let n = backlog.len().min(BATCH);
-                let batch: Vec<Change> = backlog.iter().take(n).cloned().collect();
+                let batch: Vec<AnswerChange> = backlog.iter().take(n).cloned().collect();
                 write(&pool, &region, &server, &batch).await?;
                 backlog.drain(..n);
                 status.written.fetch_add(n as u64, Ordering::Relaxed);
