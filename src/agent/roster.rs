@@ -40,7 +40,9 @@ fn spec(c: &ServedClient) -> PeerSpec {
     }
 }
 
-struct Loader {
+/// Keeps the data plane's peers, and the roster view, in step with the clients this
+/// appliance serves.
+struct PeerSync {
     pool: PgPool,
     appliance: ApplianceId,
     commands: mpsc::Sender<PeerCommand>,
@@ -48,7 +50,7 @@ struct Loader {
     by_id: HashMap<ClientId, PeerIndex>,
 }
 
-impl Loader {
+impl PeerSync {
     async fn reload(&mut self) -> Result<(), String> {
         let roster = sessions::load_roster(&self.pool, &self.appliance)
             .await
@@ -144,7 +146,7 @@ pub async fn run(
     view: SharedRoster,
     shutdown: CancellationToken,
 ) {
-    let mut loader = Loader {
+    let mut peers = PeerSync {
         pool,
         appliance,
         commands,
@@ -155,7 +157,7 @@ pub async fn run(
     loop {
         follow.connect().await;
         if follow.is_stale() {
-            match loader.reload().await {
+            match peers.reload().await {
                 Ok(()) => follow.refreshed(),
                 Err(e) => follow.report(e),
             }
@@ -167,12 +169,12 @@ pub async fn run(
         };
         match change.table {
             ChangedTable::Clients => {
-                if let Err(e) = loader.on_client(&change).await {
+                if let Err(e) = peers.on_client(&change).await {
                     follow.report(e);
                     follow.mark_stale();
                 }
             }
-            ChangedTable::Appliances if change.key == loader.appliance.as_str() => {
+            ChangedTable::Appliances if change.key == peers.appliance.as_str() => {
                 follow.mark_stale();
             }
             _ => {}
