@@ -21,7 +21,7 @@ use shadowsteer::dns::rrl::{Limits, RateLimiter};
 use shadowsteer::dns::stats::{ApplianceSlots, Stats};
 use shadowsteer::dns::tcp::TcpServer;
 use shadowsteer::dns::udp::{self, Worker};
-use shadowsteer::dns::zone::Snapshot;
+use shadowsteer::dns::zone::{Snapshot, Statics};
 use shadowsteer::dns::{catalog, snapshot_file, tcp};
 use shadowsteer::risk::{self, live::LiveSnapshot, model::Model, reload::ModelSource};
 use shadowsteer::steering::{Engine, Policy};
@@ -228,62 +228,157 @@ async fn check_region(pool: &sqlx::PgPool, cfg: &SteeringConfig) -> Result<(), C
 
 /// Runs the server until SIGINT/SIGTERM.
 pub async fn run(args: ServeArgs) -> CommandResult {
-    let mut cfg: SteeringConfig = super::load_config(&args.config)?;
-    apply_overrides(&mut cfg, &args);
-    if let Some(n) = cfg.dns.udp_workers
-        && !(1..=256).contains(&n)
-    {
-        return Err(CommandError::Input(
-            "--udp-workers must be between 1 and 256".into(),
-        ));
+    let setup = Setup::load(&args)?;
+    let cfg = &setup.cfg;
+    let listeners = Listeners::bind(cfg).await?;
+    let opened = open_database(cfg).await?;
+    let pool = opened.database.pool.clone();
+
+    let mut tasks = Tasks::new(&pool, opened.reachable);
+    let steering = spawn_steering(&mut tasks, &setup, &pool, opened.restored, opened.saved_at);
+    let dns = spawn_dns(&mut tasks, cfg, listeners.dns, &steering.snapshot)?;
+    if let Some(source) = &setup.model {
+        tasks.spawn(reload_on_hangup(Arc::clone(source), tasks.shutdown.clone()));
     }
-    let model = load_model(&cfg, &args.config)?;
-    let policy = Policy::from_config(&cfg.steering, model.as_ref().map(|m| m.threshold))
-        .map_err(|e| CommandError::Input(format!("{}: steering: {e}", args.config.display())))?;
-    // The model in force can be replaced without a restart: SIGHUP or the admin API.
-    let source = model
-        .clone()
-        .map(|m| Arc::new(ModelSource::new(cfg.risk.model.clone(), m)));
-    match &model {
-        Some(m) => {
-            tracing::info!(model = %m.version, horizon_s = m.horizon_s, "live risk scoring on")
-        }
-        None => tracing::info!("live risk scoring off (risk.enabled = false): advisories only"),
-    }
-    tracing::info!(
-        threshold = policy.threshold(),
-        hysteresis = policy.hysteresis(),
-        weight_low = policy.weight_low(),
-        weight_high = policy.weight_high(),
-        hold_down_s = policy.hold_down().num_seconds(),
-        "steering policy"
+    let risk = spawn_live_scoring(&mut tasks, cfg, &pool, setup.model.clone());
+    // Heartbeats of this region and the lag of the others (a no-op until replication is set
+    // up).
+    let lag_board = Arc::new(LagBoard::default());
+    let heartbeats = heartbeat::run(
+        pool.clone(),
+        Some(heartbeat::Watch {
+            board: lag_board.clone(),
+            warn_after: cfg.replication.lag_warning.0,
+        }),
+        tasks.shutdown.clone(),
     );
-    let serial = u32::try_from(chrono::Utc::now().timestamp()).unwrap_or(u32::MAX);
-    let statics = catalog::build(&cfg.dns, serial, &|p| std::fs::read_to_string(p))
-        .map_err(|e| CommandError::Input(format!("{}: {e}", args.config.display())))?;
-    let statics = Arc::new(statics);
-    for z in &cfg.dns.zones {
-        tracing::info!(zone = %z.name, client_names = %format!("<client>.{}.{}", z.client_label, z.name), service = %format!("{}.{}", z.service_name, z.name), "serving zone");
-    }
+    tasks.after_migration(heartbeats);
+    let listening = Arc::new(AtomicBool::new(true));
+    let status = admin::ServerStatus {
+        replication: lag_board,
+        lag_warning: cfg.replication.lag_warning.0,
+        dns_stats: dns.stats,
+        slots: steering.slots,
+        sync: steering.sync,
+        publish: steering.publish,
+        audit: steering.audit,
+        tcp_slots: dns.tcp_slots,
+        tcp_max: cfg.dns.max_tcp_connections,
+        tcp_refused: dns.tcp_refused,
+        listening: listening.clone(),
+    };
+    let state = admin_state(cfg, &pool, status, setup.model.clone(), risk);
+    let admin_shutdown = tasks.shutdown.clone();
+    tasks.spawn(async move {
+        if let Err(e) = admin::serve(listeners.admin, state, admin_shutdown).await {
+            tracing::error!(error = %e, "admin listener failed");
+        }
+    });
 
-    let workers = cfg
-        .dns
-        .udp_workers
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let mut sockets = Vec::new();
-    for l in &cfg.dns.listen {
-        let s = bind_dns(l.0, workers).with_context(|| format!("binding DNS on {l}"))?;
-        tracing::info!(addr = %s.addr, udp_workers = workers, "DNS listening (UDP and TCP)");
-        sockets.push(s);
-    }
-    let admin_listener = tokio::net::TcpListener::bind(cfg.admin.listen.0)
-        .await
-        .with_context(|| format!("binding the admin listener on {}", cfg.admin.listen))?;
-    let admin_addr = admin_listener
-        .local_addr()
-        .context("admin listener address")?;
-    tracing::info!(addr = %admin_addr, "admin listening (dashboard /, API /api/v1 and /metrics need a token; /healthz, /readyz)");
+    tasks.until_stopped(&listening).await;
+    opened.database.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
 
+/// What the configuration file and the model make of the server, checked before anything is
+/// bound.
+struct Setup {
+    cfg: SteeringConfig,
+    policy: Policy,
+    /// The model in force, replaceable without a restart (SIGHUP or the admin API); `None`
+    /// when live scoring is off.
+    model: Option<Arc<ModelSource>>,
+    /// The zones' static data.
+    statics: Arc<Statics>,
+}
+
+impl Setup {
+    fn load(args: &ServeArgs) -> Result<Self, CommandError> {
+        let mut cfg: SteeringConfig = super::load_config(&args.config)?;
+        apply_overrides(&mut cfg, args);
+        if let Some(n) = cfg.dns.udp_workers
+            && !(1..=256).contains(&n)
+        {
+            return Err(CommandError::Input(
+                "--udp-workers must be between 1 and 256".into(),
+            ));
+        }
+        let model = load_model(&cfg, &args.config)?;
+        let policy = Policy::from_config(&cfg.steering, model.as_ref().map(|m| m.threshold))
+            .map_err(|e| {
+                CommandError::Input(format!("{}: steering: {e}", args.config.display()))
+            })?;
+        match &model {
+            Some(m) => {
+                tracing::info!(model = %m.version, horizon_s = m.horizon_s, "live risk scoring on")
+            }
+            None => {
+                tracing::info!("live risk scoring off (risk.enabled = false): advisories only")
+            }
+        }
+        tracing::info!(
+            threshold = policy.threshold(),
+            hysteresis = policy.hysteresis(),
+            weight_low = policy.weight_low(),
+            weight_high = policy.weight_high(),
+            hold_down_s = policy.hold_down().num_seconds(),
+            "steering policy"
+        );
+        let serial = u32::try_from(chrono::Utc::now().timestamp()).unwrap_or(u32::MAX);
+        let statics = catalog::build(&cfg.dns, serial, &|p| std::fs::read_to_string(p))
+            .map_err(|e| CommandError::Input(format!("{}: {e}", args.config.display())))?;
+        for z in &cfg.dns.zones {
+            tracing::info!(zone = %z.name, client_names = %format!("<client>.{}.{}", z.client_label, z.name), service = %format!("{}.{}", z.service_name, z.name), "serving zone");
+        }
+        let model = model.map(|m| Arc::new(ModelSource::new(cfg.risk.model.clone(), m)));
+        Ok(Self {
+            cfg,
+            policy,
+            model,
+            statics: Arc::new(statics),
+        })
+    }
+}
+
+/// The bound sockets: a taken port fails before the database is touched.
+struct Listeners {
+    dns: Vec<DnsSockets>,
+    admin: tokio::net::TcpListener,
+}
+
+impl Listeners {
+    async fn bind(cfg: &SteeringConfig) -> Result<Self, CommandError> {
+        let workers = cfg
+            .dns
+            .udp_workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let mut dns = Vec::new();
+        for l in &cfg.dns.listen {
+            let s = bind_dns(l.0, workers).with_context(|| format!("binding DNS on {l}"))?;
+            tracing::info!(addr = %s.addr, udp_workers = workers, "DNS listening (UDP and TCP)");
+            dns.push(s);
+        }
+        let admin = tokio::net::TcpListener::bind(cfg.admin.listen.0)
+            .await
+            .with_context(|| format!("binding the admin listener on {}", cfg.admin.listen))?;
+        let admin_addr = admin.local_addr().context("admin listener address")?;
+        tracing::info!(addr = %admin_addr, "admin listening (dashboard /, API /api/v1 and /metrics need a token; /healthz, /readyz)");
+        Ok(Self { dns, admin })
+    }
+}
+
+/// The database, opened and (when reachable) migrated, with the snapshot saved by the last
+/// run if it belongs to this database and these zones.
+struct Opened {
+    database: Database,
+    reachable: bool,
+    restored: Option<snapshot_file::Saved>,
+    /// Where the snapshot is saved, and what it belongs to.
+    saved_at: snapshot_file::WriterTarget,
+}
+
+async fn open_database(cfg: &SteeringConfig) -> Result<Opened, CommandError> {
     let target =
         DatabaseTarget::resolve(cfg.server.database_url.clone(), cfg.server.data_dir.clone());
     let origin = snapshot_file::Origin {
@@ -295,12 +390,11 @@ pub async fn run(args: ServeArgs) -> CommandResult {
             .map(|z| z.name.trim_end_matches('.').to_ascii_lowercase())
             .collect(),
     };
-    let snapshot_path = cfg.server.snapshot_file.clone().unwrap_or_else(|| {
+    let path = cfg.server.snapshot_file.clone().unwrap_or_else(|| {
         let dir = cfg.server.data_dir.clone().unwrap_or_else(default_data_dir);
         dir.join("last-snapshot")
     });
-    let restored =
-        snapshot_file::restore_at_start(&snapshot_path, &origin, cfg.server.snapshot_max_age.0);
+    let restored = snapshot_file::restore_at_start(&path, &origin, cfg.server.snapshot_max_age.0);
     tracing::info!(database = %target.describe(), "opening the database");
     let (database, reachable) = Database::open_tolerant(&target, 8)
         .await
@@ -312,100 +406,180 @@ pub async fn run(args: ServeArgs) -> CommandResult {
         return Err(CommandError::Failed(
             anyhow::Error::new(e).context("migrating the database"),
         ));
-    } else if let Err(e) = check_region(&database.pool, &cfg).await {
+    } else if let Err(e) = check_region(&database.pool, cfg).await {
         database.close().await;
         return Err(e);
     }
-    let pool = database.pool.clone();
+    Ok(Opened {
+        database,
+        reachable,
+        restored,
+        saved_at: snapshot_file::WriterTarget { path, origin },
+    })
+}
 
-    let shutdown = CancellationToken::new();
-    let mut tasks: JoinSet<()> = JoinSet::new();
-    let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::empty(statics.clone())));
-    let slots = Arc::new(Mutex::new(ApplianceSlots::default()));
-    let sync = Arc::new(SyncStatus::default());
-    let publish_status = Arc::new(PublishStatus::default());
-    publish_status.set_steering_threshold(policy.threshold());
-    let audit_status = Arc::new(AuditStatus::default());
+/// The server's tasks and what they share: one shutdown token for all, and whether the
+/// schema is in place (database work waits for it; migrations are retried while the database
+/// is unreachable).
+struct Tasks {
+    set: JoinSet<()>,
+    shutdown: CancellationToken,
+    migrated_tx: watch::Sender<bool>,
+    migrated: watch::Receiver<bool>,
+}
 
-    // Database work waits for the schema; migrations are retried while it is unreachable.
-    let (migrated_tx, migrated) = watch::channel(reachable);
-    if !reachable {
-        tasks.spawn(store::migrate_when_reachable(
-            pool.clone(),
-            migrated_tx.clone(),
-            shutdown.clone(),
-        ));
+impl Tasks {
+    fn new(pool: &sqlx::PgPool, migrated: bool) -> Self {
+        let (migrated_tx, rx) = watch::channel(migrated);
+        let mut tasks = Self {
+            set: JoinSet::new(),
+            shutdown: CancellationToken::new(),
+            migrated_tx,
+            migrated: rx,
+        };
+        if !migrated {
+            let retry = store::migrate_when_reachable(
+                pool.clone(),
+                tasks.migrated_tx.clone(),
+                tasks.shutdown.clone(),
+            );
+            tasks.spawn(retry);
+        }
+        tasks
     }
+
+    fn spawn(&mut self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.set.spawn(task);
+    }
+
+    /// Spawns database work that starts once the schema is in place.
+    fn after_migration(&mut self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        let gated = store::after_migration(self.migrated.clone(), self.shutdown.clone(), task);
+        self.set.spawn(gated);
+    }
+
+    /// Runs until SIGINT/SIGTERM or until a task stops on its own, then stops every task.
+    async fn until_stopped(mut self, listening: &AtomicBool) {
+        tokio::select! {
+            _ = super::shutdown_signal() => tracing::info!("shutting down"),
+            Some(_) = self.set.join_next() => {
+                tracing::error!("a server task stopped unexpectedly; shutting down");
+            }
+        }
+        listening.store(false, Ordering::Relaxed);
+        self.shutdown.cancel();
+        drop(self.migrated_tx);
+        while self.set.join_next().await.is_some() {}
+    }
+}
+
+/// What the steering tasks share with DNS and the admin listener.
+struct Steering {
+    /// The answers DNS serves.
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    slots: Arc<Mutex<ApplianceSlots>>,
+    sync: Arc<SyncStatus>,
+    publish: Arc<PublishStatus>,
+    audit: Arc<AuditStatus>,
+}
+
+/// Spawns the steering pipeline: the loader keeps the inputs current from the database, the
+/// publisher turns them into answers (and audits and saves them).
+fn spawn_steering(
+    tasks: &mut Tasks,
+    setup: &Setup,
+    pool: &sqlx::PgPool,
+    restored: Option<snapshot_file::Saved>,
+    saved_at: snapshot_file::WriterTarget,
+) -> Steering {
+    let cfg = &setup.cfg;
+    let shutdown = tasks.shutdown.clone();
+    let s = Steering {
+        snapshot: Arc::new(ArcSwap::from_pointee(Snapshot::empty(
+            setup.statics.clone(),
+        ))),
+        slots: Arc::new(Mutex::new(ApplianceSlots::default())),
+        sync: Arc::new(SyncStatus::default()),
+        publish: Arc::new(PublishStatus::default()),
+        audit: Arc::new(AuditStatus::default()),
+    };
+    s.publish.set_steering_threshold(setup.policy.threshold());
     let (inputs_tx, inputs_rx) = watch::channel(None);
     if let Some(saved) = restored {
-        publish_status.restored.store(true, Ordering::Relaxed);
-        sync.last_sync_ms
+        s.publish.restored.store(true, Ordering::Relaxed);
+        s.sync
+            .last_sync_ms
             .store(saved.confirmed_at.timestamp_millis(), Ordering::Relaxed);
-        sync.loaded.store(true, Ordering::Relaxed);
+        s.sync.loaded.store(true, Ordering::Relaxed);
         inputs_tx.send_replace(Some(Arc::new(saved.inputs)));
     }
     let (saved_tx, saved_rx) = watch::channel(None);
-    let confirmed = sync.clone();
+    let confirmed = s.sync.clone();
     tasks.spawn(snapshot_file::run_writer(
-        snapshot_file::WriterTarget {
-            path: snapshot_path,
-            origin,
-        },
+        saved_at,
         saved_rx,
         move || confirmed.last_sync_ms.load(Ordering::Relaxed),
-        publish_status.clone(),
+        s.publish.clone(),
         shutdown.clone(),
     ));
-    tasks.spawn(store::after_migration(
-        migrated.clone(),
-        shutdown.clone(),
-        Loader {
-            pool: pool.clone(),
-            inputs: inputs_tx,
-            status: sync.clone(),
-            reconcile_interval: cfg.server.reconcile_interval.0,
-            health_timeout: cfg.steering.health_timeout.0,
-            max_score_age: cfg.risk.max_score_age(),
-        }
-        .run(shutdown.clone()),
-    ));
+    let loader = Loader {
+        pool: pool.clone(),
+        inputs: inputs_tx,
+        status: s.sync.clone(),
+        reconcile_interval: cfg.server.reconcile_interval.0,
+        health_timeout: cfg.steering.health_timeout.0,
+        max_score_age: cfg.risk.max_score_age(),
+    };
+    tasks.after_migration(loader.run(shutdown.clone()));
     let (audit_tx, audit_rx) = mpsc::channel(100_000);
-    tasks.spawn(store::after_migration(
-        migrated.clone(),
+    let audit = store::audit::run(
+        store::audit::AuditTarget {
+            pool: pool.clone(),
+            region: cfg.server.region.clone(),
+            server: cfg.server.name.clone(),
+            max_backlog: store::audit::MAX_BACKLOG,
+        },
+        audit_rx,
+        s.audit.clone(),
         shutdown.clone(),
-        store::audit::run(
-            store::audit::AuditTarget {
-                pool: pool.clone(),
-                region: cfg.server.region.clone(),
-                server: cfg.server.name.clone(),
-                max_backlog: store::audit::MAX_BACKLOG,
-            },
-            audit_rx,
-            audit_status.clone(),
-            shutdown.clone(),
-        ),
-    ));
-    tasks.spawn(
-        Publisher {
-            engine: Engine::new(policy),
-            statics,
-            ecs_regions: cfg.dns.ecs_regions.clone(),
-            slots: slots.clone(),
-            target: snapshot.clone(),
-            audit: audit_tx,
-            status: publish_status.clone(),
-            last_table: None,
-            saved: Some(saved_tx),
-            follow: source.as_ref().map(|model| FollowModel {
-                steering: cfg.steering.clone(),
-                model: Arc::clone(model),
-                threshold: model.current().threshold,
-            }),
-        }
-        .run(inputs_rx, shutdown.clone()),
     );
+    tasks.after_migration(audit);
+    let publisher = Publisher {
+        engine: Engine::new(setup.policy),
+        statics: setup.statics.clone(),
+        ecs_regions: cfg.dns.ecs_regions.clone(),
+        slots: s.slots.clone(),
+        target: s.snapshot.clone(),
+        audit: audit_tx,
+        status: s.publish.clone(),
+        last_table: None,
+        saved: Some(saved_tx),
+        follow: setup.model.as_ref().map(|model| FollowModel {
+            steering: cfg.steering.clone(),
+            model: Arc::clone(model),
+            threshold: model.current().threshold,
+        }),
+    };
+    tasks.spawn(publisher.run(inputs_rx, shutdown));
+    s
+}
 
-    let mut dns_stats = Vec::new();
+/// What the DNS listeners share with the admin listener's metrics.
+struct Dns {
+    /// One per UDP worker, and one for all TCP connections.
+    stats: Vec<Arc<Stats>>,
+    tcp_slots: Arc<Semaphore>,
+    tcp_refused: Arc<AtomicU64>,
+}
+
+/// Starts a thread per UDP socket and a TCP server per listen address, all answering from
+/// `snapshot`.
+fn spawn_dns(
+    tasks: &mut Tasks,
+    cfg: &SteeringConfig,
+    sockets: Vec<DnsSockets>,
+    snapshot: &Arc<ArcSwap<Snapshot>>,
+) -> Result<Dns, CommandError> {
     // One limiter for every worker and listener: the limit is per source prefix, whichever
     // socket its packets reach; one epoch, so the workers agree on the current second.
     let limiter = Arc::new(RateLimiter::new(
@@ -414,19 +588,21 @@ pub async fn run(args: ServeArgs) -> CommandResult {
     ));
     let epoch = std::time::Instant::now();
     let tcp_stats = Arc::new(Stats::default());
-    dns_stats.push(tcp_stats.clone());
-    let tcp_slots = Arc::new(Semaphore::new(cfg.dns.max_tcp_connections));
-    let tcp_refused = Arc::new(AtomicU64::new(0));
+    let mut dns = Dns {
+        stats: vec![tcp_stats.clone()],
+        tcp_slots: Arc::new(Semaphore::new(cfg.dns.max_tcp_connections)),
+        tcp_refused: Arc::new(AtomicU64::new(0)),
+    };
     for s in sockets {
         for (i, sock) in s.udp.into_iter().enumerate() {
             let stats = Arc::new(Stats::default());
-            dns_stats.push(stats.clone());
+            dns.stats.push(stats.clone());
             let worker = Worker {
                 snapshot: snapshot.clone(),
                 limiter: limiter.clone(),
                 epoch,
                 stats,
-                shutdown: shutdown.clone(),
+                shutdown: tasks.shutdown.clone(),
             };
             let name = format!("dns-udp-{}-{i}", s.addr);
             let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
@@ -446,82 +622,33 @@ pub async fn run(args: ServeArgs) -> CommandResult {
         let server = TcpServer {
             snapshot: snapshot.clone(),
             stats: tcp_stats.clone(),
-            slots: tcp_slots.clone(),
+            slots: dns.tcp_slots.clone(),
             idle_timeout: cfg.dns.tcp_idle_timeout.0,
-            refused: tcp_refused.clone(),
+            refused: dns.tcp_refused.clone(),
         };
-        tasks.spawn(server.run(listener, shutdown.clone()));
+        tasks.spawn(server.run(listener, tasks.shutdown.clone()));
     }
-    // Live scoring writes risk_scores; its writes reach DNS through the table's NOTIFY trigger
-    // like any other change, and its snapshot feeds the metrics.
-    if let Some(source) = &source {
-        tasks.spawn(reload_on_hangup(Arc::clone(source), shutdown.clone()));
-    }
-    let model_for_api = source.clone();
-    let risk = source.map(|source| {
-        let (tx, rx) = watch::channel(Arc::new(LiveSnapshot::default()));
-        tasks.spawn(store::after_migration(
-            migrated.clone(),
-            shutdown.clone(),
-            risk::live::run(
-                pool.clone(),
-                source,
-                cfg.risk.clone(),
-                cfg.server.region.clone(),
-                tx,
-                shutdown.clone(),
-            ),
-        ));
-        rx
-    });
-    // Heartbeats of this region and the lag of the others (a no-op until replication is set
-    // up).
-    let lag_board = Arc::new(LagBoard::default());
-    tasks.spawn(store::after_migration(
-        migrated.clone(),
-        shutdown.clone(),
-        heartbeat::run(
-            pool.clone(),
-            Some(heartbeat::Watch {
-                board: lag_board.clone(),
-                warn_after: cfg.replication.lag_warning.0,
-            }),
-            shutdown.clone(),
-        ),
-    ));
-    let listening = Arc::new(AtomicBool::new(true));
-    let status = admin::ServerStatus {
-        replication: lag_board,
-        lag_warning: cfg.replication.lag_warning.0,
-        dns_stats,
-        slots,
-        sync,
-        publish: publish_status,
-        audit: audit_status,
-        tcp_slots,
-        tcp_max: cfg.dns.max_tcp_connections,
-        tcp_refused,
-        listening: listening.clone(),
-    };
-    let state = admin_state(&cfg, &pool, status, model_for_api, risk);
-    let admin_shutdown = shutdown.clone();
-    tasks.spawn(async move {
-        if let Err(e) = admin::serve(admin_listener, state, admin_shutdown).await {
-            tracing::error!(error = %e, "admin listener failed");
-        }
-    });
+    Ok(dns)
+}
 
-    tokio::select! {
-        _ = super::shutdown_signal() => tracing::info!("shutting down"),
-        Some(_) = tasks.join_next() => {
-            tracing::error!("a server task stopped unexpectedly; shutting down");
-        }
-    }
-    listening.store(false, Ordering::Relaxed);
-    shutdown.cancel();
-    drop(migrated_tx);
-    while tasks.join_next().await.is_some() {}
-    database.close().await;
-    tracing::info!("stopped");
-    Ok(())
+/// Live scoring, when a model is in force: it writes risk_scores, whose NOTIFY trigger carries
+/// its writes to DNS like any other change; its snapshot feeds the metrics.
+fn spawn_live_scoring(
+    tasks: &mut Tasks,
+    cfg: &SteeringConfig,
+    pool: &sqlx::PgPool,
+    model: Option<Arc<ModelSource>>,
+) -> Option<watch::Receiver<Arc<LiveSnapshot>>> {
+    let source = model?;
+    let (tx, rx) = watch::channel(Arc::new(LiveSnapshot::default()));
+    let scorer = risk::live::run(
+        pool.clone(),
+        source,
+        cfg.risk.clone(),
+        cfg.server.region.clone(),
+        tx,
+        tasks.shutdown.clone(),
+    );
+    tasks.after_migration(scorer);
+    Some(rx)
 }
