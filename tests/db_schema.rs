@@ -627,3 +627,26 @@ async fn risk_history_ignores_confirmations() {
     .unwrap();
     assert_eq!(score, 0.4);
 }
+
+/// The one lookup of an appliance's region that the roster, the takeover group and the
+/// takeover writer share: known, unknown, and a database that is gone.
+#[tokio::test]
+async fn an_appliances_region_is_looked_up_or_reported_missing() {
+    let db = common::test_db().await;
+    seed(&db.pool).await;
+    let id = |s: &str| shadowsteer::domain::ApplianceId::new(s.to_owned()).unwrap();
+    let region = store::appliance_region(&db.pool, &id("us-1"))
+        .await
+        .unwrap();
+    assert_eq!(region.map(|r| r.to_string()), Some("us".to_owned()));
+    let unknown = store::appliance_region(&db.pool, &id("ap-9"))
+        .await
+        .unwrap();
+    assert!(unknown.is_none());
+    db.pool.close().await;
+    let gone = store::appliance_region(&db.pool, &id("us-1")).await;
+    assert!(
+        gone.is_err(),
+        "a closed pool is an error, not an unknown appliance"
+    );
+}

@@ -623,6 +623,7 @@ async fn writer(
     shutdown: CancellationToken,
 ) {
     let mut region: Option<RegionId> = None;
+    let mut lookup_error: Option<String> = None;
     let mut pending: Vec<Write> = Vec::new();
     loop {
         if pending.is_empty() {
@@ -638,15 +639,21 @@ async fn writer(
             pending.push(w);
         }
         if region.is_none() {
-            region = sqlx::query_scalar!(
-                "SELECT region FROM appliances WHERE id = $1",
-                appliance.as_str()
-            )
-            .fetch_optional(&pool)
-            .await
-            .ok()
-            .flatten()
-            .and_then(|r| RegionId::new(r).ok());
+            // Claims wait until the region is known; each distinct reason is logged once.
+            let why = match crate::store::appliance_region(&pool, &appliance).await {
+                Ok(Some(r)) => {
+                    region = Some(r);
+                    None
+                }
+                Ok(None) => Some(format!("appliance {appliance} is not in the inventory")),
+                Err(e) => Some(e.to_string()),
+            };
+            if let Some(why) = why
+                && lookup_error.as_ref() != Some(&why)
+            {
+                tracing::warn!("takeover: cannot record claims yet: {why}");
+                lookup_error = Some(why);
+            }
         }
         let Some(region) = region.clone() else {
             tokio::select! {

@@ -177,6 +177,27 @@ pub async fn after_migration(
     task.await;
 }
 
+/// The region of `appliance`; `None` when it is not in the inventory.
+pub async fn appliance_region(
+    pool: &PgPool,
+    appliance: &crate::domain::ApplianceId,
+) -> Result<Option<crate::domain::RegionId>, StoreError> {
+    let region = sqlx::query_scalar!(
+        "SELECT region FROM appliances WHERE id = $1",
+        appliance.as_str()
+    )
+    .fetch_optional(pool)
+    .await?;
+    region
+        .map(|r| {
+            crate::domain::RegionId::new(r).map_err(|e| StoreError::InvalidRow {
+                table: "appliances",
+                message: e.to_string(),
+            })
+        })
+        .transpose()
+}
+
 /// Maps a unique-constraint violation to the name of its constraint.
 pub(crate) fn unique_violation(err: &sqlx::Error) -> Option<&str> {
     match err {

@@ -71,13 +71,7 @@ pub async fn load_roster(
     pool: &PgPool,
     appliance: &ApplianceId,
 ) -> Result<Option<Roster>, StoreError> {
-    let Some(region) = sqlx::query_scalar!(
-        "SELECT region FROM appliances WHERE id = $1",
-        appliance.as_str()
-    )
-    .fetch_optional(pool)
-    .await?
-    else {
+    let Some(region) = super::appliance_region(pool, appliance).await? else {
         return Ok(None);
     };
     let rows = sqlx::query!(
@@ -101,10 +95,7 @@ pub async fn load_roster(
             )
         })
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Some(Roster {
-        region: RegionId::new(region).map_err(invalid)?,
-        clients,
-    }))
+    Ok(Some(Roster { region, clients }))
 }
 
 /// One client, if `appliance` serves it.

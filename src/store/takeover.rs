@@ -135,13 +135,7 @@ pub async fn load_group(
     pool: &PgPool,
     appliance: &ApplianceId,
 ) -> Result<Option<Group>, StoreError> {
-    let Some(region) = sqlx::query_scalar!(
-        "SELECT region FROM appliances WHERE id = $1",
-        appliance.as_str()
-    )
-    .fetch_optional(pool)
-    .await?
-    else {
+    let Some(region) = super::appliance_region(pool, appliance).await? else {
         return Ok(None);
     };
     let sessions = sessions(pool, appliance, None).await?;
@@ -170,7 +164,7 @@ pub async fn load_group(
     })
     .collect::<Result<Vec<_>, StoreError>>()?;
     Ok(Some(Group {
-        region: RegionId::new(region).map_err(|e| invalid("appliances", e))?,
+        region,
         peers,
         sessions,
     }))
