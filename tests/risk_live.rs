@@ -69,6 +69,87 @@ fn feed_health_and_confirm(
     })
 }
 
+/// The score expiry tests' scene: stand-ins feeding health and confirming `confirming`'s
+/// rows, and a steering server whose scores expire after 3 s.
+struct Expiry {
+    confirming: Confirming,
+    stop: Arc<AtomicBool>,
+    feeder: tokio::task::JoinHandle<()>,
+    server: Server,
+}
+
+/// The maximum score age of [`Expiry`]'s server.
+const MAX_SCORE_AGE: Duration = Duration::from_secs(3);
+
+impl Expiry {
+    /// Starts the feeder, then `serve` on `db` with `edit` applied to its configuration.
+    async fn start(
+        db: &common::TestDb,
+        confirming: Vec<(&'static str, &'static str)>,
+        edit: impl FnOnce(String) -> String,
+    ) -> Self {
+        let confirming: Confirming = Arc::new(std::sync::Mutex::new(confirming));
+        let stop = Arc::new(AtomicBool::new(false));
+        let feeder = feed_health_and_confirm(db.pool.clone(), confirming.clone(), stop.clone());
+        let url = db.url.clone();
+        let steering = "hold_down = \"1s\"\n[risk]\nenabled = false\nmax_score_age = \"3s\"";
+        let cfg = edit(config(NO_RRL, steering));
+        let server =
+            tokio::task::spawn_blocking(move || Server::start(&cfg, &["--database-url", &url]))
+                .await
+                .unwrap();
+        Self {
+            confirming,
+            stop,
+            feeder,
+            server,
+        }
+    }
+
+    fn confirm(&self, row: (&'static str, &'static str)) {
+        self.confirming.lock().unwrap().push(row);
+    }
+
+    /// Stops confirming `row` and returns how long alice's answer then took to become `to`:
+    /// no sooner than the row aged past [`MAX_SCORE_AGE`] (less half a second of polling).
+    async fn stop_confirming_until(
+        &self,
+        row: (&'static str, &'static str),
+        to: &'static str,
+        what: &str,
+    ) -> Duration {
+        self.confirming.lock().unwrap().retain(|r| *r != row);
+        let stopped = Instant::now();
+        let changed = answer_becomes(self.server.dns, ALICE, to, Duration::from_secs(20)).await;
+        assert!(
+            changed.is_some(),
+            "{what}; log:\n{}",
+            self.server.log_text()
+        );
+        let after = stopped.elapsed();
+        assert!(
+            after >= MAX_SCORE_AGE - Duration::from_millis(500),
+            "{what} after {after:?}, before the score was {MAX_SCORE_AGE:?} old"
+        );
+        after
+    }
+
+    /// Stops the feeder and the server (which must exit cleanly); returns the server's log.
+    async fn finish(self) -> String {
+        self.stop.store(true, Ordering::Relaxed);
+        self.feeder.await.unwrap();
+        let log = self.server.log_text();
+        let server = self.server;
+        assert_eq!(
+            tokio::task::spawn_blocking(move || server.stop())
+                .await
+                .unwrap(),
+            0
+        );
+        log
+    }
+}
+
 /// The scorer dies (nothing confirms eu-1's low score any more) while eu-1's health keeps
 /// arriving: once the score is older than `risk.max_score_age`, alice leaves eu-1 for her
 /// shadow, whose score is confirmed; a fresh low score brings her back.
@@ -80,66 +161,42 @@ async fn unconfirmed_score_moves_clients_and_a_fresh_one_brings_them_back() {
     write_score(&db.pool, "us-1", 0.05).await;
     // Stand-ins for the agents and for the scorers: us-1's keeps confirming its score;
     // eu-1's until it dies.
-    let confirming: Confirming =
-        Arc::new(std::sync::Mutex::new(vec![("eu", "eu-1"), ("us", "us-1")]));
-    let stop = Arc::new(AtomicBool::new(false));
-    let feeder = feed_health_and_confirm(db.pool.clone(), confirming.clone(), stop.clone());
-    let url = db.url.clone();
-    let steering = "hold_down = \"1s\"\n[risk]\nenabled = false\nmax_score_age = \"3s\"";
-    let server = tokio::task::spawn_blocking(move || {
-        Server::start(&config(NO_RRL, steering), &["--database-url", &url])
-    })
-    .await
-    .unwrap();
-    let dns = server.dns;
-    let answers_for = |d: Duration| answers_during(dns, ALICE, d);
+    let scene = Expiry::start(&db, vec![("eu", "eu-1"), ("us", "us-1")], |c| c).await;
+    let dns = scene.server.dns;
     // Confirmed scores never expire: alice stays on eu-1 for twice the maximum age.
-    let calm_answers = answers_for(Duration::from_secs(6)).await;
+    let calm_answers = answers_during(dns, ALICE, 2 * MAX_SCORE_AGE).await;
     assert_eq!(
         calm_answers.into_iter().collect::<Vec<_>>(),
         [EU],
         "confirmed scores expired; log:\n{}",
-        server.log_text()
+        scene.server.log_text()
     );
 
     // eu-1's scorer dies; its health keeps arriving.
-    confirming.lock().unwrap().retain(|r| *r != ("eu", "eu-1"));
-    let died = Instant::now();
-    let moved = answer_becomes(dns, ALICE, US, Duration::from_secs(20)).await;
+    let moved_after = scene
+        .stop_confirming_until(
+            ("eu", "eu-1"),
+            US,
+            "alice left eu-1 with an unconfirmed score",
+        )
+        .await;
     assert!(
-        moved.is_some(),
-        "alice stayed on eu-1 with an unconfirmed score; log:\n{}",
-        server.log_text()
-    );
-    let moved_after = died.elapsed();
-    assert!(
-        moved_after >= Duration::from_millis(2500),
-        "moved after {moved_after:?}, before the score was 3 s old"
-    );
-    assert!(
-        server
+        scene
+            .server
             .log_text()
             .contains("risk score not confirmed within risk.max_score_age"),
         "{}",
-        server.log_text()
+        scene.server.log_text()
     );
 
     // A fresh low score (the scorer is back): alice returns once the hold-down has passed.
-    confirming.lock().unwrap().push(("eu", "eu-1"));
+    scene.confirm(("eu", "eu-1"));
     let back_at = Instant::now();
     write_score(&db.pool, "eu-1", 0.04).await;
     let back = answer_becomes(dns, ALICE, EU, Duration::from_secs(20)).await;
     assert!(back.is_some(), "alice did not return to eu-1");
     let back_after = back_at.elapsed();
-    stop.store(true, Ordering::Relaxed);
-    feeder.await.unwrap();
-    let log = server.log_text();
-    assert_eq!(
-        tokio::task::spawn_blocking(move || server.stop())
-            .await
-            .unwrap(),
-        0
-    );
+    let log = scene.finish().await;
     assert!(log.contains("risk score fresh again"), "{log}");
     eprintln!(
         "score unconfirmed -> alice moved after {moved_after:?}; fresh score -> back after {back_after:?}"
@@ -190,23 +247,16 @@ async fn another_regions_leftover_score_neither_holds_nor_hides() {
     put_score(&db.pool, "us", "us-1", 0.05, 0.0).await;
     // Region us scored eu-1 too, ten minutes ago, and stopped.
     put_score(&db.pool, "us", "eu-1", 0.02, 600.0).await;
-    let confirming: Confirming =
-        Arc::new(std::sync::Mutex::new(vec![("eu", "eu-1"), ("us", "us-1")]));
-    let stop = Arc::new(AtomicBool::new(false));
-    let feeder = feed_health_and_confirm(db.pool.clone(), confirming.clone(), stop.clone());
-    let url = db.url.clone();
-    let steering = "hold_down = \"1s\"\n[risk]\nenabled = false\nmax_score_age = \"3s\"";
-    let cfg = config(NO_RRL, steering).replace(
-        "reconcile_interval = \"1s\"",
-        "reconcile_interval = \"10m\"",
-    );
-    let server =
-        tokio::task::spawn_blocking(move || Server::start(&cfg, &["--database-url", &url]))
-            .await
-            .unwrap();
-    let dns = server.dns;
+    let scene = Expiry::start(&db, vec![("eu", "eu-1"), ("us", "us-1")], |c| {
+        c.replace(
+            "reconcile_interval = \"1s\"",
+            "reconcile_interval = \"10m\"",
+        )
+    })
+    .await;
+    let dns = scene.server.dns;
     let stays_on_eu = |what: &'static str| async move {
-        let seen = answers_during(dns, ALICE, Duration::from_secs(6)).await;
+        let seen = answers_during(dns, ALICE, 2 * MAX_SCORE_AGE).await;
         assert_eq!(seen.into_iter().collect::<Vec<_>>(), [EU], "{what}");
     };
     // A low leftover: eu-1 is not unknown-high while eu confirms it.
@@ -216,37 +266,23 @@ async fn another_regions_leftover_score_neither_holds_nor_hides() {
     stays_on_eu("region us's stale 0.95 kept counting").await;
     // Region us scores eu-1 again, high: the highest fresh score counts, alice moves.
     put_score(&db.pool, "us", "eu-1", 0.95, 0.0).await;
-    confirming.lock().unwrap().push(("us", "eu-1"));
+    scene.confirm(("us", "eu-1"));
     let moved = answer_becomes(dns, ALICE, US, Duration::from_secs(10)).await;
     assert!(
         moved.is_some(),
         "a fresh 0.95 from region us did not move alice; log:\n{}",
-        server.log_text()
+        scene.server.log_text()
     );
     // Region us stops again: once its row is older than 3 s, eu's fresh 0.05 is in force
     // and alice returns, with no write and no reconcile to announce it.
-    confirming.lock().unwrap().retain(|r| *r != ("us", "eu-1"));
-    let stopped = Instant::now();
-    let back = answer_becomes(dns, ALICE, EU, Duration::from_secs(20)).await;
-    assert!(
-        back.is_some(),
-        "alice stayed on us-1 after region us's score aged out; log:\n{}",
-        server.log_text()
-    );
-    let back_after = stopped.elapsed();
-    assert!(
-        back_after >= Duration::from_millis(2500),
-        "back after {back_after:?}, before the 0.95 was 3 s old"
-    );
-    stop.store(true, Ordering::Relaxed);
-    feeder.await.unwrap();
-    let log = server.log_text();
-    assert_eq!(
-        tokio::task::spawn_blocking(move || server.stop())
-            .await
-            .unwrap(),
-        0
-    );
+    let back_after = scene
+        .stop_confirming_until(
+            ("us", "eu-1"),
+            EU,
+            "alice went back to eu-1 once region us's score aged out",
+        )
+        .await;
+    let log = scene.finish().await;
     // eu-1 never counted as unknown-high.
     assert!(
         !log.contains("risk score not confirmed within risk.max_score_age"),
