@@ -698,6 +698,43 @@ pub fn train(
     progress: &(dyn Fn(&str) + Sync),
 ) -> Result<Model, TrainError> {
     let started = Instant::now();
+    check_options(opts)?;
+    let fitting = Fitting::prepare(series, opts, progress)?;
+    let mut best: Option<(Model, Candidate, RankKey)> = None;
+    let mut candidates = Vec::new();
+    // The novelty alarm level depends on the validation surprise only, the same for every
+    // family: chosen with the first and kept.
+    let mut novelty_level: Option<f64> = None;
+    for &kind in &opts.kinds {
+        let beat = best.as_ref().map(|(_, _, k)| *k);
+        let (model, candidate, key) = fitting.candidate(kind, beat, &mut novelty_level)?;
+        candidates.push(candidate.clone());
+        if beat.is_none_or(|b| key > b) {
+            best = Some((model, candidate, key));
+        }
+    }
+    let Some((mut model, chosen, _)) = best else {
+        return Err(TrainError::Options("no model family trained".into()));
+    };
+    let validation = std::mem::replace(&mut model.card.validation, ModelCard::empty().validation);
+    model.card = fitting.card(candidates, validation, &chosen, started);
+    if let Some(n) = &model.novelty {
+        model.card.notes.push(format!(
+            "novelty term: per-signal tails of {} fitted on {} normal training seconds (every \
+             {NOVELTY_STEP}nd, {NOVELTY_LOOKBACK} s or more before a failure); probability = \
+             sigmoid({:.4} * surprise + {:.4}); score = the larger of the ensemble's and the \
+             novelty term's",
+            n.features.names().join(", "),
+            n.rows,
+            n.a,
+            n.b
+        ));
+    }
+    model.version = model.compute_version();
+    Ok(model)
+}
+
+fn check_options(opts: &TrainOptions) -> Result<(), TrainError> {
     if opts.kinds.is_empty() {
         return Err(TrainError::Options("no model family to train".into()));
     }
@@ -706,64 +743,97 @@ pub fn train(
             "validation share must be in 0.05..=0.9".into(),
         ));
     }
-    let horizon = opts.horizon_s;
-    let split = TimeSplit::for_series(series, opts.validation_share, horizon);
-    let sampled = sample_rows(series, &split, opts);
-    let n_pos = sampled.y.iter().filter(|l| **l).count();
-    progress(&format!(
-        "sampled {} training rows ({} positive) before the cut at {}",
-        sampled.y.len(),
-        n_pos,
-        split.cut
-    ));
-    if n_pos < 10 || n_pos == sampled.y.len() {
-        return Err(TrainError::NotEnoughData(format!(
-            "{n_pos} positive training rows; need failures in the earlier {:.0}% of the data",
-            (1.0 - opts.validation_share) * 100.0
-        )));
-    }
-    let x = project(&sampled.x, &opts.features);
-    let scaler = fit_scaler(&x, opts.features.len());
-    let z = standardise(&x, &scaler);
-    drop(x);
-    let group = if series
-        .iter()
-        .flat_map(|s| &s.failures)
-        .any(|f| f.precursor == Some(true))
-    {
-        Group::Precursor
-    } else {
-        Group::All
-    };
+    Ok(())
+}
 
-    let tails = if opts.novelty {
-        progress("fitting the novelty term's tails on normal training seconds");
-        Some(fit_novelty_tails(series, &split, opts.threads)?)
-    } else {
-        None
-    };
-    let mut best: Option<(Model, Candidate, (f64, f64, f64))> = None;
-    let mut candidates = Vec::new();
-    // The novelty alarm level depends on the validation surprise only, the same for every
-    // family: chosen with the first and kept.
-    let mut chosen_novelty_level: Option<f64> = None;
-    for &kind in &opts.kinds {
-        let t0 = Instant::now();
-        let n = match kind {
-            ModelKind::Logistic => opts.logistic_members,
-            ModelKind::Forest => opts.forest_members,
+/// How candidates are ranked on validation: recall@10s, then fewer false alarms, then PR AUC.
+type RankKey = (f64, f64, f64);
+
+/// What every family is fitted on and validated against.
+struct Fitting<'a> {
+    series: &'a [Series],
+    opts: &'a TrainOptions,
+    progress: &'a (dyn Fn(&str) + Sync),
+    split: TimeSplit,
+    /// The sampled training rows, standardised, and their labels.
+    z: Array2<f64>,
+    y: Vec<bool>,
+    positives: usize,
+    scaler: Scaler,
+    /// Failures with precursors when the data labels them (the threshold is chosen on those).
+    group: Group,
+    /// The novelty term's tails, when asked for.
+    tails: Option<Novelty>,
+}
+
+impl<'a> Fitting<'a> {
+    /// Splits by time, samples and standardises the training rows, fits the novelty tails.
+    fn prepare(
+        series: &'a [Series],
+        opts: &'a TrainOptions,
+        progress: &'a (dyn Fn(&str) + Sync),
+    ) -> Result<Self, TrainError> {
+        let split = TimeSplit::for_series(series, opts.validation_share, opts.horizon_s);
+        let sampled = sample_rows(series, &split, opts);
+        let positives = sampled.y.iter().filter(|l| **l).count();
+        progress(&format!(
+            "sampled {} training rows ({} positive) before the cut at {}",
+            sampled.y.len(),
+            positives,
+            split.cut
+        ));
+        if positives < 10 || positives == sampled.y.len() {
+            return Err(TrainError::NotEnoughData(format!(
+                "{positives} positive training rows; need failures in the earlier {:.0}% of the data",
+                (1.0 - opts.validation_share) * 100.0
+            )));
         }
-        .clamp(1, super::model::MAX_MEMBERS);
-        progress(&format!("fitting {n} {} members", kind.name()));
+        let x = project(&sampled.x, &opts.features);
+        let scaler = fit_scaler(&x, opts.features.len());
+        let z = standardise(&x, &scaler);
+        drop(x);
+        let group = if series
+            .iter()
+            .flat_map(|s| &s.failures)
+            .any(|f| f.precursor == Some(true))
+        {
+            Group::Precursor
+        } else {
+            Group::All
+        };
+        let tails = if opts.novelty {
+            progress("fitting the novelty term's tails on normal training seconds");
+            Some(fit_novelty_tails(series, &split, opts.threads)?)
+        } else {
+            None
+        };
+        Ok(Self {
+            series,
+            opts,
+            progress,
+            split,
+            z,
+            y: sampled.y,
+            positives,
+            scaler,
+            group,
+            tails,
+        })
+    }
+
+    /// The ensemble of one family, fitted in parallel.
+    fn fit_members(&self, kind: ModelKind, n: usize) -> Result<Members, TrainError> {
+        let (opts, z, y) = (self.opts, &self.z, &self.y);
+        (self.progress)(&format!("fitting {n} {} members", kind.name()));
         let done = std::sync::atomic::AtomicUsize::new(0);
         let report = |k: usize| {
             let d = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-            progress(&format!("  {} member {d}/{n} fitted (#{k})", kind.name()));
+            (self.progress)(&format!("  {} member {d}/{n} fitted (#{k})", kind.name()));
         };
-        let members = match kind {
+        Ok(match kind {
             ModelKind::Logistic => Members::Logistic(
                 parallel(n, opts.threads, |k| {
-                    let r = fit_logistic(&z, &sampled.y, k, opts.seed);
+                    let r = fit_logistic(z, y, k, opts.seed);
                     report(k);
                     r
                 })
@@ -772,14 +842,33 @@ pub fn train(
             ),
             ModelKind::Forest => Members::Forest(
                 parallel(n, opts.threads, |k| {
-                    let r = fit_tree(&z, &sampled.y, k, opts);
+                    let r = fit_tree(z, y, k, opts);
                     report(k);
                     r
                 })
                 .into_iter()
                 .collect::<Result<_, _>>()?,
             ),
-        };
+        })
+    }
+
+    /// Fits one family, calibrates it and chooses its threshold on the validation period. The
+    /// validation report (with the baseline) goes on its card only when it ranks above `beat`:
+    /// only the winner's is kept.
+    fn candidate(
+        &self,
+        kind: ModelKind,
+        beat: Option<RankKey>,
+        chosen_novelty_level: &mut Option<f64>,
+    ) -> Result<(Model, Candidate, RankKey), TrainError> {
+        let (opts, progress, horizon) = (self.opts, self.progress, self.opts.horizon_s);
+        let t0 = Instant::now();
+        let n = match kind {
+            ModelKind::Logistic => opts.logistic_members,
+            ModelKind::Forest => opts.forest_members,
+        }
+        .clamp(1, super::model::MAX_MEMBERS);
+        let members = self.fit_members(kind, n)?;
         let fit_seconds = t0.elapsed().as_secs_f64();
         let mut model = Model {
             format: super::model::FORMAT,
@@ -788,7 +877,7 @@ pub fn train(
             horizon_s: horizon as u32,
             window_s: WINDOW_S as u32,
             features: opts.features.clone(),
-            scaler: scaler.clone(),
+            scaler: self.scaler.clone(),
             members,
             calibration: Platt::IDENTITY,
             threshold: 0.5,
@@ -800,12 +889,13 @@ pub fn train(
             "scoring the validation period with {}",
             kind.name()
         ));
-        let v = score_validation(series, &split, &model, tails.as_ref(), opts.threads);
-        let t = tails_of(series, &v);
+        let tails = self.tails.as_ref();
+        let v = score_validation(self.series, &self.split, &model, tails, opts.threads);
+        let t = tails_of(self.series, &v);
         model.calibration = fit_platt(&v.raw, &t, horizon)?;
         // The novelty alarm level: chosen on false alarms alone (it exists for failures the
         // labels do not show, so recall on the known kinds cannot choose it).
-        let novelty_level = tails.as_ref().map(|_| {
+        let novelty_level = tails.map(|_| {
             *chosen_novelty_level.get_or_insert_with(|| {
                 let level = novelty_level(&v.surprise, &t, model.hold_s, opts);
                 progress(&format!(
@@ -829,10 +919,10 @@ pub fn train(
             &scored_of(&choosing, &t),
             &candidate_thresholds(&choosing, &t),
             opts.max_false_alarms_per_day,
-            group,
+            self.group,
         );
         model.threshold = thr;
-        match (&tails, novelty_level) {
+        match (tails, novelty_level) {
             (Some(n), Some(level)) if level.is_finite() => {
                 // p = thr at the level, ten times the odds for each decade rarer.
                 let a = std::f64::consts::LN_10;
@@ -847,9 +937,8 @@ pub fn train(
             let floor = model.novelty.as_ref().map_or(0.0, |n| n.probability_of(s));
             model.calibration.apply(x).max(floor)
         });
-        let scored = scored_of(&calibrated, &t);
-        let metrics = evaluate::grouped(&scored, thr, horizon);
-        let m = if group == Group::Precursor {
+        let metrics = evaluate::grouped(&scored_of(&calibrated, &t), thr, horizon);
+        let m = if self.group == Group::Precursor {
             &metrics.precursor
         } else {
             &metrics.all
@@ -866,6 +955,10 @@ pub fn train(
             -key.1,
             key.2
         ));
+        if beat.is_none_or(|b| key > b) {
+            model.card.validation =
+                validation_report(self.series, &v, &t, &calibrated, thr, horizon);
+        }
         let candidate = Candidate {
             kind,
             members: n,
@@ -873,77 +966,56 @@ pub fn train(
             validation: metrics,
             fit_seconds,
         };
-        candidates.push(candidate.clone());
-        if best.as_ref().is_none_or(|(_, _, k)| key > *k) {
-            // Keep the validation report of the winner (with the baseline) for its card.
-            let report = validation_report(series, &v, &t, &calibrated, thr, horizon);
-            model.card.validation = report;
-            best = Some((model, candidate, key));
+        Ok((model, candidate, key))
+    }
+
+    /// The chosen model's card: its data, split, threshold rule and the candidates compared.
+    fn card(
+        &self,
+        candidates: Vec<Candidate>,
+        validation: evaluate::Report,
+        chosen: &Candidate,
+        started: Instant,
+    ) -> ModelCard {
+        let (opts, split, horizon) = (self.opts, &self.split, self.opts.horizon_s);
+        let failures: Vec<&FailureSpan> = self.series.iter().flat_map(|s| &s.failures).collect();
+        let with_precursor = |p: bool| failures.iter().filter(|f| f.precursor == Some(p)).count();
+        ModelCard {
+            // The caller stamps the date: the core reads no wall clock (durations are measured).
+            created_at: String::new(),
+            training_data: opts.sources.clone(),
+            rows: opts.rows,
+            series: self.series.len(),
+            failures: [failures.len(), with_precursor(true), with_precursor(false)],
+            split: format!(
+                "by time: fitted on seconds t with t + {horizon} < {cut} (labels end before the cut), \
+                 validated on t >= {} (features start after it); {:.0}% of the time range validates",
+                split.cut + split.window,
+                opts.validation_share * 100.0,
+                cut = split.cut,
+            ),
+            fitted_rows: self.y.len(),
+            fitted_positives: self.positives,
+            threshold_rule: format!(
+                "highest validation recall@10s ({}) with at most {} false alarms per appliance-day",
+                if self.group == Group::Precursor {
+                    "failures with precursors"
+                } else {
+                    "all failures"
+                },
+                opts.max_false_alarms_per_day
+            ),
+            candidates,
+            validation,
+            training_seconds: started.elapsed().as_secs_f64(),
+            notes: vec![format!(
+                "chosen: {} ensemble of {} members; score = calibrated mean, interval = calibrated \
+                 10th and 90th percentiles of the members",
+                chosen.kind.name(),
+                chosen.members
+            )],
         }
     }
-    let Some((mut model, chosen, _)) = best else {
-        return Err(TrainError::Options("no model family trained".into()));
-    };
-    let failures: Vec<&FailureSpan> = series.iter().flat_map(|s| &s.failures).collect();
-    model.card = ModelCard {
-        // The caller stamps the date: the core reads no wall clock (durations are measured).
-        created_at: String::new(),
-        training_data: opts.sources.clone(),
-        rows: opts.rows,
-        series: series.len(),
-        failures: [
-            failures.len(),
-            failures
-                .iter()
-                .filter(|f| f.precursor == Some(true))
-                .count(),
-            failures
-                .iter()
-                .filter(|f| f.precursor == Some(false))
-                .count(),
-        ],
-        split: format!(
-            "by time: fitted on seconds t with t + {horizon} < {cut} (labels end before the cut), \
-             validated on t >= {} (features start after it); {:.0}% of the time range validates",
-            split.cut + split.window,
-            opts.validation_share * 100.0,
-            cut = split.cut,
-        ),
-        fitted_rows: sampled.y.len(),
-        fitted_positives: n_pos,
-        threshold_rule: format!(
-            "highest validation recall@10s ({}) with at most {} false alarms per appliance-day",
-            if group == Group::Precursor {
-                "failures with precursors"
-            } else {
-                "all failures"
-            },
-            opts.max_false_alarms_per_day
-        ),
-        candidates,
-        validation: std::mem::replace(&mut model.card.validation, ModelCard::empty().validation),
-        training_seconds: started.elapsed().as_secs_f64(),
-        notes: vec![format!(
-            "chosen: {} ensemble of {} members; score = calibrated mean, interval = calibrated \
-             10th and 90th percentiles of the members",
-            chosen.kind.name(),
-            chosen.members
-        )],
-    };
-    if let Some(n) = &model.novelty {
-        model.card.notes.push(format!(
-            "novelty term: per-signal tails of {} fitted on {} normal training seconds (every \
-             {NOVELTY_STEP}nd, {NOVELTY_LOOKBACK} s or more before a failure); probability = \
-             sigmoid({:.4} * surprise + {:.4}); score = the larger of the ensemble's and the \
-             novelty term's",
-            n.features.names().join(", "),
-            n.rows,
-            n.a,
-            n.b
-        ));
-    }
-    model.version = model.compute_version();
-    Ok(model)
 }
 
 fn validation_report(
