@@ -16,7 +16,7 @@ use hickory_proto::rr::{DNSClass, Name, RData, RecordType};
 use hickory_proto::serialize::binary::{BinEncodable, BinEncoder, NameEncoding};
 use hickory_proto::serialize::txt::Parser;
 
-use super::name::{label_starts, strip_suffix, to_dotted, to_wire};
+use super::name::{BuildNameHasher, label_starts, strip_suffix, to_dotted, to_wire};
 use super::wire::{CLASS_IN, rtype};
 use super::zone::{NameData, RrSet, Statics, Zone};
 use crate::config::{DnsSection, ZoneSection};
@@ -188,185 +188,27 @@ fn build_zone(
     read: &dyn Fn(&Path) -> std::io::Result<String>,
 ) -> Result<Zone, CatalogError> {
     let zone = z.name.trim_end_matches('.').to_ascii_lowercase();
-    let bad = |what: &'static str, name: &str| CatalogError::BadName {
-        zone: zone.clone(),
-        what,
-        name: name.to_owned(),
-    };
-    let unsupported = |name: &[u8], message: &str| CatalogError::Unsupported {
-        zone: zone.clone(),
-        name: to_dotted(name),
-        message: message.to_owned(),
-    };
-    let apex = to_wire(&zone).ok_or_else(|| bad("name", &z.name))?;
+    let apex = to_wire(&zone).ok_or_else(|| bad_name(&zone, "name", &z.name))?;
     let origin = hickory_name(&format!("{zone}."), &zone, "name")?;
+    let at = ZoneAt { zone, apex, origin };
     let static_ttl = secs(z.static_ttl);
     let negative_ttl = secs(z.soa.negative_ttl);
 
-    let mut recs: Vec<Rec> = Vec::new();
-    // SOA.
-    let mname = hickory_name(&complete(&z.soa.mname, &zone), &zone, "soa.mname")?;
-    let rname = hickory_name(&complete(&z.soa.rname, &zone), &zone, "soa.rname")?;
-    let as_i32 = |d: crate::config::Duration| i32::try_from(d.0.as_secs()).unwrap_or(i32::MAX);
-    let soa = RData::SOA(SOA::new(
-        mname,
-        rname,
-        serial,
-        as_i32(z.soa.refresh),
-        as_i32(z.soa.retry),
-        as_i32(z.soa.expire),
-        negative_ttl,
-    ));
-    recs.push(Rec {
-        owner: apex.clone(),
-        rtype: rtype::SOA,
-        ttl: static_ttl,
-        rdata: soa.clone(),
-    });
-    // NS and glue.
-    for ns in &z.ns {
-        let target = hickory_name(&complete(&ns.name, &zone), &zone, "ns.name")?;
-        let target_wire = name_wire(&target);
-        recs.push(Rec {
-            owner: apex.clone(),
-            rtype: rtype::NS,
-            ttl: static_ttl,
-            rdata: RData::NS(NS(target)),
-        });
-        let in_zone = strip_suffix(&target_wire, &apex).is_some();
-        if in_zone && ns.addresses.is_empty() {
-            return Err(unsupported(
-                &target_wire,
-                "name server inside the zone needs glue addresses",
-            ));
-        }
-        for addr in &ns.addresses {
-            let (t, rdata) = match addr {
-                IpAddr::V4(a) => (rtype::A, RData::A(A(*a))),
-                IpAddr::V6(a) => (rtype::AAAA, RData::AAAA(AAAA(*a))),
-            };
-            recs.push(Rec {
-                owner: target_wire.clone(),
-                rtype: t,
-                ttl: static_ttl,
-                rdata,
-            });
-        }
-    }
-    // Config records, as zone-file lines.
-    for (i, r) in z.records.iter().enumerate() {
-        let ttl = r.ttl.map(secs).unwrap_or(static_ttl);
-        let line = format!("{} {} IN {} {}\n", r.name, ttl, r.rtype, r.data);
-        recs.extend(parse_records(
-            &line,
-            None,
-            &origin,
-            &zone,
-            format!("records[{i}]"),
-        )?);
-    }
-    // Zone file.
-    if let Some(path) = &z.zone_file {
-        let text = read(path).map_err(|source| CatalogError::Read {
-            zone: zone.clone(),
-            path: path.display().to_string(),
-            source,
-        })?;
-        let file_recs = parse_records(
-            &text,
-            Some(path),
-            &origin,
-            &zone,
-            path.display().to_string(),
-        )?;
-        recs.extend(file_recs.into_iter().filter(|r| r.rtype != rtype::SOA));
-    }
+    let (soa, mut recs) = at.apex_records(z, serial)?;
+    recs.extend(at.configured_records(z, read)?);
 
-    let client_label =
-        to_wire(&z.client_label).ok_or_else(|| bad("client_label", &z.client_label))?;
-    let client_label = client_label[..client_label.len() - 1].to_vec();
-    let service = to_wire(&z.service_name).ok_or_else(|| bad("service_name", &z.service_name))?;
-    let service = service[..service.len() - 1].to_vec();
-    let service_name = [service.as_slice(), &apex].concat();
-    let client_zone = [client_label.as_slice(), &apex].concat();
-
-    // Group into RRsets, checking what we cannot serve.
-    let mut by_name: Grouped<'_> = BTreeMap::new();
-    for r in &recs {
-        let Some(prefix) = strip_suffix(&r.owner, &apex) else {
-            return Err(unsupported(&r.owner, "is outside the zone"));
-        };
-        if r.owner.get(..2) == Some(b"\x01*") {
-            return Err(unsupported(&r.owner, "wildcard records are not supported"));
-        }
-        if prefix > 0 && r.rtype == rtype::NS {
-            return Err(unsupported(
-                &r.owner,
-                "delegations (NS below the apex) are not supported",
-            ));
-        }
-        if r.owner == service_name {
-            return Err(unsupported(
-                &r.owner,
-                "is the steered service name; it cannot hold static records",
-            ));
-        }
-        if r.owner != client_zone && strip_suffix(&r.owner, &client_zone).is_some() {
-            return Err(unsupported(
-                &r.owner,
-                "lies under the per-client names; it cannot hold static records",
-            ));
-        }
-        by_name
-            .entry(r.owner.clone())
-            .or_default()
-            .entry(type_rank(r.rtype))
-            .or_default()
-            .push(r);
-    }
-    let mut names: HashMap<Box<[u8]>, NameData, _> = HashMap::default();
-    for (owner, sets) in &by_name {
-        if sets.keys().any(|(_, t)| *t == rtype::CNAME) && (sets.len() > 1 || *owner == apex) {
-            return Err(unsupported(
-                owner,
-                "a CNAME cannot coexist with other data or sit at the apex",
-            ));
-        }
-        let mut data = NameData::default();
-        for ((_, t), records) in sets {
-            let mut wire = Vec::new();
-            let mut seen: Vec<Vec<u8>> = Vec::new();
-            let mut count = 0u16;
-            for r in records {
-                let mut one = Vec::new();
-                push_rr(&mut one, &[0xC0, 0x0C], *t, r.ttl, &r.rdata)
-                    .map_err(|m| unsupported(owner, &m))?;
-                // Duplicate records (same data) collapse, as in any RRset.
-                if seen
-                    .iter()
-                    .any(|s| s[6..] == one[6..] && s[..2] == one[..2])
-                {
-                    continue;
-                }
-                seen.push(one.clone());
-                wire.extend_from_slice(&one);
-                count += 1;
-            }
-            data.rrsets.push(RrSet {
-                rtype: *t,
-                count,
-                wire: wire.into_boxed_slice(),
-            });
-        }
-        names.insert(owner.clone().into_boxed_slice(), data);
-    }
+    let client_label = at.label(&z.client_label, "client_label")?;
+    let service = at.label(&z.service_name, "service_name")?;
+    let by_name = at.servable_rrsets(&recs, &service, &client_label)?;
+    let mut names = at.encode_names(&by_name)?;
     // Empty non-terminals: every ancestor of a static name up to the apex exists, and so does
     // the per-client label.
+    let client_zone = [client_label.as_slice(), &at.apex].concat();
     let mut ents = Vec::new();
     for owner in by_name.keys().chain(std::iter::once(&client_zone)) {
         for start in label_starts(owner) {
             let ancestor = &owner[start..];
-            if ancestor.len() > apex.len() && !names.contains_key(ancestor) {
+            if ancestor.len() > at.apex.len() && !names.contains_key(ancestor) {
                 ents.push(ancestor.to_vec());
             }
         }
@@ -381,45 +223,263 @@ fn build_zone(
     let mut soa_negative = Vec::new();
     push_rr(
         &mut soa_negative,
-        &apex,
+        &at.apex,
         rtype::SOA,
         negative_ttl.min(static_ttl),
         &soa,
     )
-    .map_err(|m| unsupported(&apex, &m))?;
-    // Glue: in-zone NS targets' addresses, owner written out.
-    let mut glue = Vec::new();
-    let mut glue_count = 0u16;
-    for r in recs.iter().filter(|r| r.rtype == rtype::NS) {
-        if let RData::NS(NS(target)) = &r.rdata {
-            let tw = name_wire(target);
-            for g in recs
-                .iter()
-                .filter(|g| g.owner == tw && matches!(g.rtype, rtype::A | rtype::AAAA))
-            {
-                push_rr(&mut glue, &tw, g.rtype, g.ttl, &g.rdata)
-                    .map_err(|m| unsupported(&tw, &m))?;
-                glue_count += 1;
-            }
-        }
-    }
+    .map_err(|m| at.unsupported(&at.apex, &m))?;
     Ok(Zone {
-        apex: apex.into_boxed_slice(),
+        ns_glue: at.glue(&recs)?,
+        apex: at.apex.into_boxed_slice(),
         names,
         soa_negative: RrSet {
             rtype: rtype::SOA,
             count: 1,
             wire: soa_negative.into_boxed_slice(),
         },
-        ns_glue: (glue_count > 0).then(|| RrSet {
-            rtype: rtype::A,
-            count: glue_count,
-            wire: glue.into_boxed_slice(),
-        }),
         client_label: client_label.into_boxed_slice(),
         service: service.into_boxed_slice(),
         steered_ttl: secs(z.steered_ttl),
     })
+}
+
+fn bad_name(zone: &str, what: &'static str, name: &str) -> CatalogError {
+    CatalogError::BadName {
+        zone: zone.to_owned(),
+        what,
+        name: name.to_owned(),
+    }
+}
+
+/// The zone being built: its name (lowercase, no final dot) and its apex in wire form. Each
+/// step of [`build_zone`] is a method, so that errors name the zone.
+struct ZoneAt {
+    zone: String,
+    apex: Vec<u8>,
+    /// The apex as a hickory name: the origin of zone-file text.
+    origin: Name,
+}
+
+impl ZoneAt {
+    fn unsupported(&self, name: &[u8], message: &str) -> CatalogError {
+        CatalogError::Unsupported {
+            zone: self.zone.clone(),
+            name: to_dotted(name),
+            message: message.to_owned(),
+        }
+    }
+
+    /// `s`, relative to the zone when it has no final dot, as a hickory name.
+    fn name(&self, s: &str, what: &'static str) -> Result<Name, CatalogError> {
+        hickory_name(&complete(s, &self.zone), &self.zone, what)
+    }
+
+    /// One label (`client_label`, `service_name`) in wire form, without the root.
+    fn label(&self, s: &str, what: &'static str) -> Result<Vec<u8>, CatalogError> {
+        let mut wire = to_wire(s).ok_or_else(|| bad_name(&self.zone, what, s))?;
+        wire.pop();
+        Ok(wire)
+    }
+
+    /// The SOA (also returned for negative answers), the NS records and their glue.
+    fn apex_records(
+        &self,
+        z: &ZoneSection,
+        serial: u32,
+    ) -> Result<(RData, Vec<Rec>), CatalogError> {
+        let static_ttl = secs(z.static_ttl);
+        let as_i32 = |d: crate::config::Duration| i32::try_from(d.0.as_secs()).unwrap_or(i32::MAX);
+        let soa = RData::SOA(SOA::new(
+            self.name(&z.soa.mname, "soa.mname")?,
+            self.name(&z.soa.rname, "soa.rname")?,
+            serial,
+            as_i32(z.soa.refresh),
+            as_i32(z.soa.retry),
+            as_i32(z.soa.expire),
+            secs(z.soa.negative_ttl),
+        ));
+        let mut recs = vec![Rec {
+            owner: self.apex.clone(),
+            rtype: rtype::SOA,
+            ttl: static_ttl,
+            rdata: soa.clone(),
+        }];
+        for ns in &z.ns {
+            let target = self.name(&ns.name, "ns.name")?;
+            let target_wire = name_wire(&target);
+            recs.push(Rec {
+                owner: self.apex.clone(),
+                rtype: rtype::NS,
+                ttl: static_ttl,
+                rdata: RData::NS(NS(target)),
+            });
+            let in_zone = strip_suffix(&target_wire, &self.apex).is_some();
+            if in_zone && ns.addresses.is_empty() {
+                return Err(self.unsupported(
+                    &target_wire,
+                    "name server inside the zone needs glue addresses",
+                ));
+            }
+            for addr in &ns.addresses {
+                let (t, rdata) = match addr {
+                    IpAddr::V4(a) => (rtype::A, RData::A(A(*a))),
+                    IpAddr::V6(a) => (rtype::AAAA, RData::AAAA(AAAA(*a))),
+                };
+                recs.push(Rec {
+                    owner: target_wire.clone(),
+                    rtype: t,
+                    ttl: static_ttl,
+                    rdata,
+                });
+            }
+        }
+        Ok((soa, recs))
+    }
+
+    /// The configuration's records (as zone-file lines) and the zone file's, without its SOA.
+    fn configured_records(
+        &self,
+        z: &ZoneSection,
+        read: &dyn Fn(&Path) -> std::io::Result<String>,
+    ) -> Result<Vec<Rec>, CatalogError> {
+        let origin = &self.origin;
+        let static_ttl = secs(z.static_ttl);
+        let mut recs = Vec::new();
+        for (i, r) in z.records.iter().enumerate() {
+            let ttl = r.ttl.map(secs).unwrap_or(static_ttl);
+            let line = format!("{} {} IN {} {}\n", r.name, ttl, r.rtype, r.data);
+            let source = format!("records[{i}]");
+            recs.extend(parse_records(&line, None, origin, &self.zone, source)?);
+        }
+        if let Some(path) = &z.zone_file {
+            let text = read(path).map_err(|source| CatalogError::Read {
+                zone: self.zone.clone(),
+                path: path.display().to_string(),
+                source,
+            })?;
+            let source = path.display().to_string();
+            let file_recs = parse_records(&text, Some(path), origin, &self.zone, source)?;
+            recs.extend(file_recs.into_iter().filter(|r| r.rtype != rtype::SOA));
+        }
+        Ok(recs)
+    }
+
+    /// The records grouped into RRsets, refusing what we cannot serve: names outside the
+    /// zone, wildcards, delegations, and static data at the steered names.
+    fn servable_rrsets<'r>(
+        &self,
+        recs: &'r [Rec],
+        service: &[u8],
+        client_label: &[u8],
+    ) -> Result<Grouped<'r>, CatalogError> {
+        let service_name = [service, &self.apex].concat();
+        let client_zone = [client_label, &self.apex].concat();
+        let mut by_name: Grouped<'_> = BTreeMap::new();
+        for r in recs {
+            let Some(prefix) = strip_suffix(&r.owner, &self.apex) else {
+                return Err(self.unsupported(&r.owner, "is outside the zone"));
+            };
+            if r.owner.get(..2) == Some(b"\x01*") {
+                return Err(self.unsupported(&r.owner, "wildcard records are not supported"));
+            }
+            if prefix > 0 && r.rtype == rtype::NS {
+                return Err(self.unsupported(
+                    &r.owner,
+                    "delegations (NS below the apex) are not supported",
+                ));
+            }
+            if r.owner == service_name {
+                return Err(self.unsupported(
+                    &r.owner,
+                    "is the steered service name; it cannot hold static records",
+                ));
+            }
+            if r.owner != client_zone && strip_suffix(&r.owner, &client_zone).is_some() {
+                return Err(self.unsupported(
+                    &r.owner,
+                    "lies under the per-client names; it cannot hold static records",
+                ));
+            }
+            by_name
+                .entry(r.owner.clone())
+                .or_default()
+                .entry(type_rank(r.rtype))
+                .or_default()
+                .push(r);
+        }
+        Ok(by_name)
+    }
+
+    /// Each name's RRsets in wire form, duplicates collapsed.
+    fn encode_names(
+        &self,
+        by_name: &Grouped<'_>,
+    ) -> Result<HashMap<Box<[u8]>, NameData, BuildNameHasher>, CatalogError> {
+        let mut names: HashMap<Box<[u8]>, NameData, BuildNameHasher> = HashMap::default();
+        for (owner, sets) in by_name {
+            if sets.keys().any(|(_, t)| *t == rtype::CNAME)
+                && (sets.len() > 1 || *owner == self.apex)
+            {
+                return Err(self.unsupported(
+                    owner,
+                    "a CNAME cannot coexist with other data or sit at the apex",
+                ));
+            }
+            let mut data = NameData::default();
+            for ((_, t), records) in sets {
+                let mut wire = Vec::new();
+                let mut seen: Vec<Vec<u8>> = Vec::new();
+                let mut count = 0u16;
+                for r in records {
+                    let mut one = Vec::new();
+                    push_rr(&mut one, &[0xC0, 0x0C], *t, r.ttl, &r.rdata)
+                        .map_err(|m| self.unsupported(owner, &m))?;
+                    // Duplicate records (same data) collapse, as in any RRset.
+                    if seen
+                        .iter()
+                        .any(|s| s[6..] == one[6..] && s[..2] == one[..2])
+                    {
+                        continue;
+                    }
+                    seen.push(one.clone());
+                    wire.extend_from_slice(&one);
+                    count += 1;
+                }
+                data.rrsets.push(RrSet {
+                    rtype: *t,
+                    count,
+                    wire: wire.into_boxed_slice(),
+                });
+            }
+            names.insert(owner.clone().into_boxed_slice(), data);
+        }
+        Ok(names)
+    }
+
+    /// Glue: the in-zone NS targets' addresses, owner written out.
+    fn glue(&self, recs: &[Rec]) -> Result<Option<RrSet>, CatalogError> {
+        let mut glue = Vec::new();
+        let mut glue_count = 0u16;
+        for r in recs.iter().filter(|r| r.rtype == rtype::NS) {
+            if let RData::NS(NS(target)) = &r.rdata {
+                let tw = name_wire(target);
+                for g in recs
+                    .iter()
+                    .filter(|g| g.owner == tw && matches!(g.rtype, rtype::A | rtype::AAAA))
+                {
+                    push_rr(&mut glue, &tw, g.rtype, g.ttl, &g.rdata)
+                        .map_err(|m| self.unsupported(&tw, &m))?;
+                    glue_count += 1;
+                }
+            }
+        }
+        Ok((glue_count > 0).then(|| RrSet {
+            rtype: rtype::A,
+            count: glue_count,
+            wire: glue.into_boxed_slice(),
+        }))
+    }
 }
 
 /// Builds every configured zone. `serial` is the SOA serial; `read` reads zone files.
