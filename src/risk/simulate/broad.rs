@@ -469,39 +469,132 @@ fn simulate(
     i: usize,
     with_anomalies: bool,
 ) -> (ApplianceRun, Vec<FailurePlan>) {
-    let region = &regions[i % REGIONS.len()];
-    let tz = REGIONS[i % REGIONS.len()].1;
-    let mut rng = ChaCha8Rng::seed_from_u64(
-        cfg.seed
-            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
-            .wrapping_add(i as u64 + 1)
-            ^ 0xb40a_d5ce_0000_0000,
-    );
-    let n = cfg.seconds;
-    let c = Character::draw(&mut rng);
-    let (anomalies, shifts) = draw_benign(&mut rng, cfg, tz, with_anomalies);
-    let hazard = cfg.failures_per_day / 86_400.0;
-    let appliance = u32::try_from(i).unwrap_or(u32::MAX);
+    let mut a = Appliance::new(cfg, regions, info, i, with_anomalies);
+    for t in 0..cfg.seconds {
+        a.step(t);
+    }
+    let run = ApplianceRun {
+        info: a.info,
+        rows: a.rows,
+        failures: a.failures,
+    };
+    (run, a.plans)
+}
 
-    let mut rows = Vec::with_capacity(n as usize);
-    let mut failures = Vec::new();
-    let mut plans = Vec::new();
-    let mut pending: Option<Pending> = None;
-    let mut down_until: Option<u64> = None;
-    let mut ar_load = 0.0;
-    let mut ar_rtt = 0.0;
-    let mut mem_walk = c.mem_base;
-    // Level shifts so far: added to fractions, multiplying the others.
-    let mut add = [0.0; N_METRICS];
-    let mut mul = [1.0; N_METRICS];
-    let mut next_shift = 0;
-    // Anomalies started and not yet ended, by index.
-    let mut next_anomaly = 0;
-    let mut live: Vec<usize> = Vec::new();
-    for t in 0..n {
-        let ts = cfg.start + t as i64;
-        while next_shift < shifts.len() && shifts[next_shift].at <= t {
-            let s = shifts[next_shift];
+/// One appliance as the simulation runs, a second at a time: its character, its random
+/// stream, the events drawn for it, and what has happened so far.
+struct Appliance<'a> {
+    cfg: SimConfig,
+    region: &'a RegionEvents,
+    /// Hours from UTC.
+    tz: f64,
+    info: ApplianceInfo,
+    appliance: u32,
+    c: Character,
+    rng: ChaCha8Rng,
+    anomalies: Vec<Anomaly>,
+    shifts: Vec<Shift>,
+    /// Failures per second while up.
+    hazard: f64,
+    rows: Vec<Row>,
+    failures: Vec<FailureLabel>,
+    plans: Vec<FailurePlan>,
+    pending: Option<Pending>,
+    down_until: Option<u64>,
+    ar_load: f64,
+    ar_rtt: f64,
+    mem_walk: f64,
+    /// Level shifts so far: added to fractions, multiplying the others.
+    add: [f64; N_METRICS],
+    mul: [f64; N_METRICS],
+    next_shift: usize,
+    /// Anomalies started and not yet ended, by index.
+    next_anomaly: usize,
+    live: Vec<usize>,
+}
+
+impl<'a> Appliance<'a> {
+    fn new(
+        cfg: SimConfig,
+        regions: &'a [RegionEvents],
+        info: ApplianceInfo,
+        i: usize,
+        with_anomalies: bool,
+    ) -> Self {
+        let tz = REGIONS[i % REGIONS.len()].1;
+        let mut rng = ChaCha8Rng::seed_from_u64(
+            cfg.seed
+                .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                .wrapping_add(i as u64 + 1)
+                ^ 0xb40a_d5ce_0000_0000,
+        );
+        let c = Character::draw(&mut rng);
+        let (anomalies, shifts) = draw_benign(&mut rng, cfg, tz, with_anomalies);
+        Self {
+            cfg,
+            region: &regions[i % REGIONS.len()],
+            tz,
+            info,
+            appliance: u32::try_from(i).unwrap_or(u32::MAX),
+            mem_walk: c.mem_base,
+            c,
+            rng,
+            anomalies,
+            shifts,
+            hazard: cfg.failures_per_day / 86_400.0,
+            rows: Vec::with_capacity(cfg.seconds as usize),
+            failures: Vec::new(),
+            plans: Vec::new(),
+            pending: None,
+            down_until: None,
+            ar_load: 0.0,
+            ar_rtt: 0.0,
+            add: [0.0; N_METRICS],
+            mul: [1.0; N_METRICS],
+            next_shift: 0,
+            next_anomaly: 0,
+            live: Vec::new(),
+        }
+    }
+
+    /// Second `t`: events that start, whether the appliance is down, and if not its row.
+    fn step(&mut self, t: u64) {
+        let ts = self.cfg.start + t as i64;
+        self.apply_shifts(t);
+        while self.next_anomaly < self.anomalies.len()
+            && self.anomalies[self.next_anomaly].start <= t
+        {
+            self.live.push(self.next_anomaly);
+            self.next_anomaly += 1;
+        }
+        let anomalies = &self.anomalies;
+        self.live.retain(|&k| anomalies[k].end > t);
+        if self.is_down(t, ts) {
+            self.rows.push(down_row(ts, self.appliance));
+            return;
+        }
+        // Effects of the anomalies in progress on load, noise and missing columns.
+        let mut load_extra = 0.0;
+        let mut nf = [1.0; N_METRICS];
+        let mut missing = [false; N_METRICS];
+        for &k in &self.live {
+            match self.anomalies[k].what {
+                Benign::Load(s) => load_extra += s,
+                Benign::Noise(m, f) => nf[m as usize] *= f,
+                Benign::Missing(Some(m)) => missing[m as usize] = true,
+                Benign::Missing(None) => missing[..5].fill(true),
+                Benign::Degrade { .. } => {}
+            }
+        }
+        let mut v = self.normal(t, ts, load_extra, &nf);
+        self.degrade(t, &mut v);
+        self.push_row(ts, &v, missing);
+    }
+
+    fn apply_shifts(&mut self, t: u64) {
+        let (add, mul) = (&mut self.add, &mut self.mul);
+        while self.next_shift < self.shifts.len() && self.shifts[self.next_shift].at <= t {
+            let s = self.shifts[self.next_shift];
             let m = s.metric as usize;
             match s.metric {
                 Metric::Cpu | Metric::Mem | Metric::BwUtil => {
@@ -511,121 +604,100 @@ fn simulate(
                 Metric::Loss => add[m] = if add[m] > 0.0 { 0.0 } else { s.change },
                 _ => mul[m] = (mul[m] * s.change).clamp(0.2, 5.0),
             }
-            next_shift += 1;
+            self.next_shift += 1;
         }
-        while next_anomaly < anomalies.len() && anomalies[next_anomaly].start <= t {
-            live.push(next_anomaly);
-            next_anomaly += 1;
-        }
-        live.retain(|&k| anomalies[k].end > t);
+    }
 
+    fn label(&mut self, ts: i64, kind: &str, precursor_s: Option<u32>) {
+        self.failures.push(FailureLabel {
+            appliance: self.info.id.clone(),
+            ts,
+            kind: kind.into(),
+            precursor: Some(precursor_s.is_some()),
+            precursor_s,
+        });
+    }
+
+    /// Outages, failures that come due and new failures: whether second `t` is down.
+    fn is_down(&mut self, t: u64, ts: i64) -> bool {
         // Regional outage overrides everything.
-        let outage = active(&region.outages, t).is_some();
-        if down_until.is_some_and(|until| t >= until) && !outage {
-            down_until = None;
-            mem_walk = c.mem_base + rng.gen_range(-0.05..=0.05);
-            ar_load = 0.0;
-            ar_rtt = 0.0;
+        let outage = active(&self.region.outages, t).is_some();
+        if self.down_until.is_some_and(|until| t >= until) && !outage {
+            self.down_until = None;
+            self.mem_walk = self.c.mem_base + self.rng.gen_range(-0.05..=0.05);
+            self.ar_load = 0.0;
+            self.ar_rtt = 0.0;
         }
-        let was_down = rows.last().is_some_and(|r: &Row| r.down);
-        if outage && down_until.is_none() {
+        let was_down = self.rows.last().is_some_and(|r: &Row| r.down);
+        if outage && self.down_until.is_none() {
             // The precursor in progress (if any) is cut short by the outage.
-            pending = None;
+            self.pending = None;
             if !was_down && t > 0 {
-                failures.push(FailureLabel {
-                    appliance: info.id.clone(),
-                    ts,
-                    kind: REGIONAL_OUTAGE.into(),
-                    precursor: Some(false),
-                    precursor_s: None,
-                });
+                self.label(ts, REGIONAL_OUTAGE, None);
             }
         }
         if outage {
-            down_until = Some(down_until.unwrap_or(t).max(t + 1));
+            self.down_until = Some(self.down_until.unwrap_or(t).max(t + 1));
         }
-        if let Some(p) = pending.take_if(|p| t >= p.fail_at) {
-            down_until = Some(t + rng.gen_range(60..=600));
-            failures.push(FailureLabel {
-                appliance: info.id.clone(),
-                ts,
-                kind: p.plan.kind().into(),
-                precursor: Some(true),
-                precursor_s: Some(u32::try_from(p.fail_at - p.begin).unwrap_or(u32::MAX)),
-            });
-            plans.push(p.plan);
+        if let Some(p) = self.pending.take_if(|p| t >= p.fail_at) {
+            self.down_until = Some(t + self.rng.gen_range(60..=600));
+            let precursor_s = u32::try_from(p.fail_at - p.begin).unwrap_or(u32::MAX);
+            self.label(ts, p.plan.kind(), Some(precursor_s));
+            self.plans.push(p.plan);
         }
-        if down_until.is_some() {
-            rows.push(down_row(ts, appliance));
-            continue;
+        if self.down_until.is_some() {
+            return true;
         }
-        if pending.is_none() && t > 0 && rng.r#gen::<f64>() < hazard {
-            if rng.gen_bool(SUDDEN_SHARE) {
-                down_until = Some(t + rng.gen_range(60..=600));
-                failures.push(FailureLabel {
-                    appliance: info.id.clone(),
-                    ts,
-                    kind: POWER_LOSS.into(),
-                    precursor: Some(false),
-                    precursor_s: None,
-                });
-                rows.push(down_row(ts, appliance));
-                continue;
+        if self.pending.is_none() && t > 0 && self.rng.r#gen::<f64>() < self.hazard {
+            if self.rng.gen_bool(SUDDEN_SHARE) {
+                self.down_until = Some(t + self.rng.gen_range(60..=600));
+                self.label(ts, POWER_LOSS, None);
+                return true;
             }
-            let plan = draw_plan(&mut rng);
-            pending = Some(Pending {
+            let plan = draw_plan(&mut self.rng);
+            self.pending = Some(Pending {
                 begin: t,
                 fail_at: t + plan.precursor_s,
                 plan,
                 episode: (0, 0.0),
             });
         }
+        false
+    }
 
-        // Effects of the anomalies in progress on load, noise and missing columns.
-        let mut load_extra = 0.0;
-        let mut nf = [1.0; N_METRICS];
-        let mut missing = [false; N_METRICS];
-        for &k in &live {
-            match anomalies[k].what {
-                Benign::Load(s) => load_extra += s,
-                Benign::Noise(m, f) => nf[m as usize] *= f,
-                Benign::Missing(Some(m)) => missing[m as usize] = true,
-                Benign::Missing(None) => missing[..5].fill(true),
-                Benign::Degrade { .. } => {}
-            }
-        }
+    /// This appliance's normal behaviour at second `t`, with `load_extra` from load peaks and
+    /// each signal's noise multiplied by `nf`.
+    fn normal(&mut self, t: u64, ts: i64, load_extra: f64, nf: &[f64; N_METRICS]) -> [f64; 8] {
+        let (c, rng, add, mul) = (&self.c, &mut self.rng, &self.add, &self.mul);
         let noise = |m: Metric| c.noise[m as usize] * nf[m as usize];
-
-        // Normal behaviour of this appliance.
-        let hour = ((ts as f64 / 3600.0) + tz).rem_euclid(24.0);
+        let hour = ((ts as f64 / 3600.0) + self.tz).rem_euclid(24.0);
         let daily = 0.5 + 0.5 * (std::f64::consts::TAU * (hour - c.peak_hour) / 24.0).cos();
-        ar_load = 0.995 * ar_load + 0.006 * normal(&mut rng);
-        let load = (c.base_load + c.capacity * daily + ar_load + load_extra).clamp(0.0, 1.0);
-        let cpu = c.cpu_base
-            + c.cpu_per_load * load
-            + add[0]
-            + 0.02 * noise(Metric::Cpu) * normal(&mut rng);
-        mem_walk = (mem_walk + 0.0002 * normal(&mut rng)).clamp(c.mem_base - 0.1, c.mem_base + 0.1);
-        let mem = mem_walk
+        self.ar_load = 0.995 * self.ar_load + 0.006 * normal(rng);
+        let load = (c.base_load + c.capacity * daily + self.ar_load + load_extra).clamp(0.0, 1.0);
+        let cpu =
+            c.cpu_base + c.cpu_per_load * load + add[0] + 0.02 * noise(Metric::Cpu) * normal(rng);
+        self.mem_walk =
+            (self.mem_walk + 0.0002 * normal(rng)).clamp(c.mem_base - 0.1, c.mem_base + 0.1);
+        let mem = self.mem_walk
             + c.mem_per_load * load
             + add[1]
-            + 0.003 * noise(Metric::Mem) * normal(&mut rng);
-        let bw = c.bw_per_load * load + add[2] + 0.02 * noise(Metric::BwUtil) * normal(&mut rng);
+            + 0.003 * noise(Metric::Mem) * normal(rng);
+        let bw = c.bw_per_load * load + add[2] + 0.02 * noise(Metric::BwUtil) * normal(rng);
         let sessions = c.sessions_max
             * (0.1 + 0.9 * load)
             * mul[3]
-            * (1.0 + 0.02 * noise(Metric::Sessions) * normal(&mut rng)).max(0.0);
+            * (1.0 + 0.02 * noise(Metric::Sessions) * normal(rng)).max(0.0);
         let hsf_rate = (c.hsf_base + c.hsf_per_load * load)
             * mul[4]
-            * (1.0 + 0.3 * noise(Metric::HandshakeFailures) * normal(&mut rng)).max(0.0);
-        ar_rtt = 0.98 * ar_rtt + 0.01 * c.noise[5] * normal(&mut rng);
-        let mut rtt_factor = 1.0 + 0.25 * ((bw - 0.7) / 0.3).max(0.0) + ar_rtt;
+            * (1.0 + 0.3 * noise(Metric::HandshakeFailures) * normal(rng)).max(0.0);
+        self.ar_rtt = 0.98 * self.ar_rtt + 0.01 * c.noise[5] * normal(rng);
+        let mut rtt_factor = 1.0 + 0.25 * ((bw - 0.7) / 0.3).max(0.0) + self.ar_rtt;
         let mut jitter_factor = 1.0;
         let mut loss = add[7];
         if rng.r#gen::<f64>() < (c.loss_chance * nf[7]).min(1.0) {
             loss += c.loss_level * rng.gen_range(0.5..=1.5);
         }
-        if let Some((_, s)) = active(&region.congestion, t) {
+        if let Some((_, s)) = active(&self.region.congestion, t) {
             rtt_factor += 0.3 + 0.7 * s;
             jitter_factor += 1.0 + s;
             loss = loss.max(0.005 + 0.025 * s * rng.r#gen::<f64>());
@@ -633,53 +705,59 @@ fn simulate(
         let rtt = c.base_rtt
             * mul[5]
             * rtt_factor.max(0.3)
-            * (1.0 + 0.05 * noise(Metric::RttMs) * normal(&mut rng)).max(0.5);
+            * (1.0 + 0.05 * noise(Metric::RttMs) * normal(rng)).max(0.5);
         let jitter = c.jitter_ratio * rtt * jitter_factor * mul[6]
-            + 0.5 * noise(Metric::JitterMs) * normal(&mut rng).abs();
-        let mut v = [cpu, mem, bw, sessions, hsf_rate, rtt, jitter, loss];
+            + 0.5 * noise(Metric::JitterMs) * normal(rng).abs();
+        [cpu, mem, bw, sessions, hsf_rate, rtt, jitter, loss]
+    }
 
-        // Benign anomalies that move a signal, then the precursor of the pending failure.
-        for &k in &live {
-            if let Benign::Degrade { d, amount, ramp } = anomalies[k].what {
-                let since = (t - anomalies[k].start) as f64;
+    /// Benign anomalies that move a signal, then the precursor of the pending failure.
+    fn degrade(&mut self, t: u64, v: &mut [f64; N_METRICS]) {
+        for &k in &self.live {
+            if let Benign::Degrade { d, amount, ramp } = self.anomalies[k].what {
+                let since = (t - self.anomalies[k].start) as f64;
                 let x = if ramp > 0.0 {
                     (since / ramp).min(1.0)
                 } else {
                     1.0
                 };
-                degrade(&mut v, d.metric, d.bad, amount * x);
+                degrade(v, d.metric, d.bad, amount * x);
             }
         }
-        if let Some(p) = pending.as_mut() {
-            let len = (p.fail_at - p.begin).max(1) as f64;
-            let elapsed = (t - p.begin) as f64;
-            let u = elapsed / len;
-            if p.plan.curve == Curve::Intermittent {
-                if t >= p.episode.0 {
-                    p.episode.1 = 0.0;
-                }
-                if p.episode.1 == 0.0 && rng.r#gen::<f64>() < ((2.0 + 12.0 * u * u) / len).min(0.5)
-                {
-                    let most = (len * (0.01 + 0.04 * u)).clamp(1.0, 120.0);
-                    p.episode = (
-                        t + rng.gen_range(1.0..=most.max(1.0)).round() as u64,
-                        (0.3 + 0.7 * u) * rng.gen_range(0.7..=1.0),
-                    );
-                }
+        let Some(p) = self.pending.as_mut() else {
+            return;
+        };
+        let len = (p.fail_at - p.begin).max(1) as f64;
+        let elapsed = (t - p.begin) as f64;
+        let u = elapsed / len;
+        if p.plan.curve == Curve::Intermittent {
+            if t >= p.episode.0 {
+                p.episode.1 = 0.0;
             }
-            let x = p.plan.amount(u, elapsed, p.episode.1);
-            for s in &p.plan.signals {
-                degrade(&mut v, s.metric, s.bad, x * s.weight);
+            if p.episode.1 == 0.0 && self.rng.r#gen::<f64>() < ((2.0 + 12.0 * u * u) / len).min(0.5)
+            {
+                let most = (len * (0.01 + 0.04 * u)).clamp(1.0, 120.0);
+                p.episode = (
+                    t + self.rng.gen_range(1.0..=most.max(1.0)).round() as u64,
+                    (0.3 + 0.7 * u) * self.rng.gen_range(0.7..=1.0),
+                );
             }
         }
+        let x = p.plan.amount(u, elapsed, p.episode.1);
+        for s in &p.plan.signals {
+            degrade(v, s.metric, s.bad, x * s.weight);
+        }
+    }
 
+    /// The row of second `ts`: values rounded and clamped as an agent reports them.
+    fn push_row(&mut self, ts: i64, v: &[f64; N_METRICS], missing: [bool; N_METRICS]) {
         let loss = v[7].clamp(0.0, 1.0);
         let mut values = [
             round(v[0].clamp(0.0, 1.0), 4),
             round(v[1].clamp(0.0, 1.0), 4),
             round(v[2].clamp(0.0, 1.0), 4),
             v[3].max(0.0).round(),
-            poisson(&mut rng, v[4].max(0.0)),
+            poisson(&mut self.rng, v[4].max(0.0)),
             round(v[5].clamp(0.01, 60_000.0), 2),
             round(v[6].clamp(0.01, 60_000.0), 2),
             round(loss, 4),
@@ -694,19 +772,13 @@ fn simulate(
                 *value = f64::NAN;
             }
         }
-        rows.push(Row {
+        self.rows.push(Row {
             ts,
-            appliance,
+            appliance: self.appliance,
             values,
             down: false,
         });
     }
-    let run = ApplianceRun {
-        info,
-        rows,
-        failures,
-    };
-    (run, plans)
 }
 
 #[cfg(test)]
