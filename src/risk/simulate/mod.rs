@@ -26,6 +26,7 @@ use super::telemetry::{ApplianceInfo, Metric, N_METRICS, Row};
 use crate::domain::{ApplianceId, RegionId};
 
 pub mod broad;
+mod classic;
 
 /// Regions of simulated appliances, with their UTC offsets in hours.
 pub(crate) const REGIONS: [(&str, f64); 3] = [("eu", 1.0), ("us", -5.0), ("ap", 8.0)];
@@ -126,16 +127,6 @@ impl FailureKind {
         }
     }
 }
-
-/// Per-appliance failure kinds and their weights (regional outages are drawn per region).
-const KIND_WEIGHTS: [(FailureKind, f64); 6] = [
-    (FailureKind::MemoryLeak, 0.18),
-    (FailureKind::Congestion, 0.18),
-    (FailureKind::CpuSaturation, 0.14),
-    (FailureKind::LatencyDrift, 0.14),
-    (FailureKind::LinkFlap, 0.12),
-    (FailureKind::PowerLoss, 0.24),
-];
 
 /// An interval event with an intensity.
 #[derive(Debug, Clone, Copy)]
@@ -243,18 +234,6 @@ pub struct ApplianceRun {
     pub failures: Vec<FailureLabel>,
 }
 
-/// The state of a failure being simulated.
-#[derive(Debug, Clone, Copy)]
-struct Pending {
-    kind: FailureKind,
-    /// When the precursor began.
-    begin: u64,
-    /// First down second.
-    fail_at: u64,
-    /// Intensity in [0.5, 1].
-    k: f64,
-}
-
 pub(crate) fn round(v: f64, decimals: i32) -> f64 {
     let f = 10f64.powi(decimals);
     (v * f).round() / f
@@ -301,250 +280,8 @@ impl Simulator {
     /// Simulates appliance `i`.
     pub fn appliance(&self, i: usize) -> ApplianceRun {
         match self.cfg.scenario {
-            Scenario::Classic => self.classic(i),
+            Scenario::Classic => classic::appliance(self.cfg, &self.regions, self.info(i), i),
             Scenario::Broad => broad::appliance(self.cfg, &self.regions, self.info(i), i).0,
-        }
-    }
-
-    /// Simulates appliance `i` in the classic scenario.
-    fn classic(&self, i: usize) -> ApplianceRun {
-        let cfg = self.cfg;
-        let info = self.info(i);
-        let region = &self.regions[i % REGIONS.len()];
-        let tz = REGIONS[i % REGIONS.len()].1;
-        let mut rng = ChaCha8Rng::seed_from_u64(
-            cfg.seed
-                .wrapping_mul(0x9e37_79b9_7f4a_7c15)
-                .wrapping_add(i as u64 + 1),
-        );
-        let n = cfg.seconds;
-        // Character of this appliance.
-        let capacity = rng.gen_range(0.6..1.1);
-        let base_rtt = rng.gen_range(8.0..80.0);
-        let mut mem_base: f64 = rng.gen_range(0.3..0.5);
-        let sessions_max = rng.gen_range(200.0..2000.0);
-        // Harmless events.
-        let spikes = poisson_events(&mut rng, n, 6.0, (30.0, 300.0), (0.15, 0.4));
-        let mem_bumps = poisson_events(&mut rng, n, 4.0, (120.0, 900.0), (0.05, 0.25));
-        let lat_blips = poisson_events(&mut rng, n, 6.0, (10.0, 120.0), (0.3, 1.5));
-        let loss_blips = poisson_events(&mut rng, n, 4.0, (1.0, 5.0), (0.05, 0.3));
-        let hs_bursts = poisson_events(&mut rng, n, 4.0, (5.0, 30.0), (2.0, 10.0));
-
-        let hazard = cfg.failures_per_day / 86_400.0;
-        let mut rows = Vec::with_capacity(n as usize);
-        let mut failures = Vec::new();
-        let mut pending: Option<Pending> = None;
-        let mut down_until: Option<u64> = None;
-        let mut ar_load = 0.0;
-        let mut ar_rtt = 0.0;
-        let mut hiccup: Option<(u64, bool)> = None;
-        let mut flap_until = 0u64;
-        let appliance = u32::try_from(i).unwrap_or(u32::MAX);
-        for t in 0..n {
-            let ts = cfg.start + t as i64;
-            // Regional outage overrides everything.
-            let outage = active(&region.outages, t).is_some();
-            if down_until.is_some_and(|until| t >= until) && !outage {
-                down_until = None;
-                mem_base = rng.gen_range(0.3..0.5);
-                ar_load = 0.0;
-                ar_rtt = 0.0;
-            }
-            let was_down = rows.last().is_some_and(|r: &Row| r.down);
-            if outage && down_until.is_none() {
-                // The precursor in progress (if any) is cut short by the outage.
-                pending = None;
-                down_until = Some(t + 1);
-                if !was_down && t > 0 {
-                    failures.push(FailureLabel {
-                        appliance: info.id.clone(),
-                        ts,
-                        kind: FailureKind::RegionalOutage.name().into(),
-                        precursor: Some(false),
-                        precursor_s: None,
-                    });
-                }
-            }
-            if outage {
-                down_until = Some(down_until.unwrap_or(t).max(t + 1));
-            }
-            if let Some(p) = pending.filter(|p| t >= p.fail_at) {
-                pending = None;
-                down_until = Some(t + rng.gen_range(60..=600));
-                failures.push(FailureLabel {
-                    appliance: info.id.clone(),
-                    ts,
-                    kind: p.kind.name().into(),
-                    precursor: Some(p.kind.has_precursor()),
-                    precursor_s: p
-                        .kind
-                        .has_precursor()
-                        .then_some((p.fail_at - p.begin) as u32),
-                });
-            }
-            if down_until.is_some() {
-                rows.push(down_row(ts, appliance));
-                continue;
-            }
-            if pending.is_none() && t > 0 && rng.r#gen::<f64>() < hazard {
-                let mut x = rng.r#gen::<f64>() * KIND_WEIGHTS.iter().map(|(_, w)| w).sum::<f64>();
-                let mut kind = FailureKind::PowerLoss;
-                for (k, w) in KIND_WEIGHTS {
-                    if x < w {
-                        kind = k;
-                        break;
-                    }
-                    x -= w;
-                }
-                let (lo, hi) = kind.precursor_range();
-                let len = if hi > 0.0 {
-                    rng.gen_range(lo..=hi) as u64
-                } else {
-                    0
-                };
-                pending = Some(Pending {
-                    kind,
-                    begin: t,
-                    fail_at: t + len,
-                    k: rng.gen_range(0.5..=1.0),
-                });
-                if len == 0 {
-                    // Sudden: goes down this very second.
-                    let p = pending.take().map(|p| p.kind).unwrap_or(kind);
-                    down_until = Some(t + rng.gen_range(60..=600));
-                    failures.push(FailureLabel {
-                        appliance: info.id.clone(),
-                        ts,
-                        kind: p.name().into(),
-                        precursor: Some(false),
-                        precursor_s: None,
-                    });
-                    rows.push(down_row(ts, appliance));
-                    continue;
-                }
-            }
-
-            // Normal behaviour.
-            let hour = ((ts as f64 / 3600.0) + tz).rem_euclid(24.0);
-            let daily = 0.5 + 0.5 * (std::f64::consts::TAU * (hour - 20.0) / 24.0).cos();
-            ar_load = 0.995 * ar_load + 0.006 * normal(&mut rng);
-            let spike = active(&spikes, t).map_or(0.0, |(_, s)| s);
-            let load = (0.15 + 0.55 * daily * capacity + ar_load + spike).clamp(0.0, 1.0);
-            let mut cpu = 0.08 + 0.6 * load + 0.02 * normal(&mut rng);
-            let mut bw = load * 0.9 + 0.02 * normal(&mut rng);
-            mem_base = (mem_base + 0.0002 * normal(&mut rng)).clamp(0.25, 0.55);
-            let bump = active(&mem_bumps, t).map_or(0.0, |(p, s)| {
-                // Rises for two thirds of the event, then a collection frees it.
-                if p < 0.67 { s * p / 0.67 } else { s * 0.2 }
-            });
-            let mut mem = mem_base + 0.1 * load + bump + 0.003 * normal(&mut rng);
-            let mut sessions = sessions_max * (0.1 + 0.9 * load) * (1.0 + 0.02 * normal(&mut rng));
-            let mut hsf = poisson(&mut rng, 0.05 + 0.3 * load)
-                + active(&hs_bursts, t).map_or(0.0, |(_, s)| poisson(&mut rng, s));
-            ar_rtt = 0.98 * ar_rtt + 0.01 * normal(&mut rng);
-            let mut rtt_factor = 1.0
-                + 0.25 * ((bw - 0.7) / 0.3).max(0.0)
-                + ar_rtt
-                + active(&lat_blips, t).map_or(0.0, |(_, s)| s);
-            let mut jitter_factor = 1.0;
-            let mut loss: f64 = if rng.r#gen::<f64>() < 0.01 { 0.01 } else { 0.0 };
-            if let Some((_, s)) = active(&loss_blips, t) {
-                loss = loss.max(s);
-            }
-            if let Some((_, s)) = active(&region.congestion, t) {
-                rtt_factor += 0.3 + 0.7 * s;
-                jitter_factor += 1.0 + s;
-                loss = loss.max(0.005 + 0.025 * s * rng.r#gen::<f64>());
-            }
-            // Precursor of the pending failure.
-            if let Some(p) = pending {
-                let u = (t - p.begin) as f64 / (p.fail_at - p.begin).max(1) as f64;
-                let k = p.k;
-                match p.kind {
-                    FailureKind::MemoryLeak => {
-                        let target = 0.93 + 0.07 * k;
-                        mem += (target - mem).max(0.0) * u.powf(1.5);
-                        if u > 0.8 {
-                            cpu += 0.25 * k * (u - 0.8) / 0.2;
-                        }
-                    }
-                    FailureKind::Congestion => {
-                        bw += (0.9 + 0.1 * k - bw).max(0.0) * u;
-                        rtt_factor += 3.0 * k * u * u;
-                        jitter_factor += 4.0 * k * u * u;
-                        loss = loss.max(0.2 * k * u.powi(3));
-                        if u > 0.85 {
-                            loss = loss.max(rng.gen_range(0.2..0.6));
-                        }
-                    }
-                    FailureKind::CpuSaturation => {
-                        cpu += (0.95 + 0.05 * k - cpu).max(0.0) * u.powf(1.2);
-                        hsf += poisson(&mut rng, 10.0 * k * u * u);
-                        rtt_factor += k * u * u;
-                    }
-                    FailureKind::LatencyDrift => {
-                        rtt_factor += (2.0 + 6.0 * k) * u.powf(1.3);
-                        jitter_factor += 3.0 * k * u;
-                    }
-                    FailureKind::LinkFlap => {
-                        if t >= flap_until && rng.r#gen::<f64>() < 0.01 + 0.08 * u * k {
-                            flap_until = t + rng.gen_range(1..=4);
-                        }
-                        if t < flap_until {
-                            loss = rng.gen_range(0.5..=1.0);
-                            jitter_factor += 3.0;
-                            sessions *= 0.97;
-                        }
-                    }
-                    FailureKind::PowerLoss | FailureKind::RegionalOutage => {}
-                }
-            }
-            let rtt = base_rtt * rtt_factor * (1.0 + 0.05 * normal(&mut rng)).max(0.5);
-            let jitter = (0.03 * rtt * jitter_factor + 0.5 * normal(&mut rng).abs()).max(0.0);
-            cpu = cpu.clamp(0.0, 1.0);
-            bw = bw.clamp(0.0, 1.0);
-            mem = mem.clamp(0.0, 1.0);
-            sessions = sessions.max(0.0);
-            loss = loss.clamp(0.0, 1.0);
-            let mut values = [
-                round(cpu, 4),
-                round(mem, 4),
-                round(bw, 4),
-                sessions.round(),
-                hsf,
-                round(rtt, 2),
-                round(jitter, 2),
-                round(loss, 4),
-            ];
-            if loss >= 0.99 {
-                // Every probe lost: no round trip to report.
-                values[Metric::RttMs as usize] = f64::NAN;
-                values[Metric::JitterMs as usize] = f64::NAN;
-            }
-            // Telemetry hiccups: health or probe fields missing for a few seconds.
-            if hiccup.is_some_and(|(until, _)| t >= until) {
-                hiccup = None;
-            }
-            if hiccup.is_none() && rng.r#gen::<f64>() < 0.002 {
-                hiccup = Some((t + rng.gen_range(1..=5), rng.r#gen::<bool>()));
-            }
-            if let Some((_, health)) = hiccup {
-                let range = if health { 0..5 } else { 5..8 };
-                for v in &mut values[range] {
-                    *v = f64::NAN;
-                }
-            }
-            rows.push(Row {
-                ts,
-                appliance,
-                values,
-                down: false,
-            });
-        }
-        ApplianceRun {
-            info,
-            rows,
-            failures,
         }
     }
 }
