@@ -149,13 +149,8 @@ impl<'a> Appliance<'a> {
     }
 
     fn label(&mut self, ts: i64, kind: FailureKind, precursor_s: Option<u32>) {
-        self.failures.push(FailureLabel {
-            appliance: self.info.id.clone(),
-            ts,
-            kind: kind.name().into(),
-            precursor: Some(precursor_s.is_some()),
-            precursor_s,
-        });
+        let label = super::label(&self.info.id, ts, kind.name(), precursor_s);
+        self.failures.push(label);
     }
 
     /// Outages, failures that come due and new failures: whether second `t` is down.

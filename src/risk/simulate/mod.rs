@@ -234,6 +234,18 @@ pub struct ApplianceRun {
     pub failures: Vec<FailureLabel>,
 }
 
+/// The label of a simulated failure of `appliance` at `ts`; `precursor_s` is the length of
+/// its precursor, `None` for a sudden one.
+fn label(appliance: &ApplianceId, ts: i64, kind: &str, precursor_s: Option<u32>) -> FailureLabel {
+    FailureLabel {
+        appliance: appliance.clone(),
+        ts,
+        kind: kind.into(),
+        precursor: Some(precursor_s.is_some()),
+        precursor_s,
+    }
+}
+
 pub(crate) fn round(v: f64, decimals: i32) -> f64 {
     let f = 10f64.powi(decimals);
     (v * f).round() / f
