@@ -248,32 +248,12 @@ impl Fleet {
     /// Starts everything and returns once every client's probes flow. `progress` gets one
     /// line per step.
     pub async fn start(plan: Plan, progress: &mut dyn FnMut(String)) -> anyhow::Result<Self> {
-        let durability = if plan.keep {
-            Durability::Durable
-        } else {
-            Durability::Ephemeral
-        };
-        let mut regions = Vec::new();
-        for id in &plan.regions {
-            regions.push(start_region(&plan.dir, id, durability).await?);
-        }
+        let regions = start_regions(&plan).await?;
         progress(format!(
             "{} Postgres clusters up (one per region)",
             regions.len()
         ));
-        let specs: Vec<RegionSpec> = regions
-            .iter()
-            .map(|r| {
-                Ok(RegionSpec {
-                    id: RegionId::new(r.id.as_str()).map_err(|e| anyhow!("{e}"))?,
-                    url: r.url.clone(),
-                    replication_url: r.url.clone(),
-                })
-            })
-            .collect::<anyhow::Result<_>>()?;
-        replication::setup(&specs, &mut |_| {})
-            .await
-            .map_err(|e| anyhow!("replication setup: {e}"))?;
+        replicate(&regions).await?;
         progress("replication set up between every pair of regions".into());
 
         let service = SecretKey::generate();
@@ -290,74 +270,8 @@ impl Fleet {
             None
         };
         let wg_port = free_udp_port_on_all(&ips)?;
-        for a in &apps {
-            let region = regions
-                .iter()
-                .find(|r| r.id == a.region)
-                .ok_or_else(|| anyhow!("no region {}", a.region))?;
-            let new = appliance::ApplianceInput {
-                id: a.id.clone(),
-                region: a.region.clone(),
-                endpoint: format!("{}:{wg_port}", a.ip),
-                public_key: service.public_key().to_base64(),
-                capacity: None,
-            }
-            .parse()
-            .map_err(|e| anyhow!("{}", e.cli_message()))?;
-            appliance::add(&region.pool, &new)
-                .await
-                .map_err(|e| anyhow!("adding {}: {}", a.id, e.cli_message()))?;
-        }
-        let n_apps = i64::try_from(apps.len())?;
-        for r in &regions {
-            wait_until(
-                Duration::from_secs(30),
-                "appliances to replicate",
-                || async { count(&r.pool, "appliances").await == n_apps },
-            )
-            .await?;
-        }
-        let mut keys = Vec::new();
-        for i in 0..plan.clients {
-            let key = SecretKey::generate();
-            let (primary, shadow) = plan.pair(i);
-            let home = &apps
-                .iter()
-                .find(|a| a.id == primary)
-                .ok_or_else(|| anyhow!("no appliance {primary}"))?
-                .region;
-            let region = regions
-                .iter()
-                .find(|r| &r.id == home)
-                .ok_or_else(|| anyhow!("no region {home}"))?;
-            let tunnel_ip = Ipv4Addr::new(10, 77, 1 + (i / 250) as u8, 2 + (i % 250) as u8);
-            let new = client::ClientInput {
-                id: format!("c{:03}", i + 1),
-                public_key: key.public_key().to_base64(),
-                tunnel_ip: tunnel_ip.to_string(),
-                primary,
-                shadow,
-            }
-            .parse()
-            .map_err(|e| anyhow!("{}", e.cli_message()))?;
-            client::add(&region.pool, &new)
-                .await
-                .map_err(|e| anyhow!("adding a client: {}", e.cli_message()))?;
-            keys.push((
-                new.id.to_string(),
-                new.primary.to_string(),
-                key,
-                tunnel_ip,
-                region.dns,
-            ));
-        }
-        let n_clients = i64::try_from(plan.clients)?;
-        for r in &regions {
-            wait_until(Duration::from_secs(30), "clients to replicate", || async {
-                count(&r.pool, "clients").await == n_clients
-            })
-            .await?;
-        }
+        add_appliances(&regions, &apps, wg_port, &service).await?;
+        let clients = add_clients(&plan, &regions, &apps).await?;
         progress(format!(
             "inventory: {} appliances in {} regions, {} clients, each with a shadow in another region",
             apps.len(),
@@ -381,45 +295,79 @@ impl Fleet {
             regions,
             plan,
         };
-        for r in &fleet.regions {
-            let path = fleet.plan.dir.join(format!("serve-{}.toml", r.id));
+        fleet.spawn_serves()?;
+        fleet.spawn_agents(apps, &service_key).await?;
+        progress(format!(
+            "{} steering servers and {} appliance agents running",
+            fleet.serves.len(),
+            fleet.agents.len()
+        ));
+        if let Some(first) = clients.first() {
+            fleet.wait_dns(&first.id).await?;
+        }
+        for (k, c) in clients.into_iter().enumerate() {
+            if fleet.plan.stock {
+                fleet.start_stock_client(k, c, &service)?;
+            } else {
+                fleet.start_client(c, &service)?;
+            }
+        }
+        fleet.follow_stock_holders();
+        fleet.wait_probes().await?;
+        progress(format!(
+            "{} clients connected, each sending {PROBE_RATE} numbered probes/s through its tunnel",
+            fleet.clients.len()
+        ));
+        Ok(fleet)
+    }
+
+    /// Writes a `serve` configuration per region and starts them.
+    fn spawn_serves(&mut self) -> anyhow::Result<()> {
+        for r in &self.regions {
+            let path = self.plan.dir.join(format!("serve-{}.toml", r.id));
             write_private(
                 &path,
                 &configs::serve(&configs::ServeParams {
                     region: &r.id,
                     database_url: &r.url,
-                    dir: &fleet.plan.dir,
+                    dir: &self.plan.dir,
                     dns: r.dns,
                     admin: r.admin,
-                    reactive: fleet.plan.reactive,
+                    reactive: self.plan.reactive,
                 }),
             )?;
-            let log = fleet.plan.dir.join(format!("serve-{}.log", r.id));
-            fleet.serves.push(spawn(
+            let log = self.plan.dir.join(format!("serve-{}.log", r.id));
+            self.serves.push(spawn(
                 &["serve", "--config", &path.to_string_lossy()],
                 &log,
             )?);
         }
+        Ok(())
+    }
+
+    /// Writes an agent configuration per appliance, starts the agents and waits for each to
+    /// have loaded its roster.
+    async fn spawn_agents(
+        &mut self,
+        apps: Vec<ApplianceSpec>,
+        service_key: &Path,
+    ) -> anyhow::Result<()> {
         for a in apps {
-            let region = fleet
-                .regions
-                .iter()
-                .find(|r| r.id == a.region)
-                .ok_or_else(|| anyhow!("no region {}", a.region))?;
-            let config = fleet.plan.dir.join(format!("agent-{}.toml", a.id));
+            let region = region(&self.regions, &a.region)?;
+            let config = self.plan.dir.join(format!("agent-{}.toml", a.id));
             write_private(
                 &config,
                 &configs::agent(&configs::AgentParams {
                     appliance: &a.id,
-                    listen: SocketAddr::new(IpAddr::V4(a.ip), wg_port),
-                    key_file: &service_key,
+                    listen: SocketAddr::new(IpAddr::V4(a.ip), self.wg_port),
+                    key_file: service_key,
                     database_url: &region.url,
-                    overrides_file: &configs::overrides_file(&fleet.plan.dir, &a.id),
-                    reactive: fleet.plan.reactive,
+                    overrides_file: &configs::overrides_file(&self.plan.dir, &a.id),
+                    reactive: self.plan.reactive,
                 }),
             )?;
-            let log = fleet.plan.dir.join(format!("agent-{}.log", a.id));
-            fleet.agents.insert(
+            let log = self.plan.dir.join(format!("agent-{}.log", a.id));
+            self.agents.insert(
                 a.id.clone(),
                 AgentProc {
                     spec: a,
@@ -429,22 +377,20 @@ impl Fleet {
                 },
             );
         }
-        let ids: Vec<String> = fleet.agents.keys().cloned().collect();
+        let ids = self.appliance_ids();
         for id in &ids {
-            fleet.start_agent(id)?;
+            self.start_agent(id)?;
         }
         for id in &ids {
-            fleet.wait_agent(id).await?;
+            self.wait_agent(id).await?;
         }
-        progress(format!(
-            "{} steering servers and {} appliance agents running",
-            fleet.serves.len(),
-            ids.len()
-        ));
-        // Every region's DNS answers before any client starts.
-        let first = keys.first().map(|k| k.0.clone()).unwrap_or_default();
-        for r in &fleet.regions {
-            let name = format!("{first}.c.{ZONE}");
+        Ok(())
+    }
+
+    /// Waits until every region's DNS answers for client `id`, before any client starts.
+    async fn wait_dns(&self, id: &str) -> anyhow::Result<()> {
+        let name = format!("{id}.c.{ZONE}");
+        for r in &self.regions {
             let dns = r.dns;
             wait_until(Duration::from_secs(30), "the steering DNS", || {
                 let name = name.clone();
@@ -456,34 +402,35 @@ impl Fleet {
             })
             .await?;
         }
-        for (k, (id, primary, key, tunnel_ip, dns)) in keys.into_iter().enumerate() {
-            if fleet.plan.stock {
-                fleet.start_stock_client(k, &id, &primary, &key, tunnel_ip, &service)?;
-            } else {
-                fleet.start_client(&id, &primary, key, tunnel_ip, dns, &service)?;
-            }
-        }
-        if let Some((_, poller)) = fleet.stock.as_mut() {
-            *poller = tokio::spawn(follow_holders(
-                fleet.regions[0].pool.clone(),
-                fleet
-                    .clients
-                    .iter()
-                    .map(|c| (c.id.clone(), Arc::clone(&c.timeline)))
-                    .collect(),
-                fleet
-                    .agents
-                    .values()
-                    .map(|a| {
-                        (
-                            a.spec.id.clone(),
-                            SocketAddr::new(IpAddr::V4(a.spec.ip), wg_port),
-                        )
-                    })
-                    .collect(),
-            ));
-        }
-        let clients: Vec<Arc<Timeline>> = fleet
+        Ok(())
+    }
+
+    /// Stock clients' tunnels are followed from the sessions' holders (see [`follow_holders`]).
+    fn follow_stock_holders(&mut self) {
+        let Some((_, poller)) = self.stock.as_mut() else {
+            return;
+        };
+        *poller = tokio::spawn(follow_holders(
+            self.regions[0].pool.clone(),
+            self.clients
+                .iter()
+                .map(|c| (c.id.clone(), Arc::clone(&c.timeline)))
+                .collect(),
+            self.agents
+                .values()
+                .map(|a| {
+                    (
+                        a.spec.id.clone(),
+                        SocketAddr::new(IpAddr::V4(a.spec.ip), self.wg_port),
+                    )
+                })
+                .collect(),
+        ));
+    }
+
+    /// Waits for every client's first probe reply.
+    async fn wait_probes(&self) -> anyhow::Result<()> {
+        let clients: Vec<Arc<Timeline>> = self
             .clients
             .iter()
             .map(|c| Arc::clone(&c.timeline))
@@ -492,12 +439,7 @@ impl Fleet {
             let clients = clients.clone();
             async move { clients.iter().all(|t| t.now().1.is_some()) }
         })
-        .await?;
-        progress(format!(
-            "{} clients connected, each sending {PROBE_RATE} numbered probes/s through its tunnel",
-            fleet.clients.len()
-        ));
-        Ok(fleet)
+        .await
     }
 
     /// Appliance ids in order.
@@ -573,20 +515,19 @@ impl Fleet {
         self.agents.get(id).is_some_and(|a| a.child.is_some())
     }
 
-    fn start_client(
-        &mut self,
-        id: &str,
-        primary: &str,
-        key: SecretKey,
-        tunnel_ip: Ipv4Addr,
-        dns: SocketAddr,
-        service: &SecretKey,
-    ) -> anyhow::Result<()> {
+    fn start_client(&mut self, c: NewClient, service: &SecretKey) -> anyhow::Result<()> {
+        let NewClient {
+            id,
+            primary,
+            key,
+            tunnel_ip,
+            dns,
+        } = c;
         let key_file = self.plan.dir.join(format!("client-{id}.key"));
         crate::keyfile::write_secret_key(&key_file, &key)
             .map_err(|e| anyhow!("writing a client key: {e}"))?;
         let text = configs::client(&configs::ClientParams {
-            id,
+            id: &id,
             key_file: &key_file,
             service: &service.public_key(),
             wg_port: self.wg_port,
@@ -599,7 +540,7 @@ impl Fleet {
                 let first = e.first().map(ToString::to_string).unwrap_or_default();
                 anyhow!("client configuration: {first}")
             })?;
-        self.track_client(id, primary, move |t, stop, who| async move {
+        self.track_client(&id, &primary, move |t, stop, who| async move {
             if let Err(e) = crate::client::run::run_recorded(cfg, key, stop, Some(t)).await {
                 tracing::error!(client = %who, "client helper stopped: {e}");
             }
@@ -631,23 +572,27 @@ impl Fleet {
     fn start_stock_client(
         &mut self,
         k: usize,
-        id: &str,
-        primary: &str,
-        key: &SecretKey,
-        tunnel_ip: Ipv4Addr,
+        c: NewClient,
         service: &SecretKey,
     ) -> anyhow::Result<()> {
-        let key_file = stock::key_file(&self.plan.dir, id, key)?;
+        let NewClient {
+            id,
+            primary,
+            key,
+            tunnel_ip,
+            ..
+        } = c;
+        let key_file = stock::key_file(&self.plan.dir, &id, &key)?;
         let endpoint = self
             .agents
-            .get(primary)
+            .get(&primary)
             .map(|a| SocketAddr::new(IpAddr::V4(a.spec.ip), self.wg_port))
             .ok_or_else(|| anyhow!("no appliance {primary}"))?;
         let Some((net, _)) = self.stock.as_mut() else {
             bail!("stock clients without their network");
         };
         let ns = net.start_client(k, &key_file, &service.public_key(), endpoint, tunnel_ip)?;
-        self.track_client(id, primary, move |t, stop, who| async move {
+        self.track_client(&id, &primary, move |t, stop, who| async move {
             if let Err(e) = stock::probe(ns, tunnel_ip, t, stop).await {
                 tracing::error!(client = %who, "probe stream stopped: {e:#}");
             }
@@ -703,6 +648,133 @@ impl Drop for Fleet {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// A client added to the inventory and not started yet.
+struct NewClient {
+    id: String,
+    primary: String,
+    key: SecretKey,
+    tunnel_ip: Ipv4Addr,
+    /// Its home region's steering DNS.
+    dns: SocketAddr,
+}
+
+fn region<'a>(regions: &'a [Region], id: &str) -> anyhow::Result<&'a Region> {
+    regions
+        .iter()
+        .find(|r| r.id == id)
+        .ok_or_else(|| anyhow!("no region {id}"))
+}
+
+async fn start_regions(plan: &Plan) -> anyhow::Result<Vec<Region>> {
+    let durability = if plan.keep {
+        Durability::Durable
+    } else {
+        Durability::Ephemeral
+    };
+    let mut regions = Vec::new();
+    for id in &plan.regions {
+        regions.push(start_region(&plan.dir, id, durability).await?);
+    }
+    Ok(regions)
+}
+
+/// Logical replication between every pair of regions.
+async fn replicate(regions: &[Region]) -> anyhow::Result<()> {
+    let specs: Vec<RegionSpec> = regions
+        .iter()
+        .map(|r| {
+            Ok(RegionSpec {
+                id: RegionId::new(r.id.as_str()).map_err(|e| anyhow!("{e}"))?,
+                url: r.url.clone(),
+                replication_url: r.url.clone(),
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    replication::setup(&specs, &mut |_| {})
+        .await
+        .map_err(|e| anyhow!("replication setup: {e}"))?;
+    Ok(())
+}
+
+/// Waits until every region holds `n` rows of `table` (written in their home regions).
+async fn wait_replicated(regions: &[Region], table: &str, n: usize) -> anyhow::Result<()> {
+    let n = i64::try_from(n)?;
+    for r in regions {
+        wait_until(
+            Duration::from_secs(30),
+            &format!("{table} to replicate"),
+            || async { count(&r.pool, table).await == n },
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Adds each appliance in its home region, on `wg_port` of its address, with the service key.
+async fn add_appliances(
+    regions: &[Region],
+    apps: &[ApplianceSpec],
+    wg_port: u16,
+    service: &SecretKey,
+) -> anyhow::Result<()> {
+    for a in apps {
+        let new = appliance::ApplianceInput {
+            id: a.id.clone(),
+            region: a.region.clone(),
+            endpoint: format!("{}:{wg_port}", a.ip),
+            public_key: service.public_key().to_base64(),
+            capacity: None,
+        }
+        .parse()
+        .map_err(|e| anyhow!("{}", e.cli_message()))?;
+        appliance::add(&region(regions, &a.region)?.pool, &new)
+            .await
+            .map_err(|e| anyhow!("adding {}: {}", a.id, e.cli_message()))?;
+    }
+    wait_replicated(regions, "appliances", apps.len()).await
+}
+
+/// Adds the plan's clients in their primaries' regions, each with a new key.
+async fn add_clients(
+    plan: &Plan,
+    regions: &[Region],
+    apps: &[ApplianceSpec],
+) -> anyhow::Result<Vec<NewClient>> {
+    let mut out = Vec::new();
+    for i in 0..plan.clients {
+        let key = SecretKey::generate();
+        let (primary, shadow) = plan.pair(i);
+        let home = &apps
+            .iter()
+            .find(|a| a.id == primary)
+            .ok_or_else(|| anyhow!("no appliance {primary}"))?
+            .region;
+        let region = region(regions, home)?;
+        let tunnel_ip = Ipv4Addr::new(10, 77, 1 + (i / 250) as u8, 2 + (i % 250) as u8);
+        let new = client::ClientInput {
+            id: format!("c{:03}", i + 1),
+            public_key: key.public_key().to_base64(),
+            tunnel_ip: tunnel_ip.to_string(),
+            primary,
+            shadow,
+        }
+        .parse()
+        .map_err(|e| anyhow!("{}", e.cli_message()))?;
+        client::add(&region.pool, &new)
+            .await
+            .map_err(|e| anyhow!("adding a client: {}", e.cli_message()))?;
+        out.push(NewClient {
+            id: new.id.to_string(),
+            primary: new.primary.to_string(),
+            key,
+            tunnel_ip,
+            dns: region.dns,
+        });
+    }
+    wait_replicated(regions, "clients", plan.clients).await?;
+    Ok(out)
 }
 
 async fn start_region(dir: &Path, id: &str, durability: Durability) -> anyhow::Result<Region> {
