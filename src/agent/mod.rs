@@ -33,16 +33,17 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{AgentConfig, InsideMode};
-use crate::domain::ApplianceId;
+use crate::domain::{ApplianceId, SecretKey};
 use crate::keyfile::{self, KeyFileError};
 use crate::localpg::DATABASE;
 use crate::store::{Database, DatabaseTarget, StoreError};
 use crate::tunnel::TunnelError;
-use crate::tunnel::device::{Device, DeviceConfig, DeviceHandle, Inside};
+use crate::tunnel::device::{Device, DeviceConfig, DeviceEvent, DeviceHandle, GroupInput, Inside};
 use crate::tunnel::tun::Tun;
 
 /// Why the agent could not start.
@@ -137,40 +138,11 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> Result<AgentHandle, AgentError> {
     let key = keyfile::read_secret_key(&config.agent.key_file)?;
-    let public_key = key.public_key();
     let group_key = crate::takeover::wire::GroupKey::derive(&key);
-    let probe_key = match &config.probes.key_file {
-        Some(path) if !config.probes.peers.is_empty() || config.probes.listen.is_some() => {
-            Some(keyfile::read_secret_key(path)?)
-        }
-        _ => None,
-    };
+    let probe_key = read_probe_key(&config)?;
     let (pool, url, database) = open_pool(&config).await?;
-    let appliance: ApplianceId = config.agent.appliance.clone();
-    let own_ip = config.tunnel.network.first_host();
-    let (mut device, handle, events) = Device::bind(
-        DeviceConfig {
-            listen: config.agent.listen.0,
-            own_ip,
-            inside: inside(&config, own_ip)?,
-            handshakes_per_second: config.agent.handshake_rate_limit,
-            checkpoint_interval: config.telemetry.checkpoint_interval.0,
-            event_capacity: 4096,
-            threads: config.tunnel.data_plane_threads(),
-        },
-        key,
-    )?;
-    tracing::info!(
-        appliance = %appliance,
-        listen = %handle.local_addr,
-        public_key = %public_key,
-        inside = ?config.agent.inside,
-        threads = handle.stats.workers.load(std::sync::atomic::Ordering::Relaxed),
-        "data plane up"
-    );
-    let roster = Arc::new(RwLock::new(roster::RosterView::default()));
+    let (mut device, handle, events) = bind_device(&config, key)?;
     let group_inputs = config.takeover.enabled.then(|| device.group_inputs(4096));
-
     let token = shutdown.clone();
     tasks.spawn(async move {
         if let Err(e) = device.run(token.clone()).await {
@@ -178,116 +150,24 @@ pub async fn start(
             token.cancel();
         }
     });
-    let takeover = match group_inputs {
-        Some(inputs) => {
-            let stats = Arc::new(takeover::TakeoverStats::default());
-            tasks.spawn(takeover::run(
-                takeover::TakeoverSettings {
-                    key: group_key,
-                    timing: crate::takeover::liveness::Timing {
-                        interval: config.takeover.heartbeat_interval.0,
-                        misses: config.takeover.misses,
-                        startup_grace: config.takeover.startup_grace.0,
-                    },
-                    failback: config.takeover.failback,
-                },
-                pool.clone(),
-                url.clone(),
-                appliance.clone(),
-                handle.clone(),
-                inputs,
-                Arc::clone(&stats),
-                shutdown.clone(),
-            ));
-            Some(stats)
-        }
-        None => None,
+
+    let mut agent = Tasks {
+        config: &config,
+        pool,
+        appliance: config.agent.appliance.clone(),
+        roster: Arc::new(RwLock::new(roster::RosterView::default())),
+        device: &handle,
+        tasks,
+        shutdown,
     };
-    tasks.spawn(roster::run(
-        pool.clone(),
-        url,
-        appliance.clone(),
-        handle.commands.clone(),
-        Arc::clone(&roster),
-        shutdown.clone(),
-    ));
-    // This region's replication heartbeat (see store::replication::heartbeat: serve and agents
-    // both beat; a no-op until replication is set up).
-    tasks.spawn(crate::store::replication::heartbeat::run(
-        pool.clone(),
-        None,
-        shutdown.clone(),
-    ));
-    let recorder = Arc::new(sessions::RecorderStats::default());
-    tasks.spawn(sessions::run(
-        pool.clone(),
-        appliance.clone(),
-        Arc::clone(&roster),
-        events,
-        config.telemetry.buffer_rows,
-        Arc::clone(&recorder),
-        shutdown.clone(),
-    ));
-    let health = Arc::new(telemetry::HealthStats::default());
-    tasks.spawn(telemetry::run(
-        pool.clone(),
-        appliance.clone(),
-        Arc::clone(&roster),
-        Arc::clone(&handle.stats),
-        telemetry::HealthSettings {
-            interval: config.telemetry.interval.0,
-            buffer_rows: config.telemetry.buffer_rows,
-            capacity_bps: config.telemetry.capacity_bps,
-            overrides_file: config.telemetry.overrides_file.clone(),
-        },
-        Arc::clone(&health),
-        shutdown.clone(),
-    ));
-    if let Some(listen) = config.lb_check.listen {
-        tasks.spawn(lb_check::run(
-            listen.0,
-            pool.clone(),
-            appliance.clone(),
-            config.lb_check.refresh.0,
-            config.lb_check.max_score_age.0,
-            shutdown.clone(),
-        ));
-    }
+    let takeover = group_inputs.map(|inputs| agent.spawn_takeover(group_key, url.clone(), inputs));
+    agent.spawn_roster(url);
+    agent.spawn_replication_heartbeat();
+    let recorder = agent.spawn_recorder(events);
+    let health = agent.spawn_health();
+    agent.spawn_lb_check();
     let probes = match (config.probes.listen, probe_key) {
-        (Some(listen), Some(key)) => {
-            let socket = tokio::net::UdpSocket::bind(listen.0)
-                .await
-                .map_err(|source| AgentError::Probe {
-                    addr: listen.0,
-                    source,
-                })?;
-            let addr = socket.local_addr().map_err(|source| AgentError::Probe {
-                addr: listen.0,
-                source,
-            })?;
-            let stats = Arc::new(prober::ProbeStats::default());
-            tasks.spawn(prober::run(
-                socket,
-                pool.clone(),
-                appliance.clone(),
-                Arc::clone(&roster),
-                prober::ProberSettings {
-                    key: probe::ProbeKey::new(*key.expose_bytes()),
-                    interval: config.probes.interval.0,
-                    window: config.probes.window.0,
-                    peers: config
-                        .probes
-                        .peers
-                        .iter()
-                        .map(|p| (p.appliance.clone(), p.address.0))
-                        .collect(),
-                    buffer_rows: config.telemetry.buffer_rows,
-                },
-                Arc::clone(&stats),
-                shutdown.clone(),
-            ));
-            Some((stats, addr))
-        }
+        (Some(listen), Some(key)) => Some(agent.spawn_prober(listen.0, key).await?),
         _ => None,
     };
     let metrics = match config.agent.metrics_listen {
@@ -299,7 +179,7 @@ pub async fn start(
                 probes: probes.as_ref().map(|(s, _)| Arc::clone(s)),
                 takeover: takeover.clone(),
             };
-            let bound = metrics::start(listen.0, sources, tasks, shutdown.clone())
+            let bound = metrics::start(listen.0, sources, agent.tasks, agent.shutdown.clone())
                 .await
                 .map_err(|source| AgentError::Metrics {
                     addr: listen.0,
@@ -318,6 +198,199 @@ pub async fn start(
         metrics,
         database,
     })
+}
+
+/// The probe key, read only when probing is configured.
+fn read_probe_key(config: &AgentConfig) -> Result<Option<SecretKey>, AgentError> {
+    Ok(match &config.probes.key_file {
+        Some(path) if !config.probes.peers.is_empty() || config.probes.listen.is_some() => {
+            Some(keyfile::read_secret_key(path)?)
+        }
+        _ => None,
+    })
+}
+
+/// Binds the data plane (not yet running) and logs where it listens.
+fn bind_device(
+    config: &AgentConfig,
+    key: SecretKey,
+) -> Result<(Device, DeviceHandle, mpsc::Receiver<DeviceEvent>), AgentError> {
+    let public_key = key.public_key();
+    let own_ip = config.tunnel.network.first_host();
+    let (device, handle, events) = Device::bind(
+        DeviceConfig {
+            listen: config.agent.listen.0,
+            own_ip,
+            inside: inside(config, own_ip)?,
+            handshakes_per_second: config.agent.handshake_rate_limit,
+            checkpoint_interval: config.telemetry.checkpoint_interval.0,
+            event_capacity: 4096,
+            threads: config.tunnel.data_plane_threads(),
+        },
+        key,
+    )?;
+    tracing::info!(
+        appliance = %config.agent.appliance,
+        listen = %handle.local_addr,
+        public_key = %public_key,
+        inside = ?config.agent.inside,
+        threads = handle.stats.workers.load(std::sync::atomic::Ordering::Relaxed),
+        "data plane up"
+    );
+    Ok((device, handle, events))
+}
+
+/// What the agent's database-side tasks share while they are started.
+struct Tasks<'a> {
+    config: &'a AgentConfig,
+    pool: PgPool,
+    appliance: ApplianceId,
+    roster: roster::SharedRoster,
+    device: &'a DeviceHandle,
+    tasks: &'a mut JoinSet<()>,
+    shutdown: CancellationToken,
+}
+
+impl Tasks<'_> {
+    fn spawn_takeover(
+        &mut self,
+        key: crate::takeover::wire::GroupKey,
+        url: String,
+        inputs: mpsc::Receiver<GroupInput>,
+    ) -> Arc<takeover::TakeoverStats> {
+        let t = &self.config.takeover;
+        let stats = Arc::new(takeover::TakeoverStats::default());
+        self.tasks.spawn(takeover::run(
+            takeover::TakeoverSettings {
+                key,
+                timing: crate::takeover::liveness::Timing {
+                    interval: t.heartbeat_interval.0,
+                    misses: t.misses,
+                    startup_grace: t.startup_grace.0,
+                },
+                failback: t.failback,
+            },
+            self.pool.clone(),
+            url,
+            self.appliance.clone(),
+            self.device.clone(),
+            inputs,
+            Arc::clone(&stats),
+            self.shutdown.clone(),
+        ));
+        stats
+    }
+
+    fn spawn_roster(&mut self, url: String) {
+        self.tasks.spawn(roster::run(
+            self.pool.clone(),
+            url,
+            self.appliance.clone(),
+            self.device.commands.clone(),
+            Arc::clone(&self.roster),
+            self.shutdown.clone(),
+        ));
+    }
+
+    /// This region's replication heartbeat (see store::replication::heartbeat: serve and
+    /// agents both beat; a no-op until replication is set up).
+    fn spawn_replication_heartbeat(&mut self) {
+        self.tasks.spawn(crate::store::replication::heartbeat::run(
+            self.pool.clone(),
+            None,
+            self.shutdown.clone(),
+        ));
+    }
+
+    fn spawn_recorder(
+        &mut self,
+        events: mpsc::Receiver<DeviceEvent>,
+    ) -> Arc<sessions::RecorderStats> {
+        let stats = Arc::new(sessions::RecorderStats::default());
+        self.tasks.spawn(sessions::run(
+            self.pool.clone(),
+            self.appliance.clone(),
+            Arc::clone(&self.roster),
+            events,
+            self.config.telemetry.buffer_rows,
+            Arc::clone(&stats),
+            self.shutdown.clone(),
+        ));
+        stats
+    }
+
+    fn spawn_health(&mut self) -> Arc<telemetry::HealthStats> {
+        let t = &self.config.telemetry;
+        let stats = Arc::new(telemetry::HealthStats::default());
+        self.tasks.spawn(telemetry::run(
+            self.pool.clone(),
+            self.appliance.clone(),
+            Arc::clone(&self.roster),
+            Arc::clone(&self.device.stats),
+            telemetry::HealthSettings {
+                interval: t.interval.0,
+                buffer_rows: t.buffer_rows,
+                capacity_bps: t.capacity_bps,
+                overrides_file: t.overrides_file.clone(),
+            },
+            Arc::clone(&stats),
+            self.shutdown.clone(),
+        ));
+        stats
+    }
+
+    /// The load balancer's agent-check, when `[lb_check] listen` is set.
+    fn spawn_lb_check(&mut self) {
+        let c = &self.config.lb_check;
+        if let Some(listen) = c.listen {
+            self.tasks.spawn(lb_check::run(
+                listen.0,
+                self.pool.clone(),
+                self.appliance.clone(),
+                c.refresh.0,
+                c.max_score_age.0,
+                self.shutdown.clone(),
+            ));
+        }
+    }
+
+    /// Binds the probe socket and starts the prober; returns its counters and address.
+    async fn spawn_prober(
+        &mut self,
+        listen: SocketAddr,
+        key: SecretKey,
+    ) -> Result<(Arc<prober::ProbeStats>, SocketAddr), AgentError> {
+        let probe_error = |source| AgentError::Probe {
+            addr: listen,
+            source,
+        };
+        let socket = tokio::net::UdpSocket::bind(listen)
+            .await
+            .map_err(probe_error)?;
+        let addr = socket.local_addr().map_err(probe_error)?;
+        let p = &self.config.probes;
+        let stats = Arc::new(prober::ProbeStats::default());
+        self.tasks.spawn(prober::run(
+            socket,
+            self.pool.clone(),
+            self.appliance.clone(),
+            Arc::clone(&self.roster),
+            prober::ProberSettings {
+                key: probe::ProbeKey::new(*key.expose_bytes()),
+                interval: p.interval.0,
+                window: p.window.0,
+                peers: p
+                    .peers
+                    .iter()
+                    .map(|p| (p.appliance.clone(), p.address.0))
+                    .collect(),
+                buffer_rows: self.config.telemetry.buffer_rows,
+            },
+            Arc::clone(&stats),
+            self.shutdown.clone(),
+        ));
+        Ok((stats, addr))
+    }
 }
 
 /// Overrides given on the command line (they win over the file).
