@@ -64,6 +64,42 @@ fn simulate_is_deterministic_for_a_seed() {
 }
 
 #[test]
+fn simulate_leaves_benign_families_out_of_broad_runs_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("x.csv");
+    let args = |scenario: &'static str, without: &'static str| {
+        vec![
+            "simulate",
+            "--appliances",
+            "2",
+            "--hours",
+            "0.2",
+            "--seed",
+            "3",
+            "--scenario",
+            scenario,
+            "--without",
+            without,
+            "--out",
+            p(&out),
+        ]
+    };
+    let (code, text, err) = run(&args("broad", "bursts,ramps,congestion"));
+    assert_eq!(code, 0, "{text}{err}");
+    assert!(out.exists());
+    std::fs::remove_file(&out).unwrap();
+    for (scenario, without, says) in [
+        ("classic", "bursts", "--without needs --scenario broad"),
+        ("broad", "bursts,comets", "invalid value 'comets'"),
+    ] {
+        let (code, _, err) = run(&args(scenario, without));
+        assert_eq!(code, 2, "{scenario} --without {without}: {err}");
+        assert!(err.contains(says), "{err}");
+        assert!(!out.exists(), "nothing is written on bad input");
+    }
+}
+
+#[test]
 fn bad_csv_is_reported_with_line_and_column() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("bad.csv");

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use shadowsteer::risk::failures::{companion_path, write_failures};
+use shadowsteer::risk::simulate::broad::{BenignFamilies, BenignFamily};
 use shadowsteer::risk::simulate::{DEFAULT_START, Scenario, SimConfig, Simulator};
 use shadowsteer::risk::telemetry::TelemetryWriter;
 
@@ -38,6 +39,39 @@ pub struct SimulateArgs {
     /// widely varied appliances).
     #[arg(long, value_enum, default_value_t = ScenarioArg::Classic)]
     scenario: ScenarioArg,
+    /// With `--scenario broad`: benign anomaly families to leave out, comma-separated, to
+    /// measure what each costs a model (the appliances and the other families' anomalies stay
+    /// the same for the seed).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    without: Vec<FamilyArg>,
+}
+
+/// `--without` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum FamilyArg {
+    Bursts,
+    LoadPeaks,
+    Ramps,
+    NoisySensors,
+    MissingFields,
+    BatchJobs,
+    LevelShifts,
+    Congestion,
+}
+
+impl From<FamilyArg> for BenignFamily {
+    fn from(f: FamilyArg) -> Self {
+        match f {
+            FamilyArg::Bursts => BenignFamily::Bursts,
+            FamilyArg::LoadPeaks => BenignFamily::LoadPeaks,
+            FamilyArg::Ramps => BenignFamily::Ramps,
+            FamilyArg::NoisySensors => BenignFamily::NoisySensors,
+            FamilyArg::MissingFields => BenignFamily::MissingFields,
+            FamilyArg::BatchJobs => BenignFamily::BatchJobs,
+            FamilyArg::LevelShifts => BenignFamily::LevelShifts,
+            FamilyArg::Congestion => BenignFamily::Congestion,
+        }
+    }
 }
 
 /// `--scenario` values.
@@ -68,11 +102,18 @@ pub fn run(a: SimulateArgs) -> CommandResult {
             "--failures-per-day must be between 0 and 1000".into(),
         ));
     }
+    if !a.without.is_empty() && a.scenario != ScenarioArg::Broad {
+        return Err(CommandError::Input(
+            "--without needs --scenario broad (the classic scenario's output never changes)".into(),
+        ));
+    }
+    let without: Vec<BenignFamily> = a.without.iter().map(|f| (*f).into()).collect();
     let seconds = (a.hours * 3600.0).round() as u64;
     let cfg = SimConfig {
         start: a.start,
         failures_per_day: a.failures_per_day,
         scenario: a.scenario.into(),
+        benign: BenignFamilies::without(&without),
         ..SimConfig::new(a.appliances as usize, seconds, a.seed)
     };
     let sim = Simulator::new(cfg);

@@ -49,6 +49,9 @@ pub struct SimConfig {
     pub failures_per_day: f64,
     /// Which simulator.
     pub scenario: Scenario,
+    /// The benign anomaly families of the broad scenario (all by default; the classic
+    /// scenario ignores this).
+    pub benign: broad::BenignFamilies,
 }
 
 /// Which simulator produces the telemetry.
@@ -73,6 +76,7 @@ impl SimConfig {
             start: DEFAULT_START,
             failures_per_day: 4.0,
             scenario: Scenario::Classic,
+            benign: broad::BenignFamilies::default(),
         }
     }
 }
