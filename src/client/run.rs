@@ -633,6 +633,72 @@ impl State {
     }
 }
 
+impl State {
+    fn new(
+        cfg: ClientConfig,
+        key: SecretKey,
+        socket: tokio::net::UdpSocket,
+        timeline: Option<Arc<Timeline>>,
+        now: Instant,
+    ) -> Self {
+        let appliance = cfg.tunnel.network.first_host();
+        let (peers, indexes) = peers(&cfg, &key, appliance);
+        Self {
+            socket,
+            peers,
+            indexes,
+            active: 0,
+            started: (now, Utc::now()),
+            report: ClientReport {
+                name: cfg.endpoint_name(),
+                duration_s: 0.0,
+                endpoints: Vec::new(),
+                handshakes: 0,
+                standby_handshakes: 0,
+                standby: None,
+                failed_lookups: 0,
+                probe: None,
+            },
+            own: cfg.tunnel.address,
+            appliance,
+            out: vec![0u8; 65_600],
+            left: None,
+            standby_started: None,
+            standby_suspect_until_handshake: None,
+            dns_wants: None,
+            key,
+            silence: Silence::default(),
+            timeline,
+            cfg,
+        }
+    }
+}
+
+/// The first resolution, retried every second: nothing can be sent before it. Returns when
+/// the next lookup is due, or `None` on shutdown.
+async fn first_lookup(
+    st: &mut State,
+    resolver: SocketAddr,
+    name: &str,
+    standby_name: Option<&str>,
+    shutdown: &CancellationToken,
+) -> Option<Instant> {
+    loop {
+        let r = lookup_both(resolver, name.to_owned(), standby_name.map(str::to_owned)).await;
+        if r.main.is_ok() {
+            return Some(st.on_lookup(Some(r)));
+        }
+        st.report.failed_lookups += 1;
+        if let Err(e) = &r.main {
+            tracing::warn!("resolving {name} via {resolver}: {e}; retrying");
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return None,
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
 /// Runs the helper until `shutdown`; returns the final report.
 pub async fn run(
     cfg: ClientConfig,
@@ -653,13 +719,10 @@ pub async fn run_recorded(
     let name = cfg.endpoint_name();
     let standby_name = cfg.client.standby.then(|| cfg.standby_name());
     let socket = bind_udp(cfg.client.listen.0)?;
-    let appliance = cfg.tunnel.network.first_host();
-    let own_ip = cfg.tunnel.address;
-    let (peers, indexes) = peers(&cfg, &key, appliance);
     let tun = match cfg.client.inside {
         ClientInside::Tun => Some(Tun::create(
             &cfg.tunnel.tun_name,
-            own_ip,
+            cfg.tunnel.address,
             cfg.tunnel.network.prefix(),
             cfg.tunnel.mtu,
         )?),
@@ -668,49 +731,11 @@ pub async fn run_recorded(
     let now = Instant::now();
     let mut stream = (cfg.client.inside == ClientInside::Probe)
         .then(|| ProbeStream::new(now, cfg.probe.payload, cfg.probe.loss_timeout.0));
-    let mut st = State {
-        socket,
-        peers,
-        indexes,
-        active: 0,
-        started: (now, Utc::now()),
-        report: ClientReport {
-            name: name.clone(),
-            duration_s: 0.0,
-            endpoints: Vec::new(),
-            handshakes: 0,
-            standby_handshakes: 0,
-            standby: None,
-            failed_lookups: 0,
-            probe: None,
-        },
-        own: own_ip,
-        appliance,
-        out: vec![0u8; 65_600],
-        left: None,
-        standby_started: None,
-        standby_suspect_until_handshake: None,
-        dns_wants: None,
-        key,
-        silence: Silence::default(),
-        timeline,
-        cfg,
-    };
-
-    // First resolution: nothing can be sent before it.
-    let mut next_lookup = loop {
-        let r = lookup_both(resolver, name.clone(), standby_name.clone()).await;
-        if r.main.is_ok() {
-            break st.on_lookup(Some(r));
-        }
-        st.report.failed_lookups += 1;
-        if let Err(e) = &r.main {
-            tracing::warn!("resolving {name} via {resolver}: {e}; retrying");
-        }
-        tokio::select! {
-            () = shutdown.cancelled() => return Ok(finish(st, stream)),
-            () = tokio::time::sleep(Duration::from_secs(1)) => {}
-        }
+    let mut st = State::new(cfg, key, socket, timeline, now);
+    let Some(mut next_lookup) =
+        first_lookup(&mut st, resolver, &name, standby_name.as_deref(), &shutdown).await
+    else {
+        return Ok(finish(st, stream));
     };
 
     let mut rx = vec![0u8; 65_600];
