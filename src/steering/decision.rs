@@ -58,6 +58,14 @@ pub struct Side {
 }
 
 impl Side {
+    /// An appliance that is not loaded: no state, no risk, no path.
+    pub const UNKNOWN: Side = Side {
+        state: None,
+        risk: Probability::ZERO,
+        path: None,
+        path_stand_in: None,
+    };
+
     fn usable(&self) -> bool {
         self.state == Some(ApplianceState::Active)
     }

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 
 use super::decision::{self, Current, Reason, Role, Side};
-use super::{Inputs, Policy, risk};
+use super::{ClientInput, Inputs, PastDecision, Policy, risk};
 use crate::domain::{ApplianceId, ClientId, Probability};
 
 /// One client's steering state.
@@ -28,6 +28,70 @@ struct ClientState {
     /// While the client is on its shadow: the last fresh risk of its path to the primary. It
     /// stands for that path when no fresh score is left (see [`Engine::evaluate`]).
     left_path: Option<Probability>,
+}
+
+impl ClientState {
+    /// A client the engine has not decided yet, starting from its `past` answer if the
+    /// database has one.
+    fn first_seen(id: &ClientId, past: Option<&PastDecision>) -> Self {
+        Self {
+            position: decision::position(id),
+            current: past.map(|p| p.appliance.clone()),
+            since: past.map(|p| p.at),
+            seen: None,
+            left_path: None,
+        }
+    }
+
+    /// The current answer as the decision sees it: an answer naming an appliance that is no
+    /// longer this client's primary or shadow (the client was re-assigned) counts as no answer
+    /// yet.
+    fn current_answer(&self, client: &ClientInput) -> Option<Current> {
+        let role = match &self.current {
+            None => return None,
+            Some(None) => None,
+            Some(Some(a)) if *a == client.primary => Some(Role::Primary),
+            Some(Some(a)) if *a == client.shadow => Some(Role::Shadow),
+            Some(Some(_)) => return None,
+        };
+        Some(Current {
+            role,
+            since: self.since,
+        })
+    }
+
+    /// Answers `to` from `now` on; returns the previous answer. The first answer for a client
+    /// starts no hold-down: a brand-new client may move at once.
+    fn answer(&mut self, to: Option<ApplianceId>, now: DateTime<Utc>) -> Option<ApplianceId> {
+        let from = self.current.clone().flatten();
+        if self.current.is_some() {
+            self.since = Some(now);
+        }
+        self.current = Some(to);
+        from
+    }
+}
+
+/// The client table of an evaluation's inputs.
+type ClientTable = std::sync::Arc<std::collections::BTreeMap<ClientId, ClientInput>>;
+
+/// Each appliance's state and combined risk, as a side of a decision (no path yet).
+fn appliance_sides<'a>(
+    inputs: &'a Inputs,
+    risks: &HashMap<ApplianceId, Probability>,
+) -> HashMap<&'a ApplianceId, Side> {
+    inputs
+        .appliances
+        .values()
+        .map(|a| {
+            let side = Side {
+                state: Some(a.state),
+                risk: risks.get(&a.id).copied().unwrap_or(Probability::ZERO),
+                ..Side::UNKNOWN
+            };
+            (&a.id, side)
+        })
+        .collect()
 }
 
 /// The inputs of a client's last decision (its primary and shadow ids are compared through
@@ -76,7 +140,7 @@ pub struct Engine {
     clients: HashMap<ClientId, ClientState>,
     /// The client table of the last evaluation: when the next one shares it, no client was
     /// added or removed.
-    last_clients: Option<std::sync::Arc<std::collections::BTreeMap<ClientId, super::ClientInput>>>,
+    last_clients: Option<ClientTable>,
 }
 
 impl Engine {
@@ -111,49 +175,17 @@ impl Engine {
         let risks = risk::appliance_risks(inputs, now);
         let mut changes = Vec::new();
         let mut next_wakeup = risk::next_advisory_edge(inputs, now);
-        let sides: HashMap<&ApplianceId, Side> = inputs
-            .appliances
-            .values()
-            .map(|a| {
-                let side = Side {
-                    state: Some(a.state),
-                    risk: risks.get(&a.id).copied().unwrap_or(Probability::ZERO),
-                    path: None,
-                    path_stand_in: None,
-                };
-                (&a.id, side)
-            })
-            .collect();
-        let unknown = Side {
-            state: None,
-            risk: Probability::ZERO,
-            path: None,
-            path_stand_in: None,
+        let mut wake_at = |until: DateTime<Utc>| {
+            next_wakeup = Some(next_wakeup.map_or(until, |w| w.min(until)));
         };
-        let side = |id: &ApplianceId| sides.get(id).copied().unwrap_or(unknown);
-        let same_clients = self
-            .last_clients
-            .as_ref()
-            .is_some_and(|l| std::sync::Arc::ptr_eq(l, &inputs.clients));
-        let previous = if same_clients {
-            None
-        } else {
-            self.clients.retain(|id, _| inputs.clients.contains_key(id));
-            self.last_clients.replace(inputs.clients.clone())
-        };
+        let sides = appliance_sides(inputs, &risks);
+        let side = |id: &ApplianceId| sides.get(id).copied().unwrap_or(Side::UNKNOWN);
+        let previous = self.follow_client_table(inputs);
         for (id, client) in inputs.clients.iter() {
+            // No `entry`: it would clone every client's id on every evaluation.
             if !self.clients.contains_key(id) {
-                let past = inputs.history.get(id);
-                self.clients.insert(
-                    id.clone(),
-                    ClientState {
-                        position: decision::position(id),
-                        current: past.map(|p| p.appliance.clone()),
-                        since: past.map(|p| p.at),
-                        seen: None,
-                        left_path: None,
-                    },
-                );
+                let first = ClientState::first_seen(id, inputs.history.get(id));
+                self.clients.insert(id.clone(), first);
             }
             let Some(state) = self.clients.get_mut(id) else {
                 continue;
@@ -189,61 +221,36 @@ impl Engine {
                 && seen.held_until.is_none_or(|u| now < u)
             {
                 if let Some(until) = seen.held_until {
-                    next_wakeup = Some(next_wakeup.map_or(until, |w| w.min(until)));
+                    wake_at(until);
                 }
                 continue;
             }
-            let role_of = |a: &ApplianceId| {
-                if *a == client.primary {
-                    Some(Role::Primary)
-                } else if *a == client.shadow {
-                    Some(Role::Shadow)
-                } else {
-                    None
-                }
-            };
-            // An answer naming an appliance that is no longer this client's primary or shadow
-            // (the client was re-assigned) counts as no answer yet.
-            let current = match &state.current {
-                None => None,
-                Some(None) => Some(Current {
-                    role: None,
-                    since: state.since,
-                }),
-                Some(Some(a)) => role_of(a).map(|role| Current {
-                    role: Some(role),
-                    since: state.since,
-                }),
-            };
-            let choice =
-                decision::decide(&self.policy, state.position, primary, shadow, current, now);
+            let choice = decision::decide(
+                &self.policy,
+                state.position,
+                primary,
+                shadow,
+                state.current_answer(client),
+                now,
+            );
             if let Some(until) = choice.held_until {
-                next_wakeup = Some(next_wakeup.map_or(until, |w| w.min(until)));
+                wake_at(until);
             }
             state.seen = Some(Seen {
                 sides: (primary, shadow),
                 held_until: choice.held_until,
             });
-            state.left_path = if choice.role == Some(Role::Shadow) {
-                primary_path
-            } else {
-                None
-            };
+            state.left_path = (choice.role == Some(Role::Shadow))
+                .then_some(primary_path)
+                .flatten();
             if choice.changed {
                 let to = choice.role.map(|r| match r {
                     Role::Primary => client.primary.clone(),
                     Role::Shadow => client.shadow.clone(),
                 });
-                let from = state.current.clone().flatten();
-                // The first answer for a client starts no hold-down: a brand-new client may
-                // move at once.
-                if state.current.is_some() {
-                    state.since = Some(now);
-                }
-                state.current = Some(to.clone());
                 changes.push(AnswerChange {
                     client: id.clone(),
-                    from,
+                    from: state.answer(to.clone(), now),
                     to,
                     reason: choice.reason,
                     primary_risk: primary.total(),
@@ -257,6 +264,21 @@ impl Engine {
             changes,
             next_wakeup,
         }
+    }
+
+    /// Forgets clients that left the client table and returns the previous table when it
+    /// changed (`None` when the inputs share the last evaluation's table: no client was added,
+    /// removed or re-assigned).
+    fn follow_client_table(&mut self, inputs: &Inputs) -> Option<ClientTable> {
+        let same_clients = self
+            .last_clients
+            .as_ref()
+            .is_some_and(|l| std::sync::Arc::ptr_eq(l, &inputs.clients));
+        if same_clients {
+            return None;
+        }
+        self.clients.retain(|id, _| inputs.clients.contains_key(id));
+        self.last_clients.replace(inputs.clients.clone())
     }
 
     /// The current answer of every client (`None`: no appliance can be chosen).
