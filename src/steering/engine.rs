@@ -72,8 +72,8 @@ impl ClientState {
     }
 }
 
-/// The client table of an evaluation's inputs.
-type ClientTable = std::sync::Arc<std::collections::BTreeMap<ClientId, ClientInput>>;
+/// The client table of an evaluation's inputs: each client's primary and shadow.
+type ClientPairs = std::sync::Arc<std::collections::BTreeMap<ClientId, ClientInput>>;
 
 /// Each appliance's state and combined risk, as a side of a decision (no path yet).
 fn appliance_sides<'a>(
@@ -140,7 +140,7 @@ pub struct Engine {
     clients: HashMap<ClientId, ClientState>,
     /// The client table of the last evaluation: when the next one shares it, no client was
     /// added or removed.
-    last_clients: Option<ClientTable>,
+    last_clients: Option<ClientPairs>,
 }
 
 impl Engine {
@@ -240,9 +240,11 @@ impl Engine {
                 sides: (primary, shadow),
                 held_until: choice.held_until,
             });
-            state.left_path = (choice.role == Some(Role::Shadow))
-                .then_some(primary_path)
-                .flatten();
+            state.left_path = if choice.role == Some(Role::Shadow) {
+                primary_path
+            } else {
+                None
+            };
             if choice.changed {
                 let to = choice.role.map(|r| match r {
                     Role::Primary => client.primary.clone(),
@@ -269,7 +271,7 @@ impl Engine {
     /// Forgets clients that left the client table and returns the previous table when it
     /// changed (`None` when the inputs share the last evaluation's table: no client was added,
     /// removed or re-assigned).
-    fn follow_client_table(&mut self, inputs: &Inputs) -> Option<ClientTable> {
+    fn follow_client_table(&mut self, inputs: &Inputs) -> Option<ClientPairs> {
         let same_clients = self
             .last_clients
             .as_ref()
