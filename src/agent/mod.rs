@@ -151,7 +151,7 @@ pub async fn start(
         }
     });
 
-    let mut agent = Tasks {
+    let mut agent = Spawner {
         config: &config,
         pool,
         appliance: config.agent.appliance.clone(),
@@ -240,8 +240,8 @@ fn bind_device(
     Ok((device, handle, events))
 }
 
-/// What the agent's database-side tasks share while they are started.
-struct Tasks<'a> {
+/// Starts the agent's database-side tasks into the agent's `JoinSet`, with what they share.
+struct Spawner<'a> {
     config: &'a AgentConfig,
     pool: PgPool,
     appliance: ApplianceId,
@@ -251,7 +251,7 @@ struct Tasks<'a> {
     shutdown: CancellationToken,
 }
 
-impl Tasks<'_> {
+impl Spawner<'_> {
     fn spawn_takeover(
         &mut self,
         key: crate::takeover::wire::GroupKey,
