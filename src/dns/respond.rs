@@ -115,55 +115,15 @@ pub fn respond(packet: &[u8], ctx: &Context, snap: &Snapshot, out: &mut Vec<u8>)
     let mut lower = [0u8; MAX_NAME];
     let q = match wire::parse(packet, &mut lower) {
         Ok(q) => q,
-        Err(Reject::Drop) => return Outcome::DROP,
-        Err(Reject::FormErr { question_end, edns }) => {
-            return error_reply(packet, question_end, edns, rcode::FORMERR, snap, out);
-        }
-        Err(Reject::NotImp { question_end }) => {
-            return error_reply(packet, question_end, None, rcode::NOTIMP, snap, out);
-        }
+        Err(reject) => return reject_reply(packet, reject, snap, out),
     };
     let qname = &lower[..q.qname_len];
     out.extend_from_slice(&packet[..q.question_end]);
-    let mut msg = Message {
-        q: &q,
-        an: 0,
-        ns: 0,
-        ar: 0,
-        aa: true,
-        tc: false,
-        rcode: rcode::NOERROR,
-        scope: 0,
-        appliance: None,
-        rrl: ERROR_KEY,
-    };
-    if q.edns.is_some_and(|e| e.version != 0) {
+    let mut msg = Message::new(&q);
+    let Some((zone, prefix_len)) = admit(&mut msg, qname, ctx, snap) else {
         msg.aa = false;
-        msg.rcode = rcode::BADVERS;
-        return msg.finish(out, snap, ctx);
-    }
-    if !matches!(q.qclass, wire::CLASS_IN | wire::CLASS_ANY)
-        || matches!(q.qtype, rtype::AXFR | rtype::IXFR)
-    {
-        msg.aa = false;
-        msg.rcode = rcode::REFUSED;
-        return msg.finish(out, snap, ctx);
-    }
-    if matches!(q.qtype, rtype::MAILA | rtype::MAILB) {
-        msg.aa = false;
-        msg.rcode = rcode::NOTIMP;
-        return msg.finish(out, snap, ctx);
-    }
-    let Some((zone, prefix_len)) = snap.statics.find_zone(qname) else {
-        msg.aa = false;
-        msg.rcode = rcode::REFUSED;
         return msg.finish(out, snap, ctx);
     };
-    if ctx.slip {
-        msg.aa = false;
-        msg.tc = true;
-        return msg.finish(out, snap, ctx);
-    }
     let ecs = q.edns.and_then(|e| e.ecs);
     let entropy = mix(q.id, ctx.entropy);
     let found = resolve(
@@ -176,26 +136,87 @@ pub fn respond(packet: &[u8], ctx: &Context, snap: &Snapshot, out: &mut Vec<u8>)
         entropy,
         &mut msg.scope,
     );
-    let mut additional_at = None;
+    msg.rrl = rrl_key(&found, q.qtype, qname, zone);
+    let additional_at = push_answer(&mut msg, found, zone, out);
+    if ctx.transport == Transport::Udp {
+        fit_udp(&mut msg, additional_at, snap.statics.udp_payload, out);
+    }
+    msg.finish(out, snap, ctx)
+}
+
+/// Packets `wire::parse` turned away: nothing, or FORMERR/NOTIMP without a lookup.
+fn reject_reply(packet: &[u8], reject: Reject, snap: &Snapshot, out: &mut Vec<u8>) -> Outcome {
+    match reject {
+        Reject::Drop => Outcome::DROP,
+        Reject::FormErr { question_end, edns } => {
+            error_reply(packet, question_end, edns, rcode::FORMERR, snap, out)
+        }
+        Reject::NotImp { question_end } => {
+            error_reply(packet, question_end, None, rcode::NOTIMP, snap, out)
+        }
+    }
+}
+
+/// The zone and prefix length of a query to look up; `None` for one answered without a lookup,
+/// whose rcode (or TC, when slipped) `msg` then holds. The order decides which fault a query
+/// with several is told about.
+fn admit<'s>(
+    msg: &mut Message,
+    qname: &[u8],
+    ctx: &Context,
+    snap: &'s Snapshot,
+) -> Option<(&'s Zone, usize)> {
+    let q = msg.q;
+    if q.edns.is_some_and(|e| e.version != 0) {
+        msg.rcode = rcode::BADVERS;
+        return None;
+    }
+    if !matches!(q.qclass, wire::CLASS_IN | wire::CLASS_ANY)
+        || matches!(q.qtype, rtype::AXFR | rtype::IXFR)
+    {
+        msg.rcode = rcode::REFUSED;
+        return None;
+    }
+    if matches!(q.qtype, rtype::MAILA | rtype::MAILB) {
+        msg.rcode = rcode::NOTIMP;
+        return None;
+    }
+    let Some(found) = snap.statics.find_zone(qname) else {
+        msg.rcode = rcode::REFUSED;
+        return None;
+    };
+    if ctx.slip {
+        msg.tc = true;
+        return None;
+    }
+    Some(found)
+}
+
+/// The response rate limiting bucket: NXDOMAIN by zone, so random names under it share one.
+fn rrl_key(found: &Found, qtype: u16, qname: &[u8], zone: &Zone) -> ResponseKey {
     let by_name = |class| ResponseKey {
         class,
-        qtype: q.qtype,
+        qtype,
         name: name_hash(qname),
     };
     match found {
         Found::Static(..) | Found::Address(_) | Found::Standby(_) | Found::Srv(_) => {
-            msg.rrl = by_name(ResponseClass::Answer);
+            by_name(ResponseClass::Answer)
         }
-        Found::NoData => msg.rrl = by_name(ResponseClass::NoData),
-        Found::NxDomain => {
-            msg.rrl = ResponseKey {
-                class: ResponseClass::NxDomain,
-                qtype: 0,
-                name: name_hash(&zone.apex),
-            };
-        }
-        Found::NotLoaded => {}
+        Found::NoData => by_name(ResponseClass::NoData),
+        Found::NxDomain => ResponseKey {
+            class: ResponseClass::NxDomain,
+            qtype: 0,
+            name: name_hash(&zone.apex),
+        },
+        Found::NotLoaded => ERROR_KEY,
     }
+}
+
+/// Writes what the lookup found into the answer or authority section; returns where the
+/// additional section starts, the first thing to drop when UDP is short of room.
+fn push_answer(msg: &mut Message, found: Found, zone: &Zone, out: &mut Vec<u8>) -> Option<usize> {
+    let mut additional_at = None;
     match found {
         Found::Static(set, extra) => {
             out.extend_from_slice(&set.wire);
@@ -238,25 +259,28 @@ pub fn respond(packet: &[u8], ctx: &Context, snap: &Snapshot, out: &mut Vec<u8>)
             msg.rcode = rcode::SERVFAIL;
         }
     }
-    if ctx.transport == Transport::Udp {
-        let limit = udp_limit(q.edns, snap.statics.udp_payload);
-        let opt = opt_len(q.edns);
-        if out.len() + opt > limit
-            && let Some(at) = additional_at
-        {
-            out.truncate(at);
-            msg.ar = 0;
-        }
-        if out.len() + opt > limit {
-            out.truncate(q.question_end);
-            msg.an = 0;
-            msg.ns = 0;
-            msg.ar = 0;
-            msg.tc = true;
-            msg.appliance = None;
-        }
+    additional_at
+}
+
+/// Keeps a UDP response within the requester's limit: without the additional section if
+/// that is enough, else empty with TC so it retries over TCP.
+fn fit_udp(msg: &mut Message, additional_at: Option<usize>, ours: u16, out: &mut Vec<u8>) {
+    let limit = udp_limit(msg.q.edns, ours);
+    let opt = opt_len(msg.q.edns);
+    if out.len() + opt > limit
+        && let Some(at) = additional_at
+    {
+        out.truncate(at);
+        msg.ar = 0;
     }
-    msg.finish(out, snap, ctx)
+    if out.len() + opt > limit {
+        out.truncate(msg.q.question_end);
+        msg.an = 0;
+        msg.ns = 0;
+        msg.ar = 0;
+        msg.tc = true;
+        msg.appliance = None;
+    }
 }
 
 /// Largest UDP response for this requester.
@@ -500,7 +524,23 @@ struct Message<'q> {
     rrl: ResponseKey,
 }
 
-impl Message<'_> {
+impl<'q> Message<'q> {
+    /// Authoritative NOERROR with empty sections until a step says otherwise.
+    fn new(q: &'q Query) -> Self {
+        Self {
+            q,
+            an: 0,
+            ns: 0,
+            ar: 0,
+            aa: true,
+            tc: false,
+            rcode: rcode::NOERROR,
+            scope: 0,
+            appliance: None,
+            rrl: ERROR_KEY,
+        }
+    }
+
     fn finish(self, out: &mut Vec<u8>, snap: &Snapshot, _ctx: &Context) -> Outcome {
         let mut ar = self.ar;
         if let Some(e) = self.q.edns {
