@@ -14,7 +14,7 @@ use shadowsteer::domain::{
     ApplianceHealth, ApplianceId, Fraction, PathProbe, ProbeTarget, RegionId,
 };
 use shadowsteer::risk::dataset;
-use shadowsteer::risk::live::{self, LiveSnapshot};
+use shadowsteer::risk::live::{self, LiveScores};
 use shadowsteer::risk::model::Model;
 use shadowsteer::risk::reload::ModelSource;
 use shadowsteer::risk::telemetry::Metric;
@@ -226,7 +226,7 @@ async fn live_scoring_writes_and_notifies() {
     let mut listener = listen(&db.url).await.unwrap();
     let model_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/default.json");
     let model = Arc::new(Model::load(&model_path).expect("the shipped default model loads"));
-    let (tx, mut rx) = watch::channel(Arc::new(LiveSnapshot::default()));
+    let (tx, mut rx) = watch::channel(Arc::new(LiveScores::default()));
     let settings = RiskSection {
         interval: shadowsteer::config::Duration(Duration::from_millis(200)),
         ..RiskSection::default()
@@ -380,11 +380,11 @@ fn start_scorer(
     pool: &sqlx::PgPool,
     model: &Arc<Model>,
 ) -> (
-    watch::Receiver<Arc<LiveSnapshot>>,
+    watch::Receiver<Arc<LiveScores>>,
     CancellationToken,
     tokio::task::JoinHandle<()>,
 ) {
-    let (tx, rx) = watch::channel(Arc::new(LiveSnapshot::default()));
+    let (tx, rx) = watch::channel(Arc::new(LiveScores::default()));
     let settings = RiskSection {
         interval: shadowsteer::config::Duration(Duration::from_millis(200)),
         ..RiskSection::default()

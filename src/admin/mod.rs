@@ -43,7 +43,7 @@ use tower_http::timeout::TimeoutLayer;
 
 use crate::dns::publish::PublishStatus;
 use crate::dns::stats::{ApplianceSlots, Stats};
-use crate::risk::live::LiveSnapshot;
+use crate::risk::live::LiveScores;
 use crate::risk::reload::ModelSource;
 use crate::store::audit::AuditStatus;
 use crate::store::snapshot::SyncStatus;
@@ -96,7 +96,7 @@ pub struct LiveView {
     /// The model scoring, replaceable at run time (`None` with risk scoring off).
     pub model: Option<Arc<ModelSource>>,
     /// The live scorer's latest round.
-    pub scores: Option<watch::Receiver<Arc<LiveSnapshot>>>,
+    pub scores: Option<watch::Receiver<Arc<LiveScores>>>,
     /// The publisher's status, which holds the steering threshold in force.
     pub publish: Arc<PublishStatus>,
     /// A score not confirmed for this long is not fresh (`risk.max_score_age`).

@@ -23,7 +23,7 @@ use shadowsteer::dns::tcp::TcpServer;
 use shadowsteer::dns::udp::{self, Worker};
 use shadowsteer::dns::zone::{Snapshot, Statics};
 use shadowsteer::dns::{catalog, snapshot_file, tcp};
-use shadowsteer::risk::{self, live::LiveSnapshot, model::Model, reload::ModelSource};
+use shadowsteer::risk::{self, live::LiveScores, model::Model, reload::ModelSource};
 use shadowsteer::steering::{Engine, Policy};
 use shadowsteer::store::audit::AuditStatus;
 use shadowsteer::store::replication::heartbeat::{self, LagBoard};
@@ -149,7 +149,7 @@ fn admin_state(
     pool: &sqlx::PgPool,
     status: admin::ServerStatus,
     model: Option<Arc<ModelSource>>,
-    scores: Option<watch::Receiver<Arc<LiveSnapshot>>>,
+    scores: Option<watch::Receiver<Arc<LiveScores>>>,
 ) -> admin::AppState {
     // The server cancels a slow statement (a lock wait included) itself, so a request that
     // gives up never leaves a query running on a connection the pool then replaces.
@@ -638,9 +638,9 @@ fn spawn_live_scoring(
     cfg: &SteeringConfig,
     pool: &sqlx::PgPool,
     model: Option<Arc<ModelSource>>,
-) -> Option<watch::Receiver<Arc<LiveSnapshot>>> {
+) -> Option<watch::Receiver<Arc<LiveScores>>> {
     let source = model?;
-    let (tx, rx) = watch::channel(Arc::new(LiveSnapshot::default()));
+    let (tx, rx) = watch::channel(Arc::new(LiveScores::default()));
     let scorer = risk::live::run(
         pool.clone(),
         source,

@@ -6,7 +6,7 @@
 //! async workers never waits for it. Writes go to `risk_scores` only when a score moved by more
 //! than `epsilon` (at most `max_writes_per_round`, largest moves first); the table's trigger
 //! then notifies the steering server. A database error skips the round and is reported in the
-//! snapshot; the next round retries. After an error the telemetry is re-read from the window's
+//! published scores; the next round retries. After an error the telemetry is re-read from the window's
 //! start, so nothing inserted meanwhile is missed.
 //!
 //! Scores expire (`risk.max_score_age`): every round also confirms the unchanged stored score of
@@ -46,7 +46,7 @@ const BASELINE_S: i64 = 3600;
 
 /// What the live scorer publishes after every round, for metrics and the admin API.
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct LiveSnapshot {
+pub struct LiveScores {
     /// Version of the model scoring.
     pub model_version: String,
     /// Its operating threshold.
@@ -75,8 +75,8 @@ pub struct LiveSnapshot {
     pub model_reload_failures: u64,
 }
 
-impl LiveSnapshot {
-    /// Writes the snapshot's metrics: the model, the scorer's rounds, every score.
+impl LiveScores {
+    /// Writes the metrics: the model, the scorer's rounds, every score.
     pub fn encode_metrics(&self, out: &mut crate::metrics::Scrape) -> std::fmt::Result {
         out.info(
             "shadowsteer_risk_model",
@@ -155,11 +155,11 @@ impl LiveSnapshot {
 
 /// The live scorer's latest round, for `/metrics`.
 #[derive(Debug)]
-pub struct LiveMetrics(watch::Receiver<Arc<LiveSnapshot>>);
+pub struct LiveMetrics(watch::Receiver<Arc<LiveScores>>);
 
 impl LiveMetrics {
     /// Reads what the scorer publishes on `scores`.
-    pub fn new(scores: watch::Receiver<Arc<LiveSnapshot>>) -> Self {
+    pub fn new(scores: watch::Receiver<Arc<LiveScores>>) -> Self {
         Self(scores)
     }
 }
@@ -167,8 +167,8 @@ impl LiveMetrics {
 impl crate::metrics::Collector for LiveMetrics {
     fn encode(&self, encoder: crate::metrics::DescriptorEncoder) -> std::fmt::Result {
         // Clone the Arc and let the lock go before encoding.
-        let snapshot = Arc::clone(&self.0.borrow());
-        snapshot.encode_metrics(&mut crate::metrics::Scrape::new(encoder))
+        let scores = Arc::clone(&self.0.borrow());
+        scores.encode_metrics(&mut crate::metrics::Scrape::new(encoder))
     }
 }
 
@@ -187,27 +187,27 @@ struct Round {
 
 /// Runs until `shutdown`: scores every `settings.interval` with the model `source` has in force
 /// (taken at the start of each round) while it holds the region's scorer lease, and publishes
-/// to `snapshot`. `region` is this server's region: only its subjects'
+/// to `published`. `region` is this server's region: only its subjects'
 /// rows are written. Never fails: with the database away it keeps retrying every round and
-/// says so in the snapshot.
+/// says so in what it publishes.
 pub async fn run(
     pool: PgPool,
     source: Arc<ModelSource>,
     settings: RiskSection,
     region: RegionId,
-    snapshot: watch::Sender<Arc<LiveSnapshot>>,
+    published: watch::Sender<Arc<LiveScores>>,
     shutdown: CancellationToken,
 ) {
     let holder = lease_holder_name();
     let ttl = lease_ttl(settings.interval.0);
     let mut round = Round::default();
     let mut model = source.current();
-    let mut state = LiveSnapshot {
+    let mut state = LiveScores {
         model_version: model.version.clone(),
         threshold: model.threshold,
-        ..LiveSnapshot::default()
+        ..LiveScores::default()
     };
-    snapshot.send_replace(Arc::new(state.clone()));
+    published.send_replace(Arc::new(state.clone()));
     let mut ticker = tokio::time::interval(settings.interval.0);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -234,14 +234,14 @@ pub async fn run(
                     .ok()
                     .flatten()
                     .map(|(h, _)| h);
-                snapshot.send_replace(Arc::new(state.clone()));
+                published.send_replace(Arc::new(state.clone()));
                 continue;
             }
             Err(e) => {
                 state.failed_rounds += 1;
                 state.last_error = Some(e.to_string());
                 tracing::warn!(error = %e, "cannot take the scorer lease; retrying next round");
-                snapshot.send_replace(Arc::new(state.clone()));
+                published.send_replace(Arc::new(state.clone()));
                 continue;
             }
         }
@@ -274,7 +274,7 @@ pub async fn run(
                 tracing::warn!(error = %e, "risk scoring round failed; retrying next round");
             }
         }
-        snapshot.send_replace(Arc::new(state.clone()));
+        published.send_replace(Arc::new(state.clone()));
     }
     if state.leading {
         // Hand over at once rather than when the lease expires.
