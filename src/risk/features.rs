@@ -322,104 +322,188 @@ const Z_SIGNAL_CAP: f64 = 10_000.0;
 /// Computes the feature vector of a window, the failure history and the long-term baseline
 /// (see [`super::baseline`]).
 pub fn compute(w: &Window<'_>, h: History, b: &Baseline) -> Features {
-    let rtt_baseline = b.rtt;
-    // Each span computes only the statistics the features below use: this function runs
-    // for every subject every second, so its passes are the scorer's cost.
+    // One pass per span, each computing only the statistics the features use: this function
+    // runs for every subject every second, so its passes are the scorer's cost.
+    let short = short_means(w);
+    let medium = MediumSpan::over(w);
+    let long = LongSpan::over(w);
+    // "Now" is the last 10 s, or the last minute when those 10 s have no value.
+    let m10 = |i: usize| short[i].mean().or_else(|| medium.acc[i].mean());
+    let anomaly = anomaly(&scales(&b.levels), &m10, &medium.acc, &long.acc);
+    let mut f = [0.0; N_FEATURES];
+    f[..N_CLASSIC].copy_from_slice(&classic(&m10, &medium, &long, h, b.rtt));
+    f[N_CLASSIC..].copy_from_slice(&anomaly.features());
+    f
+}
+
+/// The short span only gives "now": each signal's mean.
+fn short_means(w: &Window<'_>) -> [Acc; 8] {
     let mut short = [Acc::EMPTY; 8];
     each_tail(w, SHORT, |_, s| {
         for (acc, &x) in short.iter_mut().zip(s) {
             acc.add_mean(x);
         }
     });
-    let mut medium = [Acc::EMPTY; 8];
-    let mut rtts = [0f64; MEDIUM];
-    let mut n_rtt = 0usize;
-    let mut loss_events = 0.0;
-    let mut medium_len = 0.0;
-    each_tail(w, MEDIUM, |t, s| {
-        medium_len += 1.0;
-        medium[CPU].add_full(t, s[CPU]);
-        medium[MEM].add_lin(t, s[MEM]);
-        medium[BW].add_lin(t, s[BW]);
-        medium[SESS].add_mean(s[SESS]);
-        medium[HSF].add_lin(t, s[HSF]);
-        medium[RTT].add_full(t, s[RTT]);
-        medium[JIT].add_lin(t, s[JIT]);
-        medium[LOSS].add_lin(t, s[LOSS]);
-        medium[LOSS].add_range(s[LOSS]);
-        if !s[RTT].is_nan() {
-            rtts[n_rtt] = f64::from(s[RTT]);
-            n_rtt += 1;
-        }
-        if f64::from(s[LOSS]) >= LOSS_EVENT {
-            loss_events += 1.0;
-        }
-    });
-    // Long span: slopes of every signal but sessions, memory's low point, loss events.
-    let mut long = [Acc::EMPTY; 8];
-    let (mut loss_n, mut loss_ev_l, mut last_event) = (0.0, 0.0, None);
-    each_tail(w, WINDOW_S, |t, s| {
-        for &(m, _, _) in &ANOMALY {
-            long[m].add_lin(t, s[m]);
-        }
-        long[MEM].add_range(s[MEM]);
-        long[SESS].add_mean(s[SESS]);
-        if !s[LOSS].is_nan() {
-            loss_n += 1.0;
-            if f64::from(s[LOSS]) >= LOSS_EVENT {
-                loss_ev_l += 1.0;
-                last_event = Some(-t);
-            }
-        }
-    });
+    short
+}
 
-    let (mem_l, rtt_l, sess_l) = (long[MEM], long[RTT], long[SESS]);
-    let m10 = |i: usize| short[i].mean().or_else(|| medium[i].mean());
-    let anomaly = anomaly(&scales(&b.levels), &m10, &medium, &long);
+/// What the features take from the last minute.
+struct MediumSpan {
+    /// Per signal, the sums of [`add_medium`].
+    acc: [Acc; 8],
+    /// 95th percentile of the rtt values present.
+    rtt_p95: Option<f64>,
+    /// Share of the loss values present that are loss events (0 with none).
+    loss_events: f64,
+    /// Share of the seconds without an rtt (0 for an empty window).
+    rtt_missing: f64,
+}
+
+impl MediumSpan {
+    /// One pass over the last minute; the rtt values wait on the stack for their percentile.
+    fn over(w: &Window<'_>) -> Self {
+        let mut acc = [Acc::EMPTY; 8];
+        let mut rtts = [0f64; MEDIUM];
+        let mut n_rtt = 0usize;
+        let mut loss_events = 0.0;
+        let mut len = 0.0;
+        each_tail(w, MEDIUM, |t, s| {
+            len += 1.0;
+            add_medium(&mut acc, t, s);
+            if !s[RTT].is_nan() {
+                rtts[n_rtt] = f64::from(s[RTT]);
+                n_rtt += 1;
+            }
+            if f64::from(s[LOSS]) >= LOSS_EVENT {
+                loss_events += 1.0;
+            }
+        });
+        Self {
+            acc,
+            rtt_p95: percentile(&mut rtts[..n_rtt], 0.95),
+            loss_events: if acc[LOSS].n > 0.0 {
+                loss_events / acc[LOSS].n
+            } else {
+                0.0
+            },
+            rtt_missing: if len > 0.0 {
+                1.0 - n_rtt as f64 / len
+            } else {
+                0.0
+            },
+        }
+    }
+}
+
+/// Per signal, only the sums its minute features use: a standard deviation for cpu and rtt,
+/// a slope for the others but sessions, loss's maximum.
+#[inline]
+fn add_medium(acc: &mut [Acc; 8], t: f64, s: &Sample) {
+    acc[CPU].add_full(t, s[CPU]);
+    acc[MEM].add_lin(t, s[MEM]);
+    acc[BW].add_lin(t, s[BW]);
+    acc[SESS].add_mean(s[SESS]);
+    acc[HSF].add_lin(t, s[HSF]);
+    acc[RTT].add_full(t, s[RTT]);
+    acc[JIT].add_lin(t, s[JIT]);
+    acc[LOSS].add_lin(t, s[LOSS]);
+    acc[LOSS].add_range(s[LOSS]);
+}
+
+/// What the features take from the whole window.
+struct LongSpan {
+    /// Slopes of every [`ANOMALY`] signal, memory's low point, the sessions' mean.
+    acc: [Acc; 8],
+    /// Share of the loss values present that are loss events (0 with none).
+    loss_events: f64,
+    /// Age of the last loss event as a share of the window (1 with none).
+    since_loss_event: f64,
+}
+
+impl LongSpan {
+    /// One pass over the window.
+    fn over(w: &Window<'_>) -> Self {
+        let mut acc = [Acc::EMPTY; 8];
+        let (mut loss_n, mut loss_events, mut last_event) = (0.0, 0.0, None);
+        each_tail(w, WINDOW_S, |t, s| {
+            for &(m, _, _) in &ANOMALY {
+                acc[m].add_lin(t, s[m]);
+            }
+            acc[MEM].add_range(s[MEM]);
+            acc[SESS].add_mean(s[SESS]);
+            if !s[LOSS].is_nan() {
+                loss_n += 1.0;
+                if f64::from(s[LOSS]) >= LOSS_EVENT {
+                    loss_events += 1.0;
+                    last_event = Some(-t);
+                }
+            }
+        });
+        Self {
+            acc,
+            loss_events: if loss_n > 0.0 {
+                loss_events / loss_n
+            } else {
+                0.0
+            },
+            since_loss_event: last_event.map_or(1.0, |age: f64| age / WINDOW_S as f64),
+        }
+    }
+}
+
+/// The classic features (the first [`N_CLASSIC`], in [`FEATURE_NAMES`] order); `rtt_hour`
+/// is the baseline's rtt.
+fn classic(
+    m10: &impl Fn(usize) -> Option<f64>,
+    medium: &MediumSpan,
+    long: &LongSpan,
+    h: History,
+    rtt_hour: f64,
+) -> [f64; N_CLASSIC] {
+    let minute = &medium.acc;
+    let (mem_l, rtt_l, sess_l) = (long.acc[MEM], long.acc[RTT], long.acc[SESS]);
     let per_min = 60.0;
     let rtt_base = rtt_l.mean().filter(|m| *m > 0.0);
     let rel = |x: Option<f64>, default: f64| match (x, rtt_base) {
         (Some(x), Some(b)) => x / b,
         _ => default,
     };
-    let p95 = percentile(&mut rtts[..n_rtt], 0.95);
-    let mem10 = m10(MEM);
-    let rtt10 = m10(RTT);
-    let hour = (rtt_baseline > 0.0).then_some(rtt_baseline);
+    let hour = (rtt_hour > 0.0).then_some(rtt_hour);
     let vs_hour = |x: Option<f64>| match (x, hour) {
         (Some(x), Some(b)) => x / b,
         _ => 1.0,
     };
+    let (mem10, rtt10, p95) = (m10(MEM), m10(RTT), medium.rtt_p95);
     let since = h
         .since_recovery_s
         .map_or(1.0, |s| s.min(HISTORY_S) as f64 / HISTORY_S as f64);
     [
         m10(CPU).unwrap_or(0.0),
-        medium[CPU].mean().unwrap_or(0.0),
-        medium[CPU].slope() * per_min,
-        medium[CPU].std().unwrap_or(0.0),
+        minute[CPU].mean().unwrap_or(0.0),
+        minute[CPU].slope() * per_min,
+        minute[CPU].std().unwrap_or(0.0),
         mem10.unwrap_or(0.0),
-        medium[MEM].slope() * per_min,
+        minute[MEM].slope() * per_min,
         mem_l.slope() * per_min,
         match (mem10, mem_l.min()) {
             (Some(now), Some(low)) => (now - low).max(0.0),
             _ => 0.0,
         },
         m10(BW).unwrap_or(0.0),
-        medium[BW].mean().unwrap_or(0.0),
-        medium[BW].slope() * per_min,
+        minute[BW].mean().unwrap_or(0.0),
+        minute[BW].slope() * per_min,
         match (m10(SESS), sess_l.mean()) {
             (Some(now), Some(base)) => (now - base) / (base + 1.0),
             _ => 0.0,
         },
         m10(HSF).unwrap_or(0.0),
-        medium[HSF].mean().unwrap_or(0.0),
+        minute[HSF].mean().unwrap_or(0.0),
         rtt10.unwrap_or(0.0),
         rel(rtt10, 1.0),
         rel(p95, 1.0),
-        rel(Some(medium[RTT].slope() * per_min), 0.0),
+        rel(Some(minute[RTT].slope() * per_min), 0.0),
         rel(Some(rtt_l.slope() * per_min), 0.0),
-        match (medium[RTT].std(), medium[RTT].mean()) {
+        match (minute[RTT].std(), minute[RTT].mean()) {
             (Some(sd), Some(m)) if m > 0.0 => sd / m,
             _ => 0.0,
         },
@@ -428,46 +512,18 @@ pub fn compute(w: &Window<'_>, h: History, b: &Baseline) -> Features {
             (Some(j), Some(r)) => j / r.max(1.0),
             _ => 0.0,
         },
-        medium[JIT].mean().unwrap_or(0.0),
+        minute[JIT].mean().unwrap_or(0.0),
         m10(LOSS).unwrap_or(0.0),
-        medium[LOSS].mean().unwrap_or(0.0),
-        medium[LOSS].max().unwrap_or(0.0),
-        if medium[LOSS].n > 0.0 {
-            loss_events / medium[LOSS].n
-        } else {
-            0.0
-        },
-        if medium_len > 0.0 {
-            1.0 - n_rtt as f64 / medium_len
-        } else {
-            0.0
-        },
+        minute[LOSS].mean().unwrap_or(0.0),
+        minute[LOSS].max().unwrap_or(0.0),
+        medium.loss_events,
+        medium.rtt_missing,
         since,
         f64::from(h.failures_last_hour),
         vs_hour(rtt10),
         vs_hour(p95),
-        if loss_n > 0.0 {
-            loss_ev_l / loss_n
-        } else {
-            0.0
-        },
-        last_event.map_or(1.0, |age: f64| age / WINDOW_S as f64),
-        anomaly.max10,
-        anomaly.second10,
-        anomaly.count10,
-        anomaly.max60,
-        anomaly.trend60,
-        anomaly.trend300,
-        anomaly.persist,
-        anomaly.worsening,
-        anomaly.known,
-        anomaly.z60[0],
-        anomaly.z60[1],
-        anomaly.z60[2],
-        anomaly.z60[3],
-        anomaly.z60[4],
-        anomaly.z60[5],
-        anomaly.z60[6],
+        long.loss_events,
+        long.since_loss_event,
     ]
 }
 
@@ -507,6 +563,31 @@ struct Anomaly {
     known: f64,
     /// Each [`ANOMALY`] signal's 60 s z-score, capped at [`Z_SIGNAL_CAP`]; 0 where unknown.
     z60: [f64; ANOMALY.len()],
+}
+
+impl Anomaly {
+    /// The features after the classic ones, in [`FEATURE_NAMES`] order.
+    fn features(&self) -> [f64; N_FEATURES - N_CLASSIC] {
+        let z = self.z60;
+        [
+            self.max10,
+            self.second10,
+            self.count10,
+            self.max60,
+            self.trend60,
+            self.trend300,
+            self.persist,
+            self.worsening,
+            self.known,
+            z[0],
+            z[1],
+            z[2],
+            z[3],
+            z[4],
+            z[5],
+            z[6],
+        ]
+    }
 }
 
 fn anomaly(
