@@ -381,11 +381,7 @@ impl MediumSpan {
         Self {
             acc,
             rtt_p95: percentile(&mut rtts[..n_rtt], 0.95),
-            loss_events: if acc[LOSS].n > 0.0 {
-                loss_events / acc[LOSS].n
-            } else {
-                0.0
-            },
+            loss_events: share(loss_events, acc[LOSS].n),
             rtt_missing: if len > 0.0 {
                 1.0 - n_rtt as f64 / len
             } else {
@@ -410,6 +406,11 @@ fn add_medium(acc: &mut [Acc; 8], t: f64, s: &Sample) {
     acc[LOSS].add_range(s[LOSS]);
 }
 
+/// `count` of `of` values present (0 with none): `Acc::n` counts only the values present.
+fn share(count: f64, of: f64) -> f64 {
+    if of > 0.0 { count / of } else { 0.0 }
+}
+
 /// What the features take from the whole window.
 struct LongSpan {
     /// Slopes of every [`ANOMALY`] signal, memory's low point, the sessions' mean.
@@ -424,28 +425,22 @@ impl LongSpan {
     /// One pass over the window.
     fn over(w: &Window<'_>) -> Self {
         let mut acc = [Acc::EMPTY; 8];
-        let (mut loss_n, mut loss_events, mut last_event) = (0.0, 0.0, None);
+        let (mut loss_events, mut last_event) = (0.0, None);
         each_tail(w, WINDOW_S, |t, s| {
             for &(m, _, _) in &ANOMALY {
                 acc[m].add_lin(t, s[m]);
             }
             acc[MEM].add_range(s[MEM]);
             acc[SESS].add_mean(s[SESS]);
-            if !s[LOSS].is_nan() {
-                loss_n += 1.0;
-                if f64::from(s[LOSS]) >= LOSS_EVENT {
-                    loss_events += 1.0;
-                    last_event = Some(-t);
-                }
+            // A missing loss is NaN, never an event.
+            if f64::from(s[LOSS]) >= LOSS_EVENT {
+                loss_events += 1.0;
+                last_event = Some(-t);
             }
         });
         Self {
             acc,
-            loss_events: if loss_n > 0.0 {
-                loss_events / loss_n
-            } else {
-                0.0
-            },
+            loss_events: share(loss_events, acc[LOSS].n),
             since_loss_event: last_event.map_or(1.0, |age: f64| age / WINDOW_S as f64),
         }
     }
