@@ -6,6 +6,8 @@
 //! `benches/postgres_outage.sh`; standalone: `cargo bench --bench postgres_outage -- SECONDS`.
 //! Without arguments (as `cargo test --all-targets` runs it) it does nothing.
 
+#[path = "../tests/common/mod.rs"]
+mod common;
 #[path = "../tests/fault_support/mod.rs"]
 mod fault_support;
 #[path = "../tests/serve_harness/mod.rs"]

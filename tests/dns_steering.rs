@@ -310,44 +310,25 @@ async fn embedded_database_by_default() {
                 String::from_utf8_lossy(&out.stderr)
             );
         };
-        run(&[
-            "appliance",
-            "add",
-            "--id",
+        run(&common::appliance_add(
             "eu-1",
-            "--region",
             "eu",
-            "--endpoint",
             "192.0.2.1:51820",
-            "--public-key",
             &key(),
-        ]);
-        run(&[
-            "appliance",
-            "add",
-            "--id",
+        ));
+        run(&common::appliance_add(
             "us-1",
-            "--region",
             "us",
-            "--endpoint",
             "192.0.2.2:51820",
-            "--public-key",
             &key(),
-        ]);
-        run(&[
-            "client",
-            "add",
-            "--id",
+        ));
+        run(&common::client_add(
             "alice",
-            "--public-key",
             &key(),
-            "--tunnel-ip",
             "10.77.0.2",
-            "--primary",
             "eu-1",
-            "--shadow",
             "us-1",
-        ]);
+        ));
         eventually(Duration::from_secs(30), || {
             answer(server.dns, ALICE) == ["192.0.2.1"]
         })

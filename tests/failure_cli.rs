@@ -22,21 +22,7 @@ fn ok(db: &TestDb, args: &[&str]) -> String {
 fn add_appliance(db: &TestDb, id: &str, region: &str, ip: &str) {
     let key = random_public_key();
     let endpoint = format!("{ip}:51820");
-    ok(
-        db,
-        &[
-            "appliance",
-            "add",
-            "--id",
-            id,
-            "--region",
-            region,
-            "--endpoint",
-            &endpoint,
-            "--public-key",
-            &key,
-        ],
-    );
+    ok(db, &common::appliance_add(id, region, &endpoint, &key));
 }
 
 #[tokio::test]

@@ -4,6 +4,7 @@
 //! `SHADOWSTEER_PARTITION_SECS` shortens the partition for local iteration; CI runs the issue's
 //! 60 s (the default).
 
+mod common;
 mod regions_support;
 mod serve_harness;
 
@@ -44,20 +45,10 @@ async fn three_regions() -> Regions {
     regions.setup(&[]);
     regions.wait_streaming(Duration::from_secs(90)).await;
     for (i, id) in IDS.iter().enumerate() {
+        let (appliance, endpoint) = (format!("{id}-1"), format!("192.0.2.{}:51820", i + 1));
         cli(
             &regions.get(id).url,
-            &[
-                "appliance",
-                "add",
-                "--id",
-                &format!("{id}-1"),
-                "--region",
-                id,
-                "--endpoint",
-                &format!("192.0.2.{}:51820", i + 1),
-                "--public-key",
-                &key(),
-            ],
+            &common::appliance_add(&appliance, id, &endpoint, &key()),
         );
     }
     for r in &regions.regions {
@@ -91,20 +82,7 @@ async fn a_client_added_in_us_is_answered_by_every_region_within_a_second() {
     let added: Instant = tokio::task::spawn_blocking(move || {
         cli(
             &us_url,
-            &[
-                "client",
-                "add",
-                "--id",
-                "alice",
-                "--public-key",
-                &key(),
-                "--tunnel-ip",
-                "10.77.0.2",
-                "--primary",
-                "us-1",
-                "--shadow",
-                "eu-1",
-            ],
+            &common::client_add("alice", &key(), "10.77.0.2", "us-1", "eu-1"),
         );
         Instant::now()
     })

@@ -124,24 +124,8 @@ async fn a_thousand_sessions_resume_on_the_shadow() {
     let dir = tempfile::tempdir().unwrap();
     let service = SecretKey::generate();
     let (pp, sp) = (free_port(), free_port());
-    for (id, region, port) in [("eu-1", "eu", pp), ("us-1", "us", sp)] {
-        let (code, _, err) = common::run_cli(
-            &db,
-            &[
-                "appliance",
-                "add",
-                "--id",
-                id,
-                "--region",
-                region,
-                "--endpoint",
-                &format!("127.0.0.1:{port}"),
-                "--public-key",
-                &service.public_key().to_base64(),
-            ],
-        );
-        assert_eq!(code, 0, "{err}");
-    }
+    let ep = |port| format!("127.0.0.1:{port}");
+    agent_support::appliance_pair(&db, &service, &ep(pp), &ep(sp));
     let keys: Vec<SecretKey> = (0..SESSIONS).map(|_| SecretKey::generate()).collect();
     let publics: Vec<String> = keys.iter().map(|k| k.public_key().to_base64()).collect();
     let ips: Vec<String> = (0..SESSIONS).map(|i| client_ip(i).to_string()).collect();

@@ -80,21 +80,7 @@ async fn crash_restart_failback_and_regional_partition_with_one_postgres_per_reg
         ("us-1", "us", SHADOW, &us.url),
     ] {
         let ep = format!("{}:{WG_PORT}", Stage::ip(k));
-        cli(
-            url,
-            &[
-                "appliance",
-                "add",
-                "--id",
-                id,
-                "--region",
-                region,
-                "--endpoint",
-                &ep,
-                "--public-key",
-                &public,
-            ],
-        );
+        cli(url, &common::appliance_add(id, region, &ep, &public));
     }
     wait_for(Duration::from_secs(10), "appliances replicated", || async {
         (count(&eu.pool, "SELECT count(*) FROM appliances").await == 2
@@ -103,22 +89,10 @@ async fn crash_restart_failback_and_regional_partition_with_one_postgres_per_reg
     })
     .await;
     let client_key = SecretKey::generate();
+    let client_public = client_key.public_key().to_base64();
     cli(
         &eu.url,
-        &[
-            "client",
-            "add",
-            "--id",
-            "alice",
-            "--public-key",
-            &client_key.public_key().to_base64(),
-            "--tunnel-ip",
-            "10.77.0.2",
-            "--primary",
-            "eu-1",
-            "--shadow",
-            "us-1",
-        ],
+        &common::client_add("alice", &client_public, "10.77.0.2", "eu-1", "us-1"),
     );
     wait_for(Duration::from_secs(10), "client replicated", || async {
         (count(&us.pool, "SELECT count(*) FROM clients").await == 1).then_some(())

@@ -114,26 +114,8 @@ async fn world_with(tag: &str, stock: bool) -> Option<(World, Agent, Agent)> {
     let dir = tempfile::tempdir().unwrap();
     let stage = Stage::new(&["c", "p", "s"]);
     let service = SecretKey::generate();
-    let public = service.public_key().to_base64();
-    for (id, region, k) in [("eu-1", "eu", PRIMARY), ("us-1", "us", SHADOW)] {
-        let ep = format!("{}:{WG_PORT}", Stage::ip(k));
-        let (code, _, err) = common::run_cli(
-            &db,
-            &[
-                "appliance",
-                "add",
-                "--id",
-                id,
-                "--region",
-                region,
-                "--endpoint",
-                &ep,
-                "--public-key",
-                &public,
-            ],
-        );
-        assert_eq!(code, 0, "{err}");
-    }
+    let ep = |k| format!("{}:{WG_PORT}", Stage::ip(k));
+    agent_support::appliance_pair(&db, &service, &ep(PRIMARY), &ep(SHADOW));
     let (_, client_key, _) =
         agent_support::add_client_ip(&db, "alice", "10.77.0.2".parse().unwrap(), "eu-1", "us-1");
     let kf = key_file(dir.path(), "service.key", &service);

@@ -1,8 +1,8 @@
-//! The DNS request path: any bytes as a query, over UDP and TCP, against a snapshot with static
-//! records, steered clients and the service name. Checks more than "no panic": every response
-//! is at least a header with the query's id and QR set; a query hickory parses gets a response
-//! hickory parses, that echoes the question verbatim and fits the size the requester advertised
-//! (UDP: 512 without EDNS, else its EDNS size clamped to 512..=1232; TCP: 65535).
+//! The DNS request path: any bytes as a query, over UDP and TCP, against served zones with
+//! static records, steered clients and the service name. Checks more than "no panic": every
+//! response is at least a header with the query's id and QR set; a query hickory parses gets a
+//! response hickory parses, that echoes the question verbatim and fits the size the requester
+//! advertised (UDP: 512 without EDNS, else its EDNS size clamped to 512..=1232; TCP: 65535).
 #![no_main]
 
 use std::sync::{Arc, LazyLock};
@@ -12,7 +12,9 @@ use libfuzzer_sys::fuzz_target;
 use shadowsteer::config::SteeringConfig;
 use shadowsteer::dns::catalog;
 use shadowsteer::dns::respond::{Context, Transport, respond};
-use shadowsteer::dns::zone::{ClientIndex, ClientTable, Endpoint, Service, ServiceSet, Snapshot};
+use shadowsteer::dns::zone::{
+    ClientIndex, ClientTable, Endpoint, ServedZones, Service, ServiceSet,
+};
 use shadowsteer::steering::service::{Candidate, WeightedSet};
 
 const CONFIG: &str = r#"
@@ -39,7 +41,7 @@ data = "www.deep"
 name = "other.test"
 "#;
 
-static SNAPSHOTS: LazyLock<[Snapshot; 2]> = LazyLock::new(|| {
+static SERVED: LazyLock<[ServedZones; 2]> = LazyLock::new(|| {
     let cfg: SteeringConfig =
         shadowsteer::config::parse(std::path::Path::new("fuzz.toml"), CONFIG).expect("config");
     let statics = Arc::new(
@@ -63,7 +65,7 @@ static SNAPSHOTS: LazyLock<[Snapshot; 2]> = LazyLock::new(|| {
         capacity: 100,
         risk: 0.0,
     };
-    let loaded = Snapshot {
+    let loaded = ServedZones {
         statics: statics.clone(),
         clients: Arc::new(clients),
         service: Service {
@@ -79,7 +81,7 @@ static SNAPSHOTS: LazyLock<[Snapshot; 2]> = LazyLock::new(|| {
         },
         loaded: true,
     };
-    [loaded, Snapshot::empty(statics)]
+    [loaded, ServedZones::empty(statics)]
 });
 
 /// End of an uncompressed question (`None` when its name uses compression).
@@ -111,9 +113,9 @@ fuzz_target!(|data: &[u8]| {
         entropy: u16::from(mode),
         slip: mode & 2 != 0,
     };
-    let snap = &SNAPSHOTS[usize::from((mode >> 2) & 1)];
+    let served = &SERVED[usize::from((mode >> 2) & 1)];
     let mut out = Vec::new();
-    let outcome = respond(query, &ctx, snap, &mut out);
+    let outcome = respond(query, &ctx, served, &mut out);
     if !outcome.send {
         assert!(
             out.is_empty() || query.len() >= 12,

@@ -72,7 +72,7 @@ pub struct ServerStatus {
     pub slots: Arc<std::sync::Mutex<ApplianceSlots>>,
     /// Database freshness.
     pub sync: Arc<SyncStatus>,
-    /// Snapshot publication.
+    /// Publication of the served zones (DNS answers).
     pub publish: Arc<PublishStatus>,
     /// Audit writer.
     pub audit: Arc<AuditStatus>,

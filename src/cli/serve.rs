@@ -21,7 +21,7 @@ use shadowsteer::dns::rrl::{Limits, RateLimiter};
 use shadowsteer::dns::stats::{ApplianceSlots, Stats};
 use shadowsteer::dns::tcp::TcpServer;
 use shadowsteer::dns::udp::{self, Worker};
-use shadowsteer::dns::zone::{Snapshot, Statics};
+use shadowsteer::dns::zone::{ServedZones, Statics};
 use shadowsteer::dns::{catalog, snapshot_file, tcp};
 use shadowsteer::risk::{self, live::LiveScores, model::Model, reload::ModelSource};
 use shadowsteer::steering::{Engine, Policy};
@@ -236,7 +236,7 @@ pub async fn run(args: ServeArgs) -> CommandResult {
 
     let mut tasks = Tasks::new(&pool, opened.reachable);
     let steering = spawn_steering(&mut tasks, &setup, &pool, opened.restored, opened.saved_at);
-    let dns = spawn_dns(&mut tasks, cfg, listeners.dns, &steering.snapshot)?;
+    let dns = spawn_dns(&mut tasks, cfg, listeners.dns, &steering.served)?;
     if let Some(source) = &setup.model {
         tasks.spawn(reload_on_hangup(Arc::clone(source), tasks.shutdown.clone()));
     }
@@ -476,7 +476,7 @@ impl Tasks {
 /// What the steering tasks share with DNS and the admin listener.
 struct Steering {
     /// The answers DNS serves.
-    snapshot: Arc<ArcSwap<Snapshot>>,
+    served: Arc<ArcSwap<ServedZones>>,
     slots: Arc<Mutex<ApplianceSlots>>,
     sync: Arc<SyncStatus>,
     publish: Arc<PublishStatus>,
@@ -495,7 +495,7 @@ fn spawn_steering(
     let cfg = &setup.cfg;
     let shutdown = tasks.shutdown.clone();
     let s = Steering {
-        snapshot: Arc::new(ArcSwap::from_pointee(Snapshot::empty(
+        served: Arc::new(ArcSwap::from_pointee(ServedZones::empty(
             setup.statics.clone(),
         ))),
         slots: Arc::new(Mutex::new(ApplianceSlots::default())),
@@ -549,7 +549,7 @@ fn spawn_steering(
         statics: setup.statics.clone(),
         ecs_regions: cfg.dns.ecs_regions.clone(),
         slots: s.slots.clone(),
-        target: s.snapshot.clone(),
+        target: s.served.clone(),
         audit: audit_tx,
         status: s.publish.clone(),
         last_table: None,
@@ -573,12 +573,12 @@ struct Dns {
 }
 
 /// Starts a thread per UDP socket and a TCP server per listen address, all answering from
-/// `snapshot`.
+/// `served`.
 fn spawn_dns(
     tasks: &mut Tasks,
     cfg: &SteeringConfig,
     sockets: Vec<DnsSockets>,
-    snapshot: &Arc<ArcSwap<Snapshot>>,
+    served: &Arc<ArcSwap<ServedZones>>,
 ) -> Result<Dns, CommandError> {
     // One limiter for every worker and listener: the limit is per source prefix, whichever
     // socket its packets reach; one epoch, so the workers agree on the current second.
@@ -598,7 +598,7 @@ fn spawn_dns(
             let stats = Arc::new(Stats::default());
             dns.stats.push(stats.clone());
             let worker = Worker {
-                snapshot: snapshot.clone(),
+                served: served.clone(),
                 limiter: limiter.clone(),
                 epoch,
                 stats,
@@ -620,7 +620,7 @@ fn spawn_dns(
         let listener =
             tokio::net::TcpListener::from_std(s.tcp).context("registering the TCP listener")?;
         let server = TcpServer {
-            snapshot: snapshot.clone(),
+            served: served.clone(),
             stats: tcp_stats.clone(),
             slots: dns.tcp_slots.clone(),
             idle_timeout: cfg.dns.tcp_idle_timeout.0,

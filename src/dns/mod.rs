@@ -1,10 +1,10 @@
-//! The authoritative DNS server: answers for the configured zones from an in-memory snapshot,
-//! never waiting on the database.
+//! The authoritative DNS server: answers for the configured zones from an immutable in-memory
+//! copy, never waiting on the database.
 //!
-//! Core (pure): [`wire`] parses queries, [`respond`] answers them from a [`zone::Snapshot`],
+//! Core (pure): [`wire`] parses queries, [`respond`] answers them from a [`zone::ServedZones`],
 //! [`catalog`] builds the static zone data from the configuration, [`rrl`] limits response
 //! rates. Shell: [`udp`] (threads with batched system calls), [`tcp`] (tokio), [`publish`]
-//! (steering inputs to snapshots), [`snapshot_file`] (the last good snapshot on local disk, for
+//! (steering inputs to served zones), [`snapshot_file`] (the last good snapshot on local disk, for
 //! restarts), [`stats`] (counters for `/metrics`).
 //!
 //! Deliberately left out: DNSSEC signing, zone transfers (AXFR/IXFR are refused), dynamic

@@ -1,7 +1,7 @@
-//! The publisher: turns steering inputs into DNS snapshots. It runs the steering engine on
-//! every change of the inputs and whenever the engine asks to be woken (hold-down expiry,
-//! advisory edges), builds a new [`Snapshot`], swaps it in atomically, and hands the changed
-//! answers to the audit writer without waiting for it.
+//! The publisher: turns steering inputs into the [`ServedZones`] DNS answers from. It runs the
+//! steering engine on every change of the inputs and whenever the engine asks to be woken
+//! (hold-down expiry, advisory edges), builds a new [`ServedZones`], swaps it in atomically,
+//! and hands the changed answers to the audit writer without waiting for it.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::snapshot_file::Published;
 use super::stats::ApplianceSlots;
-use super::zone::{ClientTable, Endpoint, Service, ServiceSet, Snapshot, Statics};
+use super::zone::{ClientTable, Endpoint, ServedZones, Service, ServiceSet, Statics};
 use crate::config::{EcsRegion, SteeringSection};
 use crate::domain::{ApplianceState, Probability, RegionId};
 use crate::risk::reload::ModelSource;
@@ -25,17 +25,17 @@ use crate::steering::{AnswerChange, ApplianceInput, Engine, Inputs, Policy};
 /// What the publisher reports to metrics and health checks.
 #[derive(Debug, Default)]
 pub struct PublishStatus {
-    /// Snapshots published from the database.
+    /// Versions of the served zones published from the database.
     pub generation: AtomicU64,
-    /// When the current snapshot was built (Unix milliseconds).
+    /// When the served zones in force were built (Unix milliseconds).
     pub published_at_ms: AtomicI64,
-    /// Clients in the current snapshot.
+    /// Clients in the served zones in force.
     pub clients: AtomicU64,
     /// Answer changes so far.
     pub changes: AtomicU64,
     /// Changes the audit writer could not take (its queue was full).
     pub audit_dropped: AtomicU64,
-    /// Whether a snapshot from the database (or restored from disk) is being served.
+    /// Whether answers from the database (or restored from disk) are being served.
     pub loaded: AtomicBool,
     /// Whether the server started from the snapshot saved on disk.
     pub restored: AtomicBool,
@@ -62,7 +62,7 @@ impl PublishStatus {
     }
 }
 
-/// Builds and publishes snapshots.
+/// Builds and publishes the served zones.
 pub struct Publisher {
     /// Steering state and the thresholds in force (the service name uses the threshold too).
     pub engine: Engine,
@@ -72,8 +72,8 @@ pub struct Publisher {
     pub ecs_regions: Vec<EcsRegion>,
     /// Metrics slots of appliances.
     pub slots: Arc<Mutex<ApplianceSlots>>,
-    /// Where snapshots go.
-    pub target: Arc<ArcSwap<Snapshot>>,
+    /// Where the served zones go.
+    pub target: Arc<ArcSwap<ServedZones>>,
     /// Where changes go (the audit writer).
     pub audit: mpsc::Sender<AnswerChange>,
     /// Status for metrics.
@@ -223,7 +223,7 @@ impl Publisher {
             .map(|e| (e.prefix, region_index.get(&e.region).copied().flatten()))
             .collect();
         drop(slots);
-        let snapshot = Snapshot {
+        let served = ServedZones {
             statics: self.statics.clone(),
             clients,
             service: Service {
@@ -233,14 +233,14 @@ impl Publisher {
             },
             loaded: true,
         };
-        let n_clients = snapshot.clients.len() as u64;
+        let n_clients = served.clients.len() as u64;
         if let Some(saved) = &self.saved {
             saved.send_replace(Some(Published {
                 inputs: inputs.clone(),
-                table: snapshot.clients.clone(),
+                table: served.clients.clone(),
             }));
         }
-        self.target.store(Arc::new(snapshot));
+        self.target.store(Arc::new(served));
         tracing::debug!(
             clients = n_clients,
             evaluate_us = evaluated.as_micros() as u64,

@@ -1,4 +1,4 @@
-//! The answer function: query bytes in, response bytes out, from a [`Snapshot`]. Pure: no
+//! The answer function: query bytes in, response bytes out, from a [`ServedZones`]. Pure: no
 //! sockets, no clock, no allocation once `out` has grown to its working size.
 //!
 //! Semantics (what the best authoritative servers do):
@@ -28,7 +28,7 @@ use std::net::IpAddr;
 use super::name::{MAX_NAME, label_starts};
 use super::rrl::{ResponseClass, ResponseKey, name_hash};
 use super::wire::{self, ClientSubnet, Edns, Query, Reject, flag, rcode, rtype};
-use super::zone::{Endpoint, RrSet, Service, ServiceSet, Snapshot, Zone};
+use super::zone::{Endpoint, RrSet, ServedZones, Service, ServiceSet, Zone};
 
 /// How the query arrived.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,19 +110,19 @@ enum Found<'s> {
 }
 
 /// Answers one query into `out` (cleared first).
-pub fn respond(packet: &[u8], ctx: &Context, snap: &Snapshot, out: &mut Vec<u8>) -> Outcome {
+pub fn respond(packet: &[u8], ctx: &Context, served: &ServedZones, out: &mut Vec<u8>) -> Outcome {
     out.clear();
     let mut lower = [0u8; MAX_NAME];
     let q = match wire::parse(packet, &mut lower) {
         Ok(q) => q,
-        Err(reject) => return reject_reply(packet, reject, snap, out),
+        Err(reject) => return reject_reply(packet, reject, served, out),
     };
     let qname = &lower[..q.qname_len];
     out.extend_from_slice(&packet[..q.question_end]);
     let mut msg = Message::new(&q);
-    let Some((zone, prefix_len)) = admit(&mut msg, qname, ctx, snap) else {
+    let Some((zone, prefix_len)) = admit(&mut msg, qname, ctx, served) else {
         msg.aa = false;
-        return msg.finish(out, snap, ctx);
+        return msg.finish(out, served, ctx);
     };
     let ecs = q.edns.and_then(|e| e.ecs);
     let entropy = mix(q.id, ctx.entropy);
@@ -131,7 +131,7 @@ pub fn respond(packet: &[u8], ctx: &Context, snap: &Snapshot, out: &mut Vec<u8>)
         qname,
         prefix_len,
         q.qtype,
-        snap,
+        served,
         ecs.as_ref(),
         entropy,
         &mut msg.scope,
@@ -139,20 +139,20 @@ pub fn respond(packet: &[u8], ctx: &Context, snap: &Snapshot, out: &mut Vec<u8>)
     msg.rrl = rrl_key(&found, q.qtype, qname, zone);
     let additional_at = push_answer(&mut msg, found, zone, out);
     if ctx.transport == Transport::Udp {
-        fit_udp(&mut msg, additional_at, snap.statics.udp_payload, out);
+        fit_udp(&mut msg, additional_at, served.statics.udp_payload, out);
     }
-    msg.finish(out, snap, ctx)
+    msg.finish(out, served, ctx)
 }
 
 /// Packets `wire::parse` turned away: nothing, or FORMERR/NOTIMP without a lookup.
-fn reject_reply(packet: &[u8], reject: Reject, snap: &Snapshot, out: &mut Vec<u8>) -> Outcome {
+fn reject_reply(packet: &[u8], reject: Reject, served: &ServedZones, out: &mut Vec<u8>) -> Outcome {
     match reject {
         Reject::Drop => Outcome::DROP,
         Reject::FormErr { question_end, edns } => {
-            error_reply(packet, question_end, edns, rcode::FORMERR, snap, out)
+            error_reply(packet, question_end, edns, rcode::FORMERR, served, out)
         }
         Reject::NotImp { question_end } => {
-            error_reply(packet, question_end, None, rcode::NOTIMP, snap, out)
+            error_reply(packet, question_end, None, rcode::NOTIMP, served, out)
         }
     }
 }
@@ -164,7 +164,7 @@ fn admit<'s>(
     msg: &mut Message,
     qname: &[u8],
     ctx: &Context,
-    snap: &'s Snapshot,
+    served: &'s ServedZones,
 ) -> Option<(&'s Zone, usize)> {
     let q = msg.q;
     if q.edns.is_some_and(|e| e.version != 0) {
@@ -181,7 +181,7 @@ fn admit<'s>(
         msg.rcode = rcode::NOTIMP;
         return None;
     }
-    let Some(found) = snap.statics.find_zone(qname) else {
+    let Some(found) = served.statics.find_zone(qname) else {
         msg.rcode = rcode::REFUSED;
         return None;
     };
@@ -311,7 +311,7 @@ fn resolve<'s>(
     qname: &[u8],
     prefix_len: usize,
     qtype: u16,
-    snap: &'s Snapshot,
+    served: &'s ServedZones,
     ecs: Option<&ClientSubnet>,
     entropy: u32,
     scope: &mut u8,
@@ -337,22 +337,22 @@ fn resolve<'s>(
         return Found::NoData;
     }
     let prefix = &qname[..prefix_len];
-    if !snap.loaded && (prefix == &*zone.service || is_client_name(zone, prefix)) {
+    if !served.loaded && (prefix == &*zone.service || is_client_name(zone, prefix)) {
         return Found::NotLoaded;
     }
     if prefix == &*zone.service {
-        let (set, s) = service_set(&snap.service, ecs);
+        let (set, s) = service_set(&served.service, ecs);
         *scope = s;
         let family = |set: &'s ServiceSet, v6: bool| if v6 { &set.v6 } else { &set.v4 };
         let v6 = match qtype {
             rtype::A => false,
             rtype::AAAA => true,
-            rtype::ANY => set.v4.is_empty() && snap.service.all.v4.is_empty(),
+            rtype::ANY => set.v4.is_empty() && served.service.all.v4.is_empty(),
             _ => return Found::NoData,
         };
         let mut candidates = family(set, v6);
         if candidates.is_empty() {
-            candidates = family(&snap.service.all, v6);
+            candidates = family(&served.service.all, v6);
         }
         return match candidates.pick(entropy) {
             Some(ep) => Found::Address(*ep),
@@ -374,12 +374,12 @@ fn resolve<'s>(
     }
     let id_at = starts[n - 2];
     let id = &prefix[id_at + 1..starts[n - 1]];
-    let Some(assigned) = snap.clients.get(id) else {
+    let Some(assigned) = served.clients.get(id) else {
         return Found::NxDomain;
     };
     let leading = &prefix[..id_at];
     if leading == b"\x07standby" {
-        return match snap.clients.standby(id).flatten() {
+        return match served.clients.standby(id).flatten() {
             Some(ep) if address_type(qtype, ep.ip) => Found::Standby(ep),
             _ => Found::NoData,
         };
@@ -541,7 +541,7 @@ impl<'q> Message<'q> {
         }
     }
 
-    fn finish(self, out: &mut Vec<u8>, snap: &Snapshot, _ctx: &Context) -> Outcome {
+    fn finish(self, out: &mut Vec<u8>, served: &ServedZones, _ctx: &Context) -> Outcome {
         let mut ar = self.ar;
         if let Some(e) = self.q.edns {
             push_opt(
@@ -549,7 +549,7 @@ impl<'q> Message<'q> {
                 e,
                 (self.rcode >> 4) as u8,
                 self.scope,
-                snap.statics.udp_payload,
+                served.statics.udp_payload,
             );
             ar += 1;
         }
@@ -599,7 +599,7 @@ fn error_reply(
     question_end: Option<usize>,
     edns: Option<Edns>,
     code: u16,
-    snap: &Snapshot,
+    served: &ServedZones,
     out: &mut Vec<u8>,
 ) -> Outcome {
     let end = question_end.unwrap_or(wire::HEADER_LEN);
@@ -607,7 +607,13 @@ fn error_reply(
     let flags = u16::from_be_bytes([packet[2], packet[3]]);
     let mut ar = 0;
     if let Some(e) = edns {
-        push_opt(out, Edns { ecs: None, ..e }, 0, 0, snap.statics.udp_payload);
+        push_opt(
+            out,
+            Edns { ecs: None, ..e },
+            0,
+            0,
+            served.statics.udp_payload,
+        );
         ar = 1;
     }
     let qd = u16::from(question_end.is_some());

@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 
 use super::respond::{self, Context, Transport};
 use super::stats::Stats;
-use super::zone::Snapshot;
+use super::zone::ServedZones;
 
 /// Binds a TCP listener on `addr` (address reuse on, so a restart does not wait for
 /// TIME_WAIT).
@@ -41,8 +41,8 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 /// Shared state of the TCP servers.
 #[derive(Clone)]
 pub struct TcpServer {
-    /// The current snapshot.
-    pub snapshot: Arc<ArcSwap<Snapshot>>,
+    /// What to answer from; the publisher swaps it whole.
+    pub served: Arc<ArcSwap<ServedZones>>,
     /// Counters (shared by all TCP connections).
     pub stats: Arc<Stats>,
     /// Connection slots.
@@ -123,7 +123,7 @@ impl TcpServer {
                 entropy,
                 slip: false,
             };
-            let outcome = respond::respond(body, &ctx, &self.snapshot.load(), &mut out);
+            let outcome = respond::respond(body, &ctx, &self.served.load(), &mut out);
             self.stats.record(&outcome);
             self.stats
                 .record_latency(started.elapsed().as_nanos() as u64, 1);

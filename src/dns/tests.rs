@@ -1,4 +1,4 @@
-//! Answers of the pure core, checked with hickory's message parser on a fixed snapshot.
+//! Answers of the pure core, checked with hickory's message parser on fixed served zones.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -10,7 +10,7 @@ use hickory_proto::rr::{RData, RecordType};
 use super::catalog;
 use super::respond::{Context, Outcome, Transport, respond};
 use super::wire::rtype;
-use super::zone::{ClientTable, Endpoint, Service, ServiceSet, Snapshot};
+use super::zone::{ClientTable, Endpoint, ServedZones, Service, ServiceSet};
 use crate::config::SteeringConfig;
 use crate::steering::service::{Candidate, WeightedSet};
 
@@ -43,7 +43,7 @@ type = "CNAME"
 data = "www.deep"
 "#;
 
-fn snapshot() -> Snapshot {
+fn served_zones() -> ServedZones {
     let cfg: SteeringConfig = crate::config::parse(Path::new("t.toml"), CONFIG).unwrap();
     let statics = catalog::build(&cfg.dns, 7, &|_| unreachable!()).unwrap();
     let ep = |ip: &str, port, slot| Endpoint {
@@ -76,7 +76,7 @@ fn snapshot() -> Snapshot {
         v4: WeightedSet::build(vec![cand("192.0.2.9", 2)], 0.7),
         v6: WeightedSet::default(),
     };
-    Snapshot {
+    ServedZones {
         statics: Arc::new(statics),
         clients: Arc::new(clients),
         service: Service {
@@ -132,19 +132,19 @@ impl Q {
     }
 }
 
-fn ask_with(q: &Q, transport: Transport, snap: &Snapshot) -> (Outcome, Vec<u8>) {
+fn ask_with(q: &Q, transport: Transport, served: &ServedZones) -> (Outcome, Vec<u8>) {
     let mut out = Vec::new();
     let ctx = Context {
         transport,
         entropy: 4242,
         slip: false,
     };
-    let o = respond(&q.bytes, &ctx, snap, &mut out);
+    let o = respond(&q.bytes, &ctx, served, &mut out);
     (o, out)
 }
 
 fn ask(q: &Q) -> Message {
-    let (o, out) = ask_with(q, Transport::Udp, &snapshot());
+    let (o, out) = ask_with(q, Transport::Udp, &served_zones());
     assert!(o.send);
     Message::from_vec(&out).unwrap()
 }
@@ -287,7 +287,7 @@ fn edns_badvers_and_ecs_scope() {
     let (o, out) = ask_with(
         &query("alice.c.vpn.example.net", rtype::A).edns(4096, 1, None),
         Transport::Udp,
-        &snapshot(),
+        &served_zones(),
     );
     assert_eq!(o.rcode, 16);
     let m = Message::from_vec(&out).unwrap();
@@ -298,7 +298,7 @@ fn edns_badvers_and_ecs_scope() {
     let (_, out) = ask_with(
         &query("alice.c.vpn.example.net", rtype::A).edns(1232, 0, Some(("198.51.100.0", 24))),
         Transport::Udp,
-        &snapshot(),
+        &served_zones(),
     );
     let tail = &out[out.len() - 11..];
     assert_eq!(tail, [0, 8, 0, 7, 0, 1, 24, 0, 198, 51, 100]);
@@ -306,7 +306,7 @@ fn edns_badvers_and_ecs_scope() {
     for e in 0..50u16 {
         let mut q = query("gw.vpn.example.net", rtype::A).edns(1232, 0, Some(("198.51.100.0", 24)));
         q.bytes[0] = e as u8;
-        let (_, out) = ask_with(&q, Transport::Udp, &snapshot());
+        let (_, out) = ask_with(&q, Transport::Udp, &served_zones());
         let m = Message::from_vec(&out).unwrap();
         assert_eq!(addrs(&m), ["192.0.2.9"]);
         assert_eq!(out[out.len() - 4], 24, "scope");
@@ -316,19 +316,19 @@ fn edns_badvers_and_ecs_scope() {
     let (_, out) = ask_with(
         &query("gw.vpn.example.net", rtype::A).edns(1232, 0, Some(("203.0.113.0", 24))),
         Transport::Udp,
-        &snapshot(),
+        &served_zones(),
     );
     assert_eq!(out[out.len() - 4], 5);
 }
 
 #[test]
 fn service_is_weighted_over_all() {
-    let snap = snapshot();
+    let served = served_zones();
     let mut seen = std::collections::BTreeSet::new();
     for id in 0..200u16 {
         let mut q = query("gw.vpn.example.net", rtype::A);
         q.bytes[..2].copy_from_slice(&id.to_be_bytes());
-        let (_, out) = ask_with(&q, Transport::Udp, &snap);
+        let (_, out) = ask_with(&q, Transport::Udp, &served);
         seen.extend(addrs(&Message::from_vec(&out).unwrap()));
     }
     assert_eq!(
@@ -342,33 +342,33 @@ fn service_is_weighted_over_all() {
 #[test]
 fn truncation_over_udp_not_tcp() {
     let q = query("big.vpn.example.net", rtype::TXT);
-    let (o, out) = ask_with(&q, Transport::Udp, &snapshot());
+    let (o, out) = ask_with(&q, Transport::Udp, &served_zones());
     assert!(o.truncated);
     let m = Message::from_vec(&out).unwrap();
     assert!(m.metadata.truncation);
     assert!(m.answers.is_empty());
-    let (o, out) = ask_with(&q, Transport::Tcp, &snapshot());
+    let (o, out) = ask_with(&q, Transport::Tcp, &served_zones());
     assert!(!o.truncated);
     assert_eq!(Message::from_vec(&out).unwrap().answers.len(), 1);
     // With EDNS and a big enough buffer it fits over UDP.
-    let (o, _) = ask_with(&q.edns(1232, 0, None), Transport::Udp, &snapshot());
+    let (o, _) = ask_with(&q.edns(1232, 0, None), Transport::Udp, &served_zones());
     assert!(!o.truncated);
 }
 
 #[test]
 fn malformed_and_refused() {
-    let snap = snapshot();
+    let served = served_zones();
     let (o, _) = ask_with(
         &Q {
             bytes: vec![1, 2, 3],
         },
         Transport::Udp,
-        &snap,
+        &served,
     );
     assert!(!o.send);
     let mut two = query("alice.c.vpn.example.net", rtype::A);
     two.bytes[5] = 2;
-    let (o, out) = ask_with(&two, Transport::Udp, &snap);
+    let (o, out) = ask_with(&two, Transport::Udp, &served);
     assert_eq!(o.rcode, 1);
     assert_eq!(
         Message::from_vec(&out).unwrap().metadata.response_code,
@@ -377,13 +377,13 @@ fn malformed_and_refused() {
     let (o, _) = ask_with(
         &query("vpn.example.net", rtype::AXFR),
         Transport::Tcp,
-        &snap,
+        &served,
     );
     assert_eq!(o.rcode, 5);
     let mut chaos = query("version.bind", rtype::TXT);
     let n = chaos.bytes.len();
     chaos.bytes[n - 1] = 3;
-    let (o, _) = ask_with(&chaos, Transport::Udp, &snap);
+    let (o, _) = ask_with(&chaos, Transport::Udp, &served);
     assert_eq!(o.rcode, 5);
 }
 
@@ -398,7 +398,7 @@ fn slip_answers_empty_with_tc() {
     let o = respond(
         &query("alice.c.vpn.example.net", rtype::A).bytes,
         &ctx,
-        &snapshot(),
+        &served_zones(),
         &mut out,
     );
     assert!(o.truncated);
@@ -441,18 +441,18 @@ fn catalog_refuses_what_it_cannot_serve() {
 #[test]
 fn random_packets_never_panic() {
     use proptest::prelude::*;
-    let snap = snapshot();
+    let served = served_zones();
     proptest!(|(bytes in proptest::collection::vec(any::<u8>(), 0..600))| {
         let mut out = Vec::new();
         let ctx = Context { transport: Transport::Udp, entropy: 0, slip: false };
-        let _ = respond(&bytes, &ctx, &snap, &mut out);
+        let _ = respond(&bytes, &ctx, &served, &mut out);
     });
     proptest!(|(mut bytes in proptest::collection::vec(any::<u8>(), 12..300), qd in 0u16..2)| {
         // Mostly-valid headers reach the deeper code paths.
         bytes[2] = 0x01; bytes[3] = 0; bytes[4] = 0; bytes[5] = qd as u8;
         let mut out = Vec::new();
         let ctx = Context { transport: Transport::Udp, entropy: 0, slip: false };
-        let _ = respond(&bytes, &ctx, &snap, &mut out);
+        let _ = respond(&bytes, &ctx, &served, &mut out);
     });
     let _ = SocketAddr::from(([127, 0, 0, 1], 1));
 }
@@ -467,9 +467,9 @@ fn zone_file_records_are_served() {
         Ok(zone.to_owned())
     })
     .unwrap();
-    let snap = Snapshot::empty(Arc::new(statics));
+    let served = ServedZones::empty(Arc::new(statics));
     let ask = |name: &str, t: u16| {
-        let (_, out) = ask_with(&query(name, t), Transport::Udp, &snap);
+        let (_, out) = ask_with(&query(name, t), Transport::Udp, &served);
         Message::from_vec(&out).unwrap()
     };
     let m = ask("WWW.z.test", rtype::A);
@@ -487,12 +487,12 @@ fn zone_file_records_are_served() {
 
 #[test]
 fn before_the_first_load_client_names_get_servfail_never_nxdomain() {
-    let snap = Snapshot {
+    let served = ServedZones {
         loaded: false,
-        ..snapshot()
+        ..served_zones()
     };
     let rcode = |name: &str, t: u16| {
-        let (o, out) = ask_with(&query(name, t), Transport::Udp, &snap);
+        let (o, out) = ask_with(&query(name, t), Transport::Udp, &served);
         let m = Message::from_vec(&out).unwrap();
         if o.rcode == 2 {
             assert!(!m.metadata.authoritative && m.answers.is_empty());
@@ -524,8 +524,8 @@ fn before_the_first_load_client_names_get_servfail_never_nxdomain() {
 #[test]
 fn responses_carry_their_rate_limiting_key() {
     use super::rrl::{ResponseClass, name_hash};
-    let snap = snapshot();
-    let key = |name: &str, t: u16| ask_with(&query(name, t), Transport::Udp, &snap).0.rrl;
+    let served = served_zones();
+    let key = |name: &str, t: u16| ask_with(&query(name, t), Transport::Udp, &served).0.rrl;
     let a = key("Alice.c.vpn.example.net", rtype::A);
     assert_eq!(a.class, ResponseClass::Answer);
     assert_eq!(a.qtype, rtype::A);

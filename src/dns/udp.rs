@@ -1,7 +1,7 @@
 //! The UDP fast path: one OS thread per worker, each with its own `SO_REUSEPORT` socket per
 //! listen address, reading and writing up to [`BATCH`] datagrams per system call
 //! (`recvmmsg`/`sendmmsg`). No task per packet, no allocation per packet: the kernel spreads
-//! packets over the sockets, each thread answers from the current snapshot.
+//! packets over the sockets, each thread answers from the served zones in force.
 //!
 //! Rate limiting happens after a query is answered ([`super::rrl`] keys buckets by the kind of
 //! response); every worker counts seconds from one shared epoch, so they agree on the current
@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use super::respond::{self, Context, Transport};
 use super::rrl::{RateLimiter, Verdict};
 use super::stats::Stats;
-use super::zone::Snapshot;
+use super::zone::ServedZones;
 
 /// Datagrams per system call.
 pub const BATCH: usize = 32;
@@ -77,8 +77,8 @@ fn to_socket_addr(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
 
 /// What a worker needs besides its socket.
 pub struct Worker {
-    /// The current snapshot.
-    pub snapshot: Arc<ArcSwap<Snapshot>>,
+    /// What to answer from; the publisher swaps it whole.
+    pub served: Arc<ArcSwap<ServedZones>>,
     /// The rate limiter shared by all workers.
     pub limiter: Arc<RateLimiter>,
     /// Start of the seconds the rate limiter counts: one instant for every worker, so that
@@ -170,7 +170,7 @@ impl Worker {
     /// how many responses are queued for sending.
     fn answer(&self, batch: &mut Batch, n: usize) -> usize {
         let now = self.epoch.elapsed().as_secs();
-        let snap = self.snapshot.load();
+        let served = self.served.load();
         let mut m = 0usize;
         for i in 0..n {
             let len = batch.hdrs[i].msg_len as usize;
@@ -188,7 +188,7 @@ impl Worker {
             };
             let packet = &batch.inbufs[i][..len];
             let out = &mut batch.outbufs[i];
-            let outcome = respond::respond(packet, &ctx, &snap, out);
+            let outcome = respond::respond(packet, &ctx, &served, out);
             self.stats.record(&outcome);
             if !outcome.send {
                 continue;
@@ -198,7 +198,7 @@ impl Worker {
                 Verdict::Slip => {
                     self.stats.record_limited(true);
                     ctx.slip = true;
-                    respond::respond(packet, &ctx, &snap, out);
+                    respond::respond(packet, &ctx, &served, out);
                 }
                 Verdict::Drop => {
                     self.stats.record_limited(false);
@@ -356,7 +356,7 @@ mod tests {
         let fault = Arc::new(AtomicBool::new(false));
         let shutdown = CancellationToken::new();
         let worker = Worker {
-            snapshot: Arc::new(ArcSwap::from_pointee(Snapshot::empty(statics))),
+            served: Arc::new(ArcSwap::from_pointee(ServedZones::empty(statics))),
             limiter: Arc::new(RateLimiter::new(
                 Limits::from_config(&cfg.dns.rate_limit),
                 9,

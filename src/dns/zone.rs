@@ -1,4 +1,5 @@
-//! What the DNS server answers from: an immutable snapshot, swapped whole when anything changes.
+//! What the DNS server answers from: [`ServedZones`], immutable, swapped whole when anything
+//! changes.
 //!
 //! Everything is kept ready in wire form. Static RRsets are rendered once with their owner
 //! name as a compression pointer to the question (offset 12), which is always the owner of an
@@ -116,8 +117,8 @@ pub struct Service {
 }
 
 /// Client id bytes to a dense index. Built once per set of clients and shared by every
-/// snapshot until a client is added or removed, so that a change of answers only rebuilds the
-/// (allocation-free) answer vector.
+/// [`ServedZones`] until a client is added or removed, so that a change of answers only
+/// rebuilds the (allocation-free) answer vector.
 pub type ClientIndex = HashMap<Box<[u8]>, u32, BuildNameHasher>;
 
 /// Steered answers by client id bytes.
@@ -150,7 +151,8 @@ impl ClientTable {
         self
     }
 
-    /// A table from (id, answer) pairs, building its own index (tests build snapshots by hand).
+    /// A table from (id, answer) pairs, building its own index (tests build [`ServedZones`] by
+    /// hand).
     #[cfg(test)]
     pub fn from_pairs(pairs: impl IntoIterator<Item = (Box<[u8]>, Option<Endpoint>)>) -> Self {
         let mut index = ClientIndex::default();
@@ -199,23 +201,24 @@ impl ClientTable {
     }
 }
 
-/// Everything the server answers from. Immutable; replaced whole.
+/// Everything the server answers from: the zones' static records and every steered answer.
+/// Immutable; the publisher replaces it whole.
 #[derive(Debug, Clone)]
-pub struct Snapshot {
-    /// Configuration-derived part, shared between snapshots.
+pub struct ServedZones {
+    /// Configuration-derived part, shared between versions.
     pub statics: Arc<Statics>,
     /// Steered answer of every client, by client id bytes; `None` when no appliance can be
-    /// chosen (the name exists, the answer is empty). Shared between snapshots while no
+    /// chosen (the name exists, the answer is empty). Shared between versions while no
     /// answer changes.
     pub clients: Arc<ClientTable>,
     /// The service name.
     pub service: Service,
-    /// Whether it was loaded from the database (false: the empty start-up snapshot).
+    /// Whether it was loaded from the database (false: the empty start-up version).
     pub loaded: bool,
 }
 
-impl Snapshot {
-    /// A snapshot with the static data only, answered before the first database load.
+impl ServedZones {
+    /// The static data only, answered before the first database load.
     pub fn empty(statics: Arc<Statics>) -> Self {
         Self {
             statics,

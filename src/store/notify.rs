@@ -87,6 +87,41 @@ pub async fn listen(url: &str) -> Result<PgListener, StoreError> {
     Ok(listener)
 }
 
+/// A listener subscribed to [`CHANNEL`] on a connection made as `pool` makes them.
+pub async fn listen_with(pool: &sqlx::PgPool) -> Result<PgListener, sqlx::Error> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.listen(CHANNEL).await?;
+    Ok(listener)
+}
+
+/// What a listener brought: every follower of [`CHANNEL`] reads it through [`recv`], so all
+/// treat a gap and a failure alike.
+#[derive(Debug)]
+pub enum Notice {
+    /// One of our changes.
+    Change(Change),
+    /// The connection dropped and sqlx re-established it (and re-issued LISTEN): changes may
+    /// have been missed, so the follower's copy must be re-read.
+    Gap,
+    /// The listener failed; it must be connected again.
+    Failed(sqlx::Error),
+}
+
+/// The next notice on `listener`; notifications not from our triggers are skipped.
+pub async fn recv(listener: &mut PgListener) -> Notice {
+    loop {
+        match listener.try_recv().await {
+            Ok(Some(n)) => {
+                if let Some(c) = Change::from_notification(&n) {
+                    return Notice::Change(c);
+                }
+            }
+            Ok(None) => return Notice::Gap,
+            Err(e) => return Notice::Failed(e),
+        }
+    }
+}
+
 /// Wait between attempts while the database is unreachable or a re-read failed.
 const RETRY: Duration = Duration::from_secs(1);
 
@@ -174,50 +209,40 @@ impl Follower {
     /// `shutdown`.
     pub async fn next(&mut self, shutdown: &CancellationToken) -> Heard {
         let retry = self.stale || self.listener.is_none();
-        let recv = async {
+        let notice = async {
             match self.listener.as_mut() {
-                Some(l) => l.try_recv().await,
+                Some(l) => recv(l).await,
                 None => std::future::pending().await,
             }
         };
-        let r = tokio::select! {
+        let notice = tokio::select! {
             () = shutdown.cancelled() => return Heard::Shutdown,
             _ = self.resync.tick() => {
                 self.stale = true;
                 return Heard::Nothing;
             }
             () = tokio::time::sleep(RETRY), if retry => return Heard::Nothing,
-            r = recv => r,
+            notice = notice => notice,
         };
-        self.heard(r).map_or(Heard::Nothing, Heard::Change)
+        self.heard(notice).map_or(Heard::Nothing, Heard::Change)
     }
 
     /// The next change if one arrives before `until`; None at `until`, after a gap (the copy
     /// is then stale) or when the listener failed.
     pub async fn next_until(&mut self, until: tokio::time::Instant) -> Option<Change> {
-        loop {
-            let l = self.listener.as_mut()?;
-            match tokio::time::timeout_at(until, l.try_recv()).await.ok()? {
-                Ok(Some(n)) => {
-                    // A notification not from our triggers: keep waiting.
-                    if let Some(c) = Change::from_notification(&n) {
-                        return Some(c);
-                    }
-                }
-                gap_or_error => return self.heard(gap_or_error),
-            }
-        }
+        let l = self.listener.as_mut()?;
+        let notice = tokio::time::timeout_at(until, recv(l)).await.ok()?;
+        self.heard(notice)
     }
 
-    fn heard(&mut self, r: Result<Option<PgNotification>, sqlx::Error>) -> Option<Change> {
-        match r {
-            Ok(Some(n)) => Change::from_notification(&n),
-            // The connection dropped and was re-established: changes may have been missed.
-            Ok(None) => {
+    fn heard(&mut self, notice: Notice) -> Option<Change> {
+        match notice {
+            Notice::Change(c) => Some(c),
+            Notice::Gap => {
                 self.stale = true;
                 None
             }
-            Err(e) => {
+            Notice::Failed(e) => {
                 self.report(format!("listener failed: {e}"));
                 self.listener = None;
                 None

@@ -14,11 +14,10 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use sqlx::PgPool;
-use sqlx::postgres::PgListener;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::notify::{CHANNEL, Change, ChangedTable};
+use super::notify::{self, Change, ChangedTable, Notice};
 use super::{StoreError, age_ms};
 use crate::domain::{ApplianceId, ClientId, Probability, RegionId};
 use crate::steering::{
@@ -361,27 +360,18 @@ enum Event {
 async fn listen(pool: PgPool, tx: mpsc::Sender<Event>) {
     let mut backoff = Duration::from_millis(250);
     loop {
-        let connected = async {
-            let mut l = PgListener::connect_with(&pool).await?;
-            l.listen(CHANNEL).await?;
-            Ok::<_, sqlx::Error>(l)
-        }
-        .await;
-        match connected {
+        match notify::listen_with(&pool).await {
             Ok(mut listener) => {
                 backoff = Duration::from_millis(250);
                 if tx.send(Event::Connected).await.is_err() {
                     return;
                 }
                 loop {
-                    let event = match listener.try_recv().await {
-                        Ok(Some(n)) => match Change::from_notification(&n) {
-                            Some(c) => Event::Change(c),
-                            None => continue,
-                        },
-                        // Lost and re-established (and LISTEN re-issued) by sqlx.
-                        Ok(None) => Event::Connected,
-                        Err(e) => {
+                    let event = match notify::recv(&mut listener).await {
+                        Notice::Change(c) => Event::Change(c),
+                        // Re-established by sqlx: anything may have been missed.
+                        Notice::Gap => Event::Connected,
+                        Notice::Failed(e) => {
                             let _ = tx.send(Event::Lost(e.to_string())).await;
                             break;
                         }

@@ -21,7 +21,7 @@ use tokio::net::UdpSocket;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::common::{TestDb, run_cli};
+use crate::common::{TestDb, appliance_add, client_add, run_cli};
 
 /// Polls `f` every 50 ms until it returns `Some`, or panics with `what` after `timeout`.
 pub async fn wait_for<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
@@ -49,31 +49,20 @@ pub fn key_file(dir: &Path, name: &str, key: &SecretKey) -> PathBuf {
 /// Two appliances (eu-1 in eu, us-1 in us) sharing `service`, and `n` clients with primary
 /// eu-1 and shadow us-1. Returns the clients' keys and tunnel addresses.
 pub fn inventory(db: &TestDb, service: &SecretKey, n: usize) -> Vec<(String, SecretKey, IpAddr)> {
-    let public = service.public_key().to_base64();
-    for (id, region, ep) in [
-        ("eu-1", "eu", "192.0.2.1:51820"),
-        ("us-1", "us", "192.0.2.2:51820"),
-    ] {
-        let (code, _, err) = run_cli(
-            db,
-            &[
-                "appliance",
-                "add",
-                "--id",
-                id,
-                "--region",
-                region,
-                "--endpoint",
-                ep,
-                "--public-key",
-                &public,
-            ],
-        );
-        assert_eq!(code, 0, "{err}");
-    }
+    appliance_pair(db, service, "192.0.2.1:51820", "192.0.2.2:51820");
     (0..n)
         .map(|i| add_client(db, &format!("client{i}"), i + 2, "eu-1", "us-1"))
         .collect()
+}
+
+/// The two appliances the agent tests steer between: eu-1 (region eu) at `eu_endpoint` and
+/// us-1 (region us) at `us_endpoint`, sharing `service`'s key.
+pub fn appliance_pair(db: &TestDb, service: &SecretKey, eu_endpoint: &str, us_endpoint: &str) {
+    let public = service.public_key().to_base64();
+    for (id, region, endpoint) in [("eu-1", "eu", eu_endpoint), ("us-1", "us", us_endpoint)] {
+        let (code, _, err) = run_cli(db, &appliance_add(id, region, endpoint, &public));
+        assert_eq!(code, 0, "{err}");
+    }
 }
 
 /// Registers one client; returns its id, key and tunnel address.
@@ -97,23 +86,8 @@ pub fn add_client_ip(
     shadow: &str,
 ) -> (String, SecretKey, IpAddr) {
     let key = SecretKey::generate();
-    let (code, _, err) = run_cli(
-        db,
-        &[
-            "client",
-            "add",
-            "--id",
-            id,
-            "--public-key",
-            &key.public_key().to_base64(),
-            "--tunnel-ip",
-            &ip.to_string(),
-            "--primary",
-            primary,
-            "--shadow",
-            shadow,
-        ],
-    );
+    let (public, ip_text) = (key.public_key().to_base64(), ip.to_string());
+    let (code, _, err) = run_cli(db, &client_add(id, &public, &ip_text, primary, shadow));
     assert_eq!(code, 0, "{err}");
     (id.to_owned(), key, ip)
 }

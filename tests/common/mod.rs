@@ -112,6 +112,52 @@ pub fn run_cli(db: &TestDb, args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// The arguments of `shadowsteer appliance add` for an inventory set-up (every runner passes
+/// the same list; only where it sends it differs).
+pub fn appliance_add<'a>(
+    id: &'a str,
+    region: &'a str,
+    endpoint: &'a str,
+    public_key: &'a str,
+) -> [&'a str; 10] {
+    [
+        "appliance",
+        "add",
+        "--id",
+        id,
+        "--region",
+        region,
+        "--endpoint",
+        endpoint,
+        "--public-key",
+        public_key,
+    ]
+}
+
+/// The arguments of `shadowsteer client add` for an inventory set-up.
+pub fn client_add<'a>(
+    id: &'a str,
+    public_key: &'a str,
+    tunnel_ip: &'a str,
+    primary: &'a str,
+    shadow: &'a str,
+) -> [&'a str; 12] {
+    [
+        "client",
+        "add",
+        "--id",
+        id,
+        "--public-key",
+        public_key,
+        "--tunnel-ip",
+        tunnel_ip,
+        "--primary",
+        primary,
+        "--shadow",
+        shadow,
+    ]
+}
+
 /// A random WireGuard public key in base64.
 pub fn random_public_key() -> String {
     shadowsteer::domain::SecretKey::generate()

@@ -13,6 +13,8 @@ use hickory_proto::op::Message;
 use hickory_proto::rr::RData;
 use shadowsteer::domain::{ApplianceHealth, Fraction, PathProbe, ProbeTarget};
 
+use crate::common::{appliance_add, client_add};
+
 /// A test configuration: zone `vpn.example.net`, short TTLs and hold-down, no rate limiting
 /// unless `extra` (appended TOML at top level of `[dns]`...) says otherwise.
 pub fn config(dns_extra: &str, steering: &str) -> String {
@@ -506,52 +508,11 @@ pub fn cli(url: &str, args: &[&str]) -> String {
 /// Two appliances in two regions and a client `alice` between them:
 /// eu-1 192.0.2.1:51820 (primary), us-1 192.0.2.2:51821 (shadow).
 pub fn basic_inventory(url: &str) {
+    cli(url, &appliance_add("eu-1", "eu", "192.0.2.1:51820", &key()));
+    cli(url, &appliance_add("us-1", "us", "192.0.2.2:51821", &key()));
     cli(
         url,
-        &[
-            "appliance",
-            "add",
-            "--id",
-            "eu-1",
-            "--region",
-            "eu",
-            "--endpoint",
-            "192.0.2.1:51820",
-            "--public-key",
-            &key(),
-        ],
-    );
-    cli(
-        url,
-        &[
-            "appliance",
-            "add",
-            "--id",
-            "us-1",
-            "--region",
-            "us",
-            "--endpoint",
-            "192.0.2.2:51821",
-            "--public-key",
-            &key(),
-        ],
-    );
-    cli(
-        url,
-        &[
-            "client",
-            "add",
-            "--id",
-            "alice",
-            "--public-key",
-            &key(),
-            "--tunnel-ip",
-            "10.77.0.2",
-            "--primary",
-            "eu-1",
-            "--shadow",
-            "us-1",
-        ],
+        &client_add("alice", &key(), "10.77.0.2", "eu-1", "us-1"),
     );
 }
 
