@@ -424,24 +424,72 @@ struct LongSpan {
 impl LongSpan {
     /// One pass over the window.
     fn over(w: &Window<'_>) -> Self {
-        let mut acc = [Acc::EMPTY; 8];
+        let mut lin = Lanes::default();
+        let mut mem = Acc::EMPTY;
         let (mut loss_events, mut last_event) = (0.0, None);
         each_tail(w, WINDOW_S, |t, s| {
-            for &(m, _, _) in &ANOMALY {
-                acc[m].add_lin(t, s[m]);
-            }
-            acc[MEM].add_range(s[MEM]);
-            acc[SESS].add_mean(s[SESS]);
+            lin.add(t, s);
+            mem.add_range(s[MEM]);
             // A missing loss is NaN, never an event.
             if f64::from(s[LOSS]) >= LOSS_EVENT {
                 loss_events += 1.0;
                 last_event = Some(-t);
             }
         });
+        let mut acc = [Acc::EMPTY; 8];
+        for &(m, _, _) in &ANOMALY {
+            acc[m] = lin.acc(m);
+        }
+        (acc[MEM].min, acc[MEM].max) = (mem.min, mem.max);
+        // Sessions only need a mean: the count and sum, as `add_mean` leaves them.
+        let sessions = lin.acc(SESS);
+        (acc[SESS].n, acc[SESS].sx) = (sessions.n, sessions.sx);
         Self {
             acc,
             loss_events: share(loss_events, acc[LOSS].n),
             since_loss_event: last_event.map_or(1.0, |age: f64| age / WINDOW_S as f64),
+        }
+    }
+}
+
+/// [`Acc::add_lin`]'s sums for all eight signals at once, one array per sum, without a branch
+/// per value: the long pass is the scorer's largest cost, and this layout lets the compiler
+/// add several signals in one instruction. A missing value adds zeros, which leaves every
+/// sum exactly as skipping it would (no sum is ever -0.0), so the features are bit for bit
+/// those of `add_lin`.
+#[derive(Default)]
+struct Lanes {
+    n: [f64; 8],
+    sx: [f64; 8],
+    st: [f64; 8],
+    stt: [f64; 8],
+    stx: [f64; 8],
+}
+
+impl Lanes {
+    #[inline]
+    fn add(&mut self, t: f64, s: &Sample) {
+        let tt = t * t;
+        for (m, &v) in s.iter().enumerate() {
+            let present = !v.is_nan();
+            let w = if present { 1.0 } else { 0.0 };
+            let x = if present { f64::from(v) } else { 0.0 };
+            self.n[m] += w;
+            self.sx[m] += x;
+            self.st[m] += t * w;
+            self.stt[m] += tt * w;
+            self.stx[m] += t * x;
+        }
+    }
+
+    fn acc(&self, m: usize) -> Acc {
+        Acc {
+            n: self.n[m],
+            sx: self.sx[m],
+            st: self.st[m],
+            stt: self.stt[m],
+            stx: self.stx[m],
+            ..Acc::EMPTY
         }
     }
 }
