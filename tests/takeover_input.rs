@@ -67,24 +67,12 @@ async fn forged_replayed_and_misaddressed_heartbeats_move_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let service = SecretKey::generate();
     let (pp, sp) = (free_port(), free_port());
-    for (id, region, port) in [("eu-1", "eu", pp), ("us-1", "us", sp)] {
-        let (code, _, err) = common::run_cli(
-            &db,
-            &[
-                "appliance",
-                "add",
-                "--id",
-                id,
-                "--region",
-                region,
-                "--endpoint",
-                &format!("127.0.0.1:{port}"),
-                "--public-key",
-                &service.public_key().to_base64(),
-            ],
-        );
-        assert_eq!(code, 0, "{err}");
-    }
+    agent_support::appliance_pair(
+        &db,
+        &service,
+        &format!("127.0.0.1:{pp}"),
+        &format!("127.0.0.1:{sp}"),
+    );
     agent_support::add_client(&db, "alice", 2, "eu-1", "us-1");
     let kf = key_file(dir.path(), "service.key", &service);
     let extra = "[takeover]\nheartbeat_interval = \"50ms\"\nmisses = 4\nstartup_grace = \"1s\"\n";
