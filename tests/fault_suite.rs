@@ -37,6 +37,19 @@ async fn audit_rows(url: &str) -> i64 {
     n
 }
 
+/// Polls the audit trail until it holds at least `want` rows (for at most 30 s): the writer
+/// works behind the answers, so a count read at once can miss a row that is only late.
+async fn audit_rows_reach(url: &str, want: i64) -> i64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let n = audit_rows(url).await;
+        if n >= want || Instant::now() > deadline {
+            return n;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Waits until `path` exists (the saved snapshot).
 fn wait_for_file(path: &std::path::Path) {
     assert!(
@@ -264,7 +277,10 @@ async fn postgres_killed_and_stopped_under_load() {
         )
     })
     .await;
-    let before = audit_rows(&url).await;
+    // The first answer's audit row is written after the answer is served; wait for it, or a
+    // fault right now would delay it into the "after" count (a row late, not lost).
+    let before = audit_rows_reach(&url, 1).await;
+    assert_eq!(before, 1, "the first answer is in the audit trail");
     let target = Arc::new(Mutex::new(dns));
     let counts = Arc::new(LoadCounts::default());
     let stop = Arc::new(AtomicBool::new(false));
@@ -317,14 +333,7 @@ async fn postgres_killed_and_stopped_under_load() {
     stop.store(true, Ordering::Relaxed);
     load.join().unwrap();
     // Audit rows written before the faults are all there, plus the two moves.
-    let mut after = 0;
-    for _ in 0..300 {
-        after = audit_rows(&url).await;
-        if after >= before + 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let after = audit_rows_reach(&url, before + 2).await;
     eprintln!(
         "fault suite: Postgres kill -9 and stop (3 s each) under load: {}; recovery (database back -> change answered, includes a CLI run): {recoveries:?}; audit rows {before} before, {after} after (2 moves)",
         counts.report()
@@ -453,14 +462,7 @@ async fn disk_full_under_the_audit_writer() {
         );
     })
     .await;
-    let mut before = 0;
-    for _ in 0..300 {
-        before = audit_rows(&url).await;
-        if before == 301 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let before = audit_rows_reach(&url, 301).await;
     assert_eq!(before, 301, "first answers of alice and 300 clients");
 
     disk.fill();
@@ -497,14 +499,7 @@ async fn disk_full_under_the_audit_writer() {
 
     disk.free();
     let freed = Instant::now();
-    let mut after = 0;
-    for _ in 0..600 {
-        after = audit_rows(&url).await;
-        if after >= before + 301 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let after = audit_rows_reach(&url, before + 301).await;
     eprintln!(
         "fault suite: disk full under the audit writer: {} rows held back for {:?}; written {:?} after space returned; rows {before} -> {after}",
         301,
