@@ -413,7 +413,8 @@ fn share(count: f64, of: f64) -> f64 {
 
 /// What the features take from the whole window.
 struct LongSpan {
-    /// Slopes of every [`ANOMALY`] signal, memory's low point, the sessions' mean.
+    /// Every signal's slope sums (the features read the [`ANOMALY`] signals' slopes and the
+    /// sessions' mean), and memory's range.
     acc: [Acc; 8],
     /// Share of the loss values present that are loss events (0 with none).
     loss_events: f64,
@@ -436,14 +437,8 @@ impl LongSpan {
                 last_event = Some(-t);
             }
         });
-        let mut acc = [Acc::EMPTY; 8];
-        for &(m, _, _) in &ANOMALY {
-            acc[m] = lin.acc(m);
-        }
+        let mut acc: [Acc; 8] = std::array::from_fn(|m| lin.acc(m));
         (acc[MEM].min, acc[MEM].max) = (mem.min, mem.max);
-        // Sessions only need a mean: the count and sum, as `add_mean` leaves them.
-        let sessions = lin.acc(SESS);
-        (acc[SESS].n, acc[SESS].sx) = (sessions.n, sessions.sx);
         Self {
             acc,
             loss_events: share(loss_events, acc[LOSS].n),
