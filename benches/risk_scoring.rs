@@ -94,8 +94,8 @@ fn main() {
 
     // Where the time goes: features alone, then the model alone, on one thread.
     {
-        use shadowsteer::risk::features::{self, History, WINDOW_S, Window};
-        use shadowsteer::risk::series::Sample;
+        use shadowsteer::risk::features::{self, History};
+        use shadowsteer::risk::window::{Sample, WINDOW_S, Window};
         let run = sim.appliance(0);
         let window: Vec<Sample> = run.rows[run.rows.len() - WINDOW_S..]
             .iter()

@@ -13,10 +13,8 @@
 //!   minute (a failure's precursor, a spike) does not become the new normal. `NaN` until
 //!   [`MIN_MINUTES`] minutes have enough of that metric.
 
-use super::features::WINDOW_S;
-use super::features::percentile;
-use super::series::Sample;
 use super::telemetry::{Metric, N_METRICS};
+use super::window::{Sample, WINDOW_S};
 
 /// Minutes kept (a power of two above the 60 used).
 const BUCKETS: usize = 64;
@@ -227,10 +225,20 @@ pub fn series_baselines(start: i64, samples: &[Sample]) -> Vec<Baseline> {
     out
 }
 
+/// Nearest-rank percentile (`q` in (0, 1]) of `values`, which it reorders.
+pub fn percentile(values: &mut [f64], q: f64) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    let rank = ((q * values.len() as f64).ceil() as usize).clamp(1, values.len());
+    let (_, v, _) = values.select_nth_unstable_by(rank - 1, f64::total_cmp);
+    Some(*v)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::risk::series::MISSING;
+    use crate::risk::window::MISSING;
 
     fn rtt(x: f32) -> Sample {
         let mut s = MISSING;

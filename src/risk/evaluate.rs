@@ -24,8 +24,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::series::{FailureSpan, Sample, Series};
+use super::series::{FailureSpan, Series};
 use super::telemetry::Metric;
+use super::window::Sample;
 
 /// An alarm episode not followed by a failure within this many seconds is a false alarm.
 pub const FALSE_ALARM_WINDOW_S: usize = 300;
@@ -602,7 +603,7 @@ mod tests {
 
     #[test]
     fn baseline_needs_three_seconds() {
-        let mut samples = vec![crate::risk::series::MISSING; 8];
+        let mut samples = vec![crate::risk::window::MISSING; 8];
         for (i, s) in samples.iter_mut().enumerate() {
             s[Metric::Loss as usize] = if (2..6).contains(&i) { 0.2 } else { 0.0 };
         }

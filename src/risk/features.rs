@@ -9,12 +9,10 @@
 //! (e.g. a ratio of 1, a slope of 0). Paths have no health metrics, so their health features
 //! take those defaults and their risk rests on network evidence alone.
 
-use super::baseline::Baseline;
-use super::series::Sample;
+use super::baseline::{Baseline, percentile};
 use super::telemetry::Metric;
+use super::window::{Sample, WINDOW_S, Window};
 
-/// Length of the window the features look at (seconds).
-pub const WINDOW_S: usize = 300;
 /// The short span: "now".
 const SHORT: usize = 10;
 /// The medium span: the last minute.
@@ -122,54 +120,6 @@ pub struct History {
 /// History saturates after an hour: older failures say little about the next minute.
 const HISTORY_S: u64 = 3600;
 
-/// A window: `older` followed by `newer`; the last sample is "now".
-#[derive(Debug, Clone, Copy)]
-pub struct Window<'a> {
-    older: &'a [Sample],
-    newer: &'a [Sample],
-}
-
-impl<'a> Window<'a> {
-    /// A window from two consecutive parts (either may be empty). Only the last
-    /// [`WINDOW_S`] samples are used.
-    pub fn new(older: &'a [Sample], newer: &'a [Sample]) -> Self {
-        let keep = WINDOW_S.min(older.len() + newer.len());
-        let from_newer = keep.min(newer.len());
-        let from_older = keep - from_newer;
-        Self {
-            older: &older[older.len() - from_older..],
-            newer: &newer[newer.len() - from_newer..],
-        }
-    }
-
-    /// A window ending at slot `i` of `samples`.
-    pub fn ending_at(samples: &'a [Sample], i: usize) -> Self {
-        let from = (i + 1).saturating_sub(WINDOW_S);
-        Self::new(&[], &samples[from..=i])
-    }
-
-    /// Number of samples.
-    pub fn len(&self) -> usize {
-        self.older.len() + self.newer.len()
-    }
-
-    /// Whether the window is empty.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The last `k` samples as two slices, oldest first.
-    fn tail(&self, k: usize) -> (&'a [Sample], &'a [Sample]) {
-        let k = k.min(self.len());
-        if k <= self.newer.len() {
-            (&[], &self.newer[self.newer.len() - k..])
-        } else {
-            let from_older = k - self.newer.len();
-            (&self.older[self.older.len() - from_older..], self.newer)
-        }
-    }
-}
-
 /// Running sums over (t, x) pairs, skipping missing values; `t` is seconds relative to now.
 #[derive(Debug, Clone, Copy)]
 struct Acc {
@@ -262,16 +212,6 @@ impl Acc {
     fn max(&self) -> Option<f64> {
         (self.n > 0.0).then_some(self.max)
     }
-}
-
-/// Nearest-rank percentile (`q` in (0, 1]) of `values`, which it reorders.
-pub fn percentile(values: &mut [f64], q: f64) -> Option<f64> {
-    if values.is_empty() {
-        return None;
-    }
-    let rank = ((q * values.len() as f64).ceil() as usize).clamp(1, values.len());
-    let (_, v, _) = values.select_nth_unstable_by(rank - 1, f64::total_cmp);
-    Some(*v)
 }
 
 /// Feeds the last `k` samples of `w` to `f(t, sample)`, `t` = seconds before now (<= 0).
@@ -689,7 +629,7 @@ pub fn history_at(i: usize, failures: &[(usize, usize)]) -> History {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::risk::series::MISSING;
+    use crate::risk::window::MISSING;
 
     fn idx(name: &str) -> usize {
         FEATURE_NAMES.iter().position(|n| *n == name).unwrap()

@@ -17,13 +17,13 @@ use std::collections::{HashMap, HashSet};
 use serde::Serialize;
 
 use super::baseline::{Baseline, MinuteSums};
-use super::features::{self, History, WINDOW_S, Window};
+use super::features::{self, History};
 use super::hold::Hold;
 use super::model::Model;
 use super::records::{
     FailureEvent, HealthSecond, ProbeSecond, RttMinute, ScoreRow, network_seconds,
 };
-use super::series::{MISSING, Sample};
+use super::window::{MISSING, Sample, WINDOW_S, Window};
 use crate::domain::{Probability, RiskScore};
 
 /// A subject not heard from for this long keeps its last score: with no new evidence its

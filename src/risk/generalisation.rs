@@ -17,10 +17,10 @@
 use serde::{Deserialize, Serialize};
 
 use super::evaluate::{self, Scored};
-use super::features::WINDOW_S;
 use super::score::score_all;
 use super::series::{FailureSpan, Series};
 use super::train::{TrainError, TrainOptions, train};
+use super::window::WINDOW_S;
 
 /// How far before a failure its precursor may start (seconds): the longest the issue asks the
 /// simulator for (30 min). Training rows whose window could see a precursor of the held-out

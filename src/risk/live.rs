@@ -27,10 +27,10 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::features::WINDOW_S;
 use super::fleet::{Fleet, SubjectKind, SubjectScore};
 use super::model::Model;
 use super::reload::ModelSource;
+use super::window::WINDOW_S;
 use crate::config::RiskSection;
 use crate::domain::RegionId;
 use crate::store::{StoreError, risk as db, scorer_lease};

@@ -34,3 +34,4 @@ pub mod series;
 pub mod simulate;
 pub mod telemetry;
 pub mod train;
+pub mod window;

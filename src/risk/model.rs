@@ -13,8 +13,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::evaluate::{GroupedMetrics, Report};
-use super::features::{FEATURE_NAMES, Features, N_CLASSIC, N_FEATURES, WINDOW_S, agnostic};
+use super::features::{FEATURE_NAMES, Features, N_CLASSIC, N_FEATURES, agnostic};
 use super::novelty::Novelty;
+use super::window::WINDOW_S;
 use crate::domain::{Probability, RiskScore};
 
 /// Format version written and accepted.

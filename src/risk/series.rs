@@ -8,17 +8,12 @@
 
 use super::baseline::{Baseline, series_baselines};
 use super::failures::FailureLabels;
-use super::features::{self, Features, Window};
-use super::telemetry::{N_METRICS, Telemetry};
-
-/// One second of metrics as the feature code reads them; NaN means missing.
-pub type Sample = [f32; N_METRICS];
+use super::features::{self, Features};
+use super::telemetry::Telemetry;
+use super::window::{MISSING, Sample, Window};
 
 /// Longest gap filled inside one series (seconds); also the feature window.
 pub const MAX_GAP_S: i64 = 300;
-
-/// A sample with every value missing.
-pub const MISSING: Sample = [f32::NAN; N_METRICS];
 
 /// A failure inside a series, by slot index.
 #[derive(Debug, Clone, PartialEq)]

@@ -24,7 +24,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::evaluate::{self, Group, Scored};
-use super::features::{Features, N_FEATURES, WINDOW_S};
+use super::features::{Features, N_FEATURES};
 use super::hold::hold_values;
 use super::model::{
     Candidate, FeatureSet, Linear, Members, Model, ModelCard, ModelKind, Node, Platt, Scaler, Tree,
@@ -32,6 +32,7 @@ use super::model::{
 };
 use super::novelty::Novelty;
 use super::series::{FailureSpan, Series};
+use super::window::WINDOW_S;
 
 /// Why training failed.
 #[derive(Debug, thiserror::Error)]
