@@ -10,9 +10,9 @@
 use std::path::Path;
 use std::time::Instant;
 
-use shadowsteer::risk::fleet::Fleet;
+use shadowsteer::risk::data::records::{HealthSecond, ProbeSecond};
+use shadowsteer::risk::live::fleet::Fleet;
 use shadowsteer::risk::model::Model;
-use shadowsteer::risk::records::{HealthSecond, ProbeSecond};
 use shadowsteer::risk::simulate::{SimConfig, Simulator};
 
 fn percentile(v: &mut [f64], q: f64) -> f64 {
@@ -94,15 +94,15 @@ fn main() {
 
     // Where the time goes: features alone, then the model alone, on one thread.
     {
+        use shadowsteer::risk::features::window::{Sample, WINDOW_S, Window};
         use shadowsteer::risk::features::{self, History};
-        use shadowsteer::risk::window::{Sample, WINDOW_S, Window};
         let run = sim.appliance(0);
         let window: Vec<Sample> = run.rows[run.rows.len() - WINDOW_S..]
             .iter()
             .map(|r| r.values.map(|v| v as f32))
             .collect();
         // Known levels, so that the anomaly features do their full work.
-        let mut b = shadowsteer::risk::baseline::Baseline::UNKNOWN;
+        let mut b = shadowsteer::risk::features::baseline::Baseline::UNKNOWN;
         b.rtt = 20.0;
         b.levels.median = window[0];
         b.levels.spread = [0.01; 8];

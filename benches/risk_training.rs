@@ -7,11 +7,11 @@
 
 use std::time::Instant;
 
-use shadowsteer::risk::dataset;
-use shadowsteer::risk::failures::{companion_path, write_failures};
+use shadowsteer::risk::data::dataset;
+use shadowsteer::risk::data::failures::{companion_path, write_failures};
+use shadowsteer::risk::data::telemetry::TelemetryWriter;
+use shadowsteer::risk::model::train::{TrainOptions, train};
 use shadowsteer::risk::simulate::{SimConfig, Simulator};
-use shadowsteer::risk::telemetry::TelemetryWriter;
-use shadowsteer::risk::train::{TrainOptions, train};
 
 fn main() {
     let dir = tempfile::tempdir().expect("temp dir");

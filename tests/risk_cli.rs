@@ -4,12 +4,12 @@
 use std::path::Path;
 use std::process::Command;
 
+use shadowsteer::risk::data::series::{self, Series};
+use shadowsteer::risk::data::telemetry::Telemetry;
+use shadowsteer::risk::model::score::score_all;
+use shadowsteer::risk::model::train::{TrainOptions, train};
 use shadowsteer::risk::model::{Model, ModelKind};
-use shadowsteer::risk::score::score_all;
-use shadowsteer::risk::series::{self, Series};
 use shadowsteer::risk::simulate::{SimConfig, Simulator};
-use shadowsteer::risk::telemetry::Telemetry;
-use shadowsteer::risk::train::{TrainOptions, train};
 
 fn run(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_shadowsteer"))
@@ -145,7 +145,7 @@ fn simulated(appliances: usize, hours: u64, per_day: f64, seed: u64) -> (Telemet
         ..SimConfig::new(appliances, hours * 3600, seed)
     });
     let mut t = Telemetry::default();
-    let mut labels = shadowsteer::risk::failures::FailureLabels::new();
+    let mut labels = shadowsteer::risk::data::failures::FailureLabels::new();
     for i in 0..appliances {
         let run = sim.appliance(i);
         t.appliances.push(run.info);

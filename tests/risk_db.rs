@@ -13,11 +13,11 @@ use shadowsteer::config::RiskSection;
 use shadowsteer::domain::{
     ApplianceHealth, ApplianceId, Fraction, PathProbe, ProbeTarget, RegionId,
 };
-use shadowsteer::risk::dataset;
+use shadowsteer::risk::data::dataset;
+use shadowsteer::risk::data::telemetry::Metric;
+use shadowsteer::risk::live::reload::ModelSource;
 use shadowsteer::risk::live::{self, LiveScores};
 use shadowsteer::risk::model::Model;
-use shadowsteer::risk::reload::ModelSource;
-use shadowsteer::risk::telemetry::Metric;
 use shadowsteer::store::notify::{Change, ChangedTable, listen};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -78,8 +78,8 @@ async fn import_then_export_round_trips() {
     let a = dataset::load(&sim, None).unwrap();
     let b = dataset::load(&back, None).unwrap();
     assert_eq!(a.telemetry.appliances.len(), b.telemetry.appliances.len());
-    let key = |t: &shadowsteer::risk::telemetry::Telemetry,
-               r: &shadowsteer::risk::telemetry::Row| {
+    let key = |t: &shadowsteer::risk::data::telemetry::Telemetry,
+               r: &shadowsteer::risk::data::telemetry::Row| {
         (t.appliances[r.appliance as usize].id.clone(), r.ts)
     };
     let exported: std::collections::HashMap<_, _> = b

@@ -23,7 +23,7 @@ async fn write_score(pool: &sqlx::PgPool, appliance: &str, score: f64) {
         "us"
     };
     let p = shadowsteer::domain::Probability::new(score).unwrap();
-    let row = shadowsteer::risk::records::ScoreRow {
+    let row = shadowsteer::risk::data::records::ScoreRow {
         region: region.into(),
         subject_kind: "appliance",
         subject: appliance.into(),

@@ -9,14 +9,14 @@
 //! it is measured by `evaluate --leave-one-kind-out` for the card; here, the novelty term alone
 //! stands in for it (it was taught by no failure kind, see below).
 
+use shadowsteer::risk::data::failures::FailureLabels;
+use shadowsteer::risk::data::series::{self, Series};
+use shadowsteer::risk::data::telemetry::Telemetry;
 use shadowsteer::risk::evaluate::{self, Report};
-use shadowsteer::risk::failures::FailureLabels;
-use shadowsteer::risk::hold::hold_values;
 use shadowsteer::risk::model::Model;
-use shadowsteer::risk::score::score_all;
-use shadowsteer::risk::series::{self, Series};
+use shadowsteer::risk::model::hold::hold_values;
+use shadowsteer::risk::model::score::score_all;
 use shadowsteer::risk::simulate::{SimConfig, Simulator};
-use shadowsteer::risk::telemetry::Telemetry;
 
 /// A seed outside the training seeds 1..=6 (the card's first held-out seed, on a smaller fleet).
 const SEED: u64 = 101;

@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use shadowsteer::risk::{failures, telemetry};
+use shadowsteer::risk::data::{failures, telemetry};
 
 fuzz_target!(|data: &[u8]| {
     let _ = telemetry::read_csv(data);

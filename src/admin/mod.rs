@@ -44,7 +44,7 @@ use tower_http::timeout::TimeoutLayer;
 use crate::dns::publish::PublishStatus;
 use crate::dns::stats::{ApplianceSlots, Stats};
 use crate::risk::live::LiveScores;
-use crate::risk::reload::ModelSource;
+use crate::risk::live::reload::ModelSource;
 use crate::store::audit::AuditStatus;
 use crate::store::snapshot::SyncStatus;
 

@@ -5,12 +5,12 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context as _;
-use shadowsteer::risk::card::report_table;
+use shadowsteer::risk::data::series::Series;
 use shadowsteer::risk::evaluate;
-use shadowsteer::risk::generalisation::{leave_one_kind_out, markdown_table};
-use shadowsteer::risk::score::score_all;
-use shadowsteer::risk::series::Series;
-use shadowsteer::risk::train::{TrainError, TrainOptions};
+use shadowsteer::risk::evaluate::generalisation::{leave_one_kind_out, markdown_table};
+use shadowsteer::risk::model::card::report_table;
+use shadowsteer::risk::model::score::score_all;
+use shadowsteer::risk::model::train::{TrainError, TrainOptions};
 
 use super::{CommandError, CommandResult, progress, risk_input};
 

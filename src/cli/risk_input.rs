@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use shadowsteer::risk::dataset::{self, Loaded};
+use shadowsteer::risk::data::dataset::{self, Loaded};
 use shadowsteer::risk::model::{FeatureSet, Model, ModelKind};
 
 use super::{CommandError, progress};

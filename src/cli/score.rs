@@ -5,7 +5,7 @@ use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use shadowsteer::risk::score::score_all;
+use shadowsteer::risk::model::score::score_all;
 
 use super::{CommandResult, risk_input};
 

@@ -23,7 +23,7 @@ use shadowsteer::dns::tcp::TcpServer;
 use shadowsteer::dns::udp::{self, Worker};
 use shadowsteer::dns::zone::{ServedZones, Statics};
 use shadowsteer::dns::{catalog, snapshot_file, tcp};
-use shadowsteer::risk::{self, live::LiveScores, model::Model, reload::ModelSource};
+use shadowsteer::risk::{self, live::LiveScores, live::reload::ModelSource, model::Model};
 use shadowsteer::steering::{Engine, Policy};
 use shadowsteer::store::audit::AuditStatus;
 use shadowsteer::store::replication::heartbeat::{self, LagBoard};

@@ -5,10 +5,10 @@ use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use shadowsteer::risk::failures::{companion_path, write_failures};
+use shadowsteer::risk::data::failures::{companion_path, write_failures};
+use shadowsteer::risk::data::telemetry::TelemetryWriter;
 use shadowsteer::risk::simulate::broad::{BenignFamilies, BenignFamily};
 use shadowsteer::risk::simulate::{DEFAULT_START, Scenario, SimConfig, Simulator};
-use shadowsteer::risk::telemetry::TelemetryWriter;
 
 use super::{CommandError, CommandResult, progress};
 

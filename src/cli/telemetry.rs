@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use clap::Subcommand;
-use shadowsteer::risk::failures::{companion_path, write_failures};
-use shadowsteer::risk::telemetry::write_csv;
+use shadowsteer::risk::data::failures::{companion_path, write_failures};
+use shadowsteer::risk::data::telemetry::write_csv;
 
 use super::{CommandError, CommandResult, DbArgs, db, progress, risk_input};
 

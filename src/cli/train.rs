@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use shadowsteer::risk::card;
-use shadowsteer::risk::series::{self, Series};
-use shadowsteer::risk::train::{TrainError, TrainOptions, train};
+use shadowsteer::risk::data::series::{self, Series};
+use shadowsteer::risk::model::card;
+use shadowsteer::risk::model::train::{TrainError, TrainOptions, train};
 
 use super::{CommandError, CommandResult, DbArgs, db, progress, risk_input};
 

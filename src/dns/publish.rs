@@ -18,7 +18,7 @@ use super::stats::ApplianceSlots;
 use super::zone::{ClientTable, Endpoint, ServedZones, Service, ServiceSet, Statics};
 use crate::config::{EcsRegion, SteeringSection};
 use crate::domain::{ApplianceState, Probability, RegionId};
-use crate::risk::reload::ModelSource;
+use crate::risk::live::reload::ModelSource;
 use crate::steering::service::{Candidate, WeightedSet};
 use crate::steering::{AnswerChange, ApplianceInput, Engine, Inputs, Policy};
 

@@ -20,11 +20,13 @@ use sqlx::PgPool;
 
 use super::StoreError;
 use crate::domain::{ApplianceHealth, ApplianceId, Fraction, PathProbe, ProbeTarget, RegionId};
-use crate::risk::failures::{FailureLabel, FailureLabels};
-use crate::risk::records::network_seconds;
-pub use crate::risk::records::{FailureEvent, HealthSecond, ProbeSecond, RttMinute, ScoreRow};
-use crate::risk::series::Series;
-use crate::risk::telemetry::{ApplianceInfo, Metric, N_METRICS, Row, Telemetry};
+use crate::risk::data::failures::{FailureLabel, FailureLabels};
+use crate::risk::data::records::network_seconds;
+pub use crate::risk::data::records::{
+    FailureEvent, HealthSecond, ProbeSecond, RttMinute, ScoreRow,
+};
+use crate::risk::data::series::Series;
+use crate::risk::data::telemetry::{ApplianceInfo, Metric, N_METRICS, Row, Telemetry};
 
 fn at(sec: i64) -> DateTime<Utc> {
     Utc.timestamp_opt(sec, 0).single().unwrap_or_default()

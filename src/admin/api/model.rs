@@ -1,5 +1,5 @@
 //! `/api/v1/model`: the running risk model and its card; `/api/v1/model/reload` replaces it
-//! from the configured file without a restart (as SIGHUP does; [`crate::risk::reload`]).
+//! from the configured file without a restart (as SIGHUP does; [`crate::risk::live::reload`]).
 
 use axum::Json;
 use axum::extract::State;
@@ -108,6 +108,6 @@ async fn get_model(State(live): State<LiveView>) -> ApiResult<Json<ModelInfo>> {
         threshold: m.threshold,
         steering_threshold: live.threshold(),
         card,
-        card_markdown: crate::risk::card::markdown(&m),
+        card_markdown: crate::risk::model::card::markdown(&m),
     }))
 }

@@ -33,8 +33,8 @@ use super::{
     ApplianceRun, Event, REGIONS, RegionEvents, SimConfig, active, down_row, normal, poisson,
     poisson_events, round,
 };
-use crate::risk::failures::FailureLabel;
-use crate::risk::telemetry::{ApplianceInfo, Metric, N_METRICS, Row};
+use crate::risk::data::failures::FailureLabel;
+use crate::risk::data::telemetry::{ApplianceInfo, Metric, N_METRICS, Row};
 
 /// Shape of a precursor over its length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,8 +9,8 @@ use super::{
     ApplianceRun, Event, FailureKind, REGIONS, RegionEvents, SimConfig, active, down_row, normal,
     poisson, poisson_events, round,
 };
-use crate::risk::failures::FailureLabel;
-use crate::risk::telemetry::{ApplianceInfo, Metric, Row};
+use crate::risk::data::failures::FailureLabel;
+use crate::risk::data::telemetry::{ApplianceInfo, Metric, Row};
 
 /// Per-appliance failure kinds and their weights (regional outages are drawn per region).
 const KIND_WEIGHTS: [(FailureKind, f64); 6] = [

@@ -21,9 +21,9 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::failures::FailureLabel;
-use super::telemetry::{ApplianceInfo, Metric, N_METRICS, Row};
 use crate::domain::{ApplianceId, RegionId};
+use crate::risk::data::failures::FailureLabel;
+use crate::risk::data::telemetry::{ApplianceInfo, Metric, N_METRICS, Row};
 
 pub mod broad;
 mod classic;

@@ -6,17 +6,23 @@
 //! exactly the arithmetic it was evaluated with. Everything read from a file is validated:
 //! sizes, finiteness, tree shape (children always point forward, so no cycles).
 
+pub mod card;
+pub mod hold;
+pub mod novelty;
+pub mod score;
+pub mod train;
+
 use std::io::Read;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::evaluate::{GroupedMetrics, Report};
-use super::features::{FEATURE_NAMES, Features, N_CLASSIC, N_FEATURES, agnostic};
-use super::novelty::Novelty;
-use super::window::WINDOW_S;
 use crate::domain::{Probability, RiskScore};
+use crate::risk::evaluate::{GroupedMetrics, Report};
+use crate::risk::features::window::WINDOW_S;
+use crate::risk::features::{FEATURE_NAMES, Features, N_CLASSIC, N_FEATURES, agnostic};
+use crate::risk::model::novelty::Novelty;
 
 /// Format version written and accepted.
 pub const FORMAT: u32 = 1;
@@ -383,7 +389,7 @@ impl ModelCard {
             fitted_positives: 0,
             threshold_rule: String::new(),
             candidates: Vec::new(),
-            validation: super::evaluate::report(&[], &[], 0.5, 60),
+            validation: crate::risk::evaluate::report(&[], &[], 0.5, 60),
             training_seconds: 0.0,
             notes: Vec::new(),
         }
@@ -414,10 +420,10 @@ pub struct Model {
     pub calibration: Platt,
     /// Operating threshold: alarm when the score is above it.
     pub threshold: f64,
-    /// Alarm hold in seconds (see [`super::hold`]).
+    /// Alarm hold in seconds (see [`crate::risk::model::hold`]).
     pub hold_s: u32,
     /// The unsupervised term, when trained with one: the score is the larger of the
-    /// ensemble's and its probability (see [`super::novelty`]).
+    /// ensemble's and its probability (see [`crate::risk::model::novelty`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub novelty: Option<Novelty>,
     /// The model card.
@@ -550,7 +556,7 @@ impl Model {
     /// The default model shipped in `models/default.json`, built into the binary so that
     /// `serve` scores out of the box wherever it runs.
     pub fn builtin() -> Result<Self, ModelError> {
-        Self::from_json(include_str!("../../models/default.json"))
+        Self::from_json(include_str!("../../../models/default.json"))
     }
 
     /// Reads and validates a model file.

@@ -18,6 +18,9 @@
 //! (`store::scorer_lease`); a server that does not hold it stands by and says who scores. The
 //! one that takes the lease over starts from the stored scores, as after a restart.
 
+pub mod fleet;
+pub mod reload;
+
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -27,12 +30,12 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::fleet::{Fleet, SubjectKind, SubjectScore};
-use super::model::Model;
-use super::reload::ModelSource;
-use super::window::WINDOW_S;
 use crate::config::RiskSection;
 use crate::domain::RegionId;
+use crate::risk::features::window::WINDOW_S;
+use crate::risk::live::fleet::{Fleet, SubjectKind, SubjectScore};
+use crate::risk::live::reload::ModelSource;
+use crate::risk::model::Model;
 use crate::store::{StoreError, risk as db, scorer_lease};
 
 /// Rows can arrive this late (agents batch their inserts): each round reads the last this many

@@ -2,8 +2,8 @@
 
 use std::fmt::Write as _;
 
-use super::evaluate::{GroupedMetrics, Metrics, Report};
-use super::model::Model;
+use crate::risk::evaluate::{GroupedMetrics, Metrics, Report};
+use crate::risk::model::Model;
 
 fn num(v: Option<f64>, digits: usize) -> String {
     v.map_or_else(|| "–".to_owned(), |v| format!("{v:.digits$}"))
@@ -56,7 +56,7 @@ pub fn report_table(r: &Report) -> String {
 }
 
 /// A table of recall and lead per group (`by` names the grouping); nothing when empty.
-fn lead_table(out: &mut String, by: &str, groups: &[super::evaluate::KindMetrics]) {
+fn lead_table(out: &mut String, by: &str, groups: &[crate::risk::evaluate::KindMetrics]) {
     if groups.is_empty() {
         return;
     }

@@ -5,9 +5,9 @@ use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
-use super::failures::{FailureLabels, companion_path, read_failures};
-use super::series::{self, Series};
-use super::telemetry::{Telemetry, TelemetryError, read_csv_with_progress};
+use crate::risk::data::failures::{FailureLabels, companion_path, read_failures};
+use crate::risk::data::series::{self, Series};
+use crate::risk::data::telemetry::{Telemetry, TelemetryError, read_csv_with_progress};
 
 /// Why a data file could not be loaded.
 #[derive(Debug, thiserror::Error)]

@@ -8,7 +8,7 @@
 //! on the test data, which should come from seeds (or a fleet, or a period) not trained on.
 //! Reported per kind: recall and median lead over the test failures of that kind, and the false
 //! alarms per appliance-day of that model over the whole test data, all with the definitions of
-//! [`super::evaluate`].
+//! [`crate::risk::evaluate`].
 //!
 //! Left out on purpose: the test data keeps the other kinds' failures (an alarm before one of
 //! them is not false), and nothing here tunes anything: the numbers are to be reported as
@@ -16,11 +16,11 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::evaluate::{self, Scored};
-use super::score::score_all;
-use super::series::{FailureSpan, Series};
-use super::train::{TrainError, TrainOptions, train};
-use super::window::WINDOW_S;
+use crate::risk::data::series::{FailureSpan, Series};
+use crate::risk::evaluate::{self, Scored};
+use crate::risk::features::window::WINDOW_S;
+use crate::risk::model::score::score_all;
+use crate::risk::model::train::{TrainError, TrainOptions, train};
 
 /// How far before a failure its precursor may start (seconds): the longest the issue asks the
 /// simulator for (30 min). Training rows whose window could see a precursor of the held-out

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::watch;
 
-use super::model::{Model, ModelError};
+use crate::risk::model::{Model, ModelError};
 
 /// Why a reload was refused.
 #[derive(Debug, thiserror::Error)]

@@ -22,11 +22,13 @@
 //! The **baseline** is what a health-check product does: alarm when loss exceeds
 //! [`BASELINE_LOSS`] or rtt exceeds [`BASELINE_RTT_MS`] for 3 consecutive seconds.
 
+pub mod generalisation;
+
 use serde::{Deserialize, Serialize};
 
-use super::series::{FailureSpan, Series};
-use super::telemetry::Metric;
-use super::window::Sample;
+use crate::risk::data::series::{FailureSpan, Series};
+use crate::risk::data::telemetry::Metric;
+use crate::risk::features::window::Sample;
 
 /// An alarm episode not followed by a failure within this many seconds is a false alarm.
 pub const FALSE_ALARM_WINDOW_S: usize = 300;
@@ -603,7 +605,7 @@ mod tests {
 
     #[test]
     fn baseline_needs_three_seconds() {
-        let mut samples = vec![crate::risk::window::MISSING; 8];
+        let mut samples = vec![crate::risk::features::window::MISSING; 8];
         for (i, s) in samples.iter_mut().enumerate() {
             s[Metric::Loss as usize] = if (2..6).contains(&i) { 0.2 } else { 0.0 };
         }

@@ -3,7 +3,7 @@
 //! (baselines, features, series) reads samples through this module, which depends on none of
 //! them.
 
-use super::telemetry::N_METRICS;
+use crate::risk::data::telemetry::N_METRICS;
 
 /// One second of metrics as the feature code reads them; NaN means missing.
 pub type Sample = [f32; N_METRICS];

@@ -4,7 +4,7 @@
 //! A supervised model learns the shapes of the failures it was shown; a failure that degrades
 //! another signal, or the same one in another way, looks like nothing it knows. The novelty
 //! term asks a different question: how often does this signal stray this far from its own
-//! level (its 60 s z-score, [`super::features::SIGNAL_Z60`]) in normal operation? Each signal
+//! level (its 60 s z-score, [`crate::risk::features::SIGNAL_Z60`]) in normal operation? Each signal
 //! gets its own tail table, fitted on seconds far from any failure, so a signal whose harmless
 //! events are large (memory bumps) needs a larger excursion to count than one that is normally
 //! flat (loss). The surprise is `-log10` of that exceedance rate, taken from the table and
@@ -15,8 +15,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::features::{FEATURE_NAMES, Features, SIGNAL_Z60};
-use super::model::{FeatureSet, sigmoid};
+use crate::risk::features::{FEATURE_NAMES, Features, SIGNAL_Z60};
+use crate::risk::model::{FeatureSet, sigmoid};
 
 /// Exceedance rates of the knots: 10^-1 to 10^-4 in quarter decades.
 const KNOT_DECADES: std::ops::RangeInclusive<u32> = 4..=16;
@@ -237,7 +237,7 @@ mod tests {
             b: -5.0,
         };
         assert!(n.validate().is_ok());
-        let mut x = [0.0; super::super::features::N_FEATURES];
+        let mut x = [0.0; crate::risk::features::N_FEATURES];
         let quiet = n.probability(&x);
         x[SIGNAL_Z60.start + 3] = 20.0;
         assert!(n.surprise(&x) > 8.0);

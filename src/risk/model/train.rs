@@ -23,16 +23,16 @@ use ndarray::{Array1, Array2};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::evaluate::{self, Group, Scored};
-use super::features::{Features, N_FEATURES};
-use super::hold::hold_values;
-use super::model::{
+use crate::risk::data::series::{FailureSpan, Series};
+use crate::risk::evaluate::{self, Group, Scored};
+use crate::risk::features::window::WINDOW_S;
+use crate::risk::features::{Features, N_FEATURES};
+use crate::risk::model::hold::hold_values;
+use crate::risk::model::novelty::Novelty;
+use crate::risk::model::{
     Candidate, FeatureSet, Linear, Members, Model, ModelCard, ModelKind, Node, Platt, Scaler, Tree,
     logit,
 };
-use super::novelty::Novelty;
-use super::series::{FailureSpan, Series};
-use super::window::WINDOW_S;
 
 /// Why training failed.
 #[derive(Debug, thiserror::Error)]
@@ -90,7 +90,7 @@ pub struct TrainOptions {
     pub sources: Vec<String>,
     /// Telemetry rows read, for the card.
     pub rows: u64,
-    /// Adds the unsupervised novelty term ([`super::novelty`]).
+    /// Adds the unsupervised novelty term ([`crate::risk::model::novelty`]).
     pub novelty: bool,
 }
 
@@ -460,7 +460,7 @@ fn fit_novelty_tails(
         TrainError::NotEnoughData(format!(
             "the novelty term needs {} normal training seconds (every {NOVELTY_STEP}nd second, \
              {NOVELTY_LOOKBACK} s or more before a failure); the data has {n}",
-            super::novelty::MIN_ROWS
+            crate::risk::model::novelty::MIN_ROWS
         ))
     })
 }
@@ -868,11 +868,11 @@ impl<'a> Fitting<'a> {
             ModelKind::Logistic => opts.logistic_members,
             ModelKind::Forest => opts.forest_members,
         }
-        .clamp(1, super::model::MAX_MEMBERS);
+        .clamp(1, crate::risk::model::MAX_MEMBERS);
         let members = self.fit_members(kind, n)?;
         let fit_seconds = t0.elapsed().as_secs_f64();
         let mut model = Model {
-            format: super::model::FORMAT,
+            format: crate::risk::model::FORMAT,
             name: opts.name.clone(),
             version: String::new(),
             horizon_s: horizon as u32,
@@ -1071,8 +1071,8 @@ mod tests {
 
     #[test]
     fn sampling_only_uses_the_training_side() {
+        use crate::risk::data::telemetry::Telemetry;
         use crate::risk::simulate::{SimConfig, Simulator};
-        use crate::risk::telemetry::Telemetry;
         let sim = Simulator::new(SimConfig {
             failures_per_day: 40.0,
             ..SimConfig::new(3, 4 * 3600, 3)
@@ -1083,7 +1083,7 @@ mod tests {
             t.appliances.push(run.info);
             t.rows.extend(run.rows);
         }
-        let series = crate::risk::series::build(&t, None);
+        let series = crate::risk::data::series::build(&t, None);
         let opts = TrainOptions::default();
         let split = TimeSplit::for_series(&series, 0.3, 60);
         // Poison everything from the cut on: if any of it were sampled, features would be NaN.

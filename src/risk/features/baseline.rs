@@ -13,8 +13,8 @@
 //!   minute (a failure's precursor, a spike) does not become the new normal. `NaN` until
 //!   [`MIN_MINUTES`] minutes have enough of that metric.
 
-use super::telemetry::{Metric, N_METRICS};
-use super::window::{Sample, WINDOW_S};
+use crate::risk::data::telemetry::{Metric, N_METRICS};
+use crate::risk::features::window::{Sample, WINDOW_S};
 
 /// Minutes kept (a power of two above the 60 used).
 const BUCKETS: usize = 64;
@@ -117,7 +117,7 @@ impl MinuteSums {
     }
 
     /// Adds a whole minute's rtt sum and count at once: the warm start of a live scorer from
-    /// minute aggregates of stored probes (see [`super::fleet::Fleet::handle_rtt_minutes`]).
+    /// minute aggregates of stored probes (see [`crate::risk::live::fleet::Fleet::handle_rtt_minutes`]).
     pub fn seed_rtt(&mut self, minute: i64, sum: f64, count: u32) {
         let b = self.bucket(minute);
         self.sum[b][RTT] += sum;
@@ -238,7 +238,7 @@ pub fn percentile(values: &mut [f64], q: f64) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::risk::window::MISSING;
+    use crate::risk::features::window::MISSING;
 
     fn rtt(x: f32) -> Sample {
         let mut s = MISSING;

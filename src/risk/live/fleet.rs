@@ -2,12 +2,12 @@
 //! and the decision which scores are worth writing.
 //!
 //! Pure: telemetry and failure events come in through `handle_*`, time is an
-//! argument, and [`Fleet::poll_writes`] returns the rows to store; the shell ([`super::live`])
+//! argument, and [`Fleet::poll_writes`] returns the rows to store; the shell ([`crate::risk::live`])
 //! does the reading and writing. Windows are ring buffers of [`WINDOW_S`] seconds, so a tick
 //! costs one pass over each window and nothing is copied.
 //!
 //! Scores: an appliance that is down (an open failure event) scores 1; otherwise it gets the
-//! model's held score ([`super::hold`]). Paths are scored by the model on their own probes (no
+//! model's held score ([`crate::risk::model::hold`]). Paths are scored by the model on their own probes (no
 //! health metrics). Advisories are deliberately not folded in here: the steering server combines
 //! them with the stored score (`steering::risk`), the moment they change and at their window's
 //! edges, and folding them in twice would count them twice.
@@ -16,15 +16,15 @@ use std::collections::{HashMap, HashSet};
 
 use serde::Serialize;
 
-use super::baseline::{Baseline, MinuteSums};
-use super::features::{self, History};
-use super::hold::Hold;
-use super::model::Model;
-use super::records::{
+use crate::domain::{Probability, RiskScore};
+use crate::risk::data::records::{
     FailureEvent, HealthSecond, ProbeSecond, RttMinute, ScoreRow, network_seconds,
 };
-use super::window::{MISSING, Sample, WINDOW_S, Window};
-use crate::domain::{Probability, RiskScore};
+use crate::risk::features::baseline::{Baseline, MinuteSums};
+use crate::risk::features::window::{MISSING, Sample, WINDOW_S, Window};
+use crate::risk::features::{self, History};
+use crate::risk::model::Model;
+use crate::risk::model::hold::Hold;
 
 /// A subject not heard from for this long keeps its last score: with no new evidence its
 /// window only empties, and a score decaying towards "calm" is not news. (A silent subject's
@@ -466,14 +466,14 @@ mod tests {
 
     #[test]
     fn live_features_equal_batch_features() {
+        use crate::risk::data::telemetry::Telemetry;
         use crate::risk::simulate::{SimConfig, Simulator};
-        use crate::risk::telemetry::Telemetry;
         let sim = Simulator::new(SimConfig::new(1, 5000, 9));
         let run = sim.appliance(0);
         let mut t = Telemetry::default();
         t.appliances.push(run.info);
         t.rows = run.rows;
-        let series = crate::risk::series::build(&t, None);
+        let series = crate::risk::data::series::build(&t, None);
         let s = &series[0];
         let ctx = s.context();
         // Feed the ring second by second, sometimes skipping ahead, and compare at checkpoints.

@@ -6,11 +6,11 @@
 //! years of seconds. While an appliance is down its metric values are blanked: features only
 //! ever see telemetry of a working appliance, in files and in Postgres alike.
 
-use super::baseline::{Baseline, series_baselines};
-use super::failures::FailureLabels;
-use super::features::{self, Features};
-use super::telemetry::Telemetry;
-use super::window::{MISSING, Sample, Window};
+use crate::risk::data::failures::FailureLabels;
+use crate::risk::data::telemetry::Telemetry;
+use crate::risk::features::baseline::{Baseline, series_baselines};
+use crate::risk::features::window::{MISSING, Sample, Window};
+use crate::risk::features::{self, Features};
 
 /// Longest gap filled inside one series (seconds); also the feature window.
 pub const MAX_GAP_S: i64 = 300;
@@ -173,7 +173,7 @@ fn finish(mut s: Series, t: &Telemetry, labels: Option<&FailureLabels>) -> Serie
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::risk::telemetry::read_csv;
+    use crate::risk::data::telemetry::read_csv;
 
     #[test]
     fn gaps_failures_and_labels() {

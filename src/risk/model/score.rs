@@ -2,12 +2,12 @@
 //!
 //! A down second scores 1 (the appliance has failed: steering must treat it as certain); the
 //! metrics ignore down seconds anyway. Up seconds get the model's held score
-//! ([`super::hold`]), as live scoring does.
+//! ([`crate::risk::model::hold`]), as live scoring does.
 
-use super::hold::Hold;
-use super::model::Model;
-use super::series::Series;
 use crate::domain::{Probability, RiskScore};
+use crate::risk::data::series::Series;
+use crate::risk::model::Model;
+use crate::risk::model::hold::Hold;
 
 /// Scores every slot of `s`.
 pub fn score_series(model: &Model, s: &Series) -> Vec<RiskScore> {

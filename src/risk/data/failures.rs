@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 
 use csv::ByteRecord;
 
-use super::telemetry::{Errors, Fields, TelemetryError, csv_reader, locate_columns};
 use crate::domain::ApplianceId;
+use crate::risk::data::telemetry::{Errors, Fields, TelemetryError, csv_reader, locate_columns};
 
 /// Header the writer produces (the reader accepts these columns in any order).
 pub const FAILURES_HEADER: &str = "appliance,ts,kind,precursor,precursor_s";
