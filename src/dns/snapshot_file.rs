@@ -32,9 +32,9 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::publish::PublishStatus;
 use super::zone::ClientTable;
 use crate::domain::{ApplianceId, ApplianceState, ClientId, Probability, RegionId};
+use crate::publish::PublishStatus;
 use crate::steering::{
     AdvisoryInput, AdvisoryTarget, ApplianceInput, ClientInput, Inputs, PastDecision,
 };
