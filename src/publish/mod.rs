@@ -6,6 +6,10 @@
 //! It sits between [`crate::steering`] and [`crate::dns`], apart from both: it runs the engine
 //! and reads `[steering]`, which the DNS server never needs; DNS only answers from what it
 //! builds.
+//!
+//! [`snapshot_writer`] saves each publication to local disk, for restarts.
+
+pub mod snapshot_writer;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -18,13 +22,14 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{EcsRegion, SteeringSection};
-use crate::dns::snapshot_file::Published;
 use crate::dns::stats::ApplianceSlots;
 use crate::dns::zone::{ClientTable, Endpoint, ServedZones, Service, ServiceSet, Statics};
 use crate::domain::{ApplianceState, Probability, RegionId};
 use crate::risk::reload::ModelSource;
 use crate::steering::service::{Candidate, WeightedSet};
 use crate::steering::{AnswerChange, ApplianceInput, Engine, Inputs, Policy};
+
+use snapshot_writer::Published;
 
 /// What the publisher reports to metrics and health checks.
 #[derive(Debug, Default)]
@@ -85,8 +90,7 @@ pub struct Publisher {
     /// The last client table with the appliance and client tables it was built from: reused
     /// while no answer changes (start with `None`).
     pub last_table: Option<LastTable>,
-    /// Where each publication goes to be saved on disk (see [`crate::dns::snapshot_file`]), if
-    /// anywhere.
+    /// Where each publication goes to be saved on disk (see [`snapshot_writer`]), if anywhere.
     pub saved: Option<watch::Sender<Option<Published>>>,
     /// The model whose operating threshold the unset thresholds follow, when one scores.
     pub follow: Option<FollowModel>,
