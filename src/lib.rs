@@ -29,6 +29,7 @@ pub mod inventory;
 pub mod keyfile;
 pub mod localpg;
 pub mod metrics;
+pub mod publish;
 pub mod reuseport;
 pub mod risk;
 pub mod steering;

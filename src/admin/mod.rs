@@ -41,8 +41,8 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
 use tower_http::timeout::TimeoutLayer;
 
-use crate::dns::publish::PublishStatus;
 use crate::dns::stats::{ApplianceSlots, Stats};
+use crate::publish::PublishStatus;
 use crate::risk::live::LiveScores;
 use crate::risk::live::reload::ModelSource;
 use crate::store::audit::AuditStatus;

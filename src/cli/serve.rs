@@ -16,13 +16,13 @@ use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use shadowsteer::admin;
 use shadowsteer::config::{ListenAddr, SteeringConfig};
-use shadowsteer::dns::publish::{FollowModel, PublishStatus, Publisher};
 use shadowsteer::dns::rrl::{Limits, RateLimiter};
 use shadowsteer::dns::stats::{ApplianceSlots, Stats};
 use shadowsteer::dns::tcp::TcpServer;
 use shadowsteer::dns::udp::{self, Worker};
 use shadowsteer::dns::zone::{ServedZones, Statics};
 use shadowsteer::dns::{catalog, snapshot_file, tcp};
+use shadowsteer::publish::{FollowModel, PublishStatus, Publisher, snapshot_writer};
 use shadowsteer::risk::{self, live::LiveScores, live::reload::ModelSource, model::Model};
 use shadowsteer::steering::{Engine, Policy};
 use shadowsteer::store::audit::AuditStatus;
@@ -375,7 +375,7 @@ struct Opened {
     reachable: bool,
     restored: Option<snapshot_file::Saved>,
     /// Where the snapshot is saved, and what it belongs to.
-    saved_at: snapshot_file::WriterTarget,
+    saved_at: snapshot_writer::WriterTarget,
 }
 
 async fn open_database(cfg: &SteeringConfig) -> Result<Opened, CommandError> {
@@ -414,7 +414,7 @@ async fn open_database(cfg: &SteeringConfig) -> Result<Opened, CommandError> {
         database,
         reachable,
         restored,
-        saved_at: snapshot_file::WriterTarget { path, origin },
+        saved_at: snapshot_writer::WriterTarget { path, origin },
     })
 }
 
@@ -490,7 +490,7 @@ fn spawn_steering(
     setup: &Setup,
     pool: &sqlx::PgPool,
     restored: Option<snapshot_file::Saved>,
-    saved_at: snapshot_file::WriterTarget,
+    saved_at: snapshot_writer::WriterTarget,
 ) -> Steering {
     let cfg = &setup.cfg;
     let shutdown = tasks.shutdown.clone();
@@ -515,7 +515,7 @@ fn spawn_steering(
     }
     let (saved_tx, saved_rx) = watch::channel(None);
     let confirmed = s.sync.clone();
-    tasks.spawn(snapshot_file::run_writer(
+    tasks.spawn(snapshot_writer::run_writer(
         saved_at,
         saved_rx,
         move || confirmed.last_sync_ms.load(Ordering::Relaxed),

@@ -3,16 +3,15 @@
 //!
 //! Core (pure): [`wire`] parses queries, [`respond`] answers them from a [`zone::ServedZones`],
 //! [`catalog`] builds the static zone data from the configuration, [`rrl`] limits response
-//! rates. Shell: [`udp`] (threads with batched system calls), [`tcp`] (tokio), [`publish`]
-//! (steering inputs to served zones), [`snapshot_file`] (the last good snapshot on local disk, for
-//! restarts), [`stats`] (counters for `/metrics`).
+//! rates. Shell: [`udp`] (threads with batched system calls), [`tcp`] (tokio), [`snapshot_file`]
+//! (the last good snapshot on local disk, for restarts), [`stats`] (counters for `/metrics`). The
+//! served zones are built outside, by [`crate::publish`].
 //!
 //! Deliberately left out: DNSSEC signing, zone transfers (AXFR/IXFR are refused), dynamic
 //! update, delegations below the zone, wildcards, DNS cookies.
 
 pub mod catalog;
 pub mod name;
-pub mod publish;
 pub mod respond;
 pub mod rrl;
 pub mod snapshot_file;

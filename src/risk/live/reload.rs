@@ -9,7 +9,7 @@
 //! stored score names the model that computed it.
 //!
 //! Steering thresholds that follow the model's threshold follow a reloaded model too (see
-//! [`crate::dns::publish::FollowModel`]).
+//! [`crate::publish::FollowModel`]).
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -2,6 +2,14 @@
 //! steering engine on every change of the inputs and whenever the engine asks to be woken
 //! (hold-down expiry, advisory edges), builds a new [`ServedZones`], swaps it in atomically,
 //! and hands the changed answers to the audit writer without waiting for it.
+//!
+//! It sits between [`crate::steering`] and [`crate::dns`], apart from both: it runs the engine
+//! and reads `[steering]`, which the DNS server never needs; DNS only answers from what it
+//! builds.
+//!
+//! [`snapshot_writer`] saves each publication to local disk, for restarts.
+
+pub mod snapshot_writer;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -13,14 +21,15 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::snapshot_file::Published;
-use super::stats::ApplianceSlots;
-use super::zone::{ClientTable, Endpoint, ServedZones, Service, ServiceSet, Statics};
 use crate::config::{EcsRegion, SteeringSection};
+use crate::dns::stats::ApplianceSlots;
+use crate::dns::zone::{ClientTable, Endpoint, ServedZones, Service, ServiceSet, Statics};
 use crate::domain::{ApplianceState, Probability, RegionId};
 use crate::risk::live::reload::ModelSource;
 use crate::steering::service::{Candidate, WeightedSet};
 use crate::steering::{AnswerChange, ApplianceInput, Engine, Inputs, Policy};
+
+use snapshot_writer::Published;
 
 /// What the publisher reports to metrics and health checks.
 #[derive(Debug, Default)]
@@ -81,8 +90,7 @@ pub struct Publisher {
     /// The last client table with the appliance and client tables it was built from: reused
     /// while no answer changes (start with `None`).
     pub last_table: Option<LastTable>,
-    /// Where each publication goes to be saved on disk (see [`super::snapshot_file`]), if
-    /// anywhere.
+    /// Where each publication goes to be saved on disk (see [`snapshot_writer`]), if anywhere.
     pub saved: Option<watch::Sender<Option<Published>>>,
     /// The model whose operating threshold the unset thresholds follow, when one scores.
     pub follow: Option<FollowModel>,
