@@ -78,7 +78,8 @@ impl Change {
     }
 }
 
-/// A listener subscribed to [`CHANNEL`].
+/// A listener subscribed to [`CHANNEL`], on a connection of its own (sqlx makes a pool of one
+/// for it): it never holds a connection of the caller's query pool.
 pub async fn listen(url: &str) -> Result<PgListener, StoreError> {
     let mut listener = PgListener::connect(url)
         .await
@@ -87,7 +88,9 @@ pub async fn listen(url: &str) -> Result<PgListener, StoreError> {
     Ok(listener)
 }
 
-/// A listener subscribed to [`CHANNEL`] on a connection made as `pool` makes them.
+/// A listener subscribed to [`CHANNEL`] on one of `pool`'s connections, held for as long as the
+/// listener lives (sqlx's `connect_with` acquires it): the pool must have room for it. This is
+/// the difference from [`listen`], not a twin of it.
 pub async fn listen_with(pool: &sqlx::PgPool) -> Result<PgListener, sqlx::Error> {
     let mut listener = PgListener::connect_with(pool).await?;
     listener.listen(CHANNEL).await?;
