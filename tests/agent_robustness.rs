@@ -22,29 +22,61 @@ use shadowsteer::domain::SecretKey;
 use shadowsteer::localpg::{DATABASE, Durability, LocalCluster, temp_cluster_dir};
 use shadowsteer::tunnel::peer::{Action, DropReason, Peer, PeerSpec};
 
+/// An agent with one client through its handshake, set up to be flooded: one UDP socket (with
+/// one worker per core the flood would spread over several) and a low handshake rate limit.
+struct FloodTarget {
+    db: common::TestDb,
+    /// Holds the agent's files.
+    dir: tempfile::TempDir,
+    service: SecretKey,
+    client_key: SecretKey,
+    agent: RunningAgent,
+    client: TestClient,
+}
+
+impl FloodTarget {
+    async fn start() -> Self {
+        let db = common::test_db().await;
+        let dir = tempfile::tempdir().unwrap();
+        let service = SecretKey::generate();
+        let clients = inventory(&db, &service, 1);
+        let kf = key_file(dir.path(), "service.key", &service);
+        let agent = RunningAgent::start(
+            &agent_toml("eu-1", "127.0.0.1:0", &kf, &db.url, "")
+                .replace(
+                    "inside = \"echo\"",
+                    "inside = \"echo\"\nhandshake_rate_limit = 20",
+                )
+                .replace("[tunnel]", "[tunnel]\nthreads = 1"),
+            dir.path(),
+            "eu-1",
+        )
+        .await;
+        let (_, client_key, ip) = clients.into_iter().next().expect("one client");
+        let mut client = TestClient::new(&client_key, service.public_key(), ip, agent.addr()).await;
+        client.handshake().await;
+        Self {
+            db,
+            dir,
+            service,
+            client_key,
+            agent,
+            client,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_unknown_peers_and_handshake_floods_are_dropped_and_counted() {
-    let db = common::test_db().await;
-    let dir = tempfile::tempdir().unwrap();
-    let service = SecretKey::generate();
-    let clients = inventory(&db, &service, 1);
-    let kf = key_file(dir.path(), "service.key", &service);
-    let agent = RunningAgent::start(
-        &agent_toml("eu-1", "127.0.0.1:0", &kf, &db.url, "")
-            .replace(
-                "inside = \"echo\"",
-                "inside = \"echo\"\nhandshake_rate_limit = 20",
-            )
-            // One socket to fill: with one worker per core the flood would spread over several.
-            .replace("[tunnel]", "[tunnel]\nthreads = 1"),
-        dir.path(),
-        "eu-1",
-    )
-    .await;
+    let FloodTarget {
+        db,
+        dir: _dir,
+        service,
+        client_key: _,
+        agent,
+        mut client,
+    } = FloodTarget::start().await;
     let target = agent.addr();
-    let (_, key, ip) = &clients[0];
-    let mut client = TestClient::new(key, service.public_key(), *ip, target).await;
-    client.handshake().await;
     assert!(client.echo(b"before").await);
 
     let attacker = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
@@ -163,27 +195,15 @@ async fn garbage_unknown_peers_and_handshake_floods_are_dropped_and_counted() {
 /// two limiters' cookies until a reset of one happened to let it through (7 s, 23 cookies).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_handshake_completes_during_a_flood_in_the_clients_name() {
-    let db = common::test_db().await;
-    let dir = tempfile::tempdir().unwrap();
-    let service = SecretKey::generate();
-    let clients = inventory(&db, &service, 1);
-    let kf = key_file(dir.path(), "service.key", &service);
-    let agent = RunningAgent::start(
-        &agent_toml("eu-1", "127.0.0.1:0", &kf, &db.url, "")
-            .replace(
-                "inside = \"echo\"",
-                "inside = \"echo\"\nhandshake_rate_limit = 20",
-            )
-            // One socket to fill: with one worker per core the flood would spread over several.
-            .replace("[tunnel]", "[tunnel]\nthreads = 1"),
-        dir.path(),
-        "eu-1",
-    )
-    .await;
+    let FloodTarget {
+        db: _db,
+        dir: _dir,
+        service,
+        client_key: key,
+        agent,
+        mut client,
+    } = FloodTarget::start().await;
     let target = agent.addr();
-    let (_, key, ip) = &clients[0];
-    let mut client = TestClient::new(key, service.public_key(), *ip, target).await;
-    client.handshake().await;
     let quiet = client.handshake_within(Duration::from_secs(10)).await;
     assert!(quiet.took.is_some(), "no new handshake without a flood");
     assert!(client.echo(b"before").await);
