@@ -16,9 +16,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use shadowsteer::dns::rrl::{Limits, RateLimiter, ResponseClass, ResponseKey, Verdict};
-use shadowsteer::dns::snapshot_file::{self, Origin, SnapshotFileError};
 use shadowsteer::dns::zone::ClientTable;
 use shadowsteer::domain::{ApplianceId, ApplianceState, ClientId, Probability, RegionId};
+use shadowsteer::publish::snapshot_file::{self, Origin, SnapshotFileError};
 use shadowsteer::steering::{
     AdvisoryInput, AdvisoryTarget, ApplianceInput, ClientInput, Engine, Inputs, Policy,
 };

@@ -3,9 +3,10 @@
 //!
 //! Core (pure): [`wire`] parses queries, [`respond`] answers them from a [`zone::ServedZones`],
 //! [`catalog`] builds the static zone data from the configuration, [`rrl`] limits response
-//! rates. Shell: [`udp`] (threads with batched system calls), [`tcp`] (tokio), [`snapshot_file`]
-//! (the last good snapshot on local disk, for restarts), [`stats`] (counters for `/metrics`). The
-//! served zones are built outside, by [`crate::publish`].
+//! rates. Shell: [`udp`] (threads with batched system calls), [`tcp`] (tokio), [`stats`]
+//! (counters for `/metrics`). The served zones are built outside, by [`crate::publish`], which
+//! also saves the last good snapshot on local disk for restarts
+//! ([`crate::publish::snapshot_file`]).
 //!
 //! Deliberately left out: DNSSEC signing, zone transfers (AXFR/IXFR are refused), dynamic
 //! update, delegations below the zone, wildcards, DNS cookies.
@@ -14,7 +15,6 @@ pub mod catalog;
 pub mod name;
 pub mod respond;
 pub mod rrl;
-pub mod snapshot_file;
 pub mod stats;
 pub mod tcp;
 pub mod udp;

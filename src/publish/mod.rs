@@ -7,8 +7,10 @@
 //! and reads `[steering]`, which the DNS server never needs; DNS only answers from what it
 //! builds.
 //!
-//! [`snapshot_writer`] saves each publication to local disk, for restarts.
+//! [`snapshot_writer`] saves each publication to local disk, for restarts, in the file format of
+//! [`snapshot_file`] (which `serve` also reads back at start).
 
+pub mod snapshot_file;
 pub mod snapshot_writer;
 
 use std::collections::BTreeMap;

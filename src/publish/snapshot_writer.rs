@@ -1,7 +1,7 @@
 //! Saves each publication to the snapshot file (format and validation in
-//! [`crate::dns::snapshot_file`]). It lives with the publisher because it persists what the
-//! publisher published and counts its writes in [`PublishStatus`]; the file format stays in `dns`
-//! and knows nothing of the publisher.
+//! [`super::snapshot_file`]). It lives with the publisher because it persists what the
+//! publisher published and counts its writes in [`PublishStatus`]; the file format, beside it,
+//! knows nothing of the publisher.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::PublishStatus;
-use crate::dns::snapshot_file::{
+use super::snapshot_file::{
     MIN_WRITE_INTERVAL, Origin, SnapshotFileError, answers, encode, write_atomic,
 };
 use crate::dns::zone::ClientTable;

@@ -432,6 +432,16 @@ fn score_subject(model: &Model, s: &Subject, history: &HashMap<String, History>)
 mod tests {
     use super::*;
 
+    /// One second of ordinary health from `appliance` in region eu.
+    fn health(appliance: &str, sec: i64) -> HealthSecond {
+        HealthSecond {
+            region: "eu".into(),
+            appliance: appliance.into(),
+            sec,
+            values: [0.5, 0.5, 0.5, 10.0, 0.0],
+        }
+    }
+
     #[test]
     fn ring_window_matches_series_order() {
         let mut r = Ring::new(1000);
@@ -518,16 +528,10 @@ mod tests {
     fn writes_only_what_moved() {
         let model = Model::constant("t", 0.2);
         let mut f = Fleet::new();
-        let h = |a: &str, sec| HealthSecond {
-            region: "eu".into(),
-            appliance: a.into(),
-            sec,
-            values: [0.5, 0.5, 0.5, 10.0, 0.0],
-        };
-        f.handle_health(&[h("a", 100), h("b", 100), h("c", 100)]);
+        f.handle_health(&[health("a", 100), health("b", 100), health("c", 100)]);
         f.handle_health(&[HealthSecond {
             region: "us".into(),
-            ..h("x", 100)
+            ..health("x", 100)
         }]);
         f.score(&model, 101, 2);
         let rows = f.poll_writes("eu", 0.02, 10, i64::MIN);
@@ -689,16 +693,10 @@ mod tests {
     fn confirms_only_written_subjects_still_heard_from() {
         let model = Model::constant("t", 0.2);
         let mut f = Fleet::new();
-        let h = |a: &str, sec| HealthSecond {
-            region: "eu".into(),
-            appliance: a.into(),
-            sec,
-            values: [0.5, 0.5, 0.5, 10.0, 0.0],
-        };
         // "s" is only known from a stored score (e.g. read at start): never heard, never
         // confirmed, however recent the start.
         f.handle_stored(SubjectKind::Appliance, "s", "eu", 0.1, 100);
-        f.handle_health(&[h("a", 100), h("b", 100)]);
+        f.handle_health(&[health("a", 100), health("b", 100)]);
         f.score(&model, 101, 1);
         assert!(
             f.poll_confirmations("eu", 98).is_empty(),
@@ -723,7 +721,7 @@ mod tests {
         f.handle_written(&rows);
         // "a" keeps reporting, "b" falls silent: after 3 s only "a" is confirmed.
         for sec in 101..=105 {
-            f.handle_health(&[h("a", sec)]);
+            f.handle_health(&[health("a", sec)]);
             f.score(&model, sec, 1);
         }
         assert_eq!(

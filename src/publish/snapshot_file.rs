@@ -16,8 +16,8 @@
 //! zones, and it is not older than `server.snapshot_max_age`.
 //!
 //! [`encode`] and [`decode`] are pure (the time is an argument); [`restore`] is the shell. The
-//! task that saves each publication is the publisher's ([`crate::publish::snapshot_writer`]): it
-//! needs the publisher's status, and this file only needs to know the format.
+//! task that saves each publication is [`super::snapshot_writer`], beside this file: it needs the
+//! publisher's status, and this file only needs to know the format.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
@@ -30,7 +30,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::zone::ClientTable;
+use crate::dns::zone::ClientTable;
 use crate::domain::{ApplianceId, ApplianceState, ClientId, Probability, RegionId};
 use crate::steering::{
     AdvisoryInput, AdvisoryTarget, ApplianceInput, ClientInput, Inputs, PastDecision,
