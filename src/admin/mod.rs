@@ -52,7 +52,7 @@ pub use auth::Authenticator;
 pub use error::{ApiError, ErrorBody};
 
 /// Longest a request may take; also bounds how long shutdown waits for requests in flight.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest request body accepted (inventory changes are a few hundred bytes).
 pub const MAX_BODY: usize = 64 * 1024;
 /// Requests handled at once; more are refused with 503 rather than queued without bound.

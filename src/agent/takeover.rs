@@ -28,7 +28,7 @@ use crate::takeover::{Action, ClaimReason, Coordinator, Failback, SessionView};
 use crate::tunnel::device::{DeviceHandle, GroupInput, PeerCommand, RelayRole};
 
 /// Full re-read of the group (notifications are hints and may be lost).
-const RELOAD: Duration = Duration::from_secs(10);
+pub const RELOAD: Duration = Duration::from_secs(10);
 /// Pause after a failed database call.
 const RETRY: Duration = Duration::from_secs(1);
 /// How long the two appliances of a make-before-break move relay the session's stray
