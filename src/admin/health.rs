@@ -1,7 +1,5 @@
 //! `/healthz` (the process runs) and `/readyz` (it answers DNS from database data).
 
-use std::sync::atomic::Ordering;
-
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
@@ -36,13 +34,13 @@ struct Readiness {
 async fn readyz(
     State(state): State<std::sync::Arc<ServerStatus>>,
 ) -> (StatusCode, Json<Readiness>) {
-    let listening = state.listening.load(Ordering::Relaxed);
-    let loaded = state.publish.loaded.load(Ordering::Relaxed);
+    let listening = state.dns.listening();
+    let loaded = state.publish.loaded();
     let r = Readiness {
         ready: listening && loaded,
         listening,
         snapshot_loaded: loaded,
-        database_up: state.sync.db_up.load(Ordering::Relaxed),
+        database_up: state.sync.db_up(),
         snapshot_age_seconds: state
             .sync
             .age_seconds(chrono::Utc::now().timestamp_millis()),

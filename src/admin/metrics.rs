@@ -39,10 +39,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
 /// Every metric of `serve`.
 pub fn registry(status: &Arc<ServerStatus>, live: &LiveView) -> Registry {
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(DnsMetrics {
-        writers: status.dns_stats.clone(),
-        slots: Arc::clone(&status.slots),
-    }));
+    registry.register_collector(Box::new(DnsMetrics(Arc::clone(&status.dns))));
     registry.register_collector(Box::new(ServerMetrics(Arc::clone(status))));
     registry.register_collector(Box::new(Arc::clone(&status.replication)));
     if let Some(scores) = &live.scores {
@@ -93,7 +90,7 @@ impl ServerMetrics {
         out.gauge(
             "shadowsteer_database_up",
             "Whether the last database read succeeded.",
-            u64::from(sync.db_up.load(Ordering::Relaxed)),
+            u64::from(sync.db_up()),
         )?;
         out.counters(
             "shadowsteer_snapshot_loads",
@@ -176,16 +173,16 @@ impl ServerMetrics {
     }
 
     fn tcp(&self, out: &mut Scrape) -> std::fmt::Result {
-        let s = &self.0;
+        let dns = &self.0.dns;
         out.gauge(
             "shadowsteer_dns_tcp_connections",
             "Open DNS-over-TCP connections.",
-            s.tcp_max.saturating_sub(s.tcp_slots.available_permits()),
+            dns.tcp_in_use(),
         )?;
         out.counter(
             "shadowsteer_dns_tcp_refused",
             "TCP connections closed at once because the limit was reached.",
-            s.tcp_refused.load(Ordering::Relaxed),
+            dns.tcp_refused(),
         )
     }
 }

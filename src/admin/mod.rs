@@ -10,8 +10,9 @@
 //! Handlers share one [`AppState`] but take only the narrow handle they need (`State<ApiDb>`,
 //! `State<LiveView>`, ...; each has a `FromRef`): inventory and reads go through
 //! [`crate::inventory`] and the store on the API's own small pool, never the pool the DNS
-//! snapshot loader uses; the DNS and database status counters are one read-only
-//! [`ServerStatus`] used by `/metrics` and `/readyz` alone.
+//! snapshot loader uses; the DNS and database status is one read-only [`ServerStatus`] used by
+//! `/metrics`, `/readyz` and replication status alone, holding each module's own status handle
+//! (DNS's is [`DnsStatus`]) rather than its atomics.
 //!
 //! Limits: request bodies at most [`MAX_BODY`] bytes, at most [`MAX_IN_FLIGHT`] requests at
 //! once (more get 503 at once), each at most [`REQUEST_TIMEOUT`]; token checks are bounded as
@@ -27,7 +28,6 @@ pub mod metrics;
 pub mod view_cache;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::Duration;
 
 use axum::Router;
@@ -36,12 +36,12 @@ use axum::extract::{DefaultBodyLimit, FromRef};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use sqlx::PgPool;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
 use tower_http::timeout::TimeoutLayer;
 
-use crate::dns::stats::{ApplianceSlots, Stats};
+use crate::dns::status::DnsStatus;
 use crate::publish::PublishStatus;
 use crate::risk::live::LiveScores;
 use crate::risk::live::reload::ModelSource;
@@ -63,27 +63,18 @@ pub const MAX_IN_FLIGHT: usize = 256;
 #[derive(Debug, Clone)]
 pub struct ApiDb(pub PgPool);
 
-/// Read-only status of the DNS server and its database feeds, for `/metrics` and `/readyz`.
+/// Read-only status of the DNS server and its database feeds, for `/metrics` and `/readyz`:
+/// one handle per owning module, each read through its methods.
 #[derive(Debug)]
 pub struct ServerStatus {
-    /// DNS counters of every UDP worker and of TCP.
-    pub dns_stats: Vec<Arc<Stats>>,
-    /// Appliance labels of the per-appliance counters.
-    pub slots: Arc<std::sync::Mutex<ApplianceSlots>>,
+    /// The DNS listeners: counters, TCP limit, whether they are up.
+    pub dns: Arc<DnsStatus>,
     /// Database freshness.
     pub sync: Arc<SyncStatus>,
     /// Publication of the served zones (DNS answers).
     pub publish: Arc<PublishStatus>,
     /// Audit writer.
     pub audit: Arc<AuditStatus>,
-    /// TCP connection slots (in use = max - available).
-    pub tcp_slots: Arc<Semaphore>,
-    /// Configured TCP connection limit.
-    pub tcp_max: usize,
-    /// TCP connections refused at the limit.
-    pub tcp_refused: Arc<AtomicU64>,
-    /// Whether the DNS listeners are up.
-    pub listening: Arc<AtomicBool>,
     /// Replication lag per source region, from the heartbeat task.
     pub replication: Arc<crate::store::replication::heartbeat::LagBoard>,
     /// Lag past which replication counts as behind (`replication.lag_warning`).

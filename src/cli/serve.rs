@@ -9,7 +9,7 @@
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
@@ -17,7 +17,8 @@ use arc_swap::ArcSwap;
 use shadowsteer::admin;
 use shadowsteer::config::{ListenAddr, SteeringConfig};
 use shadowsteer::dns::rrl::{Limits, RateLimiter};
-use shadowsteer::dns::stats::{ApplianceSlots, Stats};
+use shadowsteer::dns::stats::ApplianceSlots;
+use shadowsteer::dns::status::DnsStatus;
 use shadowsteer::dns::tcp::TcpServer;
 use shadowsteer::dns::udp::{self, Worker};
 use shadowsteer::dns::zone::{ServedZones, Statics};
@@ -29,7 +30,7 @@ use shadowsteer::store::audit::AuditStatus;
 use shadowsteer::store::replication::heartbeat::{self, LagBoard};
 use shadowsteer::store::snapshot::{Loader, SyncStatus};
 use shadowsteer::store::{self, Database, DatabaseTarget, default_data_dir};
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -236,7 +237,7 @@ pub async fn run(args: ServeArgs) -> CommandResult {
 
     let mut tasks = Tasks::new(&pool, opened.reachable);
     let steering = spawn_steering(&mut tasks, &setup, &pool, opened.restored, opened.saved_at);
-    let dns = spawn_dns(&mut tasks, cfg, listeners.dns, &steering.served)?;
+    let dns = spawn_dns(&mut tasks, cfg, listeners.dns, &steering)?;
     if let Some(source) = &setup.model {
         tasks.spawn(reload_on_hangup(Arc::clone(source), tasks.shutdown.clone()));
     }
@@ -253,19 +254,13 @@ pub async fn run(args: ServeArgs) -> CommandResult {
         tasks.shutdown.clone(),
     );
     tasks.after_migration(heartbeats);
-    let listening = Arc::new(AtomicBool::new(true));
     let status = admin::ServerStatus {
         replication: lag_board,
         lag_warning: cfg.replication.lag_warning.0,
-        dns_stats: dns.stats,
-        slots: steering.slots,
+        dns: dns.clone(),
         sync: steering.sync,
         publish: steering.publish,
         audit: steering.audit,
-        tcp_slots: dns.tcp_slots,
-        tcp_max: cfg.dns.max_tcp_connections,
-        tcp_refused: dns.tcp_refused,
-        listening: listening.clone(),
     };
     let state = admin_state(cfg, &pool, status, setup.model.clone(), risk);
     let admin_shutdown = tasks.shutdown.clone();
@@ -275,7 +270,7 @@ pub async fn run(args: ServeArgs) -> CommandResult {
         }
     });
 
-    tasks.until_stopped(&listening).await;
+    tasks.until_stopped(&dns).await;
     opened.database.close().await;
     tracing::info!("stopped");
     Ok(())
@@ -459,14 +454,14 @@ impl Tasks {
     }
 
     /// Runs until SIGINT/SIGTERM or until a task stops on its own, then stops every task.
-    async fn until_stopped(mut self, listening: &AtomicBool) {
+    async fn until_stopped(mut self, dns: &DnsStatus) {
         tokio::select! {
             _ = super::shutdown_signal() => tracing::info!("shutting down"),
             Some(_) = self.set.join_next() => {
                 tracing::error!("a server task stopped unexpectedly; shutting down");
             }
         }
-        listening.store(false, Ordering::Relaxed);
+        dns.set_listening(false);
         self.shutdown.cancel();
         drop(self.migrated_tx);
         while self.set.join_next().await.is_some() {}
@@ -564,22 +559,15 @@ fn spawn_steering(
     s
 }
 
-/// What the DNS listeners share with the admin listener's metrics.
-struct Dns {
-    /// One per UDP worker, and one for all TCP connections.
-    stats: Vec<Arc<Stats>>,
-    tcp_slots: Arc<Semaphore>,
-    tcp_refused: Arc<AtomicU64>,
-}
-
 /// Starts a thread per UDP socket and a TCP server per listen address, all answering from
-/// `served`.
+/// the steering's served zones; returns their status, listening.
 fn spawn_dns(
     tasks: &mut Tasks,
     cfg: &SteeringConfig,
     sockets: Vec<DnsSockets>,
-    served: &Arc<ArcSwap<ServedZones>>,
-) -> Result<Dns, CommandError> {
+    steering: &Steering,
+) -> Result<Arc<DnsStatus>, CommandError> {
+    let served = &steering.served;
     // One limiter for every worker and listener: the limit is per source prefix, whichever
     // socket its packets reach; one epoch, so the workers agree on the current second.
     let limiter = Arc::new(RateLimiter::new(
@@ -587,16 +575,15 @@ fn spawn_dns(
         rand::random(),
     ));
     let epoch = std::time::Instant::now();
-    let tcp_stats = Arc::new(Stats::default());
-    let mut dns = Dns {
-        stats: vec![tcp_stats.clone()],
-        tcp_slots: Arc::new(Semaphore::new(cfg.dns.max_tcp_connections)),
-        tcp_refused: Arc::new(AtomicU64::new(0)),
-    };
+    let status = Arc::new(DnsStatus::new(
+        sockets.iter().map(|s| s.udp.len()).sum(),
+        cfg.dns.max_tcp_connections,
+        steering.slots.clone(),
+    ));
+    // One counter set per UDP socket, as counted above.
+    let mut worker_stats = status.udp_stats().iter().cloned();
     for s in sockets {
-        for (i, sock) in s.udp.into_iter().enumerate() {
-            let stats = Arc::new(Stats::default());
-            dns.stats.push(stats.clone());
+        for ((i, sock), stats) in s.udp.into_iter().enumerate().zip(&mut worker_stats) {
             let worker = Worker {
                 served: served.clone(),
                 limiter: limiter.clone(),
@@ -621,14 +608,13 @@ fn spawn_dns(
             tokio::net::TcpListener::from_std(s.tcp).context("registering the TCP listener")?;
         let server = TcpServer {
             served: served.clone(),
-            stats: tcp_stats.clone(),
-            slots: dns.tcp_slots.clone(),
+            status: status.clone(),
             idle_timeout: cfg.dns.tcp_idle_timeout.0,
-            refused: dns.tcp_refused.clone(),
         };
         tasks.spawn(server.run(listener, tasks.shutdown.clone()));
     }
-    Ok(dns)
+    status.set_listening(true);
+    Ok(status)
 }
 
 /// Live scoring, when a model is in force: it writes risk_scores, whose NOTIFY trigger carries

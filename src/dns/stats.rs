@@ -175,16 +175,11 @@ impl ApplianceSlots {
 /// The DNS counters of every writer, for `/metrics`: summed over the writers at scrape time,
 /// so the hot path never shares a cache line.
 #[derive(Debug)]
-pub struct DnsMetrics {
-    /// Counters of every UDP worker and of TCP.
-    pub writers: Vec<std::sync::Arc<Stats>>,
-    /// Labels of the per-appliance counters.
-    pub slots: std::sync::Arc<std::sync::Mutex<ApplianceSlots>>,
-}
+pub struct DnsMetrics(pub std::sync::Arc<super::status::DnsStatus>);
 
 impl DnsMetrics {
     fn sum(&self, f: impl Fn(&Stats) -> &AtomicU64) -> u64 {
-        self.writers.iter().map(|s| read(f(s))).sum()
+        self.0.writers().map(|s| read(f(s))).sum()
     }
 
     fn by_name<const N: usize>(
@@ -232,11 +227,7 @@ impl crate::metrics::Collector for DnsMetrics {
             "rcode",
             self.by_name(RCODES.iter().map(|(_, n)| *n), |s| &s.rcodes),
         )?;
-        let labels = self
-            .slots
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .labels();
+        let labels = self.0.appliance_labels();
         let answers: Vec<(&str, u64)> = labels
             .iter()
             .map(|(slot, name)| (name.as_str(), self.sum(|s| &s.appliances[*slot])))

@@ -12,12 +12,11 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::respond::{self, Context, Transport};
-use super::stats::Stats;
+use super::status::DnsStatus;
 use super::zone::ServedZones;
 
 /// Binds a TCP listener on `addr` (address reuse on, so a restart does not wait for
@@ -43,14 +42,10 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 pub struct TcpServer {
     /// What to answer from; the publisher swaps it whole.
     pub served: Arc<ArcSwap<ServedZones>>,
-    /// Counters (shared by all TCP connections).
-    pub stats: Arc<Stats>,
-    /// Connection slots.
-    pub slots: Arc<Semaphore>,
+    /// Counters and connection slots (shared by all TCP servers and connections).
+    pub status: Arc<DnsStatus>,
     /// Idle timeout.
     pub idle_timeout: Duration,
-    /// Connections refused because every slot was taken.
-    pub refused: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl TcpServer {
@@ -72,9 +67,7 @@ impl TcpServer {
                     continue;
                 }
             };
-            let Ok(permit) = self.slots.clone().try_acquire_owned() else {
-                self.refused
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let Some(permit) = self.status.admit_tcp() else {
                 drop(stream);
                 continue;
             };
@@ -124,9 +117,9 @@ impl TcpServer {
                 slip: false,
             };
             let outcome = respond::respond(body, &ctx, &self.served.load(), &mut out);
-            self.stats.record(&outcome);
-            self.stats
-                .record_latency(started.elapsed().as_nanos() as u64, 1);
+            let stats = self.status.tcp_stats();
+            stats.record(&outcome);
+            stats.record_latency(started.elapsed().as_nanos() as u64, 1);
             if !outcome.send {
                 // Nothing sensible to say to this peer.
                 return Ok(());

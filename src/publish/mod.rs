@@ -47,7 +47,7 @@ pub struct PublishStatus {
     /// Changes the audit writer could not take (its queue was full).
     pub audit_dropped: AtomicU64,
     /// Whether answers from the database (or restored from disk) are being served.
-    pub loaded: AtomicBool,
+    loaded: AtomicBool,
     /// Whether the server started from the snapshot saved on disk.
     pub restored: AtomicBool,
     /// Snapshots saved to disk.
@@ -61,6 +61,11 @@ pub struct PublishStatus {
 }
 
 impl PublishStatus {
+    /// Whether answers from the database (or restored from disk) are being served.
+    pub fn loaded(&self) -> bool {
+        self.loaded.load(Ordering::Relaxed)
+    }
+
     /// The steering threshold in force.
     pub fn steering_threshold(&self) -> f64 {
         f64::from_bits(self.steering_threshold.load(Ordering::Relaxed))

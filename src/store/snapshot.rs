@@ -34,7 +34,7 @@ const MAX_TARGETED_CLIENTS: usize = 500;
 #[derive(Debug, Default)]
 pub struct SyncStatus {
     /// Whether the last attempt to read the database succeeded.
-    pub db_up: AtomicBool,
+    db_up: AtomicBool,
     /// Whether anything was ever loaded.
     pub loaded: AtomicBool,
     /// Last successful read (Unix milliseconds).
@@ -50,6 +50,11 @@ pub struct SyncStatus {
 }
 
 impl SyncStatus {
+    /// Whether the last attempt to read the database succeeded.
+    pub fn db_up(&self) -> bool {
+        self.db_up.load(Ordering::Relaxed)
+    }
+
     /// Seconds since the inputs were last confirmed against the database (`None` before the
     /// first load).
     pub fn age_seconds(&self, now_ms: i64) -> Option<f64> {
