@@ -1,5 +1,6 @@
-//! DNS counters. Each UDP worker (and the TCP server) owns one [`Stats`] and is its only writer,
-//! so counting costs an uncontended relaxed add; the metrics endpoint sums them.
+//! DNS counters. Each UDP worker owns one [`Stats`] and is its only writer, so counting costs
+//! an uncontended relaxed add; all TCP connections share one (TCP is the slow path, where a
+//! contended add costs nothing that matters). The metrics endpoint sums them.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
