@@ -100,16 +100,18 @@ struct World {
 const PRIMARY: usize = 2;
 const SHADOW: usize = 3;
 
-async fn world(tag: &str) -> Option<(World, Agent, Agent)> {
-    world_with(tag, true).await
+/// A primary and a shadow agent with a stock `wireguard-go` client already flowing through the
+/// primary; `None` (after a loud skip) without the tools.
+async fn world() -> Option<(World, Agent, Agent)> {
+    world_with(true).await
 }
 
-async fn world_with(tag: &str, stock: bool) -> Option<(World, Agent, Agent)> {
+/// As [`world`], but without `stock` the client namespace is left empty for the test to fill.
+async fn world_with(stock: bool) -> Option<(World, Agent, Agent)> {
     if let Some(why) = skip_reason() {
         skip(&why);
         return None;
     }
-    let _ = tag;
     let db = common::test_db().await;
     let dir = tempfile::tempdir().unwrap();
     let stage = Stage::new(&["c", "p", "s"]);
@@ -188,7 +190,7 @@ async fn world_with(tag: &str, stock: bool) -> Option<(World, Agent, Agent)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn predicted_move_failback_crash_and_restart_with_a_stock_client() {
-    let Some((w, mut primary, shadow)) = world("a").await else {
+    let Some((w, mut primary, shadow)) = world().await else {
         return;
     };
 
@@ -284,7 +286,7 @@ async fn predicted_move_failback_crash_and_restart_with_a_stock_client() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn link_cut_and_partition_move_the_client_at_most_once() {
-    let Some((w, primary, shadow)) = world("b").await else {
+    let Some((w, primary, shadow)) = world().await else {
         return;
     };
     let shadow_ep = format!("{}:{WG_PORT}", Stage::ip(SHADOW));
@@ -420,7 +422,7 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_helper_moves_without_loss_and_survives_a_crash() {
-    let Some((w, mut primary, _shadow)) = world_with("h", false).await else {
+    let Some((w, mut primary, _shadow)) = world_with(false).await else {
         return;
     };
     let sock = tokio::net::UdpSocket::bind("10.214.0.1:0").await.unwrap();
@@ -513,7 +515,7 @@ fn vias(r: &serde_json::Value) -> Vec<(String, String)> {
 /// when DNS moves it, and when the primary stops answering.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_helper_standby_session_make_before_break() {
-    let Some((w, mut primary, shadow)) = world_with("hs", false).await else {
+    let Some((w, mut primary, shadow)) = world_with(false).await else {
         return;
     };
     let sock = tokio::net::UdpSocket::bind("10.214.0.1:0").await.unwrap();
@@ -627,7 +629,7 @@ async fn client_helper_standby_session_make_before_break() {
 /// again: DNS and the decision) must not send traffic on that dead session: nothing is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_helper_fails_back_without_loss_after_a_crash_and_restart() {
-    let Some((w, mut primary, shadow)) = world_with("hf", false).await else {
+    let Some((w, mut primary, shadow)) = world_with(false).await else {
         return;
     };
     let sock = tokio::net::UdpSocket::bind("10.214.0.1:0").await.unwrap();
@@ -702,7 +704,7 @@ async fn client_helper_fails_back_without_loss_after_a_crash_and_restart() {
 /// predicted move to the failback.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_helper_fails_back_without_loss_after_its_standby_restarts() {
-    let Some((w, mut primary, shadow)) = world_with("hr", false).await else {
+    let Some((w, mut primary, shadow)) = world_with(false).await else {
         return;
     };
     let sock = tokio::net::UdpSocket::bind("10.214.0.1:0").await.unwrap();
@@ -765,7 +767,7 @@ async fn client_helper_fails_back_without_loss_after_its_standby_restarts() {
 /// handshake, not a retried initiation.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_takeover_response_sent_to_the_old_holder_still_completes_the_move() {
-    let Some((w, _primary, _shadow)) = world_with("misdirected", false).await else {
+    let Some((w, _primary, _shadow)) = world_with(false).await else {
         return;
     };
     let primary: SocketAddr = (Stage::ip(PRIMARY), WG_PORT).into();
