@@ -280,13 +280,23 @@ async fn tcp_connections_are_bounded_and_idle_ones_closed() {
     let db = common::test_db().await;
     basic_inventory(&db.url);
     let cfg = config(
-        &format!("max_tcp_connections = 2\ntcp_idle_timeout = \"1s\"\n{NO_RRL}"),
+        &format!("max_tcp_connections = 2\ntcp_idle_timeout = \"2s\"\n{NO_RRL}"),
         "",
     );
     let url = db.url.clone();
     tokio::task::spawn_blocking(move || {
         use std::io::Read;
         let server = Server::start(&cfg, &["--database-url", &url]);
+        let token = cli(&url, &["token", "create", "--name", "m", "--scope", "read"]);
+        let scrape = || {
+            let (code, text) = http_get(server.admin, "/metrics", Some(token.trim())).unwrap();
+            assert_eq!(code, 200, "{text}");
+            (
+                metric(&text, "shadowsteer_dns_tcp_connections"),
+                metric(&text, "shadowsteer_dns_tcp_refused_total"),
+            )
+        };
+        assert_eq!(scrape(), (Some(0.0), Some(0.0)));
         let hold: Vec<_> = (0..2)
             .map(|_| std::net::TcpStream::connect(server.dns).unwrap())
             .collect();
@@ -301,6 +311,8 @@ async fn tcp_connections_are_bounded_and_idle_ones_closed() {
             matches!(third.read(&mut b), Ok(0) | Err(_)),
             "third connection refused"
         );
+        // Operators see the limit at work.
+        assert_eq!(scrape(), (Some(2.0), Some(1.0)));
         // Idle connections are closed after the idle timeout.
         for mut h in hold {
             h.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -309,6 +321,11 @@ async fn tcp_connections_are_bounded_and_idle_ones_closed() {
             assert!(start.elapsed() < Duration::from_secs(9));
         }
         // Slots are free again.
+        assert!(
+            eventually(Duration::from_secs(5), || scrape().0 == Some(0.0)).is_some(),
+            "closed connections still counted: {:?}",
+            scrape()
+        );
         assert_eq!(
             addrs(&tcp(server.dns, &query(1, "alice.c.vpn.example.net", A))),
             ["192.0.2.1"]
