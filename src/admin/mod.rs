@@ -12,7 +12,7 @@
 //! [`crate::inventory`] and the store on the API's own small pool, never the pool the DNS
 //! snapshot loader uses; the DNS and database status is one read-only [`ServerStatus`] used by
 //! `/metrics`, `/readyz` and replication status alone, holding each module's own status handle
-//! (DNS's is [`DnsStatus`]) rather than its atomics.
+//! (the DNS listeners' is [`DnsStatus`], read only through its methods).
 //!
 //! Limits: request bodies at most [`MAX_BODY`] bytes, at most [`MAX_IN_FLIGHT`] requests at
 //! once (more get 503 at once), each at most [`REQUEST_TIMEOUT`]; token checks are bounded as

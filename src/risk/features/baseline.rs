@@ -117,7 +117,8 @@ impl MinuteSums {
     }
 
     /// Adds a whole minute's rtt sum and count at once: the warm start of a live scorer from
-    /// minute aggregates of stored probes (see [`crate::risk::live::fleet::Fleet::handle_rtt_minutes`]).
+    /// minute aggregates of stored probes (see
+    /// [`crate::risk::live::fleet::Fleet::handle_rtt_minutes`]).
     pub fn seed_rtt(&mut self, minute: i64, sum: f64, count: u32) {
         let b = self.bucket(minute);
         self.sum[b][RTT] += sum;

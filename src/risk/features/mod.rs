@@ -12,9 +12,9 @@
 pub mod baseline;
 pub mod window;
 
+use self::baseline::{Baseline, Levels, percentile};
+use self::window::{Sample, WINDOW_S, Window};
 use crate::risk::data::telemetry::Metric;
-use crate::risk::features::baseline::{Baseline, percentile};
-use crate::risk::features::window::{Sample, WINDOW_S, Window};
 
 /// The short span: "now".
 const SHORT: usize = 10;
@@ -89,18 +89,18 @@ pub const FEATURE_NAMES: [&str; N_FEATURES] = [
 const N_AGNOSTIC_END: usize = 43;
 
 /// Each signal's 60 s z-score against its own level, barely capped: what a novelty term
-/// ([`crate::risk::model::novelty`]) compares with how far each signal strays in normal operation. They name
-/// their signal, so no built-in supervised feature set includes them.
+/// ([`crate::risk::model::novelty`]) compares with how far each signal strays in normal
+/// operation. They name their signal, so no built-in supervised feature set includes them.
 pub const SIGNAL_Z60: std::ops::Range<usize> = N_AGNOSTIC_END..N_FEATURES;
 
 /// The failure history features, which name no signal either.
 pub const HISTORY: [&str; 2] = ["since_recovery", "failures_1h"];
 
 /// The signal-agnostic features are [`HISTORY`] and every feature after the classic ones: how
-/// abnormal the subject is against its own baseline ([`crate::risk::features::baseline::Levels`]), on how
-/// many signals, for how long and whether it gets worse, with no feature naming a signal. A
-/// model on these alone cannot learn "memory near full", only "abnormal and getting worse",
-/// which is what carries over to failure kinds it was never shown.
+/// abnormal the subject is against its own baseline ([`Levels`]), on how many signals, for how
+/// long and whether it gets worse, with no feature naming a signal. A model on these alone
+/// cannot learn "memory near full", only "abnormal and getting worse", which is what carries
+/// over to failure kinds it was never shown.
 pub fn agnostic() -> impl Iterator<Item = &'static str> {
     HISTORY
         .iter()
@@ -263,7 +263,7 @@ const Z_CAP: f64 = 50.0;
 const Z_SIGNAL_CAP: f64 = 10_000.0;
 
 /// Computes the feature vector of a window, the failure history and the long-term baseline
-/// (see [`crate::risk::features::baseline`]).
+/// (see [`baseline`]).
 pub fn compute(w: &Window<'_>, h: History, b: &Baseline) -> Features {
     // One pass per span, each computing only the statistics the features use: this function
     // runs for every subject every second, so its passes are the scorer's cost.
@@ -510,7 +510,7 @@ fn classic(
 
 /// Each anomaly signal's (level, scale) where its level is known: the scale is the spread,
 /// floored.
-fn scales(levels: &crate::risk::features::baseline::Levels) -> [Option<(f64, f64)>; 8] {
+fn scales(levels: &Levels) -> [Option<(f64, f64)>; 8] {
     let mut out = [None; 8];
     for &(m, floor, rel) in &ANOMALY {
         let (level, spread) = (f64::from(levels.median[m]), f64::from(levels.spread[m]));

@@ -1,16 +1,16 @@
 //! The live scorer's core: in-memory windows of every appliance and path, scored each second,
 //! and the decision which scores are worth writing.
 //!
-//! Pure: telemetry and failure events come in through `handle_*`, time is an
-//! argument, and [`Fleet::poll_writes`] returns the rows to store; the shell ([`crate::risk::live`])
-//! does the reading and writing. Windows are ring buffers of [`WINDOW_S`] seconds, so a tick
-//! costs one pass over each window and nothing is copied.
+//! Pure: telemetry and failure events come in through `handle_*`, time is an argument, and
+//! [`Fleet::poll_writes`] returns the rows to store; the shell ([`crate::risk::live`]) does the
+//! reading and writing. Windows are ring buffers of [`WINDOW_S`] seconds, so a tick costs one
+//! pass over each window and nothing is copied.
 //!
 //! Scores: an appliance that is down (an open failure event) scores 1; otherwise it gets the
-//! model's held score ([`crate::risk::model::hold`]). Paths are scored by the model on their own probes (no
-//! health metrics). Advisories are deliberately not folded in here: the steering server combines
-//! them with the stored score (`steering::risk`), the moment they change and at their window's
-//! edges, and folding them in twice would count them twice.
+//! model's held score ([`crate::risk::model::hold`]). Paths are scored by the model on their own
+//! probes (no health metrics). Advisories are deliberately not folded in here: the steering
+//! server combines them with the stored score (`steering::risk`), the moment they change and at
+//! their window's edges, and folding them in twice would count them twice.
 
 use std::collections::{HashMap, HashSet};
 
