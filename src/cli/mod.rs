@@ -219,3 +219,51 @@ pub async fn run(cli: Cli) -> CommandResult {
         Command::Demo(a) => demo::run(a).await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+    use tracing::Level;
+    use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    use super::Cli;
+
+    /// Whether `target` logs at `level` under `command`'s default filter.
+    fn shown(command: &[&str], target_is_timers: bool, level: Level) -> bool {
+        let cli = Cli::try_parse_from(command).expect("parses");
+        let filter = EnvFilter::try_new(cli.default_log_filter()).expect("a valid filter");
+        let subscriber = tracing_subscriber::registry().with(filter);
+        tracing::subscriber::with_default(subscriber, || {
+            // `enabled!` needs a literal target.
+            match (target_is_timers, level) {
+                (true, Level::WARN) => {
+                    tracing::enabled!(target: "boringtun::noise::timers", Level::WARN)
+                }
+                (true, Level::ERROR) => {
+                    tracing::enabled!(target: "boringtun::noise::timers", Level::ERROR)
+                }
+                (false, Level::WARN) => {
+                    tracing::enabled!(target: "shadowsteer::client::run", Level::WARN)
+                }
+                (false, Level::INFO) => {
+                    tracing::enabled!(target: "shadowsteer::client::run", Level::INFO)
+                }
+                _ => unreachable!("not asked"),
+            }
+        })
+    }
+
+    #[test]
+    fn the_demo_shows_warnings_but_not_boringtun_retries() {
+        let demo = ["shadowsteer", "demo"];
+        assert!(!shown(&demo, true, Level::WARN));
+        assert!(shown(&demo, true, Level::ERROR));
+        assert!(shown(&demo, false, Level::WARN));
+        assert!(!shown(&demo, false, Level::INFO));
+        // Elsewhere a handshake retry is news.
+        let serve = ["shadowsteer", "serve"];
+        assert!(shown(&serve, true, Level::WARN));
+        assert!(shown(&serve, false, Level::INFO));
+    }
+}
