@@ -229,41 +229,43 @@ mod tests {
 
     use super::Cli;
 
-    /// Whether `target` logs at `level` under `command`'s default filter.
-    fn shown(command: &[&str], target_is_timers: bool, level: Level) -> bool {
+    /// What a command's default log filter lets through (`enabled!` needs literal targets).
+    #[derive(Debug, PartialEq)]
+    struct Shown {
+        timer_warnings: bool,
+        timer_errors: bool,
+        helper_warnings: bool,
+        helper_info: bool,
+    }
+
+    fn shown(command: &[&str]) -> Shown {
         let cli = Cli::try_parse_from(command).expect("parses");
         let filter = EnvFilter::try_new(cli.default_log_filter()).expect("a valid filter");
         let subscriber = tracing_subscriber::registry().with(filter);
-        tracing::subscriber::with_default(subscriber, || {
-            // `enabled!` needs a literal target.
-            match (target_is_timers, level) {
-                (true, Level::WARN) => {
-                    tracing::enabled!(target: "boringtun::noise::timers", Level::WARN)
-                }
-                (true, Level::ERROR) => {
-                    tracing::enabled!(target: "boringtun::noise::timers", Level::ERROR)
-                }
-                (false, Level::WARN) => {
-                    tracing::enabled!(target: "shadowsteer::client::run", Level::WARN)
-                }
-                (false, Level::INFO) => {
-                    tracing::enabled!(target: "shadowsteer::client::run", Level::INFO)
-                }
-                _ => unreachable!("not asked"),
-            }
+        tracing::subscriber::with_default(subscriber, || Shown {
+            timer_warnings: tracing::enabled!(target: "boringtun::noise::timers", Level::WARN),
+            timer_errors: tracing::enabled!(target: "boringtun::noise::timers", Level::ERROR),
+            helper_warnings: tracing::enabled!(target: "shadowsteer::client::run", Level::WARN),
+            helper_info: tracing::enabled!(target: "shadowsteer::client::run", Level::INFO),
         })
     }
 
     #[test]
     fn the_demo_shows_warnings_but_not_boringtun_retries() {
-        let demo = ["shadowsteer", "demo"];
-        assert!(!shown(&demo, true, Level::WARN));
-        assert!(shown(&demo, true, Level::ERROR));
-        assert!(shown(&demo, false, Level::WARN));
-        assert!(!shown(&demo, false, Level::INFO));
+        let demo = Shown {
+            timer_warnings: false,
+            timer_errors: true,
+            helper_warnings: true,
+            helper_info: false,
+        };
+        assert_eq!(shown(&["shadowsteer", "demo"]), demo);
         // Elsewhere a handshake retry is news.
-        let serve = ["shadowsteer", "serve"];
-        assert!(shown(&serve, true, Level::WARN));
-        assert!(shown(&serve, false, Level::INFO));
+        let serve = Shown {
+            timer_warnings: true,
+            timer_errors: true,
+            helper_warnings: true,
+            helper_info: true,
+        };
+        assert_eq!(shown(&["shadowsteer", "serve"]), serve);
     }
 }
