@@ -624,6 +624,48 @@ async fn client_helper_standby_session_make_before_break() {
     assert!(last.1 == "silence" || last.1 == "takeover", "{r}");
 }
 
+/// An appliance that restarts faster than the silence that makes it dead has lost its sessions
+/// all the same. The shadow takes them over when the new run's first heartbeat arrives, not
+/// when the client's own handshake retries give up on the primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_restarted_before_it_counts_as_dead_is_taken_over() {
+    let Some((w, mut primary, mut shadow)) = world().await else {
+        return;
+    };
+    // A shadow that calls the primary dead only after 5 s of silence: the restart below is
+    // done well within that.
+    shadow.kill9();
+    let patient = agent_text("us-1", SHADOW, &w.service_key, &w.relay_url, "")
+        .replace("misses = 4", "misses = 100");
+    let shadow = Agent::start(&w.stage, SHADOW, w.dir.path(), "patient-shadow", &patient).await;
+    // Heartbeats every 50 ms: the shadow knows the primary's run before it ends.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        holder(&w.db, "alice").await.map(|h| h.0).as_deref(),
+        Some("eu-1")
+    );
+
+    primary.kill9();
+    let _primary = restart_primary(&w).await;
+    wait_holder(
+        &w.db,
+        "us-1",
+        "the shadow holds after the primary's restart",
+    )
+    .await;
+    let log = shadow.log_text();
+    assert!(
+        log.contains("group peer restarted before it counted as dead"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("group peer stopped sending heartbeats"),
+        "{log}"
+    );
+    // The stock client, never reconfigured, carries traffic again.
+    flowing(&w.client_ns).await;
+}
+
 /// After a crash and takeover the helper's standby session is the one it had with the crashed
 /// appliance, which loses every session when it restarts. Failback onto it (steering names it
 /// again: DNS and the decision) must not send traffic on that dead session: nothing is lost.

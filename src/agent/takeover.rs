@@ -71,6 +71,9 @@ pub struct TakeoverStats {
     pub peers_declared_dead: AtomicU64,
     /// Dead group peers heard from again.
     pub peers_revived: AtomicU64,
+    /// Group peers heard from after a restart they made before counting as dead (their
+    /// sessions are taken over as after a death).
+    pub peers_restarted: AtomicU64,
     /// Sessions claimed, by reason ([`ClaimReason::ALL`] order).
     claims: [AtomicU64; ClaimReason::ALL.len()],
     /// Claims stored in the database.
@@ -148,6 +151,11 @@ impl crate::metrics::Collector for TakeoverStats {
             "shadowsteer_takeover_peers_revived",
             "Dead group peers heard from again.",
             get(&self.peers_revived),
+        )?;
+        out.counter(
+            "shadowsteer_takeover_peers_restarted",
+            "Group peers that restarted before they counted as dead; their sessions are taken over.",
+            get(&self.peers_restarted),
         )?;
         out.counters(
             "shadowsteer_takeover_claims",
@@ -309,17 +317,21 @@ impl Shell {
                 after_ms = self.settings.timing.dead_after().as_millis() as u64,
                 "group peer stopped sending heartbeats; taking over its sessions"
             );
-            let now = Utc::now();
-            let last_heard = self
-                .liveness
-                .last_heard(&peer)
-                .map(|at| now - chrono::Duration::from_std(at.elapsed()).unwrap_or_default());
-            let actions = match self.coordinator.as_mut() {
-                Some(c) => c.peer_dead(&peer, now, last_heard),
-                None => Vec::new(),
-            };
-            self.carry_out(actions).await;
+            let last_heard = self.liveness.last_heard(&peer);
+            self.take_over_from(&peer, last_heard).await;
         }
+    }
+
+    /// Takes over the sessions `peer` held when it was last heard from (at `last_heard`).
+    async fn take_over_from(&mut self, peer: &ApplianceId, last_heard: Option<Instant>) {
+        let now = Utc::now();
+        let last_heard =
+            last_heard.map(|at| now - chrono::Duration::from_std(at.elapsed()).unwrap_or_default());
+        let actions = match self.coordinator.as_mut() {
+            Some(c) => c.peer_dead(peer, now, last_heard),
+            None => Vec::new(),
+        };
+        self.carry_out(actions).await;
     }
 
     async fn on_input(&mut self, input: GroupInput) {
@@ -343,12 +355,23 @@ impl Shell {
                     return;
                 }
                 let now_ms = Utc::now().timestamp_millis().max(0) as u64;
+                let heard_before = self.liveness.last_heard(&hb.from);
                 match self.liveness.on_heartbeat(&hb, Instant::now(), now_ms) {
-                    Verdict::Accepted { revived } => {
+                    Verdict::Accepted { revived, restarted } => {
                         self.stats.heartbeats_ok.fetch_add(1, Ordering::Relaxed);
+                        if restarted {
+                            self.stats.peers_restarted.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(
+                                peer = %hb.from,
+                                "group peer restarted before it counted as dead; taking over its sessions"
+                            );
+                            self.take_over_from(&hb.from, heard_before).await;
+                        }
                         if revived {
                             self.stats.peers_revived.fetch_add(1, Ordering::Relaxed);
                             tracing::info!(peer = %hb.from, "group peer sends heartbeats again");
+                        }
+                        if revived || restarted {
                             let actions = match self.coordinator.as_mut() {
                                 Some(c) => c.peer_alive(&hb.from),
                                 None => Vec::new(),

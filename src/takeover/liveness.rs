@@ -4,7 +4,10 @@
 //! since this agent started is given `startup_grace` before it counts as dead (both ends of a
 //! group rarely start in the same second). Replays are refused: `(boot, seq)` of a sender must
 //! grow, and its send time must be within [`REPLAY_WINDOW`] of our clock, which also covers a
-//! receiver that restarted and forgot the last sequence number. Pure: time is an argument.
+//! receiver that restarted and forgot the last sequence number. A sender whose `boot` grows
+//! while we still count it alive restarted faster than the silence that makes it dead; that is
+//! reported too, since a restart loses every session as surely as a death does. Pure: time is
+//! an argument.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -36,10 +39,13 @@ impl Timing {
 /// What became of one heartbeat.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
-    /// Valid and fresh; `revived` if the peer had been dead.
+    /// Valid and fresh.
     Accepted {
         /// The peer was dead until now.
         revived: bool,
+        /// The peer started again (a higher `boot`) before it was silent long enough to count
+        /// as dead: its sessions died with its previous run all the same.
+        restarted: bool,
     },
     /// Not newer than one already accepted.
     Replayed,
@@ -113,10 +119,11 @@ impl Liveness {
         {
             return Verdict::Replayed;
         }
+        let restarted = !state.dead && state.last_seen.is_some_and(|(boot, _)| hb.boot > boot);
         state.last_seen = Some((hb.boot, hb.seq));
         state.last_ok = Some(now);
         let revived = std::mem::take(&mut state.dead);
-        Verdict::Accepted { revived }
+        Verdict::Accepted { revived, restarted }
     }
 
     /// Declares dead every peer silent for too long; returns the new deaths.
@@ -180,7 +187,10 @@ mod tests {
         l.set_peers([id("us-1")]);
         assert_eq!(
             l.on_heartbeat(&hb("us-1", 1, 1, 10_000), t0, 10_000),
-            Verdict::Accepted { revived: false }
+            Verdict::Accepted {
+                revived: false,
+                restarted: false
+            }
         );
         assert!(l.poll(t0 + 199 * MS).is_empty());
         assert_eq!(l.poll(t0 + 200 * MS), vec![id("us-1")]);
@@ -193,12 +203,27 @@ mod tests {
         );
         assert_eq!(
             l.on_heartbeat(&hb("us-1", 1, 2, 10_300), t0 + 300 * MS, 10_300),
-            Verdict::Accepted { revived: true }
+            Verdict::Accepted {
+                revived: true,
+                restarted: false
+            }
         );
-        // A restarted sender (higher boot) starts its sequence again.
+        // A sender that restarted (higher boot) within the silence that makes it dead starts
+        // its sequence again, and its restart is reported: its sessions are gone.
         assert_eq!(
             l.on_heartbeat(&hb("us-1", 2, 0, 10_350), t0 + 350 * MS, 10_350),
-            Verdict::Accepted { revived: false }
+            Verdict::Accepted {
+                revived: false,
+                restarted: true
+            }
+        );
+        assert!(!l.is_dead(&id("us-1")));
+        assert_eq!(
+            l.on_heartbeat(&hb("us-1", 2, 1, 10_360), t0 + 360 * MS, 10_360),
+            Verdict::Accepted {
+                revived: false,
+                restarted: false
+            }
         );
         assert_eq!(
             l.on_heartbeat(&hb("us-1", 2, 5, 1_000), t0 + 400 * MS, 10_400),
