@@ -689,6 +689,12 @@ async fn client_helper_fails_back_without_loss_after_a_crash_and_restart() {
         // Steering noticed: DNS names the shadow; the primary is nobody's standby while down.
         dns.set(Stage::ip(SHADOW));
         dns.set_standby(None);
+        // The helper's move can beat the shadow's 200 ms to call the primary dead; restarted
+        // before that, the primary would be a restart, not a death and a return (that case has
+        // its own test above).
+        shadow
+            .wait_log("group peer stopped sending heartbeats", 1)
+            .await;
         restarted = Some(restart_primary(&w).await);
         shadow
             .wait_log("group peer sends heartbeats again", 1)

@@ -267,6 +267,11 @@ impl Agent {
         let path = dir.join(format!("{name}.toml"));
         std::fs::write(&path, text).unwrap();
         let log = dir.join(format!("{name}.log"));
+        // A restart appends to the same log: wait for this run's line, not an earlier run's.
+        let loaded_before = std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches("roster loaded")
+            .count();
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -286,7 +291,7 @@ impl Agent {
             child: Some(child),
             log,
         };
-        agent.wait_log("roster loaded", 1).await;
+        agent.wait_log("roster loaded", loaded_before + 1).await;
         agent
     }
 
