@@ -226,6 +226,7 @@ async fn predicted_move_failback_crash_and_restart_with_a_stock_client() {
     // Sudden crash of the primary: the shadow takes over with no action on the client.
     let probe = Probe::start(&w.client_ns);
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let killed = chrono::Utc::now();
     primary.kill9();
     wait_for(
         Duration::from_secs(10),
@@ -280,6 +281,18 @@ async fn predicted_move_failback_crash_and_restart_with_a_stock_client() {
     assert_eq!(
         closed, 1,
         "the failure event is closed when heartbeats return"
+    );
+    // It starts at the last heartbeat heard, before the kill, not at the 200 ms deadline after.
+    let (started, _, note) = closed_failure(&w.db, "eu-1").await;
+    eprintln!(
+        "failure event: from {} ms after the kill",
+        (started - killed).num_milliseconds()
+    );
+    assert!(note.contains("no group heartbeat"), "{note}");
+    assert!(
+        started <= killed + chrono::Duration::milliseconds(50),
+        "the failure starts {} ms after the kill",
+        (started - killed).num_milliseconds()
     );
     drop(restarted);
 }
@@ -645,6 +658,7 @@ async fn a_primary_restarted_before_it_counts_as_dead_is_taken_over() {
         Some("eu-1")
     );
 
+    let killed = chrono::Utc::now();
     primary.kill9();
     let _primary = restart_primary(&w).await;
     wait_holder(
@@ -662,8 +676,49 @@ async fn a_primary_restarted_before_it_counts_as_dead_is_taken_over() {
         !log.contains("group peer stopped sending heartbeats"),
         "{log}"
     );
+    // The shadow's failure event spans the restart: from the old run's last heartbeat (before
+    // the kill) to the new run's first.
+    let (started, ended, note) = closed_failure(&w.db, "eu-1").await;
+    eprintln!(
+        "failure event: from {} ms after the kill, for {} ms",
+        (started - killed).num_milliseconds(),
+        (ended - started).num_milliseconds()
+    );
+    assert!(note.contains("restarted"), "{note}");
+    assert!(
+        started <= killed + chrono::Duration::milliseconds(50),
+        "the failure starts {} ms after the kill",
+        (started - killed).num_milliseconds()
+    );
+    assert!(ended > started, "{started} .. {ended}");
     // The stock client, never reconfigured, carries traffic again.
     flowing(&w.client_ns).await;
+}
+
+/// The shadow's closed failure event of `appliance`, once written: its start, end and note.
+async fn closed_failure(
+    db: &common::TestDb,
+    appliance: &str,
+) -> (
+    chrono::DateTime<chrono::Utc>,
+    chrono::DateTime<chrono::Utc>,
+    String,
+) {
+    wait_for(
+        Duration::from_secs(10),
+        "the failure event is closed",
+        || async {
+            sqlx::query_as(
+                "SELECT started_at, ended_at, note FROM failure_events
+             WHERE appliance_id = $1 AND region = 'us' AND ended_at IS NOT NULL",
+            )
+            .bind(appliance)
+            .fetch_optional(&db.pool)
+            .await
+            .unwrap()
+        },
+    )
+    .await
 }
 
 /// After a crash and takeover the helper's standby session is the one it had with the crashed

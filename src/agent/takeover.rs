@@ -22,9 +22,9 @@ use tokio_util::sync::CancellationToken;
 use crate::domain::{ApplianceId, ClientId, PeerIndex, RegionId};
 use crate::store::notify::{ChangedTable, Follower, Heard};
 use crate::store::takeover::{self as store, ClaimWrite, Group};
-use crate::takeover::liveness::{Liveness, Timing, Verdict};
+use crate::takeover::liveness::{Arrival, Liveness, Timing, Verdict};
 use crate::takeover::wire::{GroupKey, Heartbeat, MAX_LEN};
-use crate::takeover::{Action, ClaimReason, Coordinator, Failback, SessionView};
+use crate::takeover::{Action, ClaimReason, Coordinator, Failback, PeerLoss, SessionView};
 use crate::tunnel::device::{DeviceHandle, GroupInput, PeerCommand, RelayRole};
 
 /// Full re-read of the group (notifications are hints and may be lost).
@@ -197,9 +197,14 @@ const SESSION_BATCH: usize = 1000;
 /// ...or for at most this long after the first notification.
 const SESSION_BATCH_WAIT: Duration = Duration::from_millis(10);
 
+/// The wall-clock time of a monotonic instant in the past.
+fn wall_clock(at: Option<Instant>) -> Option<chrono::DateTime<Utc>> {
+    at.map(|at| Utc::now() - chrono::Duration::from_std(at.elapsed()).unwrap_or_default())
+}
+
 enum Write {
     Claims(Vec<ClaimWrite>),
-    PeerDown(ApplianceId, chrono::DateTime<Utc>),
+    PeerDown(ApplianceId, chrono::DateTime<Utc>, PeerLoss),
     PeerUp(ApplianceId, chrono::DateTime<Utc>),
 }
 
@@ -317,21 +322,13 @@ impl Shell {
                 after_ms = self.settings.timing.dead_after().as_millis() as u64,
                 "group peer stopped sending heartbeats; taking over its sessions"
             );
-            let last_heard = self.liveness.last_heard(&peer);
-            self.take_over_from(&peer, last_heard).await;
+            let last_heard = wall_clock(self.liveness.last_heard(&peer));
+            let actions = match self.coordinator.as_mut() {
+                Some(c) => c.peer_dead(&peer, Utc::now(), last_heard),
+                None => Vec::new(),
+            };
+            self.carry_out(actions).await;
         }
-    }
-
-    /// Takes over the sessions `peer` held when it was last heard from (at `last_heard`).
-    async fn take_over_from(&mut self, peer: &ApplianceId, last_heard: Option<Instant>) {
-        let now = Utc::now();
-        let last_heard =
-            last_heard.map(|at| now - chrono::Duration::from_std(at.elapsed()).unwrap_or_default());
-        let actions = match self.coordinator.as_mut() {
-            Some(c) => c.peer_dead(peer, now, last_heard),
-            None => Vec::new(),
-        };
-        self.carry_out(actions).await;
     }
 
     async fn on_input(&mut self, input: GroupInput) {
@@ -357,27 +354,28 @@ impl Shell {
                 let now_ms = Utc::now().timestamp_millis().max(0) as u64;
                 let heard_before = self.liveness.last_heard(&hb.from);
                 match self.liveness.on_heartbeat(&hb, Instant::now(), now_ms) {
-                    Verdict::Accepted { revived, restarted } => {
+                    Verdict::Accepted(arrival) => {
                         self.stats.heartbeats_ok.fetch_add(1, Ordering::Relaxed);
-                        if restarted {
-                            self.stats.peers_restarted.fetch_add(1, Ordering::Relaxed);
-                            tracing::warn!(
-                                peer = %hb.from,
-                                "group peer restarted before it counted as dead; taking over its sessions"
-                            );
-                            self.take_over_from(&hb.from, heard_before).await;
-                        }
-                        if revived {
-                            self.stats.peers_revived.fetch_add(1, Ordering::Relaxed);
-                            tracing::info!(peer = %hb.from, "group peer sends heartbeats again");
-                        }
-                        if revived || restarted {
-                            let actions = match self.coordinator.as_mut() {
-                                Some(c) => c.peer_alive(&hb.from),
-                                None => Vec::new(),
-                            };
-                            self.carry_out(actions).await;
-                        }
+                        let actions = match arrival {
+                            Arrival::Steady => None,
+                            Arrival::Restarted => {
+                                self.stats.peers_restarted.fetch_add(1, Ordering::Relaxed);
+                                tracing::warn!(
+                                    peer = %hb.from,
+                                    "group peer restarted before it counted as dead; taking over its sessions"
+                                );
+                                let last_heard = wall_clock(heard_before);
+                                self.coordinator
+                                    .as_mut()
+                                    .map(|c| c.peer_restarted(&hb.from, Utc::now(), last_heard))
+                            }
+                            Arrival::Revived => {
+                                self.stats.peers_revived.fetch_add(1, Ordering::Relaxed);
+                                tracing::info!(peer = %hb.from, "group peer sends heartbeats again");
+                                self.coordinator.as_mut().map(|c| c.peer_alive(&hb.from))
+                            }
+                        };
+                        self.carry_out(actions.unwrap_or_default()).await;
                     }
                     Verdict::Replayed => {
                         self.stats.replayed.fetch_add(1, Ordering::Relaxed);
@@ -538,8 +536,12 @@ impl Shell {
                         .await;
                     }
                 }
-                Action::PeerDown(a) => {
-                    let _ = self.writes.send(Write::PeerDown(a, Utc::now()));
+                Action::PeerDown {
+                    appliance,
+                    since,
+                    loss,
+                } => {
+                    let _ = self.writes.send(Write::PeerDown(appliance, since, loss));
                 }
                 Action::PeerUp(a) => {
                     let _ = self.writes.send(Write::PeerUp(a, Utc::now()));
@@ -702,8 +704,13 @@ async fn writer(
                         }
                     }
                 }
-                Write::PeerDown(peer, at) => {
-                    let note = format!("no group heartbeat seen by {appliance}");
+                Write::PeerDown(peer, at, loss) => {
+                    let note = match loss {
+                        PeerLoss::Silent => format!("no group heartbeat seen by {appliance}"),
+                        PeerLoss::Restarted => {
+                            format!("restarted before {appliance} counted it dead")
+                        }
+                    };
                     store::open_failure(&pool, &region, peer, *at, &note)
                         .await
                         .is_ok()

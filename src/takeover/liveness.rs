@@ -36,17 +36,23 @@ impl Timing {
     }
 }
 
+/// What an accepted heartbeat says about its sender.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arrival {
+    /// Alive, as it was.
+    Steady,
+    /// The peer was dead until now.
+    Revived,
+    /// The peer started again (a higher `boot`) before it was silent long enough to count as
+    /// dead: its sessions died with its previous run all the same.
+    Restarted,
+}
+
 /// What became of one heartbeat.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     /// Valid and fresh.
-    Accepted {
-        /// The peer was dead until now.
-        revived: bool,
-        /// The peer started again (a higher `boot`) before it was silent long enough to count
-        /// as dead: its sessions died with its previous run all the same.
-        restarted: bool,
-    },
+    Accepted(Arrival),
     /// Not newer than one already accepted.
     Replayed,
     /// Sent too long ago (or in the future) by our clock.
@@ -119,11 +125,16 @@ impl Liveness {
         {
             return Verdict::Replayed;
         }
-        let restarted = !state.dead && state.last_seen.is_some_and(|(boot, _)| hb.boot > boot);
+        let arrival = if std::mem::take(&mut state.dead) {
+            Arrival::Revived
+        } else if state.last_seen.is_some_and(|(boot, _)| hb.boot > boot) {
+            Arrival::Restarted
+        } else {
+            Arrival::Steady
+        };
         state.last_seen = Some((hb.boot, hb.seq));
         state.last_ok = Some(now);
-        let revived = std::mem::take(&mut state.dead);
-        Verdict::Accepted { revived, restarted }
+        Verdict::Accepted(arrival)
     }
 
     /// Declares dead every peer silent for too long; returns the new deaths.
@@ -187,10 +198,7 @@ mod tests {
         l.set_peers([id("us-1")]);
         assert_eq!(
             l.on_heartbeat(&hb("us-1", 1, 1, 10_000), t0, 10_000),
-            Verdict::Accepted {
-                revived: false,
-                restarted: false
-            }
+            Verdict::Accepted(Arrival::Steady)
         );
         assert!(l.poll(t0 + 199 * MS).is_empty());
         assert_eq!(l.poll(t0 + 200 * MS), vec![id("us-1")]);
@@ -203,27 +211,18 @@ mod tests {
         );
         assert_eq!(
             l.on_heartbeat(&hb("us-1", 1, 2, 10_300), t0 + 300 * MS, 10_300),
-            Verdict::Accepted {
-                revived: true,
-                restarted: false
-            }
+            Verdict::Accepted(Arrival::Revived)
         );
         // A sender that restarted (higher boot) within the silence that makes it dead starts
         // its sequence again, and its restart is reported: its sessions are gone.
         assert_eq!(
             l.on_heartbeat(&hb("us-1", 2, 0, 10_350), t0 + 350 * MS, 10_350),
-            Verdict::Accepted {
-                revived: false,
-                restarted: true
-            }
+            Verdict::Accepted(Arrival::Restarted)
         );
         assert!(!l.is_dead(&id("us-1")));
         assert_eq!(
             l.on_heartbeat(&hb("us-1", 2, 1, 10_360), t0 + 360 * MS, 10_360),
-            Verdict::Accepted {
-                revived: false,
-                restarted: false
-            }
+            Verdict::Accepted(Arrival::Steady)
         );
         assert_eq!(
             l.on_heartbeat(&hb("us-1", 2, 5, 1_000), t0 + 400 * MS, 10_400),

@@ -164,10 +164,28 @@ pub enum Action {
         /// The other appliance of the move.
         partner: ApplianceId,
     },
-    /// A group peer stopped sending heartbeats: record a failure event.
-    PeerDown(ApplianceId),
+    /// A group peer was lost: record a failure event from `since` (when it was last heard, as
+    /// near its death as we know), so a label for the risk model starts where the failure did.
+    PeerDown {
+        /// The peer.
+        appliance: ApplianceId,
+        /// When it was last heard (when the loss was noticed if it never was).
+        since: DateTime<Utc>,
+        /// How the loss showed.
+        loss: PeerLoss,
+    },
     /// A group peer is back: close its failure event.
     PeerUp(ApplianceId),
+}
+
+/// How a group peer's loss showed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerLoss {
+    /// Its heartbeats stopped for longer than the deadline.
+    Silent,
+    /// A heartbeat came from a new run of it while it still counted as alive: it crashed and
+    /// restarted within the deadline, and lost every session it held.
+    Restarted,
 }
 
 /// Counters of what the coordinator did.
@@ -334,11 +352,38 @@ impl Coordinator {
         now: DateTime<Utc>,
         last_heard: Option<DateTime<Utc>>,
     ) -> Vec<Action> {
+        self.lose_peer(appliance, now, last_heard, PeerLoss::Silent)
+    }
+
+    /// A heartbeat from a new run of a group peer we still count as alive: it lost its
+    /// sessions in the restart, so this is a death and a return at once.
+    pub fn peer_restarted(
+        &mut self,
+        appliance: &ApplianceId,
+        now: DateTime<Utc>,
+        last_heard: Option<DateTime<Utc>>,
+    ) -> Vec<Action> {
+        let mut out = self.lose_peer(appliance, now, last_heard, PeerLoss::Restarted);
+        out.extend(self.peer_alive(appliance));
+        out
+    }
+
+    fn lose_peer(
+        &mut self,
+        appliance: &ApplianceId,
+        now: DateTime<Utc>,
+        last_heard: Option<DateTime<Utc>>,
+        loss: PeerLoss,
+    ) -> Vec<Action> {
         let mut out = Vec::new();
         if !self.dead.insert(appliance.clone()) {
             return out;
         }
-        out.push(Action::PeerDown(appliance.clone()));
+        out.push(Action::PeerDown {
+            appliance: appliance.clone(),
+            since: last_heard.map_or(now, |h| h.min(now)),
+            loss,
+        });
         let mut peers: Vec<PeerIndex> = self
             .sessions
             .values()

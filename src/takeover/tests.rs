@@ -75,7 +75,14 @@ fn shadow_stands_by_then_takes_over_every_session_of_a_dead_primary() {
     }));
     assert_eq!(c.peers(), [id("eu-1")].into_iter().collect());
     let actions = c.peer_dead(&id("eu-1"), t(10), None);
-    assert_eq!(actions[0], Action::PeerDown(id("eu-1")));
+    assert_eq!(
+        actions[0],
+        Action::PeerDown {
+            appliance: id("eu-1"),
+            since: t(10),
+            loss: PeerLoss::Silent
+        }
+    );
     assert_eq!(
         claims(&actions),
         vec![(p(1), 1, ClaimReason::Crash), (p(2), 1, ClaimReason::Crash)]
@@ -282,6 +289,34 @@ fn revival_is_reported_and_moves_nothing() {
     assert_eq!(c.peer_alive(&id("eu-1")), vec![Action::PeerUp(id("eu-1"))]);
     assert!(c.peer_alive(&id("eu-1")).is_empty());
     assert!(c.holds(p(1)));
+}
+
+#[test]
+fn a_restart_is_a_death_and_a_return_dated_from_the_last_heartbeat() {
+    let mut c = shadow();
+    c.load(vec![session(1, None)], t(0));
+    let actions = c.peer_restarted(&id("eu-1"), t(900), Some(t(700)));
+    // The failure event starts when the old run was last heard, not when the new one spoke.
+    assert_eq!(
+        actions[0],
+        Action::PeerDown {
+            appliance: id("eu-1"),
+            since: t(700),
+            loss: PeerLoss::Restarted
+        }
+    );
+    assert_eq!(claims(&actions), vec![(p(1), 1, ClaimReason::Crash)]);
+    assert_eq!(actions.last(), Some(&Action::PeerUp(id("eu-1"))));
+    assert!(c.holds(p(1)));
+    // It counts as alive again: a later silence is a new death.
+    assert_eq!(
+        c.peer_dead(&id("eu-1"), t(2000), Some(t(1800)))[0],
+        Action::PeerDown {
+            appliance: id("eu-1"),
+            since: t(1800),
+            loss: PeerLoss::Silent
+        }
+    );
 }
 
 #[test]
