@@ -198,8 +198,8 @@ const SESSION_BATCH: usize = 1000;
 const SESSION_BATCH_WAIT: Duration = Duration::from_millis(10);
 
 /// The wall-clock time of a monotonic instant in the past.
-fn wall_clock(at: Option<Instant>) -> Option<chrono::DateTime<Utc>> {
-    at.map(|at| Utc::now() - chrono::Duration::from_std(at.elapsed()).unwrap_or_default())
+fn wall_clock(at: Instant) -> chrono::DateTime<Utc> {
+    Utc::now() - chrono::Duration::from_std(at.elapsed()).unwrap_or_default()
 }
 
 enum Write {
@@ -322,7 +322,7 @@ impl Shell {
                 after_ms = self.settings.timing.dead_after().as_millis() as u64,
                 "group peer stopped sending heartbeats; taking over its sessions"
             );
-            let last_heard = wall_clock(self.liveness.last_heard(&peer));
+            let last_heard = self.liveness.last_heard(&peer).map(wall_clock);
             let actions = match self.coordinator.as_mut() {
                 Some(c) => c.peer_dead(&peer, Utc::now(), last_heard),
                 None => Vec::new(),
@@ -352,19 +352,18 @@ impl Shell {
                     return;
                 }
                 let now_ms = Utc::now().timestamp_millis().max(0) as u64;
-                let heard_before = self.liveness.last_heard(&hb.from);
                 match self.liveness.on_heartbeat(&hb, Instant::now(), now_ms) {
                     Verdict::Accepted(arrival) => {
                         self.stats.heartbeats_ok.fetch_add(1, Ordering::Relaxed);
                         let actions = match arrival {
                             Arrival::Steady => None,
-                            Arrival::Restarted => {
+                            Arrival::Restarted { last_heard } => {
                                 self.stats.peers_restarted.fetch_add(1, Ordering::Relaxed);
                                 tracing::warn!(
                                     peer = %hb.from,
                                     "group peer restarted before it counted as dead; taking over its sessions"
                                 );
-                                let last_heard = wall_clock(heard_before);
+                                let last_heard = Some(wall_clock(last_heard));
                                 self.coordinator
                                     .as_mut()
                                     .map(|c| c.peer_restarted(&hb.from, Utc::now(), last_heard))

@@ -45,7 +45,10 @@ pub enum Arrival {
     Revived,
     /// The peer started again (a higher `boot`) before it was silent long enough to count as
     /// dead: its sessions died with its previous run all the same.
-    Restarted,
+    Restarted {
+        /// When its previous run was last heard from.
+        last_heard: Instant,
+    },
 }
 
 /// What became of one heartbeat.
@@ -127,8 +130,10 @@ impl Liveness {
         }
         let arrival = if std::mem::take(&mut state.dead) {
             Arrival::Revived
-        } else if state.last_seen.is_some_and(|(boot, _)| hb.boot > boot) {
-            Arrival::Restarted
+        } else if let (Some((boot, _)), Some(last_heard)) = (state.last_seen, state.last_ok)
+            && hb.boot > boot
+        {
+            Arrival::Restarted { last_heard }
         } else {
             Arrival::Steady
         };
@@ -217,7 +222,9 @@ mod tests {
         // its sequence again, and its restart is reported: its sessions are gone.
         assert_eq!(
             l.on_heartbeat(&hb("us-1", 2, 0, 10_350), t0 + 350 * MS, 10_350),
-            Verdict::Accepted(Arrival::Restarted)
+            Verdict::Accepted(Arrival::Restarted {
+                last_heard: t0 + 300 * MS
+            })
         );
         assert!(!l.is_dead(&id("us-1")));
         assert_eq!(
