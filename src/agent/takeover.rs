@@ -363,7 +363,7 @@ impl Shell {
                                     peer = %hb.from,
                                     "group peer restarted before it counted as dead; taking over its sessions"
                                 );
-                                let last_heard = Some(wall_clock(last_heard));
+                                let last_heard = wall_clock(last_heard);
                                 self.coordinator
                                     .as_mut()
                                     .map(|c| c.peer_restarted(&hb.from, Utc::now(), last_heard))

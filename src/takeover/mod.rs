@@ -356,14 +356,15 @@ impl Coordinator {
     }
 
     /// A heartbeat from a new run of a group peer we still count as alive: it lost its
-    /// sessions in the restart, so this is a death and a return at once.
+    /// sessions in the restart, so this is a death and a return at once. The old run was
+    /// alive until `last_heard`, so a restart always has one (a silent death may not).
     pub fn peer_restarted(
         &mut self,
         appliance: &ApplianceId,
         now: DateTime<Utc>,
-        last_heard: Option<DateTime<Utc>>,
+        last_heard: DateTime<Utc>,
     ) -> Vec<Action> {
-        let mut out = self.lose_peer(appliance, now, last_heard, PeerLoss::Restarted);
+        let mut out = self.lose_peer(appliance, now, Some(last_heard), PeerLoss::Restarted);
         out.extend(self.peer_alive(appliance));
         out
     }

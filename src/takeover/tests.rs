@@ -295,7 +295,7 @@ fn revival_is_reported_and_moves_nothing() {
 fn a_restart_is_a_death_and_a_return_dated_from_the_last_heartbeat() {
     let mut c = shadow();
     c.load(vec![session(1, None)], t(0));
-    let actions = c.peer_restarted(&id("eu-1"), t(900), Some(t(700)));
+    let actions = c.peer_restarted(&id("eu-1"), t(900), t(700));
     // The failure event starts when the old run was last heard, not when the new one spoke.
     assert_eq!(
         actions[0],
