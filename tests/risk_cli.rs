@@ -281,9 +281,30 @@ fn simulate_train_evaluate_score_from_the_command_line() {
         "2",
         "--max-false-alarms",
         "20",
+        "--hold",
+        "20",
     ]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(err.contains("fitting"), "progress is shown: {err}");
+    // The hold is the model's: stored, and named in the card's threshold rule.
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&model).unwrap()).unwrap();
+    assert_eq!(saved["hold_s"], 20);
+    // A hold outside 1..=60 s: one line, exit 2, nothing written.
+    for bad in ["0", "61", "a minute"] {
+        let (code, _, err) = run(&[
+            "train",
+            "--data",
+            p(&train_csv),
+            "--out",
+            p(&dir.path().join("h.json")),
+            "--hold",
+            bad,
+        ]);
+        assert_eq!(code, 2, "--hold {bad}: {err}");
+        assert!(err.contains("--hold"), "{err}");
+        assert!(!dir.path().join("h.json").exists());
+    }
     // A novelty term on too little normal data: one line, exit 2, nothing written.
     let refused = dir.path().join("n.json");
     let (code, _, err) = run(&[
@@ -307,6 +328,7 @@ fn simulate_train_evaluate_score_from_the_command_line() {
         card.contains("Operating threshold") && card.contains("baseline"),
         "{card}"
     );
+    assert!(card.contains("held at their highest over 20 s"), "{card}");
 
     let (code, out, err) = run(&[
         "evaluate",

@@ -9,6 +9,7 @@ use shadowsteer::risk::data::series::Series;
 use shadowsteer::risk::evaluate;
 use shadowsteer::risk::evaluate::generalisation::{leave_one_kind_out, markdown_table};
 use shadowsteer::risk::model::card::report_table;
+use shadowsteer::risk::model::hold::{DEFAULT_HOLD_S, MAX_HOLD_S};
 use shadowsteer::risk::model::score::score_all;
 use shadowsteer::risk::model::train::{TrainError, TrainOptions};
 
@@ -73,6 +74,9 @@ pub struct EvaluateArgs {
     /// False alarms per appliance-day allowed when choosing each threshold (as `train`).
     #[arg(long, default_value_t = 0.5, help_heading = "Leave one kind out")]
     max_false_alarms: f64,
+    /// Alarm hold in seconds (as `train --hold`).
+    #[arg(long, default_value_t = DEFAULT_HOLD_S, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_HOLD_S)), help_heading = "Leave one kind out")]
+    hold: u32,
     /// Random seed for sampling and bootstraps (as `train --seed`).
     #[arg(long, default_value_t = 1, help_heading = "Leave one kind out")]
     seed: u64,
@@ -146,6 +150,7 @@ fn run_leave_one_kind_out(a: &EvaluateArgs) -> CommandResult {
         logistic_members: a.members as usize,
         forest_members: 2 * a.members as usize,
         max_false_alarms_per_day: a.max_false_alarms,
+        hold_s: a.hold,
         seed: a.seed,
         threads: a.threads.clamp(1, 64),
         novelty: a.novelty,

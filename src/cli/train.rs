@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use shadowsteer::risk::data::series::{self, Series};
 use shadowsteer::risk::model::card;
+use shadowsteer::risk::model::hold::{DEFAULT_HOLD_S, MAX_HOLD_S};
 use shadowsteer::risk::model::train::{TrainError, TrainOptions, train};
 
 use super::{CommandError, CommandResult, DbArgs, db, progress, risk_input};
@@ -46,6 +47,11 @@ pub struct TrainArgs {
     /// False alarms per appliance-day allowed when choosing the operating threshold.
     #[arg(long, default_value_t = 0.5)]
     max_false_alarms: f64,
+    /// Alarm hold in seconds: a score counts as its highest over this many seconds, so an
+    /// alarm survives a precursor's brief returns to normal (stored in the model, used by
+    /// live scoring too).
+    #[arg(long, default_value_t = DEFAULT_HOLD_S, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_HOLD_S)))]
+    hold: u32,
     /// Share of the time range held back for validation (the latest part).
     #[arg(long, default_value_t = 0.3)]
     validation_share: f64,
@@ -124,6 +130,7 @@ pub async fn run(a: TrainArgs) -> CommandResult {
         logistic_members: a.members as usize,
         forest_members: 2 * a.members as usize,
         max_false_alarms_per_day: a.max_false_alarms,
+        hold_s: a.hold,
         seed: a.seed,
         threads: a.threads.clamp(1, 64),
         sources,

@@ -11,6 +11,16 @@ use std::collections::VecDeque;
 
 use crate::domain::RiskScore;
 
+/// Hold a model is trained with unless told otherwise. A minute, not a few seconds: an
+/// intermittent or oscillating precursor drops back to normal between its episodes, and a
+/// short hold turns each episode into an alarm of its own, both missing the failure and
+/// counting as false alarms (measured in `models/generalisation.md`, "The alarm hold"). The
+/// cost is up to a minute longer on the shadow after a score falls.
+pub const DEFAULT_HOLD_S: u32 = 60;
+/// Longest hold a model may carry: a score must fall back within minutes once a subject is
+/// healthy, or steering would never return clients to their primary.
+pub const MAX_HOLD_S: u32 = 60;
+
 /// Streaming hold over (second, score) pairs pushed in time order.
 #[derive(Debug, Clone, Default)]
 pub struct Hold {
@@ -44,21 +54,24 @@ impl Hold {
 pub fn hold_values(values: &[f64], down: &[bool], hold_s: u32) -> Vec<f64> {
     let h = hold_s.max(1) as usize;
     let mut out = Vec::with_capacity(values.len());
-    let mut since_down = 0usize;
-    for i in 0..values.len() {
-        if down[i] {
-            since_down = 0;
-            out.push(values[i]);
+    // Indices of the current run's last `h` up slots whose values no later slot beats, oldest
+    // (and so highest) first: each slot enters and leaves once, so a minute's hold costs no
+    // more than a second's over the millions of seconds training holds.
+    let mut peaks: VecDeque<usize> = VecDeque::with_capacity(h);
+    for (i, (&v, &d)) in values.iter().zip(down).enumerate() {
+        if d {
+            peaks.clear();
+            out.push(v);
             continue;
         }
-        since_down += 1;
-        let from = i + 1 - h.min(since_down);
-        out.push(
-            values[from..=i]
-                .iter()
-                .copied()
-                .fold(f64::NEG_INFINITY, f64::max),
-        );
+        while peaks.front().is_some_and(|&j| j + h <= i) {
+            peaks.pop_front();
+        }
+        while peaks.back().is_some_and(|&j| values[j] <= v) {
+            peaks.pop_back();
+        }
+        peaks.push_back(i);
+        out.push(peaks.front().map_or(v, |&j| values[j]));
     }
     out
 }
@@ -85,6 +98,45 @@ mod tests {
         let v = hold_values(&[0.1, 0.9, 0.2, 0.5, 0.2, 0.2], &down, 3);
         assert_eq!(v, vec![0.1, 0.9, 0.9, 0.5, 0.2, 0.2]);
         assert_eq!(hold_values(&[0.3, 0.1], &[false, false], 0), vec![0.3, 0.1]);
+    }
+
+    /// The definition, slot by slot: the highest value among the run's last `h` up slots.
+    fn hold_naive(values: &[f64], down: &[bool], h: usize) -> Vec<f64> {
+        let mut since_down = 0;
+        (0..values.len())
+            .map(|i| {
+                if down[i] {
+                    since_down = 0;
+                    return values[i];
+                }
+                since_down += 1;
+                let from = i + 1 - h.max(1).min(since_down);
+                values[from..=i]
+                    .iter()
+                    .copied()
+                    .fold(f64::NEG_INFINITY, f64::max)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn batch_hold_matches_its_definition() {
+        // Falling runs (the deque grows), rising runs (it empties), ties and down slots.
+        let vals: Vec<f64> = (0..400)
+            .map(|i| match (i / 40) % 3 {
+                0 => 1.0 - (i % 40) as f64 / 40.0,
+                1 => (i % 40) as f64 / 40.0,
+                _ => ((i * 37) % 11) as f64 / 10.0,
+            })
+            .collect();
+        let down: Vec<bool> = (0..400).map(|i| i % 97 == 13 || i == 14).collect();
+        for h in [0, 1, 2, 5, 60] {
+            assert_eq!(
+                hold_values(&vals, &down, h),
+                hold_naive(&vals, &down, h as usize),
+                "hold {h}"
+            );
+        }
     }
 
     #[test]

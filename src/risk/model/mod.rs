@@ -506,8 +506,12 @@ impl Model {
         if self.name.is_empty() || self.name.len() > 100 || self.version.len() > 200 {
             return bad("name must be 1 to 100 characters".into());
         }
-        if self.hold_s > 60 {
-            return bad(format!("hold {} s is longer than 60 s", self.hold_s));
+        if self.hold_s > hold::MAX_HOLD_S {
+            return bad(format!(
+                "hold {} s is longer than {} s",
+                self.hold_s,
+                hold::MAX_HOLD_S
+            ));
         }
         if !(0.0..=1.0).contains(&self.threshold) {
             return bad(format!("threshold {} is not in [0, 1]", self.threshold));

@@ -27,7 +27,7 @@ use crate::risk::data::series::{FailureSpan, Series};
 use crate::risk::evaluate::{self, Group, Scored};
 use crate::risk::features::window::WINDOW_S;
 use crate::risk::features::{Features, N_FEATURES};
-use crate::risk::model::hold::hold_values;
+use crate::risk::model::hold::{DEFAULT_HOLD_S, hold_values};
 use crate::risk::model::novelty::Novelty;
 use crate::risk::model::{
     Candidate, FeatureSet, Linear, Members, Model, ModelCard, ModelKind, Node, Platt, Scaler, Tree,
@@ -109,7 +109,7 @@ impl Default for TrainOptions {
             tree_rows: 40_000,
             tree_depth: 10,
             max_false_alarms_per_day: 0.5,
-            hold_s: 5,
+            hold_s: DEFAULT_HOLD_S,
             seed: 1,
             threads: 2,
             sources: Vec::new(),
@@ -998,13 +998,15 @@ impl<'a> Fitting<'a> {
             fitted_rows: self.y.len(),
             fitted_positives: self.positives,
             threshold_rule: format!(
-                "highest validation recall@10s ({}) with at most {} false alarms per appliance-day",
+                "highest validation recall@10s ({}) with at most {} false alarms per \
+                 appliance-day, on scores held at their highest over {} s",
                 if self.group == Group::Precursor {
                     "failures with precursors"
                 } else {
                     "all failures"
                 },
-                opts.max_false_alarms_per_day
+                opts.max_false_alarms_per_day,
+                opts.hold_s
             ),
             candidates,
             validation,
