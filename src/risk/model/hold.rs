@@ -1,11 +1,12 @@
 //! Alarm hold: a subject's score at second `t` is its highest per-second score over the last
 //! `hold_s` seconds it was up.
 //!
-//! Per-second scores flicker around a threshold (a noisy second, a missing sample), and each
-//! flicker would start a new alarm episode and break a sustained alarm. Holding the peak for a
-//! few seconds is the usual debounce of alarm systems. The hold length is part of the model
-//! (chosen at training, stored in the file) and is applied identically in `score`,
-//! `evaluate`, training's validation and live scoring. A down second clears the hold.
+//! Per-second scores flicker around a threshold (a noisy second, a missing sample, a pause
+//! between a precursor's episodes), and each flicker would start a new alarm episode and break
+//! a sustained alarm. Holding the peak is the usual debounce of alarm systems; ours holds it
+//! for a minute by default ([`DEFAULT_HOLD_S`]). The hold length is part of the model (chosen
+//! at training, stored in the file) and is applied identically in `score`, `evaluate`,
+//! training's validation and live scoring. A down second clears the hold.
 
 use std::collections::VecDeque;
 
@@ -17,8 +18,8 @@ use crate::domain::RiskScore;
 /// counting as false alarms (measured in `models/generalisation.md`, "The alarm hold"). The
 /// cost is up to a minute longer on the shadow after a score falls.
 pub const DEFAULT_HOLD_S: u32 = 60;
-/// Longest hold a model may carry: a score must fall back within minutes once a subject is
-/// healthy, or steering would never return clients to their primary.
+/// Longest hold a model may carry: a score must fall back within a minute once a subject is
+/// healthy, so that steering returns clients to their primary soon after it recovers.
 pub const MAX_HOLD_S: u32 = 60;
 
 /// Streaming hold over (second, score) pairs pushed in time order.
