@@ -23,31 +23,42 @@ pub const DEFAULT_HOLD_S: u32 = 60;
 pub const MAX_HOLD_S: u32 = 60;
 
 /// Streaming hold over (second, score) pairs pushed in time order.
+///
+/// Live scoring keeps one per subject and pushes every second, so it keeps only the seconds
+/// that can still be the peak (no later second scores as high): with a minute's hold a steady
+/// or rising score keeps one entry, not sixty, and each push is amortised constant time.
 #[derive(Debug, Clone, Default)]
 pub struct Hold {
-    recent: VecDeque<(i64, RiskScore)>,
+    /// Candidate peaks, oldest first, values strictly falling: the front is the window's
+    /// highest score.
+    peaks: VecDeque<(i64, RiskScore)>,
 }
 
 impl Hold {
     /// Adds the score of second `sec` and returns the held score (the one with the highest
     /// value among seconds `(sec - hold_s, sec]`; with `hold_s` 0 or 1, the score itself).
+    /// Of several seconds with that value it returns the newest, whose interval is the most
+    /// recent evidence for it (calibrated scores tie often: calibration is a step function).
     pub fn push(&mut self, sec: i64, score: RiskScore, hold_s: u32) -> RiskScore {
-        while self
-            .recent
-            .front()
-            .is_some_and(|(t, _)| *t <= sec - i64::from(hold_s.max(1)))
-        {
-            self.recent.pop_front();
+        let from = sec - i64::from(hold_s.max(1));
+        while self.peaks.front().is_some_and(|(t, _)| *t <= from) {
+            self.peaks.pop_front();
         }
-        self.recent.push_back((sec, score));
-        self.recent.iter().map(|(_, s)| *s).fold(score, |best, s| {
-            if s.value() > best.value() { s } else { best }
-        })
+        // An earlier second that scores no higher can never be the peak again.
+        while self
+            .peaks
+            .back()
+            .is_some_and(|(_, s)| s.value() <= score.value())
+        {
+            self.peaks.pop_back();
+        }
+        self.peaks.push_back((sec, score));
+        self.peaks.front().map_or(score, |(_, peak)| *peak)
     }
 
     /// Forgets everything (the subject went down).
     pub fn clear(&mut self) {
-        self.recent.clear();
+        self.peaks.clear();
     }
 }
 
@@ -138,6 +149,61 @@ mod tests {
                 "hold {h}"
             );
         }
+    }
+
+    /// The definition, scanning the whole window: the highest value, the newest of a tie.
+    fn push_naive(
+        window: &mut VecDeque<(i64, RiskScore)>,
+        sec: i64,
+        score: RiskScore,
+        hold_s: u32,
+    ) -> RiskScore {
+        let from = sec - i64::from(hold_s.max(1));
+        while window.front().is_some_and(|(t, _)| *t <= from) {
+            window.pop_front();
+        }
+        window.push_back((sec, score));
+        window.iter().map(|(_, s)| *s).fold(
+            score,
+            |best, s| {
+                if s.value() >= best.value() { s } else { best }
+            },
+        )
+    }
+
+    #[test]
+    fn streaming_hold_matches_its_definition() {
+        // Few distinct values, so ties are common; each second's interval is its own, so the
+        // returned score shows which of the tied seconds was chosen. Gaps in the seconds (no
+        // telemetry) let entries expire by time rather than by count.
+        for hold_s in [0, 1, 3, 60] {
+            let (mut fast, mut naive) = (Hold::default(), VecDeque::new());
+            let mut sec = 0i64;
+            for i in 0..2000i64 {
+                sec += if i % 53 == 7 { 9 } else { 1 };
+                let v = ((i * 7919) % 5) as f64 / 5.0 + 0.1;
+                let low = (v - 0.05 - (i % 7) as f64 / 100.0).max(0.0);
+                let score = RiskScore::new(v, low, (v + 0.05).min(1.0)).expect("valid score");
+                assert_eq!(
+                    fast.push(sec, score, hold_s),
+                    push_naive(&mut naive, sec, score, hold_s),
+                    "hold {hold_s}, second {sec}"
+                );
+            }
+        }
+        // What a minute's hold keeps per subject: one entry while the score is steady or
+        // rising, at most the window while it falls.
+        let (mut steady, mut rising, mut falling) =
+            (Hold::default(), Hold::default(), Hold::default());
+        for sec in 0..600 {
+            steady.push(sec, s(0.5), 60);
+            rising.push(sec, s(sec as f64 / 600.0), 60);
+            falling.push(sec, s(1.0 - sec as f64 / 600.0), 60);
+        }
+        assert_eq!(
+            (steady.peaks.len(), rising.peaks.len(), falling.peaks.len()),
+            (1, 1, 60)
+        );
     }
 
     #[test]
