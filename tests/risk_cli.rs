@@ -436,11 +436,14 @@ fn leave_one_kind_out_has_a_sane_row_per_kind() {
         "2",
         "--max-false-alarms",
         "20",
+        "--hold",
+        "20",
         "--json",
     ]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(err.contains("training without"), "progress is shown: {err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["hold_s"], 20, "every model is trained with --hold");
     let rows = v["kinds"].as_array().unwrap();
     let test_kinds = kind_counts(&dir.path().join("test.failures.csv"));
     let train_total: usize = ["train1", "train2"]
@@ -506,4 +509,16 @@ fn leave_one_kind_out_has_a_sane_row_per_kind() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     let (code, _, err) = run(&["evaluate", "--leave-one-kind-out", "--data", p(&files[2])]);
     assert_eq!(code, 2, "{err}");
+    let (code, out, err) = run(&[
+        "evaluate",
+        "--leave-one-kind-out",
+        "--train-data",
+        p(&files[0]),
+        "--data",
+        p(&files[2]),
+        "--hold",
+        "61",
+    ]);
+    assert_eq!((code, out.as_str()), (2, ""), "{err}");
+    assert!(err.contains("--hold"), "{err}");
 }

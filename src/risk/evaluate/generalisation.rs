@@ -170,6 +170,8 @@ pub struct LeaveOneKindOut {
     pub appliance_days: f64,
     /// Label horizon in seconds.
     pub horizon_s: usize,
+    /// Alarm hold every model was trained and scored with (seconds).
+    pub hold_s: u32,
     /// Seconds before each held-out failure removed from training with it.
     pub precursor_lookback_s: usize,
 }
@@ -227,6 +229,7 @@ pub fn leave_one_kind_out(
         kinds: rows,
         appliance_days: up as f64 / 86_400.0,
         horizon_s: opts.horizon_s,
+        hold_s: opts.hold_s,
         precursor_lookback_s: PRECURSOR_LOOKBACK_S,
     })
 }
@@ -264,8 +267,8 @@ pub fn held_out_row(
 /// The table as Markdown (for the terminal and the model card).
 pub fn markdown_table(r: &LeaveOneKindOut) -> String {
     let mut out = format!(
-        "Horizon {} s, {:.2} appliance-days of test up time; each kind's failures and the {} s before them were cut from training.\n\n",
-        r.horizon_s, r.appliance_days, r.precursor_lookback_s
+        "Horizon {} s, alarm hold {} s, {:.2} appliance-days of test up time; each kind's failures and the {} s before them were cut from training.\n\n",
+        r.horizon_s, r.hold_s, r.appliance_days, r.precursor_lookback_s
     );
     out.push_str(
         "| held-out kind | precursors | test failures | trained on failures | threshold | recall@10s | recall@30s | median lead (s) | false alarms / appliance-day |\n\
@@ -488,6 +491,7 @@ mod tests {
             kinds: vec![row],
             appliance_days: up / 86_400.0,
             horizon_s: 60,
+            hold_s: 60,
             precursor_lookback_s: 1800,
         });
         assert!(table.contains("| congestion | yes | 2 | 0 |"), "{table}");
@@ -515,6 +519,7 @@ mod tests {
                 kinds,
                 appliance_days: 10.0,
                 horizon_s: 60,
+                hold_s: 60,
                 precursor_lookback_s: 1800,
             })
         };
