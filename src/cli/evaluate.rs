@@ -9,11 +9,11 @@ use shadowsteer::risk::data::series::Series;
 use shadowsteer::risk::evaluate;
 use shadowsteer::risk::evaluate::generalisation::{leave_one_kind_out, markdown_table};
 use shadowsteer::risk::model::card::report_table;
-use shadowsteer::risk::model::hold::{DEFAULT_HOLD_S, MAX_HOLD_S};
 use shadowsteer::risk::model::score::score_all;
-use shadowsteer::risk::model::train::{TrainError, TrainOptions};
+use shadowsteer::risk::model::train::TrainError;
 
-use super::{CommandError, CommandResult, progress, risk_input};
+use super::risk_input::{self, RecipeArgs};
+use super::{CommandError, CommandResult, progress};
 
 /// Arguments of `evaluate`.
 #[derive(Debug, clap::Args)]
@@ -51,35 +51,9 @@ pub struct EvaluateArgs {
         help_heading = "Leave one kind out"
     )]
     train_data: Vec<PathBuf>,
-    /// Families to train and compare (as `train --models`).
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "logistic,forest",
-        help_heading = "Leave one kind out"
-    )]
-    models: Vec<String>,
-    /// Features the models read (as `train --features`).
-    #[arg(long, default_value = "classic", help_heading = "Leave one kind out")]
-    features: String,
-    /// Adds the novelty term (as `train --novelty`).
-    #[arg(long, help_heading = "Leave one kind out")]
-    novelty: bool,
-    /// Members per ensemble (as `train --members`).
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=32), help_heading = "Leave one kind out")]
-    members: u32,
-    /// Label horizon in seconds (as `train --horizon`).
-    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=3600), help_heading = "Leave one kind out")]
-    horizon: u32,
-    /// False alarms per appliance-day allowed when choosing each threshold (as `train`).
-    #[arg(long, default_value_t = 0.5, help_heading = "Leave one kind out")]
-    max_false_alarms: f64,
-    /// Alarm hold in seconds (as `train --hold`).
-    #[arg(long, default_value_t = DEFAULT_HOLD_S, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_HOLD_S)), help_heading = "Leave one kind out")]
-    hold: u32,
-    /// Random seed for sampling and bootstraps (as `train --seed`).
-    #[arg(long, default_value_t = 1, help_heading = "Leave one kind out")]
-    seed: u64,
+    /// The training recipe (as `train`'s options of the same names).
+    #[command(flatten, next_help_heading = "Leave one kind out")]
+    recipe: RecipeArgs,
 }
 
 pub fn run(a: EvaluateArgs) -> CommandResult {
@@ -138,24 +112,9 @@ fn run_leave_one_kind_out(a: &EvaluateArgs) -> CommandResult {
             )));
         }
     }
-    let kinds = risk_input::model_kinds(&a.models)?;
-    let features = risk_input::feature_set(&a.features)?;
+    let opts = a.recipe.options("leave-one-kind-out".into(), a.threads)?;
     let train_series = load_all(&a.train_data)?;
     let test = load_all(&a.data)?;
-    let opts = TrainOptions {
-        name: "leave-one-kind-out".into(),
-        horizon_s: a.horizon as usize,
-        kinds,
-        features,
-        logistic_members: a.members as usize,
-        forest_members: 2 * a.members as usize,
-        max_false_alarms_per_day: a.max_false_alarms,
-        hold_s: a.hold,
-        seed: a.seed,
-        threads: a.threads.clamp(1, 64),
-        novelty: a.novelty,
-        ..TrainOptions::default()
-    };
     let spinner = progress::spinner("leave one kind out");
     let log = |msg: &str| {
         spinner.suspend(|| eprintln!("[{:6.1}s] {msg}", started.elapsed().as_secs_f64()));

@@ -4,6 +4,8 @@
 use std::path::Path;
 
 use shadowsteer::risk::data::dataset::{self, Loaded};
+use shadowsteer::risk::model::hold::{DEFAULT_HOLD_S, MAX_HOLD_S};
+use shadowsteer::risk::model::train::TrainOptions;
 use shadowsteer::risk::model::{FeatureSet, Model, ModelKind};
 
 use super::{CommandError, progress};
@@ -40,4 +42,60 @@ pub fn model_kinds(names: &[String]) -> Result<Vec<ModelKind>, CommandError> {
 /// The `--features` option.
 pub fn feature_set(text: &str) -> Result<FeatureSet, CommandError> {
     FeatureSet::parse(text).map_err(|e| CommandError::Input(format!("--features: {e}")))
+}
+
+/// The training recipe's options, one declaration for `train` and `evaluate
+/// --leave-one-kind-out`, so that a leave-one-kind-out table measures what `train` builds.
+#[derive(Debug, clap::Args)]
+pub struct RecipeArgs {
+    /// Label horizon in seconds: the score is the probability of a failure within it.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=3600))]
+    horizon: u32,
+    /// Families to train and compare.
+    #[arg(long, value_delimiter = ',', default_value = "logistic,forest")]
+    models: Vec<String>,
+    /// Features the model reads: `classic` (one set per signal), `agnostic` (how abnormal
+    /// against the appliance's own baseline, on any signal), `all`, or a comma-separated list
+    /// of feature names.
+    #[arg(long, default_value = "classic")]
+    features: String,
+    /// Adds the unsupervised novelty term: how rare each signal's excursion from its own level
+    /// is in normal operation, whatever the signal; the score is the larger of the two.
+    #[arg(long)]
+    novelty: bool,
+    /// False alarms per appliance-day allowed when choosing the operating threshold.
+    #[arg(long, default_value_t = 0.5)]
+    max_false_alarms: f64,
+    /// Alarm hold in seconds: a score counts as its highest over this many seconds, so an
+    /// alarm survives a precursor's brief returns to normal (stored in the model, used by
+    /// live scoring too).
+    #[arg(long, default_value_t = DEFAULT_HOLD_S, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_HOLD_S)))]
+    hold: u32,
+    /// Members per ensemble (logistic; forests get twice as many).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=32))]
+    members: u32,
+    /// Random seed for sampling and bootstraps.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+impl RecipeArgs {
+    /// Training options for this recipe, named `name`, on up to `threads` threads; the rest
+    /// (validation share, sources) at their defaults.
+    pub fn options(&self, name: String, threads: usize) -> Result<TrainOptions, CommandError> {
+        Ok(TrainOptions {
+            name,
+            horizon_s: self.horizon as usize,
+            kinds: model_kinds(&self.models)?,
+            features: feature_set(&self.features)?,
+            logistic_members: self.members as usize,
+            forest_members: 2 * self.members as usize,
+            max_false_alarms_per_day: self.max_false_alarms,
+            hold_s: self.hold,
+            seed: self.seed,
+            threads: threads.clamp(1, 64),
+            novelty: self.novelty,
+            ..TrainOptions::default()
+        })
+    }
 }

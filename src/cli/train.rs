@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use shadowsteer::risk::data::series::{self, Series};
 use shadowsteer::risk::model::card;
-use shadowsteer::risk::model::hold::{DEFAULT_HOLD_S, MAX_HOLD_S};
 use shadowsteer::risk::model::train::{TrainError, TrainOptions, train};
 
-use super::{CommandError, CommandResult, DbArgs, db, progress, risk_input};
+use super::risk_input::{self, RecipeArgs};
+use super::{CommandError, CommandResult, DbArgs, db, progress};
 
 /// Arguments of `train`.
 #[derive(Debug, clap::Args)]
@@ -29,38 +29,11 @@ pub struct TrainArgs {
     /// Output model file, e.g. models/NAME.json; the card goes to models/NAME.md.
     #[arg(long)]
     out: PathBuf,
-    /// Label horizon in seconds: the score is the probability of a failure within it.
-    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=3600))]
-    horizon: u32,
-    /// Families to train and compare.
-    #[arg(long, value_delimiter = ',', default_value = "logistic,forest")]
-    models: Vec<String>,
-    /// Features the model reads: `classic` (one set per signal), `agnostic` (how abnormal
-    /// against the appliance's own baseline, on any signal), `all`, or a comma-separated list
-    /// of feature names.
-    #[arg(long, default_value = "classic")]
-    features: String,
-    /// Adds the unsupervised novelty term: how rare each signal's excursion from its own level
-    /// is in normal operation, whatever the signal; the score is the larger of the two.
-    #[arg(long)]
-    novelty: bool,
-    /// False alarms per appliance-day allowed when choosing the operating threshold.
-    #[arg(long, default_value_t = 0.5)]
-    max_false_alarms: f64,
-    /// Alarm hold in seconds: a score counts as its highest over this many seconds, so an
-    /// alarm survives a precursor's brief returns to normal (stored in the model, used by
-    /// live scoring too).
-    #[arg(long, default_value_t = DEFAULT_HOLD_S, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_HOLD_S)))]
-    hold: u32,
+    #[command(flatten)]
+    recipe: RecipeArgs,
     /// Share of the time range held back for validation (the latest part).
     #[arg(long, default_value_t = 0.3)]
     validation_share: f64,
-    /// Members per ensemble (logistic; forests get twice as many).
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=32))]
-    members: u32,
-    /// Random seed for sampling and bootstraps.
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
     /// Threads.
     #[arg(long, default_value_t = 2)]
     threads: usize,
@@ -79,8 +52,7 @@ pub async fn run(a: TrainArgs) -> CommandResult {
         .ok_or_else(|| {
             CommandError::Input(format!("--out {} needs a file name", a.out.display()))
         })?;
-    let kinds = risk_input::model_kinds(&a.models)?;
-    let features = risk_input::feature_set(&a.features)?;
+    let recipe = a.recipe.options(name, a.threads)?;
     let mut all: Vec<Series> = Vec::new();
     let mut sources = Vec::new();
     let mut rows = 0u64;
@@ -122,21 +94,10 @@ pub async fn run(a: TrainArgs) -> CommandResult {
         }
     }
     let opts = TrainOptions {
-        name,
-        horizon_s: a.horizon as usize,
         validation_share: a.validation_share,
-        kinds,
-        features,
-        logistic_members: a.members as usize,
-        forest_members: 2 * a.members as usize,
-        max_false_alarms_per_day: a.max_false_alarms,
-        hold_s: a.hold,
-        seed: a.seed,
-        threads: a.threads.clamp(1, 64),
         sources,
         rows,
-        novelty: a.novelty,
-        ..TrainOptions::default()
+        ..recipe
     };
     // The log lines go to stderr as before; on a terminal a spinner below them shows the step
     // in progress.
