@@ -38,7 +38,8 @@ impl Hold {
     /// Adds the score of second `sec` and returns the held score (the one with the highest
     /// value among seconds `(sec - hold_s, sec]`; with `hold_s` 0 or 1, the score itself).
     /// Of several seconds with that value it returns the newest, whose interval is the most
-    /// recent evidence for it (calibrated scores tie often: calibration is a step function).
+    /// recent evidence for it; keeping only the newest also keeps one entry while a score
+    /// repeats exactly (a saturated 1, say).
     pub fn push(&mut self, sec: i64, score: RiskScore, hold_s: u32) -> RiskScore {
         let from = sec - i64::from(hold_s.max(1));
         while self.peaks.front().is_some_and(|(t, _)| *t <= from) {
