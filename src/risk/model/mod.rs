@@ -506,9 +506,11 @@ impl Model {
         if self.name.is_empty() || self.name.len() > 100 || self.version.len() > 200 {
             return bad("name must be 1 to 100 characters".into());
         }
-        if self.hold_s > hold::MAX_HOLD_S {
+        // `train` never writes a hold of 0; a file that carries one was edited or written
+        // elsewhere, and its meaning (no hold? one second?) would be a guess.
+        if !(1..=hold::MAX_HOLD_S).contains(&self.hold_s) {
             return bad(format!(
-                "hold {} s is longer than {} s",
+                "hold {} s is not in 1..={} s",
                 self.hold_s,
                 hold::MAX_HOLD_S
             ));
@@ -734,6 +736,23 @@ mod tests {
             m.compute_version(),
             "features are hashed"
         );
+    }
+
+    #[test]
+    fn a_hold_outside_a_second_to_a_minute_is_refused() {
+        for (hold_s, ok) in [(0, false), (1, true), (60, true), (61, false)] {
+            let mut m = Model::constant("c", 0.2);
+            m.hold_s = hold_s;
+            m.version = m.compute_version();
+            match m.validate() {
+                Ok(()) => assert!(ok, "hold {hold_s} accepted"),
+                Err(ModelError::Invalid(msg)) => {
+                    assert!(!ok, "hold {hold_s} refused: {msg}");
+                    assert_eq!(msg, format!("hold {hold_s} s is not in 1..=60 s"));
+                }
+                Err(e) => panic!("hold {hold_s}: {e}"),
+            }
+        }
     }
 
     #[test]
