@@ -1,5 +1,7 @@
 //! Benchmark: one live scoring round over 10,000 appliances and 10,000 paths, from in-memory
-//! windows (the live scorer's ring buffers, filled with 300 s of simulated telemetry).
+//! windows (the live scorer's ring buffers, filled with 300 s of simulated telemetry). Each
+//! timed round is a new second, as live: every subject first hears that second's telemetry
+//! (timed apart, as "ingest"), so its features move and its alarm hold keeps real scores.
 //!
 //! Run: `cargo bench --bench risk_scoring` (release profile). Set `RISK_BENCH_SUBJECTS` to
 //! change the number of appliances (paths: the same number). Prints timings; asserts nothing.
@@ -11,6 +13,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use shadowsteer::risk::data::records::{HealthSecond, ProbeSecond};
+use shadowsteer::risk::data::telemetry::Row;
 use shadowsteer::risk::live::fleet::Fleet;
 use shadowsteer::risk::model::Model;
 use shadowsteer::risk::simulate::{SimConfig, Simulator};
@@ -37,57 +40,25 @@ fn main() {
     println!("model {} ({} members)", model.version, model.members.len());
 
     let t0 = Instant::now();
-    let sim = Simulator::new(SimConfig::new(n, 300, 42));
+    let sim = Simulator::new(SimConfig::new(n, (WARM_S + 2 * rounds) as u64, 42));
     let mut fleet = Fleet::new();
-    let mut last = 0;
+    let mut appliances = Vec::with_capacity(n);
     for i in 0..n {
         let run = sim.appliance(i);
-        let id = run.info.id.to_string();
-        let region = run.info.region.to_string();
-        let peer = sim.info((i + 1) % n).id.to_string();
-        let health: Vec<HealthSecond> = run
-            .rows
-            .iter()
-            .map(|r| HealthSecond {
-                region: region.clone(),
-                appliance: id.clone(),
-                sec: r.ts,
-                values: [
-                    r.values[0],
-                    r.values[1],
-                    r.values[2],
-                    r.values[3],
-                    r.values[4],
-                ],
-            })
-            .collect();
-        // Each appliance probes itself (its own network columns) and one peer (a path).
-        let probes: Vec<ProbeSecond> = run
-            .rows
-            .iter()
-            .flat_map(|r| {
-                [id.clone(), peer.clone()].map(|dst| ProbeSecond {
-                    region: region.clone(),
-                    src: id.clone(),
-                    dst_kind: "appliance".into(),
-                    dst,
-                    sec: r.ts,
-                    rtt_ms: r.values[5],
-                    jitter_ms: r.values[6],
-                    loss: if r.values[7].is_nan() {
-                        0.0
-                    } else {
-                        r.values[7]
-                    },
-                })
-            })
-            .collect();
+        let mut a = Appliance {
+            id: run.info.id.to_string(),
+            region: run.info.region.to_string(),
+            peer: sim.info((i + 1) % n).id.to_string(),
+            rows: run.rows,
+        };
+        let (health, probes) = a.seconds(..WARM_S);
         fleet.handle_health(&health);
         fleet.handle_probes(&probes);
-        last = run.rows.last().map_or(0, |r| r.ts);
+        a.rows.drain(..WARM_S);
+        appliances.push(a);
     }
     println!(
-        "filled {} subjects ({n} appliances, {n} paths) with 300 s each in {:.1} s",
+        "filled {} subjects ({n} appliances, {n} paths) with {WARM_S} s each in {:.1} s",
         fleet.len(),
         t0.elapsed().as_secs_f64()
     );
@@ -127,26 +98,114 @@ fn main() {
         );
     }
 
+    let rss_before = rss_mb();
+    let mut next = 0;
     for threads in [1, 2] {
-        let mut times = Vec::new();
+        let (mut times, mut ingest) = (Vec::new(), Vec::new());
+        let mut now = 0;
         for _ in 0..rounds {
-            // Every round scores the newest second again: a later second with no new data
-            // would find every subject silent after SILENT_S and skip it, timing nothing.
+            // A new second each round, as live: every subject hears its next second first, so
+            // its features move and its alarm hold keeps a minute of real scores.
+            let (mut health, mut probes) = (Vec::new(), Vec::new());
+            for a in &appliances {
+                let (h, p) = a.seconds(next..next + 1);
+                health.extend(h);
+                probes.extend(p);
+            }
+            now = appliances.first().map_or(0, |a| a.rows[next].ts);
+            next += 1;
             let t = Instant::now();
-            fleet.score(&model, last, threads);
+            fleet.handle_health(&health);
+            fleet.handle_probes(&probes);
+            ingest.push(t.elapsed().as_secs_f64() * 1000.0);
+            let t = Instant::now();
+            fleet.score(&model, now, threads);
             times.push(t.elapsed().as_secs_f64() * 1000.0);
         }
         let t = Instant::now();
-        let writes = fleet.poll_writes("eu", 0.02, 1000, i64::MIN);
+        let writes = fleet.poll_writes("eu", 0.02, 1000, now - 5);
         let poll_ms = t.elapsed().as_secs_f64() * 1000.0;
         println!(
-            "score {} subjects, {threads} thread(s): median {:.1} ms, p90 {:.1} ms, min {:.1} ms over {rounds} rounds; poll_writes {:.1} ms ({} rows)",
+            "score {} subjects, {threads} thread(s): median {:.1} ms, p90 {:.1} ms, min {:.1} ms over {rounds} rounds; ingest of the round's second {:.1} ms (median); poll_writes {:.1} ms ({} rows)",
             fleet.len(),
             percentile(&mut times.clone(), 0.5),
             percentile(&mut times.clone(), 0.9),
             percentile(&mut times, 0.0),
+            percentile(&mut ingest, 0.5),
             poll_ms,
             writes.len()
         );
     }
+    println!(
+        "resident memory {:.0} MB before the timed rounds, {:.0} MB after {} rounds (the model's alarm hold: {} s)",
+        rss_before,
+        rss_mb(),
+        2 * rounds,
+        model.hold_s
+    );
+}
+
+/// Seconds of telemetry each subject has before the first timed round: a full feature window.
+const WARM_S: usize = 300;
+
+/// One simulated appliance: the telemetry not yet handed to the fleet.
+struct Appliance {
+    id: String,
+    region: String,
+    peer: String,
+    rows: Vec<Row>,
+}
+
+impl Appliance {
+    /// Its health rows and probes for `range` of its rows. It probes itself (its own network
+    /// columns) and one peer (a path).
+    fn seconds(
+        &self,
+        range: impl std::slice::SliceIndex<[Row], Output = [Row]>,
+    ) -> (Vec<HealthSecond>, Vec<ProbeSecond>) {
+        let rows = &self.rows[range];
+        let health = rows
+            .iter()
+            .map(|r| HealthSecond {
+                region: self.region.clone(),
+                appliance: self.id.clone(),
+                sec: r.ts,
+                values: [
+                    r.values[0],
+                    r.values[1],
+                    r.values[2],
+                    r.values[3],
+                    r.values[4],
+                ],
+            })
+            .collect();
+        let probes = rows
+            .iter()
+            .flat_map(|r| {
+                [self.id.clone(), self.peer.clone()].map(|dst| ProbeSecond {
+                    region: self.region.clone(),
+                    src: self.id.clone(),
+                    dst_kind: "appliance".into(),
+                    dst,
+                    sec: r.ts,
+                    rtt_ms: r.values[5],
+                    jitter_ms: r.values[6],
+                    loss: if r.values[7].is_nan() {
+                        0.0
+                    } else {
+                        r.values[7]
+                    },
+                })
+            })
+            .collect();
+        (health, probes)
+    }
+}
+
+/// This process's resident memory (Linux), in MB; NaN where it cannot be read.
+fn rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .map_or(f64::NAN, |pages| pages * 4096.0 / 1e6)
 }
