@@ -622,9 +622,17 @@ impl Model {
     }
 
     /// The calibrated score with its interval. A novelty term can only raise all three.
+    ///
+    /// Where the arithmetic fails (a NaN feature, or a scale so small that a standardised
+    /// feature overflows and meets a zero weight), the score is 1: a model that cannot tell
+    /// must not call the subject healthy, as a silent subject is unknown-high. (NaN would
+    /// otherwise fall out of the comparisons below as the lowest score there is.)
     pub fn score(&self, x: &Features) -> RiskScore {
         let (mean, lo, hi) = self.raw(x);
         let floor = self.novelty.as_ref().map_or(0.0, |n| n.probability(x));
+        if [mean, lo, hi, floor].iter().any(|v| v.is_nan()) {
+            return RiskScore::exact(Probability::ONE);
+        }
         let p = self.calibration.apply(mean).max(floor);
         let low = self.calibration.apply(lo).max(floor).min(p);
         let high = self.calibration.apply(hi).max(p);
@@ -753,6 +761,22 @@ mod tests {
                 Err(e) => panic!("hold {hold_s}: {e}"),
             }
         }
+    }
+
+    #[test]
+    fn a_score_the_arithmetic_cannot_give_is_high_not_healthy() {
+        let mut m = Model::constant("c", 0.2);
+        m.scaler.scale[0] = 1e-300;
+        m.version = m.compute_version();
+        assert!(m.validate().is_ok());
+        let mut x = [0.0; N_FEATURES];
+        assert!((m.score(&x).value().get() - 0.2).abs() < 1e-9);
+        // (1e10 - 0) / 1e-300 overflows; times the zero weight it is NaN.
+        x[0] = 1e10;
+        assert!(m.raw_score(&x).is_nan());
+        assert_eq!(m.score(&x).value().get(), 1.0);
+        x[0] = f64::NAN;
+        assert_eq!(m.score(&x).value().get(), 1.0);
     }
 
     #[test]
