@@ -32,6 +32,9 @@ pub const MAX_MEMBERS: usize = 64;
 const MAX_NODES: usize = 1 << 16;
 /// Largest model file read.
 const MAX_FILE_BYTES: u64 = 64 << 20;
+/// Smallest feature spread a scaler may divide by: `train` standardises a feature that barely
+/// varies by 1 instead, and a file with less would blow ordinary values up to infinity.
+pub const MIN_SCALE: f64 = 1e-9;
 /// Keeps logits finite.
 const EPS: f64 = 1e-6;
 /// Quantiles of the members' outputs that bound the confidence interval.
@@ -525,9 +528,15 @@ impl Model {
         if self.scaler.mean.len() != k
             || self.scaler.scale.len() != k
             || !finite(&self.scaler.mean)
-            || !self.scaler.scale.iter().all(|s| s.is_finite() && *s > 0.0)
+            || !self
+                .scaler
+                .scale
+                .iter()
+                .all(|s| s.is_finite() && *s > MIN_SCALE)
         {
-            return bad("scaler must have a finite mean and a positive scale per feature".into());
+            return bad(format!(
+                "scaler must have a finite mean and a scale above {MIN_SCALE:e} per feature"
+            ));
         }
         if self.members.is_empty() || self.members.len() > MAX_MEMBERS {
             return bad(format!("needs 1 to {MAX_MEMBERS} members"));
@@ -766,17 +775,33 @@ mod tests {
     #[test]
     fn a_score_the_arithmetic_cannot_give_is_high_not_healthy() {
         let mut m = Model::constant("c", 0.2);
-        m.scaler.scale[0] = 1e-300;
+        m.scaler.scale[0] = 1e-8;
         m.version = m.compute_version();
         assert!(m.validate().is_ok());
         let mut x = [0.0; N_FEATURES];
         assert!((m.score(&x).value().get() - 0.2).abs() < 1e-9);
-        // (1e10 - 0) / 1e-300 overflows; times the zero weight it is NaN.
-        x[0] = 1e10;
+        // (1e301 - 0) / 1e-8 overflows; times the zero weight it is NaN.
+        x[0] = 1e301;
         assert!(m.raw_score(&x).is_nan());
         assert_eq!(m.score(&x).value().get(), 1.0);
         x[0] = f64::NAN;
         assert_eq!(m.score(&x).value().get(), 1.0);
+    }
+
+    #[test]
+    fn a_scale_train_would_never_write_is_refused() {
+        for (scale, ok) in [
+            (1e-300, false),
+            (0.0, false),
+            (MIN_SCALE, false),
+            (2e-9, true),
+        ] {
+            let mut m = Model::constant("c", 0.2);
+            m.scaler.scale[3] = scale;
+            m.version = m.compute_version();
+            let r = m.validate();
+            assert_eq!(r.is_ok(), ok, "scale {scale}: {r:?}");
+        }
     }
 
     #[test]

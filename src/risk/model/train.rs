@@ -30,8 +30,8 @@ use crate::risk::features::{Features, N_FEATURES};
 use crate::risk::model::hold::{DEFAULT_HOLD_S, hold_values};
 use crate::risk::model::novelty::Novelty;
 use crate::risk::model::{
-    Candidate, FeatureSet, Linear, Members, Model, ModelCard, ModelKind, Node, Platt, Scaler, Tree,
-    logit,
+    Candidate, FeatureSet, Linear, MIN_SCALE, Members, Model, ModelCard, ModelKind, Node, Platt,
+    Scaler, Tree, logit,
 };
 
 /// Why training failed.
@@ -241,7 +241,7 @@ fn fit_scaler(x: &[Vec<f64>], k: usize) -> Scaler {
     }
     let scale = var
         .into_iter()
-        .map(|v| if v.sqrt() > 1e-9 { v.sqrt() } else { 1.0 })
+        .map(|v| if v.sqrt() > MIN_SCALE { v.sqrt() } else { 1.0 })
         .collect();
     Scaler { mean, scale }
 }
