@@ -30,15 +30,20 @@ fuzz_target!(|data: &[u8]| {
     let Ok(model) = Model::from_json(text) else {
         return;
     };
-    let scores: Vec<_> = probes().iter().map(|x| model.score(x)).collect();
-    for (x, s) in probes().iter().zip(&scores) {
+    let xs = probes();
+    let scores: Vec<_> = xs.iter().map(|x| model.score(x)).collect();
+    for (x, s) in xs.iter().zip(&scores) {
         if model.raw_score(x).is_nan() {
-            assert_eq!(s.value().get(), 1.0, "a score the arithmetic cannot give is high");
+            assert_eq!(
+                s.value().get(),
+                1.0,
+                "a score the arithmetic cannot give is high"
+            );
         }
     }
     let saved = serde_json::to_string(&model).expect("a loaded model serialises");
     let back = Model::from_json(&saved).expect("a saved model loads again");
     assert_eq!(back.version, model.version);
-    let again: Vec<_> = probes().iter().map(|x| back.score(x)).collect();
+    let again: Vec<_> = xs.iter().map(|x| back.score(x)).collect();
     assert_eq!(again, scores, "the same model scores the same");
 });
