@@ -632,8 +632,8 @@ impl Model {
 
     /// The calibrated score with its interval. A novelty term can only raise all three.
     ///
-    /// Where the arithmetic fails (a NaN feature, or a scale so small that a standardised
-    /// feature overflows and meets a zero weight), the score is 1: a model that cannot tell
+    /// Where the arithmetic fails (a NaN feature, or one so large that, standardised, it
+    /// overflows and meets a zero weight), the score is 1: a model that cannot tell
     /// must not call the subject healthy, as a silent subject is unknown-high. (NaN would
     /// otherwise fall out of the comparisons below as the lowest score there is.)
     pub fn score(&self, x: &Features) -> RiskScore {
