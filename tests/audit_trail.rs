@@ -5,13 +5,12 @@ mod common;
 mod serve_harness;
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serve_harness::*;
 use shadowsteer::domain::{ApplianceId, ClientId, Probability, RegionId};
 use shadowsteer::steering::{AnswerChange, Reason};
-use shadowsteer::store::audit::{self, AuditStatus, AuditTarget};
+use shadowsteer::store::audit::{self, AuditQueue, AuditStatus, AuditTarget};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -150,13 +149,13 @@ async fn rows_past_the_backlog_are_counted_and_the_rest_written_later() {
         tx.send(change(i)).await.unwrap();
     }
     for _ in 0..500 {
-        if status.dropped.load(Ordering::Relaxed) >= 50 {
+        if status.dropped() >= 50 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(status.dropped.load(Ordering::Relaxed), 50);
-    assert_eq!(status.written.load(Ordering::Relaxed), 0);
+    assert_eq!(status.dropped(), 50);
+    assert_eq!(status.written(), 0);
 
     let admin = shadowsteer::store::connect(&cluster.url("postgres"), 1)
         .await
@@ -169,12 +168,12 @@ async fn rows_past_the_backlog_are_counted_and_the_rest_written_later() {
     .await
     .unwrap();
     for _ in 0..3000 {
-        if status.written.load(Ordering::Relaxed) >= 100 {
+        if status.written() >= 100 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(status.written.load(Ordering::Relaxed), 100);
+    assert_eq!(status.written(), 100);
     let (n, nulls, oldest): (i64, i64, String) = sqlx::query_as(
         "SELECT count(*), count(*) FILTER (WHERE to_appliance IS NULL),
                 min(substr(client_id, 2)::int)::text
@@ -186,10 +185,34 @@ async fn rows_past_the_backlog_are_counted_and_the_rest_written_later() {
     assert_eq!((n, nulls, oldest.as_str()), (100, 50, "50"));
     shutdown.cancel();
     writer.await.unwrap();
-    assert_eq!(status.dropped.load(Ordering::Relaxed), 50);
+    assert_eq!(status.dropped(), 50);
     pool.close().await;
     sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE \"{name}\"")))
         .execute(&admin)
         .await
         .unwrap();
+}
+
+/// The publisher never waits on the writer: what its full inbox refuses is counted as dropped,
+/// with the writer's own drops, and `/metrics` shows it.
+#[test]
+fn a_change_the_full_inbox_refuses_is_counted_dropped() {
+    let status = Arc::new(AuditStatus::default());
+    let (tx, mut rx) = tokio::sync::mpsc::channel(2);
+    let queue = AuditQueue::new(tx, status.clone());
+    for i in 0..5 {
+        queue.offer(change(i));
+    }
+    assert_eq!(status.dropped(), 3);
+    assert_eq!(rx.try_recv().unwrap().client.as_str(), "c0");
+    let mut registry = shadowsteer::metrics::Registry::default();
+    registry.register_collector(Box::new(status.clone()));
+    let text = shadowsteer::metrics::render(&registry);
+    assert_eq!(
+        metric(&text, "shadowsteer_audit_rows_total{outcome=\"dropped\"}"),
+        Some(3.0)
+    );
+    drop(rx);
+    queue.offer(change(5));
+    assert_eq!(status.dropped(), 4, "a closed inbox drops too");
 }

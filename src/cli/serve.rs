@@ -9,7 +9,6 @@
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
@@ -501,11 +500,8 @@ fn spawn_steering(
     s.publish.set_steering_threshold(setup.policy.threshold());
     let (inputs_tx, inputs_rx) = watch::channel(None);
     if let Some(saved) = restored {
-        s.publish.restored.store(true, Ordering::Relaxed);
-        s.sync
-            .last_sync_ms
-            .store(saved.confirmed_at.timestamp_millis(), Ordering::Relaxed);
-        s.sync.loaded.store(true, Ordering::Relaxed);
+        s.publish.mark_restored();
+        s.sync.restored(saved.confirmed_at.timestamp_millis());
         inputs_tx.send_replace(Some(Arc::new(saved.inputs)));
     }
     let (saved_tx, saved_rx) = watch::channel(None);
@@ -513,7 +509,7 @@ fn spawn_steering(
     tasks.spawn(snapshot_writer::run_writer(
         saved_at,
         saved_rx,
-        move || confirmed.last_sync_ms.load(Ordering::Relaxed),
+        move || confirmed.last_sync_ms(),
         s.publish.clone(),
         shutdown.clone(),
     ));
@@ -545,7 +541,7 @@ fn spawn_steering(
         ecs_regions: cfg.dns.ecs_regions.clone(),
         slots: s.slots.clone(),
         target: s.served.clone(),
-        audit: audit_tx,
+        audit: store::audit::AuditQueue::new(audit_tx, s.audit.clone()),
         status: s.publish.clone(),
         last_table: None,
         saved: Some(saved_tx),

@@ -263,6 +263,16 @@ impl crate::metrics::Collector for DnsMetrics {
             "UDP workers restarted after a panic (the datagrams of the batch in hand are lost).",
             self.sum(|s| &s.restarts),
         )?;
+        out.gauge(
+            "shadowsteer_dns_tcp_connections",
+            "Open DNS-over-TCP connections.",
+            self.0.tcp_in_use(),
+        )?;
+        out.counter(
+            "shadowsteer_dns_tcp_refused",
+            "TCP connections closed at once because the limit was reached.",
+            self.0.tcp_refused(),
+        )?;
         self.latency(&mut out)
     }
 }

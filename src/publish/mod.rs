@@ -15,12 +15,12 @@ pub mod snapshot_writer;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{EcsRegion, SteeringSection};
@@ -29,7 +29,8 @@ use crate::dns::zone::{ClientTable, Endpoint, ServedZones, Service, ServiceSet, 
 use crate::domain::{ApplianceState, Probability, RegionId};
 use crate::risk::live::reload::ModelSource;
 use crate::steering::service::{Candidate, WeightedSet};
-use crate::steering::{AnswerChange, ApplianceInput, Engine, Inputs, Policy};
+use crate::steering::{ApplianceInput, Engine, Inputs, Policy};
+use crate::store::audit::AuditQueue;
 
 use snapshot_writer::Published;
 
@@ -37,25 +38,21 @@ use snapshot_writer::Published;
 #[derive(Debug, Default)]
 pub struct PublishStatus {
     /// Versions of the served zones published from the database.
-    pub generation: AtomicU64,
-    /// When the served zones in force were built (Unix milliseconds).
-    pub published_at_ms: AtomicI64,
+    generation: AtomicU64,
     /// Clients in the served zones in force.
-    pub clients: AtomicU64,
+    clients: AtomicU64,
     /// Answer changes so far.
-    pub changes: AtomicU64,
-    /// Changes the audit writer could not take (its queue was full).
-    pub audit_dropped: AtomicU64,
+    changes: AtomicU64,
     /// Whether answers from the database (or restored from disk) are being served.
     loaded: AtomicBool,
     /// Whether the server started from the snapshot saved on disk.
-    pub restored: AtomicBool,
+    restored: AtomicBool,
     /// Snapshots saved to disk.
-    pub file_writes: AtomicU64,
+    file_writes: AtomicU64,
     /// Failed attempts to save the snapshot to disk.
-    pub file_failures: AtomicU64,
+    file_failures: AtomicU64,
     /// Size of the last snapshot saved to disk, in bytes.
-    pub file_bytes: AtomicU64,
+    file_bytes: AtomicU64,
     /// The steering threshold in force (`f64` bits): the configured one, or the model's.
     steering_threshold: AtomicU64,
 }
@@ -64,6 +61,11 @@ impl PublishStatus {
     /// Whether answers from the database (or restored from disk) are being served.
     pub fn loaded(&self) -> bool {
         self.loaded.load(Ordering::Relaxed)
+    }
+
+    /// Records that this server started from the snapshot saved on disk.
+    pub fn mark_restored(&self) {
+        self.restored.store(true, Ordering::Relaxed);
     }
 
     /// The steering threshold in force.
@@ -75,6 +77,47 @@ impl PublishStatus {
     pub fn set_steering_threshold(&self, threshold: f64) {
         self.steering_threshold
             .store(threshold.to_bits(), Ordering::Relaxed);
+    }
+}
+
+/// Publication of the served zones and their copy on disk, for `/metrics`.
+impl crate::metrics::Collector for PublishStatus {
+    fn encode(&self, encoder: crate::metrics::DescriptorEncoder) -> std::fmt::Result {
+        let mut out = crate::metrics::Scrape::new(encoder);
+        out.counter(
+            "shadowsteer_snapshots_published",
+            "DNS snapshots built and swapped in.",
+            self.generation.load(Ordering::Relaxed),
+        )?;
+        out.gauge(
+            "shadowsteer_snapshot_restored",
+            "1 when this server started from the snapshot saved on disk.",
+            u64::from(self.restored.load(Ordering::Relaxed)),
+        )?;
+        out.counters(
+            "shadowsteer_snapshot_file_writes",
+            "Saves of the snapshot to disk, by outcome.",
+            "outcome",
+            [
+                ("ok", self.file_writes.load(Ordering::Relaxed)),
+                ("failed", self.file_failures.load(Ordering::Relaxed)),
+            ],
+        )?;
+        out.gauge(
+            "shadowsteer_snapshot_file_bytes",
+            "Size of the last snapshot saved to disk.",
+            self.file_bytes.load(Ordering::Relaxed),
+        )?;
+        out.gauge(
+            "shadowsteer_steered_clients",
+            "Clients in the served snapshot.",
+            self.clients.load(Ordering::Relaxed),
+        )?;
+        out.counter(
+            "shadowsteer_answer_changes",
+            "Changes of a client's answer.",
+            self.changes.load(Ordering::Relaxed),
+        )
     }
 }
 
@@ -91,7 +134,7 @@ pub struct Publisher {
     /// Where the served zones go.
     pub target: Arc<ArcSwap<ServedZones>>,
     /// Where changes go (the audit writer).
-    pub audit: mpsc::Sender<AnswerChange>,
+    pub audit: AuditQueue,
     /// Status for metrics.
     pub status: Arc<PublishStatus>,
     /// The last client table with the appliance and client tables it was built from: reused
@@ -263,9 +306,6 @@ impl Publisher {
             "snapshot published"
         );
         self.status.generation.fetch_add(1, Ordering::Relaxed);
-        self.status
-            .published_at_ms
-            .store(now.timestamp_millis(), Ordering::Relaxed);
         self.status.clients.store(n_clients, Ordering::Relaxed);
         self.status.loaded.store(true, Ordering::Relaxed);
         if !eval.changes.is_empty() {
@@ -281,9 +321,7 @@ impl Publisher {
             }
         }
         for c in eval.changes {
-            if self.audit.try_send(c).is_err() {
-                self.status.audit_dropped.fetch_add(1, Ordering::Relaxed);
-            }
+            self.audit.offer(c);
         }
         eval.next_wakeup
     }

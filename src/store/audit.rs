@@ -3,8 +3,8 @@
 //! that neither the DNS path nor the publisher ever waits on the database. While the database
 //! is away (or cannot write: disk full), rows wait in memory, bounded by `max_backlog`
 //! ([`MAX_BACKLOG`] in `serve`); past it the oldest are dropped. Every row that is not written
-//! (dropped past the backlog, or still waiting when the writer stops) is counted in
-//! [`AuditStatus::dropped`] and logged.
+//! (refused by a full inbox, dropped past the backlog, or still waiting when the writer stops)
+//! is counted in [`AuditStatus::dropped`]; the writer's own drops are logged too.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -30,11 +30,64 @@ const DROP_LOG_INTERVAL: Duration = Duration::from_secs(10);
 #[derive(Debug, Default)]
 pub struct AuditStatus {
     /// Rows written.
-    pub written: AtomicU64,
-    /// Rows never written: dropped because the backlog was full, or still waiting at shutdown.
-    pub dropped: AtomicU64,
+    written: AtomicU64,
+    /// Rows never written: refused by the full inbox, dropped because the backlog was full, or
+    /// still waiting at shutdown.
+    dropped: AtomicU64,
     /// Rows waiting.
-    pub backlog: AtomicU64,
+    backlog: AtomicU64,
+}
+
+impl AuditStatus {
+    /// Rows written so far.
+    pub fn written(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
+    }
+
+    /// Rows that will never be written.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// The audit trail's progress, for `/metrics`.
+impl crate::metrics::Collector for AuditStatus {
+    fn encode(&self, encoder: crate::metrics::DescriptorEncoder) -> std::fmt::Result {
+        let mut out = crate::metrics::Scrape::new(encoder);
+        out.counters(
+            "shadowsteer_audit_rows",
+            "Steering decisions for the audit table, by outcome.",
+            "outcome",
+            [("written", self.written()), ("dropped", self.dropped())],
+        )?;
+        out.gauge(
+            "shadowsteer_audit_backlog",
+            "Steering decisions waiting to be written.",
+            self.backlog.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// The writer's inbox as the publisher sees it: handing a change over never waits, and a
+/// change the full inbox refuses is counted as dropped, with the writer's own drops.
+#[derive(Debug, Clone)]
+pub struct AuditQueue {
+    tx: mpsc::Sender<AnswerChange>,
+    status: Arc<AuditStatus>,
+}
+
+impl AuditQueue {
+    /// The inbox `tx` of the writer that reports to `status`.
+    pub fn new(tx: mpsc::Sender<AnswerChange>, status: Arc<AuditStatus>) -> Self {
+        Self { tx, status }
+    }
+
+    /// Hands `change` to the writer, or counts it dropped when the inbox is full or closed.
+    pub fn offer(&self, change: AnswerChange) {
+        if self.tx.try_send(change).is_err() {
+            self.status.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Writes one batch.

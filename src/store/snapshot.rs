@@ -36,17 +36,17 @@ pub struct SyncStatus {
     /// Whether the last attempt to read the database succeeded.
     db_up: AtomicBool,
     /// Whether anything was ever loaded.
-    pub loaded: AtomicBool,
+    loaded: AtomicBool,
     /// Last successful read (Unix milliseconds).
-    pub last_sync_ms: AtomicI64,
+    last_sync_ms: AtomicI64,
     /// Full loads done.
-    pub full_loads: AtomicU64,
+    full_loads: AtomicU64,
     /// Targeted reloads done (from notifications).
-    pub targeted_loads: AtomicU64,
+    targeted_loads: AtomicU64,
     /// Failed reads.
-    pub failures: AtomicU64,
+    failures: AtomicU64,
     /// Times the change listener (re)connected.
-    pub listener_connects: AtomicU64,
+    listener_connects: AtomicU64,
 }
 
 impl SyncStatus {
@@ -61,6 +61,55 @@ impl SyncStatus {
         self.loaded
             .load(Ordering::Relaxed)
             .then(|| (now_ms - self.last_sync_ms.load(Ordering::Relaxed)).max(0) as f64 / 1000.0)
+    }
+
+    /// When the inputs were last confirmed against the database (Unix milliseconds; 0 before).
+    pub fn last_sync_ms(&self) -> i64 {
+        self.last_sync_ms.load(Ordering::Relaxed)
+    }
+
+    /// Starts from inputs saved on disk, which were confirmed at `confirmed_at_ms`: they count
+    /// as loaded, and as old as they are.
+    pub fn restored(&self, confirmed_at_ms: i64) {
+        self.last_sync_ms.store(confirmed_at_ms, Ordering::Relaxed);
+        self.loaded.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Database freshness, for `/metrics`.
+impl crate::metrics::Collector for SyncStatus {
+    fn encode(&self, encoder: crate::metrics::DescriptorEncoder) -> std::fmt::Result {
+        let mut out = crate::metrics::Scrape::new(encoder);
+        out.gauge(
+            "shadowsteer_snapshot_age_seconds",
+            "Seconds since the served data was last confirmed against the database (-1: never loaded).",
+            self.age_seconds(chrono::Utc::now().timestamp_millis())
+                .unwrap_or(-1.0),
+        )?;
+        out.gauge(
+            "shadowsteer_database_up",
+            "Whether the last database read succeeded.",
+            u64::from(self.db_up()),
+        )?;
+        out.counters(
+            "shadowsteer_snapshot_loads",
+            "Reads of steering data from the database, by kind.",
+            "kind",
+            [
+                ("full", self.full_loads.load(Ordering::Relaxed)),
+                ("targeted", self.targeted_loads.load(Ordering::Relaxed)),
+            ],
+        )?;
+        out.counter(
+            "shadowsteer_snapshot_load_failures",
+            "Failed reads of steering data.",
+            self.failures.load(Ordering::Relaxed),
+        )?;
+        out.counter(
+            "shadowsteer_listener_connects",
+            "Connections of the change listener (each one triggers a full reload).",
+            self.listener_connects.load(Ordering::Relaxed),
+        )
     }
 }
 
