@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use shadowsteer::risk::data::dataset::{self, Loaded};
-use shadowsteer::risk::model::hold::{DEFAULT_HOLD_S, MAX_HOLD_S};
+use shadowsteer::risk::model::hold::HoldSeconds;
 use shadowsteer::risk::model::train::TrainOptions;
 use shadowsteer::risk::model::{FeatureSet, Model, ModelKind};
 
@@ -69,8 +69,8 @@ pub struct RecipeArgs {
     /// Alarm hold in seconds: a score counts as its highest over this many seconds, so an
     /// alarm survives a precursor's brief returns to normal (stored in the model, used by
     /// live scoring too).
-    #[arg(long, default_value_t = DEFAULT_HOLD_S, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_HOLD_S)))]
-    hold: u32,
+    #[arg(long, default_value_t = HoldSeconds::DEFAULT)]
+    hold: HoldSeconds,
     /// Members per ensemble (logistic; forests get twice as many).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=32))]
     members: u32,

@@ -229,7 +229,7 @@ pub fn leave_one_kind_out(
         kinds: rows,
         appliance_days: up as f64 / 86_400.0,
         horizon_s: opts.horizon_s,
-        hold_s: opts.hold_s,
+        hold_s: opts.hold_s.get(),
         precursor_lookback_s: PRECURSOR_LOOKBACK_S,
     })
 }

@@ -27,7 +27,7 @@ use crate::risk::data::series::{FailureSpan, Series};
 use crate::risk::evaluate::{self, Group, Scored};
 use crate::risk::features::window::WINDOW_S;
 use crate::risk::features::{Features, N_FEATURES};
-use crate::risk::model::hold::{DEFAULT_HOLD_S, hold_values};
+use crate::risk::model::hold::{HoldSeconds, hold_values};
 use crate::risk::model::novelty::Novelty;
 use crate::risk::model::{
     Candidate, FeatureSet, Linear, MIN_SCALE, Members, Model, ModelCard, ModelKind, Node, Platt,
@@ -80,8 +80,8 @@ pub struct TrainOptions {
     pub tree_depth: usize,
     /// False alarms per appliance-day allowed when choosing the threshold.
     pub max_false_alarms_per_day: f64,
-    /// Alarm hold in seconds.
-    pub hold_s: u32,
+    /// Alarm hold.
+    pub hold_s: HoldSeconds,
     /// Random seed (sampling and bootstraps).
     pub seed: u64,
     /// Threads for fitting and scoring.
@@ -109,7 +109,7 @@ impl Default for TrainOptions {
             tree_rows: 40_000,
             tree_depth: 10,
             max_false_alarms_per_day: 0.5,
-            hold_s: DEFAULT_HOLD_S,
+            hold_s: HoldSeconds::DEFAULT,
             seed: 1,
             threads: 2,
             sources: Vec::new(),
@@ -592,7 +592,7 @@ fn fit_platt(raw: &[Vec<f64>], t: &Tails, horizon: usize) -> Result<Platt, Train
 fn held_validation(
     v: &ValidationScores,
     t: &Tails,
-    hold_s: u32,
+    hold_s: HoldSeconds,
     f: impl Fn(f64, f64) -> f64,
 ) -> Vec<Vec<f64>> {
     v.raw
@@ -628,7 +628,12 @@ fn scored_of<'a>(scores: &'a [Vec<f64>], t: &'a Tails) -> Vec<Scored<'a>> {
 
 /// The lowest surprise whose alarms alone (held as scores are) raise no more than the novelty
 /// term's share of the false alarms allowed on validation.
-fn novelty_level(surprise: &[Vec<f64>], t: &Tails, hold_s: u32, opts: &TrainOptions) -> f64 {
+fn novelty_level(
+    surprise: &[Vec<f64>],
+    t: &Tails,
+    hold_s: HoldSeconds,
+    opts: &TrainOptions,
+) -> f64 {
     let held: Vec<Vec<f64>> = surprise
         .iter()
         .zip(&t.down)
@@ -1006,7 +1011,7 @@ impl<'a> Fitting<'a> {
                     "all failures"
                 },
                 opts.max_false_alarms_per_day,
-                opts.hold_s
+                opts.hold_s.get()
             ),
             candidates,
             validation,
