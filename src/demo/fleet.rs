@@ -392,7 +392,7 @@ impl Fleet {
         let name = format!("{id}.c.{ZONE}");
         for r in &self.regions {
             let dns = r.dns;
-            wait_until(Duration::from_secs(30), "the steering DNS", || {
+            let waited = wait_until(Duration::from_secs(30), "the steering DNS", || {
                 let name = name.clone();
                 async move {
                     crate::client::resolve::lookup(dns, &name)
@@ -400,9 +400,41 @@ impl Fleet {
                         .is_ok_and(|a| !a.addrs.is_empty())
                 }
             })
-            .await?;
+            .await;
+            if let Err(e) = waited {
+                bail!("{e}: {}", self.dns_state(r, id, &name).await);
+            }
         }
         Ok(())
+    }
+
+    /// What region `r` knows of client `id`, for an error: its DNS answer, whether the client
+    /// and its appliances have reached its database, and where its server's log is.
+    async fn dns_state(&self, r: &Region, id: &str, name: &str) -> String {
+        let answer = match crate::client::resolve::lookup(r.dns, name).await {
+            Ok(a) if a.addrs.is_empty() => "an answer without addresses".to_owned(),
+            Ok(a) => format!("{:?}", a.addrs),
+            Err(e) => format!("no answer ({e})"),
+        };
+        let rows: Result<(i64, i64), sqlx::Error> = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM clients WHERE id = $1),
+                    (SELECT count(*) FROM appliances)",
+        )
+        .bind(id)
+        .fetch_one(&r.pool)
+        .await;
+        let rows = match rows {
+            Ok((c, a)) => format!("{c} row(s) for the client and {a} appliance(s) in its database"),
+            Err(e) => format!("its database could not be read ({e})"),
+        };
+        format!(
+            "region {}'s DNS at {} gave {answer} for {name}; {rows}, of {} appliances in the \
+             fleet; its server's log: {}",
+            r.id,
+            r.dns,
+            self.agents.len(),
+            self.plan.dir.join(format!("serve-{}.log", r.id)).display()
+        )
     }
 
     /// Stock clients' tunnels are followed from the sessions' holders (see [`follow_holders`]).

@@ -142,10 +142,16 @@ pub async fn run(opts: Options, shutdown: CancellationToken) -> anyhow::Result<O
         drawn: 0,
     };
     let result = run_in(&opts, &root, &shutdown, &mut out, began).await;
-    if opts.keep {
-        out.line(&format!("data kept in {}", root.display()));
-    } else {
-        let _ = std::fs::remove_dir_all(&root);
+    match &result {
+        _ if opts.keep => out.line(&format!("data kept in {}", root.display())),
+        // The processes' logs are what tells why: keep them (and the data beside them).
+        Err(_) => out.line(&format!(
+            "the demo failed; its logs and data are kept in {}",
+            root.display()
+        )),
+        Ok(_) => {
+            let _ = std::fs::remove_dir_all(&root);
+        }
     }
     result
 }
