@@ -81,6 +81,42 @@ fn assert_clean(dir: &Path) {
     let _ = std::fs::remove_dir(dir);
 }
 
+/// A failed demo keeps its directory and says where: the tail of each server's and agent's
+/// log from it, so that a failure in CI can be read from the test's output alone.
+fn logs_of_a_failed_run(stderr: &str) -> String {
+    let Some(dir) = stderr
+        .lines()
+        .find_map(|l| l.split_once("its logs and data are kept in "))
+        .map(|(_, d)| PathBuf::from(d.trim()))
+    else {
+        return "(no directory kept)".into();
+    };
+    let mut out = String::new();
+    for run in ["shadowsteer", "baseline"] {
+        let Ok(entries) = std::fs::read_dir(dir.join(run)) else {
+            continue;
+        };
+        let mut logs: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "log"))
+            .collect();
+        logs.sort();
+        for log in logs {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(40)..];
+            out.push_str(&format!(
+                "\n--- {} (last {} lines)\n",
+                log.display(),
+                tail.len()
+            ));
+            out.push_str(&tail.join("\n"));
+        }
+    }
+    out
+}
+
 fn demo(dir: &Path, args: &[&str]) -> Command {
     let mut cmd = Command::new(common::bin());
     cmd.arg("demo")
@@ -99,7 +135,12 @@ fn the_demo_survives_a_predicted_failure_and_a_crash_and_leaves_nothing_behind()
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "demo failed: {stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "demo failed: {stderr}{}",
+        logs_of_a_failed_run(&stderr)
+    );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)));
     eprintln!("{}", serde_json::to_string_pretty(&report).unwrap());
@@ -274,7 +315,12 @@ fn stock_wireguard_go_clients_in_namespaces_survive_the_story() {
     .output()
     .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "demo failed: {stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "demo failed: {stderr}{}",
+        logs_of_a_failed_run(&stderr)
+    );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     eprintln!("{}", serde_json::to_string_pretty(&report).unwrap());
     assert_eq!(report["survived"], true);
