@@ -4,6 +4,8 @@ mod cli;
 
 use std::process::ExitCode;
 
+use std::io::IsTerminal as _;
+
 use clap::Parser;
 
 fn main() -> ExitCode {
@@ -15,6 +17,9 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal: a log file, a pipe or journald gets
+        // plain text that grep and log shippers read as written.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

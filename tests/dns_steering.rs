@@ -278,6 +278,11 @@ async fn postgres_stopped_and_restarted_while_answering() {
         log_text.contains("serving the last snapshot"),
         "outage logged with the snapshot age:\n{log_text}"
     );
+    // Its stderr is a pipe here, as under a service manager: plain text, no colour codes.
+    assert!(
+        !log_text.contains('\x1b'),
+        "terminal colour codes in a log that is not a terminal:\n{log_text}"
+    );
     assert_eq!(
         tokio::task::spawn_blocking(move || server.stop())
             .await

@@ -70,23 +70,6 @@ pub struct Server {
     _dir: tempfile::TempDir,
 }
 
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 fn field(line: &str, marker: &str) -> Option<SocketAddr> {
     if !line.contains(marker) {
         return None;
@@ -153,7 +136,6 @@ impl Server {
             let mut sent = false;
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                let line = strip_ansi(&line);
                 dns = dns.or_else(|| field(&line, "DNS listening"));
                 admin = admin.or_else(|| field(&line, "admin listening"));
                 log2.lock().unwrap().push_str(&line);
