@@ -71,7 +71,13 @@ impl SyncStatus {
     /// Starts from inputs saved on disk, which were confirmed at `confirmed_at_ms`: they count
     /// as loaded, and as old as they are.
     pub fn restored(&self, confirmed_at_ms: i64) {
-        self.last_sync_ms.store(confirmed_at_ms, Ordering::Relaxed);
+        self.confirmed(confirmed_at_ms);
+    }
+
+    /// The inputs in hand match the database as of `at_ms`. The time is stored before the
+    /// flag that makes [`SyncStatus::age_seconds`] read it.
+    fn confirmed(&self, at_ms: i64) {
+        self.last_sync_ms.store(at_ms, Ordering::Relaxed);
         self.loaded.store(true, Ordering::Relaxed);
     }
 }
@@ -608,10 +614,7 @@ impl Loader {
 
     fn mark_ok(&self) {
         self.status.db_up.store(true, Ordering::Relaxed);
-        self.status.loaded.store(true, Ordering::Relaxed);
-        self.status
-            .last_sync_ms
-            .store(Self::now_ms(), Ordering::Relaxed);
+        self.status.confirmed(Self::now_ms());
     }
 
     fn mark_failed(&self, what: &str, e: &dyn std::fmt::Display) {
