@@ -2,9 +2,8 @@
 
 mod cli;
 
-use std::process::ExitCode;
-
 use std::io::IsTerminal as _;
+use std::process::ExitCode;
 
 use clap::Parser;
 
