@@ -37,10 +37,12 @@ pub enum KeyFileError {
         mode: u32,
     },
     /// Not a regular file, or too large to be a key.
-    #[error("key file {path} is not a regular file of at most {MAX_KEY_FILE} bytes")]
+    #[error("key file {path} is not a regular file of at most {max_len} bytes")]
     NotAKeyFile {
         /// The file.
         path: PathBuf,
+        /// The largest size accepted.
+        max_len: u64,
     },
     /// The content is not a key.
     #[error("key file {path}: {source}")]
@@ -54,14 +56,25 @@ pub enum KeyFileError {
 
 /// Reads a private key, refusing files readable by group or others.
 pub fn read_secret_key(path: &Path) -> Result<SecretKey, KeyFileError> {
+    let text = Zeroizing::new(read_owner_only(path, MAX_KEY_FILE)?);
+    SecretKey::from_base64(text.trim()).map_err(|source| KeyFileError::Malformed {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Reads a secret file of at most `max_len` bytes as text, refusing one that group or others
+/// may read (WireGuard keys here, the DNS-over-TLS private key in [`crate::tls`]).
+pub fn read_owner_only(path: &Path, max_len: u64) -> Result<String, KeyFileError> {
     let io = |source| KeyFileError::Io {
         path: path.to_owned(),
         source,
     };
     let meta = std::fs::metadata(path).map_err(io)?;
-    if !meta.is_file() || meta.len() > MAX_KEY_FILE {
+    if !meta.is_file() || meta.len() > max_len {
         return Err(KeyFileError::NotAKeyFile {
             path: path.to_owned(),
+            max_len,
         });
     }
     let mode = meta.permissions().mode() & 0o7777;
@@ -71,11 +84,7 @@ pub fn read_secret_key(path: &Path) -> Result<SecretKey, KeyFileError> {
             mode,
         });
     }
-    let text = Zeroizing::new(std::fs::read_to_string(path).map_err(io)?);
-    SecretKey::from_base64(text.trim()).map_err(|source| KeyFileError::Malformed {
-        path: path.to_owned(),
-        source,
-    })
+    std::fs::read_to_string(path).map_err(io)
 }
 
 /// Writes a new private key file with mode 0600; an existing file is never overwritten.

@@ -35,4 +35,5 @@ pub mod risk;
 pub mod steering;
 pub mod store;
 pub mod takeover;
+pub mod tls;
 pub mod tunnel;

@@ -29,6 +29,7 @@ use shadowsteer::store::audit::AuditStatus;
 use shadowsteer::store::replication::heartbeat::{self, LagBoard};
 use shadowsteer::store::snapshot::{Loader, SyncStatus};
 use shadowsteer::store::{self, Database, DatabaseTarget, default_data_dir};
+use shadowsteer::tls::ServerCertificate;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -183,9 +184,13 @@ fn admin_state(
     }
 }
 
-/// Reloads the risk model at every SIGHUP until shutdown; a refused file is logged and the
-/// model in force stays.
-async fn reload_on_hangup(source: Arc<ModelSource>, shutdown: CancellationToken) {
+/// Reloads the risk model and the DNS-over-TLS certificate at every SIGHUP until shutdown; a
+/// refused file is logged and what is in force stays.
+async fn reload_on_hangup(
+    model: Option<Arc<ModelSource>>,
+    certificate: Option<Arc<ServerCertificate>>,
+    shutdown: CancellationToken,
+) {
     let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(s) => s,
         Err(e) => {
@@ -198,10 +203,21 @@ async fn reload_on_hangup(source: Arc<ModelSource>, shutdown: CancellationToken)
             () = shutdown.cancelled() => return,
             got = hangup.recv() => if got.is_none() { return },
         }
-        tracing::info!("SIGHUP: reloading the risk model");
-        let s = Arc::clone(&source);
-        // Errors are logged by `reload`; the model in force stays.
-        let _ = tokio::task::spawn_blocking(move || s.reload()).await;
+        if let Some(source) = &model {
+            tracing::info!("SIGHUP: reloading the risk model");
+            let s = Arc::clone(source);
+            // Errors are logged by `reload`; the model in force stays.
+            let _ = tokio::task::spawn_blocking(move || s.reload()).await;
+        }
+        if let Some(cert) = &certificate {
+            match cert.reload() {
+                Ok(()) => tracing::info!("SIGHUP: DNS-over-TLS certificate reloaded"),
+                Err(e) => tracing::error!(
+                    error = %e,
+                    "SIGHUP: DNS-over-TLS certificate not reloaded; the one in force stays"
+                ),
+            }
+        }
     }
 }
 
@@ -237,9 +253,19 @@ pub async fn run(args: ServeArgs) -> CommandResult {
     let mut tasks = Tasks::new(&pool, opened.reachable);
     let steering = spawn_steering(&mut tasks, &setup, &pool, opened.restored, opened.saved_at);
     let dns = spawn_dns(&mut tasks, cfg, listeners.dns, &steering)?;
-    if let Some(source) = &setup.model {
-        tasks.spawn(reload_on_hangup(Arc::clone(source), tasks.shutdown.clone()));
-    }
+    spawn_dns_over_tls(
+        &mut tasks,
+        cfg,
+        listeners.tls,
+        setup.tls.as_ref(),
+        &steering,
+        &dns,
+    )?;
+    tasks.spawn(reload_on_hangup(
+        setup.model.clone(),
+        setup.tls.clone(),
+        tasks.shutdown.clone(),
+    ));
     let risk = spawn_live_scoring(&mut tasks, cfg, &pool, setup.model.clone());
     // Heartbeats of this region and the lag of the others (a no-op until replication is set
     // up).
@@ -283,6 +309,8 @@ struct Setup {
     /// The model in force, replaceable without a restart (SIGHUP or the admin API); `None`
     /// when live scoring is off.
     model: Option<Arc<ModelSource>>,
+    /// The DNS-over-TLS certificate, replaceable on SIGHUP; `None` without `[dns.tls]`.
+    tls: Option<Arc<ServerCertificate>>,
     /// The zones' static data.
     statics: Arc<Statics>,
 }
@@ -299,6 +327,14 @@ impl Setup {
             ));
         }
         let model = load_model(&cfg, &args.config)?;
+        let tls = match &cfg.dns.tls {
+            Some(t) => Some(
+                ServerCertificate::load(&t.certificate, &t.private_key).map_err(|e| {
+                    CommandError::Input(format!("{}: dns.tls: {e}", args.config.display()))
+                })?,
+            ),
+            None => None,
+        };
         let policy = Policy::from_config(&cfg.steering, model.as_ref().map(|m| m.threshold))
             .map_err(|e| {
                 CommandError::Input(format!("{}: steering: {e}", args.config.display()))
@@ -330,6 +366,7 @@ impl Setup {
             cfg,
             policy,
             model,
+            tls,
             statics: Arc::new(statics),
         })
     }
@@ -338,6 +375,8 @@ impl Setup {
 /// The bound sockets: a taken port fails before the database is touched.
 struct Listeners {
     dns: Vec<DnsSockets>,
+    /// DNS over TLS, when `[dns.tls]` is set.
+    tls: Vec<std::net::TcpListener>,
     admin: tokio::net::TcpListener,
 }
 
@@ -353,12 +392,20 @@ impl Listeners {
             tracing::info!(addr = %s.addr, udp_workers = workers, "DNS listening (UDP and TCP)");
             dns.push(s);
         }
+        let mut tls = Vec::new();
+        for l in cfg.dns.tls.iter().flat_map(|t| &t.listen) {
+            let listener =
+                tcp::bind(l.0).with_context(|| format!("binding DNS over TLS on {l}"))?;
+            let addr = listener.local_addr().context("DNS over TLS address")?;
+            tracing::info!(%addr, "DNS over TLS listening");
+            tls.push(listener);
+        }
         let admin = tokio::net::TcpListener::bind(cfg.admin.listen.0)
             .await
             .with_context(|| format!("binding the admin listener on {}", cfg.admin.listen))?;
         let admin_addr = admin.local_addr().context("admin listener address")?;
         tracing::info!(addr = %admin_addr, "admin listening (dashboard /, API /api/v1 and /metrics need a token; /healthz, /readyz)");
-        Ok(Self { dns, admin })
+        Ok(Self { dns, tls, admin })
     }
 }
 
@@ -606,11 +653,43 @@ fn spawn_dns(
             served: served.clone(),
             status: status.clone(),
             idle_timeout: cfg.dns.tcp_idle_timeout.0,
+            tls: None,
         };
         tasks.spawn(server.run(listener, tasks.shutdown.clone()));
     }
     status.set_listening(true);
     Ok(status)
+}
+
+/// Starts a DNS-over-TLS server per TLS listener, answering from the same zones and counted
+/// with TCP.
+fn spawn_dns_over_tls(
+    tasks: &mut Tasks,
+    cfg: &SteeringConfig,
+    listeners: Vec<std::net::TcpListener>,
+    certificate: Option<&Arc<ServerCertificate>>,
+    steering: &Steering,
+    status: &Arc<DnsStatus>,
+) -> Result<(), CommandError> {
+    let Some(certificate) = certificate else {
+        return Ok(());
+    };
+    let config = certificate
+        .server_config()
+        .context("building the DNS-over-TLS server configuration")?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    for l in listeners {
+        let listener = tokio::net::TcpListener::from_std(l)
+            .context("registering the DNS-over-TLS listener")?;
+        let server = TcpServer {
+            served: steering.served.clone(),
+            status: status.clone(),
+            idle_timeout: cfg.dns.tcp_idle_timeout.0,
+            tls: Some(acceptor.clone()),
+        };
+        tasks.spawn(server.run(listener, tasks.shutdown.clone()));
+    }
+    Ok(())
 }
 
 /// Live scoring, when a model is in force: it writes risk_scores, whose NOTIFY trigger carries

@@ -40,6 +40,10 @@ pub enum ResolveError {
     /// Socket error.
     #[error("{0}")]
     Io(String),
+    /// DNS over TLS: the CA file is unusable, or the handshake failed (an untrusted
+    /// certificate, another name, no TLS at that address).
+    #[error("DNS over TLS: {0}")]
+    Tls(String),
 }
 
 /// The addresses of a name and how long they may be used.

@@ -23,6 +23,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+use super::dot::{DotUpstream, Upstream};
 use super::probe::{ECHO_PORT, ProbeStream, StreamReport};
 use super::resolve::{self, ResolveError};
 use super::standby::{MSG_INIT, Silence, Slot, route, switch_after};
@@ -452,14 +453,19 @@ fn own(a: Action<'_>) -> ActionOwned {
     }
 }
 
-fn resolver_addr(r: Resolver) -> Result<SocketAddr, ResolveError> {
-    match r {
-        Resolver::Server(a) => Ok(a),
+/// Where lookups go: the configured server (over TLS with `resolver_tls`) or the system's.
+fn upstream(cfg: &ClientConfig) -> Result<Upstream, ResolveError> {
+    let server = match cfg.client.resolver {
+        Resolver::Server(a) => a,
         Resolver::System => std::fs::read_to_string("/etc/resolv.conf")
             .ok()
             .and_then(|t| resolve::system_resolver(&t))
-            .ok_or(ResolveError::NoResolver),
-    }
+            .ok_or(ResolveError::NoResolver)?,
+    };
+    Ok(match &cfg.client.resolver_tls {
+        Some(tls) => Upstream::Tls(Arc::new(DotUpstream::new(server, tls)?)),
+        None => Upstream::Udp(server),
+    })
 }
 
 /// Chooses the endpoint from an answer: stay on the current address while it is still listed.
@@ -506,10 +512,10 @@ struct Lookup {
     standby: Option<Result<resolve::Answer, ResolveError>>,
 }
 
-async fn lookup_both(resolver: SocketAddr, name: String, standby: Option<String>) -> Lookup {
-    let main = resolve::lookup(resolver, &name).await;
+async fn lookup_both(resolver: Upstream, name: String, standby: Option<String>) -> Lookup {
+    let main = resolver.lookup(&name).await;
     let standby = match standby {
-        Some(n) => Some(resolve::lookup(resolver, &n).await),
+        Some(n) => Some(resolver.lookup(&n).await),
         None => None,
     };
     Lookup { main, standby }
@@ -678,13 +684,18 @@ impl State {
 /// the next lookup is due, or `None` on shutdown.
 async fn first_lookup(
     st: &mut State,
-    resolver: SocketAddr,
+    resolver: &Upstream,
     name: &str,
     standby_name: Option<&str>,
     shutdown: &CancellationToken,
 ) -> Option<Instant> {
     loop {
-        let r = lookup_both(resolver, name.to_owned(), standby_name.map(str::to_owned)).await;
+        let r = lookup_both(
+            resolver.clone(),
+            name.to_owned(),
+            standby_name.map(str::to_owned),
+        )
+        .await;
         if r.main.is_ok() {
             return Some(st.on_lookup(Some(r)));
         }
@@ -715,7 +726,7 @@ pub async fn run_recorded(
     shutdown: CancellationToken,
     timeline: Option<Arc<Timeline>>,
 ) -> Result<ClientReport, ClientError> {
-    let resolver = resolver_addr(cfg.client.resolver)?;
+    let resolver = upstream(&cfg)?;
     let name = cfg.endpoint_name();
     let standby_name = cfg.client.standby.then(|| cfg.standby_name());
     let socket = bind_udp(cfg.client.listen.0)?;
@@ -732,8 +743,14 @@ pub async fn run_recorded(
     let mut stream = (cfg.client.inside == ClientInside::Probe)
         .then(|| ProbeStream::new(now, cfg.probe.payload, cfg.probe.loss_timeout.0));
     let mut st = State::new(cfg, key, socket, timeline, now);
-    let Some(mut next_lookup) =
-        first_lookup(&mut st, resolver, &name, standby_name.as_deref(), &shutdown).await
+    let Some(mut next_lookup) = first_lookup(
+        &mut st,
+        &resolver,
+        &name,
+        standby_name.as_deref(),
+        &shutdown,
+    )
+    .await
     else {
         return Ok(finish(st, stream));
     };
@@ -753,7 +770,7 @@ pub async fn run_recorded(
     loop {
         if lookup.is_none() && Instant::now() >= next_lookup {
             lookup = Some(tokio::spawn(lookup_both(
-                resolver,
+                resolver.clone(),
                 name.clone(),
                 standby_name.clone(),
             )));

@@ -86,6 +86,10 @@ pub struct ClientSection {
     /// DNS resolver for the per-client name.
     #[serde(default = "default_resolver")]
     pub resolver: Resolver,
+    /// Ask `resolver` (the steering server's DNS-over-TLS address, port 853 by convention)
+    /// over TLS, verifying its certificate; plain UDP when absent.
+    #[serde(default)]
+    pub resolver_tls: Option<ResolverTls>,
     /// Shortest time between two lookups, whatever the TTL says.
     #[serde(default = "default_min_ttl")]
     pub min_ttl: Duration,
@@ -119,6 +123,17 @@ pub struct ClientSection {
     /// for this long (steering needs a few seconds to notice the failure).
     #[serde(default = "default_takeover_hold")]
     pub takeover_hold: Duration,
+}
+
+/// `[client.resolver_tls]`: how the helper verifies the steering server over TLS.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResolverTls {
+    /// The name the server's certificate must carry, e.g. `ns1.vpn.example.net`.
+    pub server_name: String,
+    /// PEM file of the certificates trusted for it: the operator's CA, or the server's own
+    /// self-signed certificate. Nothing else is trusted (no system roots).
+    pub ca_file: PathBuf,
 }
 
 fn default_client_label() -> String {
@@ -256,6 +271,20 @@ impl Validate for ClientConfig {
         }
         if c.port == 0 {
             problems.push("client.port", "must not be 0");
+        }
+        if let Some(tls) = &c.resolver_tls {
+            if c.resolver == Resolver::System {
+                problems.push(
+                    "client.resolver_tls",
+                    "needs client.resolver set to the server's DNS-over-TLS ip:port (port 853 by convention), not \"system\"",
+                );
+            }
+            if rustls::pki_types::ServerName::try_from(tls.server_name.as_str()).is_err() {
+                problems.push(
+                    "client.resolver_tls.server_name",
+                    format!("{:?} is not a DNS name or IP address", tls.server_name),
+                );
+            }
         }
         if c.min_ttl.0 > c.max_ttl.0 {
             problems.push("client.min_ttl", "must not exceed client.max_ttl");

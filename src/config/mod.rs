@@ -22,12 +22,13 @@ pub use agent::{
 };
 pub use client::{
     ClientConfig, ClientInside, ClientSection, ClientTunnelSection, ProbeStreamSection, Resolver,
+    ResolverTls,
 };
 pub use fields::{Duration, IpNet, ListenAddr};
 pub use risk::RiskSection;
 pub use steering::{
-    AdminSection, DnsSection, EcsRegion, NsRecord, RateLimitSection, ReplicationSection,
-    ServerSection, SoaSection, StaticRecord, SteeringConfig, SteeringSection,
+    AdminSection, DnsSection, DnsTlsSection, EcsRegion, NsRecord, RateLimitSection,
+    ReplicationSection, ServerSection, SoaSection, StaticRecord, SteeringConfig, SteeringSection,
     THRESHOLD_WITHOUT_MODEL, Thresholds, ZoneSection,
 };
 
@@ -270,6 +271,61 @@ network = "10.77.0.0/24"
         );
         let errs = check("[client]\nx=1\n[agent]\ny=1\n").unwrap_err();
         assert!(errs[0].contains("one program"), "{errs:?}");
+    }
+
+    #[test]
+    fn dns_over_tls_needs_a_port_of_its_own() {
+        let text = r#"
+[dns]
+listen = ["127.0.0.1:5300"]
+[dns.tls]
+listen = ["127.0.0.1:853"]
+certificate = "/etc/shadowsteer/dns-tls.crt"
+private_key = "/etc/shadowsteer/dns-tls.key"
+[[dns.zones]]
+name = "vpn.example.net"
+"#;
+        assert_eq!(check(text), Ok(ConfigKind::Steering));
+        let errs = check(&text.replace(":853", ":5300")).unwrap_err();
+        assert!(
+            errs[0].contains("dns.tls.listen[0]") && errs[0].contains("listed twice"),
+            "{errs:?}"
+        );
+        let errs = check(&text.replace("[\"127.0.0.1:853\"]", "[]")).unwrap_err();
+        assert!(errs[0].contains("dns.tls.listen"), "{errs:?}");
+        let errs = check(&text.replace("private_key", "key")).unwrap_err();
+        assert!(errs[0].contains("unknown field `key`"), "{errs:?}");
+    }
+
+    #[test]
+    fn resolving_over_tls_needs_an_address_and_a_name() {
+        let text = r#"
+[client]
+id = "alice"
+key_file = "/k"
+service_public_key = "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw="
+zone = "vpn.example.net"
+resolver = "192.0.2.53:853"
+[client.resolver_tls]
+server_name = "ns1.vpn.example.net"
+ca_file = "/etc/shadowsteer/dns-ca.pem"
+[tunnel]
+address = "10.77.0.2"
+network = "10.77.0.0/24"
+"#;
+        assert_eq!(check(text), Ok(ConfigKind::Client));
+        let errs = check(&text.replace("192.0.2.53:853", "system")).unwrap_err();
+        assert!(
+            errs[0].contains("client.resolver_tls") && errs[0].contains("not \"system\""),
+            "{errs:?}"
+        );
+        let errs = check(&text.replace("ns1.vpn.example.net", "not a name")).unwrap_err();
+        assert!(
+            errs[0].contains("client.resolver_tls.server_name"),
+            "{errs:?}"
+        );
+        let errs = check(&text.replace("ca_file", "ca")).unwrap_err();
+        assert!(errs[0].contains("unknown field `ca`"), "{errs:?}");
     }
 
     #[test]

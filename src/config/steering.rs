@@ -142,6 +142,24 @@ pub struct DnsSection {
     /// name answers them with that region's appliances when it has any.
     #[serde(default)]
     pub ecs_regions: Vec<EcsRegion>,
+    /// DNS over TLS (RFC 7858), so that a network between a client helper and this server can
+    /// neither read nor forge its steering answers; off when absent.
+    #[serde(default)]
+    pub tls: Option<DnsTlsSection>,
+}
+
+/// `[dns.tls]`: DNS over TLS on listeners of its own (port 853 by convention), answering
+/// exactly as UDP and TCP do. Counted with TCP (slots, idle timeout, metrics).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsTlsSection {
+    /// Addresses to serve DNS over TLS on.
+    pub listen: Vec<ListenAddr>,
+    /// PEM certificate chain, the server's own certificate first; its names must include the
+    /// name clients verify (`resolver_tls.server_name` of the client helper). Reread on SIGHUP.
+    pub certificate: PathBuf,
+    /// PEM private key of the certificate (mode 0600). Reread on SIGHUP.
+    pub private_key: PathBuf,
 }
 
 /// `[[dns.ecs_regions]]`: clients in `prefix` are nearest to `region`.
@@ -483,6 +501,20 @@ impl Validate for SteeringConfig {
         }
         if self.server.reconcile_interval.0 < std::time::Duration::from_millis(100) {
             problems.push("server.reconcile_interval", "must be at least 100ms");
+        }
+        if let Some(tls) = &self.dns.tls {
+            if tls.listen.is_empty() {
+                problems.push("dns.tls.listen", "at least one address is needed");
+            }
+            for (i, a) in tls.listen.iter().enumerate() {
+                // Port 0 (any free port) is never the same twice.
+                if a.0.port() != 0 && (tls.listen[..i].contains(a) || self.dns.listen.contains(a)) {
+                    problems.push(
+                        format!("dns.tls.listen[{i}]"),
+                        format!("{a} is listed twice (DNS over TLS needs a port of its own)"),
+                    );
+                }
+            }
         }
         if self.dns.max_tcp_connections == 0 {
             problems.push("dns.max_tcp_connections", "must be at least 1");

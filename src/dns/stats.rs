@@ -273,6 +273,11 @@ impl crate::metrics::Collector for DnsMetrics {
             "TCP connections closed at once because the limit was reached.",
             self.0.tcp_refused(),
         )?;
+        out.counter(
+            "shadowsteer_dns_tls_handshake_failures",
+            "DNS-over-TLS handshakes that failed or timed out (queries over TLS count as TCP).",
+            self.0.tls_handshake_failures(),
+        )?;
         self.latency(&mut out)
     }
 }

@@ -25,6 +25,9 @@ pub struct DnsStatus {
     tcp_max: usize,
     /// TCP connections refused because every slot was taken.
     tcp_refused: AtomicU64,
+    /// DNS-over-TLS handshakes that failed or timed out (an untrusted or expired certificate
+    /// on the client's side shows here first).
+    tls_handshake_failures: AtomicU64,
     /// Whether the listeners are up (false before they start and from shutdown on).
     listening: AtomicBool,
 }
@@ -40,6 +43,7 @@ impl DnsStatus {
             tcp_slots: Arc::new(Semaphore::new(tcp_max)),
             tcp_max,
             tcp_refused: AtomicU64::new(0),
+            tls_handshake_failures: AtomicU64::new(0),
             listening: AtomicBool::new(false),
         }
     }
@@ -86,6 +90,16 @@ impl DnsStatus {
     /// TCP connections refused at the limit so far.
     pub fn tcp_refused(&self) -> u64 {
         self.tcp_refused.load(Ordering::Relaxed)
+    }
+
+    /// Counts a DNS-over-TLS handshake that failed or timed out.
+    pub fn tls_handshake_failed(&self) {
+        self.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// DNS-over-TLS handshakes failed so far.
+    pub fn tls_handshake_failures(&self) -> u64 {
+        self.tls_handshake_failures.load(Ordering::Relaxed)
     }
 
     /// Whether the listeners are up.

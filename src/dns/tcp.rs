@@ -1,16 +1,18 @@
-//! DNS over TCP (RFC 7766): for truncated answers and clients that prefer it.
+//! DNS over TCP (RFC 7766): for truncated answers and clients that prefer it; and DNS over
+//! TLS (RFC 7858), the same exchange inside a TLS session, on listeners of its own.
 //!
 //! Bounded: at most `max_connections` at once (further connections are closed at once), each
 //! closed after `idle_timeout` without a complete query, queries answered one after another
 //! (a client can pipeline; answers come back in order). No rate limiting: a TCP client has
-//! completed a handshake, so it cannot be a spoofed reflection victim.
+//! completed a handshake, so it cannot be a spoofed reflection victim. A TLS connection takes
+//! a TCP slot from accept on, and has `idle_timeout` to complete its handshake.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -46,6 +48,8 @@ pub struct TcpServer {
     pub status: Arc<DnsStatus>,
     /// Idle timeout.
     pub idle_timeout: Duration,
+    /// With an acceptor, a listener for DNS over TLS: each connection is a TLS session first.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl TcpServer {
@@ -74,7 +78,7 @@ impl TcpServer {
             let server = self.clone();
             let shutdown = shutdown.clone();
             tracker.spawn(async move {
-                if let Err(e) = server.serve_connection(stream, shutdown).await {
+                if let Err(e) = server.connection(stream, shutdown).await {
                     tracing::debug!(%peer, error = %e, "TCP connection ended");
                 }
                 drop(permit);
@@ -84,13 +88,44 @@ impl TcpServer {
         tracker.wait().await;
     }
 
-    async fn serve_connection(
+    /// One accepted connection: the TLS handshake first on a TLS listener, then queries.
+    async fn connection(
         &self,
-        mut stream: TcpStream,
+        stream: TcpStream,
         shutdown: CancellationToken,
     ) -> std::io::Result<()> {
         let _ = stream.set_nodelay(true);
         let entropy = stream.peer_addr().map(|a| a.port()).unwrap_or(0);
+        let Some(acceptor) = &self.tls else {
+            return self.serve_queries(stream, entropy, shutdown).await;
+        };
+        let handshake = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            h = tokio::time::timeout(self.idle_timeout, acceptor.accept(stream)) => h,
+        };
+        match handshake {
+            Ok(Ok(tls)) => self.serve_queries(tls, entropy, shutdown).await,
+            Ok(Err(e)) => {
+                self.status.tls_handshake_failed();
+                Err(e)
+            }
+            Err(_) => {
+                self.status.tls_handshake_failed();
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "TLS handshake timed out",
+                ))
+            }
+        }
+    }
+
+    /// Length-prefixed queries, answered in order, until the peer closes, idles or errs.
+    async fn serve_queries<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        mut stream: S,
+        entropy: u16,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<()> {
         let mut query = vec![0u8; u16::MAX as usize];
         let mut out = Vec::with_capacity(4096);
         loop {
@@ -130,9 +165,13 @@ impl TcpServer {
             let mut frame = Vec::with_capacity(out.len() + 2);
             frame.extend_from_slice(&rlen.to_be_bytes());
             frame.extend_from_slice(&out);
-            tokio::time::timeout(self.idle_timeout, stream.write_all(&frame))
-                .await
-                .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+            // A TLS stream holds what it is given until flushed.
+            tokio::time::timeout(self.idle_timeout, async {
+                stream.write_all(&frame).await?;
+                stream.flush().await
+            })
+            .await
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
         }
     }
 }
