@@ -316,11 +316,14 @@ async fn stock_wireguard_go_client_talks_to_the_agent() {
     assert_eq!(echoes, 5, "UDP echoes answered");
 
     // The session, with the client's endpoint (its veth address and wireguard-go's port).
+    // The row can first show the endpoint alone: the agent records the authenticated
+    // initiation's address before the handshake completes, and the receiver index with it.
     let (ip, port_db, ri): (String, i32, i64) =
         wait_for(Duration::from_secs(15), "session_state row", || async {
             sqlx::query_as(
                 "SELECT host(endpoint_ip), endpoint_port, receiver_index FROM session_state
-                 WHERE client_id = 'alice' AND holder = 'eu-1' AND endpoint_ip IS NOT NULL",
+                 WHERE client_id = 'alice' AND holder = 'eu-1' AND endpoint_ip IS NOT NULL
+                   AND receiver_index IS NOT NULL",
             )
             .fetch_optional(&db.pool)
             .await
