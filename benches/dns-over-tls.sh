@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# Benchmark: DNS over TLS (RFC 7858) beside UDP and TCP on the same server.
+#
+# What it does (nothing is installed; missing tools are named and the script stops):
+#   1. makes a CA and a server certificate with the README's OpenSSL commands (so they are
+#      checked too);
+#   2. builds shadowsteer (release) and starts `serve` on an embedded cluster in a temp dir, with
+#      [dns.tls] and N clients (c1 .. cN under c.vpn.example.net);
+#   3. checks the certificate from outside with kdig +tls;
+#   4. runs dnsperf at maximum rate over UDP, TCP and DoT (`-m dot`), each with
+#      DNSPERF_CLIENTS connections, the server pinned to SERVER_CPU and dnsperf to LOAD_CPU;
+#   5. times the client helper's own lookups (benches/dot_lookup.rs): UDP, TLS on a kept session,
+#      TLS on a new session each time.
+#
+# Environment knobs: CLIENTS (10000), DURATION (seconds per run, 10), SERVER_CPU (0),
+# LOAD_CPU (1), DNSPERF_CLIENTS (8), OUTSTANDING (dnsperf -q, 200), ROUNDS (lookups per way,
+# 2000), KEEP=1 keeps the work dir.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CLIENTS=${CLIENTS:-10000}
+DURATION=${DURATION:-10}
+SERVER_CPU=${SERVER_CPU:-0}
+LOAD_CPU=${LOAD_CPU:-1}
+DNSPERF_CLIENTS=${DNSPERF_CLIENTS:-8}
+OUTSTANDING=${OUTSTANDING:-200}
+ROUNDS=${ROUNDS:-2000}
+
+missing=()
+command -v dnsperf >/dev/null || missing+=("dnsperf (apt-get install dnsperf)")
+command -v openssl >/dev/null || missing+=("openssl (apt-get install openssl)")
+command -v taskset >/dev/null || missing+=("taskset (apt-get install util-linux)")
+command -v psql >/dev/null || missing+=("psql (apt-get install postgresql-client)")
+command -v kdig >/dev/null || missing+=("kdig (apt-get install knot-dnsutils)")
+command -v curl >/dev/null || missing+=("curl (apt-get install curl)")
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || missing+=("Postgres server binaries (apt-get install postgresql)")
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "missing tools; install them first:" >&2
+    printf '  %s\n' "${missing[@]}" >&2
+    exit 1
+fi
+# (Read whole: grep -q stopping early would fail the pipe under pipefail.)
+[[ "$(dnsperf -h 2>&1 || true)" == *"dot"* ]] || { echo "this dnsperf has no DNS-over-TLS mode (-m dot); 2.5 or later needed" >&2; exit 1; }
+
+echo "== building shadowsteer and the lookup bench (release)"
+cargo build --release --quiet --bin shadowsteer
+cargo build --release --quiet --bench dot_lookup
+BIN=$PWD/target/release/shadowsteer
+LOOKUP_BIN=$(ls -t target/release/deps/dot_lookup-* | grep -v '\.d$' | head -1)
+
+work=$(mktemp -d /tmp/shadowsteer-dot-XXXXXX)
+chmod 755 "$work"
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+    if [ "${KEEP:-0}" = 1 ]; then echo "work dir kept: $work"; else rm -rf "$work"; fi
+}
+trap cleanup EXIT
+
+echo "== a CA and a server certificate (README, \"The client helper\")"
+(
+    cd "$work"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
+        -subj "/CN=shadowsteer DNS CA" -keyout dns-ca.key -out dns-ca.pem 2>/dev/null
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=ns1.vpn.example.net" \
+        -keyout dns-tls.key -out dns-tls.csr 2>/dev/null
+    openssl x509 -req -in dns-tls.csr -CA dns-ca.pem -CAkey dns-ca.key -CAcreateserial -days 365 \
+        -extfile <(printf "subjectAltName=DNS:ns1.vpn.example.net") -out dns-tls.crt 2>/dev/null
+    chmod 600 dns-tls.key dns-ca.key
+)
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+PORT=$(free_port); TLS_PORT=$(free_port); ADMIN_PORT=$(free_port)
+cat > "$work/steering.toml" <<EOF
+[server]
+region = "eu"
+name = "bench"
+[dns]
+listen = ["127.0.0.1:$PORT"]
+udp_workers = 1
+[dns.tls]
+listen = ["127.0.0.1:$TLS_PORT"]
+certificate = "$work/dns-tls.crt"
+private_key = "$work/dns-tls.key"
+[dns.rate_limit]
+responses_per_second = 0
+[[dns.zones]]
+name = "vpn.example.net"
+[[dns.zones.ns]]
+name = "ns1"
+addresses = ["127.0.0.1"]
+[admin]
+listen = "127.0.0.1:$ADMIN_PORT"
+EOF
+echo "== starting shadowsteer serve (embedded Postgres in $work/data)"
+RUST_LOG=warn "$BIN" serve --config "$work/steering.toml" --data-dir "$work/data" >"$work/serve.log" 2>&1 &
+ss_pid=$!; pids+=("$ss_pid")
+for _ in $(seq 600); do
+    curl -sf "http://127.0.0.1:$ADMIN_PORT/readyz" >/dev/null 2>&1 && break
+    kill -0 "$ss_pid" 2>/dev/null || { cat "$work/serve.log"; exit 1; }
+    sleep 0.1
+done
+taskset -a -cp "$SERVER_CPU" "$ss_pid" >/dev/null
+
+pgport=$(sed -n 4p "$work/data/pg/postmaster.pid")
+DB="postgres://postgres:$(cat "$work/data/pg-password")@127.0.0.1:$pgport/shadowsteer"
+key() { python3 -c 'import base64,os; print(base64.b64encode(os.urandom(32)).decode())'; }
+"$BIN" appliance add --database-url "$DB" --id eu-1 --region eu --endpoint 192.0.2.1:51820 --public-key "$(key)" >/dev/null
+"$BIN" appliance add --database-url "$DB" --id us-1 --region us --endpoint 192.0.2.2:51820 --public-key "$(key)" >/dev/null
+echo "== loading $CLIENTS clients"
+psql -q -v ON_ERROR_STOP=1 "$DB" <<EOF
+INSERT INTO clients (region, id, public_key, tunnel_ip, peer_index, primary_appliance, shadow_appliance)
+SELECT 'eu', 'c' || i, encode(sha256(('bench' || i)::bytea), 'base64'), '10.0.0.0'::inet + i, i, 'eu-1', 'us-1'
+FROM generate_series(1, $CLIENTS) AS i;
+EOF
+dot=(+tls "+tls-ca=$work/dns-ca.pem" +tls-hostname=ns1.vpn.example.net)
+for _ in $(seq 300); do
+    [ "$(kdig @127.0.0.1 -p "$TLS_PORT" "${dot[@]}" "c$CLIENTS.c.vpn.example.net" A +short 2>/dev/null)" = 192.0.2.1 ] && break
+    sleep 0.1
+done
+got=$(kdig @127.0.0.1 -p "$TLS_PORT" "${dot[@]}" "c$CLIENTS.c.vpn.example.net" A +short)
+[ "$got" = 192.0.2.1 ] || { echo "kdig over TLS got '$got' for c$CLIENTS"; cat "$work/serve.log"; exit 1; }
+echo "kdig +tls verified the certificate and got $got"
+
+awk -v n="$CLIENTS" 'BEGIN { srand(42); for (i = 0; i < 200000; i++) printf "c%d.c.vpn.example.net A\n", 1 + int(rand() * n) }' > "$work/queries.txt"
+maxrate() { # mode port -> "qps lost"
+    taskset -c "$LOAD_CPU" dnsperf -m "$1" -s 127.0.0.1 -p "$2" -d "$work/queries.txt" -l "$DURATION" \
+        -c "$DNSPERF_CLIENTS" -q "$OUTSTANDING" -t 2 >"$work/dnsperf-$1.txt" 2>&1
+    awk '/Queries per second:/ { q = int($4) } /Queries lost:/ { l = $3 " " $4 } END { print q " (lost " l ")" }' "$work/dnsperf-$1.txt"
+}
+echo "== max rate, ${DURATION}s each (server on CPU $SERVER_CPU, dnsperf on CPU $LOAD_CPU, $DNSPERF_CLIENTS connections)"
+udp=$(maxrate udp "$PORT"); echo "UDP: $udp qps"
+tcp=$(maxrate tcp "$PORT"); echo "TCP: $tcp qps"
+tls=$(maxrate dot "$TLS_PORT"); echo "DoT: $tls qps"
+
+echo "== the helper's lookups ($ROUNDS per way, one at a time)"
+lookups=$("$LOOKUP_BIN" "127.0.0.1:$PORT" "127.0.0.1:$TLS_PORT" ns1.vpn.example.net "$work/dns-ca.pem" c1.c.vpn.example.net "$ROUNDS")
+failures=$(curl -sf -H "Authorization: Bearer $("$BIN" token create --database-url "$DB" --name bench --scope read)" \
+    "http://127.0.0.1:$ADMIN_PORT/metrics" | awk '/^shadowsteer_dns_tls_handshake_failures_total / { print $2 }')
+
+echo
+echo "================ results (clients: $CLIENTS, machine: $(nproc) CPUs, $(uname -r)) ================"
+echo "max rate: UDP $udp, TCP $tcp, DoT $tls qps"
+echo "$lookups"
+echo "TLS handshakes failed on the server: ${failures:-?}"
