@@ -59,7 +59,7 @@ impl TestCa {
 
 fn tls_config(cert: &Path, key: &Path) -> String {
     let extra = format!(
-        "{NO_RRL}\n[dns.tls]\nlisten = [\"127.0.0.1:0\"]\ncertificate = \"{}\"\nprivate_key = \"{}\"\n",
+        "tcp_idle_timeout = \"1s\"\n{NO_RRL}\n[dns.tls]\nlisten = [\"127.0.0.1:0\"]\ncertificate = \"{}\"\nprivate_key = \"{}\"\n",
         cert.display(),
         key.display()
     );
@@ -90,6 +90,15 @@ fn upstream(addr: SocketAddr, name: &str, ca: &Path) -> DotUpstream {
         },
     )
     .expect("a usable CA file")
+}
+
+/// kdig over TLS to `addr`, verifying the certificate as [`SERVER_NAME`] against `ca`.
+fn kdig_tls(addr: SocketAddr, ca: &Path, args: &[&str]) -> String {
+    let ca = format!("+tls-ca={}", ca.display());
+    let host = format!("+tls-hostname={SERVER_NAME}");
+    let mut all = vec!["+tls", ca.as_str(), host.as_str()];
+    all.extend_from_slice(args);
+    kdig(addr, &all)
 }
 
 /// Whether kdig is here; under CI=true its absence fails the test instead of skipping.
@@ -125,6 +134,12 @@ async fn the_helper_resolves_over_tls_and_only_trusts_its_ca() {
         assert_eq!(answer.addrs, [std::net::IpAddr::from([192, 0, 2, 1])]);
         assert_eq!(answer.ttl, Duration::from_secs(10));
     }
+    // The server closes a session idle for tcp_idle_timeout (1 s here); the next lookup
+    // opens a new one instead of failing.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    dot.lookup(ALICE)
+        .await
+        .expect("an answer on a new session after the server closed the idle one");
     // A name the server does not have is NXDOMAIN, as over UDP.
     assert!(matches!(
         dot.lookup("mallory.c.vpn.example.net").await,
@@ -186,40 +201,11 @@ async fn the_helper_resolves_over_tls_and_only_trusts_its_ca() {
 
     // An independent DoT client verifies the same certificate and gets the same answer.
     if kdig_present() {
-        let out = kdig(
-            addr,
-            &[
-                "+tls",
-                &format!("+tls-ca={}", ca.file.display()),
-                &format!("+tls-hostname={SERVER_NAME}"),
-                "gw.vpn.example.net",
-                "TXT",
-            ],
-        );
+        let out = kdig_tls(addr, &ca.file, &["gw.vpn.example.net", "TXT"]);
         assert!(out.contains("NOERROR") || out.contains("NXDOMAIN"), "{out}");
-        let out = kdig(
-            addr,
-            &[
-                "+tls",
-                &format!("+tls-ca={}", ca.file.display()),
-                &format!("+tls-hostname={SERVER_NAME}"),
-                ALICE,
-                "A",
-                "+short",
-            ],
-        );
+        let out = kdig_tls(addr, &ca.file, &[ALICE, "A", "+short"]);
         assert_eq!(out.trim(), "192.0.2.2", "kdig over TLS");
-        let out = kdig(
-            addr,
-            &[
-                "+tls",
-                &format!("+tls-ca={}", other.file.display()),
-                &format!("+tls-hostname={SERVER_NAME}"),
-                ALICE,
-                "A",
-                "+short",
-            ],
-        );
+        let out = kdig_tls(addr, &other.file, &[ALICE, "A", "+short"]);
         assert_eq!(out.trim(), "", "kdig trusted another CA's certificate");
     }
 
@@ -255,18 +241,20 @@ async fn the_helper_resolves_over_tls_and_only_trusts_its_ca() {
     // A torn renewal is refused on SIGHUP and the pair in force stays.
     std::fs::write(&cert, "-----BEGIN CERTIFICATE-----\ntorn").unwrap();
     unsafe { libc::kill(server.pid() as i32, libc::SIGHUP) };
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let refused = tokio::time::timeout(Duration::from_secs(15), async {
+        while !server
+            .log_text()
+            .contains("DNS-over-TLS certificate not reloaded")
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(refused.is_ok(), "no refusal logged:\n{}", server.log_text());
     upstream(addr, SERVER_NAME, &other.file)
         .lookup(ALICE)
         .await
         .expect("the pair in force still answers");
-    assert!(
-        server
-            .log_text()
-            .contains("DNS-over-TLS certificate not reloaded"),
-        "{}",
-        server.log_text()
-    );
 
     // Every refused handshake is counted.
     let token = cli(

@@ -119,10 +119,23 @@ impl TcpServer {
         }
     }
 
-    /// Length-prefixed queries, answered in order, until the peer closes, idles or errs.
+    /// Answers `stream`'s queries, then closes it politely: a FIN, and over TLS a
+    /// close_notify first, so a client can tell a closed session from a cut one.
     async fn serve_queries<S: AsyncRead + AsyncWrite + Unpin>(
         &self,
         mut stream: S,
+        entropy: u16,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<()> {
+        let served = self.queries(&mut stream, entropy, shutdown).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
+        served
+    }
+
+    /// Length-prefixed queries, answered in order, until the peer closes, idles or errs.
+    async fn queries<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        stream: &mut S,
         entropy: u16,
         shutdown: CancellationToken,
     ) -> std::io::Result<()> {
