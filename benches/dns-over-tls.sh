@@ -93,27 +93,9 @@ addresses = ["127.0.0.1"]
 [admin]
 listen = "127.0.0.1:$ADMIN_PORT"
 EOF
-echo "== starting shadowsteer serve (embedded Postgres in $work/data)"
-RUST_LOG=warn "$BIN" serve --config "$work/steering.toml" --data-dir "$work/data" >"$work/serve.log" 2>&1 &
-ss_pid=$!; pids+=("$ss_pid")
-for _ in $(seq 600); do
-    curl -sf "http://127.0.0.1:$ADMIN_PORT/readyz" >/dev/null 2>&1 && break
-    kill -0 "$ss_pid" 2>/dev/null || { cat "$work/serve.log"; exit 1; }
-    sleep 0.1
-done
-taskset -a -cp "$SERVER_CPU" "$ss_pid" >/dev/null
-
-pgport=$(sed -n 4p "$work/data/pg/postmaster.pid")
-DB="postgres://postgres:$(cat "$work/data/pg-password")@127.0.0.1:$pgport/shadowsteer"
-key() { python3 -c 'import base64,os; print(base64.b64encode(os.urandom(32)).decode())'; }
-"$BIN" appliance add --database-url "$DB" --id eu-1 --region eu --endpoint 192.0.2.1:51820 --public-key "$(key)" >/dev/null
-"$BIN" appliance add --database-url "$DB" --id us-1 --region us --endpoint 192.0.2.2:51820 --public-key "$(key)" >/dev/null
-echo "== loading $CLIENTS clients"
-psql -q -v ON_ERROR_STOP=1 "$DB" <<EOF
-INSERT INTO clients (region, id, public_key, tunnel_ip, peer_index, primary_appliance, shadow_appliance)
-SELECT 'eu', 'c' || i, encode(sha256(('bench' || i)::bytea), 'base64'), '10.0.0.0'::inet + i, i, 'eu-1', 'us-1'
-FROM generate_series(1, $CLIENTS) AS i;
-EOF
+source benches/serve-fleet.sh
+start_serve
+load_fleet "$CLIENTS"
 dot=(+tls "+tls-ca=$work/dns-ca.pem" +tls-hostname=ns1.vpn.example.net)
 for _ in $(seq 300); do
     [ "$(kdig @127.0.0.1 -p "$TLS_PORT" "${dot[@]}" "c$CLIENTS.c.vpn.example.net" A +short 2>/dev/null)" = 192.0.2.1 ] && break
