@@ -201,12 +201,14 @@ fn the_demo_survives_a_predicted_failure_and_a_crash_and_leaves_nothing_behind()
 fn ctrl_c_in_the_middle_stops_everything() {
     let _one = serial();
     let dir = tmpdir();
+    // Outside `dir`, which must be left empty.
+    let stderr = tempfile::NamedTempFile::new().unwrap();
     let mut child = demo(
         &dir,
         &["--duration", "60s", "--clients", "5", "--no-baseline"],
     )
     .stdout(Stdio::piped())
-    .stderr(Stdio::null())
+    .stderr(stderr.reopen().unwrap())
     .spawn()
     .unwrap();
     let stdout = child.stdout.take().unwrap();
@@ -226,7 +228,13 @@ fn ctrl_c_in_the_middle_stops_everything() {
     loop {
         let line = rx
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .unwrap_or_else(|_| panic!("the demo never got going: {seen:#?}"));
+            .unwrap_or_else(|_| {
+                let err = std::fs::read_to_string(stderr.path()).unwrap_or_default();
+                panic!(
+                    "the demo never got going: {seen:#?}\nstderr:\n{err}{}",
+                    logs_of_a_failed_run(&seen.join("\n"))
+                )
+            });
         let go = line.contains("degrade eu-1");
         seen.push(line);
         if go {

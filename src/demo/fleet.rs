@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use zeroize::Zeroizing;
 
 use super::configs::{self, LOSS_TIMEOUT, PROBE_RATE, ZONE};
-use super::stock;
+use super::{ports, stock};
 use crate::client::timeline::Timeline;
 use crate::config::ClientConfig;
 use crate::domain::{RegionId, SecretKey};
@@ -133,32 +133,6 @@ pub struct Fleet {
     pub token: Zeroizing<String>,
 }
 
-fn free_tcp_udp_port(ip: IpAddr) -> anyhow::Result<u16> {
-    for _ in 0..50 {
-        let t = std::net::TcpListener::bind((ip, 0))?;
-        let port = t.local_addr()?.port();
-        if std::net::UdpSocket::bind((ip, port)).is_ok() {
-            return Ok(port);
-        }
-    }
-    bail!("no free port on {ip}")
-}
-
-fn free_udp_port_on_all(ips: &[Ipv4Addr]) -> anyhow::Result<u16> {
-    for _ in 0..100 {
-        let probe = std::net::UdpSocket::bind((ips[0], 0))?;
-        let port = probe.local_addr()?.port();
-        drop(probe);
-        if ips
-            .iter()
-            .all(|ip| std::net::UdpSocket::bind((*ip, port)).is_ok())
-        {
-            return Ok(port);
-        }
-    }
-    bail!("no UDP port free on every appliance address")
-}
-
 fn spawn(args: &[&str], log: &Path) -> anyhow::Result<Child> {
     let exe = std::env::current_exe().context("locating the shadowsteer binary")?;
     // Append: an agent restarted by the scenario keeps its earlier runs in the same log.
@@ -269,7 +243,7 @@ impl Fleet {
         } else {
             None
         };
-        let wg_port = free_udp_port_on_all(&ips)?;
+        let wg_port = ports::free_udp_on_all(&ips)?;
         add_appliances(&regions, &apps, wg_port, &service).await?;
         let clients = add_clients(&plan, &regions, &apps).await?;
         progress(format!(
@@ -836,11 +810,11 @@ async fn start_region(dir: &Path, id: &str, durability: Durability) -> anyhow::R
     }
     let dns = SocketAddr::new(
         IpAddr::V4(Ipv4Addr::LOCALHOST),
-        free_tcp_udp_port(IpAddr::V4(Ipv4Addr::LOCALHOST))?,
+        ports::free_tcp_udp(IpAddr::V4(Ipv4Addr::LOCALHOST))?,
     );
     let admin = SocketAddr::new(
         IpAddr::V4(Ipv4Addr::LOCALHOST),
-        free_tcp_udp_port(IpAddr::V4(Ipv4Addr::LOCALHOST))?,
+        ports::free_tcp_udp(IpAddr::V4(Ipv4Addr::LOCALHOST))?,
     );
     Ok(Region {
         id: id.to_owned(),

@@ -11,11 +11,13 @@
 //! - [`view`] (pure): the live table.
 //! - [`configs`] (pure): the processes' and clients' configuration files.
 //! - [`fleet`] (shell): clusters, processes and clients.
+//! - [`ports`] (shell): the ports children bind, picked where the kernel never hands one out.
 //! - [`stock`] (shell): stock `wireguard-go` clients in network namespaces (root).
 //! - this module (shell): runs the story on a fleet.
 
 pub mod configs;
 pub mod fleet;
+pub mod ports;
 pub mod report;
 pub mod scenario;
 pub mod signals;
