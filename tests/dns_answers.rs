@@ -380,3 +380,27 @@ async fn metrics_need_a_token() {
     .await
     .unwrap();
 }
+
+/// SIGHUP rereads what `serve` can reload; with no risk model and no TLS there is nothing, and
+/// the signal must still not stop the server (its default action would).
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_with_nothing_to_reload_keeps_serving() {
+    let db = common::test_db().await;
+    basic_inventory(&db.url);
+    let url = db.url.clone();
+    tokio::task::spawn_blocking(move || {
+        let steering = "hold_down = \"1s\"\n\n[risk]\nenabled = false";
+        let server = Server::start(&config(NO_RRL, steering), &["--database-url", &url]);
+        assert_eq!(answer(server.dns, "alice.c.vpn.example.net"), ["192.0.2.1"]);
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(server.pid() as i32, libc::SIGHUP) };
+        let logged = eventually(Duration::from_secs(10), || {
+            server.log_text().contains("SIGHUP: no risk model")
+        });
+        assert!(logged.is_some(), "log:\n{}", server.log_text());
+        assert_eq!(answer(server.dns, "alice.c.vpn.example.net"), ["192.0.2.1"]);
+        assert_eq!(server.stop(), 0);
+    })
+    .await
+    .unwrap();
+}

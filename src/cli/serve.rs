@@ -203,6 +203,9 @@ async fn reload_on_hangup(
             () = shutdown.cancelled() => return,
             got = hangup.recv() => if got.is_none() { return },
         }
+        if model.is_none() && certificate.is_none() {
+            tracing::info!("SIGHUP: no risk model or DNS-over-TLS certificate to reload");
+        }
         if let Some(source) = &model {
             tracing::info!("SIGHUP: reloading the risk model");
             let s = Arc::clone(source);
@@ -210,11 +213,17 @@ async fn reload_on_hangup(
             let _ = tokio::task::spawn_blocking(move || s.reload()).await;
         }
         if let Some(cert) = &certificate {
-            match cert.reload() {
-                Ok(()) => tracing::info!("SIGHUP: DNS-over-TLS certificate reloaded"),
-                Err(e) => tracing::error!(
+            // File reads off the runtime's threads, as for the model.
+            let c = Arc::clone(cert);
+            match tokio::task::spawn_blocking(move || c.reload()).await {
+                Ok(Ok(())) => tracing::info!("SIGHUP: DNS-over-TLS certificate reloaded"),
+                Ok(Err(e)) => tracing::error!(
                     error = %e,
                     "SIGHUP: DNS-over-TLS certificate not reloaded; the one in force stays"
+                ),
+                Err(e) => tracing::error!(
+                    error = %e,
+                    "SIGHUP: DNS-over-TLS certificate reload did not finish; the one in force stays"
                 ),
             }
         }

@@ -53,11 +53,6 @@ impl DotUpstream {
         })
     }
 
-    /// The server's address.
-    pub fn server(&self) -> SocketAddr {
-        self.server
-    }
-
     /// Asks for the addresses of `name` (A, then AAAA if there is no A record).
     pub async fn lookup(&self, name: &str) -> Result<Answer, ResolveError> {
         let mut session = self.session.lock().await;
