@@ -26,19 +26,8 @@ DNSPERF_CLIENTS=${DNSPERF_CLIENTS:-8}
 OUTSTANDING=${OUTSTANDING:-200}
 ROUNDS=${ROUNDS:-2000}
 
-missing=()
-command -v dnsperf >/dev/null || missing+=("dnsperf (apt-get install dnsperf)")
-command -v openssl >/dev/null || missing+=("openssl (apt-get install openssl)")
-command -v taskset >/dev/null || missing+=("taskset (apt-get install util-linux)")
-command -v psql >/dev/null || missing+=("psql (apt-get install postgresql-client)")
-command -v kdig >/dev/null || missing+=("kdig (apt-get install knot-dnsutils)")
-command -v curl >/dev/null || missing+=("curl (apt-get install curl)")
-ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || missing+=("Postgres server binaries (apt-get install postgresql)")
-if [ ${#missing[@]} -gt 0 ]; then
-    echo "missing tools; install them first:" >&2
-    printf '  %s\n' "${missing[@]}" >&2
-    exit 1
-fi
+source benches/serve-fleet.sh
+require_tools "openssl|openssl"
 # (Read whole: grep -q stopping early would fail the pipe under pipefail.)
 [[ "$(dnsperf -h 2>&1 || true)" == *"dot"* ]] || { echo "this dnsperf has no DNS-over-TLS mode (-m dot); 2.5 or later needed" >&2; exit 1; }
 
@@ -93,7 +82,6 @@ addresses = ["127.0.0.1"]
 [admin]
 listen = "127.0.0.1:$ADMIN_PORT"
 EOF
-source benches/serve-fleet.sh
 start_serve
 load_fleet "$CLIENTS"
 dot=(+tls "+tls-ca=$work/dns-ca.pem" +tls-hostname=ns1.vpn.example.net)

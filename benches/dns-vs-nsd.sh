@@ -27,18 +27,8 @@ DNSPERF_CLIENTS=${DNSPERF_CLIENTS:-8}
 OUTSTANDING=${OUTSTANDING:-200}
 ROUNDS=${ROUNDS:-100}
 
-missing=()
-command -v nsd >/dev/null || missing+=("nsd (apt-get install nsd)")
-command -v dnsperf >/dev/null || missing+=("dnsperf (apt-get install dnsperf)")
-command -v taskset >/dev/null || missing+=("taskset (apt-get install util-linux)")
-command -v psql >/dev/null || missing+=("psql (apt-get install postgresql-client)")
-command -v kdig >/dev/null || missing+=("kdig (apt-get install knot-dnsutils)")
-ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || missing+=("Postgres server binaries (apt-get install postgresql)")
-if [ ${#missing[@]} -gt 0 ]; then
-    echo "missing tools; install them first:" >&2
-    printf '  %s\n' "${missing[@]}" >&2
-    exit 1
-fi
+source benches/serve-fleet.sh
+require_tools "nsd|nsd"
 ncpu=$(nproc)
 if [ "$ncpu" -lt 2 ]; then
     echo "note: only $ncpu CPU; server and load share it, numbers mean little" >&2
@@ -83,7 +73,6 @@ listen = "127.0.0.1:$ADMIN_PORT"
 [steering]
 hold_down = "0s"
 EOF
-source benches/serve-fleet.sh
 start_serve
 load_fleet "$CLIENTS"
 for _ in $(seq 300); do

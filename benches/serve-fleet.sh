@@ -2,6 +2,24 @@
 # an embedded cluster, and the fleet both benchmarks query. The caller sets BIN, work, pids
 # (an array its clean-up kills), ADMIN_PORT and SERVER_CPU, and writes $work/steering.toml.
 
+# require_tools "command|Debian package" ...: stops, naming every missing tool and its package.
+# What start_serve and load_fleet use, and dnsperf and kdig, which both callers query with, are
+# always checked.
+require_tools() {
+    local missing=() spec
+    for spec in "dnsperf|dnsperf" "kdig|knot-dnsutils" "taskset|util-linux" \
+        "psql|postgresql-client" "curl|curl" "python3|python3" "$@"; do
+        command -v "${spec%%|*}" >/dev/null || missing+=("${spec%%|*} (apt-get install ${spec#*|})")
+    done
+    ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null ||
+        missing+=("Postgres server binaries (apt-get install postgresql)")
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "missing tools; install them first:" >&2
+        printf '  %s\n' "${missing[@]}" >&2
+        exit 1
+    fi
+}
+
 # Starts serve, waits until /readyz answers, pins all of its threads to SERVER_CPU (its
 # Postgres stays unpinned); sets ss_pid and DB.
 start_serve() {
