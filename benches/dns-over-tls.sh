@@ -10,11 +10,16 @@
 #   4. runs dnsperf at maximum rate over UDP, TCP and DoT (`-m dot`), each with
 #      DNSPERF_CLIENTS connections, the server pinned to SERVER_CPU and dnsperf to LOAD_CPU;
 #   5. times the client helper's own lookups (benches/dot_lookup.rs): UDP, TLS on a kept session,
-#      TLS on a new session each time.
+#      TLS on a new session each time;
+#   6. a handshake flood: UDP latency at FLOOD_QPS alone, then while FLOOD_CLIENTS
+#      `openssl s_time -new` loops open TLS sessions as fast as they can (on LOAD_CPU with
+#      dnsperf, so the rise also holds dnsperf's own delays: an upper bound), and the admin
+#      API's /healthz time in both.
 #
 # Environment knobs: CLIENTS (10000), DURATION (seconds per run, 10), SERVER_CPU (0),
 # LOAD_CPU (1), DNSPERF_CLIENTS (8), OUTSTANDING (dnsperf -q, 200), ROUNDS (lookups per way,
-# 2000), KEEP=1 keeps the work dir.
+# 2000), LAT_DURATION (seconds per flood-phase run, 10), FLOOD_QPS (20000), FLOOD_CLIENTS (4),
+# KEEP=1 keeps the work dir.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,6 +30,9 @@ LOAD_CPU=${LOAD_CPU:-1}
 DNSPERF_CLIENTS=${DNSPERF_CLIENTS:-8}
 OUTSTANDING=${OUTSTANDING:-200}
 ROUNDS=${ROUNDS:-2000}
+LAT_DURATION=${LAT_DURATION:-10}
+FLOOD_QPS=${FLOOD_QPS:-20000}
+FLOOD_CLIENTS=${FLOOD_CLIENTS:-4}
 
 source benches/serve-fleet.sh
 require_tools "openssl|openssl"
@@ -106,11 +114,45 @@ tls=$(maxrate dot "$TLS_PORT"); echo "DoT: $tls qps"
 
 echo "== the helper's lookups ($ROUNDS per way, one at a time)"
 lookups=$("$LOOKUP_BIN" "127.0.0.1:$PORT" "127.0.0.1:$TLS_PORT" ns1.vpn.example.net "$work/dns-ca.pem" c1.c.vpn.example.net "$ROUNDS")
-failures=$(curl -sf -H "Authorization: Bearer $("$BIN" token create --database-url "$DB" --name bench --scope read)" \
-    "http://127.0.0.1:$ADMIN_PORT/metrics" | awk '/^shadowsteer_dns_tls_handshake_failures_total / { print $2 }')
+
+TOKEN=$("$BIN" token create --database-url "$DB" --name bench --scope read 2>/dev/null)
+handshake_failures() {
+    curl -sf -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$ADMIN_PORT/metrics" |
+        awk -F'[" ]' '/^shadowsteer_dns_tls_handshake_failures_total/ { printf "%s%s %s", sep, $2, $NF; sep = ", " }'
+}
+# healthz_ms N: "p50 max" of N /healthz requests, 50 ms apart, in milliseconds.
+healthz_ms() {
+    for _ in $(seq "$1"); do
+        curl -sf -o /dev/null -w '%{time_total}\n' "http://127.0.0.1:$ADMIN_PORT/healthz"
+        sleep 0.05
+    done | sort -n | awk '{ v[NR] = $1 * 1000 } END { printf "%.2f %.2f\n", v[int(NR*0.5)+1], v[NR] }'
+}
+lost_of() { awk '/Queries lost:/ { print $3 " " $4 }' "$work/dnsperf-lat-$1.txt"; }
+
+echo "== a handshake flood: UDP at $FLOOD_QPS qps alone, then beside $FLOOD_CLIENTS openssl s_time -new loops, ${LAT_DURATION}s each"
+read -r q50 q90 q99 q999 <<<"$(udp_latency "$PORT" "$FLOOD_QPS" quiet)"
+read -r h50 hmax <<<"$(healthz_ms 20)"
+before=$(handshake_failures)
+flood=()
+for i in $(seq "$FLOOD_CLIENTS"); do
+    taskset -c "$LOAD_CPU" openssl s_time -connect "127.0.0.1:$TLS_PORT" -new -time $((LAT_DURATION + 2)) \
+        >"$work/flood-$i.txt" 2>&1 &
+    flood+=($!); pids+=($!)
+done
+sleep 1
+healthz_ms 20 >"$work/healthz-flood.txt" &
+read -r f50 f90 f99 f999 <<<"$(udp_latency "$PORT" "$FLOOD_QPS" flood)"
+wait "$!" || true
+read -r fh50 fhmax <"$work/healthz-flood.txt"
+for p in "${flood[@]}"; do wait "$p" || true; done
+handshakes=$(cat "$work"/flood-*.txt | awk '/connections in [0-9]+ real seconds/ { n += $1; if ($4 > t) t = $4 } END { printf "%d in %d s", n, t }')
+failures=$(handshake_failures)
 
 echo
 echo "================ results (clients: $CLIENTS, machine: $(nproc) CPUs, $(uname -r)) ================"
 echo "max rate: UDP $udp, TCP $tcp, DoT $tls qps"
 echo "$lookups"
-echo "TLS handshakes failed on the server: ${failures:-?}"
+echo "handshake flood ($FLOOD_CLIENTS openssl s_time -new loops): $handshakes handshakes completed"
+echo "  UDP at $FLOOD_QPS qps, p50/p90/p99/p99.9 us: alone $q50 $q90 $q99 $q999 (lost $(lost_of quiet)), flooded $f50 $f90 $f99 $f999 (lost $(lost_of flood))"
+echo "  /healthz p50/max ms over 20: alone $h50 $hmax, flooded $fh50 $fhmax"
+echo "TLS handshakes not ending in a session, by reason: before the flood ${before:-?}; after it ${failures:-?}"

@@ -131,21 +131,14 @@ maxrate() { # port -> qps
     awk '/Queries per second:/ { print int($4) }' "$work/dnsperf-$1.txt"
 }
 lost() { awk '/Queries lost:/ { print $3 " " $4 }' "$work/dnsperf-$1.txt"; }
-latency() { # port qps -> "p50 p90 p99 p99.9" in microseconds
-    taskset -c "$LOAD_CPU" dnsperf -v -s 127.0.0.1 -p "$1" -d "$work/queries.txt" -l "$LAT_DURATION" \
-        -c "$DNSPERF_CLIENTS" -q "$OUTSTANDING" -Q "$2" -t 2 2>/dev/null \
-        | awk '$1 == ">" && $2 == "NOERROR" { print $NF * 1e6 }' | sort -n > "$work/lat-$1.txt"
-    awk '{ v[NR] = $1 } END { if (NR == 0) { print "- - - -"; exit }
-          printf "%.0f %.0f %.0f %.0f\n", v[int(NR*0.50)+1], v[int(NR*0.90)+1], v[int(NR*0.99)+1], v[int(NR*0.999)+1] }' "$work/lat-$1.txt"
-}
 
 echo "== max rate, ${DURATION}s each (server on CPU $SERVER_CPU, dnsperf on CPU $LOAD_CPU)"
 ss_qps=$(maxrate "$SS_PORT"); echo "shadowsteer: $ss_qps qps (lost $(lost "$SS_PORT"))"
 nsd_qps=$(maxrate "$NSD_PORT"); echo "NSD:         $nsd_qps qps (lost $(lost "$NSD_PORT"))"
 half=$((ss_qps / 2))
 echo "== latency at $half qps (half of shadowsteer's maximum), ${LAT_DURATION}s each"
-read -r s50 s90 s99 s999 <<<"$(latency "$SS_PORT" "$half")"
-read -r n50 n90 n99 n999 <<<"$(latency "$NSD_PORT" "$half")"
+read -r s50 s90 s99 s999 <<<"$(udp_latency "$SS_PORT" "$half" shadowsteer)"
+read -r n50 n90 n99 n999 <<<"$(udp_latency "$NSD_PORT" "$half" nsd)"
 
 echo "== change-to-answer latency ($ROUNDS rounds of advisory add + remove)"
 if [ -n "$LAT_BIN" ]; then

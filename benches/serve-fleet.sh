@@ -1,6 +1,8 @@
 # Sourced by benches/dns-vs-nsd.sh and benches/dns-over-tls.sh, not run on its own: `serve` on
 # an embedded cluster, and the fleet both benchmarks query. The caller sets BIN, work, pids
-# (an array its clean-up kills), ADMIN_PORT and SERVER_CPU, and writes $work/steering.toml.
+# (an array its clean-up kills), ADMIN_PORT and SERVER_CPU, and writes $work/steering.toml;
+# udp_latency also needs LOAD_CPU, LAT_DURATION, DNSPERF_CLIENTS, OUTSTANDING and
+# $work/queries.txt.
 
 # require_tools "command|Debian package" ...: stops, naming every missing tool and its package.
 # What start_serve and load_fleet use, and dnsperf and kdig, which both callers query with, are
@@ -53,4 +55,15 @@ INSERT INTO clients (region, id, public_key, tunnel_ip, peer_index, primary_appl
 SELECT 'eu', 'c' || i, encode(sha256(('bench' || i)::bytea), 'base64'), '10.0.0.0'::inet + i, i, 'eu-1', 'us-1'
 FROM generate_series(1, $n) AS i;
 EOF
+}
+
+# udp_latency PORT QPS TAG: dnsperf over UDP at QPS for LAT_DURATION seconds; prints
+# "p50 p90 p99 p99.9" of the answered queries in microseconds (dnsperf -v per-query latencies,
+# dnsperf's output kept in $work/dnsperf-lat-TAG.txt, the sorted latencies in $work/lat-TAG.txt).
+udp_latency() {
+    taskset -c "$LOAD_CPU" dnsperf -v -s 127.0.0.1 -p "$1" -d "$work/queries.txt" -l "$LAT_DURATION" \
+        -c "$DNSPERF_CLIENTS" -q "$OUTSTANDING" -Q "$2" -t 2 >"$work/dnsperf-lat-$3.txt" 2>/dev/null
+    awk '$1 == ">" && $2 == "NOERROR" { print $NF * 1e6 }' "$work/dnsperf-lat-$3.txt" | sort -n > "$work/lat-$3.txt"
+    awk '{ v[NR] = $1 } END { if (NR == 0) { print "- - - -"; exit }
+          printf "%.0f %.0f %.0f %.0f\n", v[int(NR*0.50)+1], v[int(NR*0.90)+1], v[int(NR*0.99)+1], v[int(NR*0.999)+1] }' "$work/lat-$3.txt"
 }

@@ -259,10 +259,53 @@ async fn the_helper_resolves_over_tls_and_only_trusts_its_ca() {
         &db.url,
         &["token", "create", "--name", "m", "--scope", "read"],
     );
-    let (code, text) = http_get(server.admin, "/metrics", Some(token.trim())).unwrap();
-    assert_eq!(code, 200);
-    let failures = metric(&text, "shadowsteer_dns_tls_handshake_failures_total").unwrap();
-    assert!(failures >= 3.0, "{failures} handshake failures counted");
+    let failures = |reason: &str| {
+        let (code, text) = http_get(server.admin, "/metrics", Some(token.trim())).unwrap();
+        assert_eq!(code, 200);
+        let series = format!("shadowsteer_dns_tls_handshake_failures_total{{reason=\"{reason}\"}}");
+        metric(&text, &series).unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+    };
+    let refused = failures("refused");
+    assert!(refused >= 3.0, "{refused} refused handshakes counted");
+
+    // Peers that go away are counted apart: one that hangs up without a word, one that hangs
+    // up halfway through its hello, and twenty that complete the handshake and reset the
+    // connection at once (as `openssl s_time`, scanners and health checks do; the reset can
+    // cut the server's session tickets short).
+    let closed = failures("closed");
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        drop(std::net::TcpStream::connect(addr).unwrap());
+        let mut half = std::net::TcpStream::connect(addr).unwrap();
+        // A handshake record promising 200 bytes, and the first of a ClientHello.
+        half.write_all(&[0x16, 0x03, 0x01, 0x00, 0xc8, 0x01, 0x00])
+            .unwrap();
+    })
+    .await
+    .unwrap();
+    let connector =
+        tokio_rustls::TlsConnector::from(shadowsteer::tls::client_config(&other.file).unwrap());
+    for _ in 0..20 {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from(SERVER_NAME).unwrap();
+        let tls = connector.connect(name, tcp).await.expect("a handshake");
+        let (tcp, _) = tls.into_inner();
+        socket2::SockRef::from(&tcp)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+    }
+    let counted = eventually(Duration::from_secs(5), || {
+        failures("closed") >= closed + 2.0
+    });
+    assert!(
+        counted.is_some(),
+        "the two hang-ups were not counted as closed"
+    );
+    assert_eq!(
+        failures("refused"),
+        refused,
+        "peers that hung up were counted as refused"
+    );
 
     // The helper itself, configured with `[client.resolver_tls]`, finds its appliance.
     let key_file = dir.path().join("alice.key");

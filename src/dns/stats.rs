@@ -4,6 +4,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::status::HandshakeFailure;
 use super::wire::{rcode, rtype};
 
 /// Query types counted by name; everything else is `other`.
@@ -273,10 +274,13 @@ impl crate::metrics::Collector for DnsMetrics {
             "TCP connections closed at once because the limit was reached.",
             self.0.tcp_refused(),
         )?;
-        out.counter(
+        out.counters(
             "shadowsteer_dns_tls_handshake_failures",
-            "DNS-over-TLS handshakes that failed or timed out (queries over TLS count as TCP).",
-            self.0.tls_handshake_failures(),
+            "DNS-over-TLS handshakes that did not end in a session, by reason: refused (a TLS \
+             error, such as a client that does not trust the certificate), closed (the peer \
+             went away), timeout (queries over TLS count as TCP).",
+            "reason",
+            HandshakeFailure::ALL.map(|why| (why.label(), self.0.tls_handshake_failures(why))),
         )?;
         self.latency(&mut out)
     }

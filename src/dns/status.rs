@@ -25,9 +25,8 @@ pub struct DnsStatus {
     tcp_max: usize,
     /// TCP connections refused because every slot was taken.
     tcp_refused: AtomicU64,
-    /// DNS-over-TLS handshakes that failed or timed out (an untrusted or expired certificate
-    /// on the client's side shows here first).
-    tls_handshake_failures: AtomicU64,
+    /// DNS-over-TLS handshakes that did not end in a session, by [`HandshakeFailure`] index.
+    tls_handshake_failures: [AtomicU64; HandshakeFailure::ALL.len()],
     /// Whether the listeners are up (false before they start and from shutdown on).
     listening: AtomicBool,
 }
@@ -43,7 +42,7 @@ impl DnsStatus {
             tcp_slots: Arc::new(Semaphore::new(tcp_max)),
             tcp_max,
             tcp_refused: AtomicU64::new(0),
-            tls_handshake_failures: AtomicU64::new(0),
+            tls_handshake_failures: Default::default(),
             listening: AtomicBool::new(false),
         }
     }
@@ -92,14 +91,14 @@ impl DnsStatus {
         self.tcp_refused.load(Ordering::Relaxed)
     }
 
-    /// Counts a DNS-over-TLS handshake that failed or timed out.
-    pub fn tls_handshake_failed(&self) {
-        self.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
+    /// Counts a DNS-over-TLS handshake that did not end in a session.
+    pub fn tls_handshake_failed(&self, why: HandshakeFailure) {
+        self.tls_handshake_failures[why as usize].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// DNS-over-TLS handshakes failed so far.
-    pub fn tls_handshake_failures(&self) -> u64 {
-        self.tls_handshake_failures.load(Ordering::Relaxed)
+    /// DNS-over-TLS handshakes that did not end in a session so far, for `why`.
+    pub fn tls_handshake_failures(&self, why: HandshakeFailure) -> u64 {
+        self.tls_handshake_failures[why as usize].load(Ordering::Relaxed)
     }
 
     /// Whether the listeners are up.
@@ -110,6 +109,47 @@ impl DnsStatus {
     /// Records that the listeners are up (`true`) or shutting down (`false`).
     pub fn set_listening(&self, up: bool) {
         self.listening.store(up, Ordering::Relaxed);
+    }
+}
+
+/// Why a DNS-over-TLS handshake did not end in a session. Kept apart because they mean different
+/// things to an operator: `Refused` is a client that cannot trust us (wrong CA, expired or
+/// renamed certificate) or does not speak TLS; `Closed` is a peer that went away, which
+/// scanners and health checks that hang up right after the handshake also are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeFailure {
+    /// A TLS error: an alert from the client, a malformed or non-TLS record.
+    Refused = 0,
+    /// The peer closed or reset the connection before the handshake (and its last flight,
+    /// such as session tickets) was through.
+    Closed = 1,
+    /// No complete handshake within the idle timeout.
+    TimedOut = 2,
+}
+
+impl HandshakeFailure {
+    /// Every reason, in index order.
+    pub const ALL: [Self; 3] = [Self::Refused, Self::Closed, Self::TimedOut];
+
+    /// What a failed handshake's error says (rustls reports TLS errors as `InvalidData`).
+    pub fn of(error: &std::io::Error) -> Self {
+        use std::io::ErrorKind::*;
+        match error.kind() {
+            UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe | NotConnected => {
+                Self::Closed
+            }
+            TimedOut => Self::TimedOut,
+            _ => Self::Refused,
+        }
+    }
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Refused => "refused",
+            Self::Closed => "closed",
+            Self::TimedOut => "timeout",
+        }
     }
 }
 
@@ -130,5 +170,26 @@ mod tests {
         assert!(!status.listening());
         status.set_listening(true);
         assert!(status.listening());
+    }
+
+    #[test]
+    fn a_handshake_failure_is_told_from_its_error() {
+        use std::io::{Error, ErrorKind};
+        let why = |kind| HandshakeFailure::of(&Error::new(kind, "x"));
+        // rustls wraps every TLS error (an alert received, a bad record) as InvalidData.
+        assert_eq!(why(ErrorKind::InvalidData), HandshakeFailure::Refused);
+        for gone in [
+            ErrorKind::UnexpectedEof,
+            ErrorKind::ConnectionReset,
+            ErrorKind::BrokenPipe,
+        ] {
+            assert_eq!(why(gone), HandshakeFailure::Closed, "{gone:?}");
+        }
+        let status = DnsStatus::new(1, 1, Arc::default());
+        status.tls_handshake_failed(HandshakeFailure::Closed);
+        status.tls_handshake_failed(HandshakeFailure::Closed);
+        status.tls_handshake_failed(HandshakeFailure::TimedOut);
+        let counts = HandshakeFailure::ALL.map(|w| status.tls_handshake_failures(w));
+        assert_eq!(counts, [0, 2, 1]);
     }
 }

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::respond::{self, Context, Transport};
-use super::status::DnsStatus;
+use super::status::{DnsStatus, HandshakeFailure};
 use super::zone::ServedZones;
 
 /// Binds a TCP listener on `addr` (address reuse on, so a restart does not wait for
@@ -106,11 +106,11 @@ impl TcpServer {
         match handshake {
             Ok(Ok(tls)) => self.serve_queries(tls, entropy, shutdown).await,
             Ok(Err(e)) => {
-                self.status.tls_handshake_failed();
+                self.status.tls_handshake_failed(HandshakeFailure::of(&e));
                 Err(e)
             }
             Err(_) => {
-                self.status.tls_handshake_failed();
+                self.status.tls_handshake_failed(HandshakeFailure::TimedOut);
                 Err(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
                     "TLS handshake timed out",
