@@ -103,18 +103,17 @@ impl TcpServer {
             _ = shutdown.cancelled() => return Ok(()),
             h = tokio::time::timeout(self.idle_timeout, acceptor.accept(stream)) => h,
         };
+        let handshake = handshake.unwrap_or_else(|_| {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "TLS handshake timed out",
+            ))
+        });
         match handshake {
-            Ok(Ok(tls)) => self.serve_queries(tls, entropy, shutdown).await,
-            Ok(Err(e)) => {
+            Ok(tls) => self.serve_queries(tls, entropy, shutdown).await,
+            Err(e) => {
                 self.status.tls_handshake_failed(HandshakeFailure::of(&e));
                 Err(e)
-            }
-            Err(_) => {
-                self.status.tls_handshake_failed(HandshakeFailure::TimedOut);
-                Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "TLS handshake timed out",
-                ))
             }
         }
     }
