@@ -16,10 +16,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hickory_proto::rr::RecordType;
-use shadowsteer::client::dot::{DotUpstream, Upstream};
+use shadowsteer::client::dot::{DotUpstream, Upstream, round_trip};
 use shadowsteer::client::resolve::build_query;
 use shadowsteer::config::ResolverTls;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 fn usage() -> ! {
     eprintln!(
@@ -161,17 +160,8 @@ async fn handshake(
     let took = started.elapsed();
     // One query and its answer, as the helper's first lookup on a session: reading it takes
     // in the session tickets the server sent after the handshake, which resumption needs.
-    let mut frame = vec![0, 0];
-    frame.extend(build_query("resume.c.vpn.example.net", RecordType::A, 1).unwrap_or_default());
-    let len = u16::try_from(frame.len() - 2).unwrap_or(0).to_be_bytes();
-    frame[..2].copy_from_slice(&len);
-    let mut len = [0u8; 2];
-    let answered = async {
-        tls.write_all(&frame).await?;
-        tls.read_exact(&mut len).await?;
-        let mut answer = vec![0u8; usize::from(u16::from_be_bytes(len))];
-        tls.read_exact(&mut answer).await
-    };
+    let query = build_query("resume.c.vpn.example.net", RecordType::A, 1).unwrap_or_default();
+    let answered = round_trip(&mut tls, &query);
     if let Err(e) = answered.await {
         eprintln!("error: a query over TLS to {addr}: {e}");
         std::process::exit(1);

@@ -120,8 +120,9 @@ impl DotUpstream {
     }
 }
 
-/// One length-prefixed query and its length-prefixed answer (RFC 7766 framing).
-async fn round_trip<S: AsyncRead + AsyncWrite + Unpin>(
+/// One length-prefixed query and its length-prefixed answer (RFC 7766 framing), on any
+/// stream (the DoT bench uses it on sessions it opens itself).
+pub async fn round_trip<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     query: &[u8],
 ) -> std::io::Result<Vec<u8>> {
