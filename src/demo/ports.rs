@@ -39,18 +39,8 @@ pub fn free_tcp_udp(ip: IpAddr) -> anyhow::Result<u16> {
         std::net::TcpListener::bind((ip, port)).is_ok()
             && std::net::UdpSocket::bind((ip, port)).is_ok()
     };
-    match pickable() {
-        Some(range) => pick(range, free),
-        None => {
-            for _ in 0..50 {
-                let port = std::net::TcpListener::bind((ip, 0))?.local_addr()?.port();
-                if free(port) {
-                    return Ok(port);
-                }
-            }
-            bail!("no free port on {ip}")
-        }
-    }
+    let kernel = || std::net::TcpListener::bind((ip, 0))?.local_addr();
+    choose(free, kernel, 50).map_err(|e| e.context(format!("no free port on {ip}")))
 }
 
 /// A UDP port free on every one of `ips`.
@@ -59,19 +49,28 @@ pub fn free_udp_on_all(ips: &[Ipv4Addr]) -> anyhow::Result<u16> {
         ips.iter()
             .all(|ip| std::net::UdpSocket::bind((*ip, port)).is_ok())
     };
-    match pickable() {
-        Some(range) => pick(range, free),
-        None => {
-            let first = ips.first().copied().unwrap_or(Ipv4Addr::LOCALHOST);
-            for _ in 0..100 {
-                let port = std::net::UdpSocket::bind((first, 0))?.local_addr()?.port();
-                if free(port) {
-                    return Ok(port);
-                }
-            }
-            bail!("no UDP port free on every appliance address")
+    let first = ips.first().copied().unwrap_or(Ipv4Addr::LOCALHOST);
+    let kernel = || std::net::UdpSocket::bind((first, 0))?.local_addr();
+    choose(free, kernel, 100).map_err(|e| e.context("no UDP port free on every appliance address"))
+}
+
+/// A port `free` accepts: below the ephemeral range where there is room, else one the kernel
+/// gives for port 0 (`kernel`, up to `tries` of them), as before this module.
+fn choose(
+    free: impl Fn(u16) -> bool,
+    kernel: impl Fn() -> std::io::Result<std::net::SocketAddr>,
+    tries: usize,
+) -> anyhow::Result<u16> {
+    if let Some(range) = pickable() {
+        return pick(range, free);
+    }
+    for _ in 0..tries {
+        let port = kernel()?.port();
+        if free(port) {
+            return Ok(port);
         }
     }
+    bail!("none of {tries} ports the kernel gave was free")
 }
 
 /// A random port of `range` that `free` accepts.
