@@ -268,6 +268,16 @@ mod tests {
         assert_ne!(before.cert, loaded.current.load_full().cert);
     }
 
+    /// Our client and server configurations for a self-signed `dns.test` pair in `dir`.
+    fn configs(dir: &Path) -> (Arc<rustls::ClientConfig>, Arc<rustls::ServerConfig>) {
+        let (cert, key) = pair(dir, "a", "dns.test");
+        let server = ServerCertificate::load(&cert, &key).unwrap();
+        (
+            client_config(&cert).unwrap(),
+            server.server_config().unwrap(),
+        )
+    }
+
     /// A full exchange between a client and a server connection, in memory.
     fn handshake(
         client: &Arc<rustls::ClientConfig>,
@@ -300,12 +310,8 @@ mod tests {
     #[test]
     fn handshakes_use_x25519() {
         let dir = tempfile::tempdir().unwrap();
-        let (cert, key) = pair(dir.path(), "a", "dns.test");
-        let server = ServerCertificate::load(&cert, &key).unwrap();
-        let (client, server) = handshake(
-            &client_config(&cert).unwrap(),
-            &server.server_config().unwrap(),
-        );
+        let (client, server) = configs(dir.path());
+        let (client, server) = handshake(&client, &server);
         for group in [
             client.negotiated_key_exchange_group(),
             server.negotiated_key_exchange_group(),
@@ -320,12 +326,7 @@ mod tests {
     #[test]
     fn a_second_session_resumes_the_first() {
         let dir = tempfile::tempdir().unwrap();
-        let (cert, key) = pair(dir.path(), "a", "dns.test");
-        let client = client_config(&cert).unwrap();
-        let server = ServerCertificate::load(&cert, &key)
-            .unwrap()
-            .server_config()
-            .unwrap();
+        let (client, server) = configs(dir.path());
         let (first, _) = handshake(&client, &server);
         assert_eq!(first.handshake_kind(), Some(rustls::HandshakeKind::Full));
         let (second, _) = handshake(&client, &server);
